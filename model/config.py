@@ -1,0 +1,60 @@
+"""GPTConfig: the shape of the network, and the named presets."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+# The released GPT-1 BPE vocabulary has 40,478 entries; fine-tuning appends three
+# learned special tokens (_start_, _delimiter_, _classify_) after it.
+GPT1_BPE_VOCAB = 40478
+N_SPECIAL = 3
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = GPT1_BPE_VOCAB + N_SPECIAL
+    n_ctx: int = 512
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    embd_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
+    resid_pdrop: float = 0.1
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+
+    @property
+    def n_inner(self) -> int:
+        return 4 * self.n_embd  # the paper's FFN width: 3072 for d_model 768
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "GPTConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; expected one of {sorted(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise ValueError(f"unknown GPTConfig keys {unknown}; valid keys are {sorted(fields)}")
+        return cls(**d)
+
+
+PRESETS = {
+    # The paper: 12 x 768, 12 heads, n_ctx 512, the released vocabulary plus 3 special tokens.
+    "gpt1": GPTConfig(),
+    # Small enough that a CPU trains it at a few thousand tokens/s, large enough that the time
+    # goes into matrix products, as it does at full size (the benchmarks' CPU preset).
+    "mini": GPTConfig(vocab_size=8192, n_ctx=256, n_layer=4, n_head=8, n_embd=512),
+    # For tests: runs in milliseconds.
+    "tiny": GPTConfig(vocab_size=512, n_ctx=64, n_layer=2, n_head=2, n_embd=32),
+}

@@ -1,0 +1,161 @@
+"""The GPT-1 network: a post-LN decoder-only Transformer with a tied input/output embedding."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import GPTConfig
+from .dropout import Dropout, dropout
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.attn_pdrop = cfg.attn_pdrop
+        self.resid_dropout = Dropout(cfg.resid_pdrop)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        p = self.attn_pdrop if self.training else 0.0
+        if p and x.device.type == "cpu":
+            y = self._attention_cpu_dropout(q, k, v, attn_mask, p)
+        else:
+            # SDPA scales by 1/sqrt(d_head) as the released code does, and picks the flash or
+            # memory-efficient kernel (with fused dropout on GPUs) when there is no explicit mask.
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                               is_causal=attn_mask is None, dropout_p=p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+    @staticmethod
+    def _attention_cpu_dropout(q, k, v, attn_mask, p):
+        # CPU SDPA has no fused dropout: with dropout_p > 0 it falls back to its unfused math
+        # path, whose bernoulli_ mask cost more than the attention matmuls. The same math, with
+        # the cheaper mask of model/dropout.py.
+        T = q.size(-2)
+        if attn_mask is None:
+            attn_mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        att = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5
+        att = att.masked_fill(~attn_mask, float("-inf")).softmax(-1)
+        return dropout(att, p) @ v
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, cfg.n_inner)
+        self.c_proj = nn.Linear(cfg.n_inner, cfg.n_embd)
+        self.dropout = Dropout(cfg.resid_pdrop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.mlp = MLP(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        # Post-LN, as in the paper and the released code: normalise after each residual sum.
+        h = self.ln_1(x + self.attn(x, attn_mask))
+        return self.ln_2(h + self.mlp(h))
+
+
+def padding_attn_mask(attention_mask: torch.Tensor) -> torch.Tensor | None:
+    """Boolean [B, 1, T, T] mask (True = may attend) for a [B, T] 0/1 padding mask.
+
+    Returns None when causality alone is exact: with padding only on the right, no real token
+    can see a pad token anyway, and the fused causal kernels stay in use.
+    """
+    valid = attention_mask.bool()
+    if not (valid[:, 1:] & ~valid[:, :-1]).any():
+        return None
+    T = valid.size(1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=valid.device).tril()
+    allowed = causal & valid[:, None, :]
+    # A pad query with every key masked would give NaN; let it see itself. Its output is unused.
+    allowed |= torch.eye(T, dtype=torch.bool, device=valid.device)
+    return allowed[:, None]
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.tokens_embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.positions_embed = nn.Embedding(cfg.n_ctx, cfg.n_embd)
+        self.drop = Dropout(cfg.embd_pdrop)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # N(0, 0.02) for every weight matrix and embedding, zero biases, LayerNorm (1, 0).
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def hidden_states(self, input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T] token ids (and optional [B, T] 0/1 padding mask) -> [B, T, n_embd] final states."""
+        T = input_ids.size(1)
+        if T > self.config.n_ctx:
+            raise ValueError(f"sequence length {T} exceeds n_ctx {self.config.n_ctx}")
+        if attention_mask is None:
+            positions = torch.arange(T, device=input_ids.device)
+            attn_mask = None
+        else:
+            # Positions count real tokens only, so left padding does not shift them.
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            attn_mask = padding_attn_mask(attention_mask)
+        x = self.drop(self.tokens_embed(input_ids) + self.positions_embed(positions))
+        for block in self.h:
+            x = block(x, attn_mask)
+        return x
+
+    def lm_logits(self, h: torch.Tensor) -> torch.Tensor:
+        # The output layer is the token embedding itself (tied), as in the paper.
+        return F.linear(h, self.tokens_embed.weight)
+
+    def forward(self, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T] int64 -> [B, T, vocab] language-model logits."""
+        return self.lm_logits(self.hidden_states(input_ids, attention_mask))
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.positions_embed.weight.numel() if non_embedding else n
+
+    def flops_per_token(self, T: int | None = None) -> float:
+        """Training FLOPs per token as nanoGPT counts them: 6N + 12*L*d*T.
+
+        N leaves out the position table (a lookup, no matmul) but keeps the token embedding,
+        which is also the output layer's matmul.
+        """
+        cfg = self.config
+        T = cfg.n_ctx if T is None else T
+        return 6 * self.num_params(non_embedding=True) + 12 * cfg.n_layer * cfg.n_embd * T
+
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:
+        from .generate import generate
+        return generate(self, input_ids, max_new_tokens, **sampling)
+
+    # Weights I/O lives in model/weights.py; these are the entry points DESIGN.md names.
+    def save_pretrained(self, directory, format: str = "native") -> None:
+        from .weights import save_pretrained
+        save_pretrained(self, directory, format=format)
+
+    @classmethod
+    def from_pretrained(cls, directory, **kwargs) -> "GPT":
+        from .weights import load_pretrained
+        return load_pretrained(directory, **kwargs)

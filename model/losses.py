@@ -1,0 +1,34 @@
+"""The paper's objectives: L1 (language modelling), L2 (the task), L3 = L2 + λ·L1."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor,
+            attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """L1: next-token cross-entropy of [N, T, V] logits against [N, T] inputs.
+
+    Without a mask, the mean over every predicted token (pretraining blocks are full). With a
+    [N, T] 0/1 mask, as in the released code: each sequence's mean over its non-padding
+    targets, then the mean over sequences, so long and short inputs weigh the same.
+    """
+    targets = input_ids[:, 1:]
+    losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
+                             reduction="none").view_as(targets)
+    if attention_mask is None:
+        return losses.mean()
+    m = attention_mask[:, 1:].to(losses.dtype)
+    return ((losses * m).sum(1) / m.sum(1).clamp(min=1)).mean()
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool = False) -> torch.Tensor:
+    """L2: cross-entropy over classes (or candidates, for multiple choice); MSE for regression."""
+    if regression:
+        return F.mse_loss(logits.float(), labels.float())
+    return F.cross_entropy(logits.float(), labels)
+
+
+def combined_loss(l2: torch.Tensor, l1: torch.Tensor | None, lm_coef: float) -> torch.Tensor:
+    """L3 = L2 + λ·L1. λ = 0 (or no L1) is the paper's 'no auxiliary LM' ablation."""
+    return l2 if l1 is None or not lm_coef else l2 + lm_coef * l1

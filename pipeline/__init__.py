@@ -1,0 +1,1 @@
+"""Unlabeled corpus -> tokens -> pretrained checkpoint (Ray Data, Ray Train), and MLflow helpers."""

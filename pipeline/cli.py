@@ -1,0 +1,59 @@
+"""The `gpt1` command. Stages are added as subcommands as they land (see README.md)."""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+
+def export(args: argparse.Namespace) -> None:
+    """Convert a model directory (native, Hugging Face or original OpenAI) to native or hf."""
+    from model import GPT
+
+    dst = Path(args.dst)
+    if dst.exists() and not args.overwrite:
+        raise ValueError(f"{dst}: already exists; pass --overwrite to replace it")
+    gpt = GPT.from_pretrained(args.src)
+    # Write next to the destination, then rename: no half-written model directory is left.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent if dst.parent.exists() else None))
+    try:
+        gpt.save_pretrained(tmp, format=args.format)
+        if (Path(args.src) / "tokenizer.json").exists():
+            shutil.copy(Path(args.src) / "tokenizer.json", tmp / "tokenizer.json")
+        if dst.exists():
+            shutil.rmtree(dst)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(tmp), dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"wrote {args.format} weights ({gpt.num_params():,} parameters) to {dst}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpt1", description="GPT-1 pre-training and fine-tuning on Ray")
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("export", help="convert weights between formats",
+                       description=export.__doc__)
+    e.add_argument("src", help="model directory: native, Hugging Face, or the original OpenAI release")
+    e.add_argument("dst", help="directory to write")
+    e.add_argument("--format", choices=["native", "hf"], default="native")
+    e.add_argument("--overwrite", action="store_true")
+    e.set_defaults(func=export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        # A user's mistake: one line naming the input, exit status 2, no traceback.
+        print(f"gpt1 {args.command}: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

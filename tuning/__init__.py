@@ -1,0 +1,1 @@
+"""Labeled tasks -> fine-tuned models and sweeps (Ray Tune)."""
