@@ -86,8 +86,16 @@ def load_pretrained(directory, **overrides) -> GPT:
     else:
         raise ValueError(f"{d / 'config.json'}: expected \"format\": \"{NATIVE_FORMAT}\" or "
                          "\"model_type\": \"openai-gpt\"")
-    gpt = GPT(GPTConfig.from_dict({**cfg.to_dict(), **overrides}))
-    gpt.load_state_dict(sd, strict=True)
+    return _build(d, GPTConfig.from_dict({**cfg.to_dict(), **overrides}), sd)
+
+
+def _build(d: Path, cfg: GPTConfig, sd: dict[str, torch.Tensor]) -> GPT:
+    gpt = GPT(cfg)
+    try:
+        gpt.load_state_dict(sd, strict=True)
+    except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
+        detail = " ".join(str(err).split("\n", 1)[-1].split())
+        raise ValueError(f"{d}: the weights do not fit the config: {detail[:300]}") from None
     return gpt
 
 
@@ -113,7 +121,7 @@ def _from_hf(d: Path, raw: dict) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
     for k, v in _read_safetensors(d).items():
         k = k.removeprefix(HF_PREFIX)
         # lm_head.weight is tied to tokens_embed; attn.bias and position_ids are HF's buffers.
-        if k == "lm_head.weight" or k.endswith("attn.bias") or k == "position_ids":
+        if k == "lm_head.weight" or k.endswith(".attn.bias") or k == "position_ids":
             continue
         sd[k] = v.t() if _CONV1D.search(k) else v
     return cfg, sd
@@ -163,6 +171,4 @@ def _load_openai(d: Path, **overrides) -> GPT:
     for i in range(cfg.n_layer):
         for name, a in zip(_OPENAI_BLOCK, blocks[i * 12:(i + 1) * 12]):
             sd[f"h.{i}.{name}"] = a.squeeze(0).t() if _CONV1D.search("." + name) else a
-    gpt = GPT(cfg)
-    gpt.load_state_dict(sd, strict=True)
-    return gpt
+    return _build(d, cfg, sd)
