@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import datetime
 import platform
 import shlex
@@ -26,7 +28,6 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from model import GPT, GPTConfig, make_optimizer  # noqa: E402
-from model.runtime import keep_freed_memory  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -50,6 +51,20 @@ def matmul_ceiling(device: str, dtype: torch.dtype, n: int, reps: int) -> float:
         sync(device)
         times.append(time.perf_counter() - t0)
     return 2 * n ** 3 / min(times)
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc malloc keep freed memory (no mmap, no trim), as jemalloc or tcmalloc would.
+
+    With the default malloc every large fresh tensor is page-faulted in, every step. That costs
+    HF's eager attention (many [B, H, T, T] temporaries) far more than it costs model.GPT, so the
+    option shows how much of the gap is the allocator. Returns False where it is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.mallopt(-4, 0) == 1 and libc.mallopt(-1, 2 ** 30) == 1  # M_MMAP_MAX, M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return False
 
 
 def hf_model(cfg: GPTConfig):
@@ -104,8 +119,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per network first")
     p.add_argument("--matmul-n", type=int, default=None, help="size of the ceiling matmul")
     p.add_argument("--compile", action="store_true", help="torch.compile both networks")
-    p.add_argument("--system-malloc", action="store_true",
-                   help="leave glibc malloc returning freed memory to the OS (page faults every step)")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="CPU: make glibc malloc reuse freed memory instead of page-faulting it back in")
     p.add_argument("--no-hf", action="store_true", help="time model.GPT alone")
     a = p.parse_args()
     cuda = a.device == "cuda"
@@ -113,7 +128,7 @@ def main() -> None:
     a.batch = a.batch or (16 if cuda else 8)
     a.steps = a.steps or (20 if cuda else 3)
     # Both networks run in this one process, so both get the same allocator setting.
-    reuse = keep_freed_memory() if not cuda and not a.system_malloc else False
+    reuse = keep_freed_memory() if a.keep_freed_memory else False
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
