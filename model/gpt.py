@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import GPTConfig
-from .dropout import Dropout, dropout
+from .dropout import Dropout
 
 
 class CausalSelfAttention(nn.Module):
@@ -22,28 +22,12 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        p = self.attn_pdrop if self.training else 0.0
-        if p and x.device.type == "cpu":
-            y = self._attention_cpu_dropout(q, k, v, attn_mask, p)
-        else:
-            # SDPA scales by 1/sqrt(d_head) as the released code does, and picks the flash or
-            # memory-efficient kernel (with fused dropout on GPUs) when there is no explicit mask.
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                               is_causal=attn_mask is None, dropout_p=p)
+        # SDPA scales by 1/sqrt(d_head) as the released code does, and dispatches to the flash
+        # or memory-efficient kernel (with fused dropout on GPUs) where the device has one.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+                                           dropout_p=self.attn_pdrop if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
-
-    @staticmethod
-    def _attention_cpu_dropout(q, k, v, attn_mask, p):
-        # CPU SDPA has no fused dropout: with dropout_p > 0 it falls back to its unfused math
-        # path, whose bernoulli_ mask cost more than the attention matmuls. The same math, with
-        # the cheaper mask of model/dropout.py.
-        T = q.size(-2)
-        if attn_mask is None:
-            attn_mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-        att = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5
-        att = att.masked_fill(~attn_mask, float("-inf")).softmax(-1)
-        return dropout(att, p) @ v
 
 
 class MLP(nn.Module):
