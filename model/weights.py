@@ -90,9 +90,13 @@ def load_pretrained(directory, **overrides) -> GPT:
 
 
 def _build(d: Path, cfg: GPTConfig, sd: dict[str, torch.Tensor]) -> GPT:
-    gpt = GPT(cfg)
+    # Built on the meta device and then handed the loaded tensors: no time spent drawing a
+    # random init that is overwritten at once. Weights are kept in float32, whatever the file.
+    with torch.device("meta"):
+        gpt = GPT(cfg)
+    sd = {k: v.to(torch.float32).contiguous() for k, v in sd.items()}
     try:
-        gpt.load_state_dict(sd, strict=True)
+        gpt.load_state_dict(sd, strict=True, assign=True)
     except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
         detail = " ".join(str(err).split("\n", 1)[-1].split())
         raise ValueError(f"{d}: the weights do not fit the config: {detail[:300]}") from None

@@ -211,3 +211,14 @@ def test_export_converts_and_refuses_bad_input(tmp_path, ids):
     assert not (tmp_path / "out").exists()
     r = run_cli("export", str(tmp_path / "native"), str(tmp_path / "hf"))
     assert r.returncode == 2 and "--overwrite" in r.stderr
+
+
+def test_weights_that_do_not_fit_the_config_are_a_clear_error(tmp_path):
+    random_gpt().save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "n_layer": 3}))
+    with pytest.raises(ValueError, match="do not fit the config.*h.2"):
+        GPT.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "n_ctx": 32}))
+    with pytest.raises(ValueError, match="do not fit the config.*size mismatch"):
+        GPT.from_pretrained(tmp_path)
