@@ -118,6 +118,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7, help="alternating timed rounds per network")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per network first")
     p.add_argument("--matmul-n", type=int, default=None, help="size of the ceiling matmul")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="embedding, attention and residual dropout for both (default: the preset's, 0.1)")
     p.add_argument("--compile", action="store_true", help="torch.compile both networks")
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="CPU: make glibc malloc reuse freed memory instead of page-faulting it back in")
@@ -134,6 +136,8 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
 
     cfg = GPTConfig.preset(a.preset)
+    if a.dropout is not None:
+        cfg = GPTConfig.preset(a.preset, embd_pdrop=a.dropout, attn_pdrop=a.dropout, resid_pdrop=a.dropout)
     T = a.seq or cfg.n_ctx
     torch.manual_seed(0)
     n = a.matmul_n or (8192 if cuda else 2048)
@@ -160,7 +164,8 @@ def main() -> None:
     print(f"command: python {shlex.join(sys.argv)}")
     print(f"date: {datetime.date.today()}  device: {device_name}  torch {torch.__version__}")
     print(f"preset {a.preset}: {cfg.n_layer} x {cfg.n_embd}, {cfg.n_head} heads, vocab {cfg.vocab_size}; "
-          f"batch {a.batch} x T {T}; {a.dtype}; compile {a.compile}; malloc keeps freed memory {reuse}; "
+          f"batch {a.batch} x T {T}; dropout {cfg.resid_pdrop}; {a.dtype}; compile {a.compile}; "
+          f"malloc keeps freed memory {reuse}; "
           f"{flops_per_token / 1e6:.1f} MFLOP/token; matmul ceiling {ceiling / 1e12:.3f} TFLOP/s")
     print()
     print(f"| network | ms/step, median of {a.rounds} rounds (min-max) | tokens/s | MFU | vs HF |")
