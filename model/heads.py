@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .dropout import Dropout
 from .gpt import GPT
 from .losses import combined_loss, lm_loss, task_loss
 
@@ -39,7 +40,7 @@ class TaskHead(nn.Module):
         # Multiple choice scores each candidate with one linear output; regression has one output.
         self.scalar = transformation == "multiple_choice" or regression
         n_out = 1 if self.scalar else n_labels
-        self.dropout = nn.Dropout(clf_pdrop)
+        self.dropout = Dropout(clf_pdrop)
         self.linear = nn.Linear(n_embd, n_out)
         nn.init.normal_(self.linear.weight, std=0.02)
         nn.init.zeros_(self.linear.bias)

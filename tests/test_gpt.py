@@ -117,6 +117,7 @@ def test_cpu_dropout_rate_and_scale():
     assert abs(kept - 0.9) < 2e-3
     assert abs(y.mean().item() - 1.0) < 3e-3  # unbiased: kept values are scaled up
     assert torch.equal(dropout(x, 0.1, training=False), x)
+    assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
     # two draws differ, the same seed repeats
     torch.manual_seed(1)
     a = dropout(x, 0.5)
