@@ -1,0 +1,86 @@
+"""Stage configuration: a dataclass of defaults, a preset name or YAML file, and --set overrides.
+
+Unknown keys are errors that list the valid ones; values are parsed as YAML scalars and checked
+against the type of the field's default.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A user's configuration mistake: reported as one line, exit status 2."""
+
+
+def _coerce(cls, key: str, value: Any, where: str) -> Any:
+    field = {f.name: f for f in dataclasses.fields(cls)}[key]
+    default = field.default if field.default is not dataclasses.MISSING else None
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, (list, tuple)):
+        if isinstance(value, (list, tuple)):
+            return type(default)(value)
+    raise ConfigError(f"{where}: {key} must be a {type(default).__name__}, got {value!r}")
+
+
+def apply(cfg: C, values: dict[str, Any], where: str) -> C:
+    valid = [f.name for f in dataclasses.fields(cfg)]
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys are {', '.join(valid)}")
+    return dataclasses.replace(cfg, **{k: _coerce(type(cfg), k, v, where) for k, v in values.items()})
+
+
+def parse_sets(pairs: list[str]) -> dict[str, Any]:
+    """['lr=1e-4', 'name=x'] -> {'lr': 0.0001, 'name': 'x'} (values read as YAML scalars)."""
+    out = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def load(defaults: C, config: str | None = None, presets_dir: Path | None = None,
+         sets: list[str] | None = None) -> C:
+    """defaults, then a preset (a name in presets_dir) or YAML file, then --set overrides."""
+    cfg = defaults
+    if config:
+        path = Path(config)
+        if not path.exists() and presets_dir is not None and (presets_dir / f"{config}.yaml").exists():
+            path = presets_dir / f"{config}.yaml"
+        if not path.exists():
+            names = sorted(p.stem for p in presets_dir.glob("*.yaml")) if presets_dir else []
+            raise ConfigError(f"--config {config}: no such file" + (f" or preset (presets: {', '.join(names)})" if names else ""))
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys to values")
+        cfg = apply(cfg, values, str(path))
+    if sets:
+        cfg = apply(cfg, parse_sets(sets), "--set")
+    return cfg

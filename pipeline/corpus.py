@@ -1,0 +1,328 @@
+"""Reading an unlabeled corpus: inputs, formats, documents, normalisation.
+
+Inputs are paths, globs, directories or URIs that pyarrow's filesystems read (s3://, gs://,
+file://). Formats: plain text (a document per file, or documents separated by empty lines),
+JSON Lines with a text field, Parquet with a text column, and gzip-compressed forms of each.
+
+Uncompressed text and JSON Lines files are cut into byte ranges ("chunks") so that one large file
+is read by many workers; a chunk owns the documents that start inside it, so the documents read
+are the same whatever the chunk size.
+"""
+from __future__ import annotations
+
+import fnmatch
+import glob
+import gzip
+import json
+import os
+import re
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+FORMATS = ("text", "jsonl", "parquet")
+_EXTENSIONS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "jsonl", ".json": "jsonl",
+               ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+_BLOCK = 1 << 20
+
+
+class CorpusError(ValueError):
+    """Bad input: reported as one line naming the file (and line), exit status 2."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    uri: str  # what the user can recognise: a local path or a URI
+    path: str  # the path inside its filesystem
+    size: int
+    format: str
+    gz: bool
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    format: str = "auto"  # auto (by extension), text, jsonl or parquet
+    text_split: str = "blank_line"  # text files: "blank_line" between documents, or "file"
+    text_field: str = "text"  # JSON Lines field
+    text_column: str = "text"  # Parquet column
+    lowercase: bool = False
+
+
+def filesystem(spec: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in spec:
+        try:
+            return pafs.FileSystem.from_uri(spec)
+        except Exception as err:  # pyarrow raises ArrowInvalid / OSError for unknown schemes
+            raise CorpusError(f"{spec}: cannot open this URI ({str(err).splitlines()[0]})") from None
+    return pafs.LocalFileSystem(), os.path.abspath(spec)
+
+
+def _format_of(name: str, forced: str) -> tuple[str, bool]:
+    gz = name.endswith(".gz")
+    base = name[:-3] if gz else name
+    if forced != "auto":
+        if forced not in FORMATS:
+            raise CorpusError(f"format {forced!r}: expected auto or one of {', '.join(FORMATS)}")
+        return forced, gz
+    fmt = _EXTENSIONS.get(Path(base).suffix.lower())
+    if fmt is None:
+        raise CorpusError(f"{name}: cannot tell the format from the extension; expected one of "
+                          f"{', '.join(sorted(_EXTENSIONS))} (optionally .gz), or set format")
+    return fmt, gz
+
+
+def resolve_inputs(specs: list[str], forced_format: str = "auto") -> list[InputFile]:
+    """Every file the specs name, in a deterministic order (spec order, then sorted paths)."""
+    if not specs:
+        raise CorpusError("no corpus given; expected one or more paths, globs, directories or URIs")
+    files: list[InputFile] = []
+    for spec in specs:
+        fs, path = filesystem(spec)
+        scheme = spec.split("://", 1)[0] + "://" if "://" in spec else ""
+        if any(c in path for c in "*?["):
+            infos = _glob(fs, path, local=not scheme)
+            if not infos:
+                raise CorpusError(f"{spec}: the glob matches no files")
+        else:
+            info = fs.get_file_info(path)
+            if info.type == pafs.FileType.NotFound:
+                raise CorpusError(f"{spec}: no such file or directory")
+            if info.type == pafs.FileType.Directory:
+                infos = [i for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                         if i.type == pafs.FileType.File and not i.base_name.startswith(".")]
+                if not infos:
+                    raise CorpusError(f"{spec}: the directory holds no files")
+            else:
+                infos = [info]
+        for i in sorted(infos, key=lambda i: i.path):
+            fmt, gz = _format_of(i.base_name, forced_format)
+            uri = (scheme + i.path) if scheme else i.path
+            files.append(InputFile(uri, i.path, i.size, fmt, gz))
+    return files
+
+
+def _glob(fs: pafs.FileSystem, pattern: str, local: bool) -> list[pafs.FileInfo]:
+    if local:
+        return [fs.get_file_info(p) for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+    base = pattern[:min(pattern.find(c) for c in "*?[" if c in pattern)].rsplit("/", 1)[0]
+    return [i for i in fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+            if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, pattern)]
+
+
+def plan_chunks(files: list[InputFile], chunk_bytes: int, opts: ReadOptions) -> list[dict]:
+    """Work items: byte ranges of uncompressed line-based files, whole files otherwise."""
+    items = []
+    for idx, f in enumerate(files):
+        splittable = not f.gz and (f.format == "jsonl" or (f.format == "text" and opts.text_split == "blank_line"))
+        starts = range(0, max(f.size, 1), chunk_bytes) if splittable else [0]
+        for n, start in enumerate(starts):
+            end = min(start + chunk_bytes, f.size) if splittable else None
+            items.append({"file": idx, "chunk": n, "start": start, "end": -1 if end is None else end})
+    return items
+
+
+# --- documents -------------------------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0 and C1, but \t \n \r
+
+
+def normalize(text: str, lowercase: bool = False) -> str:
+    """Unicode repair and NFKC (ftfy, as GPT-1 ran), control characters stripped, optional
+    lower-casing. ASCII text needs no repair, and skipping ftfy there is most of the speed."""
+    if not text.isascii():
+        import ftfy
+        text = ftfy.fix_text(text, normalization="NFKC")
+        text = unicodedata.normalize("NFKC", text)
+    text = _CONTROL.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
+    return (text.lower() if lowercase else text).strip()
+
+
+def decode(raw: bytes) -> tuple[str, int]:
+    """UTF-8 text and the number of bytes that were not UTF-8 (each replaced by U+FFFD)."""
+    try:
+        return raw.decode("utf-8"), 0
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="surrogateescape")
+        bad = sum(1 for c in text if "\udc80" <= c <= "\udcff")
+        return re.sub("[\udc80-\udcff]", "\ufffd", text), bad
+
+
+def _lines(f, start: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) for every line that starts at or after start; lines keep their newline.
+
+    Reads in blocks, so a line of any length costs its own size and no more.
+    """
+    pos = max(start - 1, 0)
+    if start > 0:
+        f.seek(pos)
+    skipping = start > 0  # the line holding byte start-1 belongs to the chunk before
+    pieces: list[bytes] = []
+    line_start = pos
+    while True:
+        data = f.read(_BLOCK)
+        if not data:
+            break
+        nul = data.find(b"\0")
+        if nul >= 0:
+            raise _Binary(pos + nul)
+        i = 0
+        while True:
+            j = data.find(b"\n", i)
+            if j < 0:
+                pieces.append(data[i:])
+                break
+            pieces.append(data[i:j + 1])
+            if skipping:
+                skipping = False
+            else:
+                yield line_start, b"".join(pieces)
+            pieces = []
+            line_start = pos + j + 1
+            i = j + 1
+        pos += len(data)
+    tail = b"".join(pieces)
+    if tail and not skipping:
+        yield line_start, tail
+
+
+class _Binary(Exception):
+    def __init__(self, offset: int):
+        self.offset = offset
+
+
+def _empty(line: bytes) -> bool:
+    return line in (b"\n", b"\r\n", b"")
+
+
+def _previous_line_empty(opener, p: int) -> bool:
+    """Whether the line that ends just before offset p is empty (or p is the file's start)."""
+    if p == 0:
+        return True
+    with opener() as g:
+        g.seek(max(p - 3, 0))
+        tail = g.read(p - max(p - 3, 0))
+    t = tail[:-1]  # drop the newline that ends the previous line
+    if t.endswith(b"\r"):
+        t = t[:-1]
+    return t.endswith(b"\n") or p - len(tail) + len(t) == 0
+
+
+def _blank_line_docs(f, opener, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """Documents separated by empty lines; a chunk owns those whose first line starts in it."""
+    doc: list[bytes] = []
+    doc_start = 0
+    prev_empty = None
+    for off, line in _lines(f, start):
+        if prev_empty is None:
+            prev_empty = _previous_line_empty(opener, off)
+        if _empty(line):
+            if doc:
+                yield doc_start, b"".join(doc)
+                doc = []
+            prev_empty = True
+            continue
+        if not doc:
+            if not prev_empty:  # the tail of a document that an earlier chunk owns
+                continue
+            if end >= 0 and off >= end:
+                return
+            doc_start = off
+        doc.append(line)
+        prev_empty = False
+    if doc:
+        yield doc_start, b"".join(doc)
+
+
+def _line_number(opener, offset: int) -> int:
+    with opener() as g:
+        n, pos = 1, 0
+        while pos < offset:
+            data = g.read(min(_BLOCK, offset - pos))
+            if not data:
+                break
+            n += data.count(b"\n")
+            pos += len(data)
+    return n
+
+
+def read_documents(f: InputFile, start: int, end: int, opts: ReadOptions) -> Iterator[tuple[int, str, int, int]]:
+    """(offset, normalised text, raw UTF-8 bytes, bytes replaced) for each non-empty document that
+    the chunk [start, end) owns. end = -1: to the end of the file."""
+    fs, _ = filesystem(f.uri)
+
+    def opener():
+        if f.gz:
+            return gzip.open(fs.open_input_stream(f.path, compression=None))
+        return fs.open_input_file(f.path) if start > 0 else fs.open_input_stream(f.path, compression=None)
+
+    if f.format == "parquet":
+        yield from _parquet_docs(fs, f, opts)
+        return
+    with opener() as stream:
+        try:
+            if f.format == "jsonl":
+                for off, line in _lines(stream, start):
+                    if end >= 0 and off >= end:
+                        break
+                    if not line.strip():
+                        continue
+                    text = _json_text(line, f, off, opener, opts.text_field)
+                    raw = text.encode("utf-8", errors="surrogatepass")
+                    yield off, normalize(text, opts.lowercase), len(raw), 0
+                return
+            if opts.text_split == "file":
+                pieces = [line for _, line in _lines(stream, 0)]
+                docs = [(0, b"".join(pieces))]
+            elif opts.text_split == "blank_line":
+                docs = _blank_line_docs(stream, lambda: fs.open_input_file(f.path) if not f.gz else opener(), start, end)
+            else:
+                raise CorpusError(f"text_split {opts.text_split!r}: expected 'blank_line' or 'file'")
+            for off, raw in docs:
+                text, bad = decode(raw)
+                yield off, normalize(text, opts.lowercase), len(raw), bad
+        except _Binary as b:
+            raise CorpusError(f"{f.uri}: a NUL byte at offset {b.offset}; expected UTF-8 text, "
+                              "not a binary file") from None
+        except (OSError, EOFError) as err:
+            if f.gz and isinstance(err, (gzip.BadGzipFile, EOFError)):
+                raise CorpusError(f"{f.uri}: not a valid gzip file ({err})") from None
+            raise
+
+
+def _json_text(line: bytes, f: InputFile, off: int, opener, field: str) -> str:
+    try:
+        obj = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorpusError(f"{f.uri}:{_line_number(opener, off)}: not valid JSON ({err.args[0] if err.args else err})") from None
+    if not isinstance(obj, dict) or field not in obj:
+        raise CorpusError(f"{f.uri}:{_line_number(opener, off)}: no field {field!r} in this JSON line")
+    if not isinstance(obj[field], str):
+        raise CorpusError(f"{f.uri}:{_line_number(opener, off)}: field {field!r} is not a string")
+    return obj[field]
+
+
+def _parquet_docs(fs, f: InputFile, opts: ReadOptions) -> Iterator[tuple[int, str, int, int]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        source = fs.open_input_file(f.path) if not f.gz else pa.BufferReader(
+            gzip.open(fs.open_input_stream(f.path, compression=None)).read())
+        pf = pq.ParquetFile(source)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise CorpusError(f"{f.uri}: not a Parquet file ({str(err).splitlines()[0]})") from None
+    names = pf.schema_arrow.names
+    if opts.text_column not in names:
+        raise CorpusError(f"{f.uri}: no column {opts.text_column!r} (columns: {', '.join(names)})")
+    row = 0
+    for batch in pf.iter_batches(columns=[opts.text_column], batch_size=1024):
+        col = batch.column(0)
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            raise CorpusError(f"{f.uri}: column {opts.text_column!r} is {col.type}, expected strings")
+        for value in col.to_pylist():
+            if value is not None:
+                yield row, normalize(value, opts.lowercase), len(value.encode("utf-8")), 0
+            row += 1
