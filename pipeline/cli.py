@@ -41,16 +41,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", choices=["native", "hf"], default="native")
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=export)
+
+    from pipeline import prepare
+    pr = sub.add_parser("prepare", help="corpus -> tokenizer and packed token shards (Ray Data)",
+                        description=prepare.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    prepare.add_arguments(pr)
+    pr.set_defaults(func=prepare.run)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.prepare import user_error
+
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except Exception as err:
         # A user's mistake: one line naming the input, exit status 2, no traceback.
-        print(f"gpt1 {args.command}: {err}", file=sys.stderr)
+        cause = err if isinstance(err, (ValueError, FileNotFoundError)) else user_error(err)
+        if cause is None:
+            raise
+        print(f"gpt1 {args.command}: {user_error(cause) or cause}", file=sys.stderr)
         return 2
     return 0
 

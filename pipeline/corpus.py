@@ -220,7 +220,7 @@ def _blank_line_docs(f, opener, start: int, end: int) -> Iterator[tuple[int, byt
             prev_empty = _previous_line_empty(opener, off)
         if _empty(line):
             if doc:
-                yield doc_start, b"".join(doc)
+                yield doc_start, _chomp(b"".join(doc))
                 doc = []
             prev_empty = True
             continue
@@ -233,7 +233,12 @@ def _blank_line_docs(f, opener, start: int, end: int) -> Iterator[tuple[int, byt
         doc.append(line)
         prev_empty = False
     if doc:
-        yield doc_start, b"".join(doc)
+        yield doc_start, _chomp(b"".join(doc))
+
+
+def _chomp(raw: bytes) -> bytes:
+    """A document's bytes without the line ending of its last line."""
+    return raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith(b"\n") else raw
 
 
 def _line_number(opener, offset: int) -> int:
@@ -274,8 +279,7 @@ def read_documents(f: InputFile, start: int, end: int, opts: ReadOptions) -> Ite
                     yield off, normalize(text, opts.lowercase), len(raw), 0
                 return
             if opts.text_split == "file":
-                pieces = [line for _, line in _lines(stream, 0)]
-                docs = [(0, b"".join(pieces))]
+                docs = [(0, _chomp(b"".join(line for _, line in _lines(stream, 0))))]
             elif opts.text_split == "blank_line":
                 docs = _blank_line_docs(stream, lambda: fs.open_input_file(f.path) if not f.gz else opener(), start, end)
             else:

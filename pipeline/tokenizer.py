@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
-from tokenizers.trainers import BpeTrainer
+
+from .bpe import learn_bpe
 
 # The paper's three fine-tuning tokens (start, delimiter, extract), in the released code's order
 # and names, so that they take ids 40478-40480 after the released vocabulary. Then the
@@ -59,39 +61,37 @@ def gpt1_tokenizer(directory) -> Tokenizer:
     return with_reserved_tokens(_gpt1_pipeline(model))
 
 
+def word_counts(texts: Iterable[str], lowercase: bool = True) -> Counter:
+    """Counts of the words GPT-1's normaliser and pre-tokenizer make of texts."""
+    tok = _gpt1_pipeline(BPE(), lowercase)
+    counts: Counter = Counter()
+    for text in texts:
+        norm = tok.normalizer.normalize_str(text)
+        counts.update(w for w, _ in tok.pre_tokenizer.pre_tokenize_str(norm))
+    return counts
+
+
+def tokenizer_from_counts(counts: dict[str, int], n_merges: int = 40_000, lowercase: bool = True,
+                          min_frequency: int = 2) -> Tokenizer:
+    """A GPT-1-style BPE tokenizer with at most n_merges merges learned from word counts.
+
+    Ids: <unk>, the alphabet (sorted), then each merge's result in the order learned, then the
+    reserved tokens. The same counts always give the same tokenizer.
+    """
+    alphabet, merges = learn_bpe(counts, n_merges, min_frequency)
+    vocab = {UNK: 0}
+    for token in alphabet + [a + b for a, b in merges]:
+        vocab.setdefault(token, len(vocab))
+    model = BPE(vocab=vocab, merges=merges, continuing_subword_prefix="", end_of_word_suffix="</w>",
+                fuse_unk=False, unk_token=UNK)
+    return with_reserved_tokens(_gpt1_pipeline(model, lowercase))
+
+
 def train_tokenizer(texts: Iterable[str], n_merges: int = 40_000, lowercase: bool = True,
                     min_frequency: int = 2) -> Tokenizer:
-    """Learn a GPT-1-style BPE (at most n_merges merges) from an iterator of texts.
-
-    The iterator is consumed once and never held whole: the trainer keeps word counts only.
-    The trainer's target is a vocabulary size, not a merge count, so it is given room for the
-    alphabet and the first n_merges merges are kept (ids are assigned in the order tokens are
-    made, so the cut is clean). A corpus too small for n_merges gives fewer.
-    """
-    tok = _gpt1_pipeline(BPE(continuing_subword_prefix="", end_of_word_suffix="</w>",
-                             fuse_unk=False, unk_token=UNK), lowercase)
-    trainer = BpeTrainer(vocab_size=n_merges + 4096, min_frequency=min_frequency,
-                         special_tokens=[UNK], end_of_word_suffix="</w>", show_progress=False)
-    tok.train_from_iterator(_batched(texts), trainer=trainer)
-    spec = json.loads(tok.to_str())
-    merges = spec["model"]["merges"]
-    if len(merges) > n_merges:
-        cut = len(spec["model"]["vocab"]) - (len(merges) - n_merges)
-        spec["model"]["merges"] = merges[:n_merges]
-        spec["model"]["vocab"] = {t: i for t, i in spec["model"]["vocab"].items() if i < cut}
-        tok = Tokenizer.from_str(json.dumps(spec))
-    return with_reserved_tokens(tok)
-
-
-def _batched(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
-    batch = []
-    for t in texts:
-        batch.append(t)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    """Learn a tokenizer from an iterator of texts, consumed once and never held whole (only
+    the word counts are). A corpus too small for n_merges gives fewer."""
+    return tokenizer_from_counts(word_counts(texts, lowercase), n_merges, lowercase, min_frequency)
 
 
 def n_merges(tok: Tokenizer) -> int:

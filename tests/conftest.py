@@ -19,3 +19,21 @@ def tiny() -> GPT:
 def ids() -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, GPTConfig.preset("tiny").vocab_size, (3, 20), generator=g)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for every test that needs one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=True, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri

@@ -1,0 +1,249 @@
+"""gpt1 prepare on Ray Data: formats, determinism, split, packing, bad input, re-runs, MLflow."""
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from corpus_gen import documents
+from pipeline.packing import read_blocks
+from pipeline.prepare import PrepareConfig, main, prepare
+from pipeline.tokenizer import END_OF_DOCUMENT, load_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = dict(n_merges=300, n_ctx=32, val_fraction=0.2, shard_mb=1)
+
+
+def cfg(**kw) -> PrepareConfig:
+    return PrepareConfig(**{**SMALL, **kw})
+
+
+def stream(out: Path, split: str) -> np.ndarray:
+    """The split's token stream, rebuilt from its blocks (consecutive blocks share one token)."""
+    m = json.loads((out / "manifest.json").read_text())
+    names = sorted(k for k in m["shards"] if k.startswith(split + "/"))
+    blocks = np.concatenate([read_blocks(out / n) for n in names]) if names else np.empty((0, 33), int)
+    if not len(blocks):
+        return np.empty(0, int)
+    assert all(blocks[i, -1] == blocks[i + 1, 0] for i in range(len(blocks) - 1)), "blocks are not contiguous"
+    return np.concatenate([blocks[0], *[b[1:] for b in blocks[1:]]])
+
+
+def decoded_docs(out: Path, split: str) -> list[str]:
+    tok = load_tokenizer(out)
+    eod = tok.token_to_id(END_OF_DOCUMENT)
+    s = stream(out, split).tolist()
+    docs, cur = [], []
+    for t in s:
+        if t == eod:
+            docs.append(tok.decode(cur))
+            cur = []
+        else:
+            cur.append(t)
+    return docs  # a document cut off by the last partial block is not returned
+
+
+def norm(text: str) -> str:
+    # decoding puts spaces around punctuation that the tokenizer split off: compare without any
+    return "".join(text.lower().split())
+
+
+def write_text(path: Path, docs: list[str]) -> Path:
+    path.write_text("\n\n".join(docs) + "\n")
+    return path
+
+
+def test_text_corpus_end_to_end(tmp_path, ray_session):
+    docs = documents(300, seed=1)
+    src = write_text(tmp_path / "corpus.txt", docs)
+    out = tmp_path / "ds"
+    m = prepare([str(src)], out, cfg(), track=False)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "tokenizer.json", "train", "val"]
+    train, val = m["splits"]["train"], m["splits"]["val"]
+    assert train["documents"] + val["documents"] == 300
+    assert 0.1 < val["documents"] / 300 < 0.3
+    assert train["bytes"] + val["bytes"] == sum(len(d.encode()) for d in docs)
+    # every document is in exactly one split, whole and in order (all but a cut-off last one)
+    got = decoded_docs(out, "train") + decoded_docs(out, "val")
+    want = [norm(d) for d in docs]
+    assert len(got) >= 300 - 2 and len(set(got)) == len(got)
+    for d in got:
+        assert norm(d) in want
+    train_docs = [norm(d) for d in decoded_docs(out, "train")]
+    assert train_docs == [w for w in want if w in set(train_docs)]  # input order kept
+    assert not set(train_docs) & {norm(d) for d in decoded_docs(out, "val")}
+    for name, sha in m["shards"].items():
+        import hashlib
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == sha
+    assert 100 < m["tokenizer"]["n_merges"] <= 300 and m["dtype"] == "uint16"
+    assert m["inputs"][0]["sha256"] and m["n_ctx"] == 32
+
+
+def test_every_format_gives_the_same_documents(tmp_path, ray_session):
+    docs = documents(60, seed=2)
+    (tmp_path / "a.txt").write_text("\n\n".join(docs))
+    with gzip.open(tmp_path / "b.txt.gz", "wt") as f:
+        f.write("\n\n".join(docs))
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"body": d, "id": i}) + "\n" for i, d in enumerate(docs)))
+    with gzip.open(tmp_path / "d.jsonl.gz", "wt") as f:
+        f.write("".join(json.dumps({"body": d}) + "\n" for d in docs))
+    pq.write_table(pa.table({"body": docs}), tmp_path / "e.parquet")
+    docdir = tmp_path / "perfile"
+    docdir.mkdir()
+    for i, d in enumerate(docs):
+        (docdir / f"{i:03d}.txt").write_text(d)
+    tok = tmp_path / "tok"
+    prepare([str(tmp_path / "a.txt")], tok, cfg(val_fraction=0.0), track=False)
+    runs = {
+        "text": ([str(tmp_path / "a.txt")], {}),
+        "text.gz": ([str(tmp_path / "b.txt.gz")], {}),
+        "jsonl": ([str(tmp_path / "c.jsonl")], {"text_field": "body"}),
+        "jsonl.gz": ([str(tmp_path / "d.jsonl.gz")], {"text_field": "body"}),
+        "parquet": ([str(tmp_path / "e.parquet")], {"text_column": "body"}),
+        "file per document": ([str(docdir)], {"text_split": "file"}),
+    }
+    streams = {}
+    for name, (corpus, kw) in runs.items():
+        out = tmp_path / name.replace(" ", "_")
+        m = prepare(corpus, out, cfg(tokenizer=str(tok), val_fraction=0.0, **kw), track=False)
+        assert m["splits"]["train"]["documents"] == 60, name
+        streams[name] = stream(out, "train")
+    first = streams["text"]
+    assert len(first) > 0
+    for name, s in streams.items():
+        assert np.array_equal(s, first), name
+
+
+def test_output_is_identical_whatever_the_parallelism(tmp_path, ray_session):
+    src = write_text(tmp_path / "c.txt", documents(400, seed=3))
+    a = prepare([str(src)], tmp_path / "a", cfg(parallelism=1), track=False)
+    b = prepare([str(src)], tmp_path / "b", cfg(parallelism=2, chunk_mb=1, batch_docs=7), track=False)
+    assert a["shards"] == b["shards"] and a["tokenizer"] == b["tokenizer"]
+    assert (tmp_path / "a" / "manifest.json").read_text() == (tmp_path / "b" / "manifest.json").read_text()
+
+
+def test_chunks_inside_a_file_own_whole_documents(tmp_path):
+    from pipeline.corpus import ReadOptions, plan_chunks, read_documents, resolve_inputs
+
+    data = b"one a\none b\n\n\ntwo\r\n\r\nthree a\nthree b\n\nlast"
+    (tmp_path / "c.txt").write_bytes(data)
+    f = resolve_inputs([str(tmp_path / "c.txt")])[0]
+    whole = [d[:2] for d in read_documents(f, 0, -1, ReadOptions())]
+    assert [t for _, t in whole] == ["one a\none b", "two", "three a\nthree b", "last"]
+    for size in range(1, len(data) + 1):
+        got = [d[:2] for it in plan_chunks([f], size, ReadOptions())
+               for d in read_documents(f, it["start"], it["end"], ReadOptions())]
+        assert got == whole, size
+
+
+def test_packing_blocks_are_contiguous_and_hold_every_document_once(tmp_path, ray_session):
+    docs = [f"document number {i} " + "word " * (i % 40) for i in range(200)]
+    src = write_text(tmp_path / "c.txt", docs)
+    out = tmp_path / "ds"
+    m = prepare([str(src)], out, cfg(val_fraction=0.0), track=False)
+    s = stream(out, "train")
+    tok = load_tokenizer(out)
+    eod = tok.token_to_id(END_OF_DOCUMENT)
+    assert (s == eod).sum() == len(decoded_docs(out, "train"))
+    got = [norm(d) for d in decoded_docs(out, "train")]
+    assert got == [norm(d) for d in docs][:len(got)]
+    train = m["splits"]["train"]
+    # every token is in a block but for the tail, which is counted
+    assert len(s) + train["tokens_not_in_a_block"] == train["tokens"]
+    assert train["blocks"] == (train["tokens"] - 1) // 32
+
+
+def test_non_utf8_bytes_are_replaced_and_counted(tmp_path, ray_session):
+    raw = "\n\n".join(documents(20, seed=4)).encode() + b"\n\nbad \xff\xfe bytes here\n"
+    (tmp_path / "c.txt").write_bytes(raw)
+    m = prepare([str(tmp_path / "c.txt")], tmp_path / "ds", cfg(val_fraction=0.0), track=False)
+    assert m["replaced_bytes"] == 2
+
+
+def test_a_single_very_long_line_is_split_and_processed(tmp_path, ray_session):
+    words = documents(1, seed=5, min_words=600_000, max_words=600_000)[0].replace("\n", " ")
+    assert len(words) > 2_500_000
+    (tmp_path / "c.txt").write_text(words)
+    m = prepare([str(tmp_path / "c.txt")], tmp_path / "ds", cfg(val_fraction=0.0), track=False)
+    assert m["splits"]["train"]["documents"] == 1
+    tok = load_tokenizer(tmp_path / "ds")
+    assert m["splits"]["train"]["tokens"] == len(tok.encode(words, add_special_tokens=False).ids) + 1
+
+
+def test_rerun_is_a_no_op_and_a_different_one_needs_overwrite(tmp_path, ray_session):
+    src = write_text(tmp_path / "c.txt", documents(50, seed=6))
+    out = tmp_path / "ds"
+    prepare([str(src)], out, cfg(), track=False)
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    prepare([str(src)], out, cfg(parallelism=1), track=False)  # parallelism does not matter
+    assert (out / "manifest.json").stat().st_mtime_ns == stamp
+    from pipeline.corpus import CorpusError
+    with pytest.raises(CorpusError, match="--overwrite"):
+        prepare([str(src)], out, cfg(seed=1), track=False)
+    m = prepare([str(src)], out, cfg(seed=1), overwrite=True, track=False)
+    assert m["seed"] == 1 and json.loads((out / "manifest.json").read_text())["seed"] == 1
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+BAD_INPUTS = {
+    "missing path": (lambda d: str(d / "nope.txt"), "nope.txt: no such file"),
+    "empty glob": (lambda d: str(d / "*.nothing"), "matches no files"),
+    "empty corpus": (lambda d: _write(d / "e.txt", b"\n\n   \n"), "no documents"),
+    "binary file": (lambda d: _write(d / "b.txt", b"abc\x00\x01\x02" * 10), "b.txt: a NUL byte at offset 3"),
+    "bad json": (lambda d: _write(d / "j.jsonl", b'{"text": "ok"}\n{"text": broken\n'), "j.jsonl:2: not valid JSON"),
+    "missing field": (lambda d: _write(d / "f.jsonl", b'{"text": "ok"}\n\n{"body": "x"}\n'), "f.jsonl:3: no field 'text'"),
+    "parquet without the column": (lambda d: _parquet(d / "p.parquet"), "p.parquet: no column 'text' (columns: body)"),
+    "unknown key": (None, "unknown key 'n_merge'"),
+}
+
+
+def _write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def _parquet(path: Path) -> str:
+    pq.write_table(pa.table({"body": ["a b c"]}), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_clear_line_and_exit_2(case, tmp_path, ray_session, capsys):
+    make, expected = BAD_INPUTS[case]
+    corpus = make(tmp_path) if make else _write(tmp_path / "ok.txt", b"fine text")
+    out = tmp_path / "out"
+    extra = ["--set", "n_merge=3"] if case == "unknown key" else []
+    rc = main(["--corpus", corpus, "--out", str(out), "--no-mlflow", "--set", "n_merges=50", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    # Ray's own progress lines may come first; ours is the last, and there is no traceback
+    assert err[-1].startswith("prepare: ") and expected in err[-1], err[-5:]
+    assert not any("Traceback" in line for line in err)
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_script_runs_as_a_file_and_logs_to_mlflow(tmp_path, mlflow_uri):
+    src = write_text(tmp_path / "c.txt", documents(80, seed=7))
+    out = tmp_path / "ds"
+    r = subprocess.run([sys.executable, "pipeline/prepare.py", "--corpus", str(src), "--out", str(out),
+                        "--set", "n_merges=200", "--set", "n_ctx=16"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "prepared" in r.stdout and "MB/s" in r.stdout
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name("gpt1-prepare")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.data.params["n_merges"] == "200" and run.data.params["n_ctx"] == "16"
+    m = json.loads((out / "manifest.json").read_text())
+    assert run.data.metrics["train_documents"] == m["splits"]["train"]["documents"]
+    assert run.data.tags["tokenizer_sha256"] == m["tokenizer"]["sha256"]
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"manifest.json", "tokenizer.json"}
+    r = subprocess.run([sys.executable, "pipeline/prepare.py", "--corpus", str(tmp_path / "nope"),
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "nope" in r.stderr
