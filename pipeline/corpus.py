@@ -1,7 +1,7 @@
 """Reading an unlabeled corpus: inputs, formats, documents, normalisation.
 
 Inputs are paths, globs, directories or URIs that pyarrow's filesystems read (s3://, gs://,
-file://). Formats: plain text (a document per file, or documents separated by empty lines),
+file://). Formats: plain text (a document per file, or documents separated by blank lines),
 JSON Lines with a text field, Parquet with a text column, and gzip-compressed forms of each.
 
 Uncompressed text and JSON Lines files are cut into byte ranges ("chunks") so that one large file
@@ -193,25 +193,40 @@ class _Binary(Exception):
         self.offset = offset
 
 
+_SPACE = b" \t\r\f\v"
+
+
 def _empty(line: bytes) -> bool:
-    return line in (b"\n", b"\r\n", b"")
+    """A blank line: nothing but whitespace."""
+    return not line.strip(_SPACE + b"\n")
 
 
 def _previous_line_empty(opener, p: int) -> bool:
-    """Whether the line that ends just before offset p is empty (or p is the file's start)."""
+    """Whether the line that ends just before offset p is blank (or p is the file's start).
+
+    Scans backwards from p and stops at the first non-space byte or at the line's start, so it
+    reads a few bytes in the usual case however long the line is.
+    """
     if p == 0:
         return True
     with opener() as g:
-        g.seek(max(p - 3, 0))
-        tail = g.read(p - max(p - 3, 0))
-    t = tail[:-1]  # drop the newline that ends the previous line
-    if t.endswith(b"\r"):
-        t = t[:-1]
-    return t.endswith(b"\n") or p - len(tail) + len(t) == 0
+        end = p - 1  # byte p-1 is the newline that ends the previous line
+        while end > 0:
+            start = max(end - 4096, 0)
+            g.seek(start)
+            block = g.read(end - start)
+            for i in range(len(block) - 1, -1, -1):
+                b = block[i:i + 1]
+                if b == b"\n":
+                    return True
+                if b not in _SPACE:
+                    return False
+            end = start
+    return True
 
 
 def _blank_line_docs(f, opener, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-    """Documents separated by empty lines; a chunk owns those whose first line starts in it."""
+    """Documents separated by blank lines; a chunk owns those whose first line starts in it."""
     doc: list[bytes] = []
     doc_start = 0
     prev_empty = None

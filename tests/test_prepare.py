@@ -130,7 +130,7 @@ def test_output_is_identical_whatever_the_parallelism(tmp_path, ray_session):
 def test_chunks_inside_a_file_own_whole_documents(tmp_path):
     from pipeline.corpus import ReadOptions, plan_chunks, read_documents, resolve_inputs
 
-    data = b"one a\none b\n\n\ntwo\r\n\r\nthree a\nthree b\n\nlast"
+    data = b"one a\none b\n\n  \ntwo\r\n \t\r\nthree a\nthree b\n\nlast"
     (tmp_path / "c.txt").write_bytes(data)
     f = resolve_inputs([str(tmp_path / "c.txt")])[0]
     whole = [d[:2] for d in read_documents(f, 0, -1, ReadOptions())]
