@@ -247,3 +247,13 @@ def test_script_runs_as_a_file_and_logs_to_mlflow(tmp_path, mlflow_uri):
     r = subprocess.run([sys.executable, "pipeline/prepare.py", "--corpus", str(tmp_path / "nope"),
                         "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "nope" in r.stderr
+
+
+def test_normalisation_repairs_unicode_and_strips_controls():
+    from pipeline.corpus import normalize
+
+    assert normalize("caf\u00c3\u00a9 \u00e2\u20ac\u0153quoted\u00e2\u20ac\x9d") == 'café "quoted"'  # mojibake
+    assert normalize("\ufb01ne \u2460 \uff21") == "fine 1 A"  # NFKC
+    assert normalize("a\x00b\x07c\x1bd\r\ne\tf") == "abcd\ne\tf"  # controls gone, tabs and newlines kept
+    assert normalize("  Mixed CASE ", lowercase=True) == "mixed case"
+    assert normalize("naïve café") == "naïve café"  # proper text is left alone
