@@ -19,15 +19,20 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
-def write_shard(blocks: np.ndarray, path: Path) -> str:
-    """One Parquet file with a `tokens` column of fixed-size lists; returns its sha256."""
-    n, width = blocks.shape
+ROW_GROUP = 1024  # blocks per Parquet row group: what the packer holds in memory at most
+
+
+def _table(blocks: np.ndarray) -> pa.Table:
     values = pa.array(blocks.reshape(-1), type=pa.from_numpy_dtype(blocks.dtype))
-    table = pa.table({"tokens": pa.FixedSizeListArray.from_arrays(values, width)})
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=4096)
-    os.replace(tmp, path)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return pa.table({"tokens": pa.FixedSizeListArray.from_arrays(values, blocks.shape[1])})
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_blocks(path) -> np.ndarray:
@@ -37,42 +42,64 @@ def read_blocks(path) -> np.ndarray:
 
 
 class Packer:
-    """Accumulates one split's documents and writes full shards as they fill."""
+    """Packs one split's token stream into blocks and streams them into Parquet shards.
+
+    Row groups always hold ROW_GROUP blocks (the last of a shard fewer), so the files are a
+    function of the token stream alone, not of how it arrived; and memory stays at one row
+    group, whatever the corpus or shard size.
+    """
 
     def __init__(self, out_dir: Path, n_ctx: int, eod: int, dtype: np.dtype, shard_blocks: int):
         self.out_dir, self.n_ctx, self.eod, self.dtype = out_dir, n_ctx, eod, dtype
-        self.shard_blocks = shard_blocks
+        self.shard_blocks = max(shard_blocks // ROW_GROUP, 1) * ROW_GROUP if shard_blocks >= ROW_GROUP else shard_blocks
         self.pending = np.empty(0, dtype=dtype)  # stream tokens not yet in a finished block
-        self.blocks: list[np.ndarray] = []
-        self.n_buffered = 0
+        self.group: list[np.ndarray] = []  # finished blocks not yet written
+        self.n_group = 0
+        self.writer: pq.ParquetWriter | None = None
+        self.in_shard = 0
         self.shards: dict[str, str] = {}  # file name -> sha256
         self.documents = self.tokens = self.n_blocks = 0
 
-    def add(self, tokens: np.ndarray) -> None:
-        self.documents += 1
-        self.tokens += len(tokens) + 1
-        self.pending = np.concatenate([self.pending, tokens.astype(self.dtype), [self.eod]]).astype(self.dtype)
+    def add(self, stream: np.ndarray, n_documents: int) -> None:
+        """Append stream tokens (documents already joined with the end-of-document token)."""
+        self.documents += n_documents
+        self.tokens += len(stream)
+        self.pending = np.concatenate([self.pending, stream.astype(self.dtype, copy=False)])
         n_full = (len(self.pending) - 1) // self.n_ctx
         if n_full:
             windows = np.lib.stride_tricks.sliding_window_view(self.pending, self.n_ctx + 1)
-            self.blocks.append(windows[::self.n_ctx][:n_full].copy())
-            self.n_buffered += n_full
+            self.group.append(windows[::self.n_ctx][:n_full].copy())
+            self.n_group += n_full
             self.pending = self.pending[n_full * self.n_ctx:].copy()
-        while self.n_buffered >= self.shard_blocks:
-            self._flush(self.shard_blocks)
+        while self.n_group >= min(ROW_GROUP, self.shard_blocks - self.in_shard):
+            self._write(min(ROW_GROUP, self.shard_blocks - self.in_shard))
 
-    def _flush(self, n: int) -> None:
-        allb = np.concatenate(self.blocks)
-        name = f"shard-{len(self.shards):05d}.parquet"
-        self.shards[name] = write_shard(allb[:n], self.out_dir / name)
+    def _write(self, n: int) -> None:
+        blocks = np.concatenate(self.group) if len(self.group) > 1 else self.group[0]
+        if self.writer is None:
+            self.name = f"shard-{len(self.shards):05d}.parquet"
+            self.tmp = self.out_dir / (self.name + ".tmp")
+            self.writer = pq.ParquetWriter(self.tmp, _table(blocks[:1]).schema, compression="zstd")
+        self.writer.write_table(_table(blocks[:n]), row_group_size=n)
+        self.in_shard += n
         self.n_blocks += n
-        rest = allb[n:]
-        self.blocks = [rest] if len(rest) else []
-        self.n_buffered = len(rest)
+        rest = blocks[n:]
+        self.group, self.n_group = ([rest] if len(rest) else []), len(rest)
+        if self.in_shard == self.shard_blocks:
+            self._close_shard()
+
+    def _close_shard(self) -> None:
+        self.writer.close()
+        path = self.out_dir / self.name
+        os.replace(self.tmp, path)
+        self.shards[self.name] = _sha256(path)
+        self.writer, self.in_shard = None, 0
 
     def close(self) -> int:
-        """Write the last shard; returns the tokens left over, too few for a block (these are
-        counted in the manifest, not silently dropped)."""
-        if self.n_buffered:
-            self._flush(self.n_buffered)
+        """Write what is left; returns the tokens too few for a block (counted in the manifest,
+        not silently dropped)."""
+        if self.n_group:
+            self._write(self.n_group)
+        if self.writer is not None:
+            self._close_shard()
         return max(len(self.pending) - 1, 0)

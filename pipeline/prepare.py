@@ -281,18 +281,22 @@ def _write(tmp: Path, tokens, tok, cfg, files, shas, fingerprint, vocab, eod) ->
     for table in tokens.iter_batches(batch_size=None, batch_format="pyarrow"):
         _raise_worker_error(table.column("error").to_pylist())
         col = table.column("tokens").combine_chunks()
-        offsets = col.offsets.to_numpy()
+        lengths = np.diff(col.offsets.to_numpy())
         values = col.values.to_numpy()
-        for i, (val, n_bytes, bad) in enumerate(zip(table.column("val").to_pylist(),
-                                                    table.column("n_bytes").to_pylist(),
-                                                    table.column("n_replaced").to_pylist())):
-            split = "val" if val else "train"
-            replaced += bad
-            if offsets[i + 1] == offsets[i]:  # nothing left after normalisation: counted, not packed
-                counts[split]["empty_documents"] += 1
+        val = table.column("val").to_numpy(zero_copy_only=False)
+        n_bytes = table.column("n_bytes").to_numpy()
+        replaced += int(table.column("n_replaced").to_numpy().sum())
+        # Vectorised over the table: each split's documents, joined by the end-of-document token.
+        doc_of_token = np.repeat(np.arange(len(lengths)), lengths)
+        for split, flag in (("train", False), ("val", True)):
+            docs = (val == flag) & (lengths > 0)
+            counts[split]["empty_documents"] += int(((val == flag) & (lengths == 0)).sum())
+            if not docs.any():
                 continue
-            counts[split]["bytes"] += n_bytes
-            packers[split].add(values[offsets[i]:offsets[i + 1]])
+            counts[split]["bytes"] += int(n_bytes[docs].sum())
+            tokens_s = values[docs[doc_of_token]]
+            ends = np.cumsum(lengths[docs])
+            packers[split].add(np.insert(tokens_s, ends, eod), int(docs.sum()))
     if packers["train"].documents + packers["val"].documents == 0:
         raise CorpusError(f"{', '.join(f.uri for f in files[:3])}{' ...' if len(files) > 3 else ''}: "
                           "the corpus holds no documents (empty or whitespace only)")

@@ -257,3 +257,25 @@ def test_normalisation_repairs_unicode_and_strips_controls():
     assert normalize("a\x00b\x07c\x1bd\r\ne\tf") == "abcd\ne\tf"  # controls gone, tabs and newlines kept
     assert normalize("  Mixed CASE ", lowercase=True) == "mixed case"
     assert normalize("naïve café") == "naïve café"  # proper text is left alone
+
+
+@pytest.mark.parametrize("shard_blocks", [3, 2048 + 5])
+def test_packer_shards_are_a_function_of_the_stream_alone(tmp_path, shard_blocks):
+    from pipeline.packing import Packer
+
+    rng = np.random.default_rng(0)
+    stream_tokens = rng.integers(0, 1000, 40_000).astype(np.uint16)
+    results = []
+    for i, pieces in enumerate([[stream_tokens], np.split(stream_tokens, np.sort(rng.integers(1, 40_000, 50)))]):
+        d = tmp_path / str(i)
+        d.mkdir()
+        p = Packer(d, n_ctx=8, eod=999, dtype=np.dtype(np.uint16), shard_blocks=shard_blocks)
+        for piece in pieces:
+            p.add(piece, 1)
+        left = p.close()
+        blocks = np.concatenate([read_blocks(d / n) for n in sorted(p.shards)])
+        rebuilt = np.concatenate([blocks[0], *[b[1:] for b in blocks[1:]]])
+        assert np.array_equal(rebuilt, stream_tokens[:len(rebuilt)]) and len(rebuilt) + left == len(stream_tokens)
+        assert all(len(read_blocks(d / n)) <= shard_blocks for n in p.shards)
+        results.append(p.shards)
+    assert results[0] == results[1] and len(results[0]) > 1
