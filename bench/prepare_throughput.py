@@ -44,24 +44,36 @@ def build_corpus(path: Path, mb: int) -> None:
             written += len(text.encode("utf-8"))
 
 
+def _private_bytes(pid: int | str = "self") -> int:
+    """RssAnon: resident memory that is the process's own, without shared pages such as the
+    Ray object store's, which a process that reads objects maps into its RSS."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 class PeakRSS:
-    """Samples this process's descendants (Ray's workers among them) for the largest RSS."""
+    """Samples the driver and its descendants (Ray's workers among them) every 0.2 s."""
 
     def __init__(self):
         import psutil
         self.me = psutil.Process()
-        self.worker_peak = 0
+        self.worker_peak = self.worker_private_peak = self.driver_private_peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         import psutil
         while not self._stop.is_set():
+            self.driver_private_peak = max(self.driver_private_peak, _private_bytes())
             for p in self.me.children(recursive=True):
                 try:
                     if "ray::" in p.name() or "ray::" in " ".join(p.cmdline()[:1]):
                         self.worker_peak = max(self.worker_peak, p.memory_info().rss)
-                except psutil.Error:
+                        self.worker_private_peak = max(self.worker_private_peak, _private_bytes(p.pid))
+                except (psutil.Error, OSError):
                     pass
             time.sleep(0.2)
 
@@ -104,7 +116,8 @@ def one(corpus: Path, out: Path) -> dict:
         bare_tokens += sum(len(e.ids) for e in tok.encode_batch(docs[i:i + 256], add_special_tokens=False))
     bare_s = time.perf_counter() - t0
     return {"mb": size / 1e6, "prepare_s": prep_s, "prepare_tokens": tokens, "bare_s": bare_s,
-            "bare_tokens": bare_tokens, "driver_peak": driver_peak, "worker_peak": rss.worker_peak}
+            "bare_tokens": bare_tokens, "driver_peak": driver_peak, "worker_peak": rss.worker_peak,
+            "driver_private": rss.driver_private_peak, "worker_private": rss.worker_private_peak}
 
 
 def main() -> None:
@@ -137,12 +150,16 @@ def main() -> None:
           f"python {platform.python_version()}; tokenizer: the released GPT-1 vocabulary")
     print()
     print("| corpus MB | prepare MB/s | prepare tokens/s | bare encode_batch MB/s | bare tokens/s | "
-          "prepare / bare | driver peak RSS MB | largest worker peak RSS MB |")
+          "prepare / bare | driver peak RSS MB (private) | largest worker peak RSS MB (private) |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['mb']:.0f} | {r['mb'] / r['prepare_s']:.2f} | {r['prepare_tokens'] / r['prepare_s']:,.0f} | "
               f"{r['mb'] / r['bare_s']:.2f} | {r['bare_tokens'] / r['bare_s']:,.0f} | "
-              f"{r['bare_s'] / r['prepare_s']:.2f}x | {r['driver_peak'] / 2**20:,.0f} | {r['worker_peak'] / 2**20:,.0f} |")
+              f"{r['bare_s'] / r['prepare_s']:.2f}x | {r['driver_peak'] / 2**20:,.0f} ({r['driver_private'] / 2**20:,.0f}) | "
+              f"{r['worker_peak'] / 2**20:,.0f} ({r['worker_private'] / 2**20:,.0f}) |")
+    print()
+    print("RSS counts the Ray object store's shared pages that a process has touched; (private) is")
+    print("RssAnon, the process's own memory.")
 
 
 if __name__ == "__main__":

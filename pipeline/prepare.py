@@ -141,12 +141,11 @@ class Tokenize(_Docs):
             for piece in _cut(text, MAX_PIECE_CHARS):
                 pieces.append(piece)
                 owner.append(d)
-        ids = [[] for _ in docs]
-        for d, enc in zip(owner, self.tok.encode_batch(pieces, add_special_tokens=False)):
-            ids[d].extend(enc.ids)
-        lengths = np.array([len(x) for x in ids], dtype=np.int64)
+        arrays = [np.array(e.ids, dtype=np.int32) for e in self.tok.encode_batch(pieces, add_special_tokens=False)]
+        # Pieces are in document order, so their concatenation is the documents' concatenation.
+        values = np.concatenate(arrays) if arrays else np.empty(0, np.int32)
+        lengths = np.bincount(owner, weights=[len(a) for a in arrays], minlength=len(docs)).astype(np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
-        values = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(offsets[-1]))
         return self._table([int(file_idx)] * len(docs), docs, offsets, values, [None] * len(docs))
 
     @staticmethod
