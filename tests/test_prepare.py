@@ -231,8 +231,10 @@ def test_bad_input_is_one_clear_line_and_exit_2(case, tmp_path, ray_session, cap
 def test_script_runs_as_a_file_and_logs_to_mlflow(tmp_path, mlflow_uri):
     src = write_text(tmp_path / "c.txt", documents(80, seed=7))
     out = tmp_path / "ds"
-    r = subprocess.run([sys.executable, "pipeline/prepare.py", "--corpus", str(src), "--out", str(out),
-                        "--set", "n_merges=200", "--set", "n_ctx=16"], cwd=ROOT, capture_output=True, text=True)
+    # cwd: MLflow puts a SQLite store's artifacts under ./mlruns of the working directory
+    r = subprocess.run([sys.executable, str(ROOT / "pipeline" / "prepare.py"), "--corpus", str(src), "--out",
+                        str(out), "--set", "n_merges=200", "--set", "n_ctx=16"], cwd=tmp_path,
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "prepared" in r.stdout and "MB/s" in r.stdout
     from mlflow.tracking import MlflowClient
@@ -244,8 +246,8 @@ def test_script_runs_as_a_file_and_logs_to_mlflow(tmp_path, mlflow_uri):
     assert run.data.metrics["train_documents"] == m["splits"]["train"]["documents"]
     assert run.data.tags["tokenizer_sha256"] == m["tokenizer"]["sha256"]
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"manifest.json", "tokenizer.json"}
-    r = subprocess.run([sys.executable, "pipeline/prepare.py", "--corpus", str(tmp_path / "nope"),
-                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, str(ROOT / "pipeline" / "prepare.py"), "--corpus", str(tmp_path / "nope"),
+                        "--out", str(out)], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "nope" in r.stderr
 
 
@@ -279,3 +281,43 @@ def test_packer_shards_are_a_function_of_the_stream_alone(tmp_path, shard_blocks
         assert all(len(read_blocks(d / n)) <= shard_blocks for n in p.shards)
         results.append(p.shards)
     assert results[0] == results[1] and len(results[0]) > 1
+
+
+def test_blank_line_documents_match_a_line_by_line_reference(tmp_path):
+    import random
+
+    from pipeline.corpus import ReadOptions, plan_chunks, read_documents, resolve_inputs
+
+    rng = random.Random(7)
+    blank = [b"\n", b"  \n", b"\t\r\n", b"\r\n"]
+    for trial in range(30):
+        parts = [rng.choice(blank) for _ in range(rng.randint(0, 2))]  # leading blank lines
+        for _ in range(rng.randint(1, 12)):
+            for _ in range(rng.randint(1, 3)):
+                parts.append(b" " * rng.randint(0, 2) + bytes(rng.choice(b"abc") for _ in range(rng.randint(1, 9)))
+                             + rng.choice([b"\n", b"\r\n"]))
+            parts += [rng.choice(blank) for _ in range(rng.randint(1, 3))]
+        data = b"".join(parts)
+        if rng.random() < 0.5:
+            data = data.rstrip(b"\r\n \t")  # no newline at the end of the file
+        path = tmp_path / f"{trial}.txt"
+        path.write_bytes(data)
+        # reference: runs of non-blank lines
+        want, cur, start, pos = [], [], 0, 0
+        for line in data.splitlines(keepends=True):
+            if line.strip():
+                if not cur:
+                    start = pos
+                cur.append(line)
+            elif cur:
+                want.append((start, b"".join(cur)))
+                cur = []
+            pos += len(line)
+        if cur:
+            want.append((start, b"".join(cur)))
+        want = [(o, " ".join(d.decode().split())) for o, d in want]
+        f = resolve_inputs([str(path)])[0]
+        for size in (1, 2, 3, 5, 8, 13, 1000):
+            got = [(o, " ".join(t.split())) for it in plan_chunks([f], size, ReadOptions())
+                   for o, t, _, _ in read_documents(f, it["start"], it["end"], ReadOptions())]
+            assert got == want, (trial, size, data)
