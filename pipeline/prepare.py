@@ -33,7 +33,7 @@ from pipeline import config as configlib
 from pipeline.corpus import CorpusError, InputFile, ReadOptions, filesystem, plan_chunks, read_documents, resolve_inputs
 from pipeline.packing import Packer, token_dtype
 from pipeline.tokenizer import (END_OF_DOCUMENT, load_tokenizer, n_merges, save_tokenizer,
-                                tokenizer_from_counts, word_counts)
+                                tokenizer_from_counts, tokenizer_sha256, word_counts)
 
 FORMAT_VERSION = 1
 MAX_PIECE_CHARS = 100_000  # longer documents are tokenized in pieces cut at whitespace
@@ -207,7 +207,7 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
         tok, source = None, f"train:{cfg.n_merges}"
     else:
         tok = load_tokenizer(cfg.tokenizer)
-        source = hashlib.sha256(tok.to_str().encode()).hexdigest()
+        source = tokenizer_sha256(tok)
     fingerprint = _fingerprint(cfg, shas, source)
     if (out / "manifest.json").exists():
         existing = json.loads((out / "manifest.json").read_text())
