@@ -282,7 +282,7 @@ def read_documents(f: InputFile, start: int, end: int, opts: ReadOptions) -> Ite
     the chunk [start, end) owns. end = -1: to the end of the file."""
     fs, _ = filesystem(f.uri)
 
-    def opener():
+    def opener():  # seekable where a chunk starts inside the file (gzip always starts at 0)
         if f.gz:
             return gzip.open(fs.open_input_stream(f.path, compression=None))
         return fs.open_input_file(f.path) if start > 0 else fs.open_input_stream(f.path, compression=None)
@@ -305,7 +305,7 @@ def read_documents(f: InputFile, start: int, end: int, opts: ReadOptions) -> Ite
             if opts.text_split == "file":
                 docs = [(0, _chomp(b"".join(line for _, line in _lines(stream, 0))))]
             elif opts.text_split == "blank_line":
-                docs = _blank_line_docs(stream, lambda: fs.open_input_file(f.path) if not f.gz else opener(), start, end)
+                docs = _blank_line_docs(stream, opener, start, end)
             else:
                 raise CorpusError(f"text_split {opts.text_split!r}: expected 'blank_line' or 'file'")
             for off, raw in docs:
