@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from model import GPT, GPTConfig, make_optimizer  # noqa: E402
+from model.flops import matmul_ceiling  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -35,22 +36,6 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
-
-
-def matmul_ceiling(device: str, dtype: torch.dtype, n: int, reps: int) -> float:
-    """Best FLOP/s of an n x n x n matmul: the dense ceiling that MFU is measured against."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(reps):
-        sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / min(times)
 
 
 def keep_freed_memory() -> bool:

@@ -28,6 +28,14 @@ SCHEDULES = {"warmup_cosine": warmup_cosine, "warmup_constant": warmup_constant,
              "warmup_linear": warmup_linear}
 
 
+def lr_factor(name: str, step: int, total_steps: int, warmup: float = 0.002) -> float:
+    """The multiplier of the base lr at update `step` of `total_steps`: a pure function of the
+    step, so a resumed run needs only the step to be back on the schedule."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; expected one of {sorted(SCHEDULES)}")
+    return SCHEDULES[name](step / total_steps, warmup)
+
+
 def make_schedule(optimizer: torch.optim.Optimizer, name: str, total_steps: int,
                   warmup: float = 0.002) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR that multiplies the base lr by SCHEDULES[name](step / total_steps, warmup).
@@ -35,10 +43,8 @@ def make_schedule(optimizer: torch.optim.Optimizer, name: str, total_steps: int,
     warmup is a fraction of total_steps, as in opt.py: the paper's 2,000 pretraining warm-up
     updates are warmup = 2000 / total_steps.
     """
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; expected one of {sorted(SCHEDULES)}")
-    fn = SCHEDULES[name]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: fn(step / total_steps, warmup))
+    lr_factor(name, 0, total_steps, warmup)  # an unknown name fails here, not at the first step
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(name, step, total_steps, warmup))
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

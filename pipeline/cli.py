@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
                         description=prepare.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     prepare.add_arguments(pr)
     pr.set_defaults(func=prepare.run)
+
+    from pipeline import pretrain
+    pt = sub.add_parser("pretrain", help="prepared dataset -> pretrained GPT (Ray Train)",
+                        description=pretrain.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pretrain.add_arguments(pt)
+    pt.set_defaults(func=pretrain.run)
     return p
 
 

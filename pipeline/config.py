@@ -20,7 +20,12 @@ class ConfigError(ValueError):
 
 def _coerce(cls, key: str, value: Any, where: str) -> Any:
     field = {f.name: f for f in dataclasses.fields(cls)}[key]
-    default = field.default if field.default is not dataclasses.MISSING else None
+    if field.default is not dataclasses.MISSING:
+        default = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    else:
+        default = None
     if default is None or value is None:
         return value
     if isinstance(default, bool):
@@ -43,6 +48,9 @@ def _coerce(cls, key: str, value: Any, where: str) -> Any:
     elif isinstance(default, (list, tuple)):
         if isinstance(value, (list, tuple)):
             return type(default)(value)
+    elif isinstance(default, dict):
+        if isinstance(value, dict):
+            return value
     raise ConfigError(f"{where}: {key} must be a {type(default).__name__}, got {value!r}")
 
 

@@ -27,7 +27,7 @@ def _table(blocks: np.ndarray) -> pa.Table:
     return pa.table({"tokens": pa.FixedSizeListArray.from_arrays(values, blocks.shape[1])})
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 22):
@@ -92,7 +92,7 @@ class Packer:
         self.writer.close()
         path = self.out_dir / self.name
         os.replace(self.tmp, path)
-        self.shards[self.name] = _sha256(path)
+        self.shards[self.name] = sha256_file(path)
         self.writer, self.in_shard = None, 0
 
     def close(self) -> int:

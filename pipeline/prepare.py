@@ -79,14 +79,16 @@ def is_val(seed: int, file_sha: str, offset: int, fraction: float) -> bool:
 class _Docs:
     """Shared by the Ray Data workers: the documents of one work item, with their split."""
 
-    def __init__(self, files, shas, cfg: PrepareConfig):
-        self.files, self.shas, self.cfg = files, shas, cfg
+    def __init__(self, files, shas, cfg: PrepareConfig, val_files: frozenset = frozenset()):
+        self.files, self.shas, self.cfg, self.val_files = files, shas, cfg, val_files
         self.opts = ReadOptions(cfg.format, cfg.text_split, cfg.text_field, cfg.text_column, cfg.lowercase)
 
     def of(self, item):
-        f = self.files[item["file"]]
-        for off, text, n_bytes, bad in read_documents(f, int(item["start"]), int(item["end"]), self.opts):
-            yield off, text, n_bytes, bad, is_val(self.cfg.seed, self.shas[item["file"]], off, self.cfg.val_fraction)
+        i = int(item["file"])
+        for off, text, n_bytes, bad in read_documents(self.files[i], int(item["start"]), int(item["end"]), self.opts):
+            # Held-out files, when given, are the val split; otherwise a hash picks documents.
+            yield off, text, n_bytes, bad, (i in self.val_files if self.val_files else
+                                            is_val(self.cfg.seed, self.shas[i], off, self.cfg.val_fraction))
 
     def __call__(self, batch):
         # A bad input found here travels to the driver as data, not as a task failure: Ray
@@ -117,8 +119,8 @@ class CountWords(_Docs):
 class Tokenize(_Docs):
     """Documents -> token ids, in input order, a table per batch of documents."""
 
-    def __init__(self, files, shas, cfg: PrepareConfig, tokenizer_json: str):
-        super().__init__(files, shas, cfg)
+    def __init__(self, files, shas, cfg: PrepareConfig, val_files: frozenset, tokenizer_json: str):
+        super().__init__(files, shas, cfg, val_files)
         from tokenizers import Tokenizer
         self.tok = Tokenizer.from_str(tokenizer_json)
 
@@ -189,26 +191,35 @@ def _ray_init() -> None:
         ray.init(logging_level=logging.WARNING)
 
 
-def _fingerprint(cfg: PrepareConfig, shas: list[str], tokenizer_source: str) -> str:
+def _fingerprint(cfg: PrepareConfig, shas: list[str], tokenizer_source: str, n_val_files: int) -> str:
     opts = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
     opts["tokenizer"] = tokenizer_source
-    blob = json.dumps({"format_version": FORMAT_VERSION, "inputs": shas, "options": opts}, sort_keys=True)
+    inputs = {"inputs": shas, "val_inputs": n_val_files} if n_val_files else {"inputs": shas}
+    blob = json.dumps({"format_version": FORMAT_VERSION, **inputs, "options": opts}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False, track: bool = True) -> dict:
-    """Run the stage; returns the manifest. Raises CorpusError / ConfigError on bad input."""
+def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False, track: bool = True,
+            val_corpus: list[str] | None = None) -> dict:
+    """Run the stage; returns the manifest. Raises CorpusError / ConfigError on bad input.
+
+    val_corpus: held-out inputs that make up the val split (and val_fraction is not used)."""
     t0 = time.time()
     out = Path(out).absolute()
     _check(cfg)
     files = resolve_inputs(corpus, cfg.format)
+    n_val = 0
+    if val_corpus:
+        val = resolve_inputs(val_corpus, cfg.format)
+        files, n_val = files + val, len(val)
+    val_files = frozenset(range(len(files) - n_val, len(files)))
     shas = [file_sha256(f) for f in files]
     if cfg.tokenizer == "train":
         tok, source = None, f"train:{cfg.n_merges}"
     else:
         tok = load_tokenizer(cfg.tokenizer)
         source = tokenizer_sha256(tok)
-    fingerprint = _fingerprint(cfg, shas, source)
+    fingerprint = _fingerprint(cfg, shas, source, n_val)
     if (out / "manifest.json").exists():
         existing = json.loads((out / "manifest.json").read_text())
         if existing.get("fingerprint") == fingerprint:
@@ -227,7 +238,7 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
     pool = ray.data.ActorPoolStrategy(size=workers)
     # Each worker tokenizes with one thread: the parallelism is Ray's, not tokenizers'.
     env = {"env_vars": {"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}}
-    common = dict(files=files, shas=shas, cfg=cfg)
+    common = dict(files=files, shas=shas, cfg=cfg, val_files=val_files)
     if tok is None:
         counts: Counter = Counter()
         for b in ds.map_batches(CountWords, batch_size=1, fn_constructor_kwargs=common, compute=pool,
@@ -243,7 +254,7 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
 
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        manifest = _write(tmp, tokens, tok, cfg, files, shas, fingerprint, vocab, eod)
+        manifest = _write(tmp, tokens, tok, cfg, files, shas, fingerprint, vocab, eod, val_files)
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -270,7 +281,7 @@ def _check(cfg: PrepareConfig) -> None:
         raise configlib.ConfigError(f"text_split {cfg.text_split!r}: expected 'blank_line' or 'file'")
 
 
-def _write(tmp: Path, tokens, tok, cfg, files, shas, fingerprint, vocab, eod) -> dict:
+def _write(tmp: Path, tokens, tok, cfg, files, shas, fingerprint, vocab, eod, val_files) -> dict:
     dtype = token_dtype(vocab)
     shard_blocks = max((cfg.shard_mb << 20) // (dtype.itemsize * (cfg.n_ctx + 1)), 1)
     packers = {}
@@ -313,8 +324,9 @@ def _write(tmp: Path, tokens, tok, cfg, files, shas, fingerprint, vocab, eod) ->
     manifest = {
         "format_version": FORMAT_VERSION,
         "fingerprint": fingerprint,
-        "inputs": [{"uri": f.uri, "sha256": sha, "bytes": f.size, "format": f.format, "gzip": f.gz}
-                   for f, sha in zip(files, shas)],
+        "inputs": [{"uri": f.uri, "sha256": sha, "bytes": f.size, "format": f.format, "gzip": f.gz,
+                    **({"split": "val" if i in val_files else "train"} if val_files else {})}
+                   for i, (f, sha) in enumerate(zip(files, shas))],
         "options": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT},
         "tokenizer": {"sha256": tok_sha, "vocab_size": vocab, "n_merges": n_merges(tok),
                       "end_of_document": eod, "source": cfg.tokenizer},
@@ -341,6 +353,8 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", nargs="+", required=True, metavar="PATH",
                    help="files, globs, directories or URIs (s3://, gs://, ...); .gz is read too")
+    p.add_argument("--val-corpus", nargs="+", metavar="PATH",
+                   help="held-out inputs that make up the val split (instead of val_fraction of the documents)")
     p.add_argument("--out", required=True, help="dataset directory to create")
     p.add_argument("--config", help="YAML file of PrepareConfig keys")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -351,7 +365,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     cfg = configlib.load(PrepareConfig(), args.config, sets=args.set)
-    prepare(args.corpus, args.out, cfg, overwrite=args.overwrite, track=not args.no_mlflow)
+    prepare(args.corpus, args.out, cfg, overwrite=args.overwrite, track=not args.no_mlflow,
+            val_corpus=args.val_corpus)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,10 +389,12 @@ def user_error(err: BaseException) -> BaseException | None:
     """The user's mistake behind err, if any. A bad input found inside a Ray worker arrives
     wrapped (as RayTaskError subclasses that also derive from the original class, whose text is
     the worker's traceback): the innermost instance is the original, with its one-line text."""
+    from pipeline.dataset import DataError
+
     found, seen = None, set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, (CorpusError, configlib.ConfigError, FileNotFoundError)):
+        if isinstance(err, (CorpusError, DataError, configlib.ConfigError, FileNotFoundError)):
             found = err
         err = getattr(err, "cause", None) or err.__cause__ or err.__context__
     return found

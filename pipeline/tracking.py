@@ -28,3 +28,66 @@ def log_prepare(out: Path, cfg, manifest: dict) -> str:
         mlflow.log_artifact(str(out / "manifest.json"))
         mlflow.log_artifact(str(out / "tokenizer.json"))
     return run.info.run_id
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}: nested config as MLflow params."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def git_commit() -> str:
+    """The project's commit, or 'unknown' where it is not a git checkout (a Ray job's copy)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def find_run(client, experiment: str, tag: str, value: str):
+    """The newest run of experiment tagged tag=value, or None."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.{tag} = '{value}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+class RunLogger:
+    """What rank 0 of a training job logs into an existing MLflow run."""
+
+    def __init__(self, uri: str, run_id: str):
+        from mlflow.tracking import MlflowClient
+
+        self.client, self.run_id = MlflowClient(uri), run_id
+
+    def log(self, metrics: dict, step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+
+    def log_model(self, gpt, tokenizer_path) -> None:
+        """The final model, native and Hugging Face, each with the tokenizer."""
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="gpt1-model-") as tmp:
+            for fmt, name in (("native", "model"), ("hf", "model-hf")):
+                d = Path(tmp) / name
+                gpt.save_pretrained(d, format=fmt)
+                shutil.copy(tokenizer_path, d / "tokenizer.json")
+                self.client.log_artifacts(self.run_id, str(d), name)

@@ -1,0 +1,88 @@
+"""A prepared dataset read back for training: the manifest checked, the blocks in order.
+
+The order of training blocks is a pure function of (seed, epoch, global step): every epoch is a
+fresh permutation drawn from (seed, epoch), and step s of the epoch takes its s-th slice. So the
+global batch at a step is the same whatever the number of workers, and a resumed run sees what an
+uninterrupted one would have.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.packing import read_blocks, sha256_file
+from pipeline.prepare import FORMAT_VERSION
+from pipeline.tokenizer import load_tokenizer, tokenizer_sha256
+
+
+class DataError(ValueError):
+    """A dataset that is missing, incomplete, altered, or does not fit the model: one line, exit 2."""
+
+
+def open_dataset(path, verify: bool = True) -> dict:
+    """The manifest of a prepared dataset directory, after checking that the directory still
+    holds what the manifest says: every shard's sha256 and the tokenizer's."""
+    d = Path(path)
+    if not (d / "manifest.json").exists():
+        raise DataError(f"{d}: not a prepared dataset (no manifest.json); make one with `gpt1 prepare`")
+    manifest = json.loads((d / "manifest.json").read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{d / 'manifest.json'}: format_version {manifest.get('format_version')!r}, "
+                        f"expected {FORMAT_VERSION}")
+    if not verify:
+        return manifest
+    for name, sha in sorted(manifest["shards"].items()):
+        if not (d / name).exists():
+            raise DataError(f"{d / name}: listed in the manifest but missing")
+        if sha256_file(d / name) != sha:
+            raise DataError(f"{d / name}: sha256 differs from the manifest's (the shard was changed)")
+    if tokenizer_sha256(load_tokenizer(d / "tokenizer.json")) != manifest["tokenizer"]["sha256"]:
+        raise DataError(f"{d / 'tokenizer.json'}: sha256 differs from the manifest's")
+    return manifest
+
+
+def check_fits(manifest: dict, path, vocab_size: int, n_ctx: int) -> None:
+    """The model must have an embedding row for every token id and the data's block length."""
+    if manifest["tokenizer"]["vocab_size"] > vocab_size:
+        raise DataError(f"{path}: the tokenizer has {manifest['tokenizer']['vocab_size']:,} tokens but the "
+                        f"model's vocab_size is {vocab_size:,}; expected vocab_size >= the tokenizer's")
+    if manifest["n_ctx"] != n_ctx:
+        raise DataError(f"{path}: blocks of n_ctx {manifest['n_ctx']} but the model's n_ctx is {n_ctx}; "
+                        f"prepare with --set n_ctx={n_ctx}, or set model_overrides n_ctx to {manifest['n_ctx']}")
+
+
+def load_split(path, manifest: dict, split: str) -> np.ndarray:
+    """[n_blocks, n_ctx + 1] token ids of one split, shards in name order (the packing order)."""
+    names = sorted(n for n in manifest["shards"] if n.startswith(f"{split}/"))
+    if not names:
+        return np.empty((0, manifest["n_ctx"] + 1), dtype=manifest["dtype"])
+    return np.concatenate([read_blocks(Path(path) / n) for n in names])
+
+
+def tokens_per_byte(manifest: dict, split: str) -> float:
+    """Tokens per UTF-8 byte of the split: turns a loss per token into bits per byte, a figure
+    that compares across tokenizers."""
+    s = manifest["splits"][split]
+    return s["tokens"] / s["bytes"] if s["bytes"] else math.nan
+
+
+class BlockOrder:
+    """Which blocks make up the global batch at each step."""
+
+    def __init__(self, seed: int, n_blocks: int, batch_size: int):
+        if n_blocks < batch_size:
+            raise DataError(f"{n_blocks} training blocks are fewer than one global batch of {batch_size}")
+        self.seed, self.n_blocks, self.batch_size = seed, n_blocks, batch_size
+        # The n_blocks % batch_size blocks left over by an epoch's permutation differ every epoch.
+        self.steps_per_epoch = n_blocks // batch_size
+        self._epoch, self._perm = -1, None
+
+    def batch(self, step: int) -> np.ndarray:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            rng = np.random.Generator(np.random.PCG64([self.seed, epoch]))
+            self._epoch, self._perm = epoch, rng.permutation(self.n_blocks)
+        return self._perm[i * self.batch_size:(i + 1) * self.batch_size]

@@ -1,0 +1,348 @@
+"""Stage 2, pretrain: a prepared dataset -> a GPT pretrained on L1, data parallel on Ray Train.
+
+    python pipeline/pretrain.py --config PRESET_OR_YAML --data DIR [--workers N] [--name RUN]
+                                [--storage PATH_OR_URI] [--set key=value ...]
+
+Everything is checked before a worker starts: the dataset against its manifest (shard and
+tokenizer hashes), the model against the data (vocabulary, block length), the batch against the
+workers. Checkpoints go to STORAGE/RUN; running the same command again resumes the run from its
+newest checkpoint (the default RUN is derived from the data and the config). A killed worker is
+replaced and the run goes on from the newest checkpoint, up to max_failures times.
+
+MLflow: experiment gpt1-pretrain, one run per RUN, logged by rank 0 only.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: `ray job submit ... -- python pipeline/pretrain.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model import GPTConfig
+from pipeline import config as configlib
+from pipeline.dataset import DataError, check_fits, open_dataset
+
+PRESETS_DIR = Path(__file__).resolve().parent / "configs"
+EXPERIMENT = "gpt1-pretrain"
+RUN_FILE = "gpt1_run.json"  # in STORAGE/RUN: what the run was started with
+
+
+@dataclass
+class PretrainConfig:
+    model: str = "tiny"  # model preset (model/config.py); vocab_size comes from the data's tokenizer
+    model_overrides: dict = field(default_factory=dict)  # GPTConfig fields, e.g. {n_layer: 6}
+    batch_size: int = 64  # global batch, in sequences of n_ctx tokens
+    micro_batch: int = 0  # sequences per forward pass; 0 = batch_size / workers (no accumulation)
+    lr: float = 2.5e-4
+    schedule: str = "warmup_cosine"  # warmup_cosine, warmup_linear, warmup_constant (opt.py's)
+    warmup_steps: int = 2000
+    epochs: int = 100
+    max_steps: int = 0  # 0 = epochs x steps per epoch; the schedule spans max_steps
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0  # max global grad norm; 0 = none
+    seed: int = 0  # initial weights, block order, dropout
+    dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU), bf16, fp32
+    compile: bool = False  # torch.compile the model
+    log_every: int = 10
+    eval_every: int = 500  # steps between evaluations on the val split (also at the end); 0 = never
+    eval_blocks: int = 0  # val blocks per evaluation; 0 = all
+    checkpoint_every: int = 1000  # steps between checkpoints (also at the end)
+    keep_checkpoints: int = 3
+    max_failures: int = 3  # worker failures to recover from before the run fails
+
+
+# Keys that change how a run is watched or kept, never its results: a run resumed with other
+# values of these is the same run.
+_NOT_IN_IDENTITY = ("log_every", "eval_every", "eval_blocks", "checkpoint_every", "keep_checkpoints",
+                    "max_failures")
+
+
+def model_config(cfg: PretrainConfig, manifest: dict, data) -> GPTConfig:
+    """The model preset with the overrides; vocab_size is the tokenizer's unless overridden."""
+    fields = {f.name for f in dataclasses.fields(GPTConfig)}
+    unknown = sorted(set(cfg.model_overrides) - fields)
+    if unknown:
+        raise configlib.ConfigError(f"model_overrides: unknown key {unknown[0]!r}; valid keys are "
+                                    f"{', '.join(sorted(fields))}")
+    try:
+        gcfg = GPTConfig.preset(cfg.model, **{"vocab_size": manifest["tokenizer"]["vocab_size"],
+                                              **cfg.model_overrides})
+    except (ValueError, TypeError) as err:
+        raise configlib.ConfigError(f"model {cfg.model!r}: {err}") from None
+    check_fits(manifest, data, gcfg.vocab_size, gcfg.n_ctx)
+    return gcfg
+
+
+def check_config(cfg: PretrainConfig, workers: int) -> None:
+    c = configlib.ConfigError
+    micro = cfg.micro_batch or cfg.batch_size // max(workers, 1)
+    if workers < 1:
+        raise c(f"--workers {workers}: expected at least 1")
+    if cfg.batch_size < 1 or micro < 1 or cfg.batch_size % (micro * workers):
+        raise c(f"batch_size {cfg.batch_size}: expected a multiple of micro_batch ({micro}) x workers "
+                f"({workers}), so that every worker runs the same number of micro-batches")
+    if cfg.schedule not in ("warmup_cosine", "warmup_linear", "warmup_constant"):
+        raise c(f"schedule {cfg.schedule!r}: expected warmup_cosine, warmup_linear or warmup_constant")
+    if cfg.dtype not in ("auto", "bf16", "fp32"):
+        raise c(f"dtype {cfg.dtype!r}: expected auto, bf16 or fp32")
+    if min(cfg.log_every, cfg.checkpoint_every, cfg.keep_checkpoints) < 1 or cfg.epochs < 1:
+        raise c("log_every, checkpoint_every, keep_checkpoints and epochs must be at least 1")
+    if cfg.max_steps < 0 or cfg.warmup_steps < 0 or cfg.eval_every < 0 or cfg.lr <= 0:
+        raise c("max_steps, warmup_steps and eval_every must be >= 0, and lr > 0")
+
+
+def identity(cfg: PretrainConfig, gcfg: GPTConfig, manifest: dict) -> dict:
+    """What makes two runs the same run: the options that change results, the model, the data."""
+    opts = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_IDENTITY}
+    return {"pretrain": opts, "model": gcfg.to_dict(), "data_fingerprint": manifest["fingerprint"]}
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def _storage(storage: str | None) -> str:
+    if storage and "://" in storage:
+        return storage.rstrip("/")
+    return str(Path(storage or "runs").absolute())
+
+
+def claim_run(run_path: str, ident: dict) -> bool:
+    """Record what the run at run_path is, or check that an existing one is this one. Returns
+    whether it existed. A run cannot be resumed with other data or other results-changing options."""
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(run_path) if "://" in run_path else (pafs.LocalFileSystem(), run_path)
+    info = fs.get_file_info(f"{path}/{RUN_FILE}")
+    if info.type == pafs.FileType.File:
+        with fs.open_input_stream(info.path) as f:
+            old = json.loads(f.read())
+        diff = _differences(old, ident)
+        if diff:
+            raise configlib.ConfigError(f"{run_path}: this run was started with other settings "
+                                        f"({'; '.join(diff[:3])}); to start a new run, pass another --name")
+        return True
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{RUN_FILE}") as f:
+        f.write((json.dumps(ident, indent=2, sort_keys=True) + "\n").encode())
+    return False
+
+
+def start_tracking(uri: str, name: str, run_path: str, cfg: PretrainConfig, gcfg: GPTConfig,
+                   manifest: dict, data: Path, world: int) -> str:
+    """The MLflow run for run_path: found again when the run is resumed, else created with its
+    params, lineage tags and artifacts. Returns its id."""
+    import tempfile
+
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import find_run, flatten, git_commit
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    exp_id = exp.experiment_id if exp else client.create_experiment(EXPERIMENT)
+    run = find_run(client, EXPERIMENT, "run_path", run_path)
+    if run is not None:
+        client.update_run(run.info.run_id, status="RUNNING")
+        client.set_tag(run.info.run_id, "world_size", str(world))
+        return run.info.run_id
+    prepare_run = find_run(client, "gpt1-prepare", "fingerprint", manifest["fingerprint"])
+    manifest_sha = hashlib.sha256((data / "manifest.json").read_bytes()).hexdigest()
+    tags = {"run_path": run_path, "dataset": str(data), "data_fingerprint": manifest["fingerprint"],
+            "data_manifest_sha256": manifest_sha, "tokenizer_sha256": manifest["tokenizer"]["sha256"],
+            "git_commit": git_commit(), "world_size": str(world)}
+    if prepare_run is not None:
+        tags["prepare_run_id"] = prepare_run.info.run_id
+    run = client.create_run(exp_id, run_name=name, tags=tags)
+    params = flatten({**{k: v for k, v in dataclasses.asdict(cfg).items() if k != "model_overrides"},
+                      "model_config": gcfg.to_dict()})
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "pretrain_config.json").write_text(json.dumps(
+            {"pretrain": dataclasses.asdict(cfg), "model": gcfg.to_dict()}, indent=2) + "\n")
+        client.log_artifact(run.info.run_id, str(Path(tmp) / "pretrain_config.json"))
+        client.log_artifact(run.info.run_id, str(data / "manifest.json"), "data")
+        client.log_artifact(run.info.run_id, str(data / "tokenizer.json"), "data")
+    return run.info.run_id
+
+
+class RaySession:
+    """The training loop's view of Ray Train: rank, world size, device, checkpoints."""
+
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    @contextlib.contextmanager
+    def resume_dir(self):
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            yield None
+        else:
+            with ckpt.as_directory() as d:
+                yield Path(d)
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None = None, name: str | None = None) -> None:
+        import ray.train
+
+        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
+
+
+def worker(spec: dict) -> None:
+    """What each Ray Train worker runs."""
+    from pipeline.tracking import RunLogger
+    from pipeline.train_loop import LoopSpec, train_loop
+
+    spec = LoopSpec(**spec)
+    session = RaySession()
+    tracker = RunLogger(spec.mlflow_uri, spec.mlflow_run_id) if session.rank == 0 and spec.mlflow_run_id else None
+    train_loop(spec, session, tracker)
+
+
+def _ray_init() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        # A local instance unless RAY_ADDRESS names a cluster (ray.init reads it).
+        ray.init(logging_level=logging.WARNING)
+
+
+def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | None = None,
+             storage: str | None = None, device: str = "auto", track: bool = True) -> dict:
+    """Run (or resume) the stage. Returns the final metrics, the newest checkpoint's path and
+    the MLflow run id. Raises DataError / ConfigError before any worker starts."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.dataset import BlockOrder
+    from pipeline.train_loop import LoopSpec
+
+    data = Path(data).absolute()
+    manifest = open_dataset(data)
+    gcfg = model_config(cfg, manifest, data)
+    if device not in ("auto", "cpu", "cuda"):
+        raise configlib.ConfigError(f"--device {device!r}: expected auto, cpu or cuda")
+    _ray_init()
+    resources = ray.cluster_resources()
+    use_gpu = device == "cuda" or (device == "auto" and resources.get("GPU", 0) > 0)
+    workers = workers or (int(resources.get("GPU", 0)) if use_gpu else 1)
+    check_config(cfg, workers)
+    n_train = manifest["splits"]["train"]["blocks"]
+    steps_per_epoch = BlockOrder(cfg.seed, n_train, cfg.batch_size).steps_per_epoch
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+
+    ident = identity(cfg, gcfg, manifest)
+    name = name or f"{data.name}-{cfg.model}-{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]}"
+    storage = _storage(storage)
+    run_path = f"{storage}/{name}"
+    resumed = claim_run(run_path, ident)
+    run_id, uri = None, None
+    if track:
+        from pipeline.tracking import tracking_uri
+        uri = tracking_uri()
+        run_id = start_tracking(uri, name, run_path, cfg, gcfg, manifest, data, workers)
+
+    # On CPU, split the machine's cores between the workers; torch uses that many threads.
+    cpus = 1 if use_gpu else max(int(resources.get("CPU", 1)) // workers, 1)
+    print(f"{'resuming' if resumed else 'starting'} run {name}: {gcfg.n_layer} x {gcfg.n_embd}, vocab "
+          f"{gcfg.vocab_size:,}, {total:,} steps of {cfg.batch_size} x {gcfg.n_ctx} tokens "
+          f"({steps_per_epoch:,} per epoch) on {workers} {'GPU' if use_gpu else 'CPU'} worker(s); "
+          f"checkpoints in {run_path}", flush=True)
+    spec = LoopSpec(pretrain=dataclasses.asdict(cfg), model=gcfg.to_dict(), data=str(data),
+                    total_steps=total, threads=0 if use_gpu else cpus, mlflow_uri=uri, mlflow_run_id=run_id)
+    # By module name, also when this file runs as a script, so workers import it rather than
+    # unpickle a copy of __main__.
+    from pipeline.pretrain import worker as worker_fn
+    trainer = TorchTrainer(
+        worker_fn, train_loop_config=dataclasses.asdict(spec),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                     resources_per_worker={"GPU": 1} if use_gpu else {"CPU": cpus}),
+        run_config=RunConfig(name=name, storage_path=storage,
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures)))
+    try:
+        result = trainer.fit()
+    except BaseException:
+        if run_id:
+            _finish(uri, run_id, "FAILED")
+        raise
+    if run_id:
+        _finish(uri, run_id, "FINISHED")
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    m = result.metrics or {}
+    line = f"run {name} done at step {m.get('step', total):,}"
+    if "val_bits_per_byte" in m:
+        line += f": val loss {m['val_loss']:.4f}, {m['val_bits_per_byte']:.4f} bits per byte"
+    print(f"{line}; newest checkpoint {checkpoint}" + (f"; MLflow run {run_id}" if run_id else ""), flush=True)
+    return {"metrics": m, "checkpoint": checkpoint, "run_id": run_id, "name": name, "run_path": run_path}
+
+
+def _finish(uri: str, run_id: str, status: str) -> None:
+    from mlflow.tracking import MlflowClient
+    MlflowClient(uri).set_terminated(run_id, status)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    names = ", ".join(sorted(q.stem for q in PRESETS_DIR.glob("*.yaml")))
+    p.add_argument("--config", default="tiny", help=f"a preset ({names}) or a YAML file of the keys below")
+    p.add_argument("--data", required=True, help="a dataset directory made by `gpt1 prepare`")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data-parallel workers (default: one per GPU in the cluster, else 1)")
+    p.add_argument("--name", help="run name; the same name resumes the run (default: from the data and config)")
+    p.add_argument("--storage", help="Ray Train storage: a directory (default ./runs), NFS, or s3://...")
+    p.add_argument("--device", default="auto", help="auto (GPUs when the cluster has them), cpu, or cuda")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a key; keys: {', '.join(f.name for f in dataclasses.fields(PretrainConfig))}")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
+
+
+def run(args: argparse.Namespace) -> None:
+    cfg = configlib.load(PretrainConfig(), args.config, PRESETS_DIR, args.set)
+    pretrain(args.data, cfg, workers=args.workers, name=args.name, storage=args.storage,
+             device=args.device, track=not args.no_mlflow)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.prepare import user_error
+
+    p = argparse.ArgumentParser(prog="pretrain", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        run(args)
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None:
+            raise
+        print(f"pretrain: {cause}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

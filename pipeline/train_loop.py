@@ -1,0 +1,239 @@
+"""The pretraining loop that every worker runs: objective L1 on packed blocks, data parallel.
+
+The global batch at step s is BlockOrder.batch(s), cut into micro-batches of `micro_batch`
+sequences. Worker r of W runs micro-batches r*A .. r*A + A-1 (A = accumulation steps), and
+micro-batch j of step s draws its dropout masks from a seed made of (seed, s, j). So the
+micro-batches, their masks and the summed gradient are the same whatever W is, and a resumed run
+retraces an uninterrupted one step by step.
+
+The loop talks to its surroundings through a Session: Ray Train's (pipeline/pretrain.py) or a
+plain process's (LocalSession, for the benchmarks).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from model import GPT, GPTConfig, make_optimizer
+from model.flops import matmul_ceiling
+from model.optim import lr_factor
+from pipeline.checkpoint import load_training_state, save_checkpoint
+from pipeline.dataset import BlockOrder, load_split, open_dataset, tokens_per_byte
+
+
+@dataclass
+class LoopSpec:
+    """What the driver hands every worker: plain values, so that it travels to Ray workers."""
+    pretrain: dict  # PretrainConfig fields
+    model: dict  # GPTConfig fields
+    data: str  # dataset directory, already checked against its manifest by the driver
+    total_steps: int
+    threads: int = 0  # CPU threads per worker; 0 = torch's default
+    mlflow_uri: str | None = None
+    mlflow_run_id: str | None = None
+
+
+class LocalSession:
+    """One process, no Ray: for measuring what Ray Train adds."""
+    rank, world_size = 0, 1
+
+    def __init__(self, device: str = "cpu"):
+        self.device = torch.device(device)
+
+    @contextlib.contextmanager
+    def resume_dir(self):
+        yield None
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None = None, name: str | None = None) -> None:
+        self.last_metrics = metrics
+
+
+def micro_seed(seed: int, step: int, j: int) -> int:
+    digest = hashlib.blake2b(f"{seed}:{step}:{j}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1  # torch.manual_seed takes a non-negative int64
+
+
+def _all_reduce(t: torch.Tensor, world_size: int) -> torch.Tensor:
+    if world_size > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def say(line: str) -> None:
+    # To the process's own stdout: Ray Train patches print() in its workers to go both there
+    # and to a logger, which would show every line twice.
+    print(line, file=sys.__stdout__, flush=True)
+
+
+def _eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    h, rest = divmod(int(seconds), 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class Pretraining:
+    """State and steps of one worker's run."""
+
+    def __init__(self, spec: LoopSpec, session, tracker=None):
+        from pipeline.pretrain import PretrainConfig  # the config's home is the stage's script
+
+        self.spec, self.session, self.tracker = spec, session, tracker
+        self.cfg = cfg = PretrainConfig(**spec.pretrain)
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        self.rank, self.world, self.device = session.rank, session.world_size, session.device
+        self.data = Path(spec.data)
+        self.manifest = open_dataset(self.data, verify=False)
+        self.train_blocks = load_split(self.data, self.manifest, "train")
+        self.val_blocks = load_split(self.data, self.manifest, "val")
+        if cfg.eval_blocks:
+            self.val_blocks = self.val_blocks[:cfg.eval_blocks]
+        self.order = BlockOrder(cfg.seed, len(self.train_blocks), cfg.batch_size)
+        self.micro = cfg.micro_batch or cfg.batch_size // self.world
+        self.accum = cfg.batch_size // (self.micro * self.world)
+
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        self.gpt = GPT(GPTConfig.from_dict(spec.model)).to(self.device)
+        self.opt = make_optimizer(self.gpt, cfg.lr, cfg.weight_decay)
+        self.step = 0
+        with session.resume_dir() as d:
+            if d is not None:
+                self.step = load_training_state(d, self.gpt, self.opt)["step"]
+        self.model = self.gpt
+        if self.world > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.gpt, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        cuda = self.device.type == "cuda"
+        bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and cuda)
+        self.amp_dtype = torch.bfloat16 if bf16 else torch.float32
+        self.amp = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        # MFU is measured against this device's dense-matmul rate in the training dtype.
+        self.ceiling = matmul_ceiling(self.device, self.amp_dtype, 4096 if cuda else 1024, 10 if cuda else 5)
+        self.flops_per_token = self.gpt.flops_per_token(self.gpt.config.n_ctx)
+
+    def batch(self, blocks: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(blocks.astype(np.int64))
+        return x.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else x
+
+    def l1(self, x: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        # L1 on a block of n_ctx + 1 tokens: the first n_ctx predict the last n_ctx.
+        with self.amp():
+            logits = self.forward(x[:, :-1]) if reduction == "mean" else self.gpt(x[:, :-1])
+        return F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten(), reduction=reduction)
+
+    def train_step(self) -> tuple[float, float, float]:
+        """One update of the global batch; returns (this worker's mean loss, grad norm, seconds
+        spent waiting for data)."""
+        cfg, s = self.cfg, self.step
+        lr = cfg.lr * lr_factor(cfg.schedule, s, self.spec.total_steps, cfg.warmup_steps / self.spec.total_steps)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        ids = self.order.batch(s)
+        loss_sum, waited = 0.0, 0.0
+        for a in range(self.accum):
+            j = self.rank * self.accum + a
+            t0 = time.perf_counter()
+            x = self.batch(self.train_blocks[np.sort(ids[j * self.micro:(j + 1) * self.micro])])
+            waited += time.perf_counter() - t0
+            torch.manual_seed(micro_seed(cfg.seed, s, j))
+            # DDP all-reduces the gradients on the last micro-batch only.
+            sync = self.world == 1 or a == self.accum - 1
+            with contextlib.nullcontext() if sync else self.model.no_sync():
+                loss = self.l1(x)
+                (loss / self.accum).backward()
+            loss_sum += loss.detach()
+        norm = torch.nn.utils.clip_grad_norm_(self.gpt.parameters(), cfg.grad_clip or float("inf"))
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        return loss_sum / self.accum, norm, waited
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Loss over the val blocks (each worker a strided share), perplexity and bits per byte."""
+        self.gpt.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        mine = self.val_blocks[self.rank::self.world]
+        for i in range(0, len(mine), self.micro):
+            x = self.batch(mine[i:i + self.micro])
+            total[0] += self.l1(x, reduction="sum").double()
+            total[1] += x[:, 1:].numel()
+        self.gpt.train()
+        nats, n = _all_reduce(total, self.world).tolist()
+        if not n:
+            return {}
+        loss = nats / n
+        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 700)),
+                "val_bits_per_byte": loss / math.log(2) * tokens_per_byte(self.manifest, "val")}
+
+    def checkpoint(self, metrics: dict) -> None:
+        name = f"checkpoint_{self.step:09d}"
+        if self.rank != 0:
+            self.session.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="gpt1-ckpt-") as d:
+            save_checkpoint(d, self.gpt, self.opt, {
+                "step": self.step, "total_steps": self.spec.total_steps, "world_size": self.world,
+                "schedule": {"name": self.cfg.schedule, "warmup_steps": self.cfg.warmup_steps},
+                "pretrain": self.spec.pretrain, "data_fingerprint": self.manifest["fingerprint"],
+            }, self.data / "tokenizer.json")
+            self.session.report(metrics, Path(d), name)
+
+    def run(self) -> dict:
+        cfg, total = self.cfg, self.spec.total_steps
+        self.gpt.train()
+        tokens_per_step = cfg.batch_size * self.gpt.config.n_ctx
+        metrics: dict = {}
+        if self.rank == 0 and self.step:
+            say(f"resuming at step {self.step:,} of {total:,}")
+        t_start, step_start = time.perf_counter(), self.step
+        t_log, losses, waited = time.perf_counter(), [], 0.0
+        while self.step < total:
+            loss, norm, w = self.train_step()
+            losses.append(loss)
+            waited += w
+            s = self.step
+            if s % cfg.log_every == 0 or s == total:
+                now = time.perf_counter()
+                mean = _all_reduce(torch.stack(losses).double().sum().reshape(1), self.world).item() / (len(losses) * self.world)
+                tps = tokens_per_step * len(losses) / (now - t_log)
+                metrics = {"loss": mean, "lr": self.opt.param_groups[0]["lr"], "grad_norm": float(norm),
+                           "tokens_per_s": tps, "mfu": tps * self.flops_per_token / (self.ceiling * self.world),
+                           "data_wait": waited / (now - t_log), "epoch": s / self.order.steps_per_epoch}
+                if self.rank == 0:
+                    eta = (total - s) * (now - t_start) / (s - step_start)
+                    say(f"step {s:,}/{total:,} | loss {mean:.4f} | lr {metrics['lr']:.2e} | "
+                        f"{tps:,.0f} tok/s | MFU {metrics['mfu']:.1%} | ETA {_eta(eta)}")
+                    if self.tracker:
+                        self.tracker.log(metrics, s)
+                t_log, losses, waited = time.perf_counter(), [], 0.0
+            if cfg.eval_every and (s % cfg.eval_every == 0 or s == total) and len(self.val_blocks):
+                ev = self.evaluate()
+                metrics.update(ev)
+                if self.rank == 0:
+                    say(f"step {s:,}: val loss {ev['val_loss']:.4f}, perplexity {ev['val_perplexity']:.2f}, "
+                        f"{ev['val_bits_per_byte']:.4f} bits per byte")
+                    if self.tracker:
+                        self.tracker.log(ev, s)
+            if s % cfg.checkpoint_every == 0 or s == total:
+                self.checkpoint({**metrics, "step": s})
+        if self.rank == 0 and self.tracker:
+            self.tracker.log_model(self.gpt, self.data / "tokenizer.json")
+        return {**metrics, "step": self.step}
+
+
+def train_loop(spec: LoopSpec, session, tracker=None) -> dict:
+    return Pretraining(spec, session, tracker).run()

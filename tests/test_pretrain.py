@@ -1,0 +1,225 @@
+"""gpt1 pretrain on Ray Train: learning, exact resume (also on another worker count), a killed
+worker, checks before any worker starts, and what the MLflow run holds."""
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from corpus_gen import documents
+from model import GPT
+from pipeline.config import ConfigError, load
+from pipeline.dataset import BlockOrder, DataError
+from pipeline.prepare import PrepareConfig, prepare
+from pipeline.pretrain import PRESETS_DIR, PretrainConfig, main, pretrain
+from pipeline.tokenizer import load_tokenizer
+
+STEPS = 150
+# 2 x 32, n_ctx 64; micro-batches of 2 so that 1 and 2 workers run the same micro-batches.
+SETS = [f"max_steps={STEPS}", "batch_size=8", "micro_batch=2", "log_every=1", "checkpoint_every=10",
+        "eval_every=50", "keep_checkpoints=2", "lr=3e-3", "warmup_steps=10"]
+
+
+def config(*extra: str) -> PretrainConfig:
+    return load(PretrainConfig(), "tiny", PRESETS_DIR, SETS + list(extra))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, ray_session) -> Path:
+    """A learnable corpus: English-like documents over a hundred-word vocabulary."""
+    d = tmp_path_factory.mktemp("pretrain-data")
+    (d / "corpus.txt").write_text("\n\n".join(documents(2000, seed=3)) + "\n")
+    prepare([str(d / "corpus.txt")], d / "data",
+            PrepareConfig(n_merges=300, n_ctx=64, val_fraction=0.1, shard_mb=1), track=False)
+    return d / "data"
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, mlflow_uri) -> Path:
+    monkeypatch.chdir(tmp_path)  # ./runs and MLflow's ./mlruns land here
+    return tmp_path
+
+
+def losses(run_id: str, key: str = "loss", uri: str | None = None) -> dict[int, float]:
+    """step -> value; where a resumed run logged a step twice, the later value."""
+    from mlflow.tracking import MlflowClient
+    history = sorted(MlflowClient(uri).get_metric_history(run_id, key), key=lambda m: m.timestamp)
+    return {m.step: m.value for m in history}
+
+
+def kill_a_worker_once(checkpoint: Path) -> list:
+    """Once `checkpoint` appears, SIGKILL one Ray Train worker process."""
+    import psutil
+
+    killed: list = []
+
+    def target():
+        deadline = time.time() + 300
+        while not checkpoint.exists() and time.time() < deadline:
+            time.sleep(0.01)
+        workers = [p for p in psutil.process_iter(["cmdline"])
+                   if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+        if workers:
+            victim = max(workers, key=lambda p: p.pid)
+            os.kill(victim.pid, signal.SIGKILL)
+            killed.append(victim.pid)
+
+    threading.Thread(target=target, daemon=True).start()
+    return killed
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory, ray_session):
+    """An uninterrupted 2-worker run, the yardstick of the resume tests."""
+    d = tmp_path_factory.mktemp("reference")
+    uri = f"sqlite:///{d / 'mlflow.db'}"
+    old, cwd = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd()
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.chdir(d)
+    try:
+        out = pretrain(data, config(), workers=2, name="reference", storage=str(d / "runs"))
+        return {**out, "losses": losses(out["run_id"]), "uri": uri, "dir": d}
+    finally:
+        os.chdir(cwd)
+        if old is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+def test_loss_goes_down_and_the_run_is_tracked(reference, data):
+    from mlflow.tracking import MlflowClient
+
+    curve = reference["losses"]
+    assert sorted(curve) == list(range(1, STEPS + 1))
+    first, last = np.mean([curve[s] for s in range(1, 6)]), np.mean([curve[s] for s in range(STEPS - 9, STEPS + 1)])
+    assert last < first - 0.5, (first, last)
+    assert reference["metrics"]["val_loss"] < first - 0.5
+
+    client = MlflowClient(reference["uri"])
+    run = client.get_run(reference["run_id"])
+    exp = client.get_experiment(run.info.experiment_id)
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert exp.name == "gpt1-pretrain" and run.info.status == "FINISHED"
+    assert run.data.params["batch_size"] == "8" and run.data.params["model_config.n_layer"] == "2"
+    assert run.data.params["model_config.vocab_size"] == str(manifest["tokenizer"]["vocab_size"])
+    tags = run.data.tags
+    assert tags["data_fingerprint"] == manifest["fingerprint"]
+    assert tags["tokenizer_sha256"] == manifest["tokenizer"]["sha256"]
+    assert tags["world_size"] == "2" and len(tags["git_commit"]) in (40, 7)  # 'unknown' has 7
+    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "data_wait", "val_loss",
+                "val_perplexity", "val_bits_per_byte"):
+        assert key in run.data.metrics, key
+    # Evaluations at steps 50, 100 and 150; bits per byte from the manifest's byte count.
+    val = losses(reference["run_id"], "val_loss", reference["uri"])
+    assert sorted(val) == [50, 100, 150]
+    tpb = manifest["splits"]["val"]["tokens"] / manifest["splits"]["val"]["bytes"]
+    bpb = losses(reference["run_id"], "val_bits_per_byte", reference["uri"])
+    assert bpb[150] == pytest.approx(val[150] / np.log(2) * tpb)
+    assert losses(reference["run_id"], "lr", reference["uri"])[1] == 0.0  # opt.py's schedule: update 0 has lr 0
+
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model", "model-hf", "data", "pretrain_config.json"} <= arts
+    for d in ("model", "model-hf"):
+        assert {f"{d}/config.json", f"{d}/model.safetensors", f"{d}/tokenizer.json"} <= \
+            {a.path for a in client.list_artifacts(run.info.run_id, d)}
+    local = Path(client.download_artifacts(run.info.run_id, "model-hf", str(reference["dir"])))
+    assert GPT.from_pretrained(local).num_params() > 0
+
+
+def test_checkpoints_are_model_directories(reference):
+    ckpts = sorted(Path(reference["run_path"]).glob("checkpoint_0*"))
+    assert [c.name for c in ckpts] == ["checkpoint_000000140", "checkpoint_000000150"]  # keep 2
+    newest = ckpts[-1]
+    gpt = GPT.from_pretrained(newest)
+    tok = load_tokenizer(newest)
+    assert gpt.config.vocab_size >= tok.get_vocab_size()
+    state = json.loads((newest / "trainer_state.json").read_text())
+    assert state["step"] == STEPS and state["world_size"] == 2
+    assert (newest / "optimizer.safetensors").exists()
+
+
+def test_killed_worker_recovers_and_retraces_the_run(reference, data, workdir):
+    killed = kill_a_worker_once(workdir / "runs" / "killed" / "checkpoint_000000020")
+    out = pretrain(data, config("max_failures=2"), workers=2, name="killed")
+    assert killed, "no worker was killed"
+    assert out["metrics"]["step"] == STEPS
+    # Exact: the same losses, step by step, as the run that was never interrupted.
+    assert losses(out["run_id"]) == reference["losses"]
+
+
+def test_interrupted_run_resumes_on_another_worker_count(reference, data, workdir):
+    killed = kill_a_worker_once(workdir / "runs" / "cut" / "checkpoint_000000030")
+    with pytest.raises(Exception):
+        pretrain(data, config("max_failures=0"), workers=2, name="cut")
+    assert killed
+    done = sorted(Path(workdir / "runs" / "cut").glob("checkpoint_0*"))
+    assert done and done[-1].name < f"checkpoint_{STEPS:09d}"
+    # The same command again resumes it, here on one worker with two threads.
+    out = pretrain(data, config("max_failures=0"), workers=1, name="cut")
+    assert out["metrics"]["step"] == STEPS
+    again = losses(out["run_id"])
+    assert sorted(again) == sorted(reference["losses"])
+    # Same micro-batches, same dropout masks; only the order of floating-point sums differs.
+    np.testing.assert_allclose([again[s] for s in sorted(again)],
+                               [reference["losses"][s] for s in sorted(again)], rtol=2e-3)
+    from mlflow.tracking import MlflowClient
+    runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("gpt1-pretrain").experiment_id],
+                                      filter_string="tags.mlflow.runName = 'cut'")
+    assert len(runs) == 1 and runs[0].data.tags["world_size"] == "1"
+
+
+def test_resuming_with_other_settings_is_refused(reference, data, workdir, capsys):
+    storage = str(reference["dir"] / "runs")
+    code = main(["--config", "tiny", "--data", str(data), "--name", "reference", "--storage", storage,
+                 "--no-mlflow", *sum((["--set", s] for s in SETS), []), "--set", "lr=1e-3"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "lr: 0.003 -> 0.001" in err and "another --name" in err, err
+
+
+def test_bad_data_is_refused_before_workers_start(data, tmp_path, workdir, capsys):
+    import shutil
+
+    def refused(args: list[str], expected: str) -> None:
+        code = main(["--config", "tiny", "--no-mlflow", *args])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and expected in err and len(err.splitlines()) == 1, err
+        assert not (workdir / "runs").exists()  # nothing written
+
+    refused(["--data", str(tmp_path / "nope")], "not a prepared dataset")
+    bad = tmp_path / "altered"
+    shutil.copytree(data, bad)
+    shard = sorted(bad.glob("train/*.parquet"))[0]
+    shard.write_bytes(shard.read_bytes()[:-10] + b"0123456789")
+    refused(["--data", str(bad)], "sha256 differs from the manifest")
+    refused(["--data", str(data), "--set", "model_overrides={vocab_size: 100}"], "expected vocab_size >=")
+    refused(["--data", str(data), "--set", "model_overrides={n_ctx: 32}"], "blocks of n_ctx 64")
+    refused(["--data", str(data), "--set", "model_overrides={n_layers: 3}"], "unknown key 'n_layers'")
+    refused(["--data", str(data), "--set", "batch_size=7", "--workers", "2"], "batch_size 7")
+    refused(["--data", str(data), "--set", "learning_rate=1"], "unknown key 'learning_rate'")
+
+
+def test_block_order_is_a_function_of_seed_and_step():
+    a, b = BlockOrder(0, 103, 8), BlockOrder(0, 103, 8)
+    steps = [0, 5, 12, 13, 40, 3]  # out of order: no hidden state between calls
+    assert all(np.array_equal(a.batch(s), b.batch(s)) for s in steps)
+    epoch0 = np.concatenate([a.batch(s) for s in range(a.steps_per_epoch)])
+    assert len(set(epoch0.tolist())) == 12 * 8  # an epoch never repeats a block
+    assert not np.array_equal(a.batch(0), a.batch(12))  # each epoch its own permutation
+    assert not np.array_equal(BlockOrder(1, 103, 8).batch(0), a.batch(0))
+    with pytest.raises(DataError):
+        BlockOrder(0, 7, 8)
+
+
+def test_presets_load():
+    gpt1 = load(PretrainConfig(), "gpt1", PRESETS_DIR)
+    assert (gpt1.batch_size, gpt1.lr, gpt1.warmup_steps, gpt1.epochs, gpt1.weight_decay) == (64, 2.5e-4, 2000, 100, 0.01)
+    assert gpt1.schedule == "warmup_cosine" and gpt1.model == "gpt1"
+    for name in ("mini", "tiny"):
+        assert load(PretrainConfig(), name, PRESETS_DIR).model == name
+    with pytest.raises(ConfigError):
+        load(PretrainConfig(), "nope", PRESETS_DIR)

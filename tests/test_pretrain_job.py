@@ -1,0 +1,87 @@
+"""`ray job submit ... -- python pipeline/pretrain.py` against a head started by `ray start --head`,
+as the README tells users to run it (token authentication on, RAY_AUTH_MODE=token)."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from corpus_gen import documents
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def head(tmp_path):
+    """A Ray head of its own (not the tests' shared instance), stopped with its processes."""
+    port, dash, agent, client = free_port(), free_port(), free_port(), free_port()
+    # The job's `python` is the head's: this interpreter's environment.
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
+         f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
+         "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", dash), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"ray start exited: {proc.stdout.read().decode()[-2000:]}")
+            time.sleep(1)
+    yield address, env
+    os.killpg(proc.pid, signal.SIGTERM)  # --block: ray start takes its processes down with it
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_ray_job_submit_to_a_local_head(head, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    address, env = head
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(documents(600, seed=5)) + "\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # Ray 2.60's `ray start --head` requires a token; clients say they have one.
+    env = {**env, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": address}
+
+    def submit(*args: str) -> subprocess.CompletedProcess:
+        runtime_env = '{"env_vars": {"MLFLOW_TRACKING_URI": "%s"}}' % uri
+        return subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
+             "--runtime-env-json", runtime_env, "--", "python", *args],
+            env=env, capture_output=True, text=True, timeout=600)
+
+    prep = submit("pipeline/prepare.py", "--corpus", str(corpus), "--out", str(tmp_path / "data"),
+                  "--set", "n_merges=200", "--set", "n_ctx=64", "--set", "val_fraction=0.1")
+    assert prep.returncode == 0, prep.stdout[-3000:] + prep.stderr[-3000:]
+    job = submit("pipeline/pretrain.py", "--config", "tiny", "--data", str(tmp_path / "data"),
+                 "--workers", "2", "--name", "job", "--storage", str(tmp_path / "runs"),
+                 "--set", "max_steps=20", "--set", "batch_size=4", "--set", "checkpoint_every=10")
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "run job done at step 20" in job.stdout
+    assert (tmp_path / "runs" / "job" / "checkpoint_000000020" / "model.safetensors").exists()
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("gpt1-pretrain")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "2"
+    assert "prepare_run_id" in run.data.tags  # lineage to the prepare job's run
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 20 // 5
