@@ -212,7 +212,8 @@ class Pretraining:
                 tps = tokens_per_step * len(losses) / (now - t_log)
                 metrics = {"loss": mean, "lr": self.opt.param_groups[0]["lr"], "grad_norm": float(norm),
                            "tokens_per_s": tps, "mfu": tps * self.flops_per_token / (self.ceiling * self.world),
-                           "data_wait": waited / (now - t_log), "epoch": s / self.order.steps_per_epoch}
+                           "data_wait": waited / (now - t_log), "epoch": s / self.order.steps_per_epoch,
+                           "elapsed_s": now - t_start}  # training time of this attempt
                 if self.rank == 0:
                     eta = (total - s) * (now - t_start) / (s - step_start)
                     say(f"step {s:,}/{total:,} | loss {mean:.4f} | lr {metrics['lr']:.2e} | "

@@ -1,10 +1,12 @@
 """`ray job submit ... -- python pipeline/pretrain.py` against a head started by `ray start --head`,
 as the README tells users to run it (token authentication on, RAY_AUTH_MODE=token)."""
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,13 +28,16 @@ def free_port() -> int:
 def head(tmp_path):
     """A Ray head of its own (not the tests' shared instance), stopped with its processes."""
     port, dash, agent, client = free_port(), free_port(), free_port(), free_port()
+    # Its own temp dir (short: it holds Unix sockets), so that the address file `ray start`
+    # leaves behind does not send later ray.init() calls on this machine to a dead head.
+    temp = tempfile.mkdtemp(prefix="rayjob-", dir="/tmp")
     # The job's `python` is the head's: this interpreter's environment.
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
          f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
-         "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
+         "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
@@ -50,6 +55,7 @@ def head(tmp_path):
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_ray_job_submit_to_a_local_head(head, tmp_path):
