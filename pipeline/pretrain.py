@@ -250,6 +250,9 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
     resources = ray.cluster_resources()
     use_gpu = device == "cuda" or (device == "auto" and resources.get("GPU", 0) > 0)
     workers = workers or (int(resources.get("GPU", 0)) if use_gpu else 1)
+    if workers == 0:  # an autoscaling cluster whose GPU nodes are not up yet
+        raise configlib.ConfigError("--device cuda: the cluster has no GPUs now; pass --workers N "
+                                    "and the autoscaler starts GPU nodes for them")
     check_config(cfg, workers)
     n_train = manifest["splits"]["train"]["blocks"]
     steps_per_epoch = BlockOrder(cfg.seed, n_train, cfg.batch_size).steps_per_epoch
