@@ -51,11 +51,11 @@ def byte_level_tokenizer(text: str, vocab_size: int, path: Path) -> None:
     tok.save(str(path))
 
 
-def seconds_per_step(cfg: PretrainConfig, gcfg, data: Path, threads: int, steps: int = 20) -> float:
+def seconds_per_step(cfg: PretrainConfig, gcfg, data: Path, threads: int, steps: int = 40) -> float:
     spec = LoopSpec(pretrain=dataclasses.asdict(cfg), model=gcfg.to_dict(), data=str(data),
                     total_steps=10 ** 6, threads=threads)
     loop = Pretraining(spec, LocalSession())
-    for _ in range(3):
+    for _ in range(10):  # the first steps are slower (allocations); they would shorten the run
         loop.train_step()
     t0 = time.perf_counter()
     for _ in range(steps):
