@@ -95,7 +95,7 @@ def main() -> None:
 
     per_step = seconds_per_step(cfg, gcfg, data, threads)
     steps = int(a.budget / per_step)
-    cfg = dataclasses.replace(cfg, max_steps=steps, eval_every=max(steps // 4, 1), checkpoint_every=steps)
+    cfg = dataclasses.replace(cfg, max_steps=steps, eval_every=-(-steps // 4), checkpoint_every=steps)
     t0 = time.perf_counter()
     out = pretrain(data, cfg, workers=1, name=f"shakespeare-{datetime.datetime.now():%Y%m%d-%H%M%S}",
                    storage=str(work / "runs"))
