@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
                         description=pretrain.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     pretrain.add_arguments(pt)
     pt.set_defaults(func=pretrain.run)
+
+    from tuning import finetune
+    ft = sub.add_parser("finetune", help="pretrained checkpoint + task -> fine-tuned model (L3 = L2 + λ·L1)",
+                        description=finetune.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    finetune.add_arguments(ft)
+    ft.set_defaults(func=finetune.run)
     return p
 
 

@@ -390,11 +390,12 @@ def user_error(err: BaseException) -> BaseException | None:
     wrapped (as RayTaskError subclasses that also derive from the original class, whose text is
     the worker's traceback): the innermost instance is the original, with its one-line text."""
     from pipeline.dataset import DataError
+    from tuning.tasks import TaskError
 
     found, seen = None, set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, (CorpusError, DataError, configlib.ConfigError, FileNotFoundError)):
+        if isinstance(err, (CorpusError, DataError, TaskError, configlib.ConfigError, FileNotFoundError)):
             found = err
         err = getattr(err, "cause", None) or err.__cause__ or err.__context__
     return found

@@ -1,0 +1,199 @@
+"""Stage 3, fine-tune: a pretrained checkpoint + a labeled task -> a task model, minimising
+L3 = L2 + λ·L1 over the task's input transformation.
+
+    gpt1 finetune --task T --data DIR --checkpoint CKPT [--out DIR] [--from-scratch] [--set key=value ...]
+
+The paper's defaults: lr 6.25e-5, batch 32, 3 epochs, linear warm-up over 0.2% of the updates then
+linear decay, classifier dropout 0.1, λ = 0.5. The dev split is evaluated every epoch (or every
+`eval_every` steps); the best evaluation's model is kept.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import torch
+
+from model import GPT, GPTForTask, TaskHead, make_optimizer
+from model.optim import lr_factor
+from pipeline import config as configlib
+from pipeline.tokenizer import load_tokenizer
+from tuning import metrics as metriclib
+from tuning.encode import Encoder, collate
+from tuning.tasks import Task, TaskError
+
+
+@dataclass
+class FinetuneConfig:
+    lr: float = 6.25e-5
+    batch_size: int = 32
+    epochs: int = 3
+    max_steps: int = 0  # 0 = epochs over the training split
+    warmup: float = 0.002  # fraction of the updates, linear warm-up then linear decay
+    lm_coef: float = 0.5  # λ; 0 is the paper's "no auxiliary LM" ablation
+    clf_dropout: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    eval_every: int = 0  # steps between dev evaluations; 0 = once per epoch
+    eval_batch: int = 64
+    max_train: int = 0  # use the first N training examples; 0 = all
+    n_ctx: int = 0  # 0 = the model's
+    seed: int = 0
+
+
+@dataclass
+class TaskModel:
+    model: GPTForTask
+    encoder: Encoder
+    task: Task
+
+
+def build(task: Task, checkpoint, cfg: FinetuneConfig, from_scratch: bool = False) -> TaskModel:
+    tok = load_tokenizer(checkpoint)
+    gpt = GPT.from_pretrained(checkpoint)
+    torch.manual_seed(cfg.seed)
+    if from_scratch:  # the paper's "no pretraining" row: the same network, random weights
+        gpt = GPT(gpt.config)
+    n_ctx = cfg.n_ctx or gpt.config.n_ctx
+    if n_ctx > gpt.config.n_ctx:
+        raise configlib.ConfigError(f"n_ctx {n_ctx}: the model has positions for {gpt.config.n_ctx}")
+    encoder = Encoder(tok, task.transformation, n_ctx, gpt.config.vocab_size)
+    head = TaskHead(gpt.config.n_embd, task.transformation, n_labels=max(len(task.labels), 1),
+                    clf_pdrop=cfg.clf_dropout, regression=task.regression)
+    return TaskModel(GPTForTask(gpt, head, encoder.extract), encoder, task)
+
+
+@torch.no_grad()
+def predict(tm: TaskModel, encoded, batch_size: int = 64) -> np.ndarray:
+    tm.model.eval()
+    out = []
+    for i in range(0, len(encoded), batch_size):
+        ids, mask, _ = collate(encoded[i:i + batch_size], tm.task.regression)
+        logits = tm.model(ids, mask).logits
+        out.append(logits.float().numpy() if tm.task.regression else logits.argmax(-1).numpy())
+    tm.model.train()
+    return np.concatenate(out)
+
+
+def evaluate(tm: TaskModel, encoded, batch_size: int = 64) -> dict[str, float]:
+    pred = predict(tm, encoded, batch_size)
+    gold = np.array([e.label for e in encoded])
+    return metriclib.compute(tm.task.metrics, pred, gold)
+
+
+def finetune(task: Task, data_dir, checkpoint, cfg: FinetuneConfig, from_scratch: bool = False,
+             report: Callable[[dict, int], None] | None = None, out=None) -> dict:
+    """Train on the task's train split, evaluate on dev; returns the best evaluation (its
+    metrics, step and the truncation counts). report(metrics, step) is called after every
+    evaluation (Ray Tune, MLflow). With out, the best model is written there."""
+    tm = build(task, checkpoint, cfg, from_scratch)
+    train_ex = task.load(data_dir, "train")
+    train_ex = train_ex[:cfg.max_train] if cfg.max_train else train_ex
+    train, dev = tm.encoder.encode(train_ex), tm.encoder.encode(task.load(data_dir, "dev"))
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    eval_every = cfg.eval_every or steps_per_epoch
+    opt = make_optimizer(tm.model, cfg.lr, cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    key = task.metrics[0]
+    best: dict = {key: -math.inf}
+    truncated = {"train_truncated": sum(e.truncated for e in train), "dev_truncated": sum(e.truncated for e in dev)}
+    step = 0
+    tm.model.train()
+    while step < total:
+        order = rng.permutation(len(train))
+        for i in range(0, len(order), cfg.batch_size):
+            if step >= total:
+                break
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * lr_factor("warmup_linear", step, total, cfg.warmup)
+            ids, mask, labels = collate([train[j] for j in order[i:i + cfg.batch_size]], task.regression)
+            loss = tm.model(ids, mask, labels, lm_coef=cfg.lm_coef).l3
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(tm.model.parameters(), cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            if step % eval_every == 0 or step == total:
+                result = {**evaluate(tm, dev, cfg.eval_batch), "train_loss": float(loss.detach()), "epoch": step / steps_per_epoch}
+                if result[key] > best[key]:
+                    best = {**result, "step": step}
+                    if out is not None:
+                        save(tm, out)
+                if report:
+                    report(result, step)
+    return {**best, **truncated, "train_examples": len(train), "dev_examples": len(dev)}
+
+
+def save(tm: TaskModel, out) -> None:
+    """A model directory (the GPT, loadable alone) plus head.safetensors and task.json."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tm.model.gpt.save_pretrained(tmp)
+    tm.encoder.tok.save(str(tmp / "tokenizer.json"))
+    save_file({k: v.contiguous() for k, v in tm.model.head.state_dict().items()}, str(tmp / "head.safetensors"))
+    (tmp / "task.json").write_text(json.dumps({
+        "task": tm.task.name, "transformation": tm.task.transformation, "labels": list(tm.task.labels),
+        "regression": tm.task.regression, "n_ctx": tm.encoder.n_ctx}, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True, help="a task name (sst-2, rte, mnli, race, ...)")
+    p.add_argument("--data", required=True, help="the task's directory, as its release lays it out")
+    p.add_argument("--checkpoint", required=True, help="a model directory with tokenizer.json")
+    p.add_argument("--out", help="where the best model goes (default: finetuned-<task>)")
+    p.add_argument("--from-scratch", action="store_true", help="random weights: the 'no pretraining' ablation")
+    p.add_argument("--config", help="YAML file of the keys below")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a key; keys: {', '.join(f.name for f in dataclasses.fields(FinetuneConfig))}")
+
+
+def run(args: argparse.Namespace) -> None:
+    from tuning.tasks import get
+
+    cfg = configlib.load(FinetuneConfig(), args.config, sets=args.set)
+    task = get(args.task)
+    out = Path(args.out or f"finetuned-{task.name}")
+
+    def show(m: dict, step: int) -> None:
+        print(f"step {step:,} (epoch {m['epoch']:.2f}): " + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "epoch"),
+              flush=True)
+
+    best = finetune(task, args.data, args.checkpoint, cfg, args.from_scratch, report=show, out=out)
+    print(f"best {task.metrics[0]} {best[task.metrics[0]]:.4f} at step {best['step']:,}; "
+          f"{best['train_truncated']:,} train and {best['dev_truncated']:,} dev segments truncated; model in {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="finetune", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        run(args)
+    except (TaskError, configlib.ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"finetune: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
