@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.prepare import user_error
+    from pipeline.config import user_error
 
     args = build_parser().parse_args(argv)
     try:

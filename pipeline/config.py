@@ -14,8 +14,26 @@ import yaml
 C = TypeVar("C")
 
 
-class ConfigError(ValueError):
-    """A user's configuration mistake: reported as one line, exit status 2."""
+class UserError(ValueError):
+    """A user's mistake in an input (a file, a config key, a dataset): every stage reports it as
+    one line naming the input, and exits with status 2."""
+
+
+class ConfigError(UserError):
+    """A user's configuration mistake."""
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The user's mistake behind err, if any. A bad input found inside a Ray worker arrives
+    wrapped (as RayTaskError subclasses that also derive from the original class, whose text is
+    the worker's traceback): the innermost instance is the original, with its one-line text."""
+    found, seen = None, set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, (UserError, FileNotFoundError)):
+            found = err
+        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+    return found
 
 
 def _coerce(cls, key: str, value: Any, where: str) -> Any:

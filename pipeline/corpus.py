@@ -19,6 +19,8 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from pipeline.config import UserError
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -29,7 +31,7 @@ _EXTENSIONS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "jsonl"
 _BLOCK = 1 << 20
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError):
     """Bad input: reported as one line naming the file (and line), exit status 2."""
 
 

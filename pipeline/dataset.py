@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import UserError
 from pipeline.packing import read_blocks, sha256_file
 from pipeline.prepare import FORMAT_VERSION
 from pipeline.tokenizer import load_tokenizer, tokenizer_sha256
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A dataset that is missing, incomplete, altered, or does not fit the model: one line, exit 2."""
 
 

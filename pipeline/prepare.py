@@ -377,28 +377,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except Exception as err:
-        cause = user_error(err)
+        cause = configlib.user_error(err)
         if cause is None:
             raise
         print(f"prepare: {cause}", file=sys.stderr)
         return 2
     return 0
-
-
-def user_error(err: BaseException) -> BaseException | None:
-    """The user's mistake behind err, if any. A bad input found inside a Ray worker arrives
-    wrapped (as RayTaskError subclasses that also derive from the original class, whose text is
-    the worker's traceback): the innermost instance is the original, with its one-line text."""
-    from pipeline.dataset import DataError
-    from tuning.tasks import TaskError
-
-    found, seen = None, set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, (CorpusError, DataError, TaskError, configlib.ConfigError, FileNotFoundError)):
-            found = err
-        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
-    return found
 
 
 if __name__ == "__main__":

@@ -330,7 +330,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.prepare import user_error
+    from pipeline.config import user_error
 
     p = argparse.ArgumentParser(prog="pretrain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

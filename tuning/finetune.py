@@ -31,7 +31,7 @@ from pipeline import config as configlib
 from pipeline.tokenizer import load_tokenizer
 from tuning import metrics as metriclib
 from tuning.encode import Encoder, collate
-from tuning.tasks import Task, TaskError
+from tuning.tasks import Task
 
 
 @dataclass
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         run(args)
-    except (TaskError, configlib.ConfigError, FileNotFoundError, ValueError) as err:
+    except (configlib.UserError, FileNotFoundError, ValueError) as err:
         print(f"finetune: {err}", file=sys.stderr)
         return 2
     return 0

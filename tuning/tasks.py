@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from pipeline.config import UserError
+
 csv.field_size_limit(sys.maxsize)
 
 
-class TaskError(ValueError):
+class TaskError(UserError):
     """A task file that does not have the layout of its release: one line, exit status 2."""
 
 
