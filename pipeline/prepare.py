@@ -184,7 +184,7 @@ def _cut(text: str, limit: int):
         yield text[start:]
 
 
-def _ray_init() -> None:
+def ray_init() -> None:
     import ray
     if not ray.is_initialized():
         # A local instance unless RAY_ADDRESS names a cluster (ray.init reads it).
@@ -229,7 +229,7 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
         raise CorpusError(f"{out}: already exists and holds a different dataset; pass --overwrite to replace it")
 
     import ray
-    _ray_init()
+    ray_init()
     items = plan_chunks(files, cfg.chunk_mb << 20, ReadOptions(cfg.format, cfg.text_split))
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # the token stream follows the input order

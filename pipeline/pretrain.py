@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ if __package__ in (None, ""):  # run as a file: `ray job submit ... -- python pi
 
 from model import GPTConfig
 from pipeline import config as configlib
-from pipeline.dataset import DataError, check_fits, open_dataset
+from pipeline.dataset import check_fits, open_dataset
 
 PRESETS_DIR = Path(__file__).resolve().parent / "configs"
 EXPERIMENT = "gpt1-pretrain"
@@ -222,14 +221,6 @@ def worker(spec: dict) -> None:
     train_loop(spec, session, tracker)
 
 
-def _ray_init() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        # A local instance unless RAY_ADDRESS names a cluster (ray.init reads it).
-        ray.init(logging_level=logging.WARNING)
-
-
 def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | None = None,
              storage: str | None = None, device: str = "auto", track: bool = True) -> dict:
     """Run (or resume) the stage. Returns the final metrics, the newest checkpoint's path and
@@ -239,6 +230,7 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
     from ray.train.torch import TorchTrainer
 
     from pipeline.dataset import BlockOrder
+    from pipeline.prepare import ray_init
     from pipeline.train_loop import LoopSpec
 
     data = Path(data).absolute()
@@ -246,7 +238,7 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
     gcfg = model_config(cfg, manifest, data)
     if device not in ("auto", "cpu", "cuda"):
         raise configlib.ConfigError(f"--device {device!r}: expected auto, cpu or cuda")
-    _ray_init()
+    ray_init()
     resources = ray.cluster_resources()
     use_gpu = device == "cuda" or (device == "auto" and resources.get("GPU", 0) > 0)
     workers = workers or (int(resources.get("GPU", 0)) if use_gpu else 1)
