@@ -39,6 +39,8 @@ def sst2(tmp_path_factory):
     for split, n, seed in (("train", 400, 1), ("dev", 200, 2)):
         rows = ["sentence\tlabel"] + [f"{s}\t{y}" for s, y in reviews(n, seed)]
         (d / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    test = ["index\tsentence"] + [f"{i}\t{s}" for i, (s, _) in enumerate(reviews(50, 3))]
+    (d / "test.tsv").write_text("\n".join(test) + "\n")
     return d
 
 
@@ -55,6 +57,13 @@ def test_finetune_beats_the_majority_class_and_keeps_the_best(checkpoint, sst2, 
     assert best["train_examples"] == 400 and best["dev_examples"] == 200
     gpt = GPT.from_pretrained(tmp_path / "best")  # the kept model is a model directory
     assert (tmp_path / "best" / "head.safetensors").exists() and gpt.config.n_layer == 2
+    # The best model's test predictions, in the GLUE submission format.
+    lines = (tmp_path / "best" / "SST-2.tsv").read_text().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 51
+    truth = [int("great" in s.split()) for s, _ in reviews(50, 3)]
+    pred = [int(line.split("\t")[1]) for line in lines[1:]]
+    assert [line.split("\t")[0] for line in lines[1:]] == [str(i) for i in range(50)]
+    assert sum(p == t for p, t in zip(pred, truth)) / 50 > 0.7
 
 
 def test_lambda_zero_and_from_scratch_run(checkpoint, sst2):

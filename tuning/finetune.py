@@ -92,11 +92,37 @@ def evaluate(tm: TaskModel, encoded, batch_size: int = 64) -> dict[str, float]:
     return metriclib.compute(tm.task.metrics, pred, gold)
 
 
+# GLUE's submission file names, per test split.
+SUBMISSION_NAMES = {("cola", "test"): "CoLA", ("sst-2", "test"): "SST-2", ("mrpc", "test"): "MRPC",
+                    ("qqp", "test"): "QQP", ("sts-b", "test"): "STS-B", ("mnli", "test"): "MNLI-m",
+                    ("mnli", "test_mismatched"): "MNLI-mm", ("qnli", "test"): "QNLI", ("rte", "test"): "RTE",
+                    ("wnli", "test"): "WNLI"}
+
+
+def write_predictions(tm: TaskModel, data_dir, out, batch_size: int = 64) -> list[Path]:
+    """Predictions on each test split present, as `index<TAB>prediction` under a header (the GLUE
+    submission format, its file names): label strings, or scores for regression."""
+    written = []
+    for split in (s for s in tm.task.splits if s.startswith("test")):
+        if not (Path(data_dir) / tm.task.splits[split]).exists():
+            continue
+        examples = tm.task.load(data_dir, split)
+        pred = predict(tm, tm.encoder.encode(examples), batch_size)
+        name = SUBMISSION_NAMES.get((tm.task.name, split), f"{tm.task.name}-{split}")
+        path = Path(out) / f"{name}.tsv"
+        rows = [f"{e.index}\t{p:.3f}" if tm.task.regression else f"{e.index}\t{tm.task.labels[int(p)]}"
+                for e, p in zip(examples, pred)]
+        path.write_text("index\tprediction\n" + "\n".join(rows) + "\n")
+        written.append(path)
+    return written
+
+
 def finetune(task: Task, data_dir, checkpoint, cfg: FinetuneConfig, from_scratch: bool = False,
              report: Callable[[dict, int], None] | None = None, out=None) -> dict:
     """Train on the task's train split, evaluate on dev; returns the best evaluation (its
     metrics, step and the truncation counts). report(metrics, step) is called after every
-    evaluation (Ray Tune, MLflow). With out, the best model is written there."""
+    evaluation (Ray Tune, MLflow). With out, the best model is written there, with its
+    predictions on the test splits present."""
     tm = build(task, checkpoint, cfg, from_scratch)
     train_ex = task.load(data_dir, "train")
     train_ex = train_ex[:cfg.max_train] if cfg.max_train else train_ex
@@ -130,10 +156,14 @@ def finetune(task: Task, data_dir, checkpoint, cfg: FinetuneConfig, from_scratch
                 result = {**evaluate(tm, dev, cfg.eval_batch), "train_loss": float(loss.detach()), "epoch": step / steps_per_epoch}
                 if result[key] > best[key]:
                     best = {**result, "step": step}
+                    best_state = {k: v.detach().clone() for k, v in tm.model.state_dict().items()}
                     if out is not None:
                         save(tm, out)
                 if report:
                     report(result, step)
+    if out is not None:
+        tm.model.load_state_dict(best_state)
+        write_predictions(tm, data_dir, out, cfg.eval_batch)
     return {**best, **truncated, "train_examples": len(train), "dev_examples": len(dev)}
 
 
