@@ -63,19 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.config import user_error
+    from pipeline.config import run_reporting
 
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except Exception as err:
-        # A user's mistake: one line naming the input, exit status 2, no traceback.
-        cause = err if isinstance(err, (ValueError, FileNotFoundError)) else user_error(err)
-        if cause is None:
-            raise
-        print(f"gpt1 {args.command}: {user_error(cause) or cause}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting(f"gpt1 {args.command}", args.func, args)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ against the type of the field's default.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +35,29 @@ def user_error(err: BaseException) -> BaseException | None:
             found = err
         err = getattr(err, "cause", None) or err.__cause__ or err.__context__
     return found
+
+
+def run_reporting(prog: str, func, args) -> int:
+    """Run a command; a user's mistake ends as one line naming the input and exit status 2, with
+    no traceback. Shared by the `gpt1` subcommands and the stage scripts, so both behave alike."""
+    try:
+        func(args)
+    except Exception as err:
+        cause = err if isinstance(err, (ValueError, FileNotFoundError)) else user_error(err)
+        if cause is None:
+            raise
+        print(f"{prog}: {user_error(cause) or cause}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def stage_main(prog: str, doc: str, add_arguments, run, argv: list[str] | None = None) -> int:
+    """The `main` of a stage's script (`python pipeline/pretrain.py ...`)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return run_reporting(prog, run, p.parse_args(argv))
 
 
 def _coerce(cls, key: str, value: Any, where: str) -> Any:

@@ -370,19 +370,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="prepare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        run(args)
-    except Exception as err:
-        cause = configlib.user_error(err)
-        if cause is None:
-            raise
-        print(f"prepare: {cause}", file=sys.stderr)
-        return 2
-    return 0
+    return configlib.stage_main("prepare", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

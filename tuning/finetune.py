@@ -213,16 +213,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="finetune", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        run(args)
-    except (configlib.UserError, FileNotFoundError, ValueError) as err:
-        print(f"finetune: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return configlib.stage_main("finetune", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":
