@@ -128,18 +128,32 @@ def read_with_header(text_columns: tuple[str, ...], label_column: str, index_col
     return read
 
 
+def read_by_position(title: str, layout: tuple[str, ...], text_columns: tuple[str, ...], label_column: str):
+    """A reader for a TSV without a header (CoLA's train/dev, SciTail's TSV release): every row
+    must have the fields that layout names, in that order."""
+    n_fields, cols = len(layout), [layout.index(c) for c in text_columns]
+
+    def read(task: Task, path: Path, split: str) -> list[Example]:
+        out = []
+        for n, fields in _tsv_rows(path):
+            where = f"{path}:{n}"
+            if len(fields) != n_fields:
+                raise TaskError(f"{where}: {len(fields)} tab-separated fields; {title}'s {split} rows have "
+                                f"{n_fields} ({', '.join(layout)}) and no header")
+            text = tuple(_text(fields[i], where, name) for i, name in zip(cols, text_columns))
+            out.append(Example(text, _label(task, fields[layout.index(label_column)], where), str(len(out))))
+        return out
+    return read
+
+
 def read_cola(task: Task, path: Path, split: str) -> list[Example]:
     """CoLA's train/dev files have no header: source, label, original mark, sentence."""
     if split.startswith("test"):
         return read_with_header(("sentence",), "label", "index")(task, path, split)
-    out = []
-    for n, fields in _tsv_rows(path):
-        where = f"{path}:{n}"
-        if len(fields) != 4:
-            raise TaskError(f"{where}: {len(fields)} tab-separated fields; CoLA's {split} rows have 4 "
-                            "(source, label, original mark, sentence) and no header")
-        out.append(Example((_text(fields[3], where, "sentence"),), _label(task, fields[1], where), str(len(out))))
-    return out
+    return _COLA(task, path, split)
+
+
+_COLA = read_by_position("CoLA", ("source", "label", "original mark", "sentence"), ("sentence",), "label")
 
 
 def read_jsonl(text_fields: tuple[str, ...], label_field: str, skip_labels: tuple[str, ...] = ()):
@@ -165,19 +179,6 @@ def read_jsonl(text_fields: tuple[str, ...], label_field: str, skip_labels: tupl
                 out.append(Example(text, _label(task, str(row[label_field]), where), str(row.get("pairID", len(out)))))
         return out
     return read
-
-
-def read_scitail_tsv(task: Task, path: Path, split: str) -> list[Example]:
-    """SciTail's tsv_format release: premise, hypothesis, label (entails / neutral), no header."""
-    out = []
-    for n, fields in _tsv_rows(path):
-        where = f"{path}:{n}"
-        if len(fields) != 3:
-            raise TaskError(f"{where}: {len(fields)} tab-separated fields; SciTail's TSV rows have 3 "
-                            "(premise, hypothesis, label)")
-        out.append(Example((_text(fields[0], where, "premise"), _text(fields[1], where, "hypothesis")),
-                           _label(task, fields[2].strip(), where), str(len(out))))
-    return out
 
 
 def read_story_cloze(task: Task, path: Path, split: str) -> list[Example]:
@@ -267,7 +268,8 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          read_jsonl(("sentence1", "sentence2"), "gold_label", skip_labels=("-",))),
     Task("scitail", "entailment", ("entails", "neutral"), ("accuracy",),
          {"train": "scitail_1.0_train.tsv", "dev": "scitail_1.0_dev.tsv", "test": "scitail_1.0_test.tsv"},
-         read_scitail_tsv),
+         # Its tsv_format release: premise, hypothesis, label (entails / neutral), no header.
+         read_by_position("SciTail", ("premise", "hypothesis", "label"), ("premise", "hypothesis"), "label")),
     Task("race", "multiple_choice", ("A", "B", "C", "D"), ("accuracy",),
          {"train": "train", "dev": "dev", "test": "test"}, read_race),
     Task("story-cloze", "multiple_choice", ("1", "2"), ("accuracy",),
