@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
                         description=finetune.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     finetune.add_arguments(ft)
     ft.set_defaults(func=finetune.run)
+
+    from tuning import sweep
+    sw = sub.add_parser("sweep", help="Ray Tune sweep of the fine-tuning settings and λ, per task",
+                        description=sweep.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sweep.add_arguments(sw)
+    sw.set_defaults(func=sweep.run)
     return p
 
 

@@ -37,3 +37,26 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+@pytest.fixture(scope="session")
+def task_checkpoint(tmp_path_factory):
+    """A model directory: a tiny GPT (random weights) and a tokenizer learned on review text."""
+    from corpus_gen import reviews
+    from pipeline.tokenizer import save_tokenizer, train_tokenizer
+
+    d = tmp_path_factory.mktemp("ckpt")
+    tok = train_tokenizer([s for s, _ in reviews(300, 9)], n_merges=200)
+    torch.manual_seed(0)
+    GPT(GPTConfig.preset("tiny", vocab_size=tok.get_vocab_size())).save_pretrained(d)
+    save_tokenizer(tok, d / "tokenizer.json")
+    return d
+
+
+@pytest.fixture(scope="session")
+def sst2(tmp_path_factory):
+    from corpus_gen import write_sst2
+
+    d = tmp_path_factory.mktemp("sst2")
+    write_sst2(d)
+    return d

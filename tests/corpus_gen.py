@@ -24,3 +24,25 @@ def documents(n: int, seed: int = 0, min_words: int = 5, max_words: int = 60) ->
             text.append(" ".join(line).capitalize() + ".")
         docs.append("\n".join(text))
     return docs
+
+
+def reviews(n: int, seed: int) -> list[tuple[str, str]]:
+    """(sentence, label): 1 when the sentence holds 'great', 0 when it holds 'awful'. A labeled
+    task learnable from one word, in SST-2's shape."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        label = rng.random() < 0.5
+        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 9))]
+        words.insert(rng.randrange(len(words) + 1), "great" if label else "awful")
+        out.append((" ".join(words), str(int(label))))
+    return out
+
+
+def write_sst2(d, n_train: int = 400, n_dev: int = 200, n_test: int = 50) -> None:
+    """An SST-2 directory in the GLUE layout: train.tsv and dev.tsv with a header, test.tsv indexed."""
+    for split, n, seed in (("train", n_train, 1), ("dev", n_dev, 2)):
+        rows = ["sentence\tlabel"] + [f"{s}\t{y}" for s, y in reviews(n, seed)]
+        (d / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    test = ["index\tsentence"] + [f"{i}\t{s}" for i, (s, _) in enumerate(reviews(n_test, 3))]
+    (d / "test.tsv").write_text("\n".join(test) + "\n")

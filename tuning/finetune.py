@@ -25,13 +25,15 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
-from model import GPT, GPTForTask, TaskHead, make_optimizer
+from tokenizers import Tokenizer
+
+from model import GPT, GPTConfig, GPTForTask, TaskHead, make_optimizer
 from model.optim import lr_factor
 from pipeline import config as configlib
 from pipeline.tokenizer import load_tokenizer
 from tuning import metrics as metriclib
 from tuning.encode import Encoder, collate
-from tuning.tasks import Task
+from tuning.tasks import Example, Task
 
 
 @dataclass
@@ -53,15 +55,37 @@ class FinetuneConfig:
 
 
 @dataclass
+class Pretrained:
+    """A checkpoint's network and tokenizer as plain data (numpy weights, JSON texts): what a
+    sweep puts in Ray's object store once, for every trial to read."""
+    config: dict
+    weights: dict[str, np.ndarray]
+    tokenizer: str
+
+    @classmethod
+    def load(cls, checkpoint) -> "Pretrained":
+        """From any model directory that GPT.from_pretrained and load_tokenizer read."""
+        gpt = GPT.from_pretrained(checkpoint)
+        return cls(gpt.config.to_dict(), {k: v.numpy() for k, v in gpt.state_dict().items()},
+                   load_tokenizer(checkpoint).to_str())
+
+    def gpt(self) -> GPT:
+        gpt = GPT(GPTConfig.from_dict(self.config))
+        # Copies: arrays from the object store are read-only views of shared memory.
+        gpt.load_state_dict({k: torch.tensor(v) for k, v in self.weights.items()})
+        return gpt
+
+
+@dataclass
 class TaskModel:
     model: GPTForTask
     encoder: Encoder
     task: Task
 
 
-def build(task: Task, checkpoint, cfg: FinetuneConfig, from_scratch: bool = False) -> TaskModel:
-    tok = load_tokenizer(checkpoint)
-    gpt = GPT.from_pretrained(checkpoint)
+def build(task: Task, pretrained: Pretrained, cfg: FinetuneConfig, from_scratch: bool = False) -> TaskModel:
+    tok = Tokenizer.from_str(pretrained.tokenizer)
+    gpt = pretrained.gpt()
     torch.manual_seed(cfg.seed)
     if from_scratch:  # the paper's "no pretraining" row: the same network, random weights
         gpt = GPT(gpt.config)
@@ -74,14 +98,24 @@ def build(task: Task, checkpoint, cfg: FinetuneConfig, from_scratch: bool = Fals
     return TaskModel(GPTForTask(gpt, head, encoder.extract), encoder, task)
 
 
+def _device(tm: TaskModel) -> torch.device:
+    return next(tm.model.parameters()).device
+
+
+def _autocast(device: torch.device):
+    # bf16 on a GPU, as in pretraining; the losses are computed in fp32 (model/losses.py).
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 @torch.no_grad()
 def predict(tm: TaskModel, encoded, batch_size: int = 64) -> np.ndarray:
     tm.model.eval()
-    out = []
+    device, out = _device(tm), []
     for i in range(0, len(encoded), batch_size):
         ids, mask, _ = collate(encoded[i:i + batch_size], tm.task.regression)
-        logits = tm.model(ids, mask).logits
-        out.append(logits.float().numpy() if tm.task.regression else logits.argmax(-1).numpy())
+        with _autocast(device):
+            logits = tm.model(ids.to(device), mask.to(device)).logits.float().cpu()
+        out.append(logits.numpy() if tm.task.regression else logits.argmax(-1).numpy())
     tm.model.train()
     return np.concatenate(out)
 
@@ -117,16 +151,38 @@ def write_predictions(tm: TaskModel, data_dir, out, batch_size: int = 64) -> lis
     return written
 
 
-def finetune(task: Task, data_dir, checkpoint, cfg: FinetuneConfig, from_scratch: bool = False,
-             report: Callable[[dict, int], None] | None = None, out=None) -> dict:
+def load_splits(task: Task, data_dir, max_train: int = 0) -> dict[str, list[Example]]:
+    """The train (its first max_train examples, if set) and dev splits of a task's directory.
+    A task released without a dev split (Story Cloze) holds out a fixed tenth of its training
+    examples (chosen by a seeded permutation) for model selection."""
+    train = task.load(data_dir, "train")
+    if "dev" in task.splits:
+        dev = task.load(data_dir, "dev")
+    else:
+        order = np.random.default_rng(0).permutation(len(train))
+        n_dev = max(1, len(train) // 10)
+        dev, train = [train[i] for i in sorted(order[:n_dev])], [train[i] for i in sorted(order[n_dev:])]
+    return {"train": train[:max_train] if max_train else train, "dev": dev}
+
+
+def finetune(task: Task, data, pretrained, cfg: FinetuneConfig, from_scratch: bool = False,
+             report: Callable[[dict, int], None] | None = None, out=None, device: str = "auto") -> dict:
     """Train on the task's train split, evaluate on dev; returns the best evaluation (its
-    metrics, step and the truncation counts). report(metrics, step) is called after every
-    evaluation (Ray Tune, MLflow). With out, the best model is written there, with its
-    predictions on the test splits present."""
-    tm = build(task, checkpoint, cfg, from_scratch)
-    train_ex = task.load(data_dir, "train")
-    train_ex = train_ex[:cfg.max_train] if cfg.max_train else train_ex
-    train, dev = tm.encoder.encode(train_ex), tm.encoder.encode(task.load(data_dir, "dev"))
+    metrics, step and the truncation counts).
+
+    data is the task's directory, or its splits already loaded (load_splits); pretrained a
+    checkpoint directory or a Pretrained. report(metrics, step) is called after every
+    evaluation (Ray Tune, MLflow). With out, the best model is written there whenever it
+    improves (before report sees it), and at the end its predictions on the test splits that
+    the data directory holds."""
+    if not isinstance(pretrained, Pretrained):
+        pretrained = Pretrained.load(pretrained)
+    splits = data if isinstance(data, dict) else load_splits(task, data, cfg.max_train)
+    tm = build(task, pretrained, cfg, from_scratch)
+    dev_ = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                        "cpu" if device == "auto" else device)
+    tm.model.to(dev_)
+    train, dev = tm.encoder.encode(splits["train"]), tm.encoder.encode(splits["dev"])
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     eval_every = cfg.eval_every or steps_per_epoch
@@ -145,7 +201,8 @@ def finetune(task: Task, data_dir, checkpoint, cfg: FinetuneConfig, from_scratch
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * lr_factor("warmup_linear", step, total, cfg.warmup)
             ids, mask, labels = collate([train[j] for j in order[i:i + cfg.batch_size]], task.regression)
-            loss = tm.model(ids, mask, labels, lm_coef=cfg.lm_coef).l3
+            with _autocast(dev_):
+                loss = tm.model(ids.to(dev_), mask.to(dev_), labels.to(dev_), lm_coef=cfg.lm_coef).l3
             loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(tm.model.parameters(), cfg.grad_clip)
@@ -161,9 +218,9 @@ def finetune(task: Task, data_dir, checkpoint, cfg: FinetuneConfig, from_scratch
                         save(tm, out)
                 if report:
                     report(result, step)
-    if out is not None:
+    if out is not None and not isinstance(data, dict):
         tm.model.load_state_dict(best_state)
-        write_predictions(tm, data_dir, out, cfg.eval_batch)
+        write_predictions(tm, data, out, cfg.eval_batch)
     return {**best, **truncated, "train_examples": len(train), "dev_examples": len(dev)}
 
 
@@ -176,7 +233,7 @@ def save(tm: TaskModel, out) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tm.model.gpt.save_pretrained(tmp)
     tm.encoder.tok.save(str(tmp / "tokenizer.json"))
-    save_file({k: v.contiguous() for k, v in tm.model.head.state_dict().items()}, str(tmp / "head.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in tm.model.head.state_dict().items()}, str(tmp / "head.safetensors"))
     (tmp / "task.json").write_text(json.dumps({
         "task": tm.task.name, "transformation": tm.task.transformation, "labels": list(tm.task.labels),
         "regression": tm.task.regression, "n_ctx": tm.encoder.n_ctx}, indent=2) + "\n")

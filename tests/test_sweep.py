@@ -1,0 +1,125 @@
+"""Ray Tune sweeps: a parent run per task with nested trial runs, table, plot, the best model
+registered, the ablation rows, lineage tags; bad input refused before any trial starts."""
+import csv
+import io
+import json
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from model import GPT, GPTConfig
+from pipeline.packing import sha256_file
+from pipeline.tokenizer import train_tokenizer
+from tuning.sweep import main
+
+SPACE = """
+lr: {loguniform: [1.0e-3, 3.0e-3]}
+lm_coef: {choice: [0.0, 0.5]}
+batch_size: 32
+epochs: 3
+warmup: 0.05
+"""
+
+
+def test_sweep_logs_parent_and_trials_and_registers_the_best(task_checkpoint, sst2, tmp_path, mlflow_uri,
+                                                              ray_session, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the SQLite store keeps artifacts in ./mlruns
+    client = MlflowClient(mlflow_uri)
+    # The pretrain run that wrote the checkpoint, as pretrain tags it: by the run's directory.
+    pretrain = client.create_run(client.create_experiment("gpt1-pretrain"),
+                                 tags={"run_path": str(task_checkpoint.parent)})
+    (tmp_path / "space.yaml").write_text(SPACE)
+    code = main(["--task", "sst-2", "--data", str(sst2), "--checkpoint", str(task_checkpoint), "--samples", "2",
+                 "--space", str(tmp_path / "space.yaml"), "--ablations", "--storage", str(tmp_path / "runs")])
+    assert code == 0
+
+    exp = client.get_experiment_by_name("gpt1-finetune-sst-2")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 5 and len(runs) == 6  # 2 trials + 3 ablation rows; no stray runs
+    assert parent.info.status == "FINISHED" and all(c.info.status == "FINISHED" for c in children)
+
+    # Lineage on every run: the pretrain run, the checkpoint's and the data files' sha256.
+    for r in runs:
+        assert r.data.tags["pretrain_run_id"] == pretrain.info.run_id
+        assert r.data.tags["checkpoint_sha256"] == sha256_file(task_checkpoint / "model.safetensors")
+        assert r.data.tags["data_sha256.train"] == sha256_file(sst2 / "train.tsv")
+        assert r.data.tags["data_sha256.dev"] == sha256_file(sst2 / "dev.tsv")
+
+    # Each trial: its config as params, one metric point per evaluation (an epoch: 13 steps).
+    best_of = {}
+    for c in children:
+        assert 1e-3 <= float(c.data.params["lr"]) <= 3e-3 and c.data.params["batch_size"] == "32"
+        history = client.get_metric_history(c.info.run_id, "accuracy")
+        steps = [m.step for m in history]
+        assert steps == sorted(set(steps)) and set(steps) <= {13, 26, 39} and steps[0] == 13
+        best_of[c.info.run_id] = max(m.value for m in history)
+
+    # The results table names each trial's run and its best evaluation.
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"results.csv", "results.md", "metric_vs_lambda_and_lr.png", "best_config.json",
+            "ablations.csv", "ablations.md"} <= arts
+    d = client.download_artifacts(parent.info.run_id, "", str(tmp_path / "parent"))
+    rows = list(csv.DictReader(io.StringIO(open(f"{d}/results.csv").read())))
+    assert len(rows) == 2
+    for row in rows:
+        assert float(row["accuracy"]) == pytest.approx(best_of[row["run_id"]])
+        assert row["lm_coef"] in ("0.0", "0.5")
+    assert open(f"{d}/metric_vs_lambda_and_lr.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "| trial |" in open(f"{d}/results.md").read()
+
+    # The ablation rows: full (λ 0.5), no auxiliary LM (λ 0), no pretraining, at the best settings.
+    ablations = {r["ablation"]: r for r in csv.DictReader(open(f"{d}/ablations.csv"))}
+    assert set(ablations) == {"full", "no_aux_lm", "no_pretraining"}
+    assert [float(ablations[a]["lm_coef"]) for a in ("full", "no_aux_lm", "no_pretraining")] == [0.5, 0.0, 0.5]
+    best_config = json.load(open(f"{d}/best_config.json"))
+    assert all(float(ablations[a]["lr"]) == pytest.approx(best_config["lr"]) for a in ablations)
+    for a, row in ablations.items():
+        assert parent.data.metrics[f"ablation_{a}_accuracy"] == pytest.approx(float(row["accuracy"]))
+
+    # The best trial's best model is registered as gpt1-sst-2 and loads as a model directory.
+    versions = client.search_model_versions("name='gpt1-sst-2'")
+    assert len(versions) == 1
+    best_run = parent.data.tags["best_trial_run_id"]
+    assert versions[0].run_id == best_run
+    assert parent.data.metrics["best_accuracy"] == pytest.approx(max(best_of[r["run_id"]] for r in rows))
+    assert best_of[best_run] == pytest.approx(parent.data.metrics["best_accuracy"])
+    m = client.download_artifacts(best_run, "model", str(tmp_path / "best"))
+    assert GPT.from_pretrained(m).config.n_layer == 2
+    assert json.load(open(f"{m}/task.json"))["task"] == "sst-2"
+
+
+def test_bad_input_is_refused_before_any_trial(task_checkpoint, sst2, tmp_path, mlflow_uri, ray_session,
+                                                capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["--task", "sst-2", "--checkpoint", str(task_checkpoint), "--storage", str(tmp_path / "runs")]
+    # A missing split file.
+    (tmp_path / "task").mkdir()
+    (tmp_path / "task" / "train.tsv").write_text((sst2 / "train.tsv").read_text())
+    assert main(args + ["--data", str(tmp_path / "task")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dev.tsv: no such file" in err[0]
+    # A bad row in it: the file and line are named.
+    (tmp_path / "task" / "dev.tsv").write_text("sentence\tlabel\nfine words\t1\nmore words\t7\n")
+    assert main(args + ["--data", str(tmp_path / "task")]) == 2
+    assert f"{tmp_path / 'task' / 'dev.tsv'}:3: label '7' is not one of 0, 1" in capsys.readouterr().err
+    # A search space with an unknown key, or a bad value.
+    assert main(args + ["--data", str(sst2), "--set", "lrr=1"]) == 2
+    assert "unknown key 'lrr'; valid keys are lr," in capsys.readouterr().err
+    (tmp_path / "space.yaml").write_text("lr: {loguniform: [1.0e-4]}\n")
+    assert main(args + ["--data", str(sst2), "--space", str(tmp_path / "space.yaml")]) == 2
+    assert "lr: loguniform takes [low, high]" in capsys.readouterr().err
+    # A checkpoint whose vocabulary lacks the special tokens (a model smaller than its tokenizer).
+    small = tmp_path / "small"
+    tok = train_tokenizer(["some words here"], n_merges=5)
+    torch.manual_seed(0)
+    GPT(GPTConfig.preset("tiny", vocab_size=tok.get_vocab_size() - 4)).save_pretrained(small)
+    tok.save(str(small / "tokenizer.json"))
+    assert main(["--task", "sst-2", "--checkpoint", str(small), "--data", str(sst2)]) == 2
+    assert "lacks the special token(s)" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    assert MlflowClient(mlflow_uri).get_experiment_by_name("gpt1-finetune-sst-2") is None

@@ -1,0 +1,73 @@
+"""A task's search space: tuning/configs/<task>.yaml (or default.yaml, or the user's file) read
+into a Ray Tune param_space over the keys of FinetuneConfig.
+
+A key is fixed (a plain value) or sampled, as a one-key mapping:
+    lr: {loguniform: [2.0e-5, 2.0e-4]}      batch_size: {choice: [16, 32]}
+    warmup: {uniform: [0.0, 0.1]}           lm_coef: {grid: [0.0, 0.5]}   (every value)
+--set key=value fixes a key. Every value, fixed or among a sampler's, is checked against the
+type of the key's default, so a typo fails before any trial starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline import config as configlib
+
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def _samplers():
+    from ray import tune
+    return {"choice": tune.choice, "grid": tune.grid_search,
+            "loguniform": lambda v: tune.loguniform(*v), "uniform": lambda v: tune.uniform(*v)}
+
+
+def space_file(task: str, path: str | None = None) -> Path:
+    if path:
+        if not Path(path).exists():
+            raise configlib.ConfigError(f"--space {path}: no such file")
+        return Path(path)
+    own = CONFIGS_DIR / f"{task}.yaml"
+    return own if own.exists() else CONFIGS_DIR / "default.yaml"
+
+
+def load_space(defaults, task: str, path: str | None = None, sets: list[str] | None = None) -> dict[str, Any]:
+    """The param_space for Tuner: every key of the defaults dataclass, fixed or sampled."""
+    file = space_file(task, path)
+    try:
+        raw = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise configlib.ConfigError(f"{file}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise configlib.ConfigError(f"{file}: expected a mapping of keys to values or samplers")
+    raw.update(configlib.parse_sets(sets or []))
+    where = f"{file} with --set" if sets else str(file)
+    samplers = _samplers()
+    fixed, sampled = {}, {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            if len(value) != 1 or next(iter(value)) not in samplers or not isinstance(next(iter(value.values())), list):
+                raise configlib.ConfigError(f"{where}: {key}: expected a value or one of "
+                                            f"{{{', '.join(f'{s}: [...]' for s in samplers)}}}; got {value!r}")
+            (kind, args), = value.items()
+            if kind in ("loguniform", "uniform") and len(args) != 2:
+                raise configlib.ConfigError(f"{where}: {key}: {kind} takes [low, high]; got {args!r}")
+            # Check each value against the key's type: apply() names an unknown key, a bad value.
+            args = [getattr(configlib.apply(defaults, {key: a}, where), key) for a in args]
+            sampled[key] = samplers[kind](args)
+        else:
+            fixed[key] = value
+    fixed = dataclasses.asdict(configlib.apply(defaults, fixed, where))
+    return {**fixed, **sampled}
+
+
+def describe(space: dict[str, Any]) -> str:
+    """One line per sampled key, for the sweep's opening lines."""
+    from ray.tune.search.sample import Domain
+
+    return "; ".join(f"{k} {v.domain_str if isinstance(v, Domain) else v}" for k, v in space.items()
+                     if isinstance(v, Domain) or (isinstance(v, dict) and "grid_search" in v))

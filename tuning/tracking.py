@@ -1,0 +1,141 @@
+"""What a sweep logs to MLflow: a parent run per task in gpt1-finetune-<task>, a nested child run
+per trial, the results table and plots on the parent, the best model in the Model Registry.
+
+The child runs are made by a Tune Callback on the driver, so each trial is logged exactly once,
+however often its worker reports, and a restarted trial keeps its run.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from ray import tune
+
+from pipeline.packing import sha256_file
+
+PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
+
+
+def experiment_id(client, task: str) -> str:
+    name = f"gpt1-finetune-{task}"
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name)
+
+
+def lineage(client, checkpoint: Path, files: dict[str, Path]) -> dict[str, str]:
+    """Tags linking a run to its inputs: the checkpoint's sha256 (its weights and tokenizer), the
+    pretrain run that wrote it (found by the run path its MLflow run is tagged with), and the
+    sha256 of each data file."""
+    from pipeline.tracking import find_run
+
+    ckpt = Path(checkpoint).absolute()
+    weights = [f for f in ("model.safetensors", "pytorch_model.bin", "tokenizer.json") if (ckpt / f).exists()]
+    tags = {"checkpoint": str(ckpt),
+            "checkpoint_sha256": sha256_file(ckpt / weights[0]) if weights else "unknown"}
+    if (ckpt / "tokenizer.json").exists():
+        tags["tokenizer_sha256"] = sha256_file(ckpt / "tokenizer.json")
+    pretrain = find_run(client, "gpt1-pretrain", "run_path", str(ckpt.parent))
+    if pretrain is not None:
+        tags["pretrain_run_id"] = pretrain.info.run_id
+    for split, path in files.items():
+        tags[f"data_sha256.{split}"] = sha256_file(path)
+    return tags
+
+
+class TrialRuns(tune.Callback):
+    """One nested MLflow run per trial: its config as params, its evaluations as metrics at their
+    training step, its end as the run's status."""
+
+    def __init__(self, uri: str, experiment: str, parent_run_id: str, tags: dict[str, str], metrics: list[str]):
+        from mlflow.tracking import MlflowClient
+
+        self.uri, self.client, self.experiment = uri, MlflowClient(uri), experiment
+        self.parent, self.tags, self.metrics = parent_run_id, tags, metrics
+        self.runs: dict[str, str] = {}  # trial id -> run id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.runs:  # a restarted trial goes on in its run
+            return
+        from mlflow.entities import Param
+
+        run = self.client.create_run(self.experiment, run_name=f"{trial.trial_id}",
+                                     tags={PARENT_TAG: self.parent, "trial_id": trial.trial_id, **self.tags})
+        self.runs[trial.trial_id] = run.info.run_id
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in trial.config.items()])
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        from pipeline.tracking import RunLogger
+
+        # Only the evaluation's own metrics: Tune adds its bookkeeping (times, pids) to results.
+        RunLogger(self.uri, self.runs[trial.trial_id]).log(
+            {k: result[k] for k in self.metrics if k in result}, int(result["step"]))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.client.set_terminated(self.runs[trial.trial_id], "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.client.set_terminated(self.runs[trial.trial_id], "FAILED")
+
+
+def results_table(rows: list[dict], path: Path) -> tuple[Path, Path]:
+    """rows as CSV and as a Markdown table (for the MLflow UI's artifact view)."""
+    cols = list(rows[0])
+    with open(path.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows]
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return path.with_suffix(".csv"), path.with_suffix(".md")
+
+
+def plot(rows: list[dict], metric: str, path: Path, title: str) -> Path:
+    """The best dev metric of each trial against λ and against lr, side by side."""
+    import matplotlib
+    matplotlib.use("Agg")  # no display on a cluster node or in CI
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    y = [r[metric] for r in rows]
+    for ax, key, label in ((axes[0], "lm_coef", "λ (auxiliary LM weight)"), (axes[1], "lr", "learning rate")):
+        ax.scatter([r[key] for r in rows], y)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].set_xscale("log")
+    axes[0].set_ylabel(f"best dev {metric}")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def register_best(client, task: str, run_id: str, model_dir: Path) -> str:
+    """The best trial's model as an artifact of its run, and a new version of gpt1-<task>."""
+    from mlflow.exceptions import MlflowException
+
+    name = f"gpt1-{task}"
+    client.log_artifacts(run_id, str(model_dir), "model")
+    try:
+        client.create_registered_model(name, description=f"GPT-1 fine-tuned on {task}: the best trial of each sweep")
+    except MlflowException as err:
+        if "already exists" not in str(err).lower() and "RESOURCE_ALREADY_EXISTS" not in str(err):
+            raise
+    version = client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id)
+    return version.version
+
+
+def finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def log_json(client, run_id: str, obj, path: Path) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    client.log_artifact(run_id, str(path))
