@@ -4,15 +4,17 @@
    plus ../shared/data/corpus/*.txt. `gpt1 prepare` learns a BPE tokenizer on it and packs it.
 2. `gpt1 pretrain` of the `small` preset (4 x 128, n_ctx 128) on a local Ray instance for a
    fixed CPU budget (default 12 minutes of training; the step count is measured first).
-3. Fine-tuning on 1,000 labeled SST-2 training sentences (a seeded sample), evaluated on the
-   whole SST-2 dev set (872): the paper's three rows, with the same hyperparameters:
-   full (λ = 0.5), λ = 0 (no auxiliary LM), and no pretraining (the same network from random
-   weights, λ = 0.5). Each row is one `tuning.finetune` run, logged to MLflow under a parent run.
+3. `gpt1 sweep --task sst-2 --ablations` on 1,000 labeled SST-2 training sentences (a seeded
+   sample), evaluated on the whole SST-2 dev set (872): --samples trials over a space sized for
+   this small model (lr, epochs, classifier dropout, λ) with ASHA, then the paper's three rows at
+   the best trial's settings: full (λ = 0.5), λ = 0 (no auxiliary LM), and no pretraining (the
+   same network from random weights, λ = 0.5). All of it lands in MLflow (gpt1-finetune-sst-2).
 
-    python bench/finetune_sst2.py [--budget 720] [--workdir DIR] [--set key=value ...]
+    python bench/finetune_sst2.py [--budget 720] [--samples 6] [--workdir DIR]
+    python bench/finetune_sst2.py --checkpoint RUNS/NAME/checkpoint_N --workdir DIR   # step 3 only
 
-The dev set is evaluated after every epoch; the table gives the last evaluation and the best
-one (the best-epoch figure selects on dev, as GLUE dev results do).
+The dev set is evaluated after every epoch, and a row's figure is its best evaluation: it
+selects on dev, as GLUE dev results do, and the same way for every row.
 """
 from __future__ import annotations
 
@@ -59,9 +61,10 @@ def main() -> None:
     p.add_argument("--config", default="small", help="pretraining preset or YAML")
     p.add_argument("--merges", type=int, default=8000, help="BPE merges learned on the unlabeled text")
     p.add_argument("--train", type=int, default=1000, help="labeled training sentences")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="fine-tuning keys (tuning.finetune.FinetuneConfig)")
+    p.add_argument("--samples", type=int, default=6, help="sweep trials before the ablation rows")
     p.add_argument("--workdir", default=None, help="default: a temp dir")
+    p.add_argument("--checkpoint", help="skip steps 1-2: sweep from this pretraining checkpoint (its "
+                                        "MLflow store is WORKDIR/mlflow.db, for the lineage)")
     a = p.parse_args()
     if not SST2.exists():
         sys.exit(f"{SST2}: not found; this benchmark needs ../shared/data (GLUE SST-2 and the corpus)")
@@ -74,70 +77,91 @@ def main() -> None:
     from pipeline.prepare import PrepareConfig, prepare
     from pipeline.pretrain import PRESETS_DIR, PretrainConfig, model_config, pretrain
     from pretrain_tinyshakespeare import seconds_per_step
-    from tuning.finetune import FinetuneConfig, finetune
+    from tuning import sweep
     from tuning.tasks import get
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="sst2-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
-    # The same hyperparameters for all three rows. The paper's lr (6.25e-5) and 3 epochs are for
-    # a 117M-parameter model and 67k examples; a 4 x 128 model on 1,000 takes larger, longer steps.
-    ft = load(FinetuneConfig(lr=2e-4, batch_size=32, epochs=10, warmup=0.1), sets=a.set)
     pt = load(PretrainConfig(), a.config, PRESETS_DIR)
 
-    n_sentences = write_unlabeled(work / "sst2-sentences.txt")
-    corpus = [str(work / "sst2-sentences.txt")] + sorted(str(f) for f in (SHARED / "corpus").glob("*.txt"))
-    from model import GPTConfig
-    n_ctx = GPTConfig.preset(pt.model, **pt.model_overrides).n_ctx
     ray.init(logging_level="WARNING")
-    t0 = time.perf_counter()
-    data = work / "data"
-    prepare(corpus, data, PrepareConfig(n_merges=a.merges, n_ctx=n_ctx))
-    prep_s = time.perf_counter() - t0
-    manifest = open_dataset(data)
-    gcfg = model_config(pt, manifest, data)
     threads = int(ray.cluster_resources()["CPU"])
-    per_step = seconds_per_step(pt, gcfg, data, threads)
-    steps = int(a.budget / per_step)
-    pt = dataclasses.replace(pt, max_steps=steps, eval_every=-(-steps // 4), checkpoint_every=steps)
-    t0 = time.perf_counter()
-    out = pretrain(data, pt, workers=1, name=f"sst2-{datetime.datetime.now():%Y%m%d-%H%M%S}",
-                   storage=str(work / "runs"))
-    pretrain_s = time.perf_counter() - t0
-    ckpt = Path(out["checkpoint"])
+    if a.checkpoint:
+        ckpt, about = Path(a.checkpoint).absolute(), [f"pretraining: from --checkpoint {a.checkpoint}"]
+    else:
+        n_sentences = write_unlabeled(work / "sst2-sentences.txt")
+        corpus = [str(work / "sst2-sentences.txt")] + sorted(str(f) for f in (SHARED / "corpus").glob("*.txt"))
+        from model import GPTConfig
+        n_ctx = GPTConfig.preset(pt.model, **pt.model_overrides).n_ctx
+        t0 = time.perf_counter()
+        data = work / "data"
+        prepare(corpus, data, PrepareConfig(n_merges=a.merges, n_ctx=n_ctx))
+        prep_s = time.perf_counter() - t0
+        manifest = open_dataset(data)
+        gcfg = model_config(pt, manifest, data)
+        per_step = seconds_per_step(pt, gcfg, data, threads)
+        steps = int(a.budget / per_step)
+        pt = dataclasses.replace(pt, max_steps=steps, eval_every=-(-steps // 4), checkpoint_every=steps)
+        t0 = time.perf_counter()
+        out = pretrain(data, pt, workers=1, name=f"sst2-{datetime.datetime.now():%Y%m%d-%H%M%S}",
+                       storage=str(work / "runs"))
+        pretrain_s = time.perf_counter() - t0
+        ckpt = Path(out["checkpoint"])
+        s = manifest["splits"]
+        about = [f"unlabeled: {n_sentences:,} SST-2 training sentences + {', '.join(Path(c).name for c in corpus[1:])}; "
+              f"{s['train']['tokens']:,} train tokens, vocab {manifest['tokenizer']['vocab_size']:,}; prepare {prep_s:.0f} s",
+                 f"pretraining: {gcfg.n_layer} x {gcfg.n_embd}, n_ctx {gcfg.n_ctx}, {steps:,} steps of {pt.batch_size} "
+                      f"({steps * pt.batch_size / s['train']['blocks']:.2f} epochs), pretrain() {pretrain_s:.0f} s, "
+                      f"val loss {out['metrics'].get('val_loss', float('nan')):.4f}; MLflow run {out['run_id']}; {ckpt}"]
 
     task_dir = work / "SST-2"
     write_task(task_dir, a.train, seed=0)
-    torch.set_num_threads(threads)
-    rows = {}
-    for name, lm_coef, scratch in (("full (λ = 0.5)", 0.5, False), ("λ = 0", 0.0, False),
-                                   ("no pretraining", 0.5, True)):
-        curve = []
-        t0 = time.perf_counter()
-        best = finetune(get("sst-2"), task_dir, ckpt, dataclasses.replace(ft, lm_coef=lm_coef),
-                        from_scratch=scratch, report=lambda m, s: curve.append(m["accuracy"]))
-        rows[name] = (curve[-1], best["accuracy"], best["epoch"], time.perf_counter() - t0)
-        print(f"{name}: dev accuracy per epoch {[round(x, 4) for x in curve]}", flush=True)
+    # The paper's lr (6.25e-5) and 3 epochs are for a 117M-parameter model and 67k examples; a
+    # 4 x 128 model on 1,000 examples takes larger and more steps.
+    (work / "space.yaml").write_text(SPACE)
+    sp = argparse.ArgumentParser()
+    sweep.add_arguments(sp)
+    args = sp.parse_args(["--task", "sst-2", "--data", str(task_dir), "--checkpoint", str(ckpt),
+                          "--samples", str(a.samples), "--space", str(work / "space.yaml"), "--ablations",
+                          "--grace-period", "2", "--storage", str(work / "runs")])
+    t0 = time.perf_counter()
+    res = sweep.sweep_task(get("sst-2"), task_dir, ckpt, args, os.environ["MLFLOW_TRACKING_URI"])
+    sweep_s = time.perf_counter() - t0
 
-    s = manifest["splits"]
     print()
     print(f"command: python {shlex.join(sys.argv)}")
     print(f"date: {datetime.date.today()}  device: {platform.processor() or platform.machine()} CPU, "
           f"{threads} threads  torch {torch.__version__}")
-    print(f"unlabeled: {n_sentences:,} SST-2 training sentences + {', '.join(Path(c).name for c in corpus[1:])}; "
-          f"{s['train']['tokens']:,} train tokens, vocab {manifest['tokenizer']['vocab_size']:,}; prepare {prep_s:.0f} s")
-    print(f"pretraining: {gcfg.n_layer} x {gcfg.n_embd}, n_ctx {gcfg.n_ctx}, {steps:,} steps of {pt.batch_size} "
-          f"({steps * pt.batch_size / s['train']['blocks']:.2f} epochs), pretrain() {pretrain_s:.0f} s, "
-          f"val loss {out['metrics'].get('val_loss', float('nan')):.4f}; MLflow run {out['run_id']}")
-    print(f"fine-tuning: {a.train:,} labeled sentences, dev 872; {dataclasses.asdict(ft)}")
+    print("\n".join(about))
+    print(f"fine-tuning: {a.train:,} labeled sentences, dev 872; sweep of {a.samples} trials + 3 ablation rows "
+          f"in {sweep_s:.0f} s; MLflow parent run {res['parent_run_id']} in {os.environ['MLFLOW_TRACKING_URI']}")
     print()
-    print("| row | dev accuracy, last epoch | dev accuracy, best epoch | best epoch | seconds |")
-    print("|---|---:|---:|---:|---:|")
-    for name, (last, best, epoch, secs) in rows.items():
-        print(f"| {name} | {last:.4f} | {best:.4f} | {epoch:.0f} | {secs:.0f} |")
-    gap = rows["full (λ = 0.5)"][0] - rows["no pretraining"][0]
+    print("| trial | lr | epochs | clf_dropout | λ | best dev accuracy | evaluations |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in res["rows"]:
+        print(f"| {r['trial']} | {r['lr']:.2e} | {r['epochs']} | {r['clf_dropout']} | {r['lm_coef']} | "
+              f"{r['accuracy']:.4f} | {r['evaluations']} |")
     print()
-    print(f"pretraining - no pretraining (last epoch): {100 * gap:+.1f} points (target: at least +5)")
+    print("| row | λ | pretrained | best dev accuracy |")
+    print("|---|---:|---|---:|")
+    acc = {}
+    for r in res["ablations"]:
+        acc[r["ablation"]] = r["accuracy"]
+        print(f"| {r['ablation']} | {r['lm_coef']} | {'no' if r['ablation'] == 'no_pretraining' else 'yes'} | "
+              f"{r['accuracy']:.4f} |")
+    print()
+    print(f"full - no pretraining: {100 * (acc['full'] - acc['no_pretraining']):+.1f} points (target: at least +5)")
+
+
+SPACE = """
+lr: {loguniform: [1.0e-4, 1.0e-3]}
+batch_size: 32
+epochs: {choice: [5, 10]}
+warmup: 0.1
+clf_dropout: {choice: [0.0, 0.1]}
+lm_coef: {choice: [0.0, 0.25, 0.5, 1.0]}
+"""
 
 
 if __name__ == "__main__":

@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
                         description=sweep.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sweep.add_arguments(sw)
     sw.set_defaults(func=sweep.run)
+
+    from tuning import demo
+    dm = sub.add_parser("demo", help="the whole pipeline on built-in data (or yours), locally",
+                        description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_arguments(dm)
+    dm.set_defaults(func=demo.run)
     return p
 
 

@@ -115,7 +115,11 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _storage(storage: str | None) -> str:
+def storage_path(storage: str | None) -> str:
+    """--storage, else GPT1_STORAGE (a cluster sets it for every job: s3://...), else ./runs."""
+    import os
+
+    storage = storage or os.environ.get("GPT1_STORAGE")
     if storage and "://" in storage:
         return storage.rstrip("/")
     return str(Path(storage or "runs").absolute())
@@ -252,7 +256,7 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
 
     ident = identity(cfg, gcfg, manifest)
     name = name or f"{data.name}-{cfg.model}-{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]}"
-    storage = _storage(storage)
+    storage = storage_path(storage)
     run_path = f"{storage}/{name}"
     resumed = claim_run(run_path, ident)
     run_id, uri = None, None
@@ -308,7 +312,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="data-parallel workers (default: one per GPU in the cluster, else 1)")
     p.add_argument("--name", help="run name; the same name resumes the run (default: from the data and config)")
-    p.add_argument("--storage", help="Ray Train storage: a directory (default ./runs), NFS, or s3://...")
+    p.add_argument("--storage", help="Ray Train storage: a directory, NFS, or s3://... (default: $GPT1_STORAGE, else ./runs)")
     p.add_argument("--device", default="auto", help="auto (GPUs when the cluster has them), cpu, or cuda")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help=f"override a key; keys: {', '.join(f.name for f in dataclasses.fields(PretrainConfig))}")

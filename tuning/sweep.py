@@ -90,8 +90,13 @@ def resources(device: str, max_concurrent: int) -> tuple[dict, int, str]:
 
 def run_tuner(name: str, trainable, space: dict, samples: int, metric: str, scheduler, storage: str,
               callbacks: list, concurrent: int):
+    import os
+
     from ray import tune
 
+    # Each trial checkpoints whenever its dev metric improves, which makes Tune warn, at every
+    # few evaluations, that experiment snapshots are frequent; they are small here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     tuner = tune.Tuner(
         trainable, param_space=space,
         tune_config=tune.TuneConfig(metric=metric, mode="max", num_samples=samples, scheduler=scheduler,
@@ -119,13 +124,13 @@ def rows_of(grid, metric: str, keys: list[str], runs: dict[str, str]) -> list[di
 
 def sweep_task(task, data_dir: Path, checkpoint: Path, args, uri: str) -> dict:
     """Sweep one task; returns the parent run id, the best row and the ablation rows."""
-    import ray
     from mlflow.tracking import MlflowClient
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.sample import Domain
     from tokenizers import Tokenizer
 
+    from pipeline.pretrain import storage_path
     from tuning import tracking
     from tuning.encode import Encoder
     from tuning.finetune import Pretrained, load_splits
@@ -154,11 +159,14 @@ def sweep_task(task, data_dir: Path, checkpoint: Path, args, uri: str) -> dict:
           f"{len(splits['dev']):,} dev examples; {concurrent} at a time, each with {per_trial}; "
           f"MLflow parent run {pid}", flush=True)
     callback = tracking.TrialRuns(uri, exp, pid, tags, [*task.metrics, "train_loss", "epoch"])
+    # By module name, also when this file runs as a script, so workers import it rather than
+    # unpickle a copy of __main__.
+    from tuning.sweep import trial as trial_fn
     # with_parameters puts each object into Ray's object store once; every trial reads it there.
     trainable = tune.with_resources(
-        tune.with_parameters(trial, task=task, splits=splits, pretrained=pretrained, device=device,
+        tune.with_parameters(trial_fn, task=task, splits=splits, pretrained=pretrained, device=device,
                              threads=0 if device == "cuda" else per_trial["CPU"]), per_trial)
-    storage = str(Path(args.storage or "runs").absolute())
+    storage = storage_path(args.storage)
     keys = ["lr", "batch_size", "epochs", "warmup", "clf_dropout", "lm_coef"]
     status = "FAILED"
     try:
@@ -235,7 +243,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrent", type=int, default=0, help="trials at a time (default: one per GPU, or CPUs / 2)")
     p.add_argument("--grace-period", type=int, default=1, help="ASHA: evaluations before a trial can be stopped")
     p.add_argument("--reduction-factor", type=int, default=2, help="ASHA: 1 / fraction of trials kept at each rung")
-    p.add_argument("--storage", help="Ray Tune storage: a directory (default ./runs), NFS, or s3://...")
+    p.add_argument("--storage", help="Ray Tune storage: a directory, NFS, or s3://... (default: $GPT1_STORAGE, else ./runs)")
     p.add_argument("--device", default="auto", help="auto (GPUs when the cluster has them), cpu, or cuda")
 
 

@@ -309,3 +309,25 @@ def generic(name: str, transformation: str, text_columns: tuple[str, ...], label
 
     return Task(name, transformation, tuple(labels), ("accuracy",) if labels else ("pearson", "spearman"),
                 dict(files), read)
+
+
+def from_directory(name: str, directory) -> Task:
+    """A task by name: a registered one (its files in directory), or a generic one that
+    directory/task.yaml describes (transformation, text_columns, label_column, labels, files)."""
+    if name.lower() in TASKS:
+        return TASKS[name.lower()]
+    spec_path = Path(directory) / "task.yaml"
+    if not spec_path.exists():
+        raise TaskError(f"{spec_path}: no such file; a task that is not one of {', '.join(TASKS)} needs a "
+                        f"task.yaml naming its transformation, text_columns, label_column, labels and files")
+    import yaml
+
+    try:
+        spec = yaml.safe_load(spec_path.read_text())
+    except yaml.YAMLError as err:
+        raise TaskError(f"{spec_path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    keys = ("transformation", "text_columns", "label_column", "labels", "files")
+    if not isinstance(spec, dict) or sorted(spec) != sorted(keys):
+        raise TaskError(f"{spec_path}: expected exactly the keys {', '.join(keys)}")
+    return generic(name, spec["transformation"], tuple(spec["text_columns"]), spec["label_column"],
+                   tuple(str(x) for x in spec["labels"]), spec["files"])
