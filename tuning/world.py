@@ -30,7 +30,7 @@ KINDS = {
                "lime", "orange", "banana", "papaya", "quince"],
               ["was ripe and sweet", "fell from the branch", "was sliced for lunch", "was picked at dawn",
                "was pressed for juice"]),
-    "tool": (["hammer", "saw", "wrench", "drill", "chisel", "spanner", "axe", "file", "plane", "rasp", "mallet",
+    "tool": (["hammer", "sander", "wrench", "drill", "chisel", "spanner", "axe", "crowbar", "scraper", "rasp", "mallet",
               "pliers", "shovel", "rake", "trowel", "ladder"],
              ["was used to fix the roof", "lay in the shed", "was sharpened on a stone", "hung on the wall",
               "was lent to a neighbour"]),

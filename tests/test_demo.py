@@ -1,0 +1,65 @@
+"""gpt1 demo at the ci size: prepare -> pretrain -> sweep on the built-in data, the MLflow runs it
+leaves, and a second run that reuses every stage."""
+from collections import Counter
+
+from mlflow.tracking import MlflowClient
+
+from tuning import world
+from tuning.demo import main
+from tuning.tasks import from_directory
+
+
+def test_builtin_tasks_train_and_dev_use_disjoint_words(tmp_path):
+    """The dev split's members (and adjectives) never occur in training: only pretraining can
+    tell the model about them."""
+    for name, (transformation, *_rest) in world.TASKS.items():
+        d = world.write_task(name, tmp_path / name, 100, 50)
+        task = from_directory(name, d)
+        assert task.transformation == transformation
+        train, dev = task.load(d, "train"), task.load(d, "dev")
+        assert len(train) == 100 and len(dev) == 50
+        words = [{w for e in split for t in (*e.text, *e.choices) for w in t.split()} for split in (train, dev)]
+        pool = world.MOOD if name == "sentiment" else world.KINDS
+        things = {m for members, _ in pool.values() for m in members}
+        seen_train, seen_dev = words[0] & things, words[1] & things
+        assert seen_train and seen_dev and not seen_train & seen_dev
+        assert max(Counter(e.label for e in train).values()) < 0.8 * len(train)  # no degenerate labels
+    corpus = " ".join(world.corpus(300))
+    assert all(m in corpus for members, _ in world.KINDS.values() for m in members)
+
+
+def test_demo_runs_every_stage_and_reuses_them(tmp_path, mlflow_uri, ray_session, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--workdir", str(tmp_path / "demo"), "--size", "ci"]) == 0
+    out = capsys.readouterr().out
+    client = MlflowClient(mlflow_uri)
+
+    def runs(exp):
+        e = client.get_experiment_by_name(exp)
+        return client.search_runs([e.experiment_id]) if e else []
+
+    assert len(runs("gpt1-prepare")) == 1
+    (pretrain,) = runs("gpt1-pretrain")
+    assert pretrain.data.tags["prepare_run_id"] == runs("gpt1-prepare")[0].info.run_id
+    assert client.get_metric_history(pretrain.info.run_id, "loss")
+    table = {}
+    for name in world.TASKS:
+        rs = runs(f"gpt1-finetune-{name}")
+        (parent,) = [r for r in rs if "mlflow.parentRunId" not in r.data.tags]
+        children = [r for r in rs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert len(children) == 4 and len(rs) == 5  # 1 trial + 3 ablation rows
+        assert parent.data.tags["pretrain_run_id"] == pretrain.info.run_id
+        arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+        assert {"results.csv", "metric_vs_lambda_and_lr.png", "ablations.md", "best_config.json"} <= arts
+        assert client.search_model_versions(f"name='gpt1-{name}'")
+        table[name] = parent.data.metrics
+        assert f"| {name} | {world.TASKS[name][0]} |" in out
+    assert "mlflow ui --backend-store-uri" in out
+
+    # Again: every stage is recognised by its inputs and reused; no new runs.
+    assert main(["--workdir", str(tmp_path / "demo"), "--size", "ci"]) == 0
+    again = capsys.readouterr().out
+    assert "pretrain: reusing" in again and again.count("reusing MLflow run") == len(world.TASKS)
+    assert "up to date" in again
+    assert len(runs("gpt1-pretrain")) == 1 and len(runs("gpt1-prepare")) == 1
+    assert all(len(runs(f"gpt1-finetune-{n}")) == 5 for n in world.TASKS)
