@@ -124,9 +124,9 @@ def load(defaults: C, config: str | None = None, presets_dir: Path | None = None
     cfg = defaults
     if config:
         path = Path(config)
-        if not path.exists() and presets_dir is not None and (presets_dir / f"{config}.yaml").exists():
+        if not path.is_file() and presets_dir is not None and (presets_dir / f"{config}.yaml").exists():
             path = presets_dir / f"{config}.yaml"
-        if not path.exists():
+        if not path.is_file():
             names = sorted(p.stem for p in presets_dir.glob("*.yaml")) if presets_dir else []
             raise ConfigError(f"--config {config}: no such file" + (f" or preset (presets: {', '.join(names)})" if names else ""))
         try:

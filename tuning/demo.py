@@ -111,7 +111,7 @@ def run_demo(work: Path, size: Size, corpus: list[str] | None = None, tasks: dic
     uri = tracking_uri()
 
     print(f"[1/3] prepare: {len(corpus)} corpus file(s) -> {work / 'data'}", flush=True)
-    pcfg = configlib.load(PretrainConfig(), "demo", PRESETS_DIR)
+    pcfg = configlib.load(PretrainConfig(), str(PRESETS_DIR / "demo.yaml"))
     n_ctx = pcfg.model_overrides["n_ctx"]
     ray_init()
     # The demo owns WORKDIR/data: other inputs replace it (the same ones are a no-op).
