@@ -155,11 +155,10 @@ def start_tracking(uri: str, name: str, run_path: str, cfg: PretrainConfig, gcfg
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking import find_run, flatten, git_commit
+    from pipeline.tracking import experiment_id, find_run, flatten, git_commit
 
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    exp_id = exp.experiment_id if exp else client.create_experiment(EXPERIMENT)
+    exp_id = experiment_id(client, EXPERIMENT)
     run = find_run(client, EXPERIMENT, "run_path", run_path)
     if run is not None:
         client.update_run(run.info.run_id, status="RUNNING")

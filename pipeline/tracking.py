@@ -11,23 +11,35 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-def log_prepare(out: Path, cfg, manifest: dict) -> str:
-    """A run in experiment gpt1-prepare: options, counts, manifest and tokenizer. Returns its id."""
-    import mlflow
+def experiment_id(client, name: str) -> str:
+    """The id of experiment `name`, created if it does not exist yet."""
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name)
 
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment("gpt1-prepare")
-    with mlflow.start_run(run_name=out.name) as run:
-        mlflow.log_params(dataclasses.asdict(cfg))
-        mlflow.set_tags({"dataset": str(out), "tokenizer_sha256": manifest["tokenizer"]["sha256"],
-                         "fingerprint": manifest["fingerprint"]})
-        for split, c in manifest["splits"].items():
-            mlflow.log_metrics({f"{split}_{k}": v for k, v in c.items()})
-        mlflow.log_metrics({"replaced_bytes": manifest["replaced_bytes"],
-                            "vocab_size": manifest["tokenizer"]["vocab_size"]})
-        mlflow.log_artifact(str(out / "manifest.json"))
-        mlflow.log_artifact(str(out / "tokenizer.json"))
-    return run.info.run_id
+
+def log_prepare(out: Path, cfg, manifest: dict) -> str:
+    """A run in experiment gpt1-prepare: options, counts, manifest and tokenizer. Returns its id.
+
+    Through a client, not mlflow's fluent API, whose tracking URI and active run are process-wide
+    state that would outlive the call."""
+    import time
+
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    run = client.create_run(experiment_id(client, "gpt1-prepare"), run_name=out.name, tags={
+        "dataset": str(out), "tokenizer_sha256": manifest["tokenizer"]["sha256"],
+        "fingerprint": manifest["fingerprint"]})
+    run_id, ts = run.info.run_id, int(time.time() * 1000)
+    metrics = {f"{split}_{k}": v for split, c in manifest["splits"].items() for k, v in c.items()}
+    metrics.update(replaced_bytes=manifest["replaced_bytes"], vocab_size=manifest["tokenizer"]["vocab_size"])
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in dataclasses.asdict(cfg).items()],
+                     metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
+    client.log_artifact(run_id, str(out / "manifest.json"))
+    client.log_artifact(run_id, str(out / "tokenizer.json"))
+    client.set_terminated(run_id)
+    return run_id
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

@@ -1,12 +1,27 @@
 """gpt1 demo at the ci size: prepare -> pretrain -> sweep on the built-in data, the MLflow runs it
 leaves, and a second run that reuses every stage."""
+import os
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
 from tuning import world
-from tuning.demo import main
 from tuning.tasks import from_directory
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def gpt1_demo(cwd: Path, *args: str) -> str:
+    """`gpt1 demo ...` as a user runs it: its own process, its own local Ray instance, MLflow's
+    default store (./mlflow.db). Returns its output; fails the test on a non-zero exit."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", *args], cwd=cwd, env={
+        **env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
 
 
 def test_builtin_tasks_train_and_dev_use_disjoint_words(tmp_path):
@@ -28,11 +43,9 @@ def test_builtin_tasks_train_and_dev_use_disjoint_words(tmp_path):
     assert all(m in corpus for members, _ in world.KINDS.values() for m in members)
 
 
-def test_demo_runs_every_stage_and_reuses_them(tmp_path, mlflow_uri, ray_session, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    assert main(["--workdir", str(tmp_path / "demo"), "--size", "ci"]) == 0
-    out = capsys.readouterr().out
-    client = MlflowClient(mlflow_uri)
+def test_demo_runs_every_stage_and_reuses_them(tmp_path):
+    out = gpt1_demo(tmp_path, "--size", "ci")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
     def runs(exp):
         e = client.get_experiment_by_name(exp)
@@ -57,8 +70,7 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, mlflow_uri, ray_session
     assert "mlflow ui --backend-store-uri" in out
 
     # Again: every stage is recognised by its inputs and reused; no new runs.
-    assert main(["--workdir", str(tmp_path / "demo"), "--size", "ci"]) == 0
-    again = capsys.readouterr().out
+    again = gpt1_demo(tmp_path, "--size", "ci")
     assert "pretrain: reusing" in again and again.count("reusing MLflow run") == len(world.TASKS)
     assert "up to date" in again
     assert len(runs("gpt1-pretrain")) == 1 and len(runs("gpt1-prepare")) == 1

@@ -175,13 +175,15 @@ def finetune(task: Task, data, pretrained, cfg: FinetuneConfig, from_scratch: bo
     evaluation (Ray Tune, MLflow). With out, the best model is written there whenever it
     improves (before report sees it), and at the end its predictions on the test splits that
     the data directory holds."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise configlib.ConfigError(f"--device {device!r}: expected auto, cpu or cuda")
     if not isinstance(pretrained, Pretrained):
         pretrained = Pretrained.load(pretrained)
     splits = data if isinstance(data, dict) else load_splits(task, data, cfg.max_train)
     tm = build(task, pretrained, cfg, from_scratch)
-    dev_ = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                         "cpu" if device == "auto" else device)
-    tm.model.to(dev_)
+    tm.model.to(target)
     train, dev = tm.encoder.encode(splits["train"]), tm.encoder.encode(splits["dev"])
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
@@ -201,8 +203,8 @@ def finetune(task: Task, data, pretrained, cfg: FinetuneConfig, from_scratch: bo
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * lr_factor("warmup_linear", step, total, cfg.warmup)
             ids, mask, labels = collate([train[j] for j in order[i:i + cfg.batch_size]], task.regression)
-            with _autocast(dev_):
-                loss = tm.model(ids.to(dev_), mask.to(dev_), labels.to(dev_), lm_coef=cfg.lm_coef).l3
+            with _autocast(target):
+                loss = tm.model(ids.to(target), mask.to(target), labels.to(target), lm_coef=cfg.lm_coef).l3
             loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(tm.model.parameters(), cfg.grad_clip)
@@ -248,6 +250,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a model directory with tokenizer.json")
     p.add_argument("--out", help="where the best model goes (default: finetuned-<task>)")
     p.add_argument("--from-scratch", action="store_true", help="random weights: the 'no pretraining' ablation")
+    p.add_argument("--device", default="auto", help="auto (a GPU where there is one), cpu or cuda")
     p.add_argument("--config", help="YAML file of the keys below")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help=f"override a key; keys: {', '.join(f.name for f in dataclasses.fields(FinetuneConfig))}")
@@ -264,7 +267,8 @@ def run(args: argparse.Namespace) -> None:
         print(f"step {step:,} (epoch {m['epoch']:.2f}): " + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "epoch"),
               flush=True)
 
-    best = finetune(task, args.data, args.checkpoint, cfg, args.from_scratch, report=show, out=out)
+    best = finetune(task, args.data, args.checkpoint, cfg, args.from_scratch, report=show, out=out,
+                    device=args.device)
     print(f"best {task.metrics[0]} {best[task.metrics[0]]:.4f} at step {best['step']:,}; "
           f"{best['train_truncated']:,} train and {best['dev_truncated']:,} dev segments truncated; model in {out}")
 

@@ -131,6 +131,7 @@ def sweep_task(task, data_dir: Path, checkpoint: Path, args, uri: str) -> dict:
     from tokenizers import Tokenizer
 
     from pipeline.pretrain import storage_path
+    from pipeline.tracking import experiment_id
     from tuning import tracking
     from tuning.encode import Encoder
     from tuning.finetune import Pretrained, load_splits
@@ -147,7 +148,7 @@ def sweep_task(task, data_dir: Path, checkpoint: Path, args, uri: str) -> dict:
     files = {s: data_dir / f for s, f in task.splits.items() if (data_dir / f).is_file() and not s.startswith("test")}
 
     client = MlflowClient(uri)
-    exp = tracking.experiment_id(client, task.name)
+    exp = experiment_id(client, f"gpt1-finetune-{task.name}")
     tags = tracking.lineage(client, checkpoint, files)
     stamp = f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
     parent = client.create_run(exp, run_name=f"sweep-{task.name}-{stamp}",

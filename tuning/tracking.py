@@ -18,12 +18,6 @@ from pipeline.packing import sha256_file
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 
 
-def experiment_id(client, task: str) -> str:
-    name = f"gpt1-finetune-{task}"
-    exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp else client.create_experiment(name)
-
-
 def lineage(client, checkpoint: Path, files: dict[str, Path]) -> dict[str, str]:
     """Tags linking a run to its inputs: the checkpoint's sha256 (its weights and tokenizer), the
     pretrain run that wrote it (found by the run path its MLflow run is tagged with), and the
