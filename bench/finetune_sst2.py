@@ -8,7 +8,7 @@
    sample), evaluated on the whole SST-2 dev set (872): --samples trials over a space sized for
    this small model (lr, epochs, classifier dropout, λ) with ASHA, then the paper's three rows at
    the best trial's settings: full (λ = 0.5), λ = 0 (no auxiliary LM), and no pretraining (the
-   same network from random weights, λ = 0.5). All of it lands in MLflow (gpt1-finetune-sst-2).
+   same network from random weights, at the best trial's λ). All of it lands in MLflow (gpt1-finetune-sst-2).
 
     python bench/finetune_sst2.py [--budget 720] [--samples 6] [--workdir DIR]
     python bench/finetune_sst2.py --checkpoint RUNS/NAME/checkpoint_N --workdir DIR   # step 3 only

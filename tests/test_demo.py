@@ -60,7 +60,8 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path):
         rs = runs(f"gpt1-finetune-{name}")
         (parent,) = [r for r in rs if "mlflow.parentRunId" not in r.data.tags]
         children = [r for r in rs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-        assert len(children) == 4 and len(rs) == 5  # 1 trial + 3 ablation rows
+        assert len(children) == 5 and len(rs) == 6  # 2 trials (λ 0 and 0.5) + 3 ablation rows
+        assert sorted(float(c.data.params["lm_coef"]) for c in children if "ablation" not in c.data.params)[:2] == [0.0, 0.5]
         assert parent.data.tags["pretrain_run_id"] == pretrain.info.run_id
         arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
         assert {"results.csv", "metric_vs_lambda_and_lr.png", "ablations.md", "best_config.json"} <= arts
@@ -74,4 +75,4 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path):
     assert "pretrain: reusing" in again and again.count("reusing MLflow run") == len(world.TASKS)
     assert "up to date" in again
     assert len(runs("gpt1-pretrain")) == 1 and len(runs("gpt1-prepare")) == 1
-    assert all(len(runs(f"gpt1-finetune-{n}")) == 5 for n in world.TASKS)
+    assert all(len(runs(f"gpt1-finetune-{n}")) == 6 for n in world.TASKS)

@@ -72,11 +72,13 @@ def test_sweep_logs_parent_and_trials_and_registers_the_best(task_checkpoint, ss
     assert open(f"{d}/metric_vs_lambda_and_lr.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert "| trial |" in open(f"{d}/results.md").read()
 
-    # The ablation rows: full (λ 0.5), no auxiliary LM (λ 0), no pretraining, at the best settings.
+    # The ablation rows at the best settings: full (λ 0.5), no auxiliary LM (λ 0), and no
+    # pretraining at the best trial's own λ.
     ablations = {r["ablation"]: r for r in csv.DictReader(open(f"{d}/ablations.csv"))}
     assert set(ablations) == {"full", "no_aux_lm", "no_pretraining"}
-    assert [float(ablations[a]["lm_coef"]) for a in ("full", "no_aux_lm", "no_pretraining")] == [0.5, 0.0, 0.5]
     best_config = json.load(open(f"{d}/best_config.json"))
+    assert [float(ablations[a]["lm_coef"]) for a in ("full", "no_aux_lm", "no_pretraining")] == \
+        [0.5, 0.0, best_config["lm_coef"]]
     assert all(float(ablations[a]["lr"]) == pytest.approx(best_config["lr"]) for a in ablations)
     for a, row in ablations.items():
         assert parent.data.metrics[f"ablation_{a}_accuracy"] == pytest.approx(float(row["accuracy"]))

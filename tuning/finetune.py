@@ -245,7 +245,7 @@ def save(tm: TaskModel, out) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True, help="a task name (sst-2, rte, mnli, race, ...)")
+    p.add_argument("--task", required=True, help="a task name (sst-2, rte, mnli, race, ...), or any name for a --data directory holding a task.yaml")
     p.add_argument("--data", required=True, help="the task's directory, as its release lays it out")
     p.add_argument("--checkpoint", required=True, help="a model directory with tokenizer.json")
     p.add_argument("--out", help="where the best model goes (default: finetuned-<task>)")
@@ -257,10 +257,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from tuning.tasks import get
+    from tuning.tasks import from_directory
 
     cfg = configlib.load(FinetuneConfig(), args.config, sets=args.set)
-    task = get(args.task)
+    task = from_directory(args.task, args.data)
     out = Path(args.out or f"finetuned-{task.name}")
 
     def show(m: dict, step: int) -> None:

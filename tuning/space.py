@@ -69,5 +69,5 @@ def describe(space: dict[str, Any]) -> str:
     """One line per sampled key, for the sweep's opening lines."""
     from ray.tune.search.sample import Domain
 
-    return "; ".join(f"{k} {v.domain_str if isinstance(v, Domain) else v}" for k, v in space.items()
-                     if isinstance(v, Domain) or (isinstance(v, dict) and "grid_search" in v))
+    return "; ".join(f"{k} {v.domain_str}" if isinstance(v, Domain) else f"{k} every one of {v['grid_search']}"
+                     for k, v in space.items() if isinstance(v, Domain) or (isinstance(v, dict) and "grid_search" in v))

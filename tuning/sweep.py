@@ -11,7 +11,8 @@ and so do the task's examples, read and checked before any trial starts. Each tr
 on a cluster with GPUs, or a share of the CPUs.
 
 --ablations adds the paper's rows, at the best trial's settings (the defaults, with --samples 0):
-full (λ = 0.5), no auxiliary LM (λ = 0) and no pretraining (random weights, λ = 0.5).
+full (λ = 0.5), no auxiliary LM (λ = 0) and no pretraining (random weights, at the best trial's
+own λ, so that it differs from the best trial in the pretraining alone).
 
 MLflow: a parent run per task in gpt1-finetune-<task> with the results table (CSV, Markdown), a
 plot of the metric against λ and lr, and the best config; one child run per trial. The best
@@ -33,8 +34,8 @@ if __package__ in (None, ""):  # run as a file: `ray job submit ... -- python tu
 from pipeline import config as configlib
 from tuning.finetune import FinetuneConfig
 
-# The paper's ablation rows: what each changes in the base config.
-ABLATIONS = {"full": {"lm_coef": 0.5}, "no_aux_lm": {"lm_coef": 0.0}, "no_pretraining": {"lm_coef": 0.5}}
+# The paper's ablation rows: the λ each sets in the base config (None: the base config's own).
+ABLATIONS = {"full": 0.5, "no_aux_lm": 0.0, "no_pretraining": None}
 GLUE_DIRS = {"cola": "CoLA", "sst-2": "SST-2", "mrpc": "MRPC", "qqp": "QQP", "sts-b": "STS-B",
              "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
 
@@ -155,7 +156,8 @@ def sweep_task(task, data_dir: Path, checkpoint: Path, args, uri: str) -> dict:
                                tags={**tags, "task": task.name, "samples": str(args.samples),
                                      "ablations": str(args.ablations)})
     pid = parent.info.run_id
-    print(f"sweep {task.name}: {args.samples} trial(s) over {describe(space) or 'a fixed config'}"
+    grids = math.prod(len(v["grid_search"]) for v in space.values() if isinstance(v, dict) and "grid_search" in v)
+    print(f"sweep {task.name}: {args.samples * grids} trial(s) over {describe(space) or 'a fixed config'}"
           f"{' + 3 ablation rows' if args.ablations else ''}; {len(splits['train']):,} train / "
           f"{len(splits['dev']):,} dev examples; {concurrent} at a time, each with {per_trial}; "
           f"MLflow parent run {pid}", flush=True)
@@ -185,8 +187,9 @@ def sweep_task(task, data_dir: Path, checkpoint: Path, args, uri: str) -> dict:
         ablation_rows = []
         if args.ablations:
             base = {**dataclasses.asdict(FinetuneConfig()), **best_config}
-            ab_space = {**base, "ablation": tune.grid_search(list(ABLATIONS)),
-                        "lm_coef": tune.sample_from(lambda spec: ABLATIONS[spec.config["ablation"]]["lm_coef"])}
+            base_lm = base["lm_coef"]
+            ab_space = {**base, "ablation": tune.grid_search(list(ABLATIONS)), "lm_coef": tune.sample_from(
+                lambda spec: base_lm if ABLATIONS[spec.config["ablation"]] is None else ABLATIONS[spec.config["ablation"]])}
             ab = run_tuner(f"ablations-{task.name}-{stamp}", trainable, ab_space, 1, metric, None, storage,
                            [callback], concurrent)
             ablation_rows = rows_of(ab, metric, ["ablation", *keys], callback.runs)
@@ -228,12 +231,12 @@ def _log_parent(client, pid: str, task, metric: str, rows, ablation_rows, best_r
     client.set_tag(pid, "registered_model", f"gpt1-{task.name}/{version}")
     print(f"sweep {task.name}: best dev {metric} {best_value:.4f} (trial {best_trial}); registered "
           f"gpt1-{task.name} version {version}", flush=True)
-    return {"parent_run_id": pid, "best": best_value, "best_config": best_result.config, "rows": rows,
+    return {"parent_run_id": pid, "metric": metric, "best": best_value, "best_config": best_result.config, "rows": rows,
             "ablations": ablation_rows, "model_version": version}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True, help="a task name (sst-2, rte, mnli, race, ...), or glue for all nine")
+    p.add_argument("--task", required=True, help="a task name (sst-2, rte, mnli, race, ...), glue for all nine, or any name for a --data directory holding a task.yaml")
     p.add_argument("--data", required=True, help="the task's directory (for glue: the directory holding CoLA/, SST-2/, ...)")
     p.add_argument("--checkpoint", required=True, help="a model directory with tokenizer.json (a pretraining checkpoint)")
     p.add_argument("--samples", type=int, default=8, help="trials drawn from the search space (default 8)")
@@ -251,7 +254,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from pipeline.prepare import ray_init
     from pipeline.tracking import tracking_uri
-    from tuning.tasks import get
+    from tuning.tasks import from_directory, get
 
     if args.samples < 0 or (args.samples == 0 and not args.ablations):
         raise configlib.ConfigError("--samples: expected at least 1 (or 0 with --ablations)")
@@ -266,7 +269,7 @@ def run(args: argparse.Namespace) -> None:
         if missing:
             print(f"{data}: no {', '.join(missing)}; sweeping the other {len(jobs)} GLUE task(s)", flush=True)
     else:
-        jobs = [(get(args.task), data)]
+        jobs = [(from_directory(args.task, data), data)]
     ray_init()
     uri = tracking_uri()
     results = {task.name: sweep_task(task, d, checkpoint, args, uri) for task, d in jobs}
@@ -274,7 +277,7 @@ def run(args: argparse.Namespace) -> None:
     print("| task | metric | best dev | trials | parent run |")
     print("|---|---|---:|---:|---|")
     for name, r in results.items():
-        print(f"| {name} | {get(name).metrics[0]} | {r['best']:.4f} | {len(r['rows'])} | {r['parent_run_id']} |")
+        print(f"| {name} | {r['metric']} | {r['best']:.4f} | {len(r['rows'])} | {r['parent_run_id']} |")
     print(f"\ncompare them: mlflow ui --backend-store-uri {uri}")
 
 

@@ -318,8 +318,9 @@ def from_directory(name: str, directory) -> Task:
         return TASKS[name.lower()]
     spec_path = Path(directory) / "task.yaml"
     if not spec_path.exists():
-        raise TaskError(f"{spec_path}: no such file; a task that is not one of {', '.join(TASKS)} needs a "
-                        f"task.yaml naming its transformation, text_columns, label_column, labels and files")
+        raise TaskError(f"unknown task {name!r}: not one of {', '.join(TASKS)}, and {spec_path} does not exist "
+                        f"(a task of your own needs a task.yaml naming its transformation, text_columns, "
+                        f"label_column, labels and files)")
     import yaml
 
     try:
