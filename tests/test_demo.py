@@ -76,3 +76,21 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path):
     assert "up to date" in again
     assert len(runs("gpt1-pretrain")) == 1 and len(runs("gpt1-prepare")) == 1
     assert all(len(runs(f"gpt1-finetune-{n}")) == 6 for n in world.TASKS)
+
+
+def test_demo_refuses_bad_arguments_before_any_work(tmp_path, capsys):
+    from tuning.demo import main
+
+    work = tmp_path / "w"
+    assert main(["--workdir", str(work), "--task", "sst-2"]) == 2
+    assert "--task 'sst-2': expected NAME=PATH" in capsys.readouterr().err
+    assert main(["--workdir", str(work), "--task", f"sst-2={tmp_path / 'nope'}"]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "corpus.txt").write_text("some text\n")
+    assert main(["--workdir", str(work), "--corpus", str(tmp_path / "corpus.txt"),
+                 "--task", f"mine={tmp_path / 'mine'}"]) == 2
+    assert "unknown task 'mine'" in capsys.readouterr().err
+    assert main(["--workdir", str(work), "--task", f"sst-2={tmp_path / 'mine'}"]) == 2
+    assert "--corpus and --task go together" in capsys.readouterr().err
+    assert not work.exists()  # nothing written

@@ -123,5 +123,8 @@ def test_bad_input_is_refused_before_any_trial(task_checkpoint, sst2, tmp_path, 
     tok.save(str(small / "tokenizer.json"))
     assert main(["--task", "sst-2", "--checkpoint", str(small), "--data", str(sst2)]) == 2
     assert "lacks the special token(s)" in capsys.readouterr().err
+    # --task glue over a directory without any GLUE task directory.
+    assert main(["--task", "glue", "--checkpoint", str(task_checkpoint), "--data", str(tmp_path / "task")]) == 2
+    assert "holds none of the GLUE task directories (CoLA, SST-2," in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
     assert MlflowClient(mlflow_uri).get_experiment_by_name("gpt1-finetune-sst-2") is None

@@ -102,13 +102,15 @@ def run_demo(work: Path, size: Size, corpus: list[str] | None = None, tasks: dic
     from tuning.tasks import from_directory
 
     t_start = time.perf_counter()
+    if bool(corpus) != bool(tasks):
+        raise configlib.ConfigError("--corpus and --task go together: give both, or neither for the built-in data")
+    if tasks:
+        jobs = {name: (from_directory(name, d), d) for name, d in tasks.items()}  # a bad task fails here
     work.mkdir(parents=True, exist_ok=True)
     stages = Stages(work / "stages.json")
-    if not corpus and not tasks:
+    if not tasks:
         corpus, tasks = builtin_data(work, size)
-    elif not corpus or not tasks:
-        raise configlib.ConfigError("--corpus and --task go together: give both, or neither for the built-in data")
-    jobs = {name: (from_directory(name, d), d) for name, d in tasks.items()}  # a bad task fails here
+        jobs = {name: (from_directory(name, d), d) for name, d in tasks.items()}
     uri = tracking_uri()
 
     print(f"[1/3] prepare: {len(corpus)} corpus file(s) -> {work / 'data'}", flush=True)
