@@ -104,13 +104,11 @@ def run_demo(work: Path, size: Size, corpus: list[str] | None = None, tasks: dic
     t_start = time.perf_counter()
     if bool(corpus) != bool(tasks):
         raise configlib.ConfigError("--corpus and --task go together: give both, or neither for the built-in data")
-    if tasks:
-        jobs = {name: (from_directory(name, d), d) for name, d in tasks.items()}  # a bad task fails here
-    work.mkdir(parents=True, exist_ok=True)
-    stages = Stages(work / "stages.json")
     if not tasks:
         corpus, tasks = builtin_data(work, size)
-        jobs = {name: (from_directory(name, d), d) for name, d in tasks.items()}
+    jobs = {name: (from_directory(name, d), d) for name, d in tasks.items()}  # before anything is written
+    work.mkdir(parents=True, exist_ok=True)
+    stages = Stages(work / "stages.json")
     uri = tracking_uri()
 
     print(f"[1/3] prepare: {len(corpus)} corpus file(s) -> {work / 'data'}", flush=True)

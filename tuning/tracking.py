@@ -7,6 +7,7 @@ however often its worker reports, and a restarted trial keeps its run.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -25,9 +26,7 @@ def lineage(client, checkpoint: Path, files: dict[str, Path]) -> dict[str, str]:
     from pipeline.tracking import find_run
 
     ckpt = Path(checkpoint).absolute()
-    weights = [f for f in ("model.safetensors", "pytorch_model.bin", "tokenizer.json") if (ckpt / f).exists()]
-    tags = {"checkpoint": str(ckpt),
-            "checkpoint_sha256": sha256_file(ckpt / weights[0]) if weights else "unknown"}
+    tags = {"checkpoint": str(ckpt), "checkpoint_sha256": weights_sha256(ckpt)}
     if (ckpt / "tokenizer.json").exists():
         tags["tokenizer_sha256"] = sha256_file(ckpt / "tokenizer.json")
     pretrain = find_run(client, "gpt1-pretrain", "run_path", str(ckpt.parent))
@@ -36,6 +35,15 @@ def lineage(client, checkpoint: Path, files: dict[str, Path]) -> dict[str, str]:
     for split, path in files.items():
         tags[f"data_sha256.{split}"] = sha256_file(path)
     return tags
+
+
+def weights_sha256(ckpt: Path) -> str:
+    """The sha256 of a model directory's weights: model.safetensors (native and Hugging Face), or
+    for the original OpenAI release, of its params_<i>.npy files' own sha256s, in order."""
+    if (ckpt / "model.safetensors").exists():
+        return sha256_file(ckpt / "model.safetensors")
+    parts = sorted(ckpt.glob("params_*.npy"), key=lambda p: int(p.stem.split("_")[1]))
+    return hashlib.sha256("".join(sha256_file(p) for p in parts).encode()).hexdigest() if parts else "unknown"
 
 
 class TrialRuns(tune.Callback):
