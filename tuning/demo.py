@@ -139,7 +139,7 @@ def run_demo(work: Path, size: Size, corpus: list[str] | None = None, tasks: dic
         files = sorted(str(p) for p in Path(d).iterdir() if p.is_file())
         # A grace period of every epoch: with two trials a task, ASHA would stop one at its first rung.
         args = argparse.Namespace(samples=size.samples, space=str(space), set=[], ablations=True,
-                                  max_concurrent=0, grace_period=epochs, reduction_factor=2,
+                                  max_concurrent=0, grace_period=epochs, reduction_factor=2, seed=0,
                                   storage=str(work / "runs"), device="cpu")
         key = _sha({"checkpoint": sha256_file(ckpt / "model.safetensors"), "files": [sha256_file(Path(f)) for f in files],
                     "space": space.read_text(), "args": vars(args)})

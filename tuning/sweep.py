@@ -1,7 +1,7 @@
 """Stage 3, sweep: Ray Tune over the fine-tuning hyperparameters and λ of a task, from a checkpoint.
 
     gpt1 sweep --task T --data DIR --checkpoint CKPT [--samples N] [--space YAML] [--set key=value ...]
-               [--ablations] [--max-concurrent N] [--storage DIR] [--device auto|cpu|cuda]
+               [--ablations] [--max-concurrent N] [--seed N] [--storage DIR] [--device auto|cpu|cuda]
     gpt1 sweep --task glue --data GLUE_DIR --checkpoint CKPT ...     every GLUE task under GLUE_DIR
 
 The search space is tuning/configs/<task>.yaml (default.yaml where a task has none) or --space;
@@ -90,10 +90,11 @@ def resources(device: str, max_concurrent: int) -> tuple[dict, int, str]:
 
 
 def run_tuner(name: str, trainable, space: dict, samples: int, metric: str, scheduler, storage: str,
-              callbacks: list, concurrent: int):
+              callbacks: list, concurrent: int, seed: int):
     import os
 
     from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     # Each trial checkpoints whenever its dev metric improves, which makes Tune warn, at every
     # few evaluations, that experiment snapshots are frequent; they are small here.
@@ -101,7 +102,9 @@ def run_tuner(name: str, trainable, space: dict, samples: int, metric: str, sche
     tuner = tune.Tuner(
         trainable, param_space=space,
         tune_config=tune.TuneConfig(metric=metric, mode="max", num_samples=samples, scheduler=scheduler,
-                                    max_concurrent_trials=concurrent),
+                                    max_concurrent_trials=concurrent,
+                                    # Seeded draws: the same command samples the same trials.
+                                    search_alg=BasicVariantGenerator(random_state=seed)),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, callbacks=callbacks, verbose=1,
             # Each trial keeps only its best model (the one reported with the highest metric).
@@ -180,7 +183,7 @@ def sweep_task(task, data_dir: Path, checkpoint: Path, args, uri: str) -> dict:
             asha = ASHAScheduler(time_attr="training_iteration", grace_period=args.grace_period,
                                  reduction_factor=args.reduction_factor, max_t=10_000)
             grid = run_tuner(f"sweep-{task.name}-{stamp}", trainable, space, args.samples, metric, asha,
-                             storage, [callback], concurrent)
+                             storage, [callback], concurrent, args.seed)
             rows = rows_of(grid, metric, keys, callback.runs)
             best_result = grid.get_best_result(metric=metric, mode="max", scope="all")
             best_config = {k: v for k, v in best_result.config.items()}
@@ -191,7 +194,7 @@ def sweep_task(task, data_dir: Path, checkpoint: Path, args, uri: str) -> dict:
             ab_space = {**base, "ablation": tune.grid_search(list(ABLATIONS)), "lm_coef": tune.sample_from(
                 lambda spec: base_lm if ABLATIONS[spec.config["ablation"]] is None else ABLATIONS[spec.config["ablation"]])}
             ab = run_tuner(f"ablations-{task.name}-{stamp}", trainable, ab_space, 1, metric, None, storage,
-                           [callback], concurrent)
+                           [callback], concurrent, args.seed)
             ablation_rows = rows_of(ab, metric, ["ablation", *keys], callback.runs)
             if best_result is None:
                 best_result = ab.get_best_result(metric=metric, mode="max", scope="all")
@@ -247,6 +250,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrent", type=int, default=0, help="trials at a time (default: one per GPU, or CPUs / 2)")
     p.add_argument("--grace-period", type=int, default=1, help="ASHA: evaluations before a trial can be stopped")
     p.add_argument("--reduction-factor", type=int, default=2, help="ASHA: 1 / fraction of trials kept at each rung")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search space's draws (default 0)")
     p.add_argument("--storage", help="Ray Tune storage: a directory, NFS, or s3://... (default: $GPT1_STORAGE, else ./runs)")
     p.add_argument("--device", default="auto", help="auto (GPUs when the cluster has them), cpu, or cuda")
 
