@@ -42,35 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=export)
 
-    from pipeline import prepare
-    pr = sub.add_parser("prepare", help="corpus -> tokenizer and packed token shards (Ray Data)",
-                        description=prepare.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    prepare.add_arguments(pr)
-    pr.set_defaults(func=prepare.run)
+    from pipeline import prepare, pretrain
+    from tuning import demo, finetune, sweep
 
-    from pipeline import pretrain
-    pt = sub.add_parser("pretrain", help="prepared dataset -> pretrained GPT (Ray Train)",
-                        description=pretrain.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    pretrain.add_arguments(pt)
-    pt.set_defaults(func=pretrain.run)
-
-    from tuning import finetune
-    ft = sub.add_parser("finetune", help="pretrained checkpoint + task -> fine-tuned model (L3 = L2 + λ·L1)",
-                        description=finetune.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    finetune.add_arguments(ft)
-    ft.set_defaults(func=finetune.run)
-
-    from tuning import sweep
-    sw = sub.add_parser("sweep", help="Ray Tune sweep of the fine-tuning settings and λ, per task",
-                        description=sweep.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sweep.add_arguments(sw)
-    sw.set_defaults(func=sweep.run)
-
-    from tuning import demo
-    dm = sub.add_parser("demo", help="the whole pipeline on built-in data (or yours), locally",
-                        description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    demo.add_arguments(dm)
-    dm.set_defaults(func=demo.run)
+    # Each stage's module brings its own options (add_arguments), entry (run) and --help text.
+    for name, module, help_ in (
+            ("prepare", prepare, "corpus -> tokenizer and packed token shards (Ray Data)"),
+            ("pretrain", pretrain, "prepared dataset -> pretrained GPT (Ray Train)"),
+            ("finetune", finetune, "pretrained checkpoint + task -> fine-tuned model (L3 = L2 + λ·L1)"),
+            ("sweep", sweep, "Ray Tune sweep of the fine-tuning settings and λ, per task"),
+            ("demo", demo, "the whole pipeline on built-in data (or yours), locally")):
+        sp = sub.add_parser(name, help=help_, description=module.__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sp)
+        sp.set_defaults(func=module.run)
     return p
 
 
