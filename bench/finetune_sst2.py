@@ -19,7 +19,6 @@ selects on dev, as GLUE dev results do, and the same way for every row.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import os
 import platform
@@ -75,8 +74,8 @@ def main() -> None:
     from pipeline.config import load
     from pipeline.dataset import open_dataset
     from pipeline.prepare import PrepareConfig, prepare
-    from pipeline.pretrain import PRESETS_DIR, PretrainConfig, model_config, pretrain
-    from pretrain_tinyshakespeare import seconds_per_step
+    from pipeline.pretrain import PRESETS_DIR, PretrainConfig, model_config
+    from pretrain_tinyshakespeare import pretrain_in_budget
     from tuning import sweep
     from tuning.tasks import get
 
@@ -100,20 +99,14 @@ def main() -> None:
         prep_s = time.perf_counter() - t0
         manifest = open_dataset(data)
         gcfg = model_config(pt, manifest, data)
-        per_step = seconds_per_step(pt, gcfg, data, threads)
-        steps = int(a.budget / per_step)
-        pt = dataclasses.replace(pt, max_steps=steps, eval_every=-(-steps // 4), checkpoint_every=steps)
-        t0 = time.perf_counter()
-        out = pretrain(data, pt, workers=1, name=f"sst2-{datetime.datetime.now():%Y%m%d-%H%M%S}",
-                       storage=str(work / "runs"))
-        pretrain_s = time.perf_counter() - t0
-        ckpt = Path(out["checkpoint"])
-        s = manifest["splits"]
+        out, pt, _, pretrain_s = pretrain_in_budget(data, pt, gcfg, threads, a.budget, "sst2", work / "runs")
+        ckpt, steps, s = Path(out["checkpoint"]), pt.max_steps, manifest["splits"]
         about = [f"unlabeled: {n_sentences:,} SST-2 training sentences + {', '.join(Path(c).name for c in corpus[1:])}; "
-              f"{s['train']['tokens']:,} train tokens, vocab {manifest['tokenizer']['vocab_size']:,}; prepare {prep_s:.0f} s",
+                 f"{s['train']['tokens']:,} train tokens, vocab {manifest['tokenizer']['vocab_size']:,}; "
+                 f"prepare {prep_s:.0f} s",
                  f"pretraining: {gcfg.n_layer} x {gcfg.n_embd}, n_ctx {gcfg.n_ctx}, {steps:,} steps of {pt.batch_size} "
-                      f"({steps * pt.batch_size / s['train']['blocks']:.2f} epochs), pretrain() {pretrain_s:.0f} s, "
-                      f"val loss {out['metrics'].get('val_loss', float('nan')):.4f}; MLflow run {out['run_id']}; {ckpt}"]
+                 f"({steps * pt.batch_size / s['train']['blocks']:.2f} epochs), pretrain() {pretrain_s:.0f} s, "
+                 f"val loss {out['metrics'].get('val_loss', float('nan')):.4f}; MLflow run {out['run_id']}; {ckpt}"]
 
     task_dir = work / "SST-2"
     write_task(task_dir, a.train, seed=0)

@@ -63,6 +63,20 @@ def seconds_per_step(cfg: PretrainConfig, gcfg, data: Path, threads: int, steps:
     return (time.perf_counter() - t0) / steps
 
 
+def pretrain_in_budget(data: Path, cfg: PretrainConfig, gcfg, threads: int, budget: float, name: str,
+                       storage: Path) -> tuple[dict, PretrainConfig, float, float]:
+    """Time the loop first, then pretrain (1 worker, every core) for the steps that fill budget
+    seconds, with evaluations at quarter points. Returns pretrain()'s result, the config it ran,
+    the measured seconds per step and pretrain()'s wall time."""
+    per_step = seconds_per_step(cfg, gcfg, data, threads)
+    steps = int(budget / per_step)
+    cfg = dataclasses.replace(cfg, max_steps=steps, eval_every=-(-steps // 4), checkpoint_every=steps)
+    t0 = time.perf_counter()
+    out = pretrain(data, cfg, workers=1, name=f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}",
+                   storage=str(storage))
+    return out, cfg, per_step, time.perf_counter() - t0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", type=float, default=300.0, help="seconds of training")
@@ -93,13 +107,8 @@ def main() -> None:
     gcfg = model_config(cfg, manifest, data)
     threads = int(ray.cluster_resources()["CPU"])
 
-    per_step = seconds_per_step(cfg, gcfg, data, threads)
-    steps = int(a.budget / per_step)
-    cfg = dataclasses.replace(cfg, max_steps=steps, eval_every=-(-steps // 4), checkpoint_every=steps)
-    t0 = time.perf_counter()
-    out = pretrain(data, cfg, workers=1, name=f"shakespeare-{datetime.datetime.now():%Y%m%d-%H%M%S}",
-                   storage=str(work / "runs"))
-    wall = time.perf_counter() - t0
+    out, cfg, per_step, wall = pretrain_in_budget(data, cfg, gcfg, threads, a.budget, "shakespeare", work / "runs")
+    steps = cfg.max_steps
 
     from mlflow.tracking import MlflowClient
     client = MlflowClient()
