@@ -186,7 +186,7 @@ def sweep_task(task, data_dir: Path, checkpoint: Path, args, uri: str) -> dict:
                              storage, [callback], concurrent, args.seed)
             rows = rows_of(grid, metric, keys, callback.runs)
             best_result = grid.get_best_result(metric=metric, mode="max", scope="all")
-            best_config = {k: v for k, v in best_result.config.items()}
+            best_config = dict(best_result.config)
         ablation_rows = []
         if args.ablations:
             base = {**dataclasses.asdict(FinetuneConfig()), **best_config}
@@ -225,7 +225,7 @@ def _log_parent(client, pid: str, task, metric: str, rows, ablation_rows, best_r
                 client.log_artifact(pid, str(f))
             for r in ablation_rows:
                 client.log_metric(pid, f"ablation_{r['ablation']}_{metric}", r[metric])
-        tracking.log_json(client, pid, {k: v for k, v in best_result.config.items()}, tmp / "best_config.json")
+        tracking.log_json(client, pid, dict(best_result.config), tmp / "best_config.json")
     best_value = max(best_result.metrics_dataframe[metric])
     client.log_metric(pid, f"best_{metric}", best_value)
     client.set_tag(pid, "best_trial_run_id", runs[best_trial])

@@ -55,24 +55,28 @@ class TrialRuns(tune.Callback):
 
         self.uri, self.client, self.experiment = uri, MlflowClient(uri), experiment
         self.parent, self.tags, self.metrics = parent_run_id, tags, metrics
-        self.runs: dict[str, str] = {}  # trial id -> run id
+        self.loggers: dict = {}  # trial id -> RunLogger of its run
+
+    @property
+    def runs(self) -> dict[str, str]:
+        """trial id -> run id"""
+        return {t: logger.run_id for t, logger in self.loggers.items()}
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        if trial.trial_id in self.runs:  # a restarted trial goes on in its run
+        if trial.trial_id in self.loggers:  # a restarted trial goes on in its run
             return
         from mlflow.entities import Param
 
+        from pipeline.tracking import RunLogger
+
         run = self.client.create_run(self.experiment, run_name=f"{trial.trial_id}",
                                      tags={PARENT_TAG: self.parent, "trial_id": trial.trial_id, **self.tags})
-        self.runs[trial.trial_id] = run.info.run_id
+        self.loggers[trial.trial_id] = RunLogger(self.uri, run.info.run_id)
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in trial.config.items()])
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        from pipeline.tracking import RunLogger
-
         # Only the evaluation's own metrics: Tune adds its bookkeeping (times, pids) to results.
-        RunLogger(self.uri, self.runs[trial.trial_id]).log(
-            {k: result[k] for k in self.metrics if k in result}, int(result["step"]))
+        self.loggers[trial.trial_id].log({k: result[k] for k in self.metrics if k in result}, int(result["step"]))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.client.set_terminated(self.runs[trial.trial_id], "FINISHED")
