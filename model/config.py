@@ -24,6 +24,13 @@ class GPTConfig:
     initializer_range: float = 0.02
 
     def __post_init__(self):
+        # A config.json is user input: a wrong type or size is one clear line, not a TypeError.
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.type == "int" and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"{f.name} {v!r}: expected a positive integer")
+            if f.type == "float" and (not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < 1):
+                raise ValueError(f"{f.name} {v!r}: expected a number in [0, 1)")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
 

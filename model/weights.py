@@ -77,9 +77,12 @@ def load_pretrained(directory, **overrides) -> GPT:
     if not (d / "config.json").exists():
         raise FileNotFoundError(f"{d}: expected config.json (native or Hugging Face) or "
                                 "params_shapes.json (original OpenAI release)")
-    raw = json.loads((d / "config.json").read_text())
+    raw = _read_json(d / "config.json")
     if raw.get("format") == NATIVE_FORMAT:
-        cfg = GPTConfig.from_dict({k: v for k, v in raw.items() if k != "format"})
+        try:
+            cfg = GPTConfig.from_dict({k: v for k, v in raw.items() if k != "format"})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{d / 'config.json'}: {err}") from None
         sd = _read_safetensors(d)
     elif raw.get("model_type") == "openai-gpt":
         cfg, sd = _from_hf(d, raw)
@@ -87,6 +90,26 @@ def load_pretrained(directory, **overrides) -> GPT:
         raise ValueError(f"{d / 'config.json'}: expected \"format\": \"{NATIVE_FORMAT}\" or "
                          "\"model_type\": \"openai-gpt\"")
     return _build(d, GPTConfig.from_dict({**cfg.to_dict(), **overrides}), sd)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({getattr(err, 'msg', err)})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return raw
+
+
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise ValueError(f"{path}: not a complete safetensors file ({err}); the write was cut off, or "
+                         "the file is damaged") from None
 
 
 def _build(d: Path, cfg: GPTConfig, sd: dict[str, torch.Tensor]) -> GPT:
@@ -107,9 +130,9 @@ def _read_safetensors(d: Path) -> dict[str, torch.Tensor]:
     index = d / "model.safetensors.index.json"
     if index.exists():  # sharded HF checkpoint
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return {k: v for f in files for k, v in load_file(str(d / f)).items()}
+        return {k: v for f in files for k, v in _load_file(d / f).items()}
     if (d / "model.safetensors").exists():
-        return load_file(str(d / "model.safetensors"))
+        return _load_file(d / "model.safetensors")
     if (d / "pytorch_model.bin").exists():
         raise ValueError(f"{d}: only pytorch_model.bin (a pickle) is there; it is not unpickled. "
                          "Expected model.safetensors")

@@ -2,7 +2,9 @@
 
     config.json, model.safetensors   the model (GPT.from_pretrained reads them)
     tokenizer.json                   the dataset's tokenizer (load_tokenizer reads it)
-    trainer_state.json               step, schedule, pretraining config, data fingerprint
+    trainer_state.json               step, schedule, pretraining config, data fingerprint, and
+                                     the size and sha256 of every other file: written last, so
+                                     a checkpoint without it, or whose files differ, is damaged
     optimizer.safetensors            AdamW's moments and step counts, keyed by parameter name,
                                      and the RNG state
 
@@ -11,6 +13,7 @@ Nothing is pickled, so nothing is unpickled on load.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -18,6 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model import GPT
+from pipeline.config import UserError
+from pipeline.packing import sha256_file
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -39,7 +44,71 @@ def save_checkpoint(directory, gpt: GPT, optimizer: torch.optim.Optimizer, state
     if torch.cuda.is_available():
         tensors["rng/cuda"] = torch.cuda.get_rng_state()
     save_file(tensors, str(d / OPTIMIZER_FILE))
-    (d / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+             for p in sorted(d.iterdir()) if p.is_file() and p.name != STATE_FILE}
+    (d / STATE_FILE).write_text(json.dumps({**state, "files": files}, indent=2, sort_keys=True) + "\n")
+
+
+class DamagedCheckpoint(UserError):
+    """A checkpoint directory whose writing did not finish, or whose files were changed."""
+
+
+def check_complete(directory, hashes: bool = True) -> None:
+    """Raise DamagedCheckpoint unless directory, if it is a training checkpoint, holds every
+    file its trainer_state.json lists, at the listed size (and sha256, with hashes). A model
+    directory that is no training checkpoint passes."""
+    d = Path(directory)
+    if not (d / STATE_FILE).exists():
+        if (d / OPTIMIZER_FILE).exists():
+            raise DamagedCheckpoint(f"{d}: an incomplete training checkpoint (no {STATE_FILE}, which is "
+                                    "written last); use an earlier checkpoint of the run")
+        return
+    try:
+        files = json.loads((d / STATE_FILE).read_text()).get("files", {})
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DamagedCheckpoint(f"{d / STATE_FILE}: not valid JSON; the checkpoint is damaged: use an "
+                                "earlier checkpoint of the run") from None
+    for name, want in sorted(files.items()):
+        p = d / name
+        if not p.is_file() or p.stat().st_size != want["bytes"]:
+            got = f"{p.stat().st_size:,} bytes" if p.is_file() else "missing"
+            raise DamagedCheckpoint(f"{p}: {got}, expected {want['bytes']:,}; the checkpoint is damaged "
+                                    "(its writing was cut off?): use an earlier checkpoint of the run")
+        if hashes and sha256_file(p) != want["sha256"]:
+            raise DamagedCheckpoint(f"{p}: sha256 differs from {STATE_FILE}'s; the checkpoint is damaged: "
+                                    "use an earlier checkpoint of the run")
+
+
+_CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d+)$")
+
+
+def latest_checkpoint(run_path: str) -> tuple[str, int] | None:
+    """(path, step) of the newest complete checkpoint under run_path (a directory or a URI), or
+    None. Damaged ones (a write cut off by a kill or a full disk) are passed over."""
+    import pyarrow.fs as pafs
+
+    if "://" in run_path:
+        fs, base = pafs.FileSystem.from_uri(run_path)
+    else:
+        fs, base = pafs.LocalFileSystem(), run_path
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    except OSError:
+        return None
+    found = sorted(((int(m.group(1)), i.path) for i in infos
+                    if i.type == pafs.FileType.Directory and (m := _CHECKPOINT_NAME.match(i.base_name))),
+                   reverse=True)
+    for step, path in found:
+        if "://" not in run_path:
+            try:
+                check_complete(path, hashes=False)
+            except DamagedCheckpoint:
+                continue
+            if (Path(path) / STATE_FILE).exists():
+                return path, step
+        elif fs.get_file_info(f"{path}/{STATE_FILE}").type == pafs.FileType.File:
+            return f"{run_path.split('://')[0]}://{path}", step
+    return None
 
 
 def read_state(directory) -> dict:
@@ -50,6 +119,7 @@ def load_training_state(directory, gpt: GPT, optimizer: torch.optim.Optimizer) -
     """Load the model's weights, the optimizer's state and the RNG into existing objects (the
     model may already be on its device); returns trainer_state.json."""
     d = Path(directory)
+    check_complete(d, hashes=False)
     weights = GPT.from_pretrained(d).state_dict()
     with torch.no_grad():
         for name, t in gpt.state_dict().items():

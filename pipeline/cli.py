@@ -4,28 +4,30 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 
 def export(args: argparse.Namespace) -> None:
     """Convert a model directory (native, Hugging Face or original OpenAI) to native or hf."""
     from model import GPT
+    from pipeline import outdir
+    from pipeline.checkpoint import check_complete
 
-    dst = Path(args.dst)
-    if dst.exists() and not args.overwrite:
-        raise ValueError(f"{dst}: already exists; pass --overwrite to replace it")
-    gpt = GPT.from_pretrained(args.src)
-    # Write next to the destination, then rename: no half-written model directory is left.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent if dst.parent.exists() else None))
+    src, dst = Path(args.src).absolute(), Path(args.dst).absolute()
+    if src == dst or src in dst.parents or dst in src.parents:
+        raise ValueError(f"{dst}: is (or holds, or lies in) the source {src}; write the export elsewhere")
+    outdir.check_replaceable(dst, "a model directory", lambda d: (d / "config.json").is_file(), args.overwrite)
+    outdir.check_writable(dst)
+    outdir.remove_orphans(dst)
+    check_complete(src)
+    gpt = GPT.from_pretrained(src)
+    # Written beside the destination, then renamed: no half-written model directory is left.
+    tmp = outdir.sibling(dst, "tmp")
     try:
         gpt.save_pretrained(tmp, format=args.format)
-        if (Path(args.src) / "tokenizer.json").exists():
-            shutil.copy(Path(args.src) / "tokenizer.json", tmp / "tokenizer.json")
-        if dst.exists():
-            shutil.rmtree(dst)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(tmp), dst)
+        if (src / "tokenizer.json").exists():
+            shutil.copy(src / "tokenizer.json", tmp / "tokenizer.json")
+        outdir.swap_into_place(tmp, dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {args.format} weights ({gpt.num_params():,} parameters) to {dst}")
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("src", help="model directory: native, Hugging Face, or the original OpenAI release")
     e.add_argument("dst", help="directory to write")
     e.add_argument("--format", choices=["native", "hf"], default="native")
-    e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing model directory (nothing else)")
     e.set_defaults(func=export)
 
     from pipeline import prepare, pretrain

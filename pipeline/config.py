@@ -6,6 +6,8 @@ against the type of the field's default.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import math
 import sys
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +26,40 @@ class ConfigError(UserError):
     """A user's configuration mistake."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM: the command stopped cleanly; its text says where to resume from."""
+
+
+def check_ranges(cfg, ranges: dict[str, tuple[float | None, float | None]], where: str = "") -> None:
+    """Every float field of cfg must be finite; those in ranges must lie in [low, high] (None:
+    unbounded), and an lr-like key (low 0) must be above 0. Raises ConfigError naming the key."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{where}{f.name} {v}: expected a finite number")
+        if f.name in ranges:
+            low, high = ranges[f.name]
+            positive = f.name == "lr"
+            if (low is not None and (v < low or (positive and v <= low))) or (high is not None and v > high):
+                lo = f"> {low}" if positive else f">= {low}"
+                raise ConfigError(f"{where}{f.name} {v}: expected {lo}" + (f" and <= {high}" if high is not None else ""))
+
+
+# A full, read-only or forbidden filesystem is the machine's state, not a bug: one line.
+DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
+
+
+def disk_error(err: BaseException) -> UserError | None:
+    """err as one line naming the file, if it is a disk error (also as pyarrow words it)."""
+    if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
+        return UserError(f"{err.filename or 'a file'}: {err.strerror}")
+    text = str(err)  # pyarrow and safetensors word it so, without an errno
+    for words in ("No space left on device", "Read-only file system"):
+        if isinstance(err, Exception) and text and words in text.splitlines()[0]:
+            return UserError(text.splitlines()[0])
+    return None
+
+
 def user_error(err: BaseException) -> BaseException | None:
     """The user's mistake behind err, if any. A bad input found inside a Ray worker arrives
     wrapped (as RayTaskError subclasses that also derive from the original class, whose text is
@@ -33,7 +69,9 @@ def user_error(err: BaseException) -> BaseException | None:
         seen.add(id(err))
         if isinstance(err, (UserError, FileNotFoundError)):
             found = err
-        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+        elif found is None and disk_error(err) is not None:  # a line already written wins
+            found = disk_error(err)
+        err = getattr(err, "cause", None) or err.__cause__ or (None if err.__suppress_context__ else err.__context__)
     return found
 
 
@@ -42,6 +80,9 @@ def run_reporting(prog: str, func, args) -> int:
     no traceback. Shared by the `gpt1` subcommands and the stage scripts, so both behave alike."""
     try:
         func(args)
+    except (Interrupted, KeyboardInterrupt) as err:
+        print(f"{prog}: {err or 'interrupted'}", file=sys.stderr)
+        return 130
     except Exception as err:
         cause = err if isinstance(err, (ValueError, FileNotFoundError)) else user_error(err)
         if cause is None:

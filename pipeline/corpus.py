@@ -16,7 +16,9 @@ import gzip
 import json
 import os
 import re
+import sys
 import unicodedata
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -76,6 +78,10 @@ def _format_of(name: str, forced: str) -> tuple[str, bool]:
     return fmt, gz
 
 
+def _known(name: str) -> bool:
+    return Path(name[:-3] if name.endswith(".gz") else name).suffix.lower() in _EXTENSIONS
+
+
 def resolve_inputs(specs: list[str], forced_format: str = "auto") -> list[InputFile]:
     """Every file the specs name, in a deterministic order (spec order, then sorted paths)."""
     if not specs:
@@ -95,8 +101,16 @@ def resolve_inputs(specs: list[str], forced_format: str = "auto") -> list[InputF
             if info.type == pafs.FileType.Directory:
                 infos = [i for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
                          if i.type == pafs.FileType.File and not i.base_name.startswith(".")]
+                if forced_format == "auto":
+                    # A directory's README, LICENSE or checksum file is not corpus: skipped, by
+                    # name, on stderr. A file named on its own is refused instead (below).
+                    unknown = [i for i in infos if not _known(i.base_name)]
+                    for i in unknown:
+                        print(f"prepare: skipping {scheme}{i.path}: cannot tell its format from the extension "
+                              f"(expected {', '.join(sorted(_EXTENSIONS))}, optionally .gz)", file=sys.stderr)
+                    infos = [i for i in infos if _known(i.base_name)]
                 if not infos:
-                    raise CorpusError(f"{spec}: the directory holds no files")
+                    raise CorpusError(f"{spec}: the directory holds no corpus files")
             else:
                 infos = [info]
         for i in sorted(infos, key=lambda i: i.path):
@@ -316,8 +330,8 @@ def read_documents(f: InputFile, start: int, end: int, opts: ReadOptions) -> Ite
         except _Binary as b:
             raise CorpusError(f"{f.uri}: a NUL byte at offset {b.offset}; expected UTF-8 text, "
                               "not a binary file") from None
-        except (OSError, EOFError) as err:
-            if f.gz and isinstance(err, (gzip.BadGzipFile, EOFError)):
+        except (OSError, EOFError, zlib.error) as err:
+            if f.gz and isinstance(err, (gzip.BadGzipFile, EOFError, zlib.error)):
                 raise CorpusError(f"{f.uri}: not a valid gzip file ({err})") from None
             raise
 

@@ -18,7 +18,6 @@ import os
 import shutil
 import sys
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import config as configlib
+from pipeline import outdir
 from pipeline.corpus import CorpusError, InputFile, ReadOptions, filesystem, plan_chunks, read_documents, resolve_inputs
 from pipeline.packing import Packer, token_dtype
 from pipeline.tokenizer import (END_OF_DOCUMENT, load_tokenizer, n_merges, save_tokenizer,
@@ -55,10 +55,11 @@ class PrepareConfig:
     chunk_mb: int = 4  # byte range of a file that one task reads: small enough to balance the workers
     parallelism: int = 0  # tokenizing workers; 0 = one per CPU in the cluster
     batch_docs: int = 2048  # documents per encode_batch call and per table sent to the driver
+    max_replaced_fraction: float = 0.01  # a file with a larger share of bytes that are not UTF-8 is refused
 
 
 # Options that change how the work is spread, never the output: left out of the fingerprint.
-_NOT_IN_FINGERPRINT = ("parallelism", "chunk_mb", "batch_docs")
+_NOT_IN_FINGERPRINT = ("parallelism", "chunk_mb", "batch_docs", "max_replaced_fraction")
 
 
 def file_sha256(f: InputFile) -> str:
@@ -185,10 +186,39 @@ def _cut(text: str, limit: int):
 
 
 def ray_init() -> None:
+    """Join the cluster that RAY_ADDRESS names (a `ray job submit` job has it set), else start a
+    new local instance of this process's own: never a cluster that another process on the machine
+    happened to start with `ray start`, which could be stopped under the command. The first line
+    of output says which it is."""
+    import os
+
     import ray
-    if not ray.is_initialized():
-        # A local instance unless RAY_ADDRESS names a cluster (ray.init reads it).
-        ray.init(logging_level=logging.WARNING)
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=address, logging_level=logging.WARNING)
+    where = ray.get_runtime_context().gcs_address
+    print(f"Ray: {'a new local instance' if address == 'local' else 'the cluster'} at {where}", flush=True)
+
+
+def is_dataset(d: Path) -> bool:
+    """A directory that prepare wrote (or was writing, when only its manifest is damaged)."""
+    return (d / "manifest.json").is_file()
+
+
+def read_manifest(d: Path) -> dict:
+    """manifest.json of a dataset directory, or one line saying why it cannot be read."""
+    path = Path(d) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CorpusError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); the dataset is "
+                          f"damaged: prepare it again with --overwrite") from None
+    except UnicodeDecodeError:
+        raise CorpusError(f"{path}: not UTF-8 text; the dataset is damaged: prepare it again with --overwrite") from None
+    if not isinstance(manifest, dict):
+        raise CorpusError(f"{path}: expected a JSON object; the dataset is damaged: prepare it again with --overwrite")
+    return manifest
 
 
 def _fingerprint(cfg: PrepareConfig, shas: list[str], tokenizer_source: str, n_val_files: int) -> str:
@@ -205,8 +235,14 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
 
     val_corpus: held-out inputs that make up the val split (and val_fraction is not used)."""
     t0 = time.time()
+    if "://" in str(out):  # Path() would make s3://b/ds a local directory named s3:
+        raise CorpusError(f"--out {out}: prepare writes a local (or mounted) directory; object storage "
+                          "is not supported yet")
     out = Path(out).absolute()
     _check(cfg)
+    if track:  # the store is checked before the work, not after it
+        from pipeline.tracking import check_store, tracking_uri
+        check_store(tracking_uri())
     files = resolve_inputs(corpus, cfg.format)
     n_val = 0
     if val_corpus:
@@ -221,12 +257,13 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
         source = tokenizer_sha256(tok)
     fingerprint = _fingerprint(cfg, shas, source, n_val)
     if (out / "manifest.json").exists():
-        existing = json.loads((out / "manifest.json").read_text())
+        existing = read_manifest(out)
         if existing.get("fingerprint") == fingerprint:
             print(f"{out} is up to date (same inputs and options): nothing to do")
             return existing
-    if out.exists() and not overwrite:
-        raise CorpusError(f"{out}: already exists and holds a different dataset; pass --overwrite to replace it")
+    outdir.check_replaceable(out, "a prepared dataset", is_dataset, overwrite)
+    outdir.check_writable(out)
+    outdir.remove_orphans(out)
 
     import ray
     ray_init()
@@ -252,10 +289,10 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
     tokens = ds.map_batches(Tokenize, batch_size=1, fn_constructor_kwargs={**common, "tokenizer_json": tok.to_str()},
                             compute=pool, num_cpus=1, runtime_env=env)
 
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = outdir.sibling(out, "tmp")
     try:
         manifest = _write(tmp, tokens, tok, cfg, files, shas, fingerprint, vocab, eod, val_files)
-        _swap_into_place(tmp, out)
+        outdir.swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -277,6 +314,7 @@ def _check(cfg: PrepareConfig) -> None:
         raise configlib.ConfigError(f"val_fraction {cfg.val_fraction}: expected 0 <= val_fraction < 1")
     if cfg.n_ctx < 1 or cfg.shard_mb < 1 or cfg.chunk_mb < 1 or cfg.n_merges < 0:
         raise configlib.ConfigError("n_ctx, shard_mb and chunk_mb must be positive, n_merges >= 0")
+    configlib.check_ranges(cfg, {"max_replaced_fraction": (0.0, 1.0)})
     if cfg.text_split not in ("blank_line", "file"):
         raise configlib.ConfigError(f"text_split {cfg.text_split!r}: expected 'blank_line' or 'file'")
 
@@ -290,6 +328,7 @@ def _write(tmp: Path, tokens, tok, cfg, files, shas, fingerprint, vocab, eod, va
         packers[split] = Packer(tmp / split, cfg.n_ctx, eod, dtype, shard_blocks)
     counts = {s: {"bytes": 0, "empty_documents": 0} for s in packers}
     replaced = 0
+    per_file = np.zeros((len(files), 2), np.int64)  # bytes replaced, bytes read
     for table in tokens.iter_batches(batch_size=None, batch_format="pyarrow"):
         if table.column("error").null_count < table.num_rows:
             _raise_worker_error(table.column("error").to_pylist())
@@ -298,7 +337,11 @@ def _write(tmp: Path, tokens, tok, cfg, files, shas, fingerprint, vocab, eod, va
         values = col.values.to_numpy()
         val = table.column("val").to_numpy(zero_copy_only=False)
         n_bytes = table.column("n_bytes").to_numpy()
-        replaced += int(table.column("n_replaced").to_numpy().sum())
+        n_replaced = table.column("n_replaced").to_numpy()
+        replaced += int(n_replaced.sum())
+        file_of = table.column("file").to_numpy()
+        np.add.at(per_file, (file_of, 0), n_replaced)
+        np.add.at(per_file, (file_of, 1), n_bytes)
         # Vectorised over the table: each split's documents, joined by the end-of-document token.
         doc_of_token = np.repeat(np.arange(len(lengths)), lengths)
         for split, flag in (("train", False), ("val", True)):
@@ -310,6 +353,11 @@ def _write(tmp: Path, tokens, tok, cfg, files, shas, fingerprint, vocab, eod, va
             tokens_s = values[docs[doc_of_token]]
             ends = np.cumsum(lengths[docs])
             packers[split].add(np.insert(tokens_s, ends, eod), int(docs.sum()))
+    for f, (bad, total) in zip(files, per_file):
+        if total and bad / total > cfg.max_replaced_fraction:
+            raise CorpusError(f"{f.uri}: {bad:,} of its {total:,} bytes ({bad / total:.1%}) are not UTF-8; is it "
+                              f"a binary file? Expected text (the limit is max_replaced_fraction="
+                              f"{cfg.max_replaced_fraction:g}; --set max_replaced_fraction=1 takes it as it is)")
     if packers["train"].documents + packers["val"].documents == 0:
         raise CorpusError(f"{', '.join(f.uri for f in files[:3])}{' ...' if len(files) > 3 else ''}: "
                           "the corpus holds no documents (empty or whitespace only)")
@@ -340,16 +388,6 @@ def _write(tmp: Path, tokens, tok, cfg, files, shas, fingerprint, vocab, eod, va
     return manifest
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", nargs="+", required=True, metavar="PATH",
                    help="files, globs, directories or URIs (s3://, gs://, ...); .gz is read too")
@@ -359,7 +397,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file of PrepareConfig keys")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help=f"override a key; keys: {', '.join(f.name for f in dataclasses.fields(PrepareConfig))}")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing, different dataset")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing, different dataset (a directory that is not a dataset is never replaced)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
 
 

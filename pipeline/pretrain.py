@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,8 +95,9 @@ def check_config(cfg: PretrainConfig, workers: int) -> None:
         raise c(f"dtype {cfg.dtype!r}: expected auto, bf16 or fp32")
     if min(cfg.log_every, cfg.checkpoint_every, cfg.keep_checkpoints) < 1 or cfg.epochs < 1:
         raise c("log_every, checkpoint_every, keep_checkpoints and epochs must be at least 1")
-    if cfg.max_steps < 0 or cfg.warmup_steps < 0 or cfg.eval_every < 0 or cfg.lr <= 0:
-        raise c("max_steps, warmup_steps and eval_every must be >= 0, and lr > 0")
+    if cfg.max_steps < 0 or cfg.warmup_steps < 0 or cfg.eval_every < 0 or cfg.eval_blocks < 0 or cfg.max_failures < 0:
+        raise c("max_steps, warmup_steps, eval_every, eval_blocks and max_failures must be >= 0")
+    configlib.check_ranges(cfg, {"lr": (0.0, 1.0), "weight_decay": (0.0, 1.0), "grad_clip": (0.0, None)})
 
 
 def identity(cfg: PretrainConfig, gcfg: GPTConfig, manifest: dict) -> dict:
@@ -185,70 +187,233 @@ def start_tracking(uri: str, name: str, run_path: str, cfg: PretrainConfig, gcfg
 
 
 class RaySession:
-    """The training loop's view of Ray Train: rank, world size, device, checkpoints."""
+    """The training loop's view of Ray Train: rank, world size, device, checkpoints.
 
-    def __init__(self):
+    A checkpoint is written beside its final place (run_path/.checkpoint_N.tmp-PID-*) where the
+    storage is a directory, and renamed into place when complete; on object storage it is written
+    to a local temporary directory and uploaded with trainer_state.json last. Either way a
+    checkpoint_N appears complete or not at all (for object storage: with its trainer_state.json
+    or without), whatever kills the writer."""
+
+    def __init__(self, run_path: str, resume_from: str | None = None):
         import ray.train
         import ray.train.torch
 
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
+        self.run_path, self.resume_from = run_path, resume_from
+        self.remote = "://" in run_path
 
     @contextlib.contextmanager
     def resume_dir(self):
+        """Ray's newest checkpoint of this run (after a worker was replaced), or else the newest
+        complete one the driver found in run_path, whichever is newer."""
         import ray.train
 
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            yield None
-        else:
+        ckpt, path = ray.train.get_checkpoint(), self.resume_from
+        if ckpt is not None and (path is None or Path(ckpt.path).name >= Path(path).name):
             with ckpt.as_directory() as d:
                 yield Path(d)
+        elif path is not None:
+            with ray.train.Checkpoint(path).as_directory() as d:
+                yield Path(d)
+        else:
+            yield None
+
+    @contextlib.contextmanager
+    def staging_dir(self, name: str):
+        import shutil
+        import tempfile
+
+        from pipeline import outdir
+
+        if self.remote:
+            d = Path(tempfile.mkdtemp(prefix=f"gpt1-ckpt-{os.getpid()}-"))
+        else:
+            d = outdir.sibling(Path(self.run_path) / name, "tmp")
+            d.mkdir(parents=True)
+        try:
+            yield d
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def _publish(self, checkpoint, name: str):
+        import pyarrow.fs as pafs
+        import ray.train
+
+        from pipeline.checkpoint import STATE_FILE
+
+        if not self.remote:
+            final = Path(self.run_path) / name
+            if final.exists():  # the same step written by an attempt that Ray's index lost
+                import shutil
+                shutil.rmtree(final)
+            os.rename(checkpoint.path, final)
+            return ray.train.Checkpoint(str(final))
+        fs, base = pafs.FileSystem.from_uri(self.run_path)
+        dest = f"{base}/{name}"
+        fs.create_dir(dest)
+        files = sorted(Path(checkpoint.path).iterdir(), key=lambda p: p.name == STATE_FILE)
+        for f in files:  # trainer_state.json last: its presence says the rest is there
+            pafs.copy_files(str(f), f"{dest}/{f.name}", source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=fs)
+        return ray.train.Checkpoint(dest, filesystem=fs)
 
     def report(self, metrics: dict, checkpoint_dir: Path | None = None, name: str | None = None) -> None:
         import ray.train
 
         ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name,
+                         checkpoint_upload_fn=self._publish if ckpt else None)
 
 
-def worker(spec: dict) -> None:
-    """What each Ray Train worker runs."""
+def worker(config: dict) -> None:
+    """What each Ray Train worker runs. A StopRun (a non-finite loss, a full disk) ends every
+    rank at the same step; rank 0 hands its line to the driver, which Ray does not retry."""
+    import ray
+
     from pipeline.tracking import RunLogger
-    from pipeline.train_loop import LoopSpec, train_loop
+    from pipeline.train_loop import LoopSpec, StopRun, train_loop
 
-    spec = LoopSpec(**spec)
-    session = RaySession()
+    spec = LoopSpec(**config["spec"])
+    session = RaySession(spec.run_path, spec.resume_from)
     tracker = RunLogger(spec.mlflow_uri, spec.mlflow_run_id) if session.rank == 0 and spec.mlflow_run_id else None
-    train_loop(spec, session, tracker)
+    try:
+        train_loop(spec, session, tracker)
+    except StopRun as err:
+        if session.rank == 0:
+            ray.get(config["outcome"].put.remote(str(err)))
+
+
+class _Outcome:
+    """A driver-side box (a Ray actor) for the line that stopped a run."""
+
+    def __init__(self):
+        self.line = None
+
+    def put(self, line: str) -> None:
+        self.line = line
+
+    def get(self) -> str | None:
+        return self.line
+
+
+@contextlib.contextmanager
+def run_lock(run_path: str):
+    """Hold the run for this process: a second pretrain of the same run is refused while this one
+    lives. An flock, so that a crashed or killed run leaves nothing stuck. For object storage the
+    lock file is local (~/.cache/gpt1/locks): it guards against a second run on this machine only."""
+    import fcntl
+
+    if "://" in run_path:
+        lock_dir = Path.home() / ".cache" / "gpt1" / "locks"
+        lock_file = lock_dir / (hashlib.sha256(run_path.encode()).hexdigest()[:16] + ".lock")
+    else:
+        lock_dir = Path(run_path)
+        lock_file = lock_dir / ".gpt1.lock"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise configlib.ConfigError(f"{run_path}: another pretrain of this run is running (pid {holder}); "
+                                        "wait for it to end, or pass another --name") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+
+
+def repair_ray_index(run_path: str) -> None:
+    """Remove Ray Train's checkpoint index of the run where it cannot be used (cut off by a full
+    disk or a kill, or naming checkpoints that are gone): it is Ray's own record, rebuilt as the
+    run goes on, and the run resumes from its newest complete checkpoint without it."""
+    import pyarrow.fs as pafs
+
+    fs, base = pafs.FileSystem.from_uri(run_path) if "://" in run_path else (pafs.LocalFileSystem(), run_path)
+    index = f"{base}/checkpoint_manager_snapshot.json"
+    if fs.get_file_info(index).type != pafs.FileType.File:
+        return
+    try:
+        with fs.open_input_stream(index) as f:
+            state = json.loads(f.read())
+        names = [r["checkpoint_dir_name"] for r in state.get("checkpoint_results", [])
+                 if isinstance(r, dict) and "checkpoint_dir_name" in r]
+        usable = all(fs.get_file_info(f"{base}/{n}").type == pafs.FileType.Directory for n in names)
+    except (ValueError, UnicodeDecodeError, TypeError, AttributeError):
+        usable = False
+    if not usable:
+        fs.delete_file(index)
+
+
+def _remove_orphan_staging(run_path: str) -> None:
+    """Checkpoints whose writer died before renaming them into place."""
+    from pipeline import outdir
+
+    import shutil
+    import tempfile
+
+    if "://" not in run_path:
+        for p in Path(run_path).glob(".checkpoint_*.tmp-*"):
+            outdir.remove_orphans(Path(run_path) / p.name.split(".")[1])
+    for p in Path(tempfile.gettempdir()).glob("gpt1-ckpt-*-*"):
+        pid = p.name.split("-")[2]
+        if pid.isdigit() and not outdir.alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | None = None,
-             storage: str | None = None, device: str = "auto", track: bool = True) -> dict:
+             storage: str | None = None, device: str = "auto", track: bool = True,
+             autoscale: bool = False) -> dict:
     """Run (or resume) the stage. Returns the final metrics, the newest checkpoint's path and
-    the MLflow run id. Raises DataError / ConfigError before any worker starts."""
+    the MLflow run id. Raises DataError / ConfigError before any worker starts, StopRun's line
+    as a UserError when the run stops itself (a non-finite loss, a full disk), and Interrupted
+    on Ctrl-C or SIGTERM, naming the checkpoint that the same command resumes from."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from pipeline.checkpoint import latest_checkpoint
     from pipeline.dataset import BlockOrder
     from pipeline.prepare import ray_init
     from pipeline.train_loop import LoopSpec
 
+    if "://" in str(data):
+        raise configlib.ConfigError(f"--data {data}: pretrain reads a local (or mounted) dataset directory; "
+                                    "object storage is not supported yet")
     data = Path(data).absolute()
     manifest = open_dataset(data)
     gcfg = model_config(cfg, manifest, data)
     if device not in ("auto", "cpu", "cuda"):
         raise configlib.ConfigError(f"--device {device!r}: expected auto, cpu or cuda")
+    check_config(cfg, workers or 1)
+    uri = None
+    if track:  # the store is checked before the work, not after it
+        from pipeline.tracking import check_store, tracking_uri
+        uri = tracking_uri()
+        check_store(uri)
     ray_init()
     resources = ray.cluster_resources()
     use_gpu = device == "cuda" or (device == "auto" and resources.get("GPU", 0) > 0)
     workers = workers or (int(resources.get("GPU", 0)) if use_gpu else 1)
     if workers == 0:  # an autoscaling cluster whose GPU nodes are not up yet
         raise configlib.ConfigError("--device cuda: the cluster has no GPUs now; pass --workers N "
-                                    "and the autoscaler starts GPU nodes for them")
+                                    "and --autoscale, and the autoscaler starts GPU nodes for them")
     check_config(cfg, workers)
+    # On CPU, split the machine's cores between the workers; torch uses that many threads.
+    cpus = 1 if use_gpu else max(int(resources.get("CPU", 1)) // workers, 1)
+    kind, per_worker = ("GPU", 1) if use_gpu else ("CPU", cpus)
+    have = int(resources.get(kind, 0))
+    if workers * per_worker > have and not autoscale:
+        # Ray would wait for the resources for ever, retrying every minute.
+        raise configlib.ConfigError(
+            f"--workers {workers}: the cluster has {have} {kind}(s) and each worker takes {per_worker}; ask "
+            f"for at most {have // per_worker}, or pass --autoscale where the cluster's autoscaler adds "
+            f"nodes (clusters/gpu.yaml's does)")
     n_train = manifest["splits"]["train"]["blocks"]
     steps_per_epoch = BlockOrder(cfg.seed, n_train, cfg.batch_size).steps_per_epoch
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
@@ -257,37 +422,55 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
     name = name or f"{data.name}-{cfg.model}-{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]}"
     storage = storage_path(storage)
     run_path = f"{storage}/{name}"
-    resumed = claim_run(run_path, ident)
-    run_id, uri = None, None
-    if track:
-        from pipeline.tracking import tracking_uri
-        uri = tracking_uri()
-        run_id = start_tracking(uri, name, run_path, cfg, gcfg, manifest, data, workers)
-
-    # On CPU, split the machine's cores between the workers; torch uses that many threads.
-    cpus = 1 if use_gpu else max(int(resources.get("CPU", 1)) // workers, 1)
-    print(f"{'resuming' if resumed else 'starting'} run {name}: {gcfg.n_layer} x {gcfg.n_embd}, vocab "
-          f"{gcfg.vocab_size:,}, {total:,} steps of {cfg.batch_size} x {gcfg.n_ctx} tokens "
-          f"({steps_per_epoch:,} per epoch) on {workers} {'GPU' if use_gpu else 'CPU'} worker(s); "
-          f"checkpoints in {run_path}", flush=True)
-    spec = LoopSpec(pretrain=dataclasses.asdict(cfg), model=gcfg.to_dict(), data=str(data),
-                    total_steps=total, threads=0 if use_gpu else cpus, mlflow_uri=uri, mlflow_run_id=run_id)
-    # By module name, also when this file runs as a script, so workers import it rather than
-    # unpickle a copy of __main__.
-    from pipeline.pretrain import worker as worker_fn
-    trainer = TorchTrainer(
-        worker_fn, train_loop_config=dataclasses.asdict(spec),
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker={"GPU": 1} if use_gpu else {"CPU": cpus}),
-        run_config=RunConfig(name=name, storage_path=storage,
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures)))
-    try:
-        result = trainer.fit()
-    except BaseException:
-        if run_id:
-            _finish(uri, run_id, "FAILED")
-        raise
+    if "://" not in storage:
+        from pipeline import outdir
+        outdir.check_writable(Path(run_path) / RUN_FILE)
+    with run_lock(run_path):
+        resumed = claim_run(run_path, ident)
+        _remove_orphan_staging(run_path)
+        repair_ray_index(run_path)
+        newest = latest_checkpoint(run_path)
+        run_id = start_tracking(uri, name, run_path, cfg, gcfg, manifest, data, workers) if track else None
+        at = f"resuming run {name} from step {newest[1]:,}" if newest else \
+            f"{'restarting' if resumed else 'starting'} run {name} from step 0"
+        print(f"{at}: {gcfg.n_layer} x {gcfg.n_embd}, vocab "
+              f"{gcfg.vocab_size:,}, {total:,} steps of {cfg.batch_size} x {gcfg.n_ctx} tokens "
+              f"({steps_per_epoch:,} per epoch) on {workers} {'GPU' if use_gpu else 'CPU'} worker(s); "
+              f"checkpoints in {run_path}", flush=True)
+        spec = LoopSpec(pretrain=dataclasses.asdict(cfg), model=gcfg.to_dict(), data=str(data),
+                        total_steps=total, threads=0 if use_gpu else cpus, mlflow_uri=uri, mlflow_run_id=run_id,
+                        run_path=run_path, resume_from=newest[0] if newest else None)
+        outcome = ray.remote(num_cpus=0)(_Outcome).remote()
+        # By module name, also when this file runs as a script, so workers import it rather than
+        # unpickle a copy of __main__.
+        from pipeline.pretrain import worker as worker_fn
+        trainer = TorchTrainer(
+            worker_fn, train_loop_config={"spec": dataclasses.asdict(spec), "outcome": outcome},
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                         resources_per_worker={"GPU": 1} if use_gpu else {"CPU": cpus}),
+            run_config=RunConfig(name=name, storage_path=storage,
+                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                                 failure_config=FailureConfig(max_failures=cfg.max_failures)))
+        try:
+            with _sigterm_as_interrupt():
+                result = trainer.fit()
+        except KeyboardInterrupt:
+            if run_id:
+                _finish(uri, run_id, "KILLED")
+            newest = latest_checkpoint(run_path)
+            raise configlib.Interrupted(
+                f"run {name} interrupted; " + (f"newest checkpoint {newest[0]} (step {newest[1]:,}); "
+                                                if newest else "no checkpoint yet; ") +
+                "the same command resumes from it") from None
+        except BaseException:
+            if run_id:
+                _finish(uri, run_id, "FAILED")
+            raise
+        stopped = ray.get(outcome.get.remote())
+        if stopped:
+            if run_id:
+                _finish(uri, run_id, "FAILED")
+            raise configlib.UserError(stopped)
     if run_id:
         _finish(uri, run_id, "FINISHED")
     checkpoint = result.checkpoint.path if result.checkpoint else None
@@ -297,6 +480,26 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
         line += f": val loss {m['val_loss']:.4f}, {m['val_bits_per_byte']:.4f} bits per byte"
     print(f"{line}; newest checkpoint {checkpoint}" + (f"; MLflow run {run_id}" if run_id else ""), flush=True)
     return {"metrics": m, "checkpoint": checkpoint, "run_id": run_id, "name": name, "run_path": run_path}
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler's stop, `kill`) ends the run as Ctrl-C does: cleanly, with one line."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _finish(uri: str, run_id: str, status: str) -> None:
@@ -315,13 +518,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (GPUs when the cluster has them), cpu, or cuda")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help=f"override a key; keys: {', '.join(f.name for f in dataclasses.fields(PretrainConfig))}")
+    p.add_argument("--autoscale", action="store_true",
+                   help="ask for more workers than the cluster has now, for its autoscaler to add nodes")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
 
 
 def run(args: argparse.Namespace) -> None:
     cfg = configlib.load(PretrainConfig(), args.config, PRESETS_DIR, args.set)
     pretrain(args.data, cfg, workers=args.workers, name=args.name, storage=args.storage,
-             device=args.device, track=not args.no_mlflow)
+             device=args.device, track=not args.no_mlflow, autoscale=args.autoscale)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,46 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def check_store(uri: str) -> None:
+    """Raise UserError unless the MLflow store at uri can be read and written: checked before a
+    stage does its work, so that a bad store costs a line, not the work.
+
+    An SQLite store is opened and a write is tried (and rolled back); a new one needs a writable
+    directory. An HTTP server must answer /health within 10 s. Other stores are left to MLflow."""
+    import sqlite3
+    import urllib.request
+
+    from pipeline.config import UserError
+
+    fix = "set MLFLOW_TRACKING_URI to a usable store (sqlite:///PATH/mlflow.db), or pass --no-mlflow"
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.exists():
+            from pipeline.outdir import check_writable
+            try:
+                check_writable(path)
+            except UserError as err:
+                raise UserError(f"MLflow store {uri}: cannot be created ({err}); {fix}") from None
+            return
+        try:
+            con = sqlite3.connect(f"file:{path}?mode=rw", uri=True, isolation_level=None, timeout=10)
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                con.execute("CREATE TABLE gpt1_store_probe (x)")
+                con.execute("ROLLBACK")
+            finally:
+                con.close()
+        except sqlite3.Error as err:
+            raise UserError(f"MLflow store {uri}: cannot be used ({err}); {fix}") from None
+    elif uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).read()
+        except OSError as err:
+            raise UserError(f"MLflow server {uri}: does not answer ({err}); {fix}") from None
+    elif "://" not in uri or uri.startswith("file:"):
+        raise UserError(f"MLflow store {uri}: a file store, which this MLflow cannot use; {fix}")
+
+
 def experiment_id(client, name: str) -> str:
     """The id of experiment `name`, created if it does not exist yet."""
     exp = client.get_experiment_by_name(name)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import os
 import sys
 import tempfile
 import time
@@ -29,6 +30,7 @@ from model import GPT, GPTConfig, make_optimizer
 from model.flops import matmul_ceiling
 from model.optim import lr_factor
 from pipeline.checkpoint import load_training_state, save_checkpoint
+from pipeline.config import disk_error
 from pipeline.dataset import BlockOrder, load_split, open_dataset, tokens_per_byte
 
 
@@ -42,6 +44,13 @@ class LoopSpec:
     threads: int = 0  # CPU threads per worker; 0 = torch's default
     mlflow_uri: str | None = None
     mlflow_run_id: str | None = None
+    run_path: str | None = None  # STORAGE/RUN: where checkpoints go
+    resume_from: str | None = None  # the newest complete checkpoint the driver found there
+
+
+class StopRun(Exception):
+    """The run cannot go on and a retry would not help (a non-finite loss, a full disk). Raised
+    on every rank at the same step; its text is the one line the user sees."""
 
 
 class LocalSession:
@@ -54,6 +63,11 @@ class LocalSession:
     @contextlib.contextmanager
     def resume_dir(self):
         yield None
+
+    @contextlib.contextmanager
+    def staging_dir(self, name: str):
+        with tempfile.TemporaryDirectory(prefix=f"gpt1-ckpt-{os.getpid()}-") as d:
+            yield Path(d)
 
     def report(self, metrics: dict, checkpoint_dir: Path | None = None, name: str | None = None) -> None:
         self.last_metrics = metrics
@@ -179,18 +193,40 @@ class Pretraining:
         return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 700)),
                 "val_bits_per_byte": loss / math.log(2) * tokens_per_byte(self.manifest, "val")}
 
+    def _any(self, flag: bool) -> bool:
+        """Whether flag is true on any rank (every rank gets the same answer)."""
+        t = torch.tensor([float(flag)], device=self.device)
+        return bool(_all_reduce(t, self.world).item())
+
+    def stop_if_not_finite(self, loss: float, norm: float) -> None:
+        """A diverged run stops with one line naming the step, before a non-finite model is
+        saved; retrying would only diverge again."""
+        if self._any(not (math.isfinite(loss) and math.isfinite(norm))):
+            raise StopRun(f"the loss became non-finite (loss {loss}, grad norm {norm}) by step {self.step:,}; "
+                          f"nothing from this point is saved. Lower lr (now {self.cfg.lr:g}) or raise "
+                          "warmup_steps, and start a new run (--name)")
+
     def checkpoint(self, metrics: dict) -> None:
         name = f"checkpoint_{self.step:09d}"
-        if self.rank != 0:
+        failed = None
+        if self.rank == 0:
+            with self.session.staging_dir(name) as d:
+                try:
+                    save_checkpoint(d, self.gpt, self.opt, {
+                        "step": self.step, "total_steps": self.spec.total_steps, "world_size": self.world,
+                        "schedule": {"name": self.cfg.schedule, "warmup_steps": self.cfg.warmup_steps},
+                        "pretrain": self.spec.pretrain, "data_fingerprint": self.manifest["fingerprint"],
+                        "tokenizer_sha256": self.manifest["tokenizer"]["sha256"],
+                    }, self.data / "tokenizer.json")
+                except OSError as err:
+                    if disk_error(err) is None:
+                        raise
+                    failed = f"{disk_error(err)} while writing checkpoint {self.step:,} (in {d})"
+                self.session.report(metrics, None if failed else d, None if failed else name)
+        else:
             self.session.report(metrics)
-            return
-        with tempfile.TemporaryDirectory(prefix="gpt1-ckpt-") as d:
-            save_checkpoint(d, self.gpt, self.opt, {
-                "step": self.step, "total_steps": self.spec.total_steps, "world_size": self.world,
-                "schedule": {"name": self.cfg.schedule, "warmup_steps": self.cfg.warmup_steps},
-                "pretrain": self.spec.pretrain, "data_fingerprint": self.manifest["fingerprint"],
-            }, self.data / "tokenizer.json")
-            self.session.report(metrics, Path(d), name)
+        if self._any(failed is not None):
+            raise StopRun(failed or "rank 0 could not write its checkpoint")
 
     def run(self) -> dict:
         cfg, total = self.cfg, self.spec.total_steps
@@ -204,11 +240,13 @@ class Pretraining:
         while self.step < total:
             loss, norm, w = self.train_step()
             losses.append(loss)
+            last = (loss, norm)
             waited += w
             s = self.step
             if s % cfg.log_every == 0 or s == total:
                 now = time.perf_counter()
                 mean = _all_reduce(torch.stack(losses).double().sum().reshape(1), self.world).item() / (len(losses) * self.world)
+                self.stop_if_not_finite(mean, float(norm))
                 tps = tokens_per_step * len(losses) / (now - t_log)
                 metrics = {"loss": mean, "lr": self.opt.param_groups[0]["lr"], "grad_norm": float(norm),
                            "tokens_per_s": tps, "mfu": tps * self.flops_per_token / (self.ceiling * self.world),
@@ -230,6 +268,7 @@ class Pretraining:
                     if self.tracker:
                         self.tracker.log(ev, s)
             if s % cfg.checkpoint_every == 0 or s == total:
+                self.stop_if_not_finite(float(last[0]), float(last[1]))
                 self.checkpoint({**metrics, "step": s})
         if self.rank == 0 and self.tracker:
             self.tracker.log_model(self.gpt, self.data / "tokenizer.json")

@@ -107,9 +107,11 @@ def run_demo(work: Path, size: Size, corpus: list[str] | None = None, tasks: dic
     if not tasks:
         corpus, tasks = builtin_data(work, size)
     jobs = {name: (from_directory(name, d), d) for name, d in tasks.items()}  # before anything is written
+    from pipeline.tracking import check_store
+    uri = tracking_uri()
+    check_store(uri)
     work.mkdir(parents=True, exist_ok=True)
     stages = Stages(work / "stages.json")
-    uri = tracking_uri()
 
     print(f"[1/3] prepare: {len(corpus)} corpus file(s) -> {work / 'data'}", flush=True)
     pcfg = configlib.load(PretrainConfig(), str(PRESETS_DIR / "demo.yaml"))
@@ -182,6 +184,9 @@ def run(args: argparse.Namespace) -> None:
     work = Path(args.workdir).absolute()
     tasks = parse_tasks(args.task)
     if args.fresh and work.exists():
+        from pipeline import outdir
+        # Only a demo's own directory is deleted: --workdir ~ --fresh must not empty a home.
+        outdir.check_replaceable(work, "a demo directory", lambda d: (d / "stages.json").is_file(), True)
         shutil.rmtree(work)
     run_demo(work, SIZES[args.size], args.corpus, tasks)
 

@@ -64,7 +64,11 @@ class Pretrained:
 
     @classmethod
     def load(cls, checkpoint) -> "Pretrained":
-        """From any model directory that GPT.from_pretrained and load_tokenizer read."""
+        """From any model directory that GPT.from_pretrained and load_tokenizer read; a training
+        checkpoint's files (its tokenizer too) must be the ones its trainer_state.json lists."""
+        from pipeline.checkpoint import check_complete
+
+        check_complete(checkpoint)
         gpt = GPT.from_pretrained(checkpoint)
         return cls(gpt.config.to_dict(), {k: v.numpy() for k, v in gpt.state_dict().items()},
                    load_tokenizer(checkpoint).to_str())
@@ -81,6 +85,38 @@ class TaskModel:
     model: GPTForTask
     encoder: Encoder
     task: Task
+
+
+def check_config(cfg: FinetuneConfig) -> None:
+    """Every numeric key in its range, before any work."""
+    c = configlib.ConfigError
+    for key in ("batch_size", "epochs", "eval_batch"):
+        if getattr(cfg, key) < 1:
+            raise c(f"{key} {getattr(cfg, key)}: expected at least 1")
+    for key in ("max_steps", "eval_every", "max_train", "n_ctx"):
+        if getattr(cfg, key) < 0:
+            raise c(f"{key} {getattr(cfg, key)}: expected >= 0")
+    configlib.check_ranges(cfg, {"lr": (0.0, 1.0), "warmup": (0.0, 1.0), "lm_coef": (0.0, None),
+                                 "clf_dropout": (0.0, 0.99), "weight_decay": (0.0, 1.0), "grad_clip": (0.0, None)})
+
+
+def is_finetune_output(d: Path) -> bool:
+    """A directory that finetune wrote: its model plus head.safetensors and task.json."""
+    return (d / "task.json").is_file() and (d / "head.safetensors").is_file()
+
+
+def check_out(out: Path, checkpoint, overwrite: bool) -> None:
+    """--out may be new, empty, or (with --overwrite) an earlier finetune output; never the
+    checkpoint being read, a directory inside it, or one that holds it."""
+    from pipeline import outdir
+
+    out, ckpt = out.absolute(), Path(checkpoint).absolute()
+    if out == ckpt or ckpt in out.parents or out in ckpt.parents:
+        raise configlib.ConfigError(f"--out {out}: is (or holds, or lies in) the --checkpoint being read; "
+                                    "write the fine-tuned model elsewhere")
+    outdir.check_replaceable(out, "a fine-tuned model", is_finetune_output, overwrite)
+    outdir.check_writable(out)
+    outdir.remove_orphans(out)
 
 
 def build(task: Task, pretrained: Pretrained, cfg: FinetuneConfig, from_scratch: bool = False) -> TaskModel:
@@ -177,6 +213,7 @@ def finetune(task: Task, data, pretrained, cfg: FinetuneConfig, from_scratch: bo
     the data directory holds."""
     if device not in ("auto", "cpu", "cuda"):
         raise configlib.ConfigError(f"--device {device!r}: expected auto, cpu or cuda")
+    check_config(cfg)
     if not isinstance(pretrained, Pretrained):
         pretrained = Pretrained.load(pretrained)
     splits = data if isinstance(data, dict) else load_splits(task, data, cfg.max_train)
@@ -205,6 +242,9 @@ def finetune(task: Task, data, pretrained, cfg: FinetuneConfig, from_scratch: bo
             ids, mask, labels = collate([train[j] for j in order[i:i + cfg.batch_size]], task.regression)
             with _autocast(target):
                 loss = tm.model(ids.to(target), mask.to(target), labels.to(target), lm_coef=cfg.lm_coef).l3
+            if not torch.isfinite(loss):  # stop before a diverged model can be kept
+                raise configlib.UserError(f"the training loss became {float(loss)} at step {step + 1:,}; lower lr "
+                                          f"(now {cfg.lr:g})")
             loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(tm.model.parameters(), cfg.grad_clip)
@@ -227,21 +267,28 @@ def finetune(task: Task, data, pretrained, cfg: FinetuneConfig, from_scratch: bo
 
 
 def save(tm: TaskModel, out) -> None:
-    """A model directory (the GPT, loadable alone) plus head.safetensors and task.json."""
-    from safetensors.torch import save_file
+    """A model directory (the GPT, loadable alone) plus head.safetensors and task.json, written
+    beside out and swapped in whole."""
+    from pipeline import outdir
 
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = outdir.sibling(out, "tmp")
+    try:
+        _write_model(tm, tmp)
+        outdir.swap_into_place(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_model(tm: TaskModel, tmp: Path) -> None:
+    from safetensors.torch import save_file
+
     tm.model.gpt.save_pretrained(tmp)
     tm.encoder.tok.save(str(tmp / "tokenizer.json"))
     save_file({k: v.detach().cpu().contiguous() for k, v in tm.model.head.state_dict().items()}, str(tmp / "head.safetensors"))
     (tmp / "task.json").write_text(json.dumps({
         "task": tm.task.name, "transformation": tm.task.transformation, "labels": list(tm.task.labels),
         "regression": tm.task.regression, "n_ctx": tm.encoder.n_ctx}, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -249,6 +296,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="the task's directory, as its release lays it out")
     p.add_argument("--checkpoint", required=True, help="a model directory with tokenizer.json")
     p.add_argument("--out", help="where the best model goes (default: finetuned-<task>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier fine-tuned model at --out (nothing else is ever replaced)")
     p.add_argument("--from-scratch", action="store_true", help="random weights: the 'no pretraining' ablation")
     p.add_argument("--device", default="auto", help="auto (a GPU where there is one), cpu or cuda")
     p.add_argument("--config", help="YAML file of the keys below")
@@ -262,6 +311,8 @@ def run(args: argparse.Namespace) -> None:
     cfg = configlib.load(FinetuneConfig(), args.config, sets=args.set)
     task = from_directory(args.task, args.data)
     out = Path(args.out or f"finetuned-{task.name}")
+    check_config(cfg)
+    check_out(out, args.checkpoint, args.overwrite)
 
     def show(m: dict, step: int) -> None:
         print(f"step {step:,} (epoch {m['epoch']:.2f}): " + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "epoch"),

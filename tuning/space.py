@@ -35,8 +35,11 @@ def space_file(task: str, path: str | None = None) -> Path:
     return own if own.exists() else CONFIGS_DIR / "default.yaml"
 
 
-def load_space(defaults, task: str, path: str | None = None, sets: list[str] | None = None) -> dict[str, Any]:
-    """The param_space for Tuner: every key of the defaults dataclass, fixed or sampled."""
+def load_space(defaults, task: str, path: str | None = None, sets: list[str] | None = None,
+               check=None) -> dict[str, Any]:
+    """The param_space for Tuner: every key of the defaults dataclass, fixed or sampled. With
+    check (a function of a config that raises ConfigError), the fixed config and every value a
+    sampler can give (its choices, its bounds) are range-checked before any trial starts."""
     file = space_file(task, path)
     try:
         raw = yaml.safe_load(file.read_text()) or {}
@@ -47,7 +50,7 @@ def load_space(defaults, task: str, path: str | None = None, sets: list[str] | N
     raw.update(configlib.parse_sets(sets or []))
     where = f"{file} with --set" if sets else str(file)
     samplers = _samplers()
-    fixed, sampled = {}, {}
+    fixed, sampled, values = {}, {}, {}
     for key, value in raw.items():
         if isinstance(value, dict):
             if len(value) != 1 or next(iter(value)) not in samplers or not isinstance(next(iter(value.values())), list):
@@ -58,10 +61,19 @@ def load_space(defaults, task: str, path: str | None = None, sets: list[str] | N
                 raise configlib.ConfigError(f"{where}: {key}: {kind} takes [low, high]; got {args!r}")
             # Check each value against the key's type: apply() names an unknown key, a bad value.
             args = [getattr(configlib.apply(defaults, {key: a}, where), key) for a in args]
-            sampled[key] = samplers[kind](args)
+            sampled[key], values[key] = samplers[kind](args), args
         else:
             fixed[key] = value
-    fixed = dataclasses.asdict(configlib.apply(defaults, fixed, where))
+    base = configlib.apply(defaults, fixed, where)
+    if check is not None:
+        try:
+            check(base)
+            for key, args in values.items():
+                for a in args:
+                    check(dataclasses.replace(base, **{key: a}))
+        except configlib.ConfigError as err:
+            raise configlib.ConfigError(f"{where}: {err}") from None
+    fixed = dataclasses.asdict(base)
     return {**fixed, **sampled}
 
 

@@ -141,7 +141,8 @@ def sweep_task(task, data_dir: Path, checkpoint: Path, args, uri: str) -> dict:
     from tuning.finetune import Pretrained, load_splits
     from tuning.space import describe, load_space
 
-    space = load_space(FinetuneConfig(), task.name, args.space, args.set)
+    from tuning.finetune import check_config
+    space = load_space(FinetuneConfig(), task.name, args.space, args.set, check=check_config)
     max_train = space["max_train"] if isinstance(space["max_train"], int) else 0
     splits = load_splits(task, data_dir, max_train)  # bad input ends here, before any trial
     pretrained = Pretrained.load(checkpoint)
@@ -274,8 +275,14 @@ def run(args: argparse.Namespace) -> None:
             print(f"{data}: no {', '.join(missing)}; sweeping the other {len(jobs)} GLUE task(s)", flush=True)
     else:
         jobs = [(from_directory(args.task, data), data)]
-    ray_init()
+    from tuning.finetune import check_config
+    from tuning.space import load_space
+    for task, _ in jobs:  # every space in range before Ray, MLflow or Tune writes anything
+        load_space(FinetuneConfig(), task.name, args.space, args.set, check=check_config)
+    from pipeline.tracking import check_store
     uri = tracking_uri()
+    check_store(uri)
+    ray_init()
     results = {task.name: sweep_task(task, d, checkpoint, args, uri) for task, d in jobs}
     print()
     print("| task | metric | best dev | trials | parent run |")

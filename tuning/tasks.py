@@ -56,7 +56,11 @@ class Task:
         path = Path(directory) / self.splits[split]
         if not path.exists():
             raise TaskError(f"{path}: no such file; expected the {self.name} {split} split there")
-        examples = self.read(self, path, split)
+        try:
+            examples = self.read(self, path, split)
+        except UnicodeDecodeError as err:
+            raise TaskError(f"{path}: not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at offset "
+                            f"{err.start:,}); convert it, e.g. `iconv -f latin1 -t utf-8`") from None
         if not examples:
             raise TaskError(f"{path}: holds no examples")
         return examples
