@@ -12,16 +12,20 @@ import math
 import torch
 
 
+def _warming(x: float, warmup: float) -> bool:
+    return warmup > 0 and x <= warmup  # warmup 0: no warm-up at all (and no 0 / 0 at update 0)
+
+
 def warmup_cosine(x: float, warmup: float = 0.002) -> float:
-    return x / warmup if x <= warmup else 0.5 * (1 + math.cos(math.pi * x))
+    return x / warmup if _warming(x, warmup) else 0.5 * (1 + math.cos(math.pi * x))
 
 
 def warmup_constant(x: float, warmup: float = 0.002) -> float:
-    return x / warmup if x <= warmup else 1.0
+    return x / warmup if _warming(x, warmup) else 1.0
 
 
 def warmup_linear(x: float, warmup: float = 0.002) -> float:
-    return (x / warmup if x <= warmup else 1.0) * (1 - x)
+    return (x / warmup if _warming(x, warmup) else 1.0) * (1 - x)
 
 
 SCHEDULES = {"warmup_cosine": warmup_cosine, "warmup_constant": warmup_constant,
