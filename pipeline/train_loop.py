@@ -218,7 +218,7 @@ class Pretraining:
                         "pretrain": self.spec.pretrain, "data_fingerprint": self.manifest["fingerprint"],
                         "tokenizer_sha256": self.manifest["tokenizer"]["sha256"],
                     }, self.data / "tokenizer.json")
-                except OSError as err:
+                except Exception as err:  # safetensors reports a full disk as its own error type
                     if disk_error(err) is None:
                         raise
                     failed = f"{disk_error(err)} while writing checkpoint {self.step:,} (in {d})"

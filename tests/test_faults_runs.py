@@ -43,7 +43,7 @@ def args(data, storage, name="r", *extra, sets=SETS):
 
 
 def steps_on_disk(run: Path) -> list[int]:
-    return sorted(int(p.name.split("_")[1]) for p in run.glob("checkpoint_*"))
+    return sorted(int(p.name.split("_")[1]) for p in run.glob("checkpoint_0*") if p.is_dir())
 
 
 # 3. A full disk: one line, nothing half-written, and the same command resumes once there is room.
