@@ -75,9 +75,27 @@ def user_error(err: BaseException) -> BaseException | None:
     return found
 
 
+def sigterm_as_interrupt() -> None:
+    """SIGTERM (a scheduler's stop, `kill`) ends a command as Ctrl-C does: cleanly, one line."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def run_reporting(prog: str, func, args) -> int:
     """Run a command; a user's mistake ends as one line naming the input and exit status 2, with
-    no traceback. Shared by the `gpt1` subcommands and the stage scripts, so both behave alike."""
+    no traceback; Ctrl-C and SIGTERM as one line and status 130. Shared by the `gpt1`
+    subcommands and the stage scripts, so both behave alike."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.getsignal(signal.SIGTERM)
+    if main:
+        sigterm_as_interrupt()
     try:
         func(args)
     except (Interrupted, KeyboardInterrupt) as err:
@@ -89,6 +107,9 @@ def run_reporting(prog: str, func, args) -> int:
             raise
         print(f"{prog}: {user_error(cause) or cause}", file=sys.stderr)
         return 2
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, old)
     return 0
 
 

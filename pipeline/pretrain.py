@@ -452,8 +452,7 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
                                  checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                                  failure_config=FailureConfig(max_failures=cfg.max_failures)))
         try:
-            with _sigterm_as_interrupt():
-                result = trainer.fit()
+            result = _fit(trainer)
         except KeyboardInterrupt:
             if run_id:
                 _finish(uri, run_id, "KILLED")
@@ -482,24 +481,42 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
     return {"metrics": m, "checkpoint": checkpoint, "run_id": run_id, "name": name, "run_path": run_path}
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (a scheduler's stop, `kill`) ends the run as Ctrl-C does: cleanly, with one line."""
+def _fit(trainer):
+    """trainer.fit(), where Ctrl-C and SIGTERM abort the run the way Ray Train aborts it on
+    Ctrl-C (its controller stops the workers and its own helpers first), and then end as
+    KeyboardInterrupt here, for one line naming the checkpoint to resume from. Ray Train's own
+    handler would end the process with status 1 and no word of where to resume, and a plain
+    SIGTERM ended it with a C++ stack dump. A checkpoint cut off by the abort is never mistaken
+    for a complete one: its writer renames it into place only when done."""
     import signal
-    import threading
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    import ray.exceptions
 
-    def handler(signum, frame):
-        raise KeyboardInterrupt
+    signals: list[int] = []
 
-    old = signal.signal(signal.SIGTERM, handler)
+    def register(controller) -> None:  # Ray Train's hook, called from fit() on the main thread
+        def abort(signum, frame):
+            signals.append(signum)
+            if len(signals) > 1:  # a second Ctrl-C: stop waiting for the abort
+                raise KeyboardInterrupt
+            controller.abort.remote()
+
+        signal.signal(signal.SIGINT, abort)
+        signal.signal(signal.SIGTERM, abort)
+
+    trainer._register_sigint_handler = register
+    old = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:
-        yield
+        result = trainer.fit()
+    except ray.exceptions.RayActorError:  # the aborted controller
+        if not signals:
+            raise
     finally:
-        signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old[0])
+        signal.signal(signal.SIGTERM, old[1])
+    if signals:  # also where the run ended just as it was aborted
+        raise KeyboardInterrupt
+    return result
 
 
 def _finish(uri: str, run_id: str, status: str) -> None:
