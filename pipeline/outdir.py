@@ -22,20 +22,21 @@ from typing import Callable
 from pipeline.config import UserError
 
 
-def check_replaceable(out: Path, what: str, is_what: Callable[[Path], bool], overwrite: bool) -> None:
-    """Raise UserError unless out may be written: absent, an empty directory, or (with
+def check_replaceable(out: Path, what: str, is_what: Callable[[Path], bool], overwrite: bool,
+                      error: type[UserError] = UserError) -> None:
+    """Raise error (a UserError) unless out may be written: absent, an empty directory, or (with
     overwrite) a directory that is_what recognises as `what`."""
     if not out.exists():
         return
     if not out.is_dir():
-        raise UserError(f"{out}: exists and is not a directory; choose another path")
+        raise error(f"{out}: exists and is not a directory; choose another path")
     if not any(out.iterdir()):
         return
     if not is_what(out):
-        raise UserError(f"{out}: exists and is not {what} (it holds {_sample(out)}); it is never "
+        raise error(f"{out}: exists and is not {what} (it holds {_sample(out)}); it is never "
                         f"replaced, --overwrite or not: choose another path or empty it yourself")
     if not overwrite:
-        raise UserError(f"{out}: already exists and holds {what}; pass --overwrite to replace it")
+        raise error(f"{out}: already exists and holds {what}; pass --overwrite to replace it")
 
 
 def _sample(d: Path) -> str:

@@ -10,6 +10,7 @@ temporary name and renamed into place, manifest.json last.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -257,11 +258,16 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
         source = tokenizer_sha256(tok)
     fingerprint = _fingerprint(cfg, shas, source, n_val)
     if (out / "manifest.json").exists():
-        existing = read_manifest(out)
+        try:
+            existing = read_manifest(out)
+        except CorpusError:
+            if not overwrite:
+                raise
+            existing = {}  # a damaged dataset: --overwrite replaces it
         if existing.get("fingerprint") == fingerprint:
             print(f"{out} is up to date (same inputs and options): nothing to do")
             return existing
-    outdir.check_replaceable(out, "a prepared dataset", is_dataset, overwrite)
+    outdir.check_replaceable(out, "a prepared dataset", is_dataset, overwrite, CorpusError)
     outdir.check_writable(out)
     outdir.remove_orphans(out)
 
@@ -278,11 +284,13 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
     common = dict(files=files, shas=shas, cfg=cfg, val_files=val_files)
     if tok is None:
         counts: Counter = Counter()
-        for b in ds.map_batches(CountWords, batch_size=1, fn_constructor_kwargs=common, compute=pool,
-                                num_cpus=1, runtime_env=env).iter_batches(batch_size=None, batch_format="numpy"):
-            _raise_worker_error(b["error"])
-            for word, c in zip(b["word"], b["count"]):
-                counts[word] += int(c)
+        words = ds.map_batches(CountWords, batch_size=1, fn_constructor_kwargs=common, compute=pool,
+                               num_cpus=1, runtime_env=env)
+        with contextlib.closing(iter(words.iter_batches(batch_size=None, batch_format="numpy"))) as batches:
+            for b in batches:
+                _raise_worker_error(b["error"])
+                for word, c in zip(b["word"], b["count"]):
+                    counts[word] += int(c)
         tok = tokenizer_from_counts(counts, n_merges=cfg.n_merges)
     vocab = tok.get_vocab_size(with_added_tokens=True)
     eod = tok.token_to_id(END_OF_DOCUMENT)
@@ -319,17 +327,10 @@ def _check(cfg: PrepareConfig) -> None:
         raise configlib.ConfigError(f"text_split {cfg.text_split!r}: expected 'blank_line' or 'file'")
 
 
-def _write(tmp: Path, tokens, tok, cfg, files, shas, fingerprint, vocab, eod, val_files) -> dict:
-    dtype = token_dtype(vocab)
-    shard_blocks = max((cfg.shard_mb << 20) // (dtype.itemsize * (cfg.n_ctx + 1)), 1)
-    packers = {}
-    for split in ("train", "val"):
-        (tmp / split).mkdir(parents=True)
-        packers[split] = Packer(tmp / split, cfg.n_ctx, eod, dtype, shard_blocks)
-    counts = {s: {"bytes": 0, "empty_documents": 0} for s in packers}
-    replaced = 0
-    per_file = np.zeros((len(files), 2), np.int64)  # bytes replaced, bytes read
-    for table in tokens.iter_batches(batch_size=None, batch_format="pyarrow"):
+def _pack(tables, packers: dict, counts: dict, per_file: np.ndarray, eod: int) -> None:
+    """Each table's documents, split by split, into the packers; counts and per-file bytes
+    (replaced, read) added up as they go."""
+    for table in tables:
         if table.column("error").null_count < table.num_rows:
             _raise_worker_error(table.column("error").to_pylist())
         col = table.column("tokens").combine_chunks()
@@ -338,7 +339,6 @@ def _write(tmp: Path, tokens, tok, cfg, files, shas, fingerprint, vocab, eod, va
         val = table.column("val").to_numpy(zero_copy_only=False)
         n_bytes = table.column("n_bytes").to_numpy()
         n_replaced = table.column("n_replaced").to_numpy()
-        replaced += int(n_replaced.sum())
         file_of = table.column("file").to_numpy()
         np.add.at(per_file, (file_of, 0), n_replaced)
         np.add.at(per_file, (file_of, 1), n_bytes)
@@ -353,6 +353,22 @@ def _write(tmp: Path, tokens, tok, cfg, files, shas, fingerprint, vocab, eod, va
             tokens_s = values[docs[doc_of_token]]
             ends = np.cumsum(lengths[docs])
             packers[split].add(np.insert(tokens_s, ends, eod), int(docs.sum()))
+
+
+def _write(tmp: Path, tokens, tok, cfg, files, shas, fingerprint, vocab, eod, val_files) -> dict:
+    dtype = token_dtype(vocab)
+    shard_blocks = max((cfg.shard_mb << 20) // (dtype.itemsize * (cfg.n_ctx + 1)), 1)
+    packers = {}
+    for split in ("train", "val"):
+        (tmp / split).mkdir(parents=True)
+        packers[split] = Packer(tmp / split, cfg.n_ctx, eod, dtype, shard_blocks)
+    counts = {s: {"bytes": 0, "empty_documents": 0} for s in packers}
+    per_file = np.zeros((len(files), 2), np.int64)  # bytes replaced, bytes read
+    # Closed on the way out, also when a bad input or a full disk stops the loop: Ray Data then
+    # shuts its executor down now, not later in a background thread of another command.
+    with contextlib.closing(iter(tokens.iter_batches(batch_size=None, batch_format="pyarrow"))) as tables:
+        _pack(tables, packers, counts, per_file, eod)
+    replaced = int(per_file[:, 0].sum())
     for f, (bad, total) in zip(files, per_file):
         if total and bad / total > cfg.max_replaced_fraction:
             raise CorpusError(f"{f.uri}: {bad:,} of its {total:,} bytes ({bad / total:.1%}) are not UTF-8; is it "

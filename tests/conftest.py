@@ -21,13 +21,38 @@ def ids() -> torch.Tensor:
     return torch.randint(0, GPTConfig.preset("tiny").vocab_size, (3, 20), generator=g)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ray_logging_on_the_process_stderr():
+    """Ray's libraries set up their log handlers when first imported, on the sys.stderr of that
+    moment: import them once here, on the process's own, never inside a test's capsys stream,
+    which is closed when that test ends."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+    try:
+        import ray.data  # noqa: F401
+        import ray.train.torch  # noqa: F401
+        import ray.tune  # noqa: F401
+    finally:
+        sys.stdout, sys.stderr = saved
+    yield
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray instance for every test that needs one."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=True, logging_level="WARNING")
+    # Ray's log handlers keep the sys.stderr of the moment they are made (at ray.init, and at
+    # Ray Data's first use): the process's own, never a test's capsys stream, which is closed
+    # when that test ends (whatever order a test lists its fixtures in).
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+    try:
+        if not ray.is_initialized():
+            ray.init(num_cpus=2, include_dashboard=True, logging_level="WARNING")
+        ray.data.range(1).count()
+    finally:
+        sys.stdout, sys.stderr = saved
     yield ray
     ray.shutdown()
 

@@ -314,3 +314,13 @@ def test_also_found_a_command_says_which_ray_it_joined(corpus, tmp_path):
                           "n_ctx=16"], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.splitlines()[0].startswith("Ray: a new local instance at "), out.stdout[:500]
+
+
+def test_11_a_damaged_dataset_is_named_and_replaced_only_with_overwrite(corpus, tmp_path, capsys, ray_session):
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "manifest.json").write_text("{cut off")
+    assert gpt1(prepare_args(corpus, out)) == 2
+    one_line(capsys, "manifest.json", "not valid JSON", "--overwrite")
+    assert gpt1(prepare_args(corpus, out, "--overwrite")) == 0
+    assert json.loads((out / "manifest.json").read_text())["splits"]["train"]["documents"] > 0

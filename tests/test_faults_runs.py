@@ -59,11 +59,19 @@ def test_3_a_full_disk_stops_cleanly_and_the_run_resumes(data, tmp_path, capsys)
         assert done and done[-1] < 40, (line, done)
         assert not list(run.glob(".checkpoint_*"))  # the cut-off one is gone, not left half-written
         assert latest_checkpoint(str(run))[1] == done[-1]
+        # As the probe found it: Ray Train's index cut off at 0 bytes by the full disk.
+        (run / "checkpoint_manager_snapshot.json").write_bytes(b"")
         subprocess.run(["mount", "-o", "remount,size=32m", str(storage)], check=True)
         assert gpt1(args(data, storage)) == 0
         out = capsys.readouterr().out
         assert f"resuming run r from step {done[-1]}" in out, out[-2000:]
         assert steps_on_disk(run)[-1] == 40
+
+
+def test_11_a_read_only_storage_is_one_line_before_any_worker(data, tmp_path, capsys):
+    with tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
+        assert gpt1(args(data, ro)) == 2
+        one_line(capsys, "cannot write", "Read-only")
 
 
 # 4. More workers than the cluster has: one line before any worker starts.
@@ -229,3 +237,23 @@ def test_7_ctrl_c_and_sigterm_stop_cleanly_and_resume(data, tmp_path):
         # The second run took up from the newest checkpoint the first one left, not an older one.
         assert (f"resuming run r from step {previous:,}" if previous else "starting run r from step 0") in out, out[:2000]
         previous = newest[1]
+
+
+def test_7_ctrl_c_during_a_sweep_is_one_line(task_checkpoint, sst2, tmp_path):
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    cmd = [sys.executable, str(ROOT / "tuning" / "sweep.py"), "--task", "sst-2", "--data", str(sst2),
+           "--checkpoint", str(task_checkpoint), "--samples", "50", "--storage", str(tmp_path / "runs"),
+           "--set", "epochs=50", "--set", "batch_size=8"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    for line in proc.stdout:  # the trials are under way once the sweep names its parent run
+        if "MLflow parent run" in line:
+            break
+    time.sleep(5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, err[-3000:])
+    mine = [line for line in err.splitlines() if line.startswith("sweep: ")]
+    assert len(mine) == 1 and "sweep sst-2 interrupted" in mine[0] and "KILLED" in mine[0], err[-3000:]
+    own = [line for line in err.splitlines() if not re.sub(r"\x1b\[[0-9;]*m", "", line).startswith("(")]
+    assert not any("Traceback" in line for line in own), err[-3000:]

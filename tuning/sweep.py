@@ -99,6 +99,9 @@ def run_tuner(name: str, trainable, space: dict, samples: int, metric: str, sche
     # Each trial checkpoints whenever its dev metric improves, which makes Tune warn, at every
     # few evaluations, that experiment snapshots are frequent; they are small here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ctrl-C reaches the sweep as KeyboardInterrupt: Tune's own handler would end the run early and
+    # hand back a half-empty result that the tables cannot be made from.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     tuner = tune.Tuner(
         trainable, param_space=space,
         tune_config=tune.TuneConfig(metric=metric, mode="max", num_samples=samples, scheduler=scheduler,
@@ -202,6 +205,10 @@ def sweep_task(task, data_dir: Path, checkpoint: Path, args, uri: str) -> dict:
         out = _log_parent(client, pid, task, metric, rows, ablation_rows, best_result, callback.runs)
         status = "FINISHED"
         return out
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise configlib.Interrupted(f"sweep {task.name} interrupted; the trials so far are in MLflow under parent "
+                                    f"run {pid} (marked KILLED); running the command again starts a new sweep") from None
     finally:
         client.set_terminated(pid, status)
 
@@ -283,6 +290,7 @@ def run(args: argparse.Namespace) -> None:
     uri = tracking_uri()
     check_store(uri)
     ray_init()
+    configlib.sigterm_as_interrupt()  # again: ray.init put its own handler in place
     results = {task.name: sweep_task(task, d, checkpoint, args, uri) for task, d in jobs}
     print()
     print("| task | metric | best dev | trials | parent run |")
