@@ -38,12 +38,12 @@ def open_dataset(path, verify: bool = True) -> dict:
     _check_fields(manifest, where)
     if not verify:
         return manifest
-    _check_counts(d, manifest, where)
     for name, sha in sorted(manifest["shards"].items()):
         if not (d / name).exists():
             raise DataError(f"{d / name}: listed in the manifest but missing")
         if sha256_file(d / name) != sha:
             raise DataError(f"{d / name}: sha256 differs from the manifest's (the shard was changed)")
+    _check_counts(d, manifest, where)
     tok = load_tokenizer(d / "tokenizer.json")
     if tokenizer_sha256(tok) != manifest["tokenizer"]["sha256"]:
         raise DataError(f"{d / 'tokenizer.json'}: sha256 differs from the manifest's")
@@ -87,8 +87,8 @@ def _check_counts(d: Path, manifest: dict, where: Path) -> None:
         extra = sorted(set(on_disk) - set(listed))
         if extra:
             raise DataError(f"{d / extra[0]}: a shard that the manifest does not list{_DAMAGED}")
-        blocks = sum(pq.ParquetFile(d / n).metadata.num_rows for n in listed if (d / n).exists())
-        if all((d / n).exists() for n in listed) and blocks != manifest["splits"][split]["blocks"]:
+        blocks = sum(pq.ParquetFile(d / n).metadata.num_rows for n in listed)
+        if blocks != manifest["splits"][split]["blocks"]:
             raise DataError(f"{where}: splits.{split}.blocks is {manifest['splits'][split]['blocks']:,} but its "
                             f"shards hold {blocks:,} blocks{_DAMAGED}")
 

@@ -6,15 +6,16 @@
 Everything is checked before a worker starts: the dataset against its manifest (shard and
 tokenizer hashes), the model against the data (vocabulary, block length), the batch against the
 workers. Checkpoints go to STORAGE/RUN; running the same command again resumes the run from its
-newest checkpoint (the default RUN is derived from the data and the config). A killed worker is
-replaced and the run goes on from the newest checkpoint, up to max_failures times.
+newest complete checkpoint (the default RUN is derived from the data and the config). A killed
+worker is replaced and the run goes on from the newest checkpoint, up to max_failures times. A
+non-finite loss or a full disk stops the run with one line, not retried; Ctrl-C or SIGTERM stops
+it with one line naming the checkpoint the same command resumes from (pipeline/ray_train.py).
 
 MLflow: experiment gpt1-pretrain, one run per RUN, logged by rank 0 only.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -119,8 +120,6 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def storage_path(storage: str | None) -> str:
     """--storage, else GPT1_STORAGE (a cluster sets it for every job: s3://...), else ./runs."""
-    import os
-
     storage = storage or os.environ.get("GPT1_STORAGE")
     if storage and "://" in storage:
         return storage.rstrip("/")
@@ -186,186 +185,6 @@ def start_tracking(uri: str, name: str, run_path: str, cfg: PretrainConfig, gcfg
     return run.info.run_id
 
 
-class RaySession:
-    """The training loop's view of Ray Train: rank, world size, device, checkpoints.
-
-    A checkpoint is written beside its final place (run_path/.checkpoint_N.tmp-PID-*) where the
-    storage is a directory, and renamed into place when complete; on object storage it is written
-    to a local temporary directory and uploaded with trainer_state.json last. Either way a
-    checkpoint_N appears complete or not at all (for object storage: with its trainer_state.json
-    or without), whatever kills the writer."""
-
-    def __init__(self, run_path: str, resume_from: str | None = None):
-        import ray.train
-        import ray.train.torch
-
-        ctx = ray.train.get_context()
-        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
-        self.device = ray.train.torch.get_device()
-        self.run_path, self.resume_from = run_path, resume_from
-        self.remote = "://" in run_path
-
-    @contextlib.contextmanager
-    def resume_dir(self):
-        """Ray's newest checkpoint of this run (after a worker was replaced), or else the newest
-        complete one the driver found in run_path, whichever is newer."""
-        import ray.train
-
-        ckpt, path = ray.train.get_checkpoint(), self.resume_from
-        if ckpt is not None and (path is None or Path(ckpt.path).name >= Path(path).name):
-            with ckpt.as_directory() as d:
-                yield Path(d)
-        elif path is not None:
-            with ray.train.Checkpoint(path).as_directory() as d:
-                yield Path(d)
-        else:
-            yield None
-
-    @contextlib.contextmanager
-    def staging_dir(self, name: str):
-        import shutil
-        import tempfile
-
-        from pipeline import outdir
-
-        if self.remote:
-            d = Path(tempfile.mkdtemp(prefix=f"gpt1-ckpt-{os.getpid()}-"))
-        else:
-            d = outdir.sibling(Path(self.run_path) / name, "tmp")
-            d.mkdir(parents=True)
-        try:
-            yield d
-        finally:
-            shutil.rmtree(d, ignore_errors=True)
-
-    def _publish(self, checkpoint, name: str):
-        import pyarrow.fs as pafs
-        import ray.train
-
-        from pipeline.checkpoint import STATE_FILE
-
-        if not self.remote:
-            final = Path(self.run_path) / name
-            if final.exists():  # the same step written by an attempt that Ray's index lost
-                import shutil
-                shutil.rmtree(final)
-            os.rename(checkpoint.path, final)
-            return ray.train.Checkpoint(str(final))
-        fs, base = pafs.FileSystem.from_uri(self.run_path)
-        dest = f"{base}/{name}"
-        fs.create_dir(dest)
-        files = sorted(Path(checkpoint.path).iterdir(), key=lambda p: p.name == STATE_FILE)
-        for f in files:  # trainer_state.json last: its presence says the rest is there
-            pafs.copy_files(str(f), f"{dest}/{f.name}", source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=fs)
-        return ray.train.Checkpoint(dest, filesystem=fs)
-
-    def report(self, metrics: dict, checkpoint_dir: Path | None = None, name: str | None = None) -> None:
-        import ray.train
-
-        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name,
-                         checkpoint_upload_fn=self._publish if ckpt else None)
-
-
-def worker(config: dict) -> None:
-    """What each Ray Train worker runs. A StopRun (a non-finite loss, a full disk) ends every
-    rank at the same step; rank 0 hands its line to the driver, which Ray does not retry."""
-    import ray
-
-    from pipeline.tracking import RunLogger
-    from pipeline.train_loop import LoopSpec, StopRun, train_loop
-
-    spec = LoopSpec(**config["spec"])
-    session = RaySession(spec.run_path, spec.resume_from)
-    tracker = RunLogger(spec.mlflow_uri, spec.mlflow_run_id) if session.rank == 0 and spec.mlflow_run_id else None
-    try:
-        train_loop(spec, session, tracker)
-    except StopRun as err:
-        if session.rank == 0:
-            ray.get(config["outcome"].put.remote(str(err)))
-
-
-class _Outcome:
-    """A driver-side box (a Ray actor) for the line that stopped a run."""
-
-    def __init__(self):
-        self.line = None
-
-    def put(self, line: str) -> None:
-        self.line = line
-
-    def get(self) -> str | None:
-        return self.line
-
-
-@contextlib.contextmanager
-def run_lock(run_path: str):
-    """Hold the run for this process: a second pretrain of the same run is refused while this one
-    lives. An flock, so that a crashed or killed run leaves nothing stuck. For object storage the
-    lock file is local (~/.cache/gpt1/locks): it guards against a second run on this machine only."""
-    import fcntl
-
-    if "://" in run_path:
-        lock_dir = Path.home() / ".cache" / "gpt1" / "locks"
-        lock_file = lock_dir / (hashlib.sha256(run_path.encode()).hexdigest()[:16] + ".lock")
-    else:
-        lock_dir = Path(run_path)
-        lock_file = lock_dir / ".gpt1.lock"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "?"
-            raise configlib.ConfigError(f"{run_path}: another pretrain of this run is running (pid {holder}); "
-                                        "wait for it to end, or pass another --name") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        yield
-
-
-def repair_ray_index(run_path: str) -> None:
-    """Remove Ray Train's checkpoint index of the run where it cannot be used (cut off by a full
-    disk or a kill, or naming checkpoints that are gone): it is Ray's own record, rebuilt as the
-    run goes on, and the run resumes from its newest complete checkpoint without it."""
-    import pyarrow.fs as pafs
-
-    fs, base = pafs.FileSystem.from_uri(run_path) if "://" in run_path else (pafs.LocalFileSystem(), run_path)
-    index = f"{base}/checkpoint_manager_snapshot.json"
-    if fs.get_file_info(index).type != pafs.FileType.File:
-        return
-    try:
-        with fs.open_input_stream(index) as f:
-            state = json.loads(f.read())
-        names = [r["checkpoint_dir_name"] for r in state.get("checkpoint_results", [])
-                 if isinstance(r, dict) and "checkpoint_dir_name" in r]
-        usable = all(fs.get_file_info(f"{base}/{n}").type == pafs.FileType.Directory for n in names)
-    except (ValueError, UnicodeDecodeError, TypeError, AttributeError):
-        usable = False
-    if not usable:
-        fs.delete_file(index)
-
-
-def _remove_orphan_staging(run_path: str) -> None:
-    """Checkpoints whose writer died before renaming them into place."""
-    from pipeline import outdir
-
-    import shutil
-    import tempfile
-
-    if "://" not in run_path:
-        for p in Path(run_path).glob(".checkpoint_*.tmp-*"):
-            outdir.remove_orphans(Path(run_path) / p.name.split(".")[1])
-    for p in Path(tempfile.gettempdir()).glob("gpt1-ckpt-*-*"):
-        pid = p.name.split("-")[2]
-        if pid.isdigit() and not outdir.alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
-
-
 def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | None = None,
              storage: str | None = None, device: str = "auto", track: bool = True,
              autoscale: bool = False) -> dict:
@@ -380,6 +199,7 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
     from pipeline.checkpoint import latest_checkpoint
     from pipeline.dataset import BlockOrder
     from pipeline.prepare import ray_init
+    from pipeline.ray_train import Outcome, fit, remove_orphan_staging, repair_ray_index, run_lock, worker
     from pipeline.train_loop import LoopSpec
 
     if "://" in str(data):
@@ -427,7 +247,7 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
         outdir.check_writable(Path(run_path) / RUN_FILE)
     with run_lock(run_path):
         resumed = claim_run(run_path, ident)
-        _remove_orphan_staging(run_path)
+        remove_orphan_staging(run_path)
         repair_ray_index(run_path)
         newest = latest_checkpoint(run_path)
         run_id = start_tracking(uri, name, run_path, cfg, gcfg, manifest, data, workers) if track else None
@@ -440,19 +260,16 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
         spec = LoopSpec(pretrain=dataclasses.asdict(cfg), model=gcfg.to_dict(), data=str(data),
                         total_steps=total, threads=0 if use_gpu else cpus, mlflow_uri=uri, mlflow_run_id=run_id,
                         run_path=run_path, resume_from=newest[0] if newest else None)
-        outcome = ray.remote(num_cpus=0)(_Outcome).remote()
-        # By module name, also when this file runs as a script, so workers import it rather than
-        # unpickle a copy of __main__.
-        from pipeline.pretrain import worker as worker_fn
+        outcome = ray.remote(num_cpus=0)(Outcome).remote()
         trainer = TorchTrainer(
-            worker_fn, train_loop_config={"spec": dataclasses.asdict(spec), "outcome": outcome},
+            worker, train_loop_config={"spec": dataclasses.asdict(spec), "outcome": outcome},
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                          resources_per_worker={"GPU": 1} if use_gpu else {"CPU": cpus}),
             run_config=RunConfig(name=name, storage_path=storage,
                                  checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                                  failure_config=FailureConfig(max_failures=cfg.max_failures)))
         try:
-            result = _fit(trainer)
+            result = fit(trainer)
         except KeyboardInterrupt:
             if run_id:
                 _finish(uri, run_id, "KILLED")
@@ -479,44 +296,6 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
         line += f": val loss {m['val_loss']:.4f}, {m['val_bits_per_byte']:.4f} bits per byte"
     print(f"{line}; newest checkpoint {checkpoint}" + (f"; MLflow run {run_id}" if run_id else ""), flush=True)
     return {"metrics": m, "checkpoint": checkpoint, "run_id": run_id, "name": name, "run_path": run_path}
-
-
-def _fit(trainer):
-    """trainer.fit(), where Ctrl-C and SIGTERM abort the run the way Ray Train aborts it on
-    Ctrl-C (its controller stops the workers and its own helpers first), and then end as
-    KeyboardInterrupt here, for one line naming the checkpoint to resume from. Ray Train's own
-    handler would end the process with status 1 and no word of where to resume, and a plain
-    SIGTERM ended it with a C++ stack dump. A checkpoint cut off by the abort is never mistaken
-    for a complete one: its writer renames it into place only when done."""
-    import signal
-
-    import ray.exceptions
-
-    signals: list[int] = []
-
-    def register(controller) -> None:  # Ray Train's hook, called from fit() on the main thread
-        def abort(signum, frame):
-            signals.append(signum)
-            if len(signals) > 1:  # a second Ctrl-C: stop waiting for the abort
-                raise KeyboardInterrupt
-            controller.abort.remote()
-
-        signal.signal(signal.SIGINT, abort)
-        signal.signal(signal.SIGTERM, abort)
-
-    trainer._register_sigint_handler = register
-    old = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    try:
-        result = trainer.fit()
-    except ray.exceptions.RayActorError:  # the aborted controller
-        if not signals:
-            raise
-    finally:
-        signal.signal(signal.SIGINT, old[0])
-        signal.signal(signal.SIGTERM, old[1])
-    if signals:  # also where the run ended just as it was aborted
-        raise KeyboardInterrupt
-    return result
 
 
 def _finish(uri: str, run_id: str, status: str) -> None:

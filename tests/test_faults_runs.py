@@ -87,14 +87,14 @@ def test_4_more_workers_than_cpus_is_refused_at_once(data, tmp_path, capsys):
 # 5. Two runs of one name: the second is refused while the first lives; a dead holder leaves no lock.
 
 def test_5_a_second_run_of_the_same_name_is_refused(data, tmp_path, capsys):
-    from pipeline.pretrain import run_lock
+    from pipeline.ray_train import run_lock
 
     run = str(tmp_path / "s" / "r")
     with run_lock(run):
         assert gpt1(args(data, tmp_path / "s")) == 2
         one_line(capsys, "another pretrain of this run is running", f"pid {os.getpid()}")
     holder = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
-                               "from pipeline.pretrain import run_lock; import time\n"
+                               "from pipeline.ray_train import run_lock; import time\n"
                                f"with run_lock({run!r}):\n    print('held', flush=True); time.sleep(600)"],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
