@@ -1,0 +1,73 @@
+"""Checkpoints on object storage (a real local S3 server, moto): each is uploaded with its
+trainer_state.json last, so that a resume takes the newest complete one, and the same command
+resumes from it."""
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from corpus_gen import documents
+from pipeline.checkpoint import latest_checkpoint
+from pipeline.prepare import PrepareConfig, prepare
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def s3(monkeypatch, tmp_path):
+    """A moto S3 server on a free port, a bucket, and the environment that points pyarrow at it."""
+    moto = Path(sys.executable).parent / "moto_server"
+    if not moto.exists():
+        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(moto), "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    import pyarrow.fs as pafs
+
+    fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", allow_bucket_creation=True)
+    for _ in range(100):  # the server takes a moment to listen
+        try:
+            fs.create_dir("gpt1-test")
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        pytest.fail(f"the moto server on port {port} did not come up")
+    yield env
+    proc.terminate()
+    proc.wait()
+
+
+def test_checkpoints_on_s3_are_complete_and_the_run_resumes(s3, tmp_path):
+    (tmp_path / "c.txt").write_text("\n\n".join(documents(800, seed=8)) + "\n")
+    prepare([str(tmp_path / "c.txt")], tmp_path / "data", PrepareConfig(n_merges=100, n_ctx=32, val_fraction=0.1),
+            track=False)
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **s3}
+    cmd = [sys.executable, str(ROOT / "pipeline" / "pretrain.py"), "--data", str(tmp_path / "data"),
+           "--storage", "s3://gpt1-test/runs", "--name", "r", "--no-mlflow", "--set", "model_overrides={n_ctx: 32}",
+           "--set", "max_steps=20", "--set", "batch_size=4", "--set", "checkpoint_every=10", "--set", "eval_every=0"]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert latest_checkpoint("s3://gpt1-test/runs/r") == ("s3://gpt1-test/runs/r/checkpoint_000000020", 20)
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri("s3://gpt1-test/runs/r/checkpoint_000000020")
+    names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(path))}
+    assert names == {"config.json", "model.safetensors", "optimizer.safetensors", "tokenizer.json", "trainer_state.json"}
+    # A checkpoint whose upload was cut off before its trainer_state.json is passed over.
+    fs.create_dir(f"{path[:-2]}30")
+    with fs.open_output_stream(f"{path[:-2]}30/model.safetensors") as f:
+        f.write(b"half")
+    assert latest_checkpoint("s3://gpt1-test/runs/r")[1] == 20
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming run r from step 20" in again.stdout, again.stdout[-2000:]
