@@ -134,12 +134,24 @@ class GPT(nn.Module):
         from .generate import generate
         return generate(self, input_ids, max_new_tokens, **sampling)
 
-    # Weights I/O lives in model/weights.py; these are the entry points DESIGN.md names.
+    # The file formats live in model/weights.py, which knows configs and state dicts, not GPT.
     def save_pretrained(self, directory, format: str = "native") -> None:
-        from .weights import save_pretrained
-        save_pretrained(self, directory, format=format)
+        from .weights import write_weights
+        write_weights(directory, self.config, self.state_dict(), format=format)
 
     @classmethod
-    def from_pretrained(cls, directory, **kwargs) -> "GPT":
-        from .weights import load_pretrained
-        return load_pretrained(directory, **kwargs)
+    def from_pretrained(cls, directory, **overrides) -> "GPT":
+        """A native, Hugging Face or original-OpenAI model directory (model/weights.py)."""
+        from .weights import read_weights
+
+        config, sd = read_weights(directory, **overrides)
+        # Built on the meta device and then handed the loaded tensors: no time spent drawing a
+        # random init that is overwritten at once.
+        with torch.device("meta"):
+            gpt = cls(config)
+        try:
+            gpt.load_state_dict(sd, strict=True, assign=True)
+        except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
+            detail = " ".join(str(err).split("\n", 1)[-1].split())
+            raise ValueError(f"{directory}: the weights do not fit the config: {detail[:300]}") from None
+        return gpt

@@ -1,4 +1,5 @@
-"""Reading and writing GPT weights in three formats, without unpickling anything.
+"""Reading and writing GPT weights in three formats, without unpickling anything: files <->
+(GPTConfig, state dict). GPT.from_pretrained and save_pretrained (model/gpt.py) call these.
 
 - native:  config.json (GPTConfig fields, "format": "gpt1-native") + model.safetensors
 - hf:      a transformers OpenAIGPTLMHeadModel directory (config.json + model.safetensors)
@@ -18,7 +19,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import GPTConfig
-from .gpt import GPT
 
 NATIVE_FORMAT = "gpt1-native"
 HF_PREFIX = "transformer."
@@ -44,12 +44,11 @@ def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     os.replace(tmp, path)
 
 
-def save_pretrained(gpt: GPT, directory, format: str = "native") -> None:
+def write_weights(directory, config: GPTConfig, sd: dict[str, torch.Tensor], format: str = "native") -> None:
     """Write config.json + model.safetensors into directory (other files there are left alone)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    sd = gpt.state_dict()
-    cfg = gpt.config.to_dict()
+    cfg = config.to_dict()
     if format == "native":
         _write_safetensors(d / "model.safetensors", sd)
         _write_json(d / "config.json", {"format": NATIVE_FORMAT, **cfg})
@@ -65,8 +64,9 @@ def save_pretrained(gpt: GPT, directory, format: str = "native") -> None:
         raise ValueError(f"unknown weights format {format!r}; expected 'native' or 'hf'")
 
 
-def load_pretrained(directory, **overrides) -> GPT:
-    """Read a native, Hugging Face or original-OpenAI directory. overrides replace config fields
+def read_weights(directory, **overrides) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    """Read a native, Hugging Face or original-OpenAI directory: its config and its float32 state
+    dict, in model.GPT's names and layout. overrides replace config fields
     (dropout for fine-tuning, say); for the OpenAI release, n_ctx truncates the position table and
     vocab_size sets how many new special-token rows follow the 40,478 released ones."""
     d = Path(directory)
@@ -89,7 +89,7 @@ def load_pretrained(directory, **overrides) -> GPT:
     else:
         raise ValueError(f"{d / 'config.json'}: expected \"format\": \"{NATIVE_FORMAT}\" or "
                          "\"model_type\": \"openai-gpt\"")
-    return _build(d, GPTConfig.from_dict({**cfg.to_dict(), **overrides}), sd)
+    return GPTConfig.from_dict({**cfg.to_dict(), **overrides}), _float32(sd)
 
 
 def _read_json(path: Path) -> dict:
@@ -112,18 +112,9 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
                          "the file is damaged") from None
 
 
-def _build(d: Path, cfg: GPTConfig, sd: dict[str, torch.Tensor]) -> GPT:
-    # Built on the meta device and then handed the loaded tensors: no time spent drawing a
-    # random init that is overwritten at once. Weights are kept in float32, whatever the file.
-    with torch.device("meta"):
-        gpt = GPT(cfg)
-    sd = {k: v.to(torch.float32).contiguous() for k, v in sd.items()}
-    try:
-        gpt.load_state_dict(sd, strict=True, assign=True)
-    except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
-        detail = " ".join(str(err).split("\n", 1)[-1].split())
-        raise ValueError(f"{d}: the weights do not fit the config: {detail[:300]}") from None
-    return gpt
+def _float32(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # Weights are kept in float32, whatever the file.
+    return {k: v.to(torch.float32).contiguous() for k, v in sd.items()}
 
 
 def _read_safetensors(d: Path) -> dict[str, torch.Tensor]:
@@ -169,7 +160,7 @@ def read_npy(path: Path) -> torch.Tensor:
     return torch.frombuffer(data, dtype=torch.float32).reshape(header["shape"])
 
 
-def _load_openai(d: Path, **overrides) -> GPT:
+def _load_openai(d: Path, **overrides) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
     shapes = json.loads((d / "params_shapes.json").read_text())
     files = [d / f"params_{i}.npy" for i in range(10)]
     missing = [str(f) for f in files if not f.exists()]
@@ -198,4 +189,4 @@ def _load_openai(d: Path, **overrides) -> GPT:
     for i in range(cfg.n_layer):
         for name, a in zip(_OPENAI_BLOCK, blocks[i * 12:(i + 1) * 12]):
             sd[f"h.{i}.{name}"] = a.squeeze(0).t() if _CONV1D.search("." + name) else a
-    return _build(d, cfg, sd)
+    return cfg, _float32(sd)

@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline.config import UserError
 from pipeline.packing import read_blocks, sha256_file
-from pipeline.prepare import FORMAT_VERSION, read_manifest
+from pipeline.manifest import FORMAT_VERSION, read_manifest
 from pipeline.tokenizer import load_tokenizer, tokenizer_sha256
 
 

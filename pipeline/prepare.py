@@ -14,8 +14,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import logging
-import os
 import shutil
 import sys
 import time
@@ -32,11 +30,12 @@ import pyarrow as pa
 from pipeline import config as configlib
 from pipeline import outdir
 from pipeline.corpus import CorpusError, InputFile, ReadOptions, filesystem, plan_chunks, read_documents, resolve_inputs
+from pipeline.manifest import FORMAT_VERSION, is_dataset, read_manifest
 from pipeline.packing import Packer, token_dtype
+from pipeline.runtime import ray_init
 from pipeline.tokenizer import (END_OF_DOCUMENT, load_tokenizer, n_merges, save_tokenizer,
                                 tokenizer_from_counts, tokenizer_sha256, word_counts)
 
-FORMAT_VERSION = 1
 MAX_PIECE_CHARS = 100_000  # longer documents are tokenized in pieces cut at whitespace
 
 
@@ -184,42 +183,6 @@ def _cut(text: str, limit: int):
         start = cut
     if start < len(text):
         yield text[start:]
-
-
-def ray_init() -> None:
-    """Join the cluster that RAY_ADDRESS names (a `ray job submit` job has it set), else start a
-    new local instance of this process's own: never a cluster that another process on the machine
-    happened to start with `ray start`, which could be stopped under the command. The first line
-    of output says which it is."""
-    import os
-
-    import ray
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, logging_level=logging.WARNING)
-    where = ray.get_runtime_context().gcs_address
-    print(f"Ray: {'a new local instance' if address == 'local' else 'the cluster'} at {where}", flush=True)
-
-
-def is_dataset(d: Path) -> bool:
-    """A directory that prepare wrote (or was writing, when only its manifest is damaged)."""
-    return (d / "manifest.json").is_file()
-
-
-def read_manifest(d: Path) -> dict:
-    """manifest.json of a dataset directory, or one line saying why it cannot be read."""
-    path = Path(d) / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CorpusError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); the dataset is "
-                          f"damaged: prepare it again with --overwrite") from None
-    except UnicodeDecodeError:
-        raise CorpusError(f"{path}: not UTF-8 text; the dataset is damaged: prepare it again with --overwrite") from None
-    if not isinstance(manifest, dict):
-        raise CorpusError(f"{path}: expected a JSON object; the dataset is damaged: prepare it again with --overwrite")
-    return manifest
 
 
 def _fingerprint(cfg: PrepareConfig, shas: list[str], tokenizer_source: str, n_val_files: int) -> str:

@@ -19,9 +19,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: `ray job submit ... -- python pipeline/pretrain.py`
@@ -30,40 +28,12 @@ if __package__ in (None, ""):  # run as a file: `ray job submit ... -- python pi
 from model import GPTConfig
 from pipeline import config as configlib
 from pipeline.dataset import check_fits, open_dataset
+from pipeline.runtime import storage_path
+from pipeline.train_config import NOT_IN_IDENTITY, PretrainConfig, check_config
 
 PRESETS_DIR = Path(__file__).resolve().parent / "configs"
 EXPERIMENT = "gpt1-pretrain"
 RUN_FILE = "gpt1_run.json"  # in STORAGE/RUN: what the run was started with
-
-
-@dataclass
-class PretrainConfig:
-    model: str = "tiny"  # model preset (model/config.py); vocab_size comes from the data's tokenizer
-    model_overrides: dict = field(default_factory=dict)  # GPTConfig fields, e.g. {n_layer: 6}
-    batch_size: int = 64  # global batch, in sequences of n_ctx tokens
-    micro_batch: int = 0  # sequences per forward pass; 0 = batch_size / workers (no accumulation)
-    lr: float = 2.5e-4
-    schedule: str = "warmup_cosine"  # warmup_cosine, warmup_linear, warmup_constant (opt.py's)
-    warmup_steps: int = 2000
-    epochs: int = 100
-    max_steps: int = 0  # 0 = epochs x steps per epoch; the schedule spans max_steps
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0  # max global grad norm; 0 = none
-    seed: int = 0  # initial weights, block order, dropout
-    dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU), bf16, fp32
-    compile: bool = False  # torch.compile the model
-    log_every: int = 10
-    eval_every: int = 500  # steps between evaluations on the val split (also at the end); 0 = never
-    eval_blocks: int = 0  # val blocks per evaluation; 0 = all
-    checkpoint_every: int = 1000  # steps between checkpoints (also at the end)
-    keep_checkpoints: int = 3
-    max_failures: int = 3  # worker failures to recover from before the run fails
-
-
-# Keys that change how a run is watched or kept, never its results: a run resumed with other
-# values of these is the same run.
-_NOT_IN_IDENTITY = ("log_every", "eval_every", "eval_blocks", "checkpoint_every", "keep_checkpoints",
-                    "max_failures")
 
 
 def model_config(cfg: PretrainConfig, manifest: dict, data) -> GPTConfig:
@@ -82,28 +52,9 @@ def model_config(cfg: PretrainConfig, manifest: dict, data) -> GPTConfig:
     return gcfg
 
 
-def check_config(cfg: PretrainConfig, workers: int) -> None:
-    c = configlib.ConfigError
-    micro = cfg.micro_batch or cfg.batch_size // max(workers, 1)
-    if workers < 1:
-        raise c(f"--workers {workers}: expected at least 1")
-    if cfg.batch_size < 1 or micro < 1 or cfg.batch_size % (micro * workers):
-        raise c(f"batch_size {cfg.batch_size}: expected a multiple of micro_batch ({micro}) x workers "
-                f"({workers}), so that every worker runs the same number of micro-batches")
-    if cfg.schedule not in ("warmup_cosine", "warmup_linear", "warmup_constant"):
-        raise c(f"schedule {cfg.schedule!r}: expected warmup_cosine, warmup_linear or warmup_constant")
-    if cfg.dtype not in ("auto", "bf16", "fp32"):
-        raise c(f"dtype {cfg.dtype!r}: expected auto, bf16 or fp32")
-    if min(cfg.log_every, cfg.checkpoint_every, cfg.keep_checkpoints) < 1 or cfg.epochs < 1:
-        raise c("log_every, checkpoint_every, keep_checkpoints and epochs must be at least 1")
-    if cfg.max_steps < 0 or cfg.warmup_steps < 0 or cfg.eval_every < 0 or cfg.eval_blocks < 0 or cfg.max_failures < 0:
-        raise c("max_steps, warmup_steps, eval_every, eval_blocks and max_failures must be >= 0")
-    configlib.check_ranges(cfg, {"lr": (0.0, 1.0), "weight_decay": (0.0, 1.0), "grad_clip": (0.0, None)})
-
-
 def identity(cfg: PretrainConfig, gcfg: GPTConfig, manifest: dict) -> dict:
     """What makes two runs the same run: the options that change results, the model, the data."""
-    opts = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_IDENTITY}
+    opts = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_IDENTITY}
     return {"pretrain": opts, "model": gcfg.to_dict(), "data_fingerprint": manifest["fingerprint"]}
 
 
@@ -116,14 +67,6 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{k}: {a!r} -> {b!r}")
     return out
-
-
-def storage_path(storage: str | None) -> str:
-    """--storage, else GPT1_STORAGE (a cluster sets it for every job: s3://...), else ./runs."""
-    storage = storage or os.environ.get("GPT1_STORAGE")
-    if storage and "://" in storage:
-        return storage.rstrip("/")
-    return str(Path(storage or "runs").absolute())
 
 
 def claim_run(run_path: str, ident: dict) -> bool:
@@ -198,7 +141,7 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
 
     from pipeline.checkpoint import latest_checkpoint
     from pipeline.dataset import BlockOrder
-    from pipeline.prepare import ray_init
+    from pipeline.runtime import ray_init
     from pipeline.ray_train import Outcome, fit, remove_orphan_staging, repair_ray_index, run_lock, worker
     from pipeline.train_loop import LoopSpec
 

@@ -32,6 +32,7 @@ from model.optim import lr_factor
 from pipeline.checkpoint import load_training_state, save_checkpoint
 from pipeline.config import disk_error
 from pipeline.dataset import BlockOrder, load_split, open_dataset, tokens_per_byte
+from pipeline.train_config import PretrainConfig
 
 
 @dataclass
@@ -101,8 +102,6 @@ class Pretraining:
     """State and steps of one worker's run."""
 
     def __init__(self, spec: LoopSpec, session, tracker=None):
-        from pipeline.pretrain import PretrainConfig  # the config's home is the stage's script
-
         self.spec, self.session, self.tracker = spec, session, tracker
         self.cfg = cfg = PretrainConfig(**spec.pretrain)
         if spec.threads:

@@ -93,7 +93,8 @@ def parse_tasks(pairs: list[str]) -> dict[str, Path]:
 
 def run_demo(work: Path, size: Size, corpus: list[str] | None = None, tasks: dict[str, Path] | None = None) -> dict:
     from pipeline.packing import sha256_file
-    from pipeline.prepare import PrepareConfig, prepare, ray_init
+    from pipeline.prepare import PrepareConfig, prepare
+    from pipeline.runtime import ray_init
     from pipeline.pretrain import PRESETS_DIR, PretrainConfig, pretrain
     from pipeline.tracking import tracking_uri
     from tuning import sweep

@@ -137,7 +137,7 @@ def sweep_task(task, data_dir: Path, checkpoint: Path, args, uri: str) -> dict:
     from ray.tune.search.sample import Domain
     from tokenizers import Tokenizer
 
-    from pipeline.pretrain import storage_path
+    from pipeline.runtime import storage_path
     from pipeline.tracking import experiment_id
     from tuning import tracking
     from tuning.encode import Encoder
@@ -264,7 +264,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from pipeline.prepare import ray_init
+    from pipeline.runtime import ray_init
     from pipeline.tracking import tracking_uri
     from tuning.tasks import from_directory, get
 

@@ -1,0 +1,55 @@
+"""PretrainConfig: the pretraining settings, with their ranges, shared by the stage and its loop."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline import config as configlib
+
+
+@dataclass
+class PretrainConfig:
+    model: str = "tiny"  # model preset (model/config.py); vocab_size comes from the data's tokenizer
+    model_overrides: dict = field(default_factory=dict)  # GPTConfig fields, e.g. {n_layer: 6}
+    batch_size: int = 64  # global batch, in sequences of n_ctx tokens
+    micro_batch: int = 0  # sequences per forward pass; 0 = batch_size / workers (no accumulation)
+    lr: float = 2.5e-4
+    schedule: str = "warmup_cosine"  # warmup_cosine, warmup_linear, warmup_constant (opt.py's)
+    warmup_steps: int = 2000
+    epochs: int = 100
+    max_steps: int = 0  # 0 = epochs x steps per epoch; the schedule spans max_steps
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0  # max global grad norm; 0 = none
+    seed: int = 0  # initial weights, block order, dropout
+    dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU), bf16, fp32
+    compile: bool = False  # torch.compile the model
+    log_every: int = 10
+    eval_every: int = 500  # steps between evaluations on the val split (also at the end); 0 = never
+    eval_blocks: int = 0  # val blocks per evaluation; 0 = all
+    checkpoint_every: int = 1000  # steps between checkpoints (also at the end)
+    keep_checkpoints: int = 3
+    max_failures: int = 3  # worker failures to recover from before the run fails
+
+
+# Keys that change how a run is watched or kept, never its results: a run resumed with other
+# values of these is the same run.
+NOT_IN_IDENTITY = ("log_every", "eval_every", "eval_blocks", "checkpoint_every", "keep_checkpoints",
+                    "max_failures")
+
+
+def check_config(cfg: PretrainConfig, workers: int) -> None:
+    c = configlib.ConfigError
+    micro = cfg.micro_batch or cfg.batch_size // max(workers, 1)
+    if workers < 1:
+        raise c(f"--workers {workers}: expected at least 1")
+    if cfg.batch_size < 1 or micro < 1 or cfg.batch_size % (micro * workers):
+        raise c(f"batch_size {cfg.batch_size}: expected a multiple of micro_batch ({micro}) x workers "
+                f"({workers}), so that every worker runs the same number of micro-batches")
+    if cfg.schedule not in ("warmup_cosine", "warmup_linear", "warmup_constant"):
+        raise c(f"schedule {cfg.schedule!r}: expected warmup_cosine, warmup_linear or warmup_constant")
+    if cfg.dtype not in ("auto", "bf16", "fp32"):
+        raise c(f"dtype {cfg.dtype!r}: expected auto, bf16 or fp32")
+    if min(cfg.log_every, cfg.checkpoint_every, cfg.keep_checkpoints) < 1 or cfg.epochs < 1:
+        raise c("log_every, checkpoint_every, keep_checkpoints and epochs must be at least 1")
+    if cfg.max_steps < 0 or cfg.warmup_steps < 0 or cfg.eval_every < 0 or cfg.eval_blocks < 0 or cfg.max_failures < 0:
+        raise c("max_steps, warmup_steps, eval_every, eval_blocks and max_failures must be >= 0")
+    configlib.check_ranges(cfg, {"lr": (0.0, 1.0), "weight_decay": (0.0, 1.0), "grad_clip": (0.0, None)})
