@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from tuning import world
+from gpt1 import world
 from tuning.tasks import from_directory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,7 +18,7 @@ def gpt1_demo(cwd: Path, *args: str) -> str:
     """`gpt1 demo ...` as a user runs it: its own process, its own local Ray instance, MLflow's
     default store (./mlflow.db). Returns its output; fails the test on a non-zero exit."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", *args], cwd=cwd, env={
+    proc = subprocess.run([sys.executable, "-m", "gpt1.cli", "demo", *args], cwd=cwd, env={
         **env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
@@ -79,7 +79,7 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path):
 
 
 def test_demo_refuses_bad_arguments_before_any_work(tmp_path, capsys):
-    from tuning.demo import main
+    from gpt1.demo import main
 
     work = tmp_path / "w"
     assert main(["--workdir", str(work), "--task", "sst-2"]) == 2

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from corpus_gen import documents
-from pipeline.cli import main as gpt1
+from gpt1.cli import main as gpt1
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,7 +18,7 @@ import pytest
 
 from corpus_gen import documents
 from pipeline.checkpoint import STATE_FILE, latest_checkpoint
-from pipeline.cli import main as gpt1
+from gpt1.cli import main as gpt1
 from pipeline.prepare import PrepareConfig, prepare
 from test_faults_inputs import one_line, tmpfs
 

@@ -191,7 +191,7 @@ def test_npy_reader_refuses_other_dtypes(tmp_path):
 # --- gpt1 export -----------------------------------------------------------------------------
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "gpt1.cli", *args], cwd=ROOT,
                           capture_output=True, text=True)
 
 

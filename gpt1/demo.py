@@ -3,7 +3,7 @@
     gpt1 demo [--workdir demo] [--size default|ci] [--fresh]
     gpt1 demo --corpus PATH... --task NAME=PATH ...          the same flow on your own data
 
-Without --corpus and --task it runs on built-in data that it writes itself (tuning/world.py): a
+Without --corpus and --task it runs on built-in data that it writes itself (gpt1/world.py): a
 corpus of English-like text about a small world, and four labeled tasks derived from it, one per
 input transformation, whose dev splits only pretraining can help with. Each task is swept with
 the ablation rows (full, λ = 0, no pretraining), and the end is a table per task and the command
@@ -71,7 +71,7 @@ class Stages:
 
 def builtin_data(work: Path, size: Size) -> tuple[list[str], dict[str, Path]]:
     """The built-in corpus and task directories, written (deterministically) under work/builtin."""
-    from tuning import world
+    from gpt1 import world
 
     d = work / "builtin"
     d.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=export)
 
     from pipeline import prepare, pretrain
-    from tuning import demo, finetune, sweep
+    from gpt1 import demo
+    from tuning import finetune, sweep
 
     # Each stage's module brings its own options (add_arguments), entry (run) and --help text.
     for name, module, help_ in (
