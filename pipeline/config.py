@@ -53,10 +53,9 @@ def disk_error(err: BaseException) -> UserError | None:
     """err as one line naming the file, if it is a disk error (also as pyarrow words it)."""
     if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
         return UserError(f"{err.filename or 'a file'}: {err.strerror}")
-    text = str(err)  # pyarrow and safetensors word it so, without an errno
-    for words in ("No space left on device", "Read-only file system"):
-        if isinstance(err, Exception) and text and words in text.splitlines()[0]:
-            return UserError(text.splitlines()[0])
+    first = (str(err).splitlines() or [""])[0]  # pyarrow and safetensors word it so, without an errno
+    if isinstance(err, Exception) and any(w in first for w in ("No space left on device", "Read-only file system")):
+        return UserError(first)
     return None
 
 
@@ -69,7 +68,7 @@ def user_error(err: BaseException) -> BaseException | None:
         seen.add(id(err))
         if isinstance(err, (UserError, FileNotFoundError)):
             found = err
-        elif found is None and disk_error(err) is not None:  # a line already written wins
+        elif found is None:  # a line already written wins over a disk error beneath it
             found = disk_error(err)
         err = getattr(err, "cause", None) or err.__cause__ or (None if err.__suppress_context__ else err.__context__)
     return found
