@@ -71,12 +71,12 @@ def main() -> None:
     import ray
     import torch
 
-    from pipeline.config import load
-    from pipeline.dataset import open_dataset
-    from pipeline.prepare import PrepareConfig, prepare
-    from pipeline.pretrain import PRESETS_DIR, PretrainConfig, model_config
+    from pipeline.configio import load
+    from pipeline.data.dataset import open_dataset
+    from pipeline.data.prepare import PrepareConfig, prepare
+    from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, model_config
     from pretrain_tinyshakespeare import pretrain_in_budget
-    from tuning import sweep
+    from tuning.search import SweepOptions, sweep_task
     from tuning.tasks import get
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="sst2-"))
@@ -113,13 +113,10 @@ def main() -> None:
     # The paper's lr (6.25e-5) and 3 epochs are for a 117M-parameter model and 67k examples; a
     # 4 x 128 model on 1,000 examples takes larger and more steps.
     (work / "space.yaml").write_text(SPACE)
-    sp = argparse.ArgumentParser()
-    sweep.add_arguments(sp)
-    args = sp.parse_args(["--task", "sst-2", "--data", str(task_dir), "--checkpoint", str(ckpt),
-                          "--samples", str(a.samples), "--space", str(work / "space.yaml"), "--ablations",
-                          "--grace-period", "2", "--storage", str(work / "runs")])
+    opts = SweepOptions(samples=a.samples, space=str(work / "space.yaml"), ablations=True, grace_period=2,
+                        storage=str(work / "runs"))
     t0 = time.perf_counter()
-    res = sweep.sweep_task(get("sst-2"), task_dir, ckpt, args, os.environ["MLFLOW_TRACKING_URI"])
+    res = sweep_task(get("sst-2"), task_dir, ckpt, opts, os.environ["MLFLOW_TRACKING_URI"])
     sweep_s = time.perf_counter() - t0
 
     print()

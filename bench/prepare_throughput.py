@@ -91,9 +91,9 @@ def one(corpus: Path, out: Path) -> dict:
     """Measure one corpus size (run in its own process, so that peak RSS is this size's)."""
     import ray
 
-    from pipeline.corpus import ReadOptions, read_documents, resolve_inputs
-    from pipeline.prepare import PrepareConfig, prepare
-    from pipeline.tokenizer import load_tokenizer
+    from pipeline.data.corpus import ReadOptions, read_documents, resolve_inputs
+    from pipeline.data.prepare import PrepareConfig, prepare
+    from pipeline.data.tokenizer import load_tokenizer
 
     vocab = SHARED / "gpt1-vocab"
     ray.init(num_cpus=os.cpu_count(), logging_level="ERROR")

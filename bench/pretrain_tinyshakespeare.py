@@ -31,11 +31,11 @@ sys.path.insert(0, str(ROOT))
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.config import load  # noqa: E402
-from pipeline.dataset import open_dataset  # noqa: E402
-from pipeline.prepare import PrepareConfig, prepare  # noqa: E402
-from pipeline.pretrain import PRESETS_DIR, PretrainConfig, model_config, pretrain  # noqa: E402
-from pipeline.train_loop import LocalSession, LoopSpec, Pretraining  # noqa: E402
+from pipeline.configio import load  # noqa: E402
+from pipeline.data.dataset import open_dataset  # noqa: E402
+from pipeline.data.prepare import PrepareConfig, prepare  # noqa: E402
+from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, model_config, pretrain  # noqa: E402
+from pipeline.train.loop import LocalSession, LoopSpec, Pretraining  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "corpus" / "tinyshakespeare.txt"
 
@@ -52,7 +52,7 @@ def byte_level_tokenizer(text: str, vocab_size: int, path: Path) -> None:
 
 
 def seconds_per_step(cfg: PretrainConfig, gcfg, data: Path, threads: int, steps: int = 40) -> float:
-    spec = LoopSpec(pretrain=dataclasses.asdict(cfg), model=gcfg.to_dict(), data=str(data),
+    spec = LoopSpec(pretrain=cfg, model=gcfg, data=str(data),
                     total_steps=10 ** 6, threads=threads)
     loop = Pretraining(spec, LocalSession())
     for _ in range(10):  # the first steps are slower (allocations); they would shorten the run

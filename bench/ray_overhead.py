@@ -1,6 +1,6 @@
 """What Ray Train costs: the same pretraining loop under TorchTrainer (1 worker) and in a plain process.
 
-Both run pipeline.train_loop with the same config, data, threads and MLflow logging; the plain
+Both run pipeline.train.loop with the same config, data, threads and MLflow logging; the plain
 process uses LocalSession instead of Ray Train's. They alternate, round by round, so drift in the
 machine's speed hits both alike. Throughput is the median of the per-interval tokens/s that rank 0
 logs, leaving out the first interval (start-up, first allocations). The input pipeline's share is
@@ -11,7 +11,6 @@ the time spent fetching micro-batches over the interval's wall time.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import os
 import platform
@@ -28,12 +27,12 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 
 from model import GPTConfig  # noqa: E402
-from pipeline.config import load  # noqa: E402
-from pipeline.dataset import open_dataset  # noqa: E402
-from pipeline.prepare import PrepareConfig, prepare  # noqa: E402
-from pipeline.pretrain import PRESETS_DIR, PretrainConfig, model_config, pretrain  # noqa: E402
+from pipeline.configio import load  # noqa: E402
+from pipeline.data.dataset import open_dataset  # noqa: E402
+from pipeline.data.prepare import PrepareConfig, prepare  # noqa: E402
+from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, model_config, pretrain  # noqa: E402
 from pipeline.tracking import RunLogger  # noqa: E402
-from pipeline.train_loop import LocalSession, LoopSpec, train_loop  # noqa: E402
+from pipeline.train.loop import LocalSession, LoopSpec, train_loop  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "corpus" / "tinyshakespeare.txt"
 
@@ -82,7 +81,7 @@ def main() -> None:
     tps = {"plain process": [], "TorchTrainer, 1 worker": []}
     wait = {k: [] for k in tps}
     for r in range(a.rounds):
-        spec = LoopSpec(pretrain=dataclasses.asdict(cfg), model=gcfg.to_dict(), data=str(data),
+        spec = LoopSpec(pretrain=cfg, model=gcfg, data=str(data),
                         total_steps=a.steps, threads=threads, mlflow_uri=uri)
         run_id = plain(uri, spec, f"plain-{r}")
         tps["plain process"] += history(uri, run_id, "tokens_per_s")[1:]

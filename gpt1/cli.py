@@ -9,18 +9,17 @@ from pathlib import Path
 
 def export(args: argparse.Namespace) -> None:
     """Convert a model directory (native, Hugging Face or original OpenAI) to native or hf."""
-    from model import GPT
     from pipeline import outdir
-    from pipeline.checkpoint import check_complete
+    from pipeline.errors import UserError
+    from pipeline.train.checkpoint import load_model
 
     src, dst = Path(args.src).absolute(), Path(args.dst).absolute()
     if src == dst or src in dst.parents or dst in src.parents:
-        raise ValueError(f"{dst}: is (or holds, or lies in) the source {src}; write the export elsewhere")
+        raise UserError(f"{dst}: is (or holds, or lies in) the source {src}; write the export elsewhere")
     outdir.check_replaceable(dst, "a model directory", lambda d: (d / "config.json").is_file(), args.overwrite)
     outdir.check_writable(dst)
     outdir.remove_orphans(dst)
-    check_complete(src)
-    gpt = GPT.from_pretrained(src)
+    gpt = load_model(src)
     # Written beside the destination, then renamed: no half-written model directory is left.
     tmp = outdir.sibling(dst, "tmp")
     try:
@@ -44,9 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace an existing model directory (nothing else)")
     e.set_defaults(func=export)
 
-    from pipeline import prepare, pretrain
     from gpt1 import demo
-    from tuning import finetune, sweep
+    from pipeline.data import prepare
+    from pipeline.train import pretrain
+    from tuning import finetune
+    from tuning import search as sweep
 
     # Each stage's module brings its own options (add_arguments), entry (run) and --help text.
     for name, module, help_ in (
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.config import run_reporting
+    from pipeline.errors import run_reporting
 
     args = build_parser().parse_args(argv)
     return run_reporting(f"gpt1 {args.command}", args.func, args)

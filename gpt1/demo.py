@@ -22,15 +22,12 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import config as configlib
+from pipeline import configio, errors
 
 
 @dataclass(frozen=True)
@@ -84,27 +81,27 @@ def parse_tasks(pairs: list[str]) -> dict[str, Path]:
     for pair in pairs:
         name, sep, path = pair.partition("=")
         if not sep or not name or not path:
-            raise configlib.ConfigError(f"--task {pair!r}: expected NAME=PATH")
+            raise errors.ConfigError(f"--task {pair!r}: expected NAME=PATH")
         if not Path(path).is_dir():
-            raise configlib.ConfigError(f"--task {pair}: {path} is not a directory")
+            raise errors.ConfigError(f"--task {pair}: {path} is not a directory")
         tasks[name] = Path(path).absolute()
     return tasks
 
 
 def run_demo(work: Path, size: Size, corpus: list[str] | None = None, tasks: dict[str, Path] | None = None) -> dict:
-    from pipeline.packing import sha256_file
-    from pipeline.prepare import PrepareConfig, prepare
+    from pipeline.data.packing import sha256_file
+    from pipeline.data.prepare import PrepareConfig, prepare
     from pipeline.runtime import ray_init
-    from pipeline.pretrain import PRESETS_DIR, PretrainConfig, pretrain
+    from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, pretrain
     from pipeline.tracking import tracking_uri
-    from tuning import sweep
+    from tuning.search import SweepOptions, sweep_task
     from tuning.finetune import FinetuneConfig
     from tuning.space import CONFIGS_DIR, load_space
     from tuning.tasks import from_directory
 
     t_start = time.perf_counter()
     if bool(corpus) != bool(tasks):
-        raise configlib.ConfigError("--corpus and --task go together: give both, or neither for the built-in data")
+        raise errors.ConfigError("--corpus and --task go together: give both, or neither for the built-in data")
     if not tasks:
         corpus, tasks = builtin_data(work, size)
     jobs = {name: (from_directory(name, d), d) for name, d in tasks.items()}  # before anything is written
@@ -115,7 +112,7 @@ def run_demo(work: Path, size: Size, corpus: list[str] | None = None, tasks: dic
     stages = Stages(work / "stages.json")
 
     print(f"[1/3] prepare: {len(corpus)} corpus file(s) -> {work / 'data'}", flush=True)
-    pcfg = configlib.load(PretrainConfig(), str(PRESETS_DIR / "demo.yaml"))
+    pcfg = configio.load(PretrainConfig(), str(PRESETS_DIR / "demo.yaml"))
     n_ctx = pcfg.model_overrides["n_ctx"]
     ray_init()
     # The demo owns WORKDIR/data: other inputs replace it (the same ones are a no-op).
@@ -141,17 +138,16 @@ def run_demo(work: Path, size: Size, corpus: list[str] | None = None, tasks: dic
     for i, (name, (task, d)) in enumerate(jobs.items(), 1):
         files = sorted(str(p) for p in Path(d).iterdir() if p.is_file())
         # A grace period of every epoch: with two trials a task, ASHA would stop one at its first rung.
-        args = argparse.Namespace(samples=size.samples, space=str(space), set=[], ablations=True,
-                                  max_concurrent=0, grace_period=epochs, reduction_factor=2, seed=0,
-                                  storage=str(work / "runs"), device="cpu")
+        opts = SweepOptions(samples=size.samples, space=str(space), ablations=True, grace_period=epochs,
+                            storage=str(work / "runs"), device="cpu")
         key = _sha({"checkpoint": sha256_file(ckpt / "model.safetensors"), "files": [sha256_file(Path(f)) for f in files],
-                    "space": space.read_text(), "args": vars(args)})
+                    "space": space.read_text(), "options": dataclasses.asdict(opts)})
         done = stages.get(f"sweep:{name}", key)
         if done:
             print(f"[3/3] sweep {name} ({i}/{len(jobs)}): reusing MLflow run {done['parent_run_id']}", flush=True)
         else:
             print(f"[3/3] sweep {name} ({i}/{len(jobs)}): {task.transformation}", flush=True)
-            r = sweep.sweep_task(task, Path(d), ckpt, args, uri)
+            r = sweep_task(task, Path(d), ckpt, opts, uri)
             done = {"parent_run_id": r["parent_run_id"], "metric": task.metrics[0], "best": r["best"],
                     "best_lm_coef": r["best_config"]["lm_coef"], "transformation": task.transformation,
                     **{f"ablation_{a['ablation']}": a[task.metrics[0]] for a in r["ablations"]}}
@@ -193,8 +189,5 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return configlib.stage_main("demo", __doc__, add_arguments, run, argv)
+    return errors.stage_main("demo", __doc__, add_arguments, run, argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

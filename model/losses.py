@@ -6,18 +6,23 @@ import torch.nn.functional as F
 
 
 def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor,
-            attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """L1: next-token cross-entropy of [N, T, V] logits against [N, T] inputs.
+            attention_mask: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+    """L1: next-token cross-entropy of [N, T', V] logits against [N, T] inputs, where the logits
+    at position t predict input t + 1. T' is T (a fine-tuning input: the last position predicts
+    nothing) or T - 1 (a pretraining block of n_ctx + 1 tokens, whose last token is only a target).
 
-    Without a mask, the mean over every predicted token (pretraining blocks are full). With a
-    [N, T] 0/1 mask, as in the released code: each sequence's mean over its non-padding
-    targets, then the mean over sequences, so long and short inputs weigh the same.
+    Without a mask, the mean (or with reduction="sum", the sum) over every predicted token:
+    pretraining blocks are full. With a [N, T] 0/1 mask, as in the released code: each
+    sequence's mean over its non-padding targets, then the mean over sequences, so long and
+    short inputs weigh the same.
     """
     targets = input_ids[:, 1:]
-    losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
+    if logits.shape[1] not in (targets.shape[1], input_ids.shape[1]):
+        raise ValueError(f"logits for {logits.shape[1]} positions do not fit inputs of {input_ids.shape[1]}")
+    losses = F.cross_entropy(logits[:, :targets.shape[1]].flatten(0, 1).float(), targets.flatten(),
                              reduction="none").view_as(targets)
     if attention_mask is None:
-        return losses.mean()
+        return losses.sum() if reduction == "sum" else losses.mean()
     m = attention_mask[:, 1:].to(losses.dtype)
     return ((losses * m).sum(1) / m.sum(1).clamp(min=1)).mean()
 

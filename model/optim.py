@@ -41,14 +41,16 @@ def lr_factor(name: str, step: int, total_steps: int, warmup: float = 0.002) -> 
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, name: str, total_steps: int,
-                  warmup: float = 0.002) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR that multiplies the base lr by SCHEDULES[name](step / total_steps, warmup).
+                  warmup: float = 0.002, start_step: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR that multiplies the base lr by SCHEDULES[name](step / total_steps, warmup): the
+    one lr schedule of both loops, stepped after every optimizer step.
 
     warmup is a fraction of total_steps, as in opt.py: the paper's 2,000 pretraining warm-up
-    updates are warmup = 2000 / total_steps.
+    updates are warmup = 2000 / total_steps. start_step is the update a resumed run starts at.
     """
     lr_factor(name, 0, total_steps, warmup)  # an unknown name fails here, not at the first step
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(name, step, total_steps, warmup))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(name, start_step + step, total_steps, warmup))
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from pipeline.config import UserError
+from pipeline.errors import UserError
 
 
 def check_replaceable(out: Path, what: str, is_what: Callable[[Path], bool], overwrite: bool,

@@ -1,4 +1,4 @@
-"""Where a command runs: which Ray it joins, and where a run's files go."""
+"""Where and how a command runs: which Ray it joins, where a run's files go, which device and precision."""
 from __future__ import annotations
 
 import logging
@@ -26,3 +26,39 @@ def storage_path(storage: str | None) -> str:
     if storage and "://" in storage:
         return storage.rstrip("/")
     return str(Path(storage or "runs").absolute())
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device(name: str) -> str:
+    """--device as given: auto (a GPU where there is one), cpu or cuda."""
+    if name not in DEVICES:
+        from pipeline.errors import ConfigError
+        raise ConfigError(f"--device {name!r}: expected auto, cpu or cuda")
+    return name
+
+
+def local_device(name: str = "auto"):
+    """The torch device of this process for --device: auto is the GPU where torch sees one."""
+    import torch
+    check_device(name)
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
+                        "cpu" if name == "auto" else name)
+
+
+def amp_dtype(device, dtype: str = "auto"):
+    """The compute dtype of the matrix products: bf16 (auto: on a GPU), else fp32. Weights,
+    optimizer state and the losses stay fp32 (model/losses.py)."""
+    import torch
+    return torch.bfloat16 if dtype == "bf16" or (dtype == "auto" and device.type == "cuda") else torch.float32
+
+
+def autocast(device, dtype: str = "auto"):
+    """The one autocast of both loops and the benchmarks: bf16 where amp_dtype says so, else none."""
+    import contextlib
+
+    import torch
+    if amp_dtype(device, dtype) == torch.bfloat16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,4 +1,5 @@
-"""MLflow helpers: the default SQLite store, and what each stage logs."""
+"""Every MLflow call of pipeline/: the default SQLite store, its experiments and artifact
+root, and what prepare and pretrain log."""
 from __future__ import annotations
 
 import dataclasses
@@ -20,7 +21,7 @@ def check_store(uri: str) -> None:
     import sqlite3
     import urllib.request
 
-    from pipeline.config import UserError
+    from pipeline.errors import UserError
 
     fix = "set MLFLOW_TRACKING_URI to a usable store (sqlite:///PATH/mlflow.db), or pass --no-mlflow"
     if uri.startswith("sqlite:///"):
@@ -51,10 +52,29 @@ def check_store(uri: str) -> None:
         raise UserError(f"MLflow store {uri}: a file store, which this MLflow cannot use; {fix}")
 
 
+def artifact_root(uri: str) -> str | None:
+    """Where the artifacts of a store's experiments go: for sqlite:///DIR/mlflow.db, the folder
+    DIR/mlartifacts beside it (MLflow's own default is ./mlruns of whatever directory a command
+    runs in, which scatters one store's runs over many); for a server, None: the server decides."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).absolute().parent / "mlartifacts").as_uri()
+    return None
+
+
 def experiment_id(client, name: str) -> str:
-    """The id of experiment `name`, created if it does not exist yet."""
+    """The id of experiment `name`, created (its artifacts under artifact_root) if it does not
+    exist yet. Every experiment of the project is made here."""
     exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp else client.create_experiment(name)
+    if exp:
+        return exp.experiment_id
+    root = artifact_root(client.tracking_uri)
+    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+
+
+def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(uri).set_terminated(run_id, status)
 
 
 def log_prepare(out: Path, cfg, manifest: dict) -> str:
@@ -114,6 +134,47 @@ def find_run(client, experiment: str, tag: str, value: str):
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.{tag} = '{value}'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
+
+
+PRETRAIN_EXPERIMENT = "gpt1-pretrain"
+
+
+def start_pretrain_run(uri: str, name: str, run_path: str, cfg, gcfg,
+                   manifest: dict, data: Path, world: int) -> str:
+    """The MLflow run for run_path: found again when the run is resumed, else created with its
+    params, lineage tags and artifacts. Returns its id."""
+    import hashlib
+    import json
+    import tempfile
+
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp_id = experiment_id(client, PRETRAIN_EXPERIMENT)
+    run = find_run(client, PRETRAIN_EXPERIMENT, "run_path", run_path)
+    if run is not None:
+        client.update_run(run.info.run_id, status="RUNNING")
+        client.set_tag(run.info.run_id, "world_size", str(world))
+        return run.info.run_id
+    prepare_run = find_run(client, "gpt1-prepare", "fingerprint", manifest["fingerprint"])
+    manifest_sha = hashlib.sha256((data / "manifest.json").read_bytes()).hexdigest()
+    tags = {"run_path": run_path, "dataset": str(data), "data_fingerprint": manifest["fingerprint"],
+            "data_manifest_sha256": manifest_sha, "tokenizer_sha256": manifest["tokenizer"]["sha256"],
+            "git_commit": git_commit(), "world_size": str(world)}
+    if prepare_run is not None:
+        tags["prepare_run_id"] = prepare_run.info.run_id
+    run = client.create_run(exp_id, run_name=name, tags=tags)
+    params = flatten({**{k: v for k, v in dataclasses.asdict(cfg).items() if k != "model_overrides"},
+                      "model_config": gcfg.to_dict()})
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "pretrain_config.json").write_text(json.dumps(
+            {"pretrain": dataclasses.asdict(cfg), "model": gcfg.to_dict()}, indent=2) + "\n")
+        client.log_artifact(run.info.run_id, str(Path(tmp) / "pretrain_config.json"))
+        client.log_artifact(run.info.run_id, str(data / "manifest.json"), "data")
+        client.log_artifact(run.info.run_id, str(data / "tokenizer.json"), "data")
+    return run.info.run_id
 
 
 class RunLogger:

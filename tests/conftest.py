@@ -68,7 +68,7 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
 def task_checkpoint(tmp_path_factory):
     """A model directory: a tiny GPT (random weights) and a tokenizer learned on review text."""
     from corpus_gen import reviews
-    from pipeline.tokenizer import save_tokenizer, train_tokenizer
+    from pipeline.data.tokenizer import save_tokenizer, train_tokenizer
 
     d = tmp_path_factory.mktemp("ckpt")
     tok = train_tokenizer([s for s, _ in reviews(300, 9)], n_merges=200)

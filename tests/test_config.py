@@ -3,7 +3,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from pipeline.config import ConfigError, load, parse_sets
+from pipeline.configio import load, parse_sets
+from pipeline.errors import ConfigError
 
 
 @dataclass

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pipeline.tokenizer import DELIMITER, EXTRACT, START, train_tokenizer
+from pipeline.data.tokenizer import DELIMITER, EXTRACT, START, train_tokenizer
 from tuning.encode import Encoder, collate
 from tuning.tasks import Example, TaskError
 

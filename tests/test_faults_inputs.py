@@ -195,8 +195,8 @@ def test_10_a_swapped_tokenizer_in_a_checkpoint_is_refused(task_checkpoint, sst2
     import torch
 
     from model import GPT
-    from pipeline.checkpoint import save_checkpoint
-    from pipeline.tokenizer import save_tokenizer, train_tokenizer
+    from pipeline.train.checkpoint import save_checkpoint
+    from pipeline.data.tokenizer import save_tokenizer, train_tokenizer
 
     ckpt = tmp_path / "ckpt"
     gpt = GPT.from_pretrained(task_checkpoint)

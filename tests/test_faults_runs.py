@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from corpus_gen import documents
-from pipeline.checkpoint import STATE_FILE, latest_checkpoint
+from pipeline.train.checkpoint import STATE_FILE, latest_checkpoint
 from gpt1.cli import main as gpt1
-from pipeline.prepare import PrepareConfig, prepare
+from pipeline.data.prepare import PrepareConfig, prepare
 from test_faults_inputs import one_line, tmpfs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,14 +87,14 @@ def test_4_more_workers_than_cpus_is_refused_at_once(data, tmp_path, capsys):
 # 5. Two runs of one name: the second is refused while the first lives; a dead holder leaves no lock.
 
 def test_5_a_second_run_of_the_same_name_is_refused(data, tmp_path, capsys):
-    from pipeline.ray_train import run_lock
+    from pipeline.train.ray_train import run_lock
 
     run = str(tmp_path / "s" / "r")
     with run_lock(run):
         assert gpt1(args(data, tmp_path / "s")) == 2
         one_line(capsys, "another pretrain of this run is running", f"pid {os.getpid()}")
     holder = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
-                               "from pipeline.ray_train import run_lock; import time\n"
+                               "from pipeline.train.ray_train import run_lock; import time\n"
                                f"with run_lock({run!r}):\n    print('held', flush=True); time.sleep(600)"],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -160,7 +160,7 @@ def test_9_a_non_finite_loss_stops_the_run_and_saves_nothing_after_it(data, tmp_
     import torch
     from safetensors.torch import load_file, save_file
 
-    from pipeline.packing import sha256_file
+    from pipeline.data.packing import sha256_file
 
     storage = tmp_path / "s"
     assert gpt1(args(data, storage)) == 0

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from corpus_gen import documents
-from pipeline.checkpoint import latest_checkpoint
-from pipeline.prepare import PrepareConfig, prepare
+from pipeline.train.checkpoint import latest_checkpoint
+from pipeline.data.prepare import PrepareConfig, prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 

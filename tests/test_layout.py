@@ -1,11 +1,16 @@
-"""The shape of the code: every import points down (model <- pipeline <- tuning <- gpt1), and no
-module imports itself back through others. Read from the source with ast, imports inside
-functions included, so the shape cannot drift without this failing."""
+"""The shape of the code: every import points down (model <- pipeline <- tuning <- gpt1), no
+module imports itself back through others, and no module imports a stage's entry file. Read from
+the source with ast, imports inside functions included, so the shape cannot drift without this
+failing."""
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOMS = ["model", "pipeline", "tuning", "gpt1"]  # from the bottom floor up
+# The stages' scripts (`python pipeline/pretrain.py`, what `ray job submit` runs): they only run
+# their stage's main, whose code lives in a module that anything may import.
+ENTRY_FILES = {"pipeline.prepare": "pipeline.data.prepare", "pipeline.pretrain": "pipeline.train.pretrain",
+               "tuning.sweep": "tuning.search"}
 
 
 def modules() -> dict[str, Path]:
@@ -46,6 +51,11 @@ def graph() -> dict[str, set[str]]:
     return {name: imports_of(name, path, set(mods)) for name, path in mods.items()}
 
 
+def scripts() -> dict[str, Path]:
+    """The benchmarks: scripts above every room, which may import any module but no entry file."""
+    return {f"bench.{p.stem}": p for p in sorted((ROOT / "bench").glob("*.py"))}
+
+
 def room(name: str) -> int:
     return ROOMS.index(name.split(".")[0])
 
@@ -81,5 +91,35 @@ def test_the_layout_reader_sees_real_imports():
     """The checks above are only as good as the graph: it holds arrows we know are there."""
     g = graph()
     assert "model.gpt" in g["model.weights"] or "model.config" in g["model.weights"]
-    assert "pipeline.train_config" in g["pipeline.train_loop"]
-    assert "tuning.finetune" in g["gpt1.cli"] and "pipeline.prepare" in g["gpt1.cli"]
+    assert "pipeline.train.config" in g["pipeline.train.loop"]
+    assert "tuning.finetune" in g["gpt1.cli"] and "pipeline.data.prepare" in g["gpt1.cli"]
+    assert imports_of("pipeline.pretrain", modules()["pipeline.pretrain"], set(g)) == {"pipeline.train.pretrain"}
+
+
+def test_no_module_imports_a_stage_entry_file():
+    known = set(modules())
+    uses = {**graph(), **{name: imports_of(name, path, known) for name, path in scripts().items()}}
+    bad = sorted(f"{a} -> {b}" for a, targets in uses.items() for b in targets if b in ENTRY_FILES)
+    assert not bad, "imports of a stage's entry file (import its module instead): " + "; ".join(bad)
+
+
+def _runs_as_script(tree: ast.Module) -> bool:
+    return any(isinstance(n, ast.If) and "__main__" in ast.unparse(n.test) for n in tree.body)
+
+
+def test_entry_files_are_thin_and_the_only_scripts():
+    """An entry file defines nothing and imports only its stage's module; a module that is
+    imported is never also run as a script (gpt1.cli, the console command, excepted)."""
+    mods = modules()
+    for entry, target in ENTRY_FILES.items():
+        tree = ast.parse(mods[entry].read_text())
+        assert not [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))], entry
+        assert imports_of(entry, mods[entry], set(mods)) == {target}, entry
+    scripts_ = sorted(n for n, p in mods.items() if _runs_as_script(ast.parse(p.read_text())))
+    assert scripts_ == sorted([*ENTRY_FILES, "gpt1.cli"])
+
+
+def test_every_module_says_its_job():
+    missing = sorted(n for n, p in {**modules(), **scripts()}.items()
+                     if not (ast.get_docstring(ast.parse(p.read_text())) or "").strip())
+    assert not missing, "modules without a docstring that says their job: " + ", ".join(missing)

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from corpus_gen import documents
-from pipeline.packing import read_blocks
-from pipeline.prepare import PrepareConfig, main, prepare
-from pipeline.tokenizer import END_OF_DOCUMENT, load_tokenizer
+from pipeline.data.packing import read_blocks
+from pipeline.data.prepare import PrepareConfig, main, prepare
+from pipeline.data.tokenizer import END_OF_DOCUMENT, load_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(n_merges=300, n_ctx=32, val_fraction=0.2, shard_mb=1)
@@ -128,7 +128,7 @@ def test_output_is_identical_whatever_the_parallelism(tmp_path, ray_session):
 
 
 def test_chunks_inside_a_file_own_whole_documents(tmp_path):
-    from pipeline.corpus import ReadOptions, plan_chunks, read_documents, resolve_inputs
+    from pipeline.data.corpus import ReadOptions, plan_chunks, read_documents, resolve_inputs
 
     data = b"one a\none b\n\n  \ntwo\r\n \t\r\nthree a\nthree b\n\nlast"
     (tmp_path / "c.txt").write_bytes(data)
@@ -182,7 +182,7 @@ def test_rerun_is_a_no_op_and_a_different_one_needs_overwrite(tmp_path, ray_sess
     stamp = (out / "manifest.json").stat().st_mtime_ns
     prepare([str(src)], out, cfg(parallelism=1), track=False)  # parallelism does not matter
     assert (out / "manifest.json").stat().st_mtime_ns == stamp
-    from pipeline.corpus import CorpusError
+    from pipeline.data.corpus import CorpusError
     with pytest.raises(CorpusError, match="--overwrite"):
         prepare([str(src)], out, cfg(seed=1), track=False)
     m = prepare([str(src)], out, cfg(seed=1), overwrite=True, track=False)
@@ -252,7 +252,7 @@ def test_script_runs_as_a_file_and_logs_to_mlflow(tmp_path, mlflow_uri):
 
 
 def test_normalisation_repairs_unicode_and_strips_controls():
-    from pipeline.corpus import normalize
+    from pipeline.data.corpus import normalize
 
     assert normalize("caf\u00c3\u00a9 \u00e2\u20ac\u0153quoted\u00e2\u20ac\x9d") == 'café "quoted"'  # mojibake
     assert normalize("\ufb01ne \u2460 \uff21") == "fine 1 A"  # NFKC
@@ -263,7 +263,7 @@ def test_normalisation_repairs_unicode_and_strips_controls():
 
 @pytest.mark.parametrize("shard_blocks", [3, 2048 + 5])
 def test_packer_shards_are_a_function_of_the_stream_alone(tmp_path, shard_blocks):
-    from pipeline.packing import Packer
+    from pipeline.data.packing import Packer
 
     rng = np.random.default_rng(0)
     stream_tokens = rng.integers(0, 1000, 40_000).astype(np.uint16)
@@ -286,7 +286,7 @@ def test_packer_shards_are_a_function_of_the_stream_alone(tmp_path, shard_blocks
 def test_blank_line_documents_match_a_line_by_line_reference(tmp_path):
     import random
 
-    from pipeline.corpus import ReadOptions, plan_chunks, read_documents, resolve_inputs
+    from pipeline.data.corpus import ReadOptions, plan_chunks, read_documents, resolve_inputs
 
     rng = random.Random(7)
     blank = [b"\n", b"  \n", b"\t\r\n", b"\r\n"]

@@ -12,11 +12,12 @@ import pytest
 
 from corpus_gen import documents
 from model import GPT
-from pipeline.config import ConfigError, load
-from pipeline.dataset import BlockOrder, DataError
-from pipeline.prepare import PrepareConfig, prepare
-from pipeline.pretrain import PRESETS_DIR, PretrainConfig, main, pretrain
-from pipeline.tokenizer import load_tokenizer
+from pipeline.configio import load
+from pipeline.errors import ConfigError
+from pipeline.data.dataset import BlockOrder, DataError
+from pipeline.data.prepare import PrepareConfig, prepare
+from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, main, pretrain
+from pipeline.data.tokenizer import load_tokenizer
 
 STEPS = 150
 # 2 x 32, n_ctx 64; micro-batches of 2 so that 1 and 2 workers run the same micro-batches.

@@ -9,9 +9,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from model import GPT, GPTConfig
-from pipeline.packing import sha256_file
-from pipeline.tokenizer import train_tokenizer
-from tuning.sweep import main
+from pipeline.data.packing import sha256_file
+from pipeline.data.tokenizer import train_tokenizer
+from tuning.search import main
 
 SPACE = """
 lr: {loguniform: [1.0e-3, 3.0e-3]}

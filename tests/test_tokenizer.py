@@ -1,11 +1,11 @@
-"""pipeline.tokenizer: GPT-1's released format against transformers, training, loading."""
+"""pipeline.data.tokenizer: GPT-1's released format against transformers, training, loading."""
 import json
 import random
 from pathlib import Path
 
 import pytest
 
-from pipeline.tokenizer import (END_OF_DOCUMENT, RESERVED_TOKENS, gpt1_tokenizer, load_tokenizer,
+from pipeline.data.tokenizer import (END_OF_DOCUMENT, RESERVED_TOKENS, gpt1_tokenizer, load_tokenizer,
                                 n_merges, save_tokenizer, train_tokenizer)
 
 SHARED_VOCAB = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "gpt1-vocab"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from tokenizers import Tokenizer
 
-from pipeline.tokenizer import DELIMITER, EXTRACT, START
+from pipeline.data.tokenizer import DELIMITER, EXTRACT, START
 from tuning.tasks import Example, TaskError
 
 

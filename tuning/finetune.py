@@ -14,23 +14,20 @@ import dataclasses
 import json
 import math
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import torch
 
 from tokenizers import Tokenizer
 
-from model import GPT, GPTConfig, GPTForTask, TaskHead, make_optimizer
-from model.optim import lr_factor
-from pipeline import config as configlib
-from pipeline.tokenizer import load_tokenizer
+from model import GPT, GPTConfig, GPTForTask, TaskHead, make_optimizer, make_schedule
+from pipeline import configio, errors
+from pipeline.data.tokenizer import load_tokenizer
+from pipeline.runtime import autocast, check_device, local_device
 from tuning import metrics as metriclib
 from tuning.encode import Encoder, collate
 from tuning.tasks import Example, Task
@@ -66,10 +63,9 @@ class Pretrained:
     def load(cls, checkpoint) -> "Pretrained":
         """From any model directory that GPT.from_pretrained and load_tokenizer read; a training
         checkpoint's files (its tokenizer too) must be the ones its trainer_state.json lists."""
-        from pipeline.checkpoint import check_complete
+        from pipeline.train.checkpoint import load_model
 
-        check_complete(checkpoint)
-        gpt = GPT.from_pretrained(checkpoint)
+        gpt = load_model(checkpoint)
         return cls(gpt.config.to_dict(), {k: v.numpy() for k, v in gpt.state_dict().items()},
                    load_tokenizer(checkpoint).to_str())
 
@@ -89,14 +85,14 @@ class TaskModel:
 
 def check_config(cfg: FinetuneConfig) -> None:
     """Every numeric key in its range, before any work."""
-    c = configlib.ConfigError
+    c = errors.ConfigError
     for key in ("batch_size", "epochs", "eval_batch"):
         if getattr(cfg, key) < 1:
             raise c(f"{key} {getattr(cfg, key)}: expected at least 1")
     for key in ("max_steps", "eval_every", "max_train", "n_ctx"):
         if getattr(cfg, key) < 0:
             raise c(f"{key} {getattr(cfg, key)}: expected >= 0")
-    configlib.check_ranges(cfg, {"lr": (0.0, 1.0), "warmup": (0.0, 1.0), "lm_coef": (0.0, None),
+    configio.check_ranges(cfg, {"lr": (0.0, 1.0), "warmup": (0.0, 1.0), "lm_coef": (0.0, None),
                                  "clf_dropout": (0.0, 0.99), "weight_decay": (0.0, 1.0), "grad_clip": (0.0, None)})
 
 
@@ -112,7 +108,7 @@ def check_out(out: Path, checkpoint, overwrite: bool) -> None:
 
     out, ckpt = out.absolute(), Path(checkpoint).absolute()
     if out == ckpt or ckpt in out.parents or out in ckpt.parents:
-        raise configlib.ConfigError(f"--out {out}: is (or holds, or lies in) the --checkpoint being read; "
+        raise errors.ConfigError(f"--out {out}: is (or holds, or lies in) the --checkpoint being read; "
                                     "write the fine-tuned model elsewhere")
     outdir.check_replaceable(out, "a fine-tuned model", is_finetune_output, overwrite)
     outdir.check_writable(out)
@@ -127,7 +123,7 @@ def build(task: Task, pretrained: Pretrained, cfg: FinetuneConfig, from_scratch:
         gpt = GPT(gpt.config)
     n_ctx = cfg.n_ctx or gpt.config.n_ctx
     if n_ctx > gpt.config.n_ctx:
-        raise configlib.ConfigError(f"n_ctx {n_ctx}: the model has positions for {gpt.config.n_ctx}")
+        raise errors.ConfigError(f"n_ctx {n_ctx}: the model has positions for {gpt.config.n_ctx}")
     encoder = Encoder(tok, task.transformation, n_ctx, gpt.config.vocab_size)
     head = TaskHead(gpt.config.n_embd, task.transformation, n_labels=max(len(task.labels), 1),
                     clf_pdrop=cfg.clf_dropout, regression=task.regression)
@@ -138,18 +134,13 @@ def _device(tm: TaskModel) -> torch.device:
     return next(tm.model.parameters()).device
 
 
-def _autocast(device: torch.device):
-    # bf16 on a GPU, as in pretraining; the losses are computed in fp32 (model/losses.py).
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 @torch.no_grad()
 def predict(tm: TaskModel, encoded, batch_size: int = 64) -> np.ndarray:
     tm.model.eval()
     device, out = _device(tm), []
     for i in range(0, len(encoded), batch_size):
         ids, mask, _ = collate(encoded[i:i + batch_size], tm.task.regression)
-        with _autocast(device):
+        with autocast(device):  # bf16 on a GPU, as in pretraining
             logits = tm.model(ids.to(device), mask.to(device)).logits.float().cpu()
         out.append(logits.numpy() if tm.task.regression else logits.argmax(-1).numpy())
     tm.model.train()
@@ -211,21 +202,21 @@ def finetune(task: Task, data, pretrained, cfg: FinetuneConfig, from_scratch: bo
     evaluation (Ray Tune, MLflow). With out, the best model is written there whenever it
     improves (before report sees it), and at the end its predictions on the test splits that
     the data directory holds."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise configlib.ConfigError(f"--device {device!r}: expected auto, cpu or cuda")
+    check_device(device)
     check_config(cfg)
     if not isinstance(pretrained, Pretrained):
         pretrained = Pretrained.load(pretrained)
     splits = data if isinstance(data, dict) else load_splits(task, data, cfg.max_train)
     tm = build(task, pretrained, cfg, from_scratch)
-    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                        "cpu" if device == "auto" else device)
+    target = local_device(device)
     tm.model.to(target)
     train, dev = tm.encoder.encode(splits["train"]), tm.encoder.encode(splits["dev"])
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     eval_every = cfg.eval_every or steps_per_epoch
     opt = make_optimizer(tm.model, cfg.lr, cfg.weight_decay)
+    # The paper's fine-tuning schedule: linear warm-up over `warmup` of the updates, then linear decay.
+    schedule = make_schedule(opt, "warmup_linear", total, cfg.warmup)
     rng = np.random.default_rng(cfg.seed)
     key = task.metrics[0]
     best: dict = {key: -math.inf}
@@ -237,18 +228,17 @@ def finetune(task: Task, data, pretrained, cfg: FinetuneConfig, from_scratch: bo
         for i in range(0, len(order), cfg.batch_size):
             if step >= total:
                 break
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * lr_factor("warmup_linear", step, total, cfg.warmup)
             ids, mask, labels = collate([train[j] for j in order[i:i + cfg.batch_size]], task.regression)
-            with _autocast(target):
+            with autocast(target):
                 loss = tm.model(ids.to(target), mask.to(target), labels.to(target), lm_coef=cfg.lm_coef).l3
             if not torch.isfinite(loss):  # stop before a diverged model can be kept
-                raise configlib.UserError(f"the training loss became {float(loss)} at step {step + 1:,}; lower lr "
+                raise errors.UserError(f"the training loss became {float(loss)} at step {step + 1:,}; lower lr "
                                           f"(now {cfg.lr:g})")
             loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(tm.model.parameters(), cfg.grad_clip)
             opt.step()
+            schedule.step()
             opt.zero_grad(set_to_none=True)
             step += 1
             if step % eval_every == 0 or step == total:
@@ -308,7 +298,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from tuning.tasks import from_directory
 
-    cfg = configlib.load(FinetuneConfig(), args.config, sets=args.set)
+    cfg = configio.load(FinetuneConfig(), args.config, sets=args.set)
     task = from_directory(args.task, args.data)
     out = Path(args.out or f"finetuned-{task.name}")
     check_config(cfg)
@@ -325,8 +315,5 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return configlib.stage_main("finetune", __doc__, add_arguments, run, argv)
+    return errors.stage_main("finetune", __doc__, add_arguments, run, argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from pipeline import config as configlib
+from pipeline import configio, errors
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -29,7 +29,7 @@ def _samplers():
 def space_file(task: str, path: str | None = None) -> Path:
     if path:
         if not Path(path).exists():
-            raise configlib.ConfigError(f"--space {path}: no such file")
+            raise errors.ConfigError(f"--space {path}: no such file")
         return Path(path)
     own = CONFIGS_DIR / f"{task}.yaml"
     return own if own.exists() else CONFIGS_DIR / "default.yaml"
@@ -44,35 +44,35 @@ def load_space(defaults, task: str, path: str | None = None, sets: list[str] | N
     try:
         raw = yaml.safe_load(file.read_text()) or {}
     except yaml.YAMLError as err:
-        raise configlib.ConfigError(f"{file}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise errors.ConfigError(f"{file}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(raw, dict):
-        raise configlib.ConfigError(f"{file}: expected a mapping of keys to values or samplers")
-    raw.update(configlib.parse_sets(sets or []))
+        raise errors.ConfigError(f"{file}: expected a mapping of keys to values or samplers")
+    raw.update(configio.parse_sets(sets or []))
     where = f"{file} with --set" if sets else str(file)
     samplers = _samplers()
     fixed, sampled, values = {}, {}, {}
     for key, value in raw.items():
         if isinstance(value, dict):
             if len(value) != 1 or next(iter(value)) not in samplers or not isinstance(next(iter(value.values())), list):
-                raise configlib.ConfigError(f"{where}: {key}: expected a value or one of "
+                raise errors.ConfigError(f"{where}: {key}: expected a value or one of "
                                             f"{{{', '.join(f'{s}: [...]' for s in samplers)}}}; got {value!r}")
             (kind, args), = value.items()
             if kind in ("loguniform", "uniform") and len(args) != 2:
-                raise configlib.ConfigError(f"{where}: {key}: {kind} takes [low, high]; got {args!r}")
+                raise errors.ConfigError(f"{where}: {key}: {kind} takes [low, high]; got {args!r}")
             # Check each value against the key's type: apply() names an unknown key, a bad value.
-            args = [getattr(configlib.apply(defaults, {key: a}, where), key) for a in args]
+            args = [getattr(configio.apply(defaults, {key: a}, where), key) for a in args]
             sampled[key], values[key] = samplers[kind](args), args
         else:
             fixed[key] = value
-    base = configlib.apply(defaults, fixed, where)
+    base = configio.apply(defaults, fixed, where)
     if check is not None:
         try:
             check(base)
             for key, args in values.items():
                 for a in args:
                     check(dataclasses.replace(base, **{key: a}))
-        except configlib.ConfigError as err:
-            raise configlib.ConfigError(f"{where}: {err}") from None
+        except errors.ConfigError as err:
+            raise errors.ConfigError(f"{where}: {err}") from None
     fixed = dataclasses.asdict(base)
     return {**fixed, **sampled}
 

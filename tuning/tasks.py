@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pipeline.config import UserError
+from pipeline.errors import UserError
 
 csv.field_size_limit(sys.maxsize)
 

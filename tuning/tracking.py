@@ -10,11 +10,12 @@ import csv
 import hashlib
 import json
 import math
+import tempfile
 from pathlib import Path
 
 from ray import tune
 
-from pipeline.packing import sha256_file
+from pipeline.data.packing import sha256_file
 
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 
@@ -44,6 +45,51 @@ def weights_sha256(ckpt: Path) -> str:
         return sha256_file(ckpt / "model.safetensors")
     parts = sorted(ckpt.glob("params_*.npy"), key=lambda p: int(p.stem.split("_")[1]))
     return hashlib.sha256("".join(sha256_file(p) for p in parts).encode()).hexdigest() if parts else "unknown"
+
+
+def start_parent(uri: str, task: str, name: str, checkpoint: Path, files: dict[str, Path], tags: dict[str, str]):
+    """The sweep's parent run in gpt1-finetune-<task>, tagged with its lineage; returns (client,
+    experiment id, parent run id, lineage tags) for the trials' runs to share."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import experiment_id
+
+    client = MlflowClient(uri)
+    exp = experiment_id(client, f"gpt1-finetune-{task}")
+    lineage_tags = lineage(client, checkpoint, files)
+    parent = client.create_run(exp, run_name=name, tags={**lineage_tags, "task": task, **tags})
+    return client, exp, parent.info.run_id, lineage_tags
+
+
+def log_parent(client, pid: str, task, metric: str, rows, ablation_rows, best_result, runs) -> dict:
+    """The parent run's table, plot, best config and metrics; the best model registered."""
+    best_trial = best_result.metrics["trial_id"]
+    best_ckpt = best_result.get_best_checkpoint(metric=metric, mode="max")
+    with tempfile.TemporaryDirectory(prefix="gpt1-sweep-") as tmp:
+        tmp = Path(tmp)
+        if rows:
+            ranked = sorted(rows, key=lambda r: -r[metric] if finite(r[metric]) else math.inf)
+            for f in results_table(ranked, tmp / "results"):
+                client.log_artifact(pid, str(f))
+            client.log_artifact(pid, str(plot([r for r in rows if finite(r[metric])], metric,
+                                                       tmp / "metric_vs_lambda_and_lr.png",
+                                                       f"{task.name}: {len(rows)} trials")))
+        if ablation_rows:
+            for f in results_table(ablation_rows, tmp / "ablations"):
+                client.log_artifact(pid, str(f))
+            for r in ablation_rows:
+                client.log_metric(pid, f"ablation_{r['ablation']}_{metric}", r[metric])
+        log_json(client, pid, dict(best_result.config), tmp / "best_config.json")
+    best_value = max(best_result.metrics_dataframe[metric])
+    client.log_metric(pid, f"best_{metric}", best_value)
+    client.set_tag(pid, "best_trial_run_id", runs[best_trial])
+    with best_ckpt.as_directory() as d:
+        version = register_best(client, task.name, runs[best_trial], Path(d))
+    client.set_tag(pid, "registered_model", f"gpt1-{task.name}/{version}")
+    print(f"sweep {task.name}: best dev {metric} {best_value:.4f} (trial {best_trial}); registered "
+          f"gpt1-{task.name} version {version}", flush=True)
+    return {"parent_run_id": pid, "metric": metric, "best": best_value, "best_config": best_result.config, "rows": rows,
+            "ablations": ablation_rows, "model_version": version}
 
 
 class TrialRuns(tune.Callback):

@@ -6,28 +6,15 @@ against the type of the field's default.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import math
-import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+from pipeline.errors import ConfigError
+
 C = TypeVar("C")
-
-
-class UserError(ValueError):
-    """A user's mistake in an input (a file, a config key, a dataset): every stage reports it as
-    one line naming the input, and exits with status 2."""
-
-
-class ConfigError(UserError):
-    """A user's configuration mistake."""
-
-
-class Interrupted(Exception):
-    """Ctrl-C or SIGTERM: the command stopped cleanly; its text says where to resume from."""
 
 
 def check_ranges(cfg, ranges: dict[str, tuple[float | None, float | None]], where: str = "") -> None:
@@ -43,82 +30,6 @@ def check_ranges(cfg, ranges: dict[str, tuple[float | None, float | None]], wher
             if (low is not None and (v < low or (positive and v <= low))) or (high is not None and v > high):
                 lo = f"> {low}" if positive else f">= {low}"
                 raise ConfigError(f"{where}{f.name} {v}: expected {lo}" + (f" and <= {high}" if high is not None else ""))
-
-
-# A full, read-only or forbidden filesystem is the machine's state, not a bug: one line.
-DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
-
-
-def disk_error(err: BaseException) -> UserError | None:
-    """err as one line naming the file, if it is a disk error (also as pyarrow words it)."""
-    if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
-        return UserError(f"{err.filename or 'a file'}: {err.strerror}")
-    first = (str(err).splitlines() or [""])[0]  # pyarrow and safetensors word it so, without an errno
-    if isinstance(err, Exception) and any(w in first for w in ("No space left on device", "Read-only file system")):
-        return UserError(first)
-    return None
-
-
-def user_error(err: BaseException) -> BaseException | None:
-    """The user's mistake behind err, if any. A bad input found inside a Ray worker arrives
-    wrapped (as RayTaskError subclasses that also derive from the original class, whose text is
-    the worker's traceback): the innermost instance is the original, with its one-line text."""
-    found, seen = None, set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, (UserError, FileNotFoundError)):
-            found = err
-        elif found is None:  # a line already written wins over a disk error beneath it
-            found = disk_error(err)
-        err = getattr(err, "cause", None) or err.__cause__ or (None if err.__suppress_context__ else err.__context__)
-    return found
-
-
-def sigterm_as_interrupt() -> None:
-    """SIGTERM (a scheduler's stop, `kill`) ends a command as Ctrl-C does: cleanly, one line."""
-    import signal
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
-def run_reporting(prog: str, func, args) -> int:
-    """Run a command; a user's mistake ends as one line naming the input and exit status 2, with
-    no traceback; Ctrl-C and SIGTERM as one line and status 130. Shared by the `gpt1`
-    subcommands and the stage scripts, so both behave alike."""
-    import signal
-    import threading
-
-    main = threading.current_thread() is threading.main_thread()
-    old = signal.getsignal(signal.SIGTERM)
-    if main:
-        sigterm_as_interrupt()
-    try:
-        func(args)
-    except (Interrupted, KeyboardInterrupt) as err:
-        print(f"{prog}: {err or 'interrupted'}", file=sys.stderr)
-        return 130
-    except Exception as err:
-        cause = err if isinstance(err, (ValueError, FileNotFoundError)) else user_error(err)
-        if cause is None:
-            raise
-        print(f"{prog}: {user_error(cause) or cause}", file=sys.stderr)
-        return 2
-    finally:
-        if main:
-            signal.signal(signal.SIGTERM, old)
-    return 0
-
-
-def stage_main(prog: str, doc: str, add_arguments, run, argv: list[str] | None = None) -> int:
-    """The `main` of a stage's script (`python pipeline/pretrain.py ...`)."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return run_reporting(prog, run, p.parse_args(argv))
 
 
 def _coerce(cls, key: str, value: Any, where: str) -> Any:

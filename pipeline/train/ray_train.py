@@ -21,7 +21,7 @@ import json
 import os
 from pathlib import Path
 
-from pipeline import config as configlib
+from pipeline import errors
 
 
 class RaySession:
@@ -80,7 +80,7 @@ class RaySession:
         import pyarrow.fs as pafs
         import ray.train
 
-        from pipeline.checkpoint import STATE_FILE
+        from pipeline.train.checkpoint import STATE_FILE
 
         if not self.remote:
             final = Path(self.run_path) / name
@@ -112,9 +112,9 @@ def worker(config: dict) -> None:
     import ray
 
     from pipeline.tracking import RunLogger
-    from pipeline.train_loop import LoopSpec, StopRun, train_loop
+    from pipeline.train.loop import LoopSpec, StopRun, train_loop
 
-    spec = LoopSpec(**config["spec"])
+    spec: LoopSpec = config["spec"]
     session = RaySession(spec.run_path, spec.resume_from)
     tracker = RunLogger(spec.mlflow_uri, spec.mlflow_run_id) if session.rank == 0 and spec.mlflow_run_id else None
     try:
@@ -157,7 +157,7 @@ def run_lock(run_path: str):
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "?"
-            raise configlib.ConfigError(f"{run_path}: another pretrain of this run is running (pid {holder}); "
+            raise errors.ConfigError(f"{run_path}: another pretrain of this run is running (pid {holder}); "
                                         "wait for it to end, or pass another --name") from None
         f.seek(0)
         f.truncate()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline import config as configlib
+from pipeline import configio, errors
 
 
 @dataclass
@@ -37,7 +37,7 @@ NOT_IN_IDENTITY = ("log_every", "eval_every", "eval_blocks", "checkpoint_every",
 
 
 def check_config(cfg: PretrainConfig, workers: int) -> None:
-    c = configlib.ConfigError
+    c = errors.ConfigError
     micro = cfg.micro_batch or cfg.batch_size // max(workers, 1)
     if workers < 1:
         raise c(f"--workers {workers}: expected at least 1")
@@ -52,4 +52,4 @@ def check_config(cfg: PretrainConfig, workers: int) -> None:
         raise c("log_every, checkpoint_every, keep_checkpoints and epochs must be at least 1")
     if cfg.max_steps < 0 or cfg.warmup_steps < 0 or cfg.eval_every < 0 or cfg.eval_blocks < 0 or cfg.max_failures < 0:
         raise c("max_steps, warmup_steps, eval_every, eval_blocks and max_failures must be >= 0")
-    configlib.check_ranges(cfg, {"lr": (0.0, 1.0), "weight_decay": (0.0, 1.0), "grad_clip": (0.0, None)})
+    configio.check_ranges(cfg, {"lr": (0.0, 1.0), "weight_decay": (0.0, 1.0), "grad_clip": (0.0, None)})

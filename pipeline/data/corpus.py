@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pipeline.config import UserError
+from pipeline.errors import UserError
 from pathlib import Path
 
 import pyarrow.fs as pafs

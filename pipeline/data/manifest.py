@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.corpus import CorpusError
+from pipeline.data.corpus import CorpusError
 
 FORMAT_VERSION = 1
 

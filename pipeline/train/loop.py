@@ -18,28 +18,28 @@ import os
 import sys
 import tempfile
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from model import GPT, GPTConfig, make_optimizer
+from model import GPT, GPTConfig, lm_loss, make_optimizer, make_schedule
 from model.flops import matmul_ceiling
-from model.optim import lr_factor
-from pipeline.checkpoint import load_training_state, save_checkpoint
-from pipeline.config import disk_error
-from pipeline.dataset import BlockOrder, load_split, open_dataset, tokens_per_byte
-from pipeline.train_config import PretrainConfig
+from pipeline.train.checkpoint import load_training_state, save_checkpoint
+from pipeline.errors import disk_error
+from pipeline.runtime import amp_dtype, autocast
+from pipeline.data.dataset import BlockOrder, load_split, open_dataset, tokens_per_byte
+from pipeline.train.config import PretrainConfig
 
 
 @dataclass
 class LoopSpec:
-    """What the driver hands every worker: plain values, so that it travels to Ray workers."""
-    pretrain: dict  # PretrainConfig fields
-    model: dict  # GPTConfig fields
+    """What the driver hands every worker (pickled by Ray as it is)."""
+    pretrain: PretrainConfig
+    model: GPTConfig
     data: str  # dataset directory, already checked against its manifest by the driver
     total_steps: int
     threads: int = 0  # CPU threads per worker; 0 = torch's default
@@ -103,7 +103,7 @@ class Pretraining:
 
     def __init__(self, spec: LoopSpec, session, tracker=None):
         self.spec, self.session, self.tracker = spec, session, tracker
-        self.cfg = cfg = PretrainConfig(**spec.pretrain)
+        self.cfg = cfg = spec.pretrain
         if spec.threads:
             torch.set_num_threads(spec.threads)
         self.rank, self.world, self.device = session.rank, session.world_size, session.device
@@ -118,21 +118,26 @@ class Pretraining:
         self.accum = cfg.batch_size // (self.micro * self.world)
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        self.gpt = GPT(GPTConfig.from_dict(spec.model)).to(self.device)
+        self.gpt = GPT(spec.model).to(self.device)
         self.opt = make_optimizer(self.gpt, cfg.lr, cfg.weight_decay)
         self.step = 0
         with session.resume_dir() as d:
             if d is not None:
                 self.step = load_training_state(d, self.gpt, self.opt)["step"]
+        # The lr is a pure function of the step: a resumed run picks the schedule up at its step.
+        self.schedule = make_schedule(self.opt, cfg.schedule, spec.total_steps,
+                                      cfg.warmup_steps / spec.total_steps, start_step=self.step)
         self.model = self.gpt
         if self.world > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.gpt, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        # Training runs through DDP (gradient all-reduce) and torch.compile where asked; the
+        # evaluation forward is the plain model: no backward to synchronise, no recompilation
+        # for its batch shapes.
+        self.train_forward = torch.compile(self.model) if cfg.compile else self.model
+        self.eval_forward = self.gpt
+        self.amp_dtype = amp_dtype(self.device, cfg.dtype)
         cuda = self.device.type == "cuda"
-        bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and cuda)
-        self.amp_dtype = torch.bfloat16 if bf16 else torch.float32
-        self.amp = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
         # MFU is measured against this device's dense-matmul rate in the training dtype.
         self.ceiling = matmul_ceiling(self.device, self.amp_dtype, 4096 if cuda else 1024, 10 if cuda else 5)
         self.flops_per_token = self.gpt.flops_per_token(self.gpt.config.n_ctx)
@@ -141,19 +146,16 @@ class Pretraining:
         x = torch.from_numpy(blocks.astype(np.int64))
         return x.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else x
 
-    def l1(self, x: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        # L1 on a block of n_ctx + 1 tokens: the first n_ctx predict the last n_ctx.
-        with self.amp():
-            logits = self.forward(x[:, :-1]) if reduction == "mean" else self.gpt(x[:, :-1])
-        return F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten(), reduction=reduction)
+    def l1(self, forward, x: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """L1 on blocks of n_ctx + 1 tokens: the first n_ctx predict the last n_ctx."""
+        with autocast(self.device, self.cfg.dtype):
+            logits = forward(x[:, :-1])
+        return lm_loss(logits, x, reduction=reduction)
 
     def train_step(self) -> tuple[float, float, float]:
         """One update of the global batch; returns (this worker's mean loss, grad norm, seconds
         spent waiting for data)."""
         cfg, s = self.cfg, self.step
-        lr = cfg.lr * lr_factor(cfg.schedule, s, self.spec.total_steps, cfg.warmup_steps / self.spec.total_steps)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
         ids = self.order.batch(s)
         loss_sum, waited = 0.0, 0.0
         for a in range(self.accum):
@@ -165,11 +167,13 @@ class Pretraining:
             # DDP all-reduces the gradients on the last micro-batch only.
             sync = self.world == 1 or a == self.accum - 1
             with contextlib.nullcontext() if sync else self.model.no_sync():
-                loss = self.l1(x)
+                loss = self.l1(self.train_forward, x)
                 (loss / self.accum).backward()
             loss_sum += loss.detach()
         norm = torch.nn.utils.clip_grad_norm_(self.gpt.parameters(), cfg.grad_clip or float("inf"))
+        self.lr = self.opt.param_groups[0]["lr"]  # this update's, for the log
         self.opt.step()
+        self.schedule.step()
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
         return loss_sum / self.accum, norm, waited
@@ -182,7 +186,7 @@ class Pretraining:
         mine = self.val_blocks[self.rank::self.world]
         for i in range(0, len(mine), self.micro):
             x = self.batch(mine[i:i + self.micro])
-            total[0] += self.l1(x, reduction="sum").double()
+            total[0] += self.l1(self.eval_forward, x, reduction="sum").double()
             total[1] += x[:, 1:].numel()
         self.gpt.train()
         nats, n = _all_reduce(total, self.world).tolist()
@@ -214,7 +218,7 @@ class Pretraining:
                     save_checkpoint(d, self.gpt, self.opt, {
                         "step": self.step, "total_steps": self.spec.total_steps, "world_size": self.world,
                         "schedule": {"name": self.cfg.schedule, "warmup_steps": self.cfg.warmup_steps},
-                        "pretrain": self.spec.pretrain, "data_fingerprint": self.manifest["fingerprint"],
+                        "pretrain": dataclasses.asdict(self.cfg), "data_fingerprint": self.manifest["fingerprint"],
                         "tokenizer_sha256": self.manifest["tokenizer"]["sha256"],
                     }, self.data / "tokenizer.json")
                 except Exception as err:  # safetensors reports a full disk as its own error type
@@ -247,7 +251,7 @@ class Pretraining:
                 mean = _all_reduce(torch.stack(losses).double().sum().reshape(1), self.world).item() / (len(losses) * self.world)
                 self.stop_if_not_finite(mean, float(norm))
                 tps = tokens_per_step * len(losses) / (now - t_log)
-                metrics = {"loss": mean, "lr": self.opt.param_groups[0]["lr"], "grad_norm": float(norm),
+                metrics = {"loss": mean, "lr": self.lr, "grad_norm": float(norm),
                            "tokens_per_s": tps, "mfu": tps * self.flops_per_token / (self.ceiling * self.world),
                            "data_wait": waited / (now - t_log), "epoch": s / self.order.steps_per_epoch,
                            "elapsed_s": now - t_start}  # training time of this attempt

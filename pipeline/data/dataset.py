@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import UserError
-from pipeline.packing import read_blocks, sha256_file
-from pipeline.manifest import FORMAT_VERSION, read_manifest
-from pipeline.tokenizer import load_tokenizer, tokenizer_sha256
+from pipeline.errors import UserError
+from pipeline.data.packing import read_blocks, sha256_file
+from pipeline.data.manifest import FORMAT_VERSION, read_manifest
+from pipeline.data.tokenizer import load_tokenizer, tokenizer_sha256
 
 
 class DataError(UserError):

@@ -21,8 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model import GPT
-from pipeline.config import UserError
-from pipeline.packing import sha256_file
+from pipeline.errors import UserError, model_input
+from pipeline.data.packing import sha256_file
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -111,6 +111,15 @@ def latest_checkpoint(run_path: str) -> tuple[str, int] | None:
     return None
 
 
+def load_model(directory) -> GPT:
+    """The GPT of any model directory that GPT.from_pretrained reads, a training checkpoint's
+    files checked against its trainer_state.json first; a damaged or foreign directory is the
+    user's input, reported as one line."""
+    check_complete(directory)
+    with model_input(str(directory)):
+        return GPT.from_pretrained(directory)
+
+
 def read_state(directory) -> dict:
     return json.loads((Path(directory) / STATE_FILE).read_text())
 
@@ -120,7 +129,8 @@ def load_training_state(directory, gpt: GPT, optimizer: torch.optim.Optimizer) -
     model may already be on its device); returns trainer_state.json."""
     d = Path(directory)
     check_complete(d, hashes=False)
-    weights = GPT.from_pretrained(d).state_dict()
+    with model_input(str(d)):
+        weights = GPT.from_pretrained(d).state_dict()
     with torch.no_grad():
         for name, t in gpt.state_dict().items():
             t.copy_(weights[name])

@@ -16,7 +16,8 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 
-from .bpe import learn_bpe
+from pipeline.data.bpe import learn_bpe
+from pipeline.errors import UserError
 
 # The paper's three fine-tuning tokens (start, delimiter, extract), in the released code's order
 # and names, so that they take ids 40478-40480 after the released vocabulary. Then the
@@ -55,7 +56,7 @@ def gpt1_tokenizer(directory) -> Tokenizer:
     merges = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
     bad = next((m for m in merges if len(m) != 2), None)
     if bad is not None:
-        raise ValueError(f"{d / GPT1_MERGES_FILE}: expected two symbols per merge line, got {bad!r}")
+        raise UserError(f"{d / GPT1_MERGES_FILE}: expected two symbols per merge line, got {bad!r}")
     model = BPE(vocab=vocab, merges=merges, continuing_subword_prefix="", end_of_word_suffix="</w>",
                 fuse_unk=False, unk_token=UNK)
     return with_reserved_tokens(_gpt1_pipeline(model))
@@ -115,7 +116,7 @@ def load_tokenizer(path) -> Tokenizer:
     try:
         tok = Tokenizer.from_file(str(p))
     except Exception as err:  # tokenizers raises plain Exception on a malformed file
-        raise ValueError(f"{p}: not a tokenizers JSON file ({str(err).splitlines()[0][:200]})") from None
+        raise UserError(f"{p}: not a tokenizers JSON file ({str(err).splitlines()[0][:200]})") from None
     return with_reserved_tokens(tok)
 
 

@@ -1,0 +1,225 @@
+"""Stage 2, pretrain: a prepared dataset -> a GPT pretrained on L1, data parallel on Ray Train.
+
+    python pipeline/pretrain.py --config PRESET_OR_YAML --data DIR [--workers N] [--name RUN]
+                                [--storage PATH_OR_URI] [--set key=value ...]
+
+Everything is checked before a worker starts: the dataset against its manifest (shard and
+tokenizer hashes), the model against the data (vocabulary, block length), the batch against the
+workers. Checkpoints go to STORAGE/RUN; running the same command again resumes the run from its
+newest complete checkpoint (the default RUN is derived from the data and the config). A killed
+worker is replaced and the run goes on from the newest checkpoint, up to max_failures times. A
+non-finite loss or a full disk stops the run with one line, not retried; Ctrl-C or SIGTERM stops
+it with one line naming the checkpoint the same command resumes from (pipeline/ray_train.py).
+
+MLflow: experiment gpt1-pretrain, one run per RUN, logged by rank 0 only.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+
+from model import GPTConfig
+from pipeline import configio, errors
+from pipeline.data.dataset import check_fits, open_dataset
+from pipeline.runtime import check_device, storage_path
+from pipeline.tracking import check_store, finish_run, start_pretrain_run, tracking_uri
+from pipeline.train.config import NOT_IN_IDENTITY, PretrainConfig, check_config
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+RUN_FILE = "gpt1_run.json"  # in STORAGE/RUN: what the run was started with
+
+
+def model_config(cfg: PretrainConfig, manifest: dict, data) -> GPTConfig:
+    """The model preset with the overrides; vocab_size is the tokenizer's unless overridden."""
+    fields = {f.name for f in dataclasses.fields(GPTConfig)}
+    unknown = sorted(set(cfg.model_overrides) - fields)
+    if unknown:
+        raise errors.ConfigError(f"model_overrides: unknown key {unknown[0]!r}; valid keys are "
+                                    f"{', '.join(sorted(fields))}")
+    try:
+        gcfg = GPTConfig.preset(cfg.model, **{"vocab_size": manifest["tokenizer"]["vocab_size"],
+                                              **cfg.model_overrides})
+    except (ValueError, TypeError) as err:
+        raise errors.ConfigError(f"model {cfg.model!r}: {err}") from None
+    check_fits(manifest, data, gcfg.vocab_size, gcfg.n_ctx)
+    return gcfg
+
+
+def identity(cfg: PretrainConfig, gcfg: GPTConfig, manifest: dict) -> dict:
+    """What makes two runs the same run: the options that change results, the model, the data."""
+    opts = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_IDENTITY}
+    return {"pretrain": opts, "model": gcfg.to_dict(), "data_fingerprint": manifest["fingerprint"]}
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def claim_run(run_path: str, ident: dict) -> bool:
+    """Record what the run at run_path is, or check that an existing one is this one. Returns
+    whether it existed. A run cannot be resumed with other data or other results-changing options."""
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(run_path) if "://" in run_path else (pafs.LocalFileSystem(), run_path)
+    info = fs.get_file_info(f"{path}/{RUN_FILE}")
+    if info.type == pafs.FileType.File:
+        with fs.open_input_stream(info.path) as f:
+            old = json.loads(f.read())
+        diff = _differences(old, ident)
+        if diff:
+            raise errors.ConfigError(f"{run_path}: this run was started with other settings "
+                                        f"({'; '.join(diff[:3])}); to start a new run, pass another --name")
+        return True
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{RUN_FILE}") as f:
+        f.write((json.dumps(ident, indent=2, sort_keys=True) + "\n").encode())
+    return False
+
+
+def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | None = None,
+             storage: str | None = None, device: str = "auto", track: bool = True,
+             autoscale: bool = False) -> dict:
+    """Run (or resume) the stage. Returns the final metrics, the newest checkpoint's path and
+    the MLflow run id. Raises DataError / ConfigError before any worker starts, StopRun's line
+    as a UserError when the run stops itself (a non-finite loss, a full disk), and Interrupted
+    on Ctrl-C or SIGTERM, naming the checkpoint that the same command resumes from."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.train.checkpoint import latest_checkpoint
+    from pipeline.data.dataset import BlockOrder
+    from pipeline.runtime import ray_init
+    from pipeline.train.ray_train import Outcome, fit, remove_orphan_staging, repair_ray_index, run_lock, worker
+    from pipeline.train.loop import LoopSpec
+
+    if "://" in str(data):
+        raise errors.ConfigError(f"--data {data}: pretrain reads a local (or mounted) dataset directory; "
+                                    "object storage is not supported yet")
+    data = Path(data).absolute()
+    manifest = open_dataset(data)
+    gcfg = model_config(cfg, manifest, data)
+    check_device(device)
+    check_config(cfg, workers or 1)
+    uri = None
+    if track:  # the store is checked before the work, not after it
+        uri = tracking_uri()
+        check_store(uri)
+    ray_init()
+    resources = ray.cluster_resources()
+    use_gpu = device == "cuda" or (device == "auto" and resources.get("GPU", 0) > 0)
+    workers = workers or (int(resources.get("GPU", 0)) if use_gpu else 1)
+    if workers == 0:  # an autoscaling cluster whose GPU nodes are not up yet
+        raise errors.ConfigError("--device cuda: the cluster has no GPUs now; pass --workers N "
+                                    "and --autoscale, and the autoscaler starts GPU nodes for them")
+    check_config(cfg, workers)
+    # On CPU, split the machine's cores between the workers; torch uses that many threads.
+    cpus = 1 if use_gpu else max(int(resources.get("CPU", 1)) // workers, 1)
+    kind, per_worker = ("GPU", 1) if use_gpu else ("CPU", cpus)
+    have = int(resources.get(kind, 0))
+    if workers * per_worker > have and not autoscale:
+        # Ray would wait for the resources for ever, retrying every minute.
+        raise errors.ConfigError(
+            f"--workers {workers}: the cluster has {have} {kind}(s) and each worker takes {per_worker}; ask "
+            f"for at most {have // per_worker}, or pass --autoscale where the cluster's autoscaler adds "
+            f"nodes (clusters/gpu.yaml's does)")
+    n_train = manifest["splits"]["train"]["blocks"]
+    steps_per_epoch = BlockOrder(cfg.seed, n_train, cfg.batch_size).steps_per_epoch
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+
+    ident = identity(cfg, gcfg, manifest)
+    name = name or f"{data.name}-{cfg.model}-{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]}"
+    storage = storage_path(storage)
+    run_path = f"{storage}/{name}"
+    if "://" not in storage:
+        from pipeline import outdir
+        outdir.check_writable(Path(run_path) / RUN_FILE)
+    with run_lock(run_path):
+        resumed = claim_run(run_path, ident)
+        remove_orphan_staging(run_path)
+        repair_ray_index(run_path)
+        newest = latest_checkpoint(run_path)
+        run_id = start_pretrain_run(uri, name, run_path, cfg, gcfg, manifest, data, workers) if track else None
+        at = f"resuming run {name} from step {newest[1]:,}" if newest else \
+            f"{'restarting' if resumed else 'starting'} run {name} from step 0"
+        print(f"{at}: {gcfg.n_layer} x {gcfg.n_embd}, vocab "
+              f"{gcfg.vocab_size:,}, {total:,} steps of {cfg.batch_size} x {gcfg.n_ctx} tokens "
+              f"({steps_per_epoch:,} per epoch) on {workers} {'GPU' if use_gpu else 'CPU'} worker(s); "
+              f"checkpoints in {run_path}", flush=True)
+        spec = LoopSpec(pretrain=cfg, model=gcfg, data=str(data),
+                        total_steps=total, threads=0 if use_gpu else cpus, mlflow_uri=uri, mlflow_run_id=run_id,
+                        run_path=run_path, resume_from=newest[0] if newest else None)
+        outcome = ray.remote(num_cpus=0)(Outcome).remote()
+        trainer = TorchTrainer(
+            worker, train_loop_config={"spec": spec, "outcome": outcome},
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                         resources_per_worker={"GPU": 1} if use_gpu else {"CPU": cpus}),
+            run_config=RunConfig(name=name, storage_path=storage,
+                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                                 failure_config=FailureConfig(max_failures=cfg.max_failures)))
+        try:
+            result = fit(trainer)
+        except KeyboardInterrupt:
+            if run_id:
+                finish_run(uri, run_id, "KILLED")
+            newest = latest_checkpoint(run_path)
+            raise errors.Interrupted(
+                f"run {name} interrupted; " + (f"newest checkpoint {newest[0]} (step {newest[1]:,}); "
+                                                if newest else "no checkpoint yet; ") +
+                "the same command resumes from it") from None
+        except BaseException:
+            if run_id:
+                finish_run(uri, run_id, "FAILED")
+            raise
+        stopped = ray.get(outcome.get.remote())
+        if stopped:
+            if run_id:
+                finish_run(uri, run_id, "FAILED")
+            raise errors.UserError(stopped)
+    if run_id:
+        finish_run(uri, run_id, "FINISHED")
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    m = result.metrics or {}
+    line = f"run {name} done at step {m.get('step', total):,}"
+    if "val_bits_per_byte" in m:
+        line += f": val loss {m['val_loss']:.4f}, {m['val_bits_per_byte']:.4f} bits per byte"
+    print(f"{line}; newest checkpoint {checkpoint}" + (f"; MLflow run {run_id}" if run_id else ""), flush=True)
+    return {"metrics": m, "checkpoint": checkpoint, "run_id": run_id, "name": name, "run_path": run_path}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    names = ", ".join(sorted(q.stem for q in PRESETS_DIR.glob("*.yaml")))
+    p.add_argument("--config", default="tiny", help=f"a preset ({names}) or a YAML file of the keys below")
+    p.add_argument("--data", required=True, help="a dataset directory made by `gpt1 prepare`")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data-parallel workers (default: one per GPU in the cluster, else 1)")
+    p.add_argument("--name", help="run name; the same name resumes the run (default: from the data and config)")
+    p.add_argument("--storage", help="Ray Train storage: a directory, NFS, or s3://... (default: $GPT1_STORAGE, else ./runs)")
+    p.add_argument("--device", default="auto", help="auto (GPUs when the cluster has them), cpu, or cuda")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a key; keys: {', '.join(f.name for f in dataclasses.fields(PretrainConfig))}")
+    p.add_argument("--autoscale", action="store_true",
+                   help="ask for more workers than the cluster has now, for its autoscaler to add nodes")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
+
+
+def run(args: argparse.Namespace) -> None:
+    cfg = configio.load(PretrainConfig(), args.config, PRESETS_DIR, args.set)
+    pretrain(args.data, cfg, workers=args.workers, name=args.name, storage=args.storage,
+             device=args.device, track=not args.no_mlflow, autoscale=args.autoscale)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return errors.stage_main("pretrain", __doc__, add_arguments, run, argv)
+

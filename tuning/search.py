@@ -1,0 +1,287 @@
+"""Stage 3, sweep: Ray Tune over the fine-tuning hyperparameters and λ of a task, from a checkpoint.
+
+    gpt1 sweep --task T --data DIR --checkpoint CKPT [--samples N] [--space YAML] [--set key=value ...]
+               [--ablations] [--max-concurrent N] [--seed N] [--storage DIR] [--device auto|cpu|cuda]
+    gpt1 sweep --task glue --data GLUE_DIR --checkpoint CKPT ...     every GLUE task under GLUE_DIR
+
+The search space is tuning/configs/<task>.yaml (default.yaml where a task has none) or --space;
+--set fixes a key. ASHA stops the trials that trail at each rung of evaluations (one evaluation
+per epoch, or every eval_every steps). The checkpoint's weights go into Ray's object store once,
+and so do the task's examples, read and checked before any trial starts. Each trial takes one GPU
+on a cluster with GPUs, or a share of the CPUs.
+
+--ablations adds the paper's rows, at the best trial's settings (the defaults, with --samples 0):
+full (λ = 0.5), no auxiliary LM (λ = 0) and no pretraining (random weights, at the best trial's
+own λ, so that it differs from the best trial in the pretraining alone).
+
+MLflow: a parent run per task in gpt1-finetune-<task> with the results table (CSV, Markdown), a
+plot of the metric against λ and lr, and the best config; one child run per trial. The best
+model is registered as gpt1-<task>.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline import configio, errors
+from tuning.finetune import FinetuneConfig
+
+@dataclass
+class SweepOptions:
+    """How to sweep a task: what `gpt1 sweep` takes besides the task, its data and the checkpoint."""
+    samples: int = 8  # trials drawn from the search space; 0 with ablations: the ablation rows alone
+    space: str | None = None  # a search-space YAML (default: tuning/configs/<task>.yaml)
+    sets: list[str] = field(default_factory=list)  # KEY=VALUE: keys fixed over the whole sweep
+    ablations: bool = False  # add the paper's rows: full, λ = 0, no pretraining
+    max_concurrent: int = 0  # trials at a time; 0 = one per GPU, or CPUs / 2
+    grace_period: int = 1  # ASHA: evaluations before a trial can be stopped
+    reduction_factor: int = 2  # ASHA: 1 / fraction of trials kept at each rung
+    seed: int = 0  # seed of the search space's draws
+    storage: str | None = None  # Ray Tune storage (default: $GPT1_STORAGE, else ./runs)
+    device: str = "auto"  # auto (GPUs when the cluster has them), cpu or cuda
+
+
+# The paper's ablation rows: the λ each sets in the base config (None: the base config's own).
+ABLATIONS = {"full": 0.5, "no_aux_lm": 0.0, "no_pretraining": None}
+GLUE_DIRS = {"cola": "CoLA", "sst-2": "SST-2", "mrpc": "MRPC", "qqp": "QQP", "sts-b": "STS-B",
+             "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
+
+
+def trial(config: dict, *, task, splits, pretrained, device: str, threads: int) -> None:
+    """One Tune trial: a fine-tuning run that reports every evaluation, with the model whenever
+    it is the trial's best so far (so the best trial's best model can be registered)."""
+    import torch
+    from ray import tune
+
+    from tuning.finetune import finetune
+
+    if threads:
+        torch.set_num_threads(threads)
+    ablation = config.get("ablation")
+    cfg = configio.apply(FinetuneConfig(), {k: v for k, v in config.items() if k != "ablation"}, "trial config")
+    key, best = task.metrics[0], -math.inf
+    with tempfile.TemporaryDirectory(prefix="gpt1-trial-") as tmp:
+        out = Path(tmp) / "model"
+
+        def report(metrics: dict, step: int) -> None:
+            nonlocal best
+            if metrics[key] > best:  # finetune saved it to out just before
+                best = metrics[key]
+                tune.report({**metrics, "step": step}, checkpoint=tune.Checkpoint.from_directory(str(out)))
+            else:
+                tune.report({**metrics, "step": step})
+
+        finetune(task, splits, pretrained, cfg, from_scratch=ablation == "no_pretraining", report=report,
+                 out=out, device=device)
+
+
+def resources(device: str, max_concurrent: int) -> tuple[dict, int, str]:
+    """(resources per trial, concurrent trials, device): a GPU per trial where the cluster has
+    GPUs; else the CPUs split between the trials, so that they never oversubscribe the cores."""
+    import ray
+
+    from pipeline.runtime import check_device
+
+    check_device(device)
+    have = ray.cluster_resources()
+    gpus, cpus = int(have.get("GPU", 0)), int(have.get("CPU", 1))
+    if device == "cuda" or (device == "auto" and gpus):
+        concurrent = max_concurrent or gpus
+        if not concurrent:
+            raise errors.ConfigError("--device cuda: the cluster has no GPUs now; pass --max-concurrent N "
+                                        "and the autoscaler starts GPU nodes for the trials")
+        return {"GPU": 1, "CPU": 1}, concurrent, "cuda"
+    # Two cores a trial by default: a trial's matrix products use them well, and the rest of
+    # the machine stays free for other trials (and Ray's own work).
+    concurrent = max_concurrent or max(1, cpus // 2)
+    return {"CPU": max(1, cpus // concurrent)}, concurrent, "cpu"
+
+
+def run_tuner(name: str, trainable, space: dict, samples: int, metric: str, scheduler, storage: str,
+              callbacks: list, concurrent: int, seed: int):
+    import os
+
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    # Each trial checkpoints whenever its dev metric improves, which makes Tune warn, at every
+    # few evaluations, that experiment snapshots are frequent; they are small here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ctrl-C reaches the sweep as KeyboardInterrupt: Tune's own handler would end the run early and
+    # hand back a half-empty result that the tables cannot be made from.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    tuner = tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(metric=metric, mode="max", num_samples=samples, scheduler=scheduler,
+                                    max_concurrent_trials=concurrent,
+                                    # Seeded draws: the same command samples the same trials.
+                                    search_alg=BasicVariantGenerator(random_state=seed)),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, callbacks=callbacks, verbose=1,
+            # Each trial keeps only its best model (the one reported with the highest metric).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric,
+                                                    checkpoint_score_order="max")))
+    return tuner.fit()
+
+
+def rows_of(grid, metric: str, keys: list[str], runs: dict[str, str]) -> list[dict]:
+    """One row per trial: its run, settings, best dev metric, evaluations and end."""
+    rows = []
+    for r in grid:
+        df = r.metrics_dataframe
+        best = df[metric].max() if df is not None and metric in df else float("nan")
+        trial_id = r.metrics.get("trial_id") if r.metrics else None
+        rows.append({"trial": trial_id, "run_id": runs.get(trial_id, ""), **{k: r.config.get(k) for k in keys},
+                     metric: float(best), "evaluations": 0 if df is None else len(df),
+                     "status": "error" if r.error else "done"})
+    return rows
+
+
+def sweep_task(task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: str) -> dict:
+    """Sweep one task; returns the parent run id, the best row and the ablation rows."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.sample import Domain
+    from tokenizers import Tokenizer
+
+    from pipeline.runtime import storage_path
+    from pipeline.tracking import finish_run
+    from tuning import tracking
+    from tuning.encode import Encoder
+    from tuning.finetune import Pretrained, check_config, load_splits
+    from tuning.space import describe, load_space
+
+    space = load_space(FinetuneConfig(), task.name, opts.space, opts.sets, check=check_config)
+    max_train = space["max_train"] if isinstance(space["max_train"], int) else 0
+    splits = load_splits(task, data_dir, max_train)  # bad input ends here, before any trial
+    pretrained = Pretrained.load(checkpoint)
+    # A vocabulary without the special tokens is refused here, not in every trial.
+    Encoder(Tokenizer.from_str(pretrained.tokenizer), task.transformation, 1, pretrained.config["vocab_size"])
+    per_trial, concurrent, device = resources(opts.device, opts.max_concurrent)
+    metric = task.metrics[0]
+    files = {s: data_dir / f for s, f in task.splits.items() if (data_dir / f).is_file() and not s.startswith("test")}
+
+    stamp = f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    client, exp, pid, tags = tracking.start_parent(uri, task.name, f"sweep-{task.name}-{stamp}", checkpoint, files,
+                                                   {"samples": str(opts.samples), "ablations": str(opts.ablations)})
+    grids = math.prod(len(v["grid_search"]) for v in space.values() if isinstance(v, dict) and "grid_search" in v)
+    print(f"sweep {task.name}: {opts.samples * grids} trial(s) over {describe(space) or 'a fixed config'}"
+          f"{' + 3 ablation rows' if opts.ablations else ''}; {len(splits['train']):,} train / "
+          f"{len(splits['dev']):,} dev examples; {concurrent} at a time, each with {per_trial}; "
+          f"MLflow parent run {pid}", flush=True)
+    callback = tracking.TrialRuns(uri, exp, pid, tags, [*task.metrics, "train_loss", "epoch"])
+    # with_parameters puts each object into Ray's object store once; every trial reads it there.
+    trainable = tune.with_resources(
+        tune.with_parameters(trial, task=task, splits=splits, pretrained=pretrained, device=device,
+                             threads=0 if device == "cuda" else per_trial["CPU"]), per_trial)
+    storage = storage_path(opts.storage)
+    keys = ["lr", "batch_size", "epochs", "warmup", "clf_dropout", "lm_coef"]
+    status = "FAILED"
+    try:
+        # Without trials, the ablations run at the defaults and the fixed keys.
+        rows, best_result = [], None
+        best_config = {k: v for k, v in space.items() if not isinstance(v, (dict, Domain))}
+        if opts.samples:
+            asha = ASHAScheduler(time_attr="training_iteration", grace_period=opts.grace_period,
+                                 reduction_factor=opts.reduction_factor, max_t=10_000)
+            grid = run_tuner(f"sweep-{task.name}-{stamp}", trainable, space, opts.samples, metric, asha,
+                             storage, [callback], concurrent, opts.seed)
+            rows = rows_of(grid, metric, keys, callback.runs)
+            best_result = grid.get_best_result(metric=metric, mode="max", scope="all")
+            best_config = dict(best_result.config)
+        ablation_rows = []
+        if opts.ablations:
+            base = {**dataclasses.asdict(FinetuneConfig()), **best_config}
+            base_lm = base["lm_coef"]
+            ab_space = {**base, "ablation": tune.grid_search(list(ABLATIONS)), "lm_coef": tune.sample_from(
+                lambda spec: base_lm if ABLATIONS[spec.config["ablation"]] is None else ABLATIONS[spec.config["ablation"]])}
+            ab = run_tuner(f"ablations-{task.name}-{stamp}", trainable, ab_space, 1, metric, None, storage,
+                           [callback], concurrent, opts.seed)
+            ablation_rows = rows_of(ab, metric, ["ablation", *keys], callback.runs)
+            if best_result is None:
+                best_result = ab.get_best_result(metric=metric, mode="max", scope="all")
+        out = tracking.log_parent(client, pid, task, metric, rows, ablation_rows, best_result, callback.runs)
+        status = "FINISHED"
+        return out
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise errors.Interrupted(f"sweep {task.name} interrupted; the trials so far are in MLflow under parent "
+                                    f"run {pid} (marked KILLED); running the command again starts a new sweep") from None
+    finally:
+        finish_run(uri, pid, status)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True, help="a task name (sst-2, rte, mnli, race, ...), glue for all nine, or any name for a --data directory holding a task.yaml")
+    p.add_argument("--data", required=True, help="the task's directory (for glue: the directory holding CoLA/, SST-2/, ...)")
+    p.add_argument("--checkpoint", required=True, help="a model directory with tokenizer.json (a pretraining checkpoint)")
+    p.add_argument("--samples", type=int, default=8, help="trials drawn from the search space (default 8)")
+    p.add_argument("--space", help="a search-space YAML (default: tuning/configs/<task>.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"fix a key; keys: {', '.join(f.name for f in dataclasses.fields(FinetuneConfig))}")
+    p.add_argument("--ablations", action="store_true", help="add the paper's rows: full, λ = 0, no pretraining")
+    p.add_argument("--max-concurrent", type=int, default=0, help="trials at a time (default: one per GPU, or CPUs / 2)")
+    p.add_argument("--grace-period", type=int, default=1, help="ASHA: evaluations before a trial can be stopped")
+    p.add_argument("--reduction-factor", type=int, default=2, help="ASHA: 1 / fraction of trials kept at each rung")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search space's draws (default 0)")
+    p.add_argument("--storage", help="Ray Tune storage: a directory, NFS, or s3://... (default: $GPT1_STORAGE, else ./runs)")
+    p.add_argument("--device", default="auto", help="auto (GPUs when the cluster has them), cpu, or cuda")
+
+
+def sweep(task_name: str, data, checkpoint, opts: SweepOptions) -> dict[str, dict]:
+    """Sweep a task (or, for task_name glue, every GLUE task under data); returns each task's
+    sweep_task result. Every input and every search space is checked before Ray, MLflow or
+    Tune writes anything."""
+    from pipeline.runtime import ray_init
+    from pipeline.tracking import check_store, tracking_uri
+    from tuning.finetune import check_config
+    from tuning.space import load_space
+    from tuning.tasks import from_directory, get
+
+    if opts.samples < 0 or (opts.samples == 0 and not opts.ablations):
+        raise errors.ConfigError("--samples: expected at least 1 (or 0 with --ablations)")
+    data, checkpoint = Path(data).absolute(), Path(checkpoint).absolute()
+    if not checkpoint.is_dir():
+        raise errors.ConfigError(f"--checkpoint {checkpoint}: no such model directory")
+    if task_name.lower() == "glue":
+        jobs = [(get(t), data / d) for t, d in GLUE_DIRS.items() if (data / d).is_dir()]
+        missing = [d for d in GLUE_DIRS.values() if not (data / d).is_dir()]
+        if not jobs:
+            raise errors.ConfigError(f"{data}: holds none of the GLUE task directories ({', '.join(GLUE_DIRS.values())})")
+        if missing:
+            print(f"{data}: no {', '.join(missing)}; sweeping the other {len(jobs)} GLUE task(s)", flush=True)
+    else:
+        jobs = [(from_directory(task_name, data), data)]
+    for task, _ in jobs:
+        load_space(FinetuneConfig(), task.name, opts.space, opts.sets, check=check_config)
+    uri = tracking_uri()
+    check_store(uri)
+    ray_init()
+    errors.sigterm_as_interrupt()  # again: ray.init put its own handler in place
+    return {task.name: sweep_task(task, d, checkpoint, opts, uri) for task, d in jobs}
+
+
+def run(args: argparse.Namespace) -> None:
+    from pipeline.tracking import tracking_uri
+
+    opts = SweepOptions(samples=args.samples, space=args.space, sets=args.set, ablations=args.ablations,
+                        max_concurrent=args.max_concurrent, grace_period=args.grace_period,
+                        reduction_factor=args.reduction_factor, seed=args.seed, storage=args.storage,
+                        device=args.device)
+    results = sweep(args.task, args.data, args.checkpoint, opts)
+    print()
+    print("| task | metric | best dev | trials | parent run |")
+    print("|---|---|---:|---:|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['metric']} | {r['best']:.4f} | {len(r['rows'])} | {r['parent_run_id']} |")
+    print(f"\ncompare them: mlflow ui --backend-store-uri {tracking_uri()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return errors.stage_main("sweep", __doc__, add_arguments, run, argv)
+
