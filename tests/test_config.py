@@ -1,4 +1,4 @@
-"""pipeline.config: defaults, preset or YAML file, --set overrides, clear errors."""
+"""pipeline.configio and pipeline.errors: defaults, preset or YAML file, --set overrides, clear errors."""
 from dataclasses import dataclass
 
 import pytest
@@ -49,3 +49,44 @@ def test_bad_files(tmp_path):
 
 def test_parse_sets_reads_yaml_scalars():
     assert parse_sets(["a=1", "b=0.5", "c=true", "d=text", "e="]) == {"a": 1, "b": 0.5, "c": True, "d": "text", "e": ""}
+
+
+def test_only_a_users_mistake_ends_as_one_line(capsys):
+    """A UserError (and what model/ raises about the user's input, wrapped where the command
+    calls it) is one line and exit 2; any other error is a bug and keeps its traceback."""
+    from pipeline.errors import UserError, model_input, run_reporting
+
+    def mistake(_):
+        raise UserError("x.yaml: expected a mapping")
+
+    def bug(_):
+        raise ValueError("an internal invariant broke")
+
+    def model_error(_):
+        with model_input("--checkpoint ckpt"):
+            raise ValueError("unknown model preset 'huge'")
+
+    assert run_reporting("t", mistake, None) == 2
+    assert capsys.readouterr().err.strip() == "t: x.yaml: expected a mapping"
+    with pytest.raises(ValueError, match="invariant"):
+        run_reporting("t", bug, None)
+    assert run_reporting("t", model_error, None) == 2
+    assert capsys.readouterr().err.strip() == "t: --checkpoint ckpt: unknown model preset 'huge'"
+
+
+def test_artifacts_go_beside_the_sqlite_store(tmp_path, monkeypatch):
+    """Not to ./mlruns of whatever directory the command runs in."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import experiment_id
+
+    store, elsewhere = tmp_path / "store", tmp_path / "elsewhere"
+    store.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    run = client.create_run(experiment_id(client, "gpt1-test"))
+    (tmp_path / "note.txt").write_text("hello")
+    client.log_artifact(run.info.run_id, str(tmp_path / "note.txt"))
+    assert list(store.glob("mlartifacts/gpt1-test/*/artifacts/note.txt"))
+    assert not list(elsewhere.iterdir())

@@ -109,7 +109,7 @@ def check_out(out: Path, checkpoint, overwrite: bool) -> None:
     out, ckpt = out.absolute(), Path(checkpoint).absolute()
     if out == ckpt or ckpt in out.parents or out in ckpt.parents:
         raise errors.ConfigError(f"--out {out}: is (or holds, or lies in) the --checkpoint being read; "
-                                    "write the fine-tuned model elsewhere")
+                                 "write the fine-tuned model elsewhere")
     outdir.check_replaceable(out, "a fine-tuned model", is_finetune_output, overwrite)
     outdir.check_writable(out)
     outdir.remove_orphans(out)
@@ -233,7 +233,7 @@ def finetune(task: Task, data, pretrained, cfg: FinetuneConfig, from_scratch: bo
                 loss = tm.model(ids.to(target), mask.to(target), labels.to(target), lm_coef=cfg.lm_coef).l3
             if not torch.isfinite(loss):  # stop before a diverged model can be kept
                 raise errors.UserError(f"the training loss became {float(loss)} at step {step + 1:,}; lower lr "
-                                          f"(now {cfg.lr:g})")
+                                       f"(now {cfg.lr:g})")
             loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(tm.model.parameters(), cfg.grad_clip)

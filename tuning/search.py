@@ -94,7 +94,7 @@ def resources(device: str, max_concurrent: int) -> tuple[dict, int, str]:
         concurrent = max_concurrent or gpus
         if not concurrent:
             raise errors.ConfigError("--device cuda: the cluster has no GPUs now; pass --max-concurrent N "
-                                        "and the autoscaler starts GPU nodes for the trials")
+                                     "and the autoscaler starts GPU nodes for the trials")
         return {"GPU": 1, "CPU": 1}, concurrent, "cuda"
     # Two cores a trial by default: a trial's matrix products use them well, and the rest of
     # the machine stays free for other trials (and Ray's own work).
@@ -211,7 +211,7 @@ def sweep_task(task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: 
     except KeyboardInterrupt:
         status = "KILLED"
         raise errors.Interrupted(f"sweep {task.name} interrupted; the trials so far are in MLflow under parent "
-                                    f"run {pid} (marked KILLED); running the command again starts a new sweep") from None
+                                 f"run {pid} (marked KILLED); running the command again starts a new sweep") from None
     finally:
         finish_run(uri, pid, status)
 

@@ -55,7 +55,7 @@ def load_space(defaults, task: str, path: str | None = None, sets: list[str] | N
         if isinstance(value, dict):
             if len(value) != 1 or next(iter(value)) not in samplers or not isinstance(next(iter(value.values())), list):
                 raise errors.ConfigError(f"{where}: {key}: expected a value or one of "
-                                            f"{{{', '.join(f'{s}: [...]' for s in samplers)}}}; got {value!r}")
+                                         f"{{{', '.join(f'{s}: [...]' for s in samplers)}}}; got {value!r}")
             (kind, args), = value.items()
             if kind in ("loguniform", "uniform") and len(args) != 2:
                 raise errors.ConfigError(f"{where}: {key}: {kind} takes [low, high]; got {args!r}")

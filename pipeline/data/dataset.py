@@ -14,12 +14,8 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.data.packing import read_blocks, sha256_file
-from pipeline.data.manifest import FORMAT_VERSION, read_manifest
+from pipeline.data.manifest import FORMAT_VERSION, DataError, check_fields, check_shards, read_manifest
 from pipeline.data.tokenizer import load_tokenizer, tokenizer_sha256
-
-
-class DataError(UserError):
-    """A dataset that is missing, incomplete, altered, or does not fit the model: one line, exit 2."""
 
 
 def open_dataset(path, verify: bool = True) -> dict:
@@ -35,7 +31,7 @@ def open_dataset(path, verify: bool = True) -> dict:
     where = d / "manifest.json"
     if manifest.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{where}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
-    _check_fields(manifest, where)
+    check_fields(manifest, where)
     if not verify:
         return manifest
     for name, sha in sorted(manifest["shards"].items()):
@@ -43,7 +39,7 @@ def open_dataset(path, verify: bool = True) -> dict:
             raise DataError(f"{d / name}: listed in the manifest but missing")
         if sha256_file(d / name) != sha:
             raise DataError(f"{d / name}: sha256 differs from the manifest's (the shard was changed)")
-    _check_counts(d, manifest, where)
+    check_shards(d, manifest)
     tok = load_tokenizer(d / "tokenizer.json")
     if tokenizer_sha256(tok) != manifest["tokenizer"]["sha256"]:
         raise DataError(f"{d / 'tokenizer.json'}: sha256 differs from the manifest's")
@@ -51,46 +47,6 @@ def open_dataset(path, verify: bool = True) -> dict:
         raise DataError(f"{where}: tokenizer.vocab_size {manifest['tokenizer']['vocab_size']!r}, but "
                         f"tokenizer.json has {tok.get_vocab_size(with_added_tokens=True):,} tokens")
     return manifest
-
-
-_DAMAGED = "; the manifest was edited or damaged: prepare the dataset again"
-
-
-def _check_fields(manifest: dict, where: Path) -> None:
-    """The keys that training reads, with the types it expects."""
-    def need(ok: bool, what: str) -> None:
-        if not ok:
-            raise DataError(f"{where}: {what}{_DAMAGED}")
-
-    for key, kind in (("splits", dict), ("shards", dict), ("tokenizer", dict), ("n_ctx", int), ("dtype", str),
-                      ("fingerprint", str)):
-        need(isinstance(manifest.get(key), kind), f"expected {key!r} ({kind.__name__})")
-    for split in ("train", "val"):
-        s = manifest["splits"].get(split)
-        need(isinstance(s, dict), f"no {split!r} split")
-        for key in ("documents", "tokens", "bytes", "blocks"):
-            need(isinstance(s.get(key), int) and s[key] >= 0, f"splits.{split}.{key} is not a count")
-    need(set(manifest["splits"]) == {"train", "val"}, f"splits {sorted(manifest['splits'])}, expected train and val")
-    need(all(n.split("/")[0] in ("train", "val") for n in manifest["shards"]), "a shard outside train/ and val/")
-    t = manifest["tokenizer"]
-    need(isinstance(t.get("vocab_size"), int) and t["vocab_size"] > 0, "tokenizer.vocab_size is not a positive count")
-    need(isinstance(t.get("sha256"), str), "no tokenizer.sha256")
-
-
-def _check_counts(d: Path, manifest: dict, where: Path) -> None:
-    """The shards on disk are the manifest's, and hold the blocks its splits count."""
-    import pyarrow.parquet as pq
-
-    for split in ("train", "val"):
-        listed = sorted(n for n in manifest["shards"] if n.startswith(f"{split}/"))
-        on_disk = sorted(f"{split}/{p.name}" for p in (d / split).glob("*.parquet")) if (d / split).is_dir() else []
-        extra = sorted(set(on_disk) - set(listed))
-        if extra:
-            raise DataError(f"{d / extra[0]}: a shard that the manifest does not list{_DAMAGED}")
-        blocks = sum(pq.ParquetFile(d / n).metadata.num_rows for n in listed)
-        if blocks != manifest["splits"][split]["blocks"]:
-            raise DataError(f"{where}: splits.{split}.blocks is {manifest['splits'][split]['blocks']:,} but its "
-                            f"shards hold {blocks:,} blocks{_DAMAGED}")
 
 
 def check_fits(manifest: dict, path, vocab_size: int, n_ctx: int) -> None:

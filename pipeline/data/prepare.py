@@ -27,7 +27,7 @@ import pyarrow as pa
 from pipeline import configio, errors
 from pipeline import outdir
 from pipeline.data.corpus import CorpusError, InputFile, ReadOptions, filesystem, plan_chunks, read_documents, resolve_inputs
-from pipeline.data.manifest import FORMAT_VERSION, is_dataset, read_manifest
+from pipeline.data.manifest import FORMAT_VERSION, Manifest, is_dataset, read_manifest, write_manifest
 from pipeline.data.packing import Packer, token_dtype
 from pipeline.runtime import ray_init
 from pipeline.data.tokenizer import (END_OF_DOCUMENT, load_tokenizer, n_merges, save_tokenizer,
@@ -345,7 +345,7 @@ def _write(tmp: Path, tokens, tok, cfg, files, shas, fingerprint, vocab, eod, va
                          "empty_documents": counts[split]["empty_documents"]}
         shards.update({f"{split}/{name}": sha for name, sha in p.shards.items()})
     tok_sha = save_tokenizer(tok, tmp / "tokenizer.json")
-    manifest = {
+    manifest: Manifest = {
         "format_version": FORMAT_VERSION,
         "fingerprint": fingerprint,
         "inputs": [{"uri": f.uri, "sha256": sha, "bytes": f.size, "format": f.format, "gzip": f.gz,
@@ -359,8 +359,7 @@ def _write(tmp: Path, tokens, tok, cfg, files, shas, fingerprint, vocab, eod, va
         "replaced_bytes": replaced,  # bytes that were not UTF-8, each replaced by U+FFFD
         "shards": shards,
     }
-    # Written last: a directory with a manifest is complete.
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_manifest(tmp, manifest)
     return manifest
 
 

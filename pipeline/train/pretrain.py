@@ -39,7 +39,7 @@ def model_config(cfg: PretrainConfig, manifest: dict, data) -> GPTConfig:
     unknown = sorted(set(cfg.model_overrides) - fields)
     if unknown:
         raise errors.ConfigError(f"model_overrides: unknown key {unknown[0]!r}; valid keys are "
-                                    f"{', '.join(sorted(fields))}")
+                                 f"{', '.join(sorted(fields))}")
     try:
         gcfg = GPTConfig.preset(cfg.model, **{"vocab_size": manifest["tokenizer"]["vocab_size"],
                                               **cfg.model_overrides})
@@ -79,7 +79,7 @@ def claim_run(run_path: str, ident: dict) -> bool:
         diff = _differences(old, ident)
         if diff:
             raise errors.ConfigError(f"{run_path}: this run was started with other settings "
-                                        f"({'; '.join(diff[:3])}); to start a new run, pass another --name")
+                                     f"({'; '.join(diff[:3])}); to start a new run, pass another --name")
         return True
     fs.create_dir(path, recursive=True)
     with fs.open_output_stream(f"{path}/{RUN_FILE}") as f:
@@ -106,7 +106,7 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
 
     if "://" in str(data):
         raise errors.ConfigError(f"--data {data}: pretrain reads a local (or mounted) dataset directory; "
-                                    "object storage is not supported yet")
+                                 "object storage is not supported yet")
     data = Path(data).absolute()
     manifest = open_dataset(data)
     gcfg = model_config(cfg, manifest, data)
@@ -122,7 +122,7 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
     workers = workers or (int(resources.get("GPU", 0)) if use_gpu else 1)
     if workers == 0:  # an autoscaling cluster whose GPU nodes are not up yet
         raise errors.ConfigError("--device cuda: the cluster has no GPUs now; pass --workers N "
-                                    "and --autoscale, and the autoscaler starts GPU nodes for them")
+                                 "and --autoscale, and the autoscaler starts GPU nodes for them")
     check_config(cfg, workers)
     # On CPU, split the machine's cores between the workers; torch uses that many threads.
     cpus = 1 if use_gpu else max(int(resources.get("CPU", 1)) // workers, 1)

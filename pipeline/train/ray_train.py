@@ -158,7 +158,7 @@ def run_lock(run_path: str):
             f.seek(0)
             holder = f.read().strip() or "?"
             raise errors.ConfigError(f"{run_path}: another pretrain of this run is running (pid {holder}); "
-                                        "wait for it to end, or pass another --name") from None
+                                     "wait for it to end, or pass another --name") from None
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")
