@@ -125,6 +125,10 @@ def test_output_is_identical_whatever_the_parallelism(tmp_path, ray_session):
     b = prepare([str(src)], tmp_path / "b", cfg(parallelism=2, chunk_mb=1, batch_docs=7), track=False)
     assert a["shards"] == b["shards"] and a["tokenizer"] == b["tokenizer"]
     assert (tmp_path / "a" / "manifest.json").read_text() == (tmp_path / "b" / "manifest.json").read_text()
+    # Without Ray (the work items run in this process): the same bytes.
+    c = prepare([str(src)], tmp_path / "c", cfg(chunk_mb=1, batch_docs=5), track=False, local=True)
+    assert c["shards"] == a["shards"] and c["tokenizer"] == a["tokenizer"]
+    assert (tmp_path / "c" / "manifest.json").read_text() == (tmp_path / "a" / "manifest.json").read_text()
 
 
 def test_chunks_inside_a_file_own_whole_documents(tmp_path):

@@ -191,10 +191,12 @@ def _fingerprint(cfg: PrepareConfig, shas: list[str], tokenizer_source: str, n_v
 
 
 def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False, track: bool = True,
-            val_corpus: list[str] | None = None) -> dict:
+            val_corpus: list[str] | None = None, local: bool = False) -> dict:
     """Run the stage; returns the manifest. Raises CorpusError / ConfigError on bad input.
 
-    val_corpus: held-out inputs that make up the val split (and val_fraction is not used)."""
+    val_corpus: held-out inputs that make up the val split (and val_fraction is not used).
+    local: run the work items in this process instead of on Ray Data, for a machine without
+    Ray (bench/gpu_check.py) and small corpora; the output is the same, byte for byte."""
     t0 = time.time()
     if "://" in str(out):  # Path() would make s3://b/ds a local directory named s3:
         raise CorpusError(f"--out {out}: prepare writes a local (or mounted) directory; object storage "
@@ -231,22 +233,12 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
     outdir.check_writable(out)
     outdir.remove_orphans(out)
 
-    import ray
-    ray_init()
     items = plan_chunks(files, cfg.chunk_mb << 20, ReadOptions(cfg.format, cfg.text_split))
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # the token stream follows the input order
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    workers = min(cfg.parallelism or max(int(ray.cluster_resources().get("CPU", 1)), 1), len(items))
-    pool = ray.data.ActorPoolStrategy(size=workers)
-    # Each worker tokenizes with one thread: the parallelism is Ray's, not tokenizers'.
-    env = {"env_vars": {"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}}
     common = dict(files=files, shas=shas, cfg=cfg, val_files=val_files)
+    run_items = _in_process if local else _on_ray_data
     if tok is None:
         counts: Counter = Counter()
-        words = ds.map_batches(CountWords, batch_size=1, fn_constructor_kwargs=common, compute=pool,
-                               num_cpus=1, runtime_env=env)
-        with contextlib.closing(iter(words.iter_batches(batch_size=None, batch_format="numpy"))) as batches:
+        with contextlib.closing(iter(run_items(CountWords, common, items, cfg))) as batches:
             for b in batches:
                 _raise_worker_error(b["error"])
                 for word, c in zip(b["word"], b["count"]):
@@ -254,12 +246,11 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
         tok = tokenizer_from_counts(counts, n_merges=cfg.n_merges)
     vocab = tok.get_vocab_size(with_added_tokens=True)
     eod = tok.token_to_id(END_OF_DOCUMENT)
-    tokens = ds.map_batches(Tokenize, batch_size=1, fn_constructor_kwargs={**common, "tokenizer_json": tok.to_str()},
-                            compute=pool, num_cpus=1, runtime_env=env)
+    tables = run_items(Tokenize, {**common, "tokenizer_json": tok.to_str()}, items, cfg)
 
     tmp = outdir.sibling(out, "tmp")
     try:
-        manifest = _write(tmp, tokens, tok, cfg, files, shas, fingerprint, vocab, eod, val_files)
+        manifest = _write(tmp, tables, tok, cfg, files, shas, fingerprint, vocab, eod, val_files)
         outdir.swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -275,6 +266,33 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
         from pipeline.tracking import log_prepare
         log_prepare(out, cfg, manifest)
     return manifest
+
+
+def _on_ray_data(worker_cls, kwargs: dict, items: list[dict], cfg: PrepareConfig):
+    """worker_cls's output for every work item, in input order, from a pool of Ray Data actors."""
+    import ray
+
+    ray_init()
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # the token stream follows the input order
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    workers = min(cfg.parallelism or max(int(ray.cluster_resources().get("CPU", 1)), 1), len(items))
+    # Each worker tokenizes with one thread: the parallelism is Ray's, not tokenizers'.
+    env = {"env_vars": {"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}}
+    out = ds.map_batches(worker_cls, batch_size=1, fn_constructor_kwargs=kwargs,
+                         compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, runtime_env=env)
+    fmt = "pyarrow" if worker_cls is Tokenize else "numpy"
+    # Closed on the way out, also when a bad input or a full disk stops the reader: Ray Data then
+    # shuts its executor down now, not later in a background thread of another command.
+    with contextlib.closing(iter(out.iter_batches(batch_size=None, batch_format=fmt))) as batches:
+        yield from batches
+
+
+def _in_process(worker_cls, kwargs: dict, items: list[dict], cfg: PrepareConfig):
+    """The same, one work item after another in this process: no Ray."""
+    work = worker_cls(**kwargs)
+    for item in items:
+        yield from work({k: [v] for k, v in item.items()})
 
 
 def _check(cfg: PrepareConfig) -> None:
@@ -315,7 +333,7 @@ def _pack(tables, packers: dict, counts: dict, per_file: np.ndarray, eod: int) -
             packers[split].add(np.insert(tokens_s, ends, eod), int(docs.sum()))
 
 
-def _write(tmp: Path, tokens, tok, cfg, files, shas, fingerprint, vocab, eod, val_files) -> dict:
+def _write(tmp: Path, tables, tok, cfg, files, shas, fingerprint, vocab, eod, val_files) -> dict:
     dtype = token_dtype(vocab)
     shard_blocks = max((cfg.shard_mb << 20) // (dtype.itemsize * (cfg.n_ctx + 1)), 1)
     packers = {}
@@ -324,10 +342,8 @@ def _write(tmp: Path, tokens, tok, cfg, files, shas, fingerprint, vocab, eod, va
         packers[split] = Packer(tmp / split, cfg.n_ctx, eod, dtype, shard_blocks)
     counts = {s: {"bytes": 0, "empty_documents": 0} for s in packers}
     per_file = np.zeros((len(files), 2), np.int64)  # bytes replaced, bytes read
-    # Closed on the way out, also when a bad input or a full disk stops the loop: Ray Data then
-    # shuts its executor down now, not later in a background thread of another command.
-    with contextlib.closing(iter(tokens.iter_batches(batch_size=None, batch_format="pyarrow"))) as tables:
-        _pack(tables, packers, counts, per_file, eod)
+    with contextlib.closing(iter(tables)) as it:
+        _pack(it, packers, counts, per_file, eod)
     replaced = int(per_file[:, 0].sum())
     for f, (bad, total) in zip(files, per_file):
         if total and bad / total > cfg.max_replaced_fraction:
