@@ -12,7 +12,6 @@ measured in the same run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import ctypes.util
 import datetime
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from model import GPT, GPTConfig, make_optimizer  # noqa: E402
 from model.flops import matmul_ceiling  # noqa: E402
+from pipeline.runtime import autocast  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -73,9 +73,7 @@ class Runner:
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         a = self.args
-        amp = (torch.autocast(a.device, dtype=DTYPES[a.dtype]) if a.dtype != "fp32"
-               else contextlib.nullcontext())
-        with amp:
+        with autocast(torch.device(a.device), a.dtype):
             logits = self.logits_fn(x)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         loss.backward()

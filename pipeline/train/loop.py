@@ -12,13 +12,14 @@ plain process's (LocalSession, for the benchmarks).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,23 +56,39 @@ class StopRun(Exception):
 
 
 class LocalSession:
-    """One process, no Ray: for measuring what Ray Train adds."""
+    """One process, no Ray: for the benchmarks and the GPU check. With run_dir, checkpoints are
+    kept there as checkpoint_N (written beside it, renamed in whole); with resume_from, the loop
+    starts from that checkpoint."""
     rank, world_size = 0, 1
 
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", run_dir=None, resume_from=None):
         self.device = torch.device(device)
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.resume_from = resume_from
 
     @contextlib.contextmanager
     def resume_dir(self):
-        yield None
+        yield Path(self.resume_from) if self.resume_from else None
 
     @contextlib.contextmanager
     def staging_dir(self, name: str):
-        with tempfile.TemporaryDirectory(prefix=f"gpt1-ckpt-{os.getpid()}-") as d:
-            yield Path(d)
+        if self.run_dir is None:
+            with tempfile.TemporaryDirectory(prefix=f"gpt1-ckpt-{os.getpid()}-") as d:
+                yield Path(d)
+            return
+        from pipeline import outdir
+
+        d = outdir.sibling(self.run_dir / name, "tmp")
+        d.mkdir(parents=True)
+        try:
+            yield d
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
 
     def report(self, metrics: dict, checkpoint_dir: Path | None = None, name: str | None = None) -> None:
         self.last_metrics = metrics
+        if self.run_dir is not None and checkpoint_dir is not None:
+            os.rename(checkpoint_dir, self.run_dir / name)
 
 
 def micro_seed(seed: int, step: int, j: int) -> int:

@@ -1,0 +1,384 @@
+"""Every GPU claim of the project, checked in one run that prints one table.
+
+    python bench/gpu_check.py                          # on a GPU machine: about 5 minutes
+    python bench/gpu_check.py --quick                  # the same sections in about 2 minutes
+    python bench/gpu_check.py --device cpu --quick     # tiny sizes on a CPU (a test runs this)
+
+It needs only torch, transformers, numpy, pyarrow, tokenizers, safetensors and pyyaml: no Ray, no
+MLflow, no network. Run it from a checkout; it installs nothing and writes only to a temporary
+directory. Sections:
+
+1. throughput: `model.GPT` against `transformers.OpenAIGPTLMHeadModel`, gpt1 (or tiny) in bf16 at
+   T = n_ctx, dropout on (the paper's 0.1) and off, eager and torch.compile'd; tokens/s, MFU
+   against the bf16 matmul ceiling measured in this run, and peak GPU memory.
+2. the real loop: the project's pretraining loop (pipeline/train/loop.py) in a plain process on a
+   dataset prepared here (without Ray) from generated text, mini in bf16 with fused AdamW: the
+   loss falls; a checkpoint written mid-run and resumed in a fresh loop gives the same losses for
+   the next steps; tokens/s and the share of step time spent waiting for data.
+3. attention kernels: the SDPA backend that runs for the packed pretraining batch and the padded
+   fine-tuning batch (dropout on), read from the profiler, beside those torch allows there.
+4. fine-tuning: `tuning.finetune.finetune` on a learnable task of each input transformation
+   (gpt1/world.py), from the loop's checkpoint, in bf16: the loss is finite and falls.
+5. generation: tokens/s of `model.generate` for a batch of prompts.
+
+Correctness checks say ok or FAIL (and the exit status is 1 on a FAIL); speed targets say met or
+missed, with the figure.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import math
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]  # the project, and train_throughput beside this file
+from model import GPT, GPTConfig  # noqa: E402
+from model.generate import generate  # noqa: E402
+from model.flops import matmul_ceiling  # noqa: E402
+from pipeline.runtime import amp_dtype, autocast  # noqa: E402
+from train_throughput import Runner, hf_model  # noqa: E402
+
+ROWS: list[tuple[str, str, str, str, str]] = []  # section, check, result, target, verdict
+
+
+def row(section: str, check: str, result: str, target: str = "", verdict: str = "") -> None:
+    ROWS.append((section, check, result, target, verdict))
+    print(f"  {section} | {check} | {result}" + (f" | {target} | {verdict}" if target or verdict else ""), flush=True)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@dataclasses.dataclass
+class Sizes:
+    """What each section runs: the GPU sizes, or tiny ones for a CPU and for --quick."""
+    preset: str  # section 1 and 5
+    batch: int
+    steps: int  # timed steps per round
+    rounds: int
+    compile: bool
+    loop_preset: str  # section 2
+    loop_batch: int
+    loop_steps: int
+    resume_at: int
+    compare: int  # steps compared after the resume
+    corpus_docs: int
+    finetune_steps: int
+    gen_batch: int
+    gen_tokens: int
+
+
+def sizes(device: torch.device, quick: bool) -> Sizes:
+    if device.type == "cuda":
+        return Sizes("gpt1", 16, 10 if quick else 20, 3 if quick else 5, not quick, "mini", 32,
+                     200, 100, 10, 6000, 30, 8, 64)
+    return Sizes("tiny", 8, 3, 2, not quick, "tiny", 8, 40, 20, 5, 1500, 24, 4, 16)
+
+
+# 1. Throughput and MFU ------------------------------------------------------------------------
+
+def throughput(device: torch.device, z: Sizes) -> None:
+    dtype = "bf16" if device.type == "cuda" else "fp32"
+    n = 8192 if device.type == "cuda" else 1024
+    ceiling = matmul_ceiling(device, amp_dtype(device, dtype), n, reps=20)
+    row("1 throughput", f"matmul ceiling ({dtype}, n={n})", f"{ceiling / 1e12:.1f} TFLOP/s")
+    results = {}
+    cases = [(net, drop, False) for drop in (0.1, 0.0) for net in ("model.GPT", "HF")]
+    if z.compile:  # each compilation takes a minute on a GPU: HF's only where the targets compare
+        cases += [("model.GPT", 0.1, True), ("HF", 0.1, True), ("model.GPT", 0.0, True)]
+    for net, drop, comp in cases:
+        cfg = GPTConfig.preset(z.preset, embd_pdrop=drop, attn_pdrop=drop, resid_pdrop=drop)
+        T = cfg.n_ctx
+        torch.manual_seed(0)
+        args = argparse.Namespace(device=device.type, dtype=dtype, compile=comp)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        gpt = GPT(cfg)
+        flops = gpt.flops_per_token(T)
+        runner = Runner(net, gpt, gpt, args) if net == "model.GPT" else Runner(net, *hf_model(cfg), args)
+        data = torch.randint(cfg.vocab_size, (4, z.batch, T + 1), device=device)
+        batches = [(d[:, :-1], d[:, 1:]) for d in data]
+        for i in range(3):  # compilation and allocator warm-up, untimed
+            runner.step(*batches[i % len(batches)])
+        for _ in range(z.rounds):
+            runner.timed(batches, z.steps)
+        tps = z.batch * T / statistics.median(runner.times)
+        peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else "-"
+        results[(net, drop, comp)] = tps
+        how = f"{'compiled' if comp else 'eager'}, dropout {drop}"
+        row("1 throughput", f"{net} {z.preset} T={T} batch {z.batch}, {how}",
+            f"{tps:,.0f} tok/s, MFU {tps * flops / ceiling:.1%}, peak memory {peak}")
+        del runner, gpt, data, batches
+    # The targets, on the paper's setting (dropout on), against HF's eager network.
+    best = max((c for c in results if c[0] == "model.GPT" and c[1] == 0.1), key=results.get)
+    flops = GPT(GPTConfig.preset(z.preset)).flops_per_token(GPTConfig.preset(z.preset).n_ctx)
+    mfu = results[best] * flops / ceiling
+    row("1 throughput", f"MFU of model.GPT, dropout 0.1, {'compiled' if best[2] else 'eager'}", f"{mfu:.1%}",
+        ">= 55%", "met" if mfu >= 0.55 else "missed")
+    ratio = results[("model.GPT", 0.1, False)] / results[("HF", 0.1, False)]
+    row("1 throughput", "model.GPT / HF eager tokens/s, both eager, dropout 0.1", f"{ratio:.2f}x", ">= 2x",
+        "met" if ratio >= 2 else "missed")
+
+
+# 2. The real loop -----------------------------------------------------------------------------
+
+def prepare_dataset(work: Path, n_ctx: int, z: Sizes) -> Path:
+    """A dataset made by the project's prepare, in this process (no Ray), from generated text."""
+    from gpt1 import world
+    from pipeline.data.prepare import PrepareConfig, prepare
+
+    corpus = world.write_corpus(work / "corpus.txt", z.corpus_docs)
+    prepare([str(corpus)], work / "data", PrepareConfig(n_merges=1500, n_ctx=n_ctx, val_fraction=0.05),
+            track=False, local=True)
+    return work / "data"
+
+
+def real_loop(device: torch.device, work: Path, z: Sizes) -> Path:
+    from pipeline.data.dataset import open_dataset
+    from pipeline.train.config import PretrainConfig
+    from pipeline.train.loop import LocalSession, LoopSpec, Pretraining
+    from pipeline.train.pretrain import model_config
+
+    class Recorded(Pretraining):
+        """The loop as it is, with each step's loss kept (on the device: no extra sync)."""
+
+        def train_step(self):
+            loss, norm, waited = super().train_step()
+            self.kept.append(loss.detach() if torch.is_tensor(loss) else torch.tensor(loss))
+            self.waited_total += waited
+            return loss, norm, waited
+
+        def start_recording(self):
+            self.kept, self.waited_total = [], 0.0
+            return self
+
+    n_ctx = GPTConfig.preset(z.loop_preset).n_ctx
+    data = prepare_dataset(work, n_ctx, z)
+    dtype = "bf16" if device.type == "cuda" else "fp32"
+    cfg = PretrainConfig(model=z.loop_preset, batch_size=z.loop_batch, lr=6e-4 if device.type == "cuda" else 2e-3,
+                         warmup_steps=z.loop_steps // 10, max_steps=z.loop_steps, dtype=dtype, log_every=10,
+                         eval_every=z.resume_at, checkpoint_every=z.resume_at, seed=0)
+    manifest = open_dataset(data)
+    gcfg = model_config(cfg, manifest, data)
+    spec = LoopSpec(pretrain=cfg, model=gcfg, data=str(data), total_steps=z.loop_steps)
+    run_dir = work / "run"
+    run_dir.mkdir()
+    a = Recorded(spec, LocalSession(str(device), run_dir=run_dir)).start_recording()
+    fused = bool(a.opt.param_groups[0].get("fused"))
+    sync(device)
+    t0 = time.perf_counter()
+    metrics = a.run()
+    sync(device)
+    wall = time.perf_counter() - t0
+    losses = [float(x) for x in a.kept]
+    k = max(len(losses) // 10, 1)
+    first, last = statistics.mean(losses[:k]), statistics.mean(losses[-k:])
+    ok = all(math.isfinite(x) for x in losses) and last < first - 0.5
+    row("2 real loop", f"{z.loop_preset} {dtype}, batch {z.loop_batch} x {n_ctx}, fused AdamW {fused}, "
+        f"{z.loop_steps} steps", f"loss {first:.3f} -> {last:.3f}; val loss {metrics.get('val_loss', math.nan):.3f}",
+        "falls by > 0.5", "ok" if ok else "FAIL")
+    tps = z.loop_steps * z.loop_batch * n_ctx / wall
+    wait = a.waited_total / wall
+    row("2 real loop", "tokens/s over the whole run (logging, evaluation, checkpoints included)", f"{tps:,.0f}")
+    row("2 real loop", "share of step time waiting for data", f"{wait:.2%}", "<= 2%",
+        ("met" if wait <= 0.02 else "missed") if device.type == "cuda" else "(GPU target)")
+
+    # Resume from the checkpoint at resume_at in a fresh loop: the next steps' losses.
+    ckpt = run_dir / f"checkpoint_{z.resume_at:09d}"
+    b = Recorded(spec, LocalSession(str(device), resume_from=ckpt)).start_recording()
+    for _ in range(z.compare):
+        b.train_step()
+    again = [float(x) for x in b.kept]
+    before = losses[z.resume_at:z.resume_at + z.compare]
+    diff = max(abs(x - y) for x, y in zip(before, again))
+    first_same = again[0] == before[0]
+    # On a CPU the resumed run must be bit-identical. On a GPU the forward pass of the first step
+    # after the resume is deterministic too, but some backward kernels add with atomics in an
+    # order that changes from run to run (the embedding gradient, SDPA's backward), and bf16
+    # rounding magnifies those last-bit differences a little with every update.
+    tol = 0.0 if device.type == "cpu" else 0.02
+    row("2 real loop", f"resume at step {z.resume_at} in a fresh loop: steps {z.resume_at + 1}-"
+        f"{z.resume_at + z.compare}", f"largest loss difference {diff:.2e}; first step identical: {first_same}",
+        "== 0" if tol == 0 else f"<= {tol} (bf16 on GPU, atomics)", "ok" if diff <= tol else "FAIL")
+    return run_dir / f"checkpoint_{z.loop_steps:09d}"
+
+
+# 3. Attention kernels -------------------------------------------------------------------------
+
+SDPA_OPS = {"flash": "flash", "efficient": "memory-efficient", "cudnn": "cuDNN", "math": "math"}
+
+
+def sdpa_backend_of(fn) -> str:
+    """The SDPA implementation(s) that ran in fn, read from the profiler's op names."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    names = {e.key for e in prof.key_averages() if e.key.startswith("aten::_scaled_dot_product")}
+    found = sorted({label for op in names for key, label in SDPA_OPS.items() if key in op})
+    return ", ".join(found) or ("math (unfused ops)" if not names else ", ".join(sorted(names)))
+
+
+def allowed_backends(device: torch.device, B: int, H: int, T: int, hd: int, dropout: float) -> list[str]:
+    """The fused SDPA backends torch accepts for these shapes, dtype, causal mask and dropout."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    dt = amp_dtype(device, "auto")
+    q, k, v = (torch.randn(B, H, T, hd, device=device, dtype=dt, requires_grad=True) for _ in range(3))
+    ok = []
+    for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("memory-efficient", SDPBackend.EFFICIENT_ATTENTION)):
+        try:
+            with sdpa_kernel([backend]):
+                torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout).sum().backward()
+            ok.append(name)
+        except RuntimeError:
+            pass
+    return ok
+
+
+def attention(device: torch.device, ckpt: Path, z: Sizes) -> None:
+    from pipeline.data.tokenizer import load_tokenizer
+    from tuning.encode import Encoder, collate
+    from tuning.tasks import Example
+
+    gpt = GPT.from_pretrained(ckpt).to(device).train()  # dropout on, as in training
+    cfg = gpt.config
+    B, T = 4, cfg.n_ctx
+    x = torch.randint(cfg.vocab_size, (B, T), device=device)
+
+    def packed():
+        with autocast(device):
+            gpt(x).float().mean().backward()
+
+    tok = load_tokenizer(ckpt)
+    enc = Encoder(tok, "entailment", cfg.n_ctx, cfg.vocab_size)
+    examples = [Example(("a heron flew over the hill .", "a bird " * n), 0, str(n)) for n in (1, 5, 9, 13)]
+    ids, mask, _ = collate(enc.encode(examples))
+
+    def padded():
+        with autocast(device):
+            gpt.hidden_states(ids.to(device), mask.to(device)).float().mean().backward()
+
+    allowed = allowed_backends(device, B, cfg.n_head, T, cfg.n_embd // cfg.n_head, cfg.attn_pdrop)
+    for name, fn, shape in (("packed pretraining batch", packed, f"{B} x {T}"),
+                            ("padded fine-tuning batch (right padding)", padded, f"{ids.shape[0]} x {ids.shape[1]}")):
+        ran = sdpa_backend_of(fn)
+        fused = any(k in ran for k in ("flash", "memory-efficient", "cuDNN"))
+        verdict = "ok" if fused or not allowed else "FAIL"
+        row("3 attention", f"{name}, {shape}, dropout {cfg.attn_pdrop}, {amp_dtype(device, 'auto')}",
+            f"ran: {ran}", f"a fused kernel where torch allows one ({', '.join(allowed) or 'none here'})", verdict)
+
+
+# 4. Fine-tuning -------------------------------------------------------------------------------
+
+def finetuning(device: torch.device, work: Path, ckpt: Path, z: Sizes) -> None:
+    from gpt1 import world
+    from tuning.finetune import FinetuneConfig, finetune
+    from tuning.tasks import from_directory
+
+    for name in world.TASKS:
+        d = world.write_task(name, work / "tasks" / name, n_train=256, n_dev=32)
+        task = from_directory(name, d)
+        seen: list[float] = []
+        cfg = FinetuneConfig(lr=2e-4, batch_size=16, max_steps=z.finetune_steps, warmup=0.1, eval_every=2,
+                             eval_batch=32, clf_dropout=0.1, lm_coef=0.5)
+        t0 = time.perf_counter()
+        best = finetune(task, d, ckpt, cfg, report=lambda m, step: seen.append(m["train_loss"]),
+                        device=device.type)
+        seconds = time.perf_counter() - t0
+        k = max(len(seen) // 3, 1)
+        first, last = statistics.mean(seen[:k]), statistics.mean(seen[-k:])
+        ok = all(math.isfinite(v) for v in seen) and last < first
+        row("4 fine-tuning", f"{name} ({task.transformation}), {z.finetune_steps} steps of 16, "
+            f"{amp_dtype(device, 'auto')}", f"L3 {first:.3f} -> {last:.3f}; dev {task.metrics[0]} "
+            f"{best[task.metrics[0]]:.3f}; {seconds:.1f} s", "finite, falls", "ok" if ok else "FAIL")
+
+
+# 5. Generation --------------------------------------------------------------------------------
+
+def generation(device: torch.device, z: Sizes) -> None:
+    cfg = GPTConfig.preset(z.preset)
+    torch.manual_seed(0)
+    gpt = GPT(cfg).to(device)
+    prompts = torch.randint(cfg.vocab_size, (z.gen_batch, 16), device=device)
+    with autocast(device):
+        generate(gpt, prompts, 4, temperature=0.0)  # warm-up
+        sync(device)
+        t0 = time.perf_counter()
+        out = generate(gpt, prompts, z.gen_tokens, temperature=1.0, top_k=50)
+        sync(device)
+    seconds = time.perf_counter() - t0
+    new = out.shape[1] - prompts.shape[1]
+    row("5 generation", f"{z.preset}, {z.gen_batch} prompts of 16, {new} new tokens, top-k 50, "
+        f"{amp_dtype(device, 'auto')}", f"{z.gen_batch * new / seconds:,.0f} tok/s "
+        f"({seconds / new * 1e3:.1f} ms a step, no KV cache)")
+
+
+def guarded(section: str, fn, *args):
+    """fn(*args); an exception is a FAIL row naming it (its traceback on stderr), and None."""
+    import traceback
+
+    try:
+        return fn(*args)
+    except Exception as err:
+        traceback.print_exc()
+        row(section, "the section ran to its end", f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}",
+            "", "FAIL")
+        return None
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="fewer timed steps and no torch.compile")
+    p.add_argument("--sections", default="1,2,3,4,5", help="which sections to run (default all)")
+    a = p.parse_args()
+    device = torch.device(a.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        name = torch.cuda.get_device_name()
+    else:
+        name = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    z = sizes(device, a.quick)
+    run = set(a.sections.split(","))
+    print(f"command: python {shlex.join(sys.argv)}")
+    print(f"date: {datetime.date.today()}  device: {name}  torch {torch.__version__}", flush=True)
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="gpt1-gpu-check-") as tmp:
+        work, ckpt = Path(tmp), None
+        # One section's crash is a FAIL row, not the end of the run: the machine may not come back.
+        if "1" in run:
+            guarded("1 throughput", throughput, device, z)
+        if run & {"2", "3", "4"}:  # 3 and 4 start from the loop's checkpoint
+            ckpt = guarded("2 real loop", real_loop, device, work, z)
+        if "3" in run and ckpt:
+            guarded("3 attention", attention, device, ckpt, z)
+        if "4" in run and ckpt:
+            guarded("4 fine-tuning", finetuning, device, work, ckpt, z)
+        if "5" in run:
+            guarded("5 generation", generation, device, z)
+    print(f"\n{name}, torch {torch.__version__}, {time.perf_counter() - t_start:.0f} s\n")
+    print("| section | check | result | target | verdict |")
+    print("|---|---|---|---|---|")
+    for r in ROWS:
+        print("| " + " | ".join(r) + " |")
+    failed = [r for r in ROWS if r[4] == "FAIL"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
