@@ -1,4 +1,8 @@
 """Fine-tuning with L3 = L2 + λ·L1: learns a synthetic task, keeps the best model, refuses bad input."""
+import math
+
+import pytest
+
 from corpus_gen import reviews
 from model import GPT
 from tuning.finetune import FinetuneConfig, finetune, main
@@ -39,3 +43,18 @@ def test_cli_errors_are_one_line(task_checkpoint, tmp_path, capsys):
     assert code == 2 and "train.tsv: no such file" in err and len(err.splitlines()) == 1
     code = main(["--task", "nope", "--data", str(tmp_path), "--checkpoint", str(task_checkpoint)])
     assert code == 2 and "unknown task 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("values, best_step", [((math.nan, 0.25, math.nan), 2), ((math.nan,) * 3, 1)])
+def test_a_nan_metric_ranks_last_and_never_crashes(values, best_step, task_checkpoint, sst2, tmp_path, monkeypatch):
+    """A dev metric of NaN is a best only until a number comes; all NaN, the first evaluation's
+    model is kept; either way the best model is written."""
+    import tuning.finetune as ft
+
+    it = iter(values)
+    monkeypatch.setattr(ft.metriclib, "compute", lambda names, pred, gold: {"accuracy": next(it)})
+    cfg = FinetuneConfig(lr=2e-3, batch_size=32, max_steps=3, eval_every=1)
+    best = finetune(get("sst-2"), sst2, task_checkpoint, cfg, out=tmp_path / "best")
+    assert best["step"] == best_step
+    assert best["accuracy"] == values[best_step - 1] or math.isnan(values[best_step - 1])
+    assert (tmp_path / "best" / "head.safetensors").exists()

@@ -219,7 +219,7 @@ def finetune(task: Task, data, pretrained, cfg: FinetuneConfig, from_scratch: bo
     schedule = make_schedule(opt, "warmup_linear", total, cfg.warmup)
     rng = np.random.default_rng(cfg.seed)
     key = task.metrics[0]
-    best: dict = {key: -math.inf}
+    best: dict | None = None
     truncated = {"train_truncated": sum(e.truncated for e in train), "dev_truncated": sum(e.truncated for e in dev)}
     step = 0
     tm.model.train()
@@ -243,7 +243,7 @@ def finetune(task: Task, data, pretrained, cfg: FinetuneConfig, from_scratch: bo
             step += 1
             if step % eval_every == 0 or step == total:
                 result = {**evaluate(tm, dev, cfg.eval_batch), "train_loss": float(loss.detach()), "epoch": step / steps_per_epoch}
-                if result[key] > best[key]:
+                if best is None or rank(result[key]) > rank(best[key]):
                     best = {**result, "step": step}
                     best_state = {k: v.detach().clone() for k, v in tm.model.state_dict().items()}
                     if out is not None:
@@ -254,6 +254,12 @@ def finetune(task: Task, data, pretrained, cfg: FinetuneConfig, from_scratch: bo
         tm.model.load_state_dict(best_state)
         write_predictions(tm, data, out, cfg.eval_batch)
     return {**best, **truncated, "train_examples": len(train), "dev_examples": len(dev)}
+
+
+def rank(metric: float) -> float:
+    """A dev metric as a sort key: NaN (a correlation of constant predictions, say) ranks below
+    every number, so the first evaluation is always a best, and a later number beats it."""
+    return -math.inf if math.isnan(metric) else metric
 
 
 def save(tm: TaskModel, out) -> None:
