@@ -1,6 +1,8 @@
 """The GPT-1 network: a post-LN decoder-only Transformer with a tied input/output embedding."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -115,6 +117,22 @@ class GPT(nn.Module):
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """[B, T] int64 -> [B, T, vocab] language-model logits."""
         return self.lm_logits(self.hidden_states(input_ids, attention_mask))
+
+    def draw_token_rows(self, ids: list[int], generator: torch.Generator | None = None) -> None:
+        """Fresh embedding rows for the token ids, from N(0, 0.02), as the released code draws
+        its special tokens' rows (_start_, _delimiter_, _classify_). Ids past the end of the table
+        grow it, and vocab_size with it: a released checkpoint has 40,478 rows and no specials."""
+        w = self.tokens_embed.weight
+        n = max(max(ids) + 1, w.shape[0])
+        if n > w.shape[0]:
+            grown = nn.Embedding(n, w.shape[1], device=w.device, dtype=w.dtype)
+            with torch.no_grad():
+                grown.weight[:w.shape[0]] = w
+            self.tokens_embed = grown
+            self.config = dataclasses.replace(self.config, vocab_size=n)
+        rows = torch.randn(len(ids), w.shape[1], generator=generator) * self.config.initializer_range
+        with torch.no_grad():
+            self.tokens_embed.weight[torch.tensor(ids)] = rows.to(self.tokens_embed.weight)
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

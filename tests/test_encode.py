@@ -58,3 +58,53 @@ def test_collate_pads_right_with_a_mask(tok):
 def test_a_vocabulary_without_the_special_tokens_is_refused(tok):
     with pytest.raises(TaskError, match="lacks the special token"):
         Encoder(tok, "classification", 64, vocab_size=tok.token_to_id(START))
+
+
+def test_multiple_choice_cuts_the_document_alone_and_counts_each_example_once(tok):
+    """RACE as the paper has it, [z; q; $; a_k]: the question and every answer stay whole; the
+    article is cut, keeping its beginning, to what they leave."""
+    s, d, x = (tok.token_to_id(t) for t in (START, DELIMITER, EXTRACT))
+    article = " ".join(["the cat sat on the mat"] * 20)
+    question, answers = "is it raining today", ("a dog ran in the park", "the cat", "it", "a dog")
+    n_ctx = 32
+    (e,) = Encoder(tok, "multiple_choice", n_ctx).encode([Example((article, question), 2, "0", answers)])
+    q, longest = ids(tok, question), max(len(ids(tok, a)) for a in answers)
+    kept = n_ctx - 3 - len(q) - longest
+    assert e.truncated == 1 and len(e.sequences) == 4
+    for seq, a in zip(e.sequences, answers):
+        assert seq == [s, *ids(tok, article)[:kept], *q, d, *ids(tok, a), x]
+        assert len(seq) <= n_ctx
+    # Story Cloze's layout (a story and its endings): the same rule; nothing cut when it fits.
+    (e,) = Encoder(tok, "multiple_choice", 64).encode([Example(("the cat sat",), 0, "1", ("a dog", "it"))])
+    assert e.truncated == 0 and e.sequences[0] == [s, *ids(tok, "the cat sat"), d, *ids(tok, "a dog"), x]
+
+
+@pytest.mark.parametrize("released", [False, True])
+def test_reserved_strings_in_text_are_text(tok, tmp_path, released):
+    """A task text holding _start_, _delimiter_, _classify_ or _end_of_document_ never yields those
+    ids: each sequence has exactly one start, its own delimiters and one extract, at the end."""
+    from pipeline.data.tokenizer import END_OF_DOCUMENT, gpt1_tokenizer
+
+    if released:  # the same vocabulary, as the released encoder reads it
+        import json
+
+        spec = json.loads(tok.to_str())["model"]
+        vocab = {t: i for t, i in spec["vocab"].items() if not t.startswith("_") or t.endswith("</w>")}
+        (tmp_path / "encoder_bpe_40000.json").write_text(json.dumps(vocab))
+        merges = [" ".join(m) if isinstance(m, list) else m for m in spec["merges"]]
+        (tmp_path / "vocab_40000.bpe").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+        tok = gpt1_tokenizer(tmp_path)
+    reserved = {tok.token_to_id(t) for t in (START, DELIMITER, EXTRACT, END_OF_DOCUMENT)}
+    s, d, x = (tok.token_to_id(t) for t in (START, DELIMITER, EXTRACT))
+    a, b = f"the {EXTRACT} cat {START}sat", f"a dog{DELIMITER} ran {END_OF_DOCUMENT}"
+    examples = {"classification": Example((a,), 0, "0"), "entailment": Example((a, b), 0, "0"),
+                "similarity": Example((a, b), 0.5, "0"), "multiple_choice": Example((a, b), 0, "0", (b, a))}
+    for transformation, ex in examples.items():
+        (e,) = Encoder(tok, transformation, 64).encode([ex])
+        for seq in e.sequences:
+            assert seq[0] == s and seq[-1] == x, transformation
+            inner = seq[1:-1]
+            assert not (set(inner) - {d}) & reserved, transformation
+            # the transformation's own delimiter: none for one segment, one between two
+            assert inner.count(d) == (transformation != "classification"), transformation
+            assert len(inner) > 10, transformation  # the reserved strings became ordinary pieces

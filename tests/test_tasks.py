@@ -87,7 +87,7 @@ def test_snli_scitail_race_story_cloze(tmp_path):
     write(tmp_path / "race" / "dev" / "high" / "2.txt", [json.dumps({**article, "answers": ["A", "D"]})])
     race = get("race").load(tmp_path / "race", "dev")
     assert [e.label for e in race] == [0, 3, 1, 2]  # in sorted path order: high/ before middle/
-    assert race[2].text == ("Tom has a dog. What does Tom have?",) and race[2].choices[1] == "a dog"
+    assert race[2].text == ("Tom has a dog.", "What does Tom have?") and race[2].choices[1] == "a dog"
 
     header = "InputStoryid,InputSentence1,InputSentence2,InputSentence3,InputSentence4," \
              "RandomFifthSentenceQuiz1,RandomFifthSentenceQuiz2,AnswerRightEnding"

@@ -3,11 +3,17 @@
     classification   start text extract
     entailment       start premise delim hypothesis extract
     similarity       start A delim B extract  and  start B delim A extract
-    multiple choice  start context delim answer_k extract, for each candidate k
+    multiple choice  start context delim answer_k extract, for each candidate k, where the
+                     context is the document and, for RACE, its question: [z; q; $; a_k]
 
-Truncation follows the released code: every segment is cut to the same budget, so that the
-specials and all segments fit n_ctx (for two segments and an even n_ctx that is n_ctx // 2 - 2
-tokens each, the released `max_len`). Cut segments are counted, not hidden.
+Truncation, cut segments counted (once per example), never hidden:
+- classification, entailment, similarity: as the released code, every segment is cut to the
+  same budget so that the specials and all segments fit n_ctx (for two segments and an even
+  n_ctx that is n_ctx // 2 - 2 tokens each, the released `max_len`), keeping its beginning.
+- multiple choice: only the document is cut, keeping its beginning (as the released code's
+  x[:max_len] does for the Story Cloze story), to what the question and the longest answer
+  leave; the question and every answer stay whole. The cut is the same for every candidate.
+  Only where the question and the longest answer alone overflow are they cut too.
 """
 from __future__ import annotations
 
@@ -16,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from tokenizers import Tokenizer
 
-from pipeline.data.tokenizer import DELIMITER, EXTRACT, START
+from pipeline.data.text import normalize
+from pipeline.data.tokenizer import DELIMITER, EXTRACT, START, encode_texts
 from tuning.tasks import Example, TaskError
 
 
@@ -40,7 +47,7 @@ class Encoder:
     def _segments(self, ex: Example) -> list[list[str]]:
         """The segments of each sequence, as texts."""
         if self.transformation == "multiple_choice":
-            return [[ex.text[0], c] for c in ex.choices]
+            return [[*ex.text, c] for c in ex.choices]  # document (question) answer_k
         if self.transformation == "similarity":
             return [[ex.text[0], ex.text[1]], [ex.text[1], ex.text[0]]]
         return [list(ex.text)]
@@ -48,7 +55,11 @@ class Encoder:
     def encode(self, examples: list[Example]) -> list[Encoded]:
         layouts = [self._segments(ex) for ex in examples]
         texts = sorted({t for layout in layouts for seq in layout for t in seq})
-        ids = dict(zip(texts, (e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False))))
+        # The same normalisation and the same text-to-ids path as prepare's: a sentence gets the
+        # same ids in a fine-tuning input as in the pretraining corpus.
+        ids = dict(zip(texts, encode_texts(self.tok, [normalize(t) for t in texts])))
+        if self.transformation == "multiple_choice":
+            return [self._choices(ex, layout, ids) for ex, layout in zip(examples, layouts)]
         out = []
         for ex, layout in zip(examples, layouts):
             seqs, cut = [], 0
@@ -63,6 +74,20 @@ class Encoder:
             # A similarity pair cuts the same two segments in both orders: count them once.
             out.append(Encoded(seqs, ex.label, cut // 2 if self.transformation == "similarity" else cut))
         return out
+
+    def _choices(self, ex: Example, layout: list[list[str]], ids: dict[str, list[int]]) -> Encoded:
+        """start document [question] delim answer_k extract for each k: the document alone is cut."""
+        *context, _ = layout[0]
+        document, rest = ids[context[0]], [t for text in context[1:] for t in ids[text]]
+        answers = [ids[seq[-1]] for seq in layout]
+        room = self.n_ctx - 3 - len(rest) - max(map(len, answers))  # start, delim, extract
+        cut = len(document) > max(room, 0)
+        document = document[:max(room, 0)]
+        if room < 0:  # the question and the longest answer alone overflow: cut them to fit
+            rest = rest[:max(self.n_ctx - 3, 0) // 2]
+            answers = [a[:self.n_ctx - 3 - len(rest)] for a in answers]
+        seqs = [[self.start, *document, *rest, self.delim, *a, self.extract] for a in answers]
+        return Encoded(seqs, ex.label, int(cut or room < 0))
 
 
 def collate(batch: list[Encoded], regression: bool = False):

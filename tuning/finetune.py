@@ -26,7 +26,7 @@ from tokenizers import Tokenizer
 
 from model import GPT, GPTConfig, GPTForTask, TaskHead, make_optimizer, make_schedule
 from pipeline import configio, errors
-from pipeline.data.tokenizer import load_tokenizer
+from pipeline.data.tokenizer import DELIMITER, EXTRACT, RESERVED_TOKENS, START, load_tokenizer
 from pipeline.runtime import autocast, check_device, local_device
 from tuning import metrics as metriclib
 from tuning.encode import Encoder, collate
@@ -49,6 +49,10 @@ class FinetuneConfig:
     max_train: int = 0  # use the first N training examples; 0 = all
     n_ctx: int = 0  # 0 = the model's
     seed: int = 0
+    # Draw the start, delimiter and extract tokens' embedding rows afresh from N(0, 0.02), as the
+    # released code does: pretraining never trained them. A checkpoint without those rows (the
+    # released model, in any layout) always gets them drawn.
+    reinit_special: bool = True
 
 
 @dataclass
@@ -65,9 +69,9 @@ class Pretrained:
         checkpoint's files (its tokenizer too) must be the ones its trainer_state.json lists."""
         from pipeline.train.checkpoint import load_model
 
-        gpt = load_model(checkpoint)
-        return cls(gpt.config.to_dict(), {k: v.numpy() for k, v in gpt.state_dict().items()},
-                   load_tokenizer(checkpoint).to_str())
+        gpt, tok = load_model(checkpoint), load_tokenizer(checkpoint)
+        check_vocabulary(tok, gpt.config.vocab_size, checkpoint)
+        return cls(gpt.config.to_dict(), {k: v.numpy() for k, v in gpt.state_dict().items()}, tok.to_str())
 
     def gpt(self) -> GPT:
         gpt = GPT(GPTConfig.from_dict(self.config))
@@ -124,10 +128,22 @@ def build(task: Task, pretrained: Pretrained, cfg: FinetuneConfig, from_scratch:
     n_ctx = cfg.n_ctx or gpt.config.n_ctx
     if n_ctx > gpt.config.n_ctx:
         raise errors.ConfigError(f"n_ctx {n_ctx}: the model has positions for {gpt.config.n_ctx}")
+    specials = [tok.token_to_id(t) for t in (START, DELIMITER, EXTRACT)]
+    if cfg.reinit_special or max(specials) >= gpt.config.vocab_size:
+        gpt.draw_token_rows(specials, torch.Generator().manual_seed(cfg.seed))
     encoder = Encoder(tok, task.transformation, n_ctx, gpt.config.vocab_size)
     head = TaskHead(gpt.config.n_embd, task.transformation, n_labels=max(len(task.labels), 1),
                     clf_pdrop=cfg.clf_dropout, regression=task.regression)
     return TaskModel(GPTForTask(gpt, head, encoder.extract), encoder, task)
+
+
+def check_vocabulary(tok: Tokenizer, vocab_size: int, where) -> None:
+    """Every token of the tokenizer but the reserved ones (which fine-tuning adds) must have a
+    row in the model: else the checkpoint and its tokenizer do not belong together."""
+    ids = [i for t, i in tok.get_vocab(with_added_tokens=True).items() if t not in RESERVED_TOKENS]
+    if ids and max(ids) >= vocab_size:
+        raise errors.UserError(f"{where}: the tokenizer has ids up to {max(ids):,} but the model only "
+                               f"{vocab_size:,} embedding rows; expected a model and its own tokenizer")
 
 
 def _device(tm: TaskModel) -> torch.device:

@@ -147,12 +147,10 @@ def sweep_task(task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.sample import Domain
-    from tokenizers import Tokenizer
 
     from pipeline.runtime import storage_path
     from pipeline.tracking import finish_run
     from tuning import tracking
-    from tuning.encode import Encoder
     from tuning.finetune import Pretrained, check_config, load_splits
     from tuning.space import describe, load_space
 
@@ -160,8 +158,6 @@ def sweep_task(task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: 
     max_train = space["max_train"] if isinstance(space["max_train"], int) else 0
     splits = load_splits(task, data_dir, max_train)  # bad input ends here, before any trial
     pretrained = Pretrained.load(checkpoint)
-    # A vocabulary without the special tokens is refused here, not in every trial.
-    Encoder(Tokenizer.from_str(pretrained.tokenizer), task.transformation, 1, pretrained.config["vocab_size"])
     per_trial, concurrent, device = resources(opts.device, opts.max_concurrent)
     metric = task.metrics[0]
     files = {s: data_dir / f for s, f in task.splits.items() if (data_dir / f).is_file() and not s.startswith("test")}

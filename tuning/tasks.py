@@ -214,7 +214,8 @@ def read_story_cloze(task: Task, path: Path, split: str) -> list[Example]:
 
 def read_race(task: Task, path: Path, split: str) -> list[Example]:
     """RACE: a directory of middle/ and high/ articles, one JSON per file, each with article,
-    questions, options (4 per question) and answers (A-D). Context = article + question."""
+    questions, options (4 per question) and answers (A-D). Text = (article, question): the
+    encoder cuts the article alone, so that the question stays whole."""
     files = sorted(p for level in ("middle", "high") for p in (path / level).glob("*") if p.is_file())
     if not files:
         raise TaskError(f"{path}: expected middle/ and high/ holding one JSON file per article")
@@ -234,7 +235,7 @@ def read_race(task: Task, path: Path, split: str) -> list[Example]:
             where = f"{p} (question {q + 1})"
             if len(options) != 4:
                 raise TaskError(f"{where}: {len(options)} options; expected 4")
-            out.append(Example((f"{article} {_text(question, where, 'question')}",), _label(task, answer, where),
+            out.append(Example((article, _text(question, where, "question")), _label(task, answer, where),
                                f"{p.parent.name}/{p.name}/{q}", tuple(_text(o, where, "option") for o in options)))
     return out
 

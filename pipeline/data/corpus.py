@@ -17,11 +17,11 @@ import json
 import os
 import re
 import sys
-import unicodedata
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from pipeline.data.text import normalize
 from pipeline.errors import UserError
 from pathlib import Path
 
@@ -141,29 +141,6 @@ def plan_chunks(files: list[InputFile], chunk_bytes: int, opts: ReadOptions) -> 
 
 
 # --- documents -------------------------------------------------------------------------------
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0 and C1, but \t \n \r
-
-
-# What UTF-8 read as Latin-1 or Windows-1252 ("mojibake") looks like: a lead byte's character
-# followed by a continuation byte's. Only text with such a pair goes through ftfy's repair,
-# which runs at about 2 MB/s; the test runs at hundreds.
-_MOJIBAKE = re.compile("[\u00c2-\u00f4][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e"
-                       "\u0192\u02c6\u02dc\u2013\u2014\u2018-\u201e\u2020-\u2022\u2026\u2030"
-                       "\u2039\u203a\u20ac\u2122]")
-
-
-def normalize(text: str, lowercase: bool = False) -> str:
-    """Unicode repair (ftfy, as GPT-1 ran) where the text looks like mojibake, NFKC, control
-    characters stripped, optional lower-casing. ASCII text needs none of the Unicode steps."""
-    if not text.isascii():
-        if _MOJIBAKE.search(text):
-            import ftfy
-            text = ftfy.fix_text(text, normalization="NFKC")
-        text = unicodedata.normalize("NFKC", text)
-    text = _CONTROL.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
-    return (text.lower() if lowercase else text).strip()
-
 
 def decode(raw: bytes) -> tuple[str, int]:
     """UTF-8 text and the number of bytes that were not UTF-8 (each replaced by U+FFFD)."""

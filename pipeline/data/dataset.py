@@ -30,7 +30,8 @@ def open_dataset(path, verify: bool = True) -> dict:
         raise DataError(str(err)) from None
     where = d / "manifest.json"
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{where}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
+        raise DataError(f"{where}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}; "
+                        "prepare the dataset again with this version")
     check_fields(manifest, where)
     if not verify:
         return manifest

@@ -17,7 +17,9 @@ from typing import TypedDict
 from pipeline.data.corpus import CorpusError
 from pipeline.errors import UserError
 
-FORMAT_VERSION = 1
+# 2: the reserved tokens are in the tokenizer's vocabulary (text that holds them is ordinary text),
+# and GPT-1's released vocabulary splits text as its released encoder did.
+FORMAT_VERSION = 2
 
 
 class DataError(UserError):

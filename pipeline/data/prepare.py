@@ -30,7 +30,7 @@ from pipeline.data.corpus import CorpusError, InputFile, ReadOptions, filesystem
 from pipeline.data.manifest import FORMAT_VERSION, Manifest, is_dataset, read_manifest, write_manifest
 from pipeline.data.packing import Packer, token_dtype
 from pipeline.runtime import ray_init
-from pipeline.data.tokenizer import (END_OF_DOCUMENT, load_tokenizer, n_merges, save_tokenizer,
+from pipeline.data.tokenizer import (END_OF_DOCUMENT, encode_texts, load_tokenizer, n_merges, save_tokenizer,
                                 tokenizer_from_counts, tokenizer_sha256, word_counts)
 
 MAX_PIECE_CHARS = 100_000  # longer documents are tokenized in pieces cut at whitespace
@@ -141,9 +141,7 @@ class Tokenize(_Docs):
             for piece in _cut(text, MAX_PIECE_CHARS):
                 pieces.append(piece)
                 owner.append(d)
-        # encode_batch_fast: the same ids without the character offsets, which nothing here uses.
-        encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
-        arrays = [np.array(e.ids, dtype=np.int32) for e in encode(pieces, add_special_tokens=False)]
+        arrays = [np.array(ids, dtype=np.int32) for ids in encode_texts(self.tok, pieces)]
         # Pieces are in document order, so their concatenation is the documents' concatenation.
         values = np.concatenate(arrays) if arrays else np.empty(0, np.int32)
         lengths = np.bincount(owner, weights=[len(a) for a in arrays], minlength=len(docs)).astype(np.int64)
