@@ -325,3 +325,36 @@ def test_blank_line_documents_match_a_line_by_line_reference(tmp_path):
             got = [(o, " ".join(t.split())) for it in plan_chunks([f], size, ReadOptions())
                    for o, t, _, _ in read_documents(f, it["start"], it["end"], ReadOptions())]
             assert got == want, (trial, size, data)
+
+
+@pytest.mark.parametrize("released", [False, True])
+def test_a_sentence_gets_the_same_ids_in_the_corpus_and_in_a_fine_tuning_input(tmp_path, released):
+    """One normalisation and one text-to-ids path: curly quotes, an ellipsis, a dash, accents and
+    mojibake come out alike in a prepared corpus and in a task's input. Run without Ray."""
+    from pipeline.data.tokenizer import EXTRACT, START, RESERVED_TOKENS
+    from tuning.encode import Encoder
+    from tuning.tasks import Example
+
+    sentence = "He said \u201cdon\u2019t\u201d\u2026 it\u2019s Mr. O\u2019Neil\u2019s caf\u00e9\u2014really, na\u00c3\u00afve!"
+    docs = documents(40, seed=1) + [sentence] + documents(20, seed=2)
+    src = write_text(tmp_path / "c.txt", docs)
+    tokenizer = "train"
+    if released:  # a small vocabulary in the released format: read as the released encoder
+        prepare([str(src)], tmp_path / "first", cfg(val_fraction=0.0), track=False, local=True)
+        spec = json.loads((tmp_path / "first" / "tokenizer.json").read_text())["model"]
+        rel = tmp_path / "release"
+        rel.mkdir()
+        (rel / "encoder_bpe_40000.json").write_text(json.dumps(
+            {t: i for t, i in spec["vocab"].items() if t not in RESERVED_TOKENS}))
+        (rel / "vocab_40000.bpe").write_text("#version: 0.2\n" + "\n".join(
+            " ".join(m) if isinstance(m, list) else m for m in spec["merges"]) + "\n")
+        tokenizer = str(rel)
+    out = tmp_path / "data"
+    prepare([str(src)], out, cfg(val_fraction=0.0, tokenizer=tokenizer), track=False, local=True)
+    tok = load_tokenizer(out)
+    eod = tok.token_to_id(END_OF_DOCUMENT)
+    corpus_docs = "".join(f"{t} " if t != eod else "|" for t in stream(out, "train").tolist()).split("|")
+    (e,) = Encoder(tok, "classification", 512).encode([Example((sentence,), 0, "0")])
+    seq = e.sequences[0]
+    assert seq[0] == tok.token_to_id(START) and seq[-1] == tok.token_to_id(EXTRACT)
+    assert "".join(f"{t} " for t in seq[1:-1]) == corpus_docs[40]

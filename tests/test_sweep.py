@@ -24,7 +24,7 @@ warmup: 0.05
 
 def test_sweep_logs_parent_and_trials_and_registers_the_best(task_checkpoint, sst2, tmp_path, mlflow_uri,
                                                               ray_session, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the SQLite store keeps artifacts in ./mlruns
+    monkeypatch.chdir(tmp_path)
     client = MlflowClient(mlflow_uri)
     # The pretrain run that wrote the checkpoint, as pretrain tags it: by the run's directory.
     pretrain = client.create_run(client.create_experiment("gpt1-pretrain"),
@@ -115,16 +115,67 @@ def test_bad_input_is_refused_before_any_trial(task_checkpoint, sst2, tmp_path, 
     (tmp_path / "space.yaml").write_text("lr: {loguniform: [1.0e-4]}\n")
     assert main(args + ["--data", str(sst2), "--space", str(tmp_path / "space.yaml")]) == 2
     assert "lr: loguniform takes [low, high]" in capsys.readouterr().err
-    # A checkpoint whose vocabulary lacks the special tokens (a model smaller than its tokenizer).
+    # A checkpoint smaller than its tokenizer's own vocabulary (not theirs: the special tokens'
+    # rows are what fine-tuning adds).
     small = tmp_path / "small"
     tok = train_tokenizer(["some words here"], n_merges=5)
     torch.manual_seed(0)
-    GPT(GPTConfig.preset("tiny", vocab_size=tok.get_vocab_size() - 4)).save_pretrained(small)
+    GPT(GPTConfig.preset("tiny", vocab_size=tok.get_vocab_size() - 6)).save_pretrained(small)
     tok.save(str(small / "tokenizer.json"))
     assert main(["--task", "sst-2", "--checkpoint", str(small), "--data", str(sst2)]) == 2
-    assert "lacks the special token(s)" in capsys.readouterr().err
+    assert "but the model only" in capsys.readouterr().err
     # --task glue over a directory without any GLUE task directory.
     assert main(["--task", "glue", "--checkpoint", str(task_checkpoint), "--data", str(tmp_path / "task")]) == 2
     assert "holds none of the GLUE task directories (CoLA, SST-2," in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
     assert MlflowClient(mlflow_uri).get_experiment_by_name("gpt1-finetune-sst-2") is None
+
+
+def hf_gpt1(d, vocab_dir):
+    """A directory as transformers writes the released GPT-1 (random weights, small network):
+    OpenAIGPTLMHeadModel.save_pretrained and OpenAIGPTTokenizer.save_pretrained, with the
+    vocabulary's rows only (no special tokens)."""
+    from transformers import OpenAIGPTConfig, OpenAIGPTLMHeadModel, OpenAIGPTTokenizer
+
+    tok = OpenAIGPTTokenizer(vocab=str(vocab_dir / "encoder_bpe_40000.json"), merges=str(vocab_dir / "vocab_40000.bpe"))
+    torch.manual_seed(0)
+    model = OpenAIGPTLMHeadModel(OpenAIGPTConfig(vocab_size=len(tok.get_vocab()), n_positions=64, n_embd=32,
+                                                 n_layer=2, n_head=2))
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def test_the_released_model_in_hugging_face_layout_fine_tunes_and_sweeps(sst2, tmp_path, mlflow_uri, ray_session,
+                                                                          monkeypatch):
+    """The released GPT-1 as Hugging Face publishes it (the real 40,478-entry vocabulary where
+    ../shared/data has it, else a small one in the released format): `gpt1 finetune` and
+    `gpt1 sweep` take it as it is, adding the three special tokens' rows."""
+    from pathlib import Path
+
+    from corpus_gen import reviews
+    from pipeline.data.tokenizer import RESERVED_TOKENS, load_tokenizer
+    from tuning.finetune import main as finetune_main
+
+    monkeypatch.chdir(tmp_path)
+    vocab_dir = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "gpt1-vocab"
+    if not vocab_dir.exists():
+        vocab_dir = tmp_path / "release"
+        vocab_dir.mkdir()
+        spec = json.loads(train_tokenizer([s for s, _ in reviews(300, 9)], n_merges=200).to_str())["model"]
+        (vocab_dir / "encoder_bpe_40000.json").write_text(json.dumps(
+            {t: i for t, i in spec["vocab"].items() if t not in RESERVED_TOKENS}))
+        (vocab_dir / "vocab_40000.bpe").write_text("#version: 0.2\n" + "\n".join(
+            " ".join(m) if isinstance(m, list) else m for m in spec["merges"]) + "\n")
+    ckpt = hf_gpt1(tmp_path / "openai-gpt", vocab_dir)
+    n_vocab = json.loads((ckpt / "config.json").read_text())["vocab_size"]
+    out = tmp_path / "ft"
+    assert finetune_main(["--task", "sst-2", "--data", str(sst2), "--checkpoint", str(ckpt), "--out", str(out),
+                          "--set", "max_steps=4", "--set", "batch_size=8"]) == 0
+    tuned = GPT.from_pretrained(out)
+    # The released code's three rows (_start_, _delimiter_, _classify_: ids n_vocab .. n_vocab + 2).
+    assert tuned.config.vocab_size == n_vocab + 3
+    assert [load_tokenizer(out).token_to_id(t) for t in RESERVED_TOKENS[:3]] == [n_vocab, n_vocab + 1, n_vocab + 2]
+    (tmp_path / "space.yaml").write_text("lr: 1.0e-3\nbatch_size: 16\nmax_steps: 4\n")
+    assert main(["--task", "sst-2", "--data", str(sst2), "--checkpoint", str(ckpt), "--samples", "1",
+                 "--space", str(tmp_path / "space.yaml"), "--storage", str(tmp_path / "runs")]) == 0
