@@ -76,6 +76,12 @@ def apply(cfg: C, values: dict[str, Any], where: str) -> C:
     return dataclasses.replace(cfg, **{k: _coerce(type(cfg), k, v, where) for k, v in values.items()})
 
 
+def add_set_option(p, cls, what: str = "override a key") -> None:
+    """The --set KEY=VALUE option of a command whose settings are the dataclass cls."""
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"{what}; keys: {', '.join(f.name for f in dataclasses.fields(cls))}")
+
+
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
     """['lr=1e-4', 'name=x'] -> {'lr': 0.0001, 'name': 'x'} (values read as YAML scalars)."""
     out = {}

@@ -10,7 +10,6 @@ linear decay, classifier dropout 0.1, λ = 0.5. The dev split is evaluated every
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import shutil
@@ -313,8 +312,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-scratch", action="store_true", help="random weights: the 'no pretraining' ablation")
     p.add_argument("--device", default="auto", help="auto (a GPU where there is one), cpu or cuda")
     p.add_argument("--config", help="YAML file of the keys below")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"override a key; keys: {', '.join(f.name for f in dataclasses.fields(FinetuneConfig))}")
+    configio.add_set_option(p, FinetuneConfig)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -218,8 +218,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a model directory with tokenizer.json (a pretraining checkpoint)")
     p.add_argument("--samples", type=int, default=8, help="trials drawn from the search space (default 8)")
     p.add_argument("--space", help="a search-space YAML (default: tuning/configs/<task>.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"fix a key; keys: {', '.join(f.name for f in dataclasses.fields(FinetuneConfig))}")
+    configio.add_set_option(p, FinetuneConfig, "fix a key")
     p.add_argument("--ablations", action="store_true", help="add the paper's rows: full, λ = 0, no pretraining")
     p.add_argument("--max-concurrent", type=int, default=0, help="trials at a time (default: one per GPU, or CPUs / 2)")
     p.add_argument("--grace-period", type=int, default=1, help="ASHA: evaluations before a trial can be stopped")

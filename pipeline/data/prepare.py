@@ -384,8 +384,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="held-out inputs that make up the val split (instead of val_fraction of the documents)")
     p.add_argument("--out", required=True, help="dataset directory to create")
     p.add_argument("--config", help="YAML file of PrepareConfig keys")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"override a key; keys: {', '.join(f.name for f in dataclasses.fields(PrepareConfig))}")
+    configio.add_set_option(p, PrepareConfig)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing, different dataset (a directory that is not a dataset is never replaced)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")

@@ -207,8 +207,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="run name; the same name resumes the run (default: from the data and config)")
     p.add_argument("--storage", help="Ray Train storage: a directory, NFS, or s3://... (default: $GPT1_STORAGE, else ./runs)")
     p.add_argument("--device", default="auto", help="auto (GPUs when the cluster has them), cpu, or cuda")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"override a key; keys: {', '.join(f.name for f in dataclasses.fields(PretrainConfig))}")
+    configio.add_set_option(p, PretrainConfig)
     p.add_argument("--autoscale", action="store_true",
                    help="ask for more workers than the cluster has now, for its autoscaler to add nodes")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
