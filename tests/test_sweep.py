@@ -169,6 +169,12 @@ def test_the_released_model_in_hugging_face_layout_fine_tunes_and_sweeps(sst2, t
             " ".join(m) if isinstance(m, list) else m for m in spec["merges"]) + "\n")
     ckpt = hf_gpt1(tmp_path / "openai-gpt", vocab_dir)
     n_vocab = json.loads((ckpt / "config.json").read_text())["vocab_size"]
+    # gpt1 export keeps the released encoder's way of reading text, not Hugging Face's file.
+    from gpt1.cli import main as gpt1
+    from pipeline.data.tokenizer import is_gpt1_encoder
+
+    assert gpt1(["export", str(ckpt), str(tmp_path / "native")]) == 0
+    assert is_gpt1_encoder(load_tokenizer(tmp_path / "native")) and is_gpt1_encoder(load_tokenizer(ckpt))
     out = tmp_path / "ft"
     assert finetune_main(["--task", "sst-2", "--data", str(sst2), "--checkpoint", str(ckpt), "--out", str(out),
                           "--set", "max_steps=4", "--set", "batch_size=8"]) == 0

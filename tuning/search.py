@@ -58,19 +58,20 @@ def trial(config: dict, *, task, splits, pretrained, device: str, threads: int) 
     import torch
     from ray import tune
 
-    from tuning.finetune import finetune
+    from tuning.finetune import finetune, rank
 
     if threads:
         torch.set_num_threads(threads)
     ablation = config.get("ablation")
     cfg = configio.apply(FinetuneConfig(), {k: v for k, v in config.items() if k != "ablation"}, "trial config")
-    key, best = task.metrics[0], -math.inf
+    key, best = task.metrics[0], None
     with tempfile.TemporaryDirectory(prefix="gpt1-trial-") as tmp:
         out = Path(tmp) / "model"
 
         def report(metrics: dict, step: int) -> None:
             nonlocal best
-            if metrics[key] > best:  # finetune saved it to out just before
+            # finetune's own rule for a new best, when it has just saved the model to out
+            if best is None or rank(metrics[key]) > rank(best):
                 best = metrics[key]
                 tune.report({**metrics, "step": step}, checkpoint=tune.Checkpoint.from_directory(str(out)))
             else:

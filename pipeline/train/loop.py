@@ -6,7 +6,7 @@ micro-batch j of step s draws its dropout masks from a seed made of (seed, s, j)
 micro-batches, their masks and the summed gradient are the same whatever W is, and a resumed run
 retraces an uninterrupted one step by step.
 
-The loop talks to its surroundings through a Session: Ray Train's (pipeline/pretrain.py) or a
+The loop talks to its surroundings through a Session: Ray Train's (pipeline/train/ray_train.py) or a
 plain process's (LocalSession, for the benchmarks).
 """
 from __future__ import annotations

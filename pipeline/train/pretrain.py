@@ -9,7 +9,7 @@ workers. Checkpoints go to STORAGE/RUN; running the same command again resumes t
 newest complete checkpoint (the default RUN is derived from the data and the config). A killed
 worker is replaced and the run goes on from the newest checkpoint, up to max_failures times. A
 non-finite loss or a full disk stops the run with one line, not retried; Ctrl-C or SIGTERM stops
-it with one line naming the checkpoint the same command resumes from (pipeline/ray_train.py).
+it with one line naming the checkpoint the same command resumes from (pipeline/train/ray_train.py).
 
 MLflow: experiment gpt1-pretrain, one run per RUN, logged by rank 0 only.
 """
