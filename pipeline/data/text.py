@@ -1,0 +1,85 @@
+"""What happens to text before BPE: one normalisation for the corpus and for every task's text,
+and GPT-1's original splitting of text into words, for its released vocabulary.
+
+- normalize: applied by prepare to every document and by tuning/encode.py to every task text,
+  so that a sentence gives the same ids in pretraining and in fine-tuning.
+- gpt1_words: the released encoder's steps before BPE (text_utils.py of
+  openai/finetune-transformer-lm): ftfy, text_standardize, spaCy's rule-based English tokenizer,
+  lower-casing. A tokenizer prepare trains splits text with tokenizers' own faster rules instead
+  (pipeline/data/tokenizer.py says which tokenizer does which).
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0 and C1, but \t \n \r
+
+
+# What UTF-8 read as Latin-1 or Windows-1252 ("mojibake") looks like: a lead byte's character
+# followed by a continuation byte's. Only text with such a pair goes through ftfy's repair,
+# which runs at about 2 MB/s; the test runs at hundreds.
+_MOJIBAKE = re.compile("[\u00c2-\u00f4][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e"
+                       "\u0192\u02c6\u02dc\u2013\u2014\u2018-\u201e\u2020-\u2022\u2026\u2030"
+                       "\u2039\u203a\u20ac\u2122]")
+
+
+def normalize(text: str, lowercase: bool = False) -> str:
+    """Unicode repair (ftfy, as GPT-1 ran) where the text looks like mojibake, NFKC, control
+    characters stripped, optional lower-casing. ASCII text needs none of the Unicode steps."""
+    if not text.isascii():
+        if _MOJIBAKE.search(text):
+            import ftfy
+            text = ftfy.fix_text(text, normalization="NFKC")
+        text = unicodedata.normalize("NFKC", text)
+    text = _CONTROL.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
+    return (text.lower() if lowercase else text).strip()
+
+
+# text_standardize's rules: dashes and the ellipsis character replaced, runs of these punctuation
+# characters set apart by spaces, whitespace around a newline made " \n ", other whitespace one space.
+_DASHES = str.maketrans({"\u2014": "-", "\u2013": "-", "\u2015": "-", "\u00b4": "'"})
+_PUNCT_RUN = re.compile(r"""(-+|~+|!+|"+|;+|\?+|\++|,+|\)+|\(+|\\+|/+|\*+|\[+|\]+|}+|{+|\|+|_+)""")
+_AROUND_NEWLINE = re.compile(r"\s*\n\s*")
+_SPACES = re.compile(r"[^\S\n]+")
+
+
+def standardize(text: str) -> str:
+    """The released encoder's text_standardize (written for spaCy on BooksCorpus)."""
+    text = text.translate(_DASHES).replace("\u2026", "...")
+    text = _PUNCT_RUN.sub(r" \1 ", text)
+    text = _AROUND_NEWLINE.sub(" \n ", text)
+    return _SPACES.sub(" ", text).strip()
+
+
+_SPACY = None
+
+
+def _spacy_tokenizer():
+    """spaCy's rule-based English tokenizer (no model to download), one per process."""
+    global _SPACY
+    if _SPACY is None:
+        from spacy.lang.en import English
+        _SPACY = English().tokenizer
+    return _SPACY
+
+
+def _fix_text(text: str) -> str:
+    """ftfy.fix_text with the NFKC normalisation ftfy applied by default when GPT-1 was made.
+    ASCII text without '&' or an escape character is left as it is: ftfy would change nothing in
+    it (its other fixes concern non-ASCII characters), and skipping it saves most of its time."""
+    if text.isascii() and "&" not in text and "\x1b" not in text:
+        return text
+    import ftfy
+    return ftfy.fix_text(text, normalization="NFKC")
+
+
+def gpt1_words(text: str) -> list[str]:
+    """The words the released encoder applies BPE to: ftfy, standardize, spaCy, lower-case."""
+    words = []
+    for token in _spacy_tokenizer()(standardize(_fix_text(text))):
+        word = token.text.lower()
+        # The released BPE turns a newline token that spaCy left with a trailing space into the
+        # vocabulary's own newline token.
+        words.append("\n" if word == "\n " else word)
+    return words
