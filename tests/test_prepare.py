@@ -240,7 +240,7 @@ def test_script_runs_as_a_file_and_logs_to_mlflow(tmp_path, mlflow_uri):
                         str(out), "--set", "n_merges=200", "--set", "n_ctx=16"], cwd=tmp_path,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "prepared" in r.stdout and "MB/s" in r.stdout
+    assert "prepared" in r.stdout and "MB/s" in r.stdout and "the driver used" in r.stdout
     from mlflow.tracking import MlflowClient
     client = MlflowClient(mlflow_uri)
     exp = client.get_experiment_by_name("gpt1-prepare")

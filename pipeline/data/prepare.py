@@ -195,7 +195,7 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
     val_corpus: held-out inputs that make up the val split (and val_fraction is not used).
     local: run the work items in this process instead of on Ray Data, for a machine without
     Ray (bench/gpu_check.py) and small corpora; the output is the same, byte for byte."""
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     if "://" in str(out):  # Path() would make s3://b/ds a local directory named s3:
         raise CorpusError(f"--out {out}: prepare writes a local (or mounted) directory; object storage "
                           "is not supported yet")
@@ -253,13 +253,13 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    elapsed = time.time() - t0
+    elapsed, cpu = time.time() - t0, time.process_time() - cpu0
     s = manifest["splits"]
     mb = sum(f.size for f in files) / 1e6
     print(f"prepared {out}: {s['train']['documents'] + s['val']['documents']:,} documents, "
           f"{s['train']['tokens'] + s['val']['tokens']:,} tokens ({s['train']['blocks']:,} train / "
           f"{s['val']['blocks']:,} val blocks of {cfg.n_ctx + 1}) from {mb:,.1f} MB in {elapsed:,.1f} s "
-          f"({mb / elapsed:,.2f} MB/s)")
+          f"({mb / elapsed:,.2f} MB/s); the driver used {cpu:,.1f} s of CPU ({cpu / elapsed:.0%} of one core)")
     if track:
         from pipeline.tracking import log_prepare
         log_prepare(out, cfg, manifest)
