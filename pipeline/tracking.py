@@ -77,8 +77,9 @@ def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     MlflowClient(uri).set_terminated(run_id, status)
 
 
-def log_prepare(out: Path, cfg, manifest: dict) -> str:
+def log_prepare(out, cfg, manifest: dict, files: Path | None = None) -> str:
     """A run in experiment gpt1-prepare: options, counts, manifest and tokenizer. Returns its id.
+    out is the dataset's path or URI; files, where given, a local copy of its files to log.
 
     Through a client, not mlflow's fluent API, whose tracking URI and active run are process-wide
     state that would outlive the call."""
@@ -87,8 +88,9 @@ def log_prepare(out: Path, cfg, manifest: dict) -> str:
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
+    files = Path(files or out)
     client = MlflowClient(tracking_uri())
-    run = client.create_run(experiment_id(client, "gpt1-prepare"), run_name=out.name, tags={
+    run = client.create_run(experiment_id(client, "gpt1-prepare"), run_name=str(out).rstrip("/").rsplit("/", 1)[-1], tags={
         "dataset": str(out), "tokenizer_sha256": manifest["tokenizer"]["sha256"],
         "fingerprint": manifest["fingerprint"]})
     run_id, ts = run.info.run_id, int(time.time() * 1000)
@@ -96,8 +98,8 @@ def log_prepare(out: Path, cfg, manifest: dict) -> str:
     metrics.update(replaced_bytes=manifest["replaced_bytes"], vocab_size=manifest["tokenizer"]["vocab_size"])
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in dataclasses.asdict(cfg).items()],
                      metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
-    client.log_artifact(run_id, str(out / "manifest.json"))
-    client.log_artifact(run_id, str(out / "tokenizer.json"))
+    client.log_artifact(run_id, str(files / "manifest.json"))
+    client.log_artifact(run_id, str(files / "tokenizer.json"))
     client.set_terminated(run_id)
     return run_id
 

@@ -1,4 +1,7 @@
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -85,3 +88,33 @@ def sst2(tmp_path_factory):
     d = tmp_path_factory.mktemp("sst2")
     write_sst2(d)
     return d
+
+
+@pytest.fixture
+def s3(monkeypatch, tmp_path):
+    """A moto S3 server on a free port, a bucket, and the environment that points pyarrow at it."""
+    moto = Path(sys.executable).parent / "moto_server"
+    if not moto.exists():
+        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(moto), "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    import pyarrow.fs as pafs
+
+    fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", allow_bucket_creation=True)
+    for _ in range(100):  # the server takes a moment to listen
+        try:
+            fs.create_dir("gpt1-test")
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        pytest.fail(f"the moto server on port {port} did not come up")
+    yield env
+    proc.terminate()
+    proc.wait()

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -23,8 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from pipeline import configio, errors
+from pipeline import remote as remote_store
+from pipeline.remote import is_remote, local_path
 from pipeline import outdir
 from pipeline.data.corpus import CorpusError, InputFile, ReadOptions, filesystem, plan_chunks, read_documents, resolve_inputs
 from pipeline.data.manifest import FORMAT_VERSION, Manifest, is_dataset, read_manifest, write_manifest
@@ -196,10 +200,12 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
     local: run the work items in this process instead of on Ray Data, for a machine without
     Ray (bench/gpu_check.py) and small corpora; the output is the same, byte for byte."""
     t0, cpu0 = time.time(), time.process_time()
-    if "://" in str(out):  # Path() would make s3://b/ds a local directory named s3:
-        raise CorpusError(f"--out {out}: prepare writes a local (or mounted) directory; object storage "
-                          "is not supported yet")
-    out = Path(out).absolute()
+    remote = is_remote(out)
+    if remote:  # object storage: written locally, then uploaded with manifest.json last
+        fs, base = filesystem(str(out))
+        out = str(out).rstrip("/")
+    else:
+        out = local_path(out)
     _check(cfg)
     if track:  # the store is checked before the work, not after it
         from pipeline.tracking import check_store, tracking_uri
@@ -217,19 +223,16 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
         tok = load_tokenizer(cfg.tokenizer)
         source = tokenizer_sha256(tok)
     fingerprint = _fingerprint(cfg, shas, source, n_val)
-    if (out / "manifest.json").exists():
-        try:
-            existing = read_manifest(out)
-        except CorpusError:
-            if not overwrite:
-                raise
-            existing = {}  # a damaged dataset: --overwrite replaces it
-        if existing.get("fingerprint") == fingerprint:
-            print(f"{out} is up to date (same inputs and options): nothing to do")
-            return existing
-    outdir.check_replaceable(out, "a prepared dataset", is_dataset, overwrite, CorpusError)
-    outdir.check_writable(out)
-    outdir.remove_orphans(out)
+    existing = _remote_manifest(fs, base, out, overwrite) if remote else _local_manifest(out, overwrite)
+    if existing is not None and existing.get("fingerprint") == fingerprint:
+        print(f"{out} is up to date (same inputs and options): nothing to do")
+        return existing
+    if remote:
+        stale = _remote_leftovers(fs, base, out, existing, overwrite)
+    else:
+        outdir.check_replaceable(out, "a prepared dataset", is_dataset, overwrite, CorpusError)
+        outdir.check_writable(out)
+        outdir.remove_orphans(out)
 
     items = plan_chunks(files, cfg.chunk_mb << 20, ReadOptions(cfg.format, cfg.text_split))
     common = dict(files=files, shas=shas, cfg=cfg, val_files=val_files)
@@ -246,12 +249,16 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
     eod = tok.token_to_id(END_OF_DOCUMENT)
     tables = run_items(Tokenize, {**common, "tokenizer_json": tok.to_str()}, items, cfg)
 
-    tmp = outdir.sibling(out, "tmp")
+    tmp = Path(tempfile.mkdtemp(prefix="gpt1-prepare-")) / "dataset" if remote else outdir.sibling(out, "tmp")
     try:
         manifest = _write(tmp, tables, tok, cfg, files, shas, fingerprint, vocab, eod, val_files)
-        outdir.swap_into_place(tmp, out)
+        if remote:
+            remote_store.delete(fs, base, stale, first="manifest.json")
+            remote_store.upload(tmp, fs, base, last="manifest.json")
+        else:
+            outdir.swap_into_place(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp.parent if remote else tmp, ignore_errors=True)
         raise
     elapsed, cpu = time.time() - t0, time.process_time() - cpu0
     s = manifest["splits"]
@@ -262,8 +269,58 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
           f"({mb / elapsed:,.2f} MB/s); the driver used {cpu:,.1f} s of CPU ({cpu / elapsed:.0%} of one core)")
     if track:
         from pipeline.tracking import log_prepare
-        log_prepare(out, cfg, manifest)
+        log_prepare(out, cfg, manifest, files=tmp if remote else None)
+    if remote:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
     return manifest
+
+
+def _local_manifest(out: Path, overwrite: bool) -> dict | None:
+    """The manifest of the dataset at out, None if there is none; a damaged one is an error,
+    unless --overwrite is to replace it anyway."""
+    if not (out / "manifest.json").exists():
+        return None
+    try:
+        return read_manifest(out)
+    except CorpusError:
+        if not overwrite:
+            raise
+        return {}
+
+
+def _remote_manifest(fs, base: str, out: str, overwrite: bool) -> dict | None:
+    """The same for a dataset on object storage."""
+    if fs.get_file_info(f"{base}/manifest.json").type != pafs.FileType.File:
+        return None
+    try:
+        manifest = remote_store.read_json(fs, f"{base}/manifest.json")
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+        return manifest
+    except (ValueError, UnicodeDecodeError) as err:
+        if not overwrite:
+            raise CorpusError(f"{out}/manifest.json: not a readable manifest ({err}); the dataset is damaged: "
+                              "prepare it again with --overwrite") from None
+        return {}
+
+
+# What prepare writes under its output, and nothing else: a prefix that holds other files is
+# never cleared.
+_DATASET_FILES = r"manifest\.json|tokenizer\.json|(train|val)/shard-\d{5}\.parquet"
+
+
+def _remote_leftovers(fs, base: str, out: str, existing: dict | None, overwrite: bool) -> list[str]:
+    """The files under an object-storage output that the new dataset replaces: an older dataset
+    (only with --overwrite), or what an interrupted prepare left (no manifest). A prefix that
+    holds anything else is refused, --overwrite or not."""
+    names = remote_store.files_under(fs, base)
+    foreign = remote_store.only_these(names, _DATASET_FILES)
+    if foreign is not None:
+        raise CorpusError(f"{out}: holds {foreign}, which prepare did not write; it is never replaced, "
+                          "--overwrite or not: choose another prefix")
+    if existing is not None and not overwrite:
+        raise CorpusError(f"{out}: already holds a different prepared dataset; pass --overwrite to replace it")
+    return names
 
 
 def _on_ray_data(worker_cls, kwargs: dict, items: list[dict], cfg: PrepareConfig):

@@ -89,13 +89,12 @@ class RaySession:
                 shutil.rmtree(final)
             os.rename(checkpoint.path, final)
             return ray.train.Checkpoint(str(final))
+        from pipeline import remote
+
         fs, base = pafs.FileSystem.from_uri(self.run_path)
         dest = f"{base}/{name}"
-        fs.create_dir(dest)
-        files = sorted(Path(checkpoint.path).iterdir(), key=lambda p: p.name == STATE_FILE)
-        for f in files:  # trainer_state.json last: its presence says the rest is there
-            pafs.copy_files(str(f), f"{dest}/{f.name}", source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=fs)
+        # trainer_state.json last: its presence says the rest is there
+        remote.upload(Path(checkpoint.path), fs, dest, last=STATE_FILE)
         return ray.train.Checkpoint(dest, filesystem=fs)
 
     def report(self, metrics: dict, checkpoint_dir: Path | None = None, name: str | None = None) -> None:
