@@ -1,11 +1,13 @@
 """Stage 1, prepare: an unlabeled corpus -> a tokenizer and packed, sharded, checksummed tokens.
 
-    python pipeline/prepare.py --corpus PATH... --out DIR [--config YAML] [--set key=value ...]
+    python pipeline/prepare.py --corpus PATH... --out DIR_OR_URI [--config YAML] [--set key=value ...]
 
 Ray Data reads the inputs in byte-range chunks, normalises and tokenizes them in parallel; the
 driver packs the ordered token stream into blocks of n_ctx + 1 and writes Parquet shards. The
-output is the same, byte for byte, whatever the parallelism. The directory is written under a
-temporary name and renamed into place, manifest.json last.
+output is the same, byte for byte, whatever the parallelism. A local directory is written under
+a temporary name and renamed into place; on object storage (s3://...) the dataset is written
+locally and uploaded with manifest.json last. Either way manifest.json comes last: a directory
+without one is not a dataset.
 """
 from __future__ import annotations
 
@@ -21,15 +23,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from pipeline import configio, errors
+from pipeline import configio, errors, outdir
 from pipeline import remote as remote_store
-from pipeline.remote import is_remote, local_path
-from pipeline import outdir
 from pipeline.data.corpus import CorpusError, InputFile, ReadOptions, filesystem, plan_chunks, read_documents, resolve_inputs
 from pipeline.data.manifest import FORMAT_VERSION, Manifest, is_dataset, read_manifest, write_manifest
 from pipeline.data.packing import Packer, token_dtype
@@ -200,12 +199,12 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
     local: run the work items in this process instead of on Ray Data, for a machine without
     Ray (bench/gpu_check.py) and small corpora; the output is the same, byte for byte."""
     t0, cpu0 = time.time(), time.process_time()
-    remote = is_remote(out)
+    remote = remote_store.is_remote(out)
     if remote:  # object storage: written locally, then uploaded with manifest.json last
         fs, base = filesystem(str(out))
         out = str(out).rstrip("/")
     else:
-        out = local_path(out)
+        out = remote_store.local_path(out)
     _check(cfg)
     if track:  # the store is checked before the work, not after it
         from pipeline.tracking import check_store, tracking_uri
@@ -439,7 +438,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="files, globs, directories or URIs (s3://, gs://, ...); .gz is read too")
     p.add_argument("--val-corpus", nargs="+", metavar="PATH",
                    help="held-out inputs that make up the val split (instead of val_fraction of the documents)")
-    p.add_argument("--out", required=True, help="dataset directory to create")
+    p.add_argument("--out", required=True, help="dataset directory to create, or an object-storage URI (s3://bucket/prefix)")
     p.add_argument("--config", help="YAML file of PrepareConfig keys")
     configio.add_set_option(p, PrepareConfig)
     p.add_argument("--overwrite", action="store_true",
