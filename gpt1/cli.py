@@ -10,7 +10,7 @@ from pathlib import Path
 def export(args: argparse.Namespace) -> None:
     """Convert a model directory (native, Hugging Face or original OpenAI) to native or hf."""
     from pipeline import outdir
-    from pipeline.data.tokenizer import load_tokenizer, save_tokenizer
+    from pipeline.data.tokenizer import holds_released_vocabulary, load_tokenizer, save_tokenizer
     from pipeline.errors import UserError
     from pipeline.train.checkpoint import load_model
 
@@ -25,10 +25,10 @@ def export(args: argparse.Namespace) -> None:
     tmp = outdir.sibling(dst, "tmp")
     try:
         gpt.save_pretrained(tmp, format=args.format)
-        try:  # as the pipeline reads it (the released vocabulary included), not a copy of a file
+        if holds_released_vocabulary(src):  # as the released encoder reads it, whatever the layout
             save_tokenizer(load_tokenizer(src), tmp / "tokenizer.json")
-        except FileNotFoundError:
-            pass  # weights alone (the original release without its vocabulary files)
+        elif (src / "tokenizer.json").exists():
+            shutil.copy(src / "tokenizer.json", tmp / "tokenizer.json")
         outdir.swap_into_place(tmp, dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -101,20 +101,24 @@ class _Docs:
             yield self.error(str(err))
 
 
+# A bad input found while counting words travels as a "word" that text never holds (control
+# characters are stripped from every document), through the same merge as the counts.
+ERROR_MARK = "\x00"
+
+
 class CountWords(_Docs):
-    """Word counts of the training split's documents, for learning the tokenizer: the driver
-    merges these tables and never sees the text."""
+    """Word counts of the training split's documents, for learning the tokenizer: a table per
+    work item, merged by word before the driver sees them (a Ray Data groupby), so the driver
+    receives each distinct word once and never the text."""
 
     def process(self, item):
         counts = word_counts((t for _, t, _, _, val in self.of(item) if t and not val), lowercase=True)
         if counts:
             yield {"word": np.array(list(counts), dtype=object),
-                   "count": np.fromiter(counts.values(), dtype=np.int64, count=len(counts)),
-                   "error": np.array([None] * len(counts), dtype=object)}
+                   "count": np.fromiter(counts.values(), dtype=np.int64, count=len(counts))}
 
     def error(self, message: str):
-        return {"word": np.array([""], dtype=object), "count": np.zeros(1, np.int64),
-                "error": np.array([message], dtype=object)}
+        return {"word": np.array([ERROR_MARK + message], dtype=object), "count": np.zeros(1, np.int64)}
 
 
 class Tokenize(_Docs):
@@ -237,13 +241,7 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
     common = dict(files=files, shas=shas, cfg=cfg, val_files=val_files)
     run_items = _in_process if local else _on_ray_data
     if tok is None:
-        counts: Counter = Counter()
-        with contextlib.closing(iter(run_items(CountWords, common, items, cfg))) as batches:
-            for b in batches:
-                _raise_worker_error(b["error"])
-                for word, c in zip(b["word"], b["count"]):
-                    counts[word] += int(c)
-        tok = tokenizer_from_counts(counts, n_merges=cfg.n_merges)
+        tok = tokenizer_from_counts(_word_counts(common, items, cfg, local), n_merges=cfg.n_merges)
     vocab = tok.get_vocab_size(with_added_tokens=True)
     eod = tok.token_to_id(END_OF_DOCUMENT)
     tables = run_items(Tokenize, {**common, "tokenizer_json": tok.to_str()}, items, cfg)
@@ -322,8 +320,9 @@ def _remote_leftovers(fs, base: str, out: str, existing: dict | None, overwrite:
     return names
 
 
-def _on_ray_data(worker_cls, kwargs: dict, items: list[dict], cfg: PrepareConfig):
-    """worker_cls's output for every work item, in input order, from a pool of Ray Data actors."""
+def _on_ray_data(worker_cls, kwargs: dict, items: list[dict], cfg: PrepareConfig, merge=None):
+    """worker_cls's output for every work item, in input order, from a pool of Ray Data actors
+    (or, with merge, what merge makes of that Dataset)."""
     import ray
 
     ray_init()
@@ -335,11 +334,31 @@ def _on_ray_data(worker_cls, kwargs: dict, items: list[dict], cfg: PrepareConfig
     env = {"env_vars": {"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}}
     out = ds.map_batches(worker_cls, batch_size=1, fn_constructor_kwargs=kwargs,
                          compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, runtime_env=env)
+    if merge is not None:
+        out = merge(out)
     fmt = "pyarrow" if worker_cls is Tokenize else "numpy"
     # Closed on the way out, also when a bad input or a full disk stops the reader: Ray Data then
     # shuts its executor down now, not later in a background thread of another command.
     with contextlib.closing(iter(out.iter_batches(batch_size=None, batch_format=fmt))) as batches:
         yield from batches
+
+
+def _word_counts(kwargs: dict, items: list[dict], cfg: PrepareConfig, local: bool) -> Counter:
+    """Each distinct word of the training split with its count over the whole corpus. On Ray,
+    the work items' tables are merged by a groupby across the cluster; the driver receives the
+    merged table only."""
+    if local:
+        batches = ({"word": b["word"], "sum(count)": b["count"]} for b in _in_process(CountWords, kwargs, items, cfg))
+    else:
+        batches = _on_ray_data(CountWords, kwargs, items, cfg, merge=lambda ds: ds.groupby("word").sum("count"))
+    counts: Counter = Counter()
+    with contextlib.closing(iter(batches)) as it:
+        for b in it:
+            for word, c in zip(b["word"], b["sum(count)"]):
+                if word.startswith(ERROR_MARK):
+                    raise CorpusError(word[len(ERROR_MARK):])
+                counts[word] += int(c)
+    return counts
 
 
 def _in_process(worker_cls, kwargs: dict, items: list[dict], cfg: PrepareConfig):

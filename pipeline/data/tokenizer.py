@@ -165,6 +165,15 @@ def n_merges(tok: Tokenizer) -> int:
     return len(json.loads(tok.to_str())["model"].get("merges", []))
 
 
+def holds_released_vocabulary(d) -> bool:
+    """Whether directory d holds GPT-1's released vocabulary in one of the layouts load_tokenizer
+    reads as the released encoder."""
+    d = Path(d)
+    return any((d / v).exists() and (d / m).exists() for v, m in ((GPT1_VOCAB_FILE, GPT1_MERGES_FILE),
+                                                                  (HF_VOCAB_FILE, HF_MERGES_FILE))) \
+        or ((d / "tokenizer_config.json").exists() and _hf_gpt1_tokenizer(d) is not None)
+
+
 def load_tokenizer(path) -> Tokenizer:
     """A directory holding GPT-1's released vocabulary, read as the released encoder: the
     release's encoder_bpe_40000.json + vocab_40000.bpe, a Hugging Face directory's vocab.json +
