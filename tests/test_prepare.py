@@ -1,5 +1,6 @@
 """gpt1 prepare on Ray Data: formats, determinism, split, packing, bad input, re-runs, MLflow."""
 import gzip
+import hashlib
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from corpus_gen import documents
-from pipeline.data.packing import read_blocks
+from pipeline.data.dataset import load_split
 from pipeline.data.prepare import PrepareConfig, main, prepare
 from pipeline.data.tokenizer import END_OF_DOCUMENT, load_tokenizer
 
@@ -24,14 +25,21 @@ def cfg(**kw) -> PrepareConfig:
 
 
 def stream(out: Path, split: str) -> np.ndarray:
-    """The split's token stream, rebuilt from its blocks (consecutive blocks share one token)."""
+    """The split's token stream: its shards' raw little-endian ids, in order, checked against the
+    blocks that training reads (consecutive blocks share one token)."""
     m = json.loads((out / "manifest.json").read_text())
     names = sorted(k for k in m["shards"] if k.startswith(split + "/"))
-    blocks = np.concatenate([read_blocks(out / n) for n in names]) if names else np.empty((0, 33), int)
+    dtype = np.dtype(m["dtype"]).newbyteorder("<")
+    whole = np.concatenate([np.fromfile(out / n, dtype=dtype) for n in names]) if names else np.empty(0, int)
+    assert len(whole) == m["splits"][split]["tokens"]
+    blocks = load_split(out, m, split)
+    assert len(blocks) == m["splits"][split]["blocks"]
     if not len(blocks):
-        return np.empty(0, int)
-    assert all(blocks[i, -1] == blocks[i + 1, 0] for i in range(len(blocks) - 1)), "blocks are not contiguous"
-    return np.concatenate([blocks[0], *[b[1:] for b in blocks[1:]]])
+        return whole
+    got = blocks[np.arange(len(blocks))]
+    assert all(got[i, -1] == got[i + 1, 0] for i in range(len(got) - 1)), "blocks are not contiguous"
+    assert np.array_equal(np.concatenate([got[0], *[b[1:] for b in got[1:]]]), whole[:len(blocks) * m["n_ctx"] + 1])
+    return whole
 
 
 def decoded_docs(out: Path, split: str) -> list[str]:
@@ -45,7 +53,7 @@ def decoded_docs(out: Path, split: str) -> list[str]:
             cur = []
         else:
             cur.append(t)
-    return docs  # a document cut off by the last partial block is not returned
+    return docs
 
 
 def norm(text: str) -> str:
@@ -71,17 +79,19 @@ def test_text_corpus_end_to_end(tmp_path, ray_session):
     # every document is in exactly one split, whole and in order (all but a cut-off last one)
     got = decoded_docs(out, "train") + decoded_docs(out, "val")
     want = [norm(d) for d in docs]
-    assert len(got) >= 300 - 2 and len(set(got)) == len(got)
+    assert len(got) == 300 and len(set(got)) == len(got)
     for d in got:
         assert norm(d) in want
     train_docs = [norm(d) for d in decoded_docs(out, "train")]
     assert train_docs == [w for w in want if w in set(train_docs)]  # input order kept
     assert not set(train_docs) & {norm(d) for d in decoded_docs(out, "val")}
-    for name, sha in m["shards"].items():
-        import hashlib
-        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == sha
+    for name, shard in m["shards"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == shard["sha256"]
+        assert (out / name).stat().st_size == 2 * shard["tokens"]
     assert 100 < m["tokenizer"]["n_merges"] <= 300 and m["dtype"] == "uint16"
-    assert m["inputs"][0]["sha256"] and m["n_ctx"] == 32
+    # the input's digest: the sha256 of its 1 MiB pieces' sha256s (one piece here)
+    assert m["inputs"][0]["sha256_pieces"] == hashlib.sha256(hashlib.sha256(src.read_bytes()).digest()).hexdigest()
+    assert m["n_ctx"] == 32
 
 
 def test_every_format_gives_the_same_documents(tmp_path, ray_session):
@@ -153,12 +163,12 @@ def test_packing_blocks_are_contiguous_and_hold_every_document_once(tmp_path, ra
     s = stream(out, "train")
     tok = load_tokenizer(out)
     eod = tok.token_to_id(END_OF_DOCUMENT)
-    assert (s == eod).sum() == len(decoded_docs(out, "train"))
+    assert (s == eod).sum() == len(decoded_docs(out, "train")) == 200 and s[-1] == eod
     got = [norm(d) for d in decoded_docs(out, "train")]
-    assert got == [norm(d) for d in docs][:len(got)]
+    assert got == [norm(d) for d in docs]
     train = m["splits"]["train"]
     # every token is in a block but for the tail, which is counted
-    assert len(s) + train["tokens_not_in_a_block"] == train["tokens"]
+    assert train["blocks"] * 32 + 1 + train["tokens_not_in_a_block"] == train["tokens"] == len(s)
     assert train["blocks"] == (train["tokens"] - 1) // 32
 
 
@@ -265,26 +275,47 @@ def test_normalisation_repairs_unicode_and_strips_controls():
     assert normalize("naïve café") == "naïve café"  # proper text is left alone
 
 
-@pytest.mark.parametrize("shard_blocks", [3, 2048 + 5])
-def test_packer_shards_are_a_function_of_the_stream_alone(tmp_path, shard_blocks):
-    from pipeline.data.packing import Packer
+@pytest.mark.parametrize("shard_tokens", [7, 4096, 100_000])
+def test_shards_are_a_function_of_the_stream_alone(tmp_path, shard_tokens):
+    """However the stream is cut into part files, the shards assembled from them are the same bytes."""
+    import pyarrow.fs as pafs
+
+    from pipeline.data.packing import plan_shards, to_bytes, write_shard
 
     rng = np.random.default_rng(0)
-    stream_tokens = rng.integers(0, 1000, 40_000).astype(np.uint16)
+    tokens = rng.integers(0, 60_000, 40_000).astype(np.uint16)
+    fs = pafs.LocalFileSystem()
     results = []
-    for i, pieces in enumerate([[stream_tokens], np.split(stream_tokens, np.sort(rng.integers(1, 40_000, 50)))]):
+    for i, cuts in enumerate([[], np.sort(rng.integers(0, 40_000, 50)), [0, 0, 5, 5, 39_999]]):
+        parts = np.split(tokens, cuts)
         d = tmp_path / str(i)
         d.mkdir()
-        p = Packer(d, n_ctx=8, eod=999, dtype=np.dtype(np.uint16), shard_blocks=shard_blocks)
-        for piece in pieces:
-            p.add(piece, 1)
-        left = p.close()
-        blocks = np.concatenate([read_blocks(d / n) for n in sorted(p.shards)])
-        rebuilt = np.concatenate([blocks[0], *[b[1:] for b in blocks[1:]]])
-        assert np.array_equal(rebuilt, stream_tokens[:len(rebuilt)]) and len(rebuilt) + left == len(stream_tokens)
-        assert all(len(read_blocks(d / n)) <= shard_blocks for n in p.shards)
-        results.append(p.shards)
-    assert results[0] == results[1] and len(results[0]) > 1
+        for j, part in enumerate(parts):
+            (d / f"part-{j}").write_bytes(to_bytes(part, np.dtype("<u2")))
+        shas = []
+        for k, pieces in enumerate(plan_shards([len(p) for p in parts], shard_tokens)):
+            shas.append(write_shard(fs, str(d / f"shard-{k}"), [(str(d / f"part-{j}"), 2 * at, 2 * n)
+                                                                for j, at, n in pieces]))
+        rebuilt = np.concatenate([np.fromfile(d / f"shard-{k}", dtype="<u2") for k in range(len(shas))])
+        assert np.array_equal(rebuilt, tokens)
+        assert all((d / f"shard-{k}").stat().st_size == 2 * shard_tokens for k in range(len(shas) - 1))
+        results.append(shas)
+    assert results[0] == results[1] == results[2] and len(results[0]) == -(-40_000 // shard_tokens)
+
+
+def test_blocks_read_by_offset_straddle_shards(tmp_path):
+    from pipeline.data.packing import StreamReader
+
+    tokens = np.arange(1000, dtype=np.uint16)
+    for k in range(0, 1000, 64):  # shards of 64 tokens, blocks of 10 + 1: many straddle two
+        tokens[k:k + 64].astype("<u2").tofile(tmp_path / f"s{k:04d}")
+    r = StreamReader(sorted(tmp_path.iterdir()), 64, 1000, 10, "uint16")
+    assert len(r) == 99
+    got = r[np.array([0, 6, 98, 6])]
+    assert got.tolist() == [list(range(i * 10, i * 10 + 11)) for i in (0, 6, 98, 6)]
+    assert r[97:].tolist() == [list(range(970, 981)), list(range(980, 991))]
+    with pytest.raises(IndexError):
+        r[[99]]
 
 
 def test_blank_line_documents_match_a_line_by_line_reference(tmp_path):

@@ -1,5 +1,5 @@
 """prepare to object storage (a real local S3 server, moto): the same files as a local run,
-manifest.json uploaded last; re-runs, --overwrite and an interrupted upload's leftovers; a prefix
+written in place with manifest.json last; re-runs, --overwrite and an interrupted upload's leftovers; a prefix
 holding other files is never cleared; `gpt1 prepare --corpus s3://... --out s3://...` end to end."""
 import hashlib
 import json
@@ -35,7 +35,7 @@ def remote_files(prefix: str) -> dict[str, str]:
     return out
 
 
-def test_a_dataset_on_s3_is_the_local_one_uploaded_manifest_last(s3, tmp_path, capsys):
+def test_a_dataset_on_s3_holds_the_local_ones_files(s3, tmp_path, capsys):
     src = tmp_path / "c.txt"
     src.write_text("\n\n".join(documents(300, seed=5)) + "\n")
     local = prepare([str(src)], tmp_path / "local", CFG, track=False, local=True)
@@ -64,8 +64,10 @@ def test_leftovers_of_an_interrupted_upload_are_cleared_and_other_files_never(s3
     fs = bucket()
     # What an upload cut off before its manifest leaves: shards, no manifest (not a dataset).
     fs.create_dir("gpt1-test/cut/train")
-    with fs.open_output_stream("gpt1-test/cut/train/shard-00007.parquet") as f:
+    with fs.open_output_stream("gpt1-test/cut/train/shard-00007.bin") as f:
         f.write(b"half a shard")
+    with fs.open_output_stream("gpt1-test/cut/_work/item-000003-val.bin") as f:
+        f.write(b"a part file")
     m = prepare([str(src)], "s3://gpt1-test/cut", CFG, track=False, local=True)
     assert set(remote_files("gpt1-test/cut")) == {"manifest.json", "tokenizer.json", *m["shards"]}
     # A prefix holding a file prepare does not write is refused, and left as it was.

@@ -194,7 +194,7 @@ def test_bad_data_is_refused_before_workers_start(data, tmp_path, workdir, capsy
     refused(["--data", str(tmp_path / "nope")], "not a prepared dataset")
     bad = tmp_path / "altered"
     shutil.copytree(data, bad)
-    shard = sorted(bad.glob("train/*.parquet"))[0]
+    shard = sorted(bad.glob("train/*.bin"))[0]
     shard.write_bytes(shard.read_bytes()[:-10] + b"0123456789")
     refused(["--data", str(bad)], "sha256 differs from the manifest")
     refused(["--data", str(data), "--set", "model_overrides={vocab_size: 100}"], "expected vocab_size >=")

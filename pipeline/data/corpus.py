@@ -10,9 +10,11 @@ are the same whatever the chunk size.
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import glob
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -44,6 +46,7 @@ class InputFile:
     size: int
     format: str
     gz: bool
+    mtime_ns: int | None = None  # as the filesystem reports it: with uri and size, what a re-run compares
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,7 @@ def resolve_inputs(specs: list[str], forced_format: str = "auto") -> list[InputF
         for i in sorted(infos, key=lambda i: i.path):
             fmt, gz = _format_of(i.base_name, forced_format)
             uri = (scheme + i.path) if scheme else i.path
-            files.append(InputFile(uri, i.path, i.size, fmt, gz))
+            files.append(InputFile(uri, i.path, i.size, fmt, gz, i.mtime_ns))
     return files
 
 
@@ -270,20 +273,98 @@ def _line_number(opener, offset: int) -> int:
     return n
 
 
-def read_documents(f: InputFile, start: int, end: int, opts: ReadOptions) -> Iterator[tuple[int, str, int, int]]:
+PIECE = 1 << 20  # an input's identity is the sha256 of the sha256s of its 1 MiB pieces
+
+
+def input_digest(pieces: list[bytes]) -> str:
+    """An input's sha256 over its pieces' sha256s, in order: the work items that read a file's byte
+    ranges hash them as they read (no pass over the corpus beforehand), and the result is the same
+    whatever the chunk size, since chunks are whole pieces."""
+    return hashlib.sha256(b"".join(pieces)).hexdigest()
+
+
+class _Hashed:
+    """A stream that hashes the bytes of [start, end) passing through it, PIECE by PIECE, into
+    pieces (a list of sha256 digests). Reads must be sequential; finish() reads what the reader
+    left of the range."""
+
+    def __init__(self, raw, start: int, end: int, pieces: list[bytes]):
+        if start % PIECE:
+            raise ValueError(f"a hashed range starts at {start}, not on a {PIECE}-byte piece")
+        self.raw, self.pos, self.done, self.end, self.pieces = raw, 0, start, end, pieces
+        self.h, self.in_piece = hashlib.sha256(), 0
+
+    def seek(self, p: int, whence: int = 0) -> int:
+        if whence or p > self.done:
+            raise ValueError("a hashed stream seeks only backwards, before what it has hashed")
+        self.pos = p
+        return self.raw.seek(p)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        lo = self.done - self.pos
+        hi = len(data) if self.end < 0 else min(len(data), self.end - self.pos)
+        if 0 <= lo < hi:
+            self._take(memoryview(data)[lo:hi])
+        self.pos += len(data)
+        return data
+
+    def _take(self, view) -> None:
+        while len(view):
+            k = min(PIECE - self.in_piece, len(view))
+            self.h.update(view[:k])
+            self.in_piece += k
+            self.done += k
+            view = view[k:]
+            if self.in_piece == PIECE:
+                self.pieces.append(self.h.digest())
+                self.h, self.in_piece = hashlib.sha256(), 0
+
+    def finish(self) -> None:
+        while (self.end < 0 or self.done < self.end) and self.read(PIECE):
+            pass
+        if self.in_piece:
+            self.pieces.append(self.h.digest())
+            self.in_piece = 0
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+
+def read_documents(f: InputFile, start: int, end: int, opts: ReadOptions,
+                   pieces: list[bytes] | None = None) -> Iterator[tuple[int, str, int, int]]:
     """(offset, normalised text, raw UTF-8 bytes, bytes replaced) for each non-empty document that
-    the chunk [start, end) owns. end = -1: to the end of the file."""
+    the chunk [start, end) owns. end = -1: to the end of the file.
+
+    pieces: if a list, the sha256 of each PIECE of the file's bytes [start, end) is appended to it
+    (once the documents are all read), from the same reads."""
     fs, _ = filesystem(f.uri)
 
+    def raw_stream():
+        return fs.open_input_file(f.path) if start > 0 and not f.gz else fs.open_input_stream(f.path, compression=None)
+
     def opener():  # seekable where a chunk starts inside the file (gzip always starts at 0)
-        if f.gz:
-            return gzip.open(fs.open_input_stream(f.path, compression=None))
-        return fs.open_input_file(f.path) if start > 0 else fs.open_input_stream(f.path, compression=None)
+        return gzip.open(raw_stream()) if f.gz else raw_stream()
 
     if f.format == "parquet":
         yield from _parquet_docs(fs, f, opts)
+        if pieces is not None:
+            with raw_stream() as s:
+                _Hashed(s, 0, -1, pieces).finish()
         return
-    with opener() as stream:
+    hashed = _Hashed(raw_stream(), start, end, pieces) if pieces is not None else None
+    main = (gzip.open(hashed) if f.gz else hashed) if hashed is not None else opener()
+    # A gzip stream leaves the raw one it reads open: closed here too.
+    with hashed if hashed is not None else contextlib.nullcontext(), main as stream:
         try:
             if f.format == "jsonl":
                 for off, line in _lines(stream, start):
@@ -294,6 +375,8 @@ def read_documents(f: InputFile, start: int, end: int, opts: ReadOptions) -> Ite
                     text = _json_text(line, f, off, opener, opts.text_field)
                     raw = text.encode("utf-8", errors="surrogatepass")
                     yield off, normalize(text, opts.lowercase), len(raw), 0
+                if hashed is not None:
+                    hashed.finish()
                 return
             if opts.text_split == "file":
                 docs = [(0, _chomp(b"".join(line for _, line in _lines(stream, 0))))]
@@ -304,6 +387,8 @@ def read_documents(f: InputFile, start: int, end: int, opts: ReadOptions) -> Ite
             for off, raw in docs:
                 text, bad = decode(raw)
                 yield off, normalize(text, opts.lowercase), len(raw), bad
+            if hashed is not None:
+                hashed.finish()
         except _Binary as b:
             raise CorpusError(f"{f.uri}: a NUL byte at offset {b.offset}; expected UTF-8 text, "
                               "not a binary file") from None

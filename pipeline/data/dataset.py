@@ -1,4 +1,4 @@
-"""A prepared dataset read back for training: the manifest checked, the blocks in order.
+"""A prepared dataset read back for training: the manifest checked, the blocks read by offset.
 
 The order of training blocks is a pure function of (seed, epoch, global step): every epoch is a
 fresh permutation drawn from (seed, epoch), and step s of the epoch takes its s-th slice. So the
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.data.packing import read_blocks, sha256_file
+from pipeline.data.packing import StreamReader, sha256_file
 from pipeline.data.manifest import FORMAT_VERSION, DataError, check_fields, check_shards, read_manifest
 from pipeline.data.tokenizer import load_tokenizer, tokenizer_sha256
 
@@ -29,18 +29,20 @@ def open_dataset(path, verify: bool = True) -> dict:
     except UserError as err:
         raise DataError(str(err)) from None
     where = d / "manifest.json"
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{where}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}; "
+    version = manifest.get("format_version")
+    if isinstance(version, int) and version < FORMAT_VERSION:
+        raise DataError(f"{where}: format_version {version} (token shards in Parquet), which this version no "
+                        f"longer reads; prepare the dataset again: gpt1 prepare --corpus ... --out {d} --overwrite")
+    if version != FORMAT_VERSION:
+        raise DataError(f"{where}: format_version {version!r}, expected {FORMAT_VERSION}; "
                         "prepare the dataset again with this version")
     check_fields(manifest, where)
     if not verify:
         return manifest
-    for name, sha in sorted(manifest["shards"].items()):
-        if not (d / name).exists():
-            raise DataError(f"{d / name}: listed in the manifest but missing")
-        if sha256_file(d / name) != sha:
-            raise DataError(f"{d / name}: sha256 differs from the manifest's (the shard was changed)")
     check_shards(d, manifest)
+    for name, shard in sorted(manifest["shards"].items()):
+        if sha256_file(d / name) != shard["sha256"]:
+            raise DataError(f"{d / name}: sha256 differs from the manifest's (the shard was changed)")
     tok = load_tokenizer(d / "tokenizer.json")
     if tokenizer_sha256(tok) != manifest["tokenizer"]["sha256"]:
         raise DataError(f"{d / 'tokenizer.json'}: sha256 differs from the manifest's")
@@ -60,12 +62,11 @@ def check_fits(manifest: dict, path, vocab_size: int, n_ctx: int) -> None:
                         f"prepare with --set n_ctx={n_ctx}, or set model_overrides n_ctx to {manifest['n_ctx']}")
 
 
-def load_split(path, manifest: dict, split: str) -> np.ndarray:
-    """[n_blocks, n_ctx + 1] token ids of one split, shards in name order (the packing order)."""
+def load_split(path, manifest: dict, split: str) -> StreamReader:
+    """The blocks of one split, [n_blocks, n_ctx + 1] by index, memory-mapped from its shards."""
     names = sorted(n for n in manifest["shards"] if n.startswith(f"{split}/"))
-    if not names:
-        return np.empty((0, manifest["n_ctx"] + 1), dtype=manifest["dtype"])
-    return np.concatenate([read_blocks(Path(path) / n) for n in names])
+    return StreamReader([Path(path) / n for n in names], manifest["shard_tokens"], manifest["splits"][split]["tokens"],
+                        manifest["n_ctx"], manifest["dtype"])
 
 
 def tokens_per_byte(manifest: dict, split: str) -> float:

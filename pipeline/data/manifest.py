@@ -1,12 +1,14 @@
 """A prepared dataset's manifest.json: its schema and format version, written by prepare, read
 and checked (fields, shards) before training reads a block.
 
-The manifest, as Manifest below spells it: format_version; fingerprint (the sha256 of the
-inputs' sha256s and the options that change the output); inputs (uri, sha256, bytes, format,
-gzip, and split where held-out files make the val split); options; tokenizer (sha256,
-vocab_size, n_merges, end_of_document id, source); n_ctx; seed; dtype of the token ids; splits
-(per split: documents, tokens, bytes, blocks, tokens_not_in_a_block, empty_documents);
-replaced_bytes (bytes that were not UTF-8); shards (split/shard-NNNNN.parquet -> sha256).
+The manifest, as Manifest below spells it: format_version; fingerprint (the sha256 of the inputs'
+digests and the options that change the output); source_key (the same over the inputs' names,
+sizes and modification times: what a re-run compares before reading anything); inputs (uri,
+sha256_pieces, bytes, mtime, format, gzip, and split where held-out files make the val split);
+options; tokenizer (sha256, vocab_size, n_merges, end_of_document id, source); n_ctx; seed; dtype
+of the token ids; shard_tokens; splits (per split: documents, tokens, bytes, blocks,
+tokens_not_in_a_block, empty_documents); replaced_bytes (bytes that were not UTF-8); shards
+(split/shard-NNNNN.bin -> its tokens and sha256).
 """
 from __future__ import annotations
 
@@ -14,12 +16,17 @@ import json
 from pathlib import Path
 from typing import TypedDict
 
+import numpy as np
+
 from pipeline.data.corpus import CorpusError
 from pipeline.errors import UserError
 
 # 2: the reserved tokens are in the tokenizer's vocabulary (text that holds them is ordinary text),
 # and GPT-1's released vocabulary splits text as its released encoder did.
-FORMAT_VERSION = 2
+# 3: raw token shards read by offset (pipeline/data/packing.py) instead of zstd Parquet blocks; the
+# val split is drawn by a hash of each document's text; inputs are identified by the sha256s of
+# their 1 MiB pieces, hashed by the workers as they read.
+FORMAT_VERSION = 3
 
 
 class DataError(UserError):
@@ -43,18 +50,35 @@ class TokenizerInfo(TypedDict):
     source: str
 
 
+class Input(TypedDict, total=False):
+    uri: str
+    sha256_pieces: str  # sha256 of the sha256s of its 1 MiB pieces (corpus.input_digest)
+    bytes: int
+    mtime: float | None
+    format: str
+    gzip: bool
+    split: str  # only where held-out files make the val split
+
+
+class Shard(TypedDict):
+    tokens: int
+    sha256: str
+
+
 class Manifest(TypedDict):
     format_version: int
     fingerprint: str
-    inputs: list[dict]
+    source_key: str
+    inputs: list[Input]
     options: dict
     tokenizer: TokenizerInfo
     n_ctx: int
     seed: int
     dtype: str
+    shard_tokens: int  # tokens of every shard but a split's last
     splits: dict[str, Split]  # train and val
     replaced_bytes: int
-    shards: dict[str, str]
+    shards: dict[str, Shard]
 
 
 def is_dataset(d: Path) -> bool:
@@ -77,9 +101,9 @@ def read_manifest(d: Path) -> Manifest:
     return manifest
 
 
-def write_manifest(d: Path, manifest: Manifest) -> None:
-    """Written last: a directory with a manifest is complete."""
-    (Path(d) / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+def manifest_json(manifest: Manifest) -> str:
+    """The manifest's text, written last: a directory with a manifest is complete."""
+    return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
 
 
 _DAMAGED = "; the manifest was edited or damaged: prepare the dataset again"
@@ -92,7 +116,7 @@ def check_fields(manifest: dict, where: Path) -> None:
             raise DataError(f"{where}: {what}{_DAMAGED}")
 
     for key, kind in (("splits", dict), ("shards", dict), ("tokenizer", dict), ("n_ctx", int), ("dtype", str),
-                      ("fingerprint", str)):
+                      ("fingerprint", str), ("shard_tokens", int)):
         need(isinstance(manifest.get(key), kind), f"expected {key!r} ({kind.__name__})")
     for split in ("train", "val"):
         s = manifest["splits"].get(split)
@@ -101,23 +125,34 @@ def check_fields(manifest: dict, where: Path) -> None:
             need(isinstance(s.get(key), int) and s[key] >= 0, f"splits.{split}.{key} is not a count")
     need(set(manifest["splits"]) == {"train", "val"}, f"splits {sorted(manifest['splits'])}, expected train and val")
     need(all(n.split("/")[0] in ("train", "val") for n in manifest["shards"]), "a shard outside train/ and val/")
+    need(all(isinstance(v, dict) and isinstance(v.get("tokens"), int) and isinstance(v.get("sha256"), str)
+             for v in manifest["shards"].values()), "a shard without its tokens and sha256")
+    need(manifest["dtype"] in ("uint16", "uint32"), f"dtype {manifest['dtype']!r}, expected uint16 or uint32")
+    need(manifest["n_ctx"] > 0 and manifest["shard_tokens"] > 0, "n_ctx and shard_tokens must be positive")
     t = manifest["tokenizer"]
     need(isinstance(t.get("vocab_size"), int) and t["vocab_size"] > 0, "tokenizer.vocab_size is not a positive count")
     need(isinstance(t.get("sha256"), str), "no tokenizer.sha256")
 
 
 def check_shards(d: Path, manifest: dict) -> None:
-    """The shards on disk are the manifest's, and hold the blocks its splits count."""
-    import pyarrow.parquet as pq
-
+    """The shards on disk are the manifest's, each as long as it says, and together as long as
+    their split's stream: a cheap check (sizes only) of a truncated or extra file."""
     where = d / "manifest.json"
+    width = np.dtype(manifest["dtype"]).itemsize
     for split in ("train", "val"):
         listed = sorted(n for n in manifest["shards"] if n.startswith(f"{split}/"))
-        on_disk = sorted(f"{split}/{p.name}" for p in (d / split).glob("*.parquet")) if (d / split).is_dir() else []
+        on_disk = sorted(f"{split}/{p.name}" for p in (d / split).iterdir()) if (d / split).is_dir() else []
         extra = sorted(set(on_disk) - set(listed))
         if extra:
-            raise DataError(f"{d / extra[0]}: a shard that the manifest does not list{_DAMAGED}")
-        blocks = sum(pq.ParquetFile(d / n).metadata.num_rows for n in listed)
-        if blocks != manifest["splits"][split]["blocks"]:
-            raise DataError(f"{where}: splits.{split}.blocks is {manifest['splits'][split]['blocks']:,} but its "
-                          f"shards hold {blocks:,} blocks{_DAMAGED}")
+            raise DataError(f"{d / extra[0]}: a file that the manifest does not list{_DAMAGED}")
+        for name in listed:
+            size = (d / name).stat().st_size if (d / name).exists() else None
+            if size is None:
+                raise DataError(f"{d / name}: listed in the manifest but missing; prepare the dataset again")
+            if size != manifest["shards"][name]["tokens"] * width:
+                raise DataError(f"{d / name}: {size:,} bytes, but the manifest says "
+                                f"{manifest['shards'][name]['tokens']:,} tokens of {width} bytes{_DAMAGED}")
+        tokens = sum(manifest["shards"][n]["tokens"] for n in listed)
+        if tokens != manifest["splits"][split]["tokens"]:
+            raise DataError(f"{where}: splits.{split}.tokens is {manifest['splits'][split]['tokens']:,} but its "
+                            f"shards hold {tokens:,} tokens{_DAMAGED}")

@@ -1,13 +1,18 @@
-"""Stage 1, prepare: an unlabeled corpus -> a tokenizer and packed, sharded, checksummed tokens.
+"""Stage 1, prepare: an unlabeled corpus -> a tokenizer and token shards read by offset.
 
-    python pipeline/prepare.py --corpus PATH... --out DIR_OR_URI [--config YAML] [--set key=value ...]
+    python pipeline/prepare.py --corpus PATH_OR_URI... --out DIR_OR_URI [--config YAML] [--set key=value ...]
 
-Ray Data reads the inputs in byte-range chunks, normalises and tokenizes them in parallel; the
-driver packs the ordered token stream into blocks of n_ctx + 1 and writes Parquet shards. The
-output is the same, byte for byte, whatever the parallelism. A local directory is written under
-a temporary name and renamed into place; on object storage (s3://...) the dataset is written
-locally and uploaded with manifest.json last. Either way manifest.json comes last: a directory
-without one is not a dataset.
+The driver coordinates; the workers read and write. Ray Data workers read the inputs in byte-range
+chunks (hashing them as they read), normalise and tokenize them, and each writes its work item's
+token stream, split by split, as a part file under the output; the driver receives only counts,
+lengths and hashes. Ray tasks then cut the parts into the dataset's shards, each assembled from
+the byte ranges it covers and hashed as it is written (pipeline/data/packing.py). The driver
+writes tokenizer.json and, last, manifest.json: a directory or prefix without one is not a
+dataset. The output is the same, byte for byte, whatever the parallelism and the chunk size.
+
+The output is a local directory (written under a temporary name and renamed into place) or any
+pyarrow filesystem URI (s3://, gs://, file://), written in place with the manifest last; a re-run
+clears what an interrupted one left there.
 """
 from __future__ import annotations
 
@@ -29,14 +34,16 @@ import pyarrow.fs as pafs
 
 from pipeline import configio, errors, outdir
 from pipeline import remote as remote_store
-from pipeline.data.corpus import CorpusError, InputFile, ReadOptions, filesystem, plan_chunks, read_documents, resolve_inputs
-from pipeline.data.manifest import FORMAT_VERSION, Manifest, is_dataset, read_manifest, write_manifest
-from pipeline.data.packing import Packer, token_dtype
+from pipeline.data.corpus import (CorpusError, InputFile, ReadOptions, filesystem, input_digest, plan_chunks,
+                                  read_documents, resolve_inputs)
+from pipeline.data.manifest import FORMAT_VERSION, Manifest, is_dataset, manifest_json, read_manifest
+from pipeline.data.packing import n_blocks, plan_shards, shard_name, to_bytes, token_dtype, write_shard
 from pipeline.runtime import ray_init
-from pipeline.data.tokenizer import (END_OF_DOCUMENT, encode_texts, load_tokenizer, n_merges, save_tokenizer,
-                                tokenizer_from_counts, tokenizer_sha256, word_counts)
+from pipeline.data.tokenizer import (END_OF_DOCUMENT, encode_texts, load_tokenizer, n_merges,
+                                     tokenizer_from_counts, tokenizer_sha256, word_counts)
 
 MAX_PIECE_CHARS = 100_000  # longer documents are tokenized in pieces cut at whitespace
+WORK = "_work"  # the part files, under the output until the shards are made from them
 
 
 @dataclass
@@ -49,47 +56,42 @@ class PrepareConfig:
     tokenizer: str = "train"  # "train", or a tokenizer.json / released-vocabulary directory
     n_merges: int = 40000  # BPE merges when training, as in the paper
     n_ctx: int = 512
-    val_fraction: float = 0.01  # of documents, chosen by a hash of (seed, file, offset)
+    val_fraction: float = 0.01  # of documents, chosen by a hash of (seed, the document's text)
     seed: int = 0
-    shard_mb: int = 64  # Parquet shard size
+    shard_mb: int = 64  # token shard size
     chunk_mb: int = 4  # byte range of a file that one task reads: small enough to balance the workers
     parallelism: int = 0  # tokenizing workers; 0 = one per CPU in the cluster
-    batch_docs: int = 2048  # documents per encode_batch call and per table sent to the driver
+    batch_docs: int = 2048  # documents per encode_batch call and per write of a part file
     max_replaced_fraction: float = 0.01  # a file with a larger share of bytes that are not UTF-8 is refused
 
 
 # Options that change how the work is spread, never the output: left out of the fingerprint.
 _NOT_IN_FINGERPRINT = ("parallelism", "chunk_mb", "batch_docs", "max_replaced_fraction")
+SPLITS = ("train", "val")
 
 
-def file_sha256(f: InputFile) -> str:
-    fs, _ = filesystem(f.uri)
-    h = hashlib.sha256()
-    with fs.open_input_stream(f.path, compression=None) as s:
-        while chunk := s.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def is_val(seed: int, file_sha: str, offset: int, fraction: float) -> bool:
-    """The split goes by document, from its identity alone: the same whatever the parallelism."""
-    digest = hashlib.blake2b(f"{seed}:{file_sha}:{offset}".encode(), digest_size=8).digest()
+def is_val(seed: int, text: str, fraction: float) -> bool:
+    """The split goes by document, from its text alone: the same whatever the parallelism, and a
+    document that the corpus holds twice is never in both splits."""
+    digest = hashlib.blake2b(text.encode("utf-8", errors="surrogatepass"), digest_size=8,
+                             key=str(seed).encode()).digest()
     return int.from_bytes(digest, "big") < fraction * 2 ** 64
 
 
 class _Docs:
     """Shared by the Ray Data workers: the documents of one work item, with their split."""
 
-    def __init__(self, files, shas, cfg: PrepareConfig, val_files: frozenset = frozenset()):
-        self.files, self.shas, self.cfg, self.val_files = files, shas, cfg, val_files
+    def __init__(self, files, cfg: PrepareConfig, val_files: frozenset = frozenset()):
+        self.files, self.cfg, self.val_files = files, cfg, val_files
         self.opts = ReadOptions(cfg.format, cfg.text_split, cfg.text_field, cfg.text_column, cfg.lowercase)
 
-    def of(self, item):
+    def of(self, item, pieces: list | None = None):
         i = int(item["file"])
-        for off, text, n_bytes, bad in read_documents(self.files[i], int(item["start"]), int(item["end"]), self.opts):
+        end = int(item["end"])
+        for off, text, n_bytes, bad in read_documents(self.files[i], int(item["start"]), end, self.opts, pieces):
             # Held-out files, when given, are the val split; otherwise a hash picks documents.
             yield off, text, n_bytes, bad, (i in self.val_files if self.val_files else
-                                            is_val(self.cfg.seed, self.shas[i], off, self.cfg.val_fraction))
+                                            is_val(self.cfg.seed, text, self.cfg.val_fraction))
 
     def __call__(self, batch):
         # A bad input found here travels to the driver as data, not as a task failure: Ray
@@ -121,57 +123,84 @@ class CountWords(_Docs):
         return {"word": np.array([ERROR_MARK + message], dtype=object), "count": np.zeros(1, np.int64)}
 
 
-class Tokenize(_Docs):
-    """Documents -> token ids, in input order, a table per batch of documents."""
+def part_name(item: int, split: str) -> str:
+    return f"{WORK}/item-{item:06d}-{split}.bin"
 
-    def __init__(self, files, shas, cfg: PrepareConfig, val_files: frozenset, tokenizer_json: str):
-        super().__init__(files, shas, cfg, val_files)
+
+# What a Tokenize worker tells the driver about its work item: counts and hashes, no tokens.
+_SUMMARY = {"item": pa.int64(), "file": pa.int64(), "n_bytes": pa.int64(), "n_replaced": pa.int64(),
+            "pieces": pa.binary(), "error": pa.string(),
+            **{f"{k}_{s}": pa.int64() for s in SPLITS for k in ("tokens", "documents", "bytes", "empty")}}
+
+
+class Tokenize(_Docs):
+    """A work item's documents -> token ids, written by this worker as the item's part files
+    (each split's stream: documents in input order, each followed by the end-of-document token)."""
+
+    def __init__(self, files, cfg: PrepareConfig, val_files: frozenset, tokenizer_json: str, out: str, dtype: str):
+        super().__init__(files, cfg, val_files)
         from tokenizers import Tokenizer
         self.tok = Tokenizer.from_str(tokenizer_json)
+        self.eod = self.tok.token_to_id(END_OF_DOCUMENT)
+        self.dtype = np.dtype(dtype)
+        self.fs, self.base = filesystem(out)
 
     def process(self, item):
-        docs = []
-        for doc in self.of(item):
-            docs.append(doc)
-            if len(docs) >= self.cfg.batch_docs:
-                yield self._encode(item["file"], docs)
-                docs = []
-        if docs:
-            yield self._encode(item["file"], docs)
+        idx = int(item["item"])
+        row = {k: 0 for k in _SUMMARY}
+        pieces: list[bytes] = []
+        with contextlib.ExitStack() as files:
+            parts = {s: None for s in SPLITS}
+
+            def write(split: str, tokens: np.ndarray) -> None:
+                if parts[split] is None:
+                    path = f"{self.base}/{part_name(idx, split)}"
+                    self.fs.create_dir(path.rpartition("/")[0], recursive=True)
+                    parts[split] = files.enter_context(self.fs.open_output_stream(path))
+                parts[split].write(to_bytes(tokens, self.dtype))
+
+            docs = []
+            for doc in self.of(item, pieces):
+                docs.append(doc)
+                if len(docs) >= self.cfg.batch_docs:
+                    self._encode(docs, row, write)
+                    docs = []
+            if docs:
+                self._encode(docs, row, write)
+        row.update(item=idx, file=int(item["file"]), pieces=b"".join(pieces), error=None)
+        yield pa.table({k: pa.array([row[k]], t) for k, t in _SUMMARY.items()})
 
     def error(self, message: str) -> pa.Table:
-        return self._table([-1], [(0, "", 0, 0, False)], [0, 0], np.empty(0, np.int32), [message])
+        row = {k: None for k in _SUMMARY}
+        row["error"] = message
+        return pa.table({k: pa.array([row[k]], t) for k, t in _SUMMARY.items()})
 
-    def _encode(self, file_idx, docs) -> pa.Table:
+    def _encode(self, docs, row: dict, write) -> None:
         pieces, owner = [], []
         for d, (_, text, *_rest) in enumerate(docs):
             for piece in _cut(text, MAX_PIECE_CHARS):
                 pieces.append(piece)
                 owner.append(d)
-        arrays = [np.array(ids, dtype=np.int32) for ids in encode_texts(self.tok, pieces)]
+        arrays = [np.array(ids, dtype=np.int64) for ids in encode_texts(self.tok, pieces)]
         # Pieces are in document order, so their concatenation is the documents' concatenation.
-        values = np.concatenate(arrays) if arrays else np.empty(0, np.int32)
+        values = np.concatenate(arrays) if arrays else np.empty(0, np.int64)
         lengths = np.bincount(owner, weights=[len(a) for a in arrays], minlength=len(docs)).astype(np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        return self._table([int(file_idx)] * len(docs), docs, offsets, values, [None] * len(docs))
-
-    @staticmethod
-    def _table(files, docs, offsets, values, errors) -> pa.Table:
-        return pa.table({
-            "file": pa.array(files, pa.int32()),
-            "offset": pa.array([d[0] for d in docs], pa.int64()),
-            "n_bytes": pa.array([d[2] for d in docs], pa.int64()),
-            "n_replaced": pa.array([d[3] for d in docs], pa.int64()),
-            "val": pa.array([d[4] for d in docs], pa.bool_()),
-            "tokens": pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), pa.array(values, pa.int32())),
-            "error": pa.array(errors, pa.string()),
-        })
-
-
-def _raise_worker_error(errors) -> None:
-    message = next((e for e in errors if isinstance(e, str)), None)  # no error: None (or NaN)
-    if message is not None:
-        raise CorpusError(message)
+        val = np.array([d[4] for d in docs], bool)
+        n_bytes = np.array([d[2] for d in docs], np.int64)
+        row["n_bytes"] += int(n_bytes.sum())
+        row["n_replaced"] += sum(d[3] for d in docs)
+        doc_of_token = np.repeat(np.arange(len(docs)), lengths)
+        for split, flag in (("train", False), ("val", True)):
+            row[f"empty_{split}"] += int(((val == flag) & (lengths == 0)).sum())
+            mine = (val == flag) & (lengths > 0)
+            if not mine.any():
+                continue
+            # Vectorised over the batch: the split's documents, each followed by the end-of-document token.
+            stream = np.insert(values[mine[doc_of_token]], np.cumsum(lengths[mine]), self.eod)
+            write(split, stream)
+            row[f"tokens_{split}"] += len(stream)
+            row[f"documents_{split}"] += int(mine.sum())
+            row[f"bytes_{split}"] += int(n_bytes[mine].sum())
 
 
 def _cut(text: str, limit: int):
@@ -187,11 +216,13 @@ def _cut(text: str, limit: int):
         yield text[start:]
 
 
-def _fingerprint(cfg: PrepareConfig, shas: list[str], tokenizer_source: str, n_val_files: int) -> str:
-    opts = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
-    opts["tokenizer"] = tokenizer_source
-    inputs = {"inputs": shas, "val_inputs": n_val_files} if n_val_files else {"inputs": shas}
-    blob = json.dumps({"format_version": FORMAT_VERSION, **inputs, "options": opts}, sort_keys=True)
+def _options(cfg: PrepareConfig) -> dict:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+
+
+def _key(inputs: list, cfg: PrepareConfig, tokenizer_source: str, n_val_files: int) -> str:
+    blob = json.dumps({"format_version": FORMAT_VERSION, "inputs": inputs, "val_inputs": n_val_files,
+                       "options": _options(cfg), "tokenizer": tokenizer_source}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -200,11 +231,11 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
     """Run the stage; returns the manifest. Raises CorpusError / ConfigError on bad input.
 
     val_corpus: held-out inputs that make up the val split (and val_fraction is not used).
-    local: run the work items in this process instead of on Ray Data, for a machine without
-    Ray (bench/gpu_check.py) and small corpora; the output is the same, byte for byte."""
+    local: run the work in this process instead of on Ray, for a machine without Ray
+    (bench/gpu_check.py) and small corpora; the output is the same, byte for byte."""
     t0, cpu0 = time.time(), time.process_time()
     remote = remote_store.is_remote(out)
-    if remote:  # object storage: written locally, then uploaded with manifest.json last
+    if remote:  # object storage: written in place, manifest.json last
         fs, base = filesystem(str(out))
         out = str(out).rstrip("/")
     else:
@@ -219,43 +250,37 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
         val = resolve_inputs(val_corpus, cfg.format)
         files, n_val = files + val, len(val)
     val_files = frozenset(range(len(files) - n_val, len(files)))
-    shas = [file_sha256(f) for f in files]
     if cfg.tokenizer == "train":
         tok, source = None, f"train:{cfg.n_merges}"
     else:
         tok = load_tokenizer(cfg.tokenizer)
         source = tokenizer_sha256(tok)
-    fingerprint = _fingerprint(cfg, shas, source, n_val)
+    # What a re-run compares before reading a byte: the inputs' names, sizes and times.
+    source_key = _key([[f.uri, f.size, f.mtime_ns] for f in files], cfg, source, n_val)
     existing = _remote_manifest(fs, base, out, overwrite) if remote else _local_manifest(out, overwrite)
-    if existing is not None and existing.get("fingerprint") == fingerprint:
+    if existing is not None and existing.get("source_key") == source_key:
         print(f"{out} is up to date (same inputs and options): nothing to do")
         return existing
     if remote:
-        stale = _remote_leftovers(fs, base, out, existing, overwrite)
+        remote_store.delete(fs, base, _remote_leftovers(fs, base, out, existing, overwrite), first="manifest.json")
     else:
         outdir.check_replaceable(out, "a prepared dataset", is_dataset, overwrite, CorpusError)
         outdir.check_writable(out)
         outdir.remove_orphans(out)
-
-    items = plan_chunks(files, cfg.chunk_mb << 20, ReadOptions(cfg.format, cfg.text_split))
-    common = dict(files=files, shas=shas, cfg=cfg, val_files=val_files)
-    run_items = _in_process if local else _on_ray_data
-    if tok is None:
-        tok = tokenizer_from_counts(_word_counts(common, items, cfg, local), n_merges=cfg.n_merges)
-    vocab = tok.get_vocab_size(with_added_tokens=True)
-    eod = tok.token_to_id(END_OF_DOCUMENT)
-    tables = run_items(Tokenize, {**common, "tokenizer_json": tok.to_str()}, items, cfg)
-
-    tmp = Path(tempfile.mkdtemp(prefix="gpt1-prepare-")) / "dataset" if remote else outdir.sibling(out, "tmp")
+        tmp = outdir.sibling(out, "tmp")
+        tmp.mkdir()
+        fs, base = pafs.LocalFileSystem(), str(tmp)
+    meta = Path(tempfile.mkdtemp(prefix="gpt1-prepare-"))  # manifest and tokenizer, also for MLflow
     try:
-        manifest = _write(tmp, tables, tok, cfg, files, shas, fingerprint, vocab, eod, val_files)
-        if remote:
-            remote_store.delete(fs, base, stale, first="manifest.json")
-            remote_store.upload(tmp, fs, base, last="manifest.json")
-        else:
+        manifest = _work(files, cfg, val_files, tok, source, source_key, fs, base, out if remote else base, local, meta)
+        if not remote:
             outdir.swap_into_place(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp.parent if remote else tmp, ignore_errors=True)
+        if remote:
+            _clear(fs, base)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(meta, ignore_errors=True)
         raise
     elapsed, cpu = time.time() - t0, time.process_time() - cpu0
     s = manifest["splits"]
@@ -266,10 +291,125 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
           f"({mb / elapsed:,.2f} MB/s); the driver used {cpu:,.1f} s of CPU ({cpu / elapsed:.0%} of one core)")
     if track:
         from pipeline.tracking import log_prepare
-        log_prepare(out, cfg, manifest, files=tmp if remote else None)
-    if remote:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        log_prepare(out, cfg, manifest, files=meta)
+    shutil.rmtree(meta, ignore_errors=True)
     return manifest
+
+
+def _work(files, cfg, val_files, tok, source, source_key, fs, base, out_uri, local, meta: Path) -> Manifest:
+    """The dataset's files under base: the tokenizer (learned first, where asked), the part
+    files, the shards, then the manifest."""
+    items = [{"item": i, **it} for i, it in enumerate(plan_chunks(files, cfg.chunk_mb << 20,
+                                                                 ReadOptions(cfg.format, cfg.text_split)))]
+    common = dict(files=files, cfg=cfg, val_files=val_files)
+    if tok is None:
+        tok = tokenizer_from_counts(_word_counts(common, items, cfg, local), n_merges=cfg.n_merges)
+    vocab = tok.get_vocab_size(with_added_tokens=True)
+    dtype = token_dtype(vocab)
+    run_items = _in_process if local else _on_ray_data
+    rows = _summaries(run_items(Tokenize, {**common, "tokenizer_json": tok.to_str(), "out": out_uri,
+                                          "dtype": dtype.str}, items, cfg))
+    _check_summaries(rows, files, cfg)
+
+    shard_tokens = max((cfg.shard_mb << 20) // dtype.itemsize, 1)
+    jobs = []
+    for split in SPLITS:
+        for k, pieces in enumerate(plan_shards([r[f"tokens_{split}"] for r in rows], shard_tokens)):
+            jobs.append((shard_name(split, k), [(part_name(rows[p]["item"], split), at * dtype.itemsize,
+                                                 n * dtype.itemsize) for p, at, n in pieces]))
+    shas = _assemble(out_uri, jobs, local)
+    remote_store.delete(fs, base, [n for n in remote_store.files_under(fs, base) if n.startswith(WORK + "/")])
+    if fs.get_file_info(f"{base}/{WORK}").type == pafs.FileType.Directory:  # a local one, or a marker
+        fs.delete_dir(f"{base}/{WORK}")
+
+    digests: dict[int, list[bytes]] = {}
+    for r in rows:
+        digests.setdefault(r["file"], []).append(r["pieces"])
+    inputs = [{"uri": f.uri, "sha256_pieces": input_digest(digests.get(i, [])), "bytes": f.size,
+               "mtime_ns": f.mtime_ns, "format": f.format, "gzip": f.gz,
+               **({"split": "val" if i in val_files else "train"} if val_files else {})}
+              for i, f in enumerate(files)]
+    splits = {}
+    for split in SPLITS:
+        tokens = sum(r[f"tokens_{split}"] for r in rows)
+        blocks = n_blocks(tokens, cfg.n_ctx)
+        splits[split] = {"documents": sum(r[f"documents_{split}"] for r in rows), "tokens": tokens,
+                         "bytes": sum(r[f"bytes_{split}"] for r in rows), "blocks": blocks,
+                         "tokens_not_in_a_block": max(tokens - 1 - blocks * cfg.n_ctx, 0),
+                         "empty_documents": sum(r[f"empty_{split}"] for r in rows)}
+    tok_text = tok.to_str()
+    (meta / "tokenizer.json").write_text(tok_text, encoding="utf-8")
+    manifest: Manifest = {
+        "format_version": FORMAT_VERSION,
+        "fingerprint": _key([i["sha256_pieces"] for i in inputs], cfg, source, len(val_files)),
+        "source_key": source_key,
+        "inputs": inputs,
+        "options": _options(cfg),
+        "tokenizer": {"sha256": hashlib.sha256(tok_text.encode("utf-8")).hexdigest(), "vocab_size": vocab,
+                      "n_merges": n_merges(tok), "end_of_document": tok.token_to_id(END_OF_DOCUMENT),
+                      "source": cfg.tokenizer},
+        "n_ctx": cfg.n_ctx, "seed": cfg.seed, "dtype": str(dtype), "shard_tokens": shard_tokens,
+        "splits": splits,
+        "replaced_bytes": sum(r["n_replaced"] for r in rows),  # bytes that were not UTF-8, each replaced by U+FFFD
+        "shards": {name: {"tokens": sum(n for _, _, n in pieces) // dtype.itemsize, "sha256": sha}
+                   for (name, pieces), sha in zip(jobs, shas)},
+    }
+    (meta / "manifest.json").write_text(manifest_json(manifest))
+    for name in ("tokenizer.json", "manifest.json"):  # the manifest last: now it is a dataset
+        pafs.copy_files(str(meta / name), f"{base}/{name}", source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=fs)
+    return manifest
+
+
+def _summaries(tables) -> list[dict]:
+    """The work items' summaries in item order; the first bad input (in input order) raised."""
+    rows = []
+    with contextlib.closing(iter(tables)) as it:
+        for t in it:
+            for r in t.to_pylist():
+                if r["error"] is not None:
+                    raise CorpusError(r["error"])
+                rows.append(r)
+    return sorted(rows, key=lambda r: r["item"])
+
+
+def _check_summaries(rows: list[dict], files: list[InputFile], cfg: PrepareConfig) -> None:
+    per_file = np.zeros((len(files), 2), np.int64)  # bytes replaced, bytes read
+    for r in rows:
+        per_file[r["file"]] += (r["n_replaced"], r["n_bytes"])
+    for f, (bad, total) in zip(files, per_file):
+        if total and bad / total > cfg.max_replaced_fraction:
+            raise CorpusError(f"{f.uri}: {bad:,} of its {total:,} bytes ({bad / total:.1%}) are not UTF-8; is it "
+                              f"a binary file? Expected text (the limit is max_replaced_fraction="
+                              f"{cfg.max_replaced_fraction:g}; --set max_replaced_fraction=1 takes it as it is)")
+    if not any(r[f"documents_{s}"] for r in rows for s in SPLITS):
+        raise CorpusError(f"{', '.join(f.uri for f in files[:3])}{' ...' if len(files) > 3 else ''}: "
+                          "the corpus holds no documents (empty or whitespace only)")
+
+
+def _write_shard(out_uri: str, name: str, pieces: list[tuple[str, int, int]]) -> str:
+    fs, base = filesystem(out_uri)
+    fs.create_dir(f"{base}/{name}".rpartition("/")[0], recursive=True)
+    return write_shard(fs, f"{base}/{name}", [(f"{base}/{p}", at, n) for p, at, n in pieces])
+
+
+def _assemble(out_uri: str, jobs: list, local: bool) -> list[str]:
+    """Each shard made from its part files' byte ranges, by Ray tasks (or in this process);
+    returns their sha256s in order."""
+    if local:
+        return [_write_shard(out_uri, name, pieces) for name, pieces in jobs]
+    import ray
+
+    task = ray.remote(_write_shard).options(num_cpus=1, max_retries=3)
+    return ray.get([task.remote(out_uri, name, pieces) for name, pieces in jobs])
+
+
+def _clear(fs, base: str) -> None:
+    """After a failed run on object storage: what it wrote (and nothing else) deleted again,
+    the manifest first."""
+    names = remote_store.files_under(fs, base)
+    if remote_store.only_these(names, _DATASET_FILES) is None:
+        remote_store.delete(fs, base, names, first="manifest.json")
 
 
 def _local_manifest(out: Path, overwrite: bool) -> dict | None:
@@ -302,8 +442,9 @@ def _remote_manifest(fs, base: str, out: str, overwrite: bool) -> dict | None:
 
 
 # What prepare writes under its output, and nothing else: a prefix that holds other files is
-# never cleared.
-_DATASET_FILES = r"manifest\.json|tokenizer\.json|(train|val)/shard-\d{5}\.parquet"
+# never cleared. (shard-*.parquet: format 2's, replaced with --overwrite.)
+_DATASET_FILES = (r"manifest\.json|tokenizer\.json|(train|val)/shard-\d{5}\.(bin|parquet)"
+                  r"|_work/item-\d{6}-(train|val)\.bin")
 
 
 def _remote_leftovers(fs, base: str, out: str, existing: dict | None, overwrite: bool) -> list[str]:
@@ -327,7 +468,7 @@ def _on_ray_data(worker_cls, kwargs: dict, items: list[dict], cfg: PrepareConfig
 
     ray_init()
     ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # the token stream follows the input order
+    ctx.execution_options.preserve_order = True
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     workers = min(cfg.parallelism or max(int(ray.cluster_resources().get("CPU", 1)), 1), len(items))
     # Each worker tokenizes with one thread: the parallelism is Ray's, not tokenizers'.
@@ -376,80 +517,6 @@ def _check(cfg: PrepareConfig) -> None:
     configio.check_ranges(cfg, {"max_replaced_fraction": (0.0, 1.0)})
     if cfg.text_split not in ("blank_line", "file"):
         raise errors.ConfigError(f"text_split {cfg.text_split!r}: expected 'blank_line' or 'file'")
-
-
-def _pack(tables, packers: dict, counts: dict, per_file: np.ndarray, eod: int) -> None:
-    """Each table's documents, split by split, into the packers; counts and per-file bytes
-    (replaced, read) added up as they go."""
-    for table in tables:
-        if table.column("error").null_count < table.num_rows:
-            _raise_worker_error(table.column("error").to_pylist())
-        col = table.column("tokens").combine_chunks()
-        lengths = np.diff(col.offsets.to_numpy())
-        values = col.values.to_numpy()
-        val = table.column("val").to_numpy(zero_copy_only=False)
-        n_bytes = table.column("n_bytes").to_numpy()
-        n_replaced = table.column("n_replaced").to_numpy()
-        file_of = table.column("file").to_numpy()
-        np.add.at(per_file, (file_of, 0), n_replaced)
-        np.add.at(per_file, (file_of, 1), n_bytes)
-        # Vectorised over the table: each split's documents, joined by the end-of-document token.
-        doc_of_token = np.repeat(np.arange(len(lengths)), lengths)
-        for split, flag in (("train", False), ("val", True)):
-            docs = (val == flag) & (lengths > 0)
-            counts[split]["empty_documents"] += int(((val == flag) & (lengths == 0)).sum())
-            if not docs.any():
-                continue
-            counts[split]["bytes"] += int(n_bytes[docs].sum())
-            tokens_s = values[docs[doc_of_token]]
-            ends = np.cumsum(lengths[docs])
-            packers[split].add(np.insert(tokens_s, ends, eod), int(docs.sum()))
-
-
-def _write(tmp: Path, tables, tok, cfg, files, shas, fingerprint, vocab, eod, val_files) -> dict:
-    dtype = token_dtype(vocab)
-    shard_blocks = max((cfg.shard_mb << 20) // (dtype.itemsize * (cfg.n_ctx + 1)), 1)
-    packers = {}
-    for split in ("train", "val"):
-        (tmp / split).mkdir(parents=True)
-        packers[split] = Packer(tmp / split, cfg.n_ctx, eod, dtype, shard_blocks)
-    counts = {s: {"bytes": 0, "empty_documents": 0} for s in packers}
-    per_file = np.zeros((len(files), 2), np.int64)  # bytes replaced, bytes read
-    with contextlib.closing(iter(tables)) as it:
-        _pack(it, packers, counts, per_file, eod)
-    replaced = int(per_file[:, 0].sum())
-    for f, (bad, total) in zip(files, per_file):
-        if total and bad / total > cfg.max_replaced_fraction:
-            raise CorpusError(f"{f.uri}: {bad:,} of its {total:,} bytes ({bad / total:.1%}) are not UTF-8; is it "
-                              f"a binary file? Expected text (the limit is max_replaced_fraction="
-                              f"{cfg.max_replaced_fraction:g}; --set max_replaced_fraction=1 takes it as it is)")
-    if packers["train"].documents + packers["val"].documents == 0:
-        raise CorpusError(f"{', '.join(f.uri for f in files[:3])}{' ...' if len(files) > 3 else ''}: "
-                          "the corpus holds no documents (empty or whitespace only)")
-    splits, shards = {}, {}
-    for split, p in packers.items():
-        left_over = p.close()
-        splits[split] = {"documents": p.documents, "tokens": p.tokens, "bytes": counts[split]["bytes"],
-                         "blocks": p.n_blocks, "tokens_not_in_a_block": left_over,
-                         "empty_documents": counts[split]["empty_documents"]}
-        shards.update({f"{split}/{name}": sha for name, sha in p.shards.items()})
-    tok_sha = save_tokenizer(tok, tmp / "tokenizer.json")
-    manifest: Manifest = {
-        "format_version": FORMAT_VERSION,
-        "fingerprint": fingerprint,
-        "inputs": [{"uri": f.uri, "sha256": sha, "bytes": f.size, "format": f.format, "gzip": f.gz,
-                    **({"split": "val" if i in val_files else "train"} if val_files else {})}
-                   for i, (f, sha) in enumerate(zip(files, shas))],
-        "options": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT},
-        "tokenizer": {"sha256": tok_sha, "vocab_size": vocab, "n_merges": n_merges(tok),
-                      "end_of_document": eod, "source": cfg.tokenizer},
-        "n_ctx": cfg.n_ctx, "seed": cfg.seed, "dtype": str(np.dtype(token_dtype(vocab))),
-        "splits": splits,
-        "replaced_bytes": replaced,  # bytes that were not UTF-8, each replaced by U+FFFD
-        "shards": shards,
-    }
-    write_manifest(tmp, manifest)
-    return manifest
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -126,10 +126,10 @@ class Pretraining:
         self.rank, self.world, self.device = session.rank, session.world_size, session.device
         self.data = Path(spec.data)
         self.manifest = open_dataset(self.data, verify=False)
+        # Memory-mapped: the tokens live once in the page cache, not in every worker.
         self.train_blocks = load_split(self.data, self.manifest, "train")
         self.val_blocks = load_split(self.data, self.manifest, "val")
-        if cfg.eval_blocks:
-            self.val_blocks = self.val_blocks[:cfg.eval_blocks]
+        self.n_val = min(len(self.val_blocks), cfg.eval_blocks or len(self.val_blocks))
         self.order = BlockOrder(cfg.seed, len(self.train_blocks), cfg.batch_size)
         self.micro = cfg.micro_batch or cfg.batch_size // self.world
         self.accum = cfg.batch_size // (self.micro * self.world)
@@ -200,9 +200,9 @@ class Pretraining:
         """Loss over the val blocks (each worker a strided share), perplexity and bits per byte."""
         self.gpt.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        mine = self.val_blocks[self.rank::self.world]
+        mine = np.arange(self.rank, self.n_val, self.world)
         for i in range(0, len(mine), self.micro):
-            x = self.batch(mine[i:i + self.micro])
+            x = self.batch(self.val_blocks[mine[i:i + self.micro]])
             total[0] += self.l1(self.eval_forward, x, reduction="sum").double()
             total[1] += x[:, 1:].numel()
         self.gpt.train()
@@ -279,7 +279,7 @@ class Pretraining:
                     if self.tracker:
                         self.tracker.log(metrics, s)
                 t_log, losses, waited = time.perf_counter(), [], 0.0
-            if cfg.eval_every and (s % cfg.eval_every == 0 or s == total) and len(self.val_blocks):
+            if cfg.eval_every and (s % cfg.eval_every == 0 or s == total) and self.n_val:
                 ev = self.evaluate()
                 metrics.update(ev)
                 if self.rank == 0:
