@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import sys
 
 
@@ -32,6 +33,18 @@ def disk_error(err: BaseException) -> UserError | None:
     if isinstance(err, Exception) and any(w in first for w in ("No space left on device", "Read-only file system")):
         return UserError(first)
     return None
+
+
+@contextlib.contextmanager
+def naming(path):
+    """An OSError raised inside, raised again with path as its file name: pyarrow's carry none,
+    and the line the user reads should say which file."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno:
+            raise OSError(err.errno, os.strerror(err.errno), str(path)) from err
+        raise
 
 
 def user_error(err: BaseException) -> BaseException | None:

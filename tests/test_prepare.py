@@ -129,16 +129,25 @@ def test_every_format_gives_the_same_documents(tmp_path, ray_session):
         assert np.array_equal(s, first), name
 
 
-def test_output_is_identical_whatever_the_parallelism(tmp_path, ray_session):
-    src = write_text(tmp_path / "c.txt", documents(400, seed=3))
-    a = prepare([str(src)], tmp_path / "a", cfg(parallelism=1), track=False)
-    b = prepare([str(src)], tmp_path / "b", cfg(parallelism=2, chunk_mb=1, batch_docs=7), track=False)
-    assert a["shards"] == b["shards"] and a["tokenizer"] == b["tokenizer"]
-    assert (tmp_path / "a" / "manifest.json").read_text() == (tmp_path / "b" / "manifest.json").read_text()
-    # Without Ray (the work items run in this process): the same bytes.
-    c = prepare([str(src)], tmp_path / "c", cfg(chunk_mb=1, batch_docs=5), track=False, local=True)
-    assert c["shards"] == a["shards"] and c["tokenizer"] == a["tokenizer"]
-    assert (tmp_path / "c" / "manifest.json").read_text() == (tmp_path / "a" / "manifest.json").read_text()
+def test_output_is_identical_whatever_the_parallelism_and_chunk_size(tmp_path, ray_session):
+    docs = documents(18_000, seed=3)
+    src = write_text(tmp_path / "c.txt", docs[:9_000])
+    write_text(tmp_path / "d.txt", docs[9_000:])
+    tok = tmp_path / "tok"
+    prepare([str(src)], tok, cfg(val_fraction=0.0), track=False, local=True)
+    corpus = [str(tmp_path / "*.txt")]
+    assert sum(p.stat().st_size for p in tmp_path.glob("*.txt")) > 2.4e6  # several chunks of 1 MB
+    ref = prepare(corpus, tmp_path / "ref", cfg(tokenizer=str(tok), shard_mb=1), track=False, local=True)
+    want = (tmp_path / "ref" / "manifest.json").read_text()
+    assert len(ref["shards"]) > 2 and ref["splits"]["val"]["documents"] > 0
+    for parallelism in (1, 2, 3):
+        for chunk_mb in (1, 2):
+            out = tmp_path / f"p{parallelism}c{chunk_mb}"
+            c = cfg(tokenizer=str(tok), shard_mb=1, parallelism=parallelism, chunk_mb=chunk_mb, batch_docs=500)
+            prepare(corpus, out, c, track=False)
+            assert (out / "manifest.json").read_text() == want, (parallelism, chunk_mb)
+            assert {p.name: p.read_bytes() for p in (out / "train").iterdir()} == \
+                {p.name: p.read_bytes() for p in (tmp_path / "ref" / "train").iterdir()}
 
 
 def test_chunks_inside_a_file_own_whole_documents(tmp_path):
@@ -389,3 +398,24 @@ def test_a_sentence_gets_the_same_ids_in_the_corpus_and_in_a_fine_tuning_input(t
     seq = e.sequences[0]
     assert seq[0] == tok.token_to_id(START) and seq[-1] == tok.token_to_id(EXTRACT)
     assert "".join(f"{t} " for t in seq[1:-1]) == corpus_docs[40]
+
+
+def test_a_dataset_of_an_older_format_is_refused_with_the_command_that_remakes_it(tmp_path):
+    from pipeline.data.dataset import open_dataset
+    from pipeline.data.manifest import DataError
+
+    src = write_text(tmp_path / "c.txt", documents(40, seed=8))
+    out = tmp_path / "ds"
+    prepare([str(src)], out, cfg(), track=False, local=True)
+    open_dataset(out)
+    m = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**m, "format_version": 2}))
+    with pytest.raises(DataError, match=r"format_version 2 .*no longer reads; prepare the dataset again: "
+                                        r"gpt1 prepare --corpus \.\.\. --out .*ds --overwrite"):
+        open_dataset(out)
+    # A truncated shard is caught by its length before any hashing.
+    (out / "manifest.json").write_text(json.dumps(m))
+    shard = out / sorted(m["shards"])[0]
+    shard.write_bytes(shard.read_bytes()[:-2])
+    with pytest.raises(DataError, match="bytes, but the manifest says"):
+        open_dataset(out, verify=True)

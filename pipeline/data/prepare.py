@@ -101,6 +101,11 @@ class _Docs:
                 yield from self.process({k: batch[k][i] for k in batch})
         except CorpusError as err:
             yield self.error(str(err))
+        except OSError as err:  # a full or read-only output: the machine's state, also one line
+            disk = errors.disk_error(err)
+            if disk is None:
+                raise
+            yield self.error(str(disk))
 
 
 # A bad input found while counting words travels as a "word" that text never holds (control
@@ -153,11 +158,12 @@ class Tokenize(_Docs):
             parts = {s: None for s in SPLITS}
 
             def write(split: str, tokens: np.ndarray) -> None:
-                if parts[split] is None:
-                    path = f"{self.base}/{part_name(idx, split)}"
-                    self.fs.create_dir(path.rpartition("/")[0], recursive=True)
-                    parts[split] = files.enter_context(self.fs.open_output_stream(path))
-                parts[split].write(to_bytes(tokens, self.dtype))
+                path = f"{self.base}/{part_name(idx, split)}"
+                with errors.naming(path):
+                    if parts[split] is None:
+                        self.fs.create_dir(path.rpartition("/")[0], recursive=True)
+                        parts[split] = files.enter_context(self.fs.open_output_stream(path))
+                    parts[split].write(to_bytes(tokens, self.dtype))
 
             docs = []
             for doc in self.of(item, pieces):
@@ -389,8 +395,9 @@ def _check_summaries(rows: list[dict], files: list[InputFile], cfg: PrepareConfi
 
 def _write_shard(out_uri: str, name: str, pieces: list[tuple[str, int, int]]) -> str:
     fs, base = filesystem(out_uri)
-    fs.create_dir(f"{base}/{name}".rpartition("/")[0], recursive=True)
-    return write_shard(fs, f"{base}/{name}", [(f"{base}/{p}", at, n) for p, at, n in pieces])
+    with errors.naming(f"{base}/{name}"):
+        fs.create_dir(f"{base}/{name}".rpartition("/")[0], recursive=True)
+        return write_shard(fs, f"{base}/{name}", [(f"{base}/{p}", at, n) for p, at, n in pieces])
 
 
 def _assemble(out_uri: str, jobs: list, local: bool) -> list[str]:
@@ -470,11 +477,13 @@ def _on_ray_data(worker_cls, kwargs: dict, items: list[dict], cfg: PrepareConfig
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    workers = min(cfg.parallelism or max(int(ray.cluster_resources().get("CPU", 1)), 1), len(items))
-    # Each worker tokenizes with one thread: the parallelism is Ray's, not tokenizers'.
+    cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
+    workers = min(cfg.parallelism or cpus, len(items))
+    # Each worker tokenizes with one thread: the parallelism is Ray's, not tokenizers'. More
+    # workers than CPUs, where asked for, share them.
     env = {"env_vars": {"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}}
-    out = ds.map_batches(worker_cls, batch_size=1, fn_constructor_kwargs=kwargs,
-                         compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, runtime_env=env)
+    out = ds.map_batches(worker_cls, batch_size=1, fn_constructor_kwargs=kwargs, num_cpus=min(1.0, cpus / workers),
+                         compute=ray.data.ActorPoolStrategy(size=workers), runtime_env=env)
     if merge is not None:
         out = merge(out)
     fmt = "pyarrow" if worker_cls is Tokenize else "numpy"
