@@ -160,7 +160,8 @@ def start_pretrain_run(uri: str, name: str, run_path: str, cfg, gcfg,
         client.set_tag(run.info.run_id, "world_size", str(world))
         return run.info.run_id
     prepare_run = find_run(client, "gpt1-prepare", "fingerprint", manifest["fingerprint"])
-    manifest_sha = hashlib.sha256((data / "manifest.json").read_bytes()).hexdigest()
+    files = {n: _dataset_file(data, n) for n in ("manifest.json", "tokenizer.json")}
+    manifest_sha = hashlib.sha256(files["manifest.json"]).hexdigest()
     tags = {"run_path": run_path, "dataset": str(data), "data_fingerprint": manifest["fingerprint"],
             "data_manifest_sha256": manifest_sha, "tokenizer_sha256": manifest["tokenizer"]["sha256"],
             "git_commit": git_commit(), "world_size": str(world)}
@@ -174,9 +175,23 @@ def start_pretrain_run(uri: str, name: str, run_path: str, cfg, gcfg,
         (Path(tmp) / "pretrain_config.json").write_text(json.dumps(
             {"pretrain": dataclasses.asdict(cfg), "model": gcfg.to_dict()}, indent=2) + "\n")
         client.log_artifact(run.info.run_id, str(Path(tmp) / "pretrain_config.json"))
-        client.log_artifact(run.info.run_id, str(data / "manifest.json"), "data")
-        client.log_artifact(run.info.run_id, str(data / "tokenizer.json"), "data")
+        for n, content in files.items():
+            (Path(tmp) / n).write_bytes(content)
+            client.log_artifact(run.info.run_id, str(Path(tmp) / n), "data")
     return run.info.run_id
+
+
+def _dataset_file(data, name: str) -> bytes:
+    """A file of a dataset directory or object-storage prefix."""
+    from pipeline import remote
+
+    if remote.is_remote(data):
+        import pyarrow.fs as pafs
+
+        fs, base = pafs.FileSystem.from_uri(str(data))
+        with fs.open_input_stream(f"{base}/{name}") as f:
+            return f.read()
+    return (Path(data) / name).read_bytes()
 
 
 class RunLogger:

@@ -1,6 +1,8 @@
+import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -8,6 +10,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# What training verifies and stages once per machine goes to a cache of the test run's own (set
+# before any Ray worker starts, so that the workers see it too).
+os.environ["GPT1_DATA_CACHE"] = tempfile.mkdtemp(prefix="gpt1-test-data-cache-")
 
 from model import GPT, GPTConfig  # noqa: E402
 

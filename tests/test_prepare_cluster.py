@@ -1,7 +1,8 @@
 """prepare on a simulated cluster: a head and two worker nodes of 1 CPU each
 (ray.cluster_utils.Cluster), the corpus read from and the dataset written to a local S3 server
 (moto). The manifest and every file equal those of a 1-worker run in this process; a driver
-killed half-way leaves no dataset, and the same command then finishes."""
+killed half-way leaves no dataset, and the same command then finishes; bad input leaves nothing
+in the bucket."""
 import hashlib
 import json
 import os
@@ -47,10 +48,10 @@ def remote_files(prefix: str) -> dict[str, str]:
     return out
 
 
-def gpt1_prepare(cluster, out: str) -> subprocess.Popen:
+def gpt1_prepare(cluster, out: str, corpus: str = "s3://gpt1-test/corpus/") -> subprocess.Popen:
     env = {**os.environ, "RAY_ADDRESS": cluster.address}
     sets = [a for k, v in SETS.items() for a in ("--set", f"{k}={v}")]
-    return subprocess.Popen([sys.executable, "-m", "gpt1.cli", "prepare", "--corpus", "s3://gpt1-test/corpus/",
+    return subprocess.Popen([sys.executable, "-m", "gpt1.cli", "prepare", "--corpus", corpus,
                              "--out", out, "--no-mlflow", *sets], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -90,3 +91,16 @@ def test_a_cluster_prepares_from_s3_to_s3_what_one_worker_does(cluster, tmp_path
     log = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, log[-3000:]
     assert remote_files("gpt1-test/killed") == want
+
+    # Bad input found once every worker has written its part files (a file that is mostly not
+    # UTF-8): one line, exit 2, and nothing left under the output.
+    with fs.open_output_stream("gpt1-test/bad/z.txt") as f:
+        f.write(bytes(range(1, 256)) * 400)
+    fs.copy_file("gpt1-test/corpus/a.txt", "gpt1-test/bad/a.txt")
+    proc = gpt1_prepare(cluster, "s3://gpt1-test/bad-out", corpus="s3://gpt1-test/bad/")
+    log = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 2, log[-3000:]
+    (line,) = [x for x in log.splitlines() if x.startswith("gpt1 prepare: ")]
+    assert line.startswith("gpt1 prepare: s3://gpt1-test/bad/z.txt: ") and "are not UTF-8" in line
+    assert "Traceback" not in log
+    assert remote_files("gpt1-test/bad-out") == {}

@@ -7,49 +7,121 @@ uninterrupted one would have.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 
+from pipeline import remote
 from pipeline.errors import UserError
 from pipeline.data.packing import StreamReader, sha256_file
 from pipeline.data.manifest import FORMAT_VERSION, DataError, check_fields, check_shards, read_manifest
 from pipeline.data.tokenizer import load_tokenizer, tokenizer_sha256
 
 
-def open_dataset(path, verify: bool = True) -> dict:
-    """The manifest of a prepared dataset directory, after checking that the directory still
-    holds what the manifest says: every shard's sha256 and the tokenizer's."""
-    d = Path(path)
-    if not (d / "manifest.json").exists():
-        raise DataError(f"{d}: not a prepared dataset (no manifest.json); make one with `gpt1 prepare`")
-    try:
-        manifest = read_manifest(d)
-    except UserError as err:
-        raise DataError(str(err)) from None
-    where = d / "manifest.json"
+def read_dataset(where) -> dict:
+    """The manifest of a prepared dataset, a directory or an object-storage URI, checked against
+    what is there: its format, its fields, and every shard present with its length (one listing).
+    No shard is hashed here: see verify_once and pipeline/data/stage.py."""
+    uri = str(where)
+    if remote.is_remote(uri):
+        label = uri.rstrip("/")
+        try:
+            fs, base = pafs.FileSystem.from_uri(label)
+        except Exception as err:  # pyarrow raises ArrowInvalid / OSError for unknown schemes
+            raise DataError(f"{label}: cannot open this URI ({str(err).splitlines()[0]})") from None
+        if fs.get_file_info(f"{base}/manifest.json").type != pafs.FileType.File:
+            raise DataError(f"{label}: not a prepared dataset (no manifest.json); make one with `gpt1 prepare`")
+        try:
+            manifest = remote.read_json(fs, f"{base}/manifest.json")
+        except (ValueError, UnicodeDecodeError) as err:
+            raise DataError(f"{label}/manifest.json: not a readable manifest ({err}); prepare the dataset again") from None
+        if not isinstance(manifest, dict):
+            raise DataError(f"{label}/manifest.json: expected a JSON object; prepare the dataset again")
+    else:
+        d = remote.local_path(uri)
+        fs, base, label = pafs.LocalFileSystem(), str(d), str(d)
+        if not (d / "manifest.json").exists():
+            raise DataError(f"{d}: not a prepared dataset (no manifest.json); make one with `gpt1 prepare`")
+        try:
+            manifest = read_manifest(d)
+        except UserError as err:
+            raise DataError(str(err)) from None
+    where = f"{label}/manifest.json"
     version = manifest.get("format_version")
     if isinstance(version, int) and version < FORMAT_VERSION:
         raise DataError(f"{where}: format_version {version} (token shards in Parquet), which this version no "
-                        f"longer reads; prepare the dataset again: gpt1 prepare --corpus ... --out {d} --overwrite")
+                        f"longer reads; prepare the dataset again: gpt1 prepare --corpus ... --out {label} --overwrite")
     if version != FORMAT_VERSION:
         raise DataError(f"{where}: format_version {version!r}, expected {FORMAT_VERSION}; "
                         "prepare the dataset again with this version")
     check_fields(manifest, where)
+    check_shards(fs, base, label, manifest)
+    return manifest
+
+
+def open_dataset(path, verify: bool = True) -> dict:
+    """The manifest of a prepared dataset directory, after checking that the directory still
+    holds what the manifest says: with verify, every shard's sha256 (once per machine, see
+    verify_once) and the tokenizer's."""
+    d = Path(path)
+    manifest = read_dataset(d)
     if not verify:
         return manifest
-    check_shards(d, manifest)
-    for name, shard in sorted(manifest["shards"].items()):
-        if sha256_file(d / name) != shard["sha256"]:
-            raise DataError(f"{d / name}: sha256 differs from the manifest's (the shard was changed)")
+    verify_once(d, manifest)
     tok = load_tokenizer(d / "tokenizer.json")
     if tokenizer_sha256(tok) != manifest["tokenizer"]["sha256"]:
         raise DataError(f"{d / 'tokenizer.json'}: sha256 differs from the manifest's")
     if tok.get_vocab_size(with_added_tokens=True) != manifest["tokenizer"]["vocab_size"]:
-        raise DataError(f"{where}: tokenizer.vocab_size {manifest['tokenizer']['vocab_size']!r}, but "
+        raise DataError(f"{d / 'manifest.json'}: tokenizer.vocab_size {manifest['tokenizer']['vocab_size']!r}, but "
                         f"tokenizer.json has {tok.get_vocab_size(with_added_tokens=True):,} tokens")
     return manifest
+
+
+def verification_cache() -> Path:
+    """GPT1_DATA_CACHE, else ~/.cache/gpt1/data: what this machine has verified and staged."""
+    return Path(os.environ.get("GPT1_DATA_CACHE") or Path.home() / ".cache" / "gpt1" / "data")
+
+
+@contextlib.contextmanager
+def machine_lock(path: Path):
+    """One process of the machine at a time, for as long as the block runs (an flock: a killed
+    holder leaves nothing stuck)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def cache_key(where: str, manifest: dict) -> str:
+    return hashlib.sha256(f"{where}\n{manifest['fingerprint']}".encode()).hexdigest()[:16]
+
+
+def verify_once(d: Path, manifest: dict) -> None:
+    """Every shard's sha256 against the manifest's, unless this machine has already checked that
+    very file (same size and modification time): a re-submit does not hash the corpus again, and
+    a changed shard is hashed again and caught. Raises DataError naming the shard."""
+    stamp = verification_cache() / "verified" / f"{cache_key(str(d.absolute()), manifest)}.json"
+    with machine_lock(stamp.with_suffix(".lock")):
+        try:
+            seen = json.loads(stamp.read_text())
+        except (OSError, ValueError):
+            seen = {}
+        for name, shard in sorted(manifest["shards"].items()):
+            st = (d / name).stat()
+            if seen.get(name) == [st.st_size, st.st_mtime_ns, shard["sha256"]]:
+                continue
+            if sha256_file(d / name) != shard["sha256"]:
+                raise DataError(f"{d / name}: sha256 differs from the manifest's (the shard was changed)")
+            seen[name] = [st.st_size, st.st_mtime_ns, shard["sha256"]]
+        stamp.write_text(json.dumps(seen))
 
 
 def check_fits(manifest: dict, path, vocab_size: int, n_ctx: int) -> None:

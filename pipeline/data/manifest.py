@@ -134,25 +134,27 @@ def check_fields(manifest: dict, where: Path) -> None:
     need(isinstance(t.get("sha256"), str), "no tokenizer.sha256")
 
 
-def check_shards(d: Path, manifest: dict) -> None:
-    """The shards on disk are the manifest's, each as long as it says, and together as long as
-    their split's stream: a cheap check (sizes only) of a truncated or extra file."""
-    where = d / "manifest.json"
+def check_shards(fs, base: str, label: str, manifest: dict) -> None:
+    """The shards under base (any pyarrow filesystem) are the manifest's, each as long as it says,
+    and together as long as their split's stream: a cheap check (one listing, sizes only) of a
+    missing, truncated or extra file."""
+    import pyarrow.fs as pafs
+
     width = np.dtype(manifest["dtype"]).itemsize
     for split in ("train", "val"):
+        infos = fs.get_file_info(pafs.FileSelector(f"{base}/{split}", allow_not_found=True))
+        sizes = {f"{split}/{i.base_name}": i.size for i in infos if i.type == pafs.FileType.File}
         listed = sorted(n for n in manifest["shards"] if n.startswith(f"{split}/"))
-        on_disk = sorted(f"{split}/{p.name}" for p in (d / split).iterdir()) if (d / split).is_dir() else []
-        extra = sorted(set(on_disk) - set(listed))
+        extra = sorted(set(sizes) - set(listed))
         if extra:
-            raise DataError(f"{d / extra[0]}: a file that the manifest does not list{_DAMAGED}")
+            raise DataError(f"{label}/{extra[0]}: a file that the manifest does not list{_DAMAGED}")
         for name in listed:
-            size = (d / name).stat().st_size if (d / name).exists() else None
-            if size is None:
-                raise DataError(f"{d / name}: listed in the manifest but missing; prepare the dataset again")
-            if size != manifest["shards"][name]["tokens"] * width:
-                raise DataError(f"{d / name}: {size:,} bytes, but the manifest says "
+            if name not in sizes:
+                raise DataError(f"{label}/{name}: listed in the manifest but missing; prepare the dataset again")
+            if sizes[name] != manifest["shards"][name]["tokens"] * width:
+                raise DataError(f"{label}/{name}: {sizes[name]:,} bytes, but the manifest says "
                                 f"{manifest['shards'][name]['tokens']:,} tokens of {width} bytes{_DAMAGED}")
         tokens = sum(manifest["shards"][n]["tokens"] for n in listed)
         if tokens != manifest["splits"][split]["tokens"]:
-            raise DataError(f"{where}: splits.{split}.tokens is {manifest['splits'][split]['tokens']:,} but its "
-                            f"shards hold {tokens:,} tokens{_DAMAGED}")
+            raise DataError(f"{label}/manifest.json: splits.{split}.tokens is {manifest['splits'][split]['tokens']:,} "
+                            f"but its shards hold {tokens:,} tokens{_DAMAGED}")

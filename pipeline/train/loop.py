@@ -30,7 +30,8 @@ import torch.distributed as dist
 from model import GPT, GPTConfig, lm_loss, make_optimizer, make_schedule
 from model.flops import matmul_ceiling
 from pipeline.train.checkpoint import load_training_state, save_checkpoint
-from pipeline.errors import disk_error
+from pipeline.errors import UserError, disk_error
+from pipeline.data.stage import local_copy
 from pipeline.runtime import amp_dtype, autocast
 from pipeline.data.dataset import BlockOrder, load_split, open_dataset, tokens_per_byte
 from pipeline.train.config import PretrainConfig
@@ -41,7 +42,7 @@ class LoopSpec:
     """What the driver hands every worker (pickled by Ray as it is)."""
     pretrain: PretrainConfig
     model: GPTConfig
-    data: str  # dataset directory, already checked against its manifest by the driver
+    data: str  # dataset directory or URI; each worker verifies or stages it (pipeline/data/stage.py)
     total_steps: int
     threads: int = 0  # CPU threads per worker; 0 = torch's default
     mlflow_uri: str | None = None
@@ -124,7 +125,15 @@ class Pretraining:
         if spec.threads:
             torch.set_num_threads(spec.threads)
         self.rank, self.world, self.device = session.rank, session.world_size, session.device
-        self.data = Path(spec.data)
+        # A local dataset, verified once per machine; one on object storage, staged once per node.
+        failed = None
+        try:
+            self.data = local_copy(spec.data)
+        except UserError as err:
+            failed = str(err)
+        failed = self._first(failed)
+        if failed:
+            raise StopRun(failed)
         self.manifest = open_dataset(self.data, verify=False)
         # Memory-mapped: the tokens live once in the page cache, not in every worker.
         self.train_blocks = load_split(self.data, self.manifest, "train")
@@ -212,6 +221,14 @@ class Pretraining:
         loss = nats / n
         return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 700)),
                 "val_bits_per_byte": loss / math.log(2) * tokens_per_byte(self.manifest, "val")}
+
+    def _first(self, message: str | None) -> str | None:
+        """The first rank's message that is not None (every rank gets the same answer)."""
+        if self.world == 1:
+            return message
+        got = [None] * self.world
+        dist.all_gather_object(got, message)
+        return next((m for m in got if m), None)
 
     def _any(self, flag: bool) -> bool:
         """Whether flag is true on any rank (every rank gets the same answer)."""

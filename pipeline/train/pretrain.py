@@ -24,7 +24,8 @@ from pathlib import Path
 
 from model import GPTConfig
 from pipeline import configio, errors
-from pipeline.data.dataset import check_fits, open_dataset
+from pipeline import remote
+from pipeline.data.dataset import check_fits, open_dataset, read_dataset
 from pipeline.runtime import check_device, storage_path
 from pipeline.tracking import check_store, finish_run, start_pretrain_run, tracking_uri
 from pipeline.train.config import NOT_IN_IDENTITY, PretrainConfig, check_config
@@ -104,11 +105,15 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
     from pipeline.train.ray_train import Outcome, fit, remove_orphan_staging, repair_ray_index, run_lock, worker
     from pipeline.train.loop import LoopSpec
 
-    if "://" in str(data):
-        raise errors.ConfigError(f"--data {data}: pretrain reads a local (or mounted) dataset directory; "
-                                 "object storage is not supported yet")
-    data = Path(data).absolute()
-    manifest = open_dataset(data)
+    # Object storage: the manifest and a listing here (sizes only); every node's first worker
+    # stages the shards and verifies them as they arrive (pipeline/data/stage.py). A local
+    # directory: verified here, once per machine.
+    if remote.is_remote(data):
+        data = str(data).rstrip("/")
+        manifest = read_dataset(data)
+    else:
+        data = remote.local_path(data)
+        manifest = open_dataset(data)
     gcfg = model_config(cfg, manifest, data)
     check_device(device)
     check_config(cfg, workers or 1)
@@ -139,7 +144,7 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
 
     ident = identity(cfg, gcfg, manifest)
-    name = name or f"{data.name}-{cfg.model}-{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]}"
+    name = name or f"{str(data).rsplit('/', 1)[-1]}-{cfg.model}-{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]}"
     storage = storage_path(storage)
     run_path = f"{storage}/{name}"
     if "://" not in storage:
@@ -201,7 +206,8 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     names = ", ".join(sorted(q.stem for q in PRESETS_DIR.glob("*.yaml")))
     p.add_argument("--config", default="tiny", help=f"a preset ({names}) or a YAML file of the keys below")
-    p.add_argument("--data", required=True, help="a dataset directory made by `gpt1 prepare`")
+    p.add_argument("--data", required=True,
+                   help="a dataset made by `gpt1 prepare`: a directory, or a URI (s3://...) staged once per node")
     p.add_argument("--workers", type=int, default=None,
                    help="data-parallel workers (default: one per GPU in the cluster, else 1)")
     p.add_argument("--name", help="run name; the same name resumes the run (default: from the data and config)")
