@@ -67,6 +67,8 @@ class PeakRSS:
 
     def _run(self):
         import psutil
+        self.cpu_s = 0.0  # this sampler's own CPU time, which a caller timing the process subtracts
+        t0 = time.thread_time()
         while not self._stop.is_set():
             self.driver_private_peak = max(self.driver_private_peak, _private_bytes())
             for p in self.me.children(recursive=True):
@@ -76,6 +78,7 @@ class PeakRSS:
                         self.worker_private_peak = max(self.worker_private_peak, _private_bytes(p.pid))
                 except (psutil.Error, OSError):
                     pass
+            self.cpu_s = time.thread_time() - t0
             time.sleep(0.2)
 
     def __enter__(self):
