@@ -6,9 +6,9 @@ every newline is predicted and paid for, and bits per byte on this ASCII text ar
 character, the figure nanoGPT's CPU "baby GPT" reports (2.72 after 2,000 iterations, 2.34 after
 6,000, about 5.5 minutes).
 
-The step count that fills the budget is measured first: a few steps of the same loop in this
-process. Then the run goes through the pipeline as a user's would (gpt1 prepare, then gpt1
-pretrain on a local Ray instance, 1 worker with every core), logged to MLflow.
+The run goes through the pipeline as a user's would (gpt1 prepare, then gpt1 pretrain on a local
+Ray instance, 1 worker with every core), logged to MLflow, with max_minutes set to the budget:
+the loop times its first steps and one evaluation, and sets the step count that fills it.
 
     python bench/pretrain_tinyshakespeare.py                # 300 s, preset `small`
 """
@@ -35,7 +35,6 @@ from pipeline.configio import load  # noqa: E402
 from pipeline.data.dataset import open_dataset  # noqa: E402
 from pipeline.data.prepare import PrepareConfig, prepare  # noqa: E402
 from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, model_config, pretrain  # noqa: E402
-from pipeline.train.loop import LocalSession, LoopSpec, Pretraining  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "corpus" / "tinyshakespeare.txt"
 
@@ -51,30 +50,16 @@ def byte_level_tokenizer(text: str, vocab_size: int, path: Path) -> None:
     tok.save(str(path))
 
 
-def seconds_per_step(cfg: PretrainConfig, gcfg, data: Path, threads: int, steps: int = 40) -> float:
-    spec = LoopSpec(pretrain=cfg, model=gcfg, data=str(data),
-                    total_steps=10 ** 6, threads=threads)
-    loop = Pretraining(spec, LocalSession())
-    for _ in range(10):  # the first steps are slower (allocations); they would shorten the run
-        loop.train_step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        loop.train_step()
-    return (time.perf_counter() - t0) / steps
-
-
-def pretrain_in_budget(data: Path, cfg: PretrainConfig, gcfg, threads: int, budget: float, name: str,
-                       storage: Path) -> tuple[dict, PretrainConfig, float, float]:
-    """Time the loop first, then pretrain (1 worker, every core) for the steps that fill budget
-    seconds, with evaluations at quarter points. Returns pretrain()'s result, the config it ran,
-    the measured seconds per step and pretrain()'s wall time."""
-    per_step = seconds_per_step(cfg, gcfg, data, threads)
-    steps = int(budget / per_step)
-    cfg = dataclasses.replace(cfg, max_steps=steps, eval_every=-(-steps // 4), checkpoint_every=steps)
+def pretrain_in_budget(data: Path, cfg: PretrainConfig, budget: float, name: str,
+                       storage: Path) -> tuple[dict, PretrainConfig, float]:
+    """Pretrain (1 worker, every core) with max_minutes = budget: the loop times its first steps
+    and an evaluation, and sets the step count that fills the budget. Returns pretrain()'s
+    result, the config it ran and pretrain()'s wall time."""
+    cfg = dataclasses.replace(cfg, max_minutes=budget / 60, max_steps=0, epochs=1000)
     t0 = time.perf_counter()
     out = pretrain(data, cfg, workers=1, name=f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}",
                    storage=str(storage))
-    return out, cfg, per_step, time.perf_counter() - t0
+    return out, cfg, time.perf_counter() - t0
 
 
 def main() -> None:
@@ -107,12 +92,12 @@ def main() -> None:
     gcfg = model_config(cfg, manifest, data)
     threads = int(ray.cluster_resources()["CPU"])
 
-    out, cfg, per_step, wall = pretrain_in_budget(data, cfg, gcfg, threads, a.budget, "shakespeare", work / "runs")
-    steps = cfg.max_steps
+    out, cfg, wall = pretrain_in_budget(data, cfg, a.budget, "shakespeare", work / "runs")
 
     from mlflow.tracking import MlflowClient
     client = MlflowClient()
     trained = max(m.value for m in client.get_metric_history(out["run_id"], "elapsed_s"))
+    steps = int(client.get_metric_history(out["run_id"], "total_steps")[-1].value)
     curve = {m.step: m.value for m in client.get_metric_history(out["run_id"], "val_bits_per_byte")}
     s = manifest["splits"]
     print()
@@ -124,8 +109,9 @@ def main() -> None:
     print(f"model: {gcfg.n_layer} x {gcfg.n_embd}, {gcfg.n_head} heads, n_ctx {gcfg.n_ctx}, dropout {gcfg.resid_pdrop}; "
           f"batch {cfg.batch_size}, lr {cfg.lr}, {cfg.schedule} with {cfg.warmup_steps} warm-up steps")
     print(f"{steps:,} steps ({steps * cfg.batch_size / manifest['splits']['train']['blocks']:.1f} epochs) "
-          f"chosen from {per_step * 1e3:.0f} ms/step measured first; training took {trained:.0f} s, "
-          f"pretrain() {wall:.0f} s in all (Ray start-up, evaluations, checkpoint, MLflow)")
+          f"set by max_minutes={cfg.max_minutes:g} from the first steps' rate; training took {trained:.0f} s "
+          f"({trained / a.budget - 1:+.0%} of the budget), pretrain() {wall:.0f} s in all (Ray start-up, "
+          f"checkpoint, MLflow)")
     print(f"MLflow run {out['run_id']} in {os.environ['MLFLOW_TRACKING_URI']}")
     print()
     print("| step | val bits per byte |")

@@ -174,6 +174,28 @@ def test_interrupted_run_resumes_on_another_worker_count(reference, data, workdi
     assert len(runs) == 1 and runs[0].data.tags["world_size"] == "1"
 
 
+def test_a_time_budget_sets_the_steps_once_and_a_resume_keeps_them(data, workdir):
+    import shutil
+
+    budget = ("max_steps=0", "epochs=1000", "max_minutes=0.1", "checkpoint_every=20", "keep_checkpoints=3")
+    out = pretrain(data, config(*budget), workers=1, name="budget")
+    total = out["metrics"]["step"]
+    first = losses(out["run_id"])
+    run = workdir / "runs" / "budget"
+    ckpts = sorted(run.glob("checkpoint_0*"))
+    state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
+    assert state["total_steps"] == total and state["budget_decided"] and 13 < total < 10_000
+    assert losses(out["run_id"], "total_steps") == {13: total}  # recorded in the run, once
+    # Resumed from an earlier checkpoint, the run keeps its step count (whatever the rate now)
+    # and retraces itself step by step.
+    shutil.rmtree(ckpts[-1])
+    out = pretrain(data, config(*budget), workers=1, name="budget")
+    assert out["metrics"]["step"] == total
+    again = losses(out["run_id"])
+    resumed = int(ckpts[-2].name.split("_")[1])
+    assert [again[s] for s in range(resumed + 1, total + 1)] == [first[s] for s in range(resumed + 1, total + 1)]
+
+
 def test_resuming_with_other_settings_is_refused(reference, data, workdir, capsys):
     storage = str(reference["dir"] / "runs")
     code = main(["--config", "tiny", "--data", str(data), "--name", "reference", "--storage", storage,

@@ -17,6 +17,7 @@ class PretrainConfig:
     warmup_steps: int = 2000
     epochs: int = 100
     max_steps: int = 0  # 0 = epochs x steps per epoch; the schedule spans max_steps
+    max_minutes: float = 0.0  # a time budget: total steps set from the step rate measured early on (0 = none)
     weight_decay: float = 0.01
     grad_clip: float = 1.0  # max global grad norm; 0 = none
     seed: int = 0  # initial weights, block order, dropout
@@ -50,6 +51,8 @@ def check_config(cfg: PretrainConfig, workers: int) -> None:
         raise c(f"dtype {cfg.dtype!r}: expected auto, bf16 or fp32")
     if min(cfg.log_every, cfg.checkpoint_every, cfg.keep_checkpoints) < 1 or cfg.epochs < 1:
         raise c("log_every, checkpoint_every, keep_checkpoints and epochs must be at least 1")
+    if cfg.max_minutes < 0:
+        raise c(f"max_minutes {cfg.max_minutes}: expected >= 0 (0 = no time budget)")
     if cfg.max_steps < 0 or cfg.warmup_steps < 0 or cfg.eval_every < 0 or cfg.eval_blocks < 0 or cfg.max_failures < 0:
         raise c("max_steps, warmup_steps, eval_every, eval_blocks and max_failures must be >= 0")
     configio.check_ranges(cfg, {"lr": (0.0, 1.0), "weight_decay": (0.0, 1.0), "grad_clip": (0.0, None)})

@@ -51,6 +51,10 @@ class LoopSpec:
     resume_from: str | None = None  # the newest complete checkpoint the driver found there
 
 
+# max_minutes: steps not timed (start-up), then steps timed; the budget is decided after both.
+BUDGET_STEPS = (3, 10)
+
+
 class StopRun(Exception):
     """The run cannot go on and a retry would not help (a non-finite loss, a full disk). Raised
     on every rank at the same step; its text is the one line the user sees."""
@@ -146,13 +150,17 @@ class Pretraining:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.gpt = GPT(spec.model).to(self.device)
         self.opt = make_optimizer(self.gpt, cfg.lr, cfg.weight_decay)
-        self.step = 0
+        self.step, self.total = 0, spec.total_steps
+        # With a time budget, total is decided after the first steps (BUDGET_STEPS) and kept in
+        # every checkpoint, so that a resumed run keeps the schedule it had.
+        self.budget_open = cfg.max_minutes > 0
         with session.resume_dir() as d:
             if d is not None:
-                self.step = load_training_state(d, self.gpt, self.opt)["step"]
-        # The lr is a pure function of the step: a resumed run picks the schedule up at its step.
-        self.schedule = make_schedule(self.opt, cfg.schedule, spec.total_steps,
-                                      cfg.warmup_steps / spec.total_steps, start_step=self.step)
+                state = load_training_state(d, self.gpt, self.opt)
+                self.step = state["step"]
+                if self.budget_open and state.get("budget_decided"):
+                    self.total, self.budget_open = state["total_steps"], False
+        self.set_schedule()
         self.model = self.gpt
         if self.world > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(
@@ -167,6 +175,33 @@ class Pretraining:
         # MFU is measured against this device's dense-matmul rate in the training dtype.
         self.ceiling = matmul_ceiling(self.device, self.amp_dtype, 4096 if cuda else 1024, 10 if cuda else 5)
         self.flops_per_token = self.gpt.flops_per_token(self.gpt.config.n_ctx)
+
+    def set_schedule(self) -> None:
+        # The lr is a pure function of (step, total): a resumed run picks the schedule up at its step.
+        self.schedule = make_schedule(self.opt, self.cfg.schedule, self.total, self.cfg.warmup_steps / self.total,
+                                      start_step=self.step)
+
+    def decide_total(self, seconds_per_step: float, spent: float) -> None:
+        """The time budget as a step count: the steps that fit in what is left of max_minutes at
+        the rate measured, evaluations included (one is timed now), decided on rank 0 so that
+        every rank takes the same number."""
+        t0 = time.perf_counter()
+        if self.cfg.eval_every and self.n_val:
+            self.evaluate()
+        eval_s = time.perf_counter() - t0
+        per_step = seconds_per_step + (eval_s / self.cfg.eval_every if self.cfg.eval_every else 0.0)
+        left = self.cfg.max_minutes * 60 - spent - 2 * eval_s  # this evaluation, and the last one
+        fit = int(left / per_step) if per_step > 0 else 0
+        t = torch.tensor([float(min(self.total, self.step + max(fit, 1)))], device=self.device)
+        if self.world > 1:
+            dist.broadcast(t, 0)
+        self.total, self.budget_open = int(t.item()), False
+        self.set_schedule()
+        if self.rank == 0:
+            say(f"max_minutes {self.cfg.max_minutes:g}: {seconds_per_step:.3f} s a step and {eval_s:.1f} s an "
+                f"evaluation, so {self.total:,} steps")
+            if self.tracker:
+                self.tracker.log({"total_steps": self.total}, self.step)
 
     def batch(self, blocks: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(blocks.astype(np.int64))
@@ -250,7 +285,8 @@ class Pretraining:
             with self.session.staging_dir(name) as d:
                 try:
                     save_checkpoint(d, self.gpt, self.opt, {
-                        "step": self.step, "total_steps": self.spec.total_steps, "world_size": self.world,
+                        "step": self.step, "total_steps": self.total, "budget_decided": not self.budget_open,
+                        "world_size": self.world,
                         "schedule": {"name": self.cfg.schedule, "warmup_steps": self.cfg.warmup_steps},
                         "pretrain": dataclasses.asdict(self.cfg), "data_fingerprint": self.manifest["fingerprint"],
                         "tokenizer_sha256": self.manifest["tokenizer"]["sha256"],
@@ -266,16 +302,23 @@ class Pretraining:
             raise StopRun(failed or "rank 0 could not write its checkpoint")
 
     def run(self) -> dict:
-        cfg, total = self.cfg, self.spec.total_steps
+        cfg = self.cfg
         self.gpt.train()
         tokens_per_step = cfg.batch_size * self.gpt.config.n_ctx
         metrics: dict = {}
         if self.rank == 0 and self.step:
-            say(f"resuming at step {self.step:,} of {total:,}")
+            say(f"resuming at step {self.step:,} of {self.total:,}")
         t_start, step_start = time.perf_counter(), self.step
         t_log, losses, waited = time.perf_counter(), [], 0.0
-        while self.step < total:
+        t_rate = None
+        while self.step < self.total:
+            if self.budget_open and self.step - step_start == BUDGET_STEPS[0]:
+                t_rate = time.perf_counter()  # the first steps (compilation, caches) are not timed
             loss, norm, w = self.train_step()
+            if self.budget_open and self.step - step_start == sum(BUDGET_STEPS):
+                now = time.perf_counter()
+                self.decide_total((now - t_rate) / BUDGET_STEPS[1], now - t_start)
+            total = self.total
             losses.append(loss)
             last = (loss, norm)
             waited += w

@@ -159,7 +159,7 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
         at = f"resuming run {name} from step {newest[1]:,}" if newest else \
             f"{'restarting' if resumed else 'starting'} run {name} from step 0"
         print(f"{at}: {gcfg.n_layer} x {gcfg.n_embd}, vocab "
-              f"{gcfg.vocab_size:,}, {total:,} steps of {cfg.batch_size} x {gcfg.n_ctx} tokens "
+              f"{gcfg.vocab_size:,}, {'at most ' if cfg.max_minutes else ''}{total:,} steps of {cfg.batch_size} x {gcfg.n_ctx} tokens "
               f"({steps_per_epoch:,} per epoch) on {workers} {'GPU' if use_gpu else 'CPU'} worker(s); "
               f"checkpoints in {run_path}", flush=True)
         spec = LoopSpec(pretrain=cfg, model=gcfg, data=str(data),
