@@ -42,6 +42,8 @@ class RaySession:
         self.device = ray.train.torch.get_device()
         self.run_path, self.resume_from = run_path, resume_from
         self.remote = "://" in run_path
+        self.handed_over = None  # the staging directory an upload in the background now owns
+        self.async_upload = True  # to object storage; bench/checkpoint_stall.py compares both
 
     @contextlib.contextmanager
     def resume_dir(self):
@@ -71,10 +73,12 @@ class RaySession:
         else:
             d = outdir.sibling(Path(self.run_path) / name, "tmp")
             d.mkdir(parents=True)
+        self.handed_over = None
         try:
             yield d
         finally:
-            shutil.rmtree(d, ignore_errors=True)
+            if self.handed_over != d:  # an upload in the background deletes it when done
+                shutil.rmtree(d, ignore_errors=True)
 
     def _publish(self, checkpoint, name: str):
         import pyarrow.fs as pafs
@@ -101,6 +105,15 @@ class RaySession:
         import ray.train
 
         ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        if ckpt is not None and self.remote and self.async_upload:
+            # Uploaded in the background: training stalls for the local save alone. The local
+            # copy is deleted once uploaded; trainer_state.json goes up last, so a copy cut off
+            # by a failure is never taken for a complete checkpoint.
+            self.handed_over = checkpoint_dir
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name,
+                             checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+                             delete_local_checkpoint_after_upload=True, checkpoint_upload_fn=self._publish)
+            return
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name,
                          checkpoint_upload_fn=self._publish if ckpt else None)
 
