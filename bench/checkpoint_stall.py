@@ -118,7 +118,9 @@ def main() -> None:
                                       ("S3, async upload", "s3://bench/runs/async", False)):
             r = subprocess.run([sys.executable, __file__, "--one", run_path, str(int(sync)), a.preset,
                                 str(a.checkpoints), str(a.gap), str(tokenizer)], capture_output=True, text=True)
-            rows = [line.split()[1:] for line in r.stdout.splitlines() if line.startswith("BENCH ")]
+            # The worker's lines reach this process through Ray's log forwarding (on stderr).
+            rows = sorted({tuple(line.split("BENCH ", 1)[1].split()) for line in (r.stdout + r.stderr).splitlines()
+                           if "BENCH " in line})
             if r.returncode or not rows:
                 sys.exit(f"bench: {label} failed:\n{r.stderr[-3000:]}")
             for k, saved, stall, size in rows:
