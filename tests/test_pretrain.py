@@ -177,15 +177,15 @@ def test_interrupted_run_resumes_on_another_worker_count(reference, data, workdi
 def test_a_time_budget_sets_the_steps_once_and_a_resume_keeps_them(data, workdir):
     import shutil
 
-    budget = ("max_steps=0", "epochs=1000", "max_minutes=0.1", "checkpoint_every=20", "keep_checkpoints=3")
+    budget = ("max_steps=0", "epochs=1000", "max_minutes=0.2", "checkpoint_every=20", "keep_checkpoints=3")
     out = pretrain(data, config(*budget), workers=1, name="budget")
     total = out["metrics"]["step"]
     first = losses(out["run_id"])
     run = workdir / "runs" / "budget"
     ckpts = sorted(run.glob("checkpoint_0*"))
     state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
-    assert state["total_steps"] == total and state["budget_decided"] and 13 < total < 10_000
-    assert losses(out["run_id"], "total_steps") == {13: total}  # recorded in the run, once
+    assert state["total_steps"] == total and state["budget_decided"] and 60 < total < 10_000
+    assert losses(out["run_id"], "total_steps") == {60: total}  # recorded in the run, once
     # Resumed from an earlier checkpoint, the run keeps its step count (whatever the rate now)
     # and retraces itself step by step.
     shutil.rmtree(ckpts[-1])

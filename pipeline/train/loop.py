@@ -52,7 +52,7 @@ class LoopSpec:
 
 
 # max_minutes: steps not timed (start-up), then steps timed; the budget is decided after both.
-BUDGET_STEPS = (3, 10)
+BUDGET_STEPS = (20, 40)
 
 
 class StopRun(Exception):
