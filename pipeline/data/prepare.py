@@ -10,6 +10,8 @@ the byte ranges it covers and hashed as it is written (pipeline/data/packing.py)
 writes tokenizer.json and, last, manifest.json: a directory or prefix without one is not a
 dataset. The output is the same, byte for byte, whatever the parallelism and the chunk size.
 
+What the workers run is pipeline/data/work.py; this module plans, schedules and commits.
+
 The output is a local directory (written under a temporary name and renamed into place) or any
 pyarrow filesystem URI (s3://, gs://, file://), written in place with the manifest last; a re-run
 clears what an interrupted one left there.
@@ -29,21 +31,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipeline import configio, errors, outdir
 from pipeline import remote as remote_store
-from pipeline.data.corpus import (CorpusError, InputFile, ReadOptions, filesystem, input_digest, plan_chunks,
-                                  read_documents, resolve_inputs)
+from pipeline.data.corpus import CorpusError, InputFile, ReadOptions, filesystem, input_digest, plan_chunks, resolve_inputs
 from pipeline.data.manifest import FORMAT_VERSION, Manifest, is_dataset, manifest_json, read_manifest
-from pipeline.data.packing import n_blocks, plan_shards, shard_name, to_bytes, token_dtype, write_shard
+from pipeline.data.packing import n_blocks, plan_shards, shard_name, token_dtype
+from pipeline.data.work import ERROR_MARK, SPLITS, WORK, CountWords, Tokenize, part_name, write_shard_task
 from pipeline.runtime import ray_init
-from pipeline.data.tokenizer import (END_OF_DOCUMENT, encode_texts, load_tokenizer, n_merges,
-                                     tokenizer_from_counts, tokenizer_sha256, word_counts)
-
-MAX_PIECE_CHARS = 100_000  # longer documents are tokenized in pieces cut at whitespace
-WORK = "_work"  # the part files, under the output until the shards are made from them
+from pipeline.data.tokenizer import END_OF_DOCUMENT, load_tokenizer, n_merges, tokenizer_from_counts, tokenizer_sha256
 
 
 @dataclass
@@ -67,159 +64,6 @@ class PrepareConfig:
 
 # Options that change how the work is spread, never the output: left out of the fingerprint.
 _NOT_IN_FINGERPRINT = ("parallelism", "chunk_mb", "batch_docs", "max_replaced_fraction")
-SPLITS = ("train", "val")
-
-
-def is_val(seed: int, text: str, fraction: float) -> bool:
-    """The split goes by document, from its text alone: the same whatever the parallelism, and a
-    document that the corpus holds twice is never in both splits."""
-    digest = hashlib.blake2b(text.encode("utf-8", errors="surrogatepass"), digest_size=8,
-                             key=str(seed).encode()).digest()
-    return int.from_bytes(digest, "big") < fraction * 2 ** 64
-
-
-class _Docs:
-    """Shared by the Ray Data workers: the documents of one work item, with their split."""
-
-    def __init__(self, files, cfg: PrepareConfig, val_files: frozenset = frozenset()):
-        self.files, self.cfg, self.val_files = files, cfg, val_files
-        self.opts = ReadOptions(cfg.format, cfg.text_split, cfg.text_field, cfg.text_column, cfg.lowercase)
-
-    def of(self, item, pieces: list | None = None):
-        i = int(item["file"])
-        end = int(item["end"])
-        for off, text, n_bytes, bad in read_documents(self.files[i], int(item["start"]), end, self.opts, pieces):
-            # Held-out files, when given, are the val split; otherwise a hash picks documents.
-            yield off, text, n_bytes, bad, (i in self.val_files if self.val_files else
-                                            is_val(self.cfg.seed, text, self.cfg.val_fraction))
-
-    def __call__(self, batch):
-        # A bad input found here travels to the driver as data, not as a task failure: Ray
-        # would print the worker's traceback, and the user should see one line.
-        try:
-            for i in range(len(batch["file"])):
-                yield from self.process({k: batch[k][i] for k in batch})
-        except CorpusError as err:
-            yield self.error(str(err))
-        except OSError as err:  # a full or read-only output: the machine's state, also one line
-            disk = errors.disk_error(err)
-            if disk is None:
-                raise
-            yield self.error(str(disk))
-
-
-# A bad input found while counting words travels as a "word" that text never holds (control
-# characters are stripped from every document), through the same merge as the counts.
-ERROR_MARK = "\x00"
-
-
-class CountWords(_Docs):
-    """Word counts of the training split's documents, for learning the tokenizer: a table per
-    work item, merged by word before the driver sees them (a Ray Data groupby), so the driver
-    receives each distinct word once and never the text."""
-
-    def process(self, item):
-        counts = word_counts((t for _, t, _, _, val in self.of(item) if t and not val), lowercase=True)
-        if counts:
-            yield {"word": np.array(list(counts), dtype=object),
-                   "count": np.fromiter(counts.values(), dtype=np.int64, count=len(counts))}
-
-    def error(self, message: str):
-        return {"word": np.array([ERROR_MARK + message], dtype=object), "count": np.zeros(1, np.int64)}
-
-
-def part_name(item: int, split: str) -> str:
-    return f"{WORK}/item-{item:06d}-{split}.bin"
-
-
-# What a Tokenize worker tells the driver about its work item: counts and hashes, no tokens.
-_SUMMARY = {"item": pa.int64(), "file": pa.int64(), "n_bytes": pa.int64(), "n_replaced": pa.int64(),
-            "pieces": pa.binary(), "error": pa.string(),
-            **{f"{k}_{s}": pa.int64() for s in SPLITS for k in ("tokens", "documents", "bytes", "empty")}}
-
-
-class Tokenize(_Docs):
-    """A work item's documents -> token ids, written by this worker as the item's part files
-    (each split's stream: documents in input order, each followed by the end-of-document token)."""
-
-    def __init__(self, files, cfg: PrepareConfig, val_files: frozenset, tokenizer_json: str, out: str, dtype: str):
-        super().__init__(files, cfg, val_files)
-        from tokenizers import Tokenizer
-        self.tok = Tokenizer.from_str(tokenizer_json)
-        self.eod = self.tok.token_to_id(END_OF_DOCUMENT)
-        self.dtype = np.dtype(dtype)
-        self.fs, self.base = filesystem(out)
-
-    def process(self, item):
-        idx = int(item["item"])
-        row = {k: 0 for k in _SUMMARY}
-        pieces: list[bytes] = []
-        with contextlib.ExitStack() as files:
-            parts = {s: None for s in SPLITS}
-
-            def write(split: str, tokens: np.ndarray) -> None:
-                path = f"{self.base}/{part_name(idx, split)}"
-                with errors.naming(path):
-                    if parts[split] is None:
-                        self.fs.create_dir(path.rpartition("/")[0], recursive=True)
-                        parts[split] = files.enter_context(self.fs.open_output_stream(path))
-                    parts[split].write(to_bytes(tokens, self.dtype))
-
-            docs = []
-            for doc in self.of(item, pieces):
-                docs.append(doc)
-                if len(docs) >= self.cfg.batch_docs:
-                    self._encode(docs, row, write)
-                    docs = []
-            if docs:
-                self._encode(docs, row, write)
-        row.update(item=idx, file=int(item["file"]), pieces=b"".join(pieces), error=None)
-        yield pa.table({k: pa.array([row[k]], t) for k, t in _SUMMARY.items()})
-
-    def error(self, message: str) -> pa.Table:
-        row = {k: None for k in _SUMMARY}
-        row["error"] = message
-        return pa.table({k: pa.array([row[k]], t) for k, t in _SUMMARY.items()})
-
-    def _encode(self, docs, row: dict, write) -> None:
-        pieces, owner = [], []
-        for d, (_, text, *_rest) in enumerate(docs):
-            for piece in _cut(text, MAX_PIECE_CHARS):
-                pieces.append(piece)
-                owner.append(d)
-        arrays = [np.array(ids, dtype=np.int64) for ids in encode_texts(self.tok, pieces)]
-        # Pieces are in document order, so their concatenation is the documents' concatenation.
-        values = np.concatenate(arrays) if arrays else np.empty(0, np.int64)
-        lengths = np.bincount(owner, weights=[len(a) for a in arrays], minlength=len(docs)).astype(np.int64)
-        val = np.array([d[4] for d in docs], bool)
-        n_bytes = np.array([d[2] for d in docs], np.int64)
-        row["n_bytes"] += int(n_bytes.sum())
-        row["n_replaced"] += sum(d[3] for d in docs)
-        doc_of_token = np.repeat(np.arange(len(docs)), lengths)
-        for split, flag in (("train", False), ("val", True)):
-            row[f"empty_{split}"] += int(((val == flag) & (lengths == 0)).sum())
-            mine = (val == flag) & (lengths > 0)
-            if not mine.any():
-                continue
-            # Vectorised over the batch: the split's documents, each followed by the end-of-document token.
-            stream = np.insert(values[mine[doc_of_token]], np.cumsum(lengths[mine]), self.eod)
-            write(split, stream)
-            row[f"tokens_{split}"] += len(stream)
-            row[f"documents_{split}"] += int(mine.sum())
-            row[f"bytes_{split}"] += int(n_bytes[mine].sum())
-
-
-def _cut(text: str, limit: int):
-    """Pieces of at most limit characters, cut at whitespace where there is some, so that
-    tokenizing the pieces gives the tokens of the whole (the pre-tokenizer splits there too)."""
-    start = 0
-    while len(text) - start > limit:
-        cut = max(text.rfind(" ", start, start + limit), text.rfind("\n", start, start + limit))
-        cut = cut if cut > start else start + limit
-        yield text[start:cut]
-        start = cut
-    if start < len(text):
-        yield text[start:]
 
 
 def _options(cfg: PrepareConfig) -> dict:
@@ -393,21 +237,14 @@ def _check_summaries(rows: list[dict], files: list[InputFile], cfg: PrepareConfi
                           "the corpus holds no documents (empty or whitespace only)")
 
 
-def _write_shard(out_uri: str, name: str, pieces: list[tuple[str, int, int]]) -> str:
-    fs, base = filesystem(out_uri)
-    with errors.naming(f"{base}/{name}"):
-        fs.create_dir(f"{base}/{name}".rpartition("/")[0], recursive=True)
-        return write_shard(fs, f"{base}/{name}", [(f"{base}/{p}", at, n) for p, at, n in pieces])
-
-
 def _assemble(out_uri: str, jobs: list, local: bool) -> list[str]:
     """Each shard made from its part files' byte ranges, by Ray tasks (or in this process);
     returns their sha256s in order."""
     if local:
-        return [_write_shard(out_uri, name, pieces) for name, pieces in jobs]
+        return [write_shard_task(out_uri, name, pieces) for name, pieces in jobs]
     import ray
 
-    task = ray.remote(_write_shard).options(num_cpus=1, max_retries=3)
+    task = ray.remote(write_shard_task).options(num_cpus=1, max_retries=3)
     return ray.get([task.remote(out_uri, name, pieces) for name, pieces in jobs])
 
 
