@@ -156,8 +156,9 @@ def _work(files, cfg, val_files, tok, source, source_key, fs, base, out_uri, loc
         tok = tokenizer_from_counts(_word_counts(common, items, cfg, local), n_merges=cfg.n_merges)
     vocab = tok.get_vocab_size(with_added_tokens=True)
     dtype = token_dtype(vocab)
+    tok_text = tok.to_str()
     run_items = _in_process if local else _on_ray_data
-    rows = _summaries(run_items(Tokenize, {**common, "tokenizer_json": tok.to_str(), "out": out_uri,
+    rows = _summaries(run_items(Tokenize, {**common, "tokenizer_json": tok_text, "out": out_uri,
                                           "dtype": dtype.str}, items, cfg))
     _check_summaries(rows, files, cfg)
 
@@ -187,7 +188,6 @@ def _work(files, cfg, val_files, tok, source, source_key, fs, base, out_uri, loc
                          "bytes": sum(r[f"bytes_{split}"] for r in rows), "blocks": blocks,
                          "tokens_not_in_a_block": max(tokens - 1 - blocks * cfg.n_ctx, 0),
                          "empty_documents": sum(r[f"empty_{split}"] for r in rows)}
-    tok_text = tok.to_str()
     (meta / "tokenizer.json").write_text(tok_text, encoding="utf-8")
     manifest: Manifest = {
         "format_version": FORMAT_VERSION,
