@@ -205,6 +205,10 @@ def test_rerun_is_a_no_op_and_a_different_one_needs_overwrite(tmp_path, ray_sess
     stamp = (out / "manifest.json").stat().st_mtime_ns
     prepare([str(src)], out, cfg(parallelism=1), track=False)  # parallelism does not matter
     assert (out / "manifest.json").stat().st_mtime_ns == stamp
+    import os
+    os.utime(src, ns=(10**18, 10**18))  # the same bytes with another time (written again, copied)
+    prepare([str(src)], out, cfg(), track=False)
+    assert (out / "manifest.json").stat().st_mtime_ns == stamp
     from pipeline.data.corpus import CorpusError
     with pytest.raises(CorpusError, match="--overwrite"):
         prepare([str(src)], out, cfg(seed=1), track=False)

@@ -340,6 +340,16 @@ class _Hashed:
         return getattr(self.raw, name)
 
 
+def file_digest(f: InputFile) -> str:
+    """input_digest of a whole file, read here in one pass (what the workers compute piece by
+    piece as they read it)."""
+    fs, _ = filesystem(f.uri)
+    pieces: list[bytes] = []
+    with fs.open_input_stream(f.path, compression=None) as raw:
+        _Hashed(raw, 0, -1, pieces).finish()
+    return input_digest(pieces)
+
+
 def read_documents(f: InputFile, start: int, end: int, opts: ReadOptions,
                    pieces: list[bytes] | None = None) -> Iterator[tuple[int, str, int, int]]:
     """(offset, normalised text, raw UTF-8 bytes, bytes replaced) for each non-empty document that

@@ -129,6 +129,11 @@ def check_fields(manifest: dict, where: Path) -> None:
              for v in manifest["shards"].values()), "a shard without its tokens and sha256")
     need(manifest["dtype"] in ("uint16", "uint32"), f"dtype {manifest['dtype']!r}, expected uint16 or uint32")
     need(manifest["n_ctx"] > 0 and manifest["shard_tokens"] > 0, "n_ctx and shard_tokens must be positive")
+    for split in ("train", "val"):
+        s = manifest["splits"][split]
+        want = max(s["tokens"] - 1, 0) // manifest["n_ctx"]  # blocks of n_ctx + 1 that the stream holds
+        need(s["blocks"] == want, f"splits.{split}.blocks is {s['blocks']:,} but its {s['tokens']:,} tokens make "
+                                  f"{want:,} blocks of {manifest['n_ctx'] + 1}")
     t = manifest["tokenizer"]
     need(isinstance(t.get("vocab_size"), int) and t["vocab_size"] > 0, "tokenizer.vocab_size is not a positive count")
     need(isinstance(t.get("sha256"), str), "no tokenizer.sha256")

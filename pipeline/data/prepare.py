@@ -35,7 +35,8 @@ import pyarrow.fs as pafs
 
 from pipeline import configio, errors, outdir
 from pipeline import remote as remote_store
-from pipeline.data.corpus import CorpusError, InputFile, ReadOptions, filesystem, input_digest, plan_chunks, resolve_inputs
+from pipeline.data.corpus import (CorpusError, InputFile, ReadOptions, file_digest, filesystem, input_digest, plan_chunks,
+                                  resolve_inputs)
 from pipeline.data.manifest import FORMAT_VERSION, Manifest, is_dataset, manifest_json, read_manifest
 from pipeline.data.packing import n_blocks, plan_shards, shard_name, token_dtype
 from pipeline.data.work import ERROR_MARK, SPLITS, WORK, CountWords, Tokenize, part_name, write_shard_task
@@ -108,7 +109,8 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
     # What a re-run compares before reading a byte: the inputs' names, sizes and times.
     source_key = _key([[f.uri, f.size, f.mtime_ns] for f in files], cfg, source, n_val)
     existing = _remote_manifest(fs, base, out, overwrite) if remote else _local_manifest(out, overwrite)
-    if existing is not None and existing.get("source_key") == source_key:
+    if existing is not None and (existing.get("source_key") == source_key or
+                                 _same_contents(existing, files, cfg, source, n_val)):
         print(f"{out} is up to date (same inputs and options): nothing to do")
         return existing
     if remote:
@@ -144,6 +146,16 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
         log_prepare(out, cfg, manifest, files=meta)
     shutil.rmtree(meta, ignore_errors=True)
     return manifest
+
+
+def _same_contents(existing: dict, files: list[InputFile], cfg: PrepareConfig, source: str, n_val: int) -> bool:
+    """Whether inputs whose names and sizes match the dataset's, but whose times do not (a
+    corpus written again, a copy), still hold the same bytes: read and hashed once here, only
+    in that case, and compared with the dataset's fingerprint."""
+    listed = [(i.get("uri"), i.get("bytes")) for i in existing.get("inputs", [])]
+    if listed != [(f.uri, f.size) for f in files]:
+        return False
+    return existing.get("fingerprint") == _key([file_digest(f) for f in files], cfg, source, n_val)
 
 
 def _work(files, cfg, val_files, tok, source, source_key, fs, base, out_uri, local, meta: Path) -> Manifest:
