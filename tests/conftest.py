@@ -123,3 +123,17 @@ def s3(monkeypatch, tmp_path):
     yield env
     proc.terminate()
     proc.wait()
+
+
+@pytest.fixture
+def cluster(s3):
+    """A simulated cluster (ray.cluster_utils.Cluster): a head with no CPUs, so that all work goes
+    to the two worker nodes of 1 CPU each; the nodes see the S3 server through the environment."""
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 200 << 20})
+    for _ in range(2):
+        c.add_node(num_cpus=1, object_store_memory=200 << 20)
+    c.wait_for_nodes()
+    yield c
+    c.shutdown()

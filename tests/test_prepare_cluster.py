@@ -13,25 +13,12 @@ import time
 from pathlib import Path
 
 import pyarrow.fs as pafs
-import pytest
 
 from corpus_gen import documents
 from pipeline.data.prepare import PrepareConfig, prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 SETS = {"n_merges": 200, "n_ctx": 32, "val_fraction": 0.1, "shard_mb": 1, "chunk_mb": 1}
-
-
-@pytest.fixture
-def cluster(s3):
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 200 << 20})
-    for _ in range(2):
-        c.add_node(num_cpus=1, object_store_memory=200 << 20)
-    c.wait_for_nodes()
-    yield c
-    c.shutdown()
 
 
 def bucket() -> pafs.FileSystem:
