@@ -16,6 +16,7 @@ from pipeline.configio import load
 from pipeline.errors import ConfigError
 from pipeline.data.dataset import BlockOrder, DataError
 from pipeline.data.prepare import PrepareConfig, prepare
+from pipeline.train.config import check_config, micro_batch
 from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, main, pretrain
 from pipeline.data.tokenizer import load_tokenizer
 
@@ -246,3 +247,22 @@ def test_presets_load():
         assert load(PretrainConfig(), name, PRESETS_DIR).model == name
     with pytest.raises(ConfigError):
         load(PretrainConfig(), "nope", PRESETS_DIR)
+
+
+def test_wide_runs_take_smaller_micro_batches_and_a_run_keeps_its_own():
+    import dataclasses
+
+    gpt1 = load(PretrainConfig(), "gpt1", PRESETS_DIR)
+    # The global batch stays 64: micro-batches of 8 up to 8 workers, then 4 on 16, 1 on 64.
+    assert [micro_batch(gpt1, w) for w in (1, 2, 8, 16, 32, 64)] == [8, 8, 8, 4, 2, 1]
+    for w in (8, 16, 64):
+        check_config(gpt1, w)
+    with pytest.raises(ConfigError, match="batch_size 64"):
+        check_config(gpt1, 128)
+    # A run started on 16 workers keeps its micro-batches of 4 (so its dropout masks) wherever
+    # it resumes; one started on 8 cannot spread to 16, and says so in one line.
+    assert [micro_batch(gpt1, w, recorded=4) for w in (1, 2, 8, 16)] == [4, 4, 4, 4]
+    with pytest.raises(ConfigError, match="per micro-batch of 8 sequences, so it resumes on worker counts that divide 8"):
+        micro_batch(gpt1, 16, recorded=8)
+    # Asking for smaller micro-batches than the run's is a change of settings (claim_run refuses it).
+    assert micro_batch(dataclasses.replace(gpt1, micro_batch=2), 4, recorded=4) == 2

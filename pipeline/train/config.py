@@ -11,7 +11,7 @@ class PretrainConfig:
     model: str = "tiny"  # model preset (model/config.py); vocab_size comes from the data's tokenizer
     model_overrides: dict = field(default_factory=dict)  # GPTConfig fields, e.g. {n_layer: 6}
     batch_size: int = 64  # global batch, in sequences of n_ctx tokens
-    micro_batch: int = 0  # sequences per forward pass; 0 = batch_size / workers (no accumulation)
+    micro_batch: int = 0  # most sequences per forward pass; 0 = batch_size / workers (see micro_batch())
     lr: float = 2.5e-4
     schedule: str = "warmup_cosine"  # warmup_cosine, warmup_linear, warmup_constant (opt.py's)
     warmup_steps: int = 2000
@@ -37,11 +37,27 @@ NOT_IN_IDENTITY = ("log_every", "eval_every", "eval_blocks", "checkpoint_every",
                     "max_failures")
 
 
+def micro_batch(cfg: PretrainConfig, workers: int, recorded: int | None = None) -> int:
+    """The micro-batch a run uses: fixed when the run starts, because each micro-batch draws its
+    own dropout masks, and a resume on another worker count retraces the run only with the same
+    micro-batches. At the start: micro_batch, or less where the workers need it (the gpt1
+    preset's 8 becomes 4 on 16 workers, 1 on 64); on a resume: the run's own (`recorded`)."""
+    cap = cfg.micro_batch or cfg.batch_size // max(workers, 1)
+    if recorded and recorded <= cap:
+        if cfg.batch_size % (recorded * workers):
+            raise errors.ConfigError(
+                f"--workers {workers}: this run draws its dropout masks per micro-batch of {recorded} "
+                f"sequences, so it resumes on worker counts that divide {cfg.batch_size // recorded}; pass one "
+                f"of those, or another --name to start a new run")
+        return recorded
+    return min(cap, cfg.batch_size // max(workers, 1))
+
+
 def check_config(cfg: PretrainConfig, workers: int) -> None:
     c = errors.ConfigError
-    micro = cfg.micro_batch or cfg.batch_size // max(workers, 1)
     if workers < 1:
         raise c(f"--workers {workers}: expected at least 1")
+    micro = micro_batch(cfg, workers)
     if cfg.batch_size < 1 or micro < 1 or cfg.batch_size % (micro * workers):
         raise c(f"batch_size {cfg.batch_size}: expected a multiple of micro_batch ({micro}) x workers "
                 f"({workers}), so that every worker runs the same number of micro-batches")

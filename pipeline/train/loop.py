@@ -4,7 +4,9 @@ The global batch at step s is BlockOrder.batch(s), cut into micro-batches of `mi
 sequences. Worker r of W runs micro-batches r*A .. r*A + A-1 (A = accumulation steps), and
 micro-batch j of step s draws its dropout masks from a seed made of (seed, s, j). So the
 micro-batches, their masks and the summed gradient are the same whatever W is, and a resumed run
-retraces an uninterrupted one step by step.
+retraces an uninterrupted one: bitwise on the same worker count, up to the order of
+floating-point sums on another. The micro-batch is fixed when a run starts (config.micro_batch),
+which bounds the worker counts it can resume on: batch_size / micro_batch at most.
 
 The loop talks to its surroundings through a Session: Ray Train's (pipeline/train/ray_train.py) or a
 plain process's (LocalSession, for the benchmarks).
@@ -34,7 +36,7 @@ from pipeline.errors import UserError, disk_error
 from pipeline.data.stage import local_copy
 from pipeline.runtime import amp_dtype, autocast
 from pipeline.data.dataset import BlockOrder, load_split, open_dataset, tokens_per_byte
-from pipeline.train.config import PretrainConfig
+from pipeline.train.config import PretrainConfig, micro_batch
 
 
 @dataclass
@@ -144,7 +146,7 @@ class Pretraining:
         self.val_blocks = load_split(self.data, self.manifest, "val")
         self.n_val = min(len(self.val_blocks), cfg.eval_blocks or len(self.val_blocks))
         self.order = BlockOrder(cfg.seed, len(self.train_blocks), cfg.batch_size)
-        self.micro = cfg.micro_batch or cfg.batch_size // self.world
+        self.micro = micro_batch(cfg, self.world)  # the driver has fixed it for the run
         self.accum = cfg.batch_size // (self.micro * self.world)
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank

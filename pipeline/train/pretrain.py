@@ -28,7 +28,7 @@ from pipeline import remote
 from pipeline.data.dataset import check_fits, open_dataset, read_dataset
 from pipeline.runtime import check_device, storage_path
 from pipeline.tracking import check_store, finish_run, start_pretrain_run, tracking_uri
-from pipeline.train.config import NOT_IN_IDENTITY, PretrainConfig, check_config
+from pipeline.train.config import NOT_IN_IDENTITY, PretrainConfig, check_config, micro_batch
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 RUN_FILE = "gpt1_run.json"  # in STORAGE/RUN: what the run was started with
@@ -67,25 +67,37 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def claim_run(run_path: str, ident: dict) -> bool:
-    """Record what the run at run_path is, or check that an existing one is this one. Returns
-    whether it existed. A run cannot be resumed with other data or other results-changing options."""
+def _run_file(run_path: str):
     import pyarrow.fs as pafs
 
     fs, path = pafs.FileSystem.from_uri(run_path) if "://" in run_path else (pafs.LocalFileSystem(), run_path)
-    info = fs.get_file_info(f"{path}/{RUN_FILE}")
-    if info.type == pafs.FileType.File:
-        with fs.open_input_stream(info.path) as f:
-            old = json.loads(f.read())
+    return fs, path, f"{path}/{RUN_FILE}"
+
+
+def recorded_run(run_path: str) -> dict | None:
+    """What the run at run_path was started with (its identity), or None for a new run."""
+    import pyarrow.fs as pafs
+
+    fs, _, file = _run_file(run_path)
+    if fs.get_file_info(file).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(file) as f:
+        return json.loads(f.read())
+
+
+def claim_run(run_path: str, ident: dict, old: dict | None) -> None:
+    """Record what the run at run_path is, or check that an existing one (`old`) is this one. A
+    run cannot be resumed with other data or other results-changing options."""
+    if old is not None:
         diff = _differences(old, ident)
         if diff:
             raise errors.ConfigError(f"{run_path}: this run was started with other settings "
                                      f"({'; '.join(diff[:3])}); to start a new run, pass another --name")
-        return True
+        return
+    fs, path, file = _run_file(run_path)
     fs.create_dir(path, recursive=True)
-    with fs.open_output_stream(f"{path}/{RUN_FILE}") as f:
+    with fs.open_output_stream(file) as f:
         f.write((json.dumps(ident, indent=2, sort_keys=True) + "\n").encode())
-    return False
 
 
 def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | None = None,
@@ -143,15 +155,21 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
     steps_per_epoch = BlockOrder(cfg.seed, n_train, cfg.batch_size).steps_per_epoch
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
 
-    ident = identity(cfg, gcfg, manifest)
-    name = name or f"{str(data).rsplit('/', 1)[-1]}-{cfg.model}-{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]}"
+    # The default name comes from the settings as given, so that a resume on another worker
+    # count (another micro-batch for a new run) finds the same run.
+    asked = hashlib.sha256(json.dumps(identity(cfg, gcfg, manifest), sort_keys=True).encode()).hexdigest()[:8]
+    name = name or f"{str(data).rsplit('/', 1)[-1]}-{cfg.model}-{asked}"
     storage = storage_path(storage)
     run_path = f"{storage}/{name}"
     if "://" not in storage:
         from pipeline import outdir
         outdir.check_writable(Path(run_path) / RUN_FILE)
     with run_lock(run_path):
-        resumed = claim_run(run_path, ident)
+        old = recorded_run(run_path)
+        resumed = old is not None
+        cfg = dataclasses.replace(cfg, micro_batch=micro_batch(
+            cfg, workers, old["pretrain"].get("micro_batch") if old else None))
+        claim_run(run_path, identity(cfg, gcfg, manifest), old)
         remove_orphan_staging(run_path)
         repair_ray_index(run_path)
         newest = latest_checkpoint(run_path)
