@@ -46,3 +46,45 @@ def write_sst2(d, n_train: int = 400, n_dev: int = 200, n_test: int = 50) -> Non
         (d / f"{split}.tsv").write_text("\n".join(rows) + "\n")
     test = ["index\tsentence"] + [f"{i}\t{s}" for i, (s, _) in enumerate(reviews(n_test, 3))]
     (d / "test.tsv").write_text("\n".join(test) + "\n")
+
+
+def synthetic_dataset(d, tokens: int, n_ctx: int = 512) -> int:
+    """A format-3 dataset of `tokens` random token ids in its train split (enough to read blocks;
+    no tokenizer), written a piece at a time so that gigabytes need little memory. Returns the
+    train split's bytes."""
+    from pathlib import Path
+
+    import numpy as np
+    import pyarrow.fs as pafs
+
+    from pipeline.data.manifest import FORMAT_VERSION, manifest_json
+    from pipeline.data.packing import plan_shards, shard_name, to_bytes, write_shard
+
+    d = Path(d)
+    rng = np.random.default_rng(tokens)
+    fs = pafs.LocalFileSystem()
+    (d / "work").mkdir(parents=True)
+    (d / "train").mkdir()
+    part = d / "work" / "part"
+    with open(part, "wb") as f:
+        for at in range(0, tokens, 1 << 26):
+            f.write(to_bytes(rng.integers(0, 40_000, min(1 << 26, tokens - at)), np.dtype("<u2")))
+    shard_tokens = 8 << 20
+    shards = {}
+    for k, pieces in enumerate(plan_shards([tokens], shard_tokens)):
+        sha = write_shard(fs, str(d / shard_name("train", k)), [(str(part), 2 * at, 2 * n) for _, at, n in pieces])
+        shards[shard_name("train", k)] = {"tokens": sum(n for _, _, n in pieces), "sha256": sha}
+    part.unlink()
+    (d / "work").rmdir()
+
+    def split(n: int) -> dict:
+        return {"documents": 1, "tokens": n, "bytes": 4 * n, "blocks": max(n - 1, 0) // n_ctx,
+                "tokens_not_in_a_block": 0, "empty_documents": 0}
+
+    manifest = {"format_version": FORMAT_VERSION, "fingerprint": str(tokens), "source_key": str(tokens),
+                "inputs": [], "options": {}, "n_ctx": n_ctx, "seed": 0, "dtype": "uint16",
+                "shard_tokens": shard_tokens, "replaced_bytes": 0, "shards": shards,
+                "tokenizer": {"sha256": "-", "vocab_size": 40_000, "n_merges": 0, "end_of_document": 0, "source": "-"},
+                "splits": {"train": split(tokens), "val": split(0)}}
+    (d / "manifest.json").write_text(manifest_json(manifest))
+    return 2 * tokens

@@ -6,14 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pyarrow.fs as pafs
-
-from pipeline.data.manifest import FORMAT_VERSION, manifest_json
-from pipeline.data.packing import plan_shards, shard_name, to_bytes, write_shard
+from corpus_gen import synthetic_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
-N_CTX = 512
 
 # What each worker does: open the dataset, then read every training block in the order and the
 # batches that training draws them (as pipeline/train/loop.py does), and report its RssAnon.
@@ -33,35 +28,6 @@ for line in open("/proc/self/status"):
     if line.startswith("RssAnon:"):
         print(int(line.split()[1]) * 1024, total)
 """
-
-
-def synthetic_dataset(d: Path, tokens: int) -> int:
-    """A format-3 dataset of random token ids (no tokenizer needed to read blocks); returns the
-    train split's bytes."""
-    rng = np.random.default_rng(tokens)
-    fs = pafs.LocalFileSystem()
-    (d / "work").mkdir(parents=True)
-    (d / "train").mkdir()
-    part = d / "work" / "part"
-    part.write_bytes(to_bytes(rng.integers(0, 40_000, tokens), np.dtype("<u2")))
-    shard_tokens = 8 << 20
-    shards = {}
-    for k, pieces in enumerate(plan_shards([tokens], shard_tokens)):
-        sha = write_shard(fs, str(d / shard_name("train", k)), [(str(part), 2 * at, 2 * n) for _, at, n in pieces])
-        shards[shard_name("train", k)] = {"tokens": sum(n for _, _, n in pieces), "sha256": sha}
-    part.unlink()
-
-    def split(n: int) -> dict:
-        return {"documents": 1, "tokens": n, "bytes": 4 * n, "blocks": max(n - 1, 0) // N_CTX,
-                "tokens_not_in_a_block": 0, "empty_documents": 0}
-
-    manifest = {"format_version": FORMAT_VERSION, "fingerprint": str(tokens), "source_key": str(tokens),
-                "inputs": [], "options": {}, "n_ctx": N_CTX, "seed": 0, "dtype": "uint16",
-                "shard_tokens": shard_tokens, "replaced_bytes": 0, "shards": shards,
-                "tokenizer": {"sha256": "-", "vocab_size": 40_000, "n_merges": 0, "end_of_document": 0, "source": "-"},
-                "splits": {"train": split(tokens), "val": split(0)}}
-    (d / "manifest.json").write_text(manifest_json(manifest))
-    return 2 * tokens
 
 
 def summed_private_memory(d: Path) -> int:

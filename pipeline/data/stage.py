@@ -26,19 +26,20 @@ from pipeline.data.manifest import DataError, manifest_json
 _PIECE = 1 << 24  # bytes per read while staging
 
 
-def local_copy(uri: str) -> Path:
-    """The dataset at uri as a local directory: itself (verified once per machine), or, for
-    object storage, this node's staged copy (downloaded and verified once per node)."""
+def local_copy(uri: str) -> tuple[Path, dict]:
+    """The dataset at uri as a local directory, with its manifest: itself (verified once per
+    machine), or, for object storage, this node's staged copy (downloaded and verified once per
+    node)."""
+    manifest = read_dataset(uri)
     if not remote.is_remote(uri):
         d = remote.local_path(uri)
-        verify_once(d, read_dataset(d))
-        return d
-    manifest = read_dataset(uri)
+        verify_once(d, manifest)
+        return d, manifest
     dest = verification_cache() / cache_key(uri.rstrip("/"), manifest)
     with machine_lock(dest.with_suffix(".lock")):
         if not (dest / "manifest.json").exists():
             _download(uri.rstrip("/"), manifest, dest)
-    return dest
+    return dest, manifest
 
 
 def _download(uri: str, manifest: dict, dest: Path) -> None:

@@ -35,7 +35,7 @@ from pipeline.train.checkpoint import load_training_state, save_checkpoint
 from pipeline.errors import UserError, disk_error
 from pipeline.data.stage import local_copy
 from pipeline.runtime import amp_dtype, autocast
-from pipeline.data.dataset import BlockOrder, load_split, open_dataset, tokens_per_byte
+from pipeline.data.dataset import BlockOrder, load_split, tokens_per_byte
 from pipeline.train.config import PretrainConfig, micro_batch
 
 
@@ -134,13 +134,12 @@ class Pretraining:
         # A local dataset, verified once per machine; one on object storage, staged once per node.
         failed = None
         try:
-            self.data = local_copy(spec.data)
+            self.data, self.manifest = local_copy(spec.data)
         except UserError as err:
             failed = str(err)
         failed = self._first(failed)
         if failed:
             raise StopRun(failed)
-        self.manifest = open_dataset(self.data, verify=False)
         # Memory-mapped: the tokens live once in the page cache, not in every worker.
         self.train_blocks = load_split(self.data, self.manifest, "train")
         self.val_blocks = load_split(self.data, self.manifest, "val")
