@@ -4,9 +4,12 @@ manifest.json, a checkpoint's trainer_state.json), and what a prefix held before
 cleared by name, never wholesale."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow.fs as pafs
 
@@ -66,3 +69,33 @@ def only_these(names: list[str], pattern: str) -> str | None:
     """The first name that does not match pattern (a full match), or None."""
     rx = re.compile(pattern)
     return next((n for n in names if not rx.fullmatch(n)), None)
+
+
+@contextlib.contextmanager
+def fetched(spec, what: str) -> Iterator[Path]:
+    """A local directory with what spec names: the directory itself, or, for a URI on object
+    storage, a temporary copy of it, or of every file under it (deleted when the block ends). For
+    inputs that one process reads whole, such as a sweep's checkpoint and task files or prepare's
+    tokenizer; a dataset is staged per node instead (pipeline/data/stage.py)."""
+    from pipeline.errors import ConfigError
+
+    if not is_remote(spec):
+        yield local_path(spec)
+        return
+    uri = str(spec).rstrip("/")
+    try:
+        fs, base = pafs.FileSystem.from_uri(uri)
+    except Exception as err:  # pyarrow raises ArrowInvalid / OSError for unknown schemes
+        raise ConfigError(f"{uri}: cannot open this URI ({str(err).splitlines()[0]})") from None
+    one = fs.get_file_info(base).type == pafs.FileType.File  # a single file, a tokenizer.json say
+    names = [""] if one else files_under(fs, base)
+    if not names:
+        raise ConfigError(f"{uri}: nothing there; expected {what}")
+    with tempfile.TemporaryDirectory(prefix="gpt1-fetched-") as tmp:
+        local = Path(tmp) / uri.rsplit("/", 1)[-1]
+        for name in names:
+            dest = local / name if name else local
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            pafs.copy_files(f"{base}/{name}" if name else base, str(dest), source_filesystem=fs,
+                            destination_filesystem=pafs.LocalFileSystem())
+        yield local

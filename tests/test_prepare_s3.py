@@ -57,6 +57,14 @@ def test_a_dataset_on_s3_holds_the_local_ones_files(s3, tmp_path, capsys):
     after = remote_files("gpt1-test/ds")
     assert m2["fingerprint"] != m["fingerprint"] and set(after) == {"manifest.json", "tokenizer.json", *m2["shards"]}
 
+    # A given tokenizer on S3 (a single tokenizer.json): the same dataset as from the local file.
+    bucket().copy_file("gpt1-test/ds/tokenizer.json", "gpt1-test/tok.json")
+    given = PrepareConfig(**{**other.__dict__, "tokenizer": "s3://gpt1-test/tok.json"})
+    local_given = PrepareConfig(**{**other.__dict__, "tokenizer": str(tmp_path / "tok.json")})
+    (tmp_path / "tok.json").write_bytes(bucket().open_input_stream("gpt1-test/tok.json").read())
+    assert prepare([str(src)], tmp_path / "given", given, track=False, local=True)["shards"] == \
+        prepare([str(src)], tmp_path / "given-local", local_given, track=False, local=True)["shards"] == m2["shards"]
+
 
 def test_leftovers_of_an_interrupted_upload_are_cleared_and_other_files_never(s3, tmp_path):
     src = tmp_path / "c.txt"

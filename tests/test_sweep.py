@@ -185,3 +185,39 @@ def test_the_released_model_in_hugging_face_layout_fine_tunes_and_sweeps(sst2, t
     (tmp_path / "space.yaml").write_text("lr: 1.0e-3\nbatch_size: 16\nmax_steps: 4\n")
     assert main(["--task", "sst-2", "--data", str(sst2), "--checkpoint", str(ckpt), "--samples", "1",
                  "--space", str(tmp_path / "space.yaml"), "--storage", str(tmp_path / "runs")]) == 0
+
+
+def test_a_sweep_reads_its_checkpoint_and_task_from_s3(task_checkpoint, sst2, tmp_path, mlflow_uri, ray_session,
+                                                       s3, monkeypatch, capsys):
+    """No shared file system: the driver copies both once; the trials get them from Ray's object
+    store. Lineage names the checkpoint by its URI and finds the pretrain run by its S3 run path."""
+    import tempfile
+    from pathlib import Path
+
+    import pyarrow.fs as pafs
+
+    from pipeline.remote import upload
+
+    monkeypatch.chdir(tmp_path)
+    fs = pafs.FileSystem.from_uri("s3://gpt1-test")[0]
+    upload(task_checkpoint, fs, "gpt1-test/runs/pre/checkpoint_000000010", last="model.safetensors")
+    upload(sst2, fs, "gpt1-test/glue/SST-2", last="train.tsv")
+    client = MlflowClient(mlflow_uri)
+    pretrain = client.create_run(client.create_experiment("gpt1-pretrain"), tags={"run_path": "s3://gpt1-test/runs/pre"})
+    (tmp_path / "space.yaml").write_text("lr: 1.0e-3\nbatch_size: 16\nmax_steps: 4\n")
+    args = ["--task", "sst-2", "--data", "s3://gpt1-test/glue/SST-2", "--samples", "1",
+            "--space", str(tmp_path / "space.yaml"), "--storage", str(tmp_path / "runs")]
+    before = set(Path(tempfile.gettempdir()).glob("gpt1-fetched-*"))
+    assert main([*args, "--checkpoint", "s3://gpt1-test/runs/pre/checkpoint_000000010/"]) == 0
+    runs = client.search_runs([client.get_experiment_by_name("gpt1-finetune-sst-2").experiment_id])
+    assert len(runs) == 2  # the parent and its trial
+    for r in runs:
+        assert r.data.tags["checkpoint"] == "s3://gpt1-test/runs/pre/checkpoint_000000010"
+        assert r.data.tags["pretrain_run_id"] == pretrain.info.run_id
+        assert r.data.tags["checkpoint_sha256"] == sha256_file(task_checkpoint / "model.safetensors")
+        assert r.data.tags["data_sha256.train"] == sha256_file(sst2 / "train.tsv")
+    assert set(Path(tempfile.gettempdir()).glob("gpt1-fetched-*")) == before  # the copies are gone
+    capsys.readouterr()
+    assert main([*args, "--checkpoint", "s3://gpt1-test/runs/nothing"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "sweep: s3://gpt1-test/runs/nothing: nothing there; expected a model directory", err

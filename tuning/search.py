@@ -28,7 +28,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import configio, errors
+from pipeline import configio, errors, remote
 from tuning.finetune import FinetuneConfig
 
 @dataclass
@@ -143,8 +143,9 @@ def rows_of(grid, metric: str, keys: list[str], runs: dict[str, str]) -> list[di
     return rows
 
 
-def sweep_task(task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: str) -> dict:
-    """Sweep one task; returns the parent run id, the best row and the ablation rows."""
+def sweep_task(task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: str, where: str | None = None) -> dict:
+    """Sweep one task; returns the parent run id, the best row and the ablation rows. `where` is
+    the checkpoint's own address (an s3:// URI, say) where `checkpoint` is a copy of it."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.sample import Domain
@@ -165,7 +166,8 @@ def sweep_task(task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: 
 
     stamp = f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
     client, exp, pid, tags = tracking.start_parent(uri, task.name, f"sweep-{task.name}-{stamp}", checkpoint, files,
-                                                   {"samples": str(opts.samples), "ablations": str(opts.ablations)})
+                                                   {"samples": str(opts.samples), "ablations": str(opts.ablations)},
+                                                   where)
     grids = math.prod(len(v["grid_search"]) for v in space.values() if isinstance(v, dict) and "grid_search" in v)
     print(f"sweep {task.name}: {opts.samples * grids} trial(s) over {describe(space) or 'a fixed config'}"
           f"{' + 3 ablation rows' if opts.ablations else ''}; {len(splits['train']):,} train / "
@@ -232,16 +234,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def sweep(task_name: str, data, checkpoint, opts: SweepOptions) -> dict[str, dict]:
     """Sweep a task (or, for task_name glue, every GLUE task under data); returns each task's
     sweep_task result. Every input and every search space is checked before Ray, MLflow or
-    Tune writes anything."""
+    Tune writes anything. data and checkpoint may be directories or URIs on object storage."""
+    if opts.samples < 0 or (opts.samples == 0 and not opts.ablations):
+        raise errors.ConfigError("--samples: expected at least 1 (or 0 with --ablations)")
+    # On object storage, each is copied to this machine once; the trials read them from Ray's
+    # object store, so no node needs a shared file system.
+    with remote.fetched(data, "a task's directory") as data, \
+            remote.fetched(checkpoint, "a model directory") as local_checkpoint:
+        return _sweep(task_name, data, local_checkpoint, str(checkpoint).rstrip("/"), opts)
+
+
+def _sweep(task_name: str, data: Path, checkpoint: Path, where: str, opts: SweepOptions) -> dict[str, dict]:
     from pipeline.runtime import ray_init
     from pipeline.tracking import check_store, tracking_uri
     from tuning.finetune import check_config
     from tuning.space import load_space
     from tuning.tasks import from_directory, get
 
-    if opts.samples < 0 or (opts.samples == 0 and not opts.ablations):
-        raise errors.ConfigError("--samples: expected at least 1 (or 0 with --ablations)")
-    data, checkpoint = Path(data).absolute(), Path(checkpoint).absolute()
     if not checkpoint.is_dir():
         raise errors.ConfigError(f"--checkpoint {checkpoint}: no such model directory")
     if task_name.lower() == "glue":
@@ -259,7 +268,7 @@ def sweep(task_name: str, data, checkpoint, opts: SweepOptions) -> dict[str, dic
     check_store(uri)
     ray_init()
     errors.sigterm_as_interrupt()  # again: ray.init put its own handler in place
-    return {task.name: sweep_task(task, d, checkpoint, opts, uri) for task, d in jobs}
+    return {task.name: sweep_task(task, d, checkpoint, opts, uri, where) for task, d in jobs}
 
 
 def run(args: argparse.Namespace) -> None:

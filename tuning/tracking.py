@@ -20,17 +20,19 @@ from pipeline.data.packing import sha256_file
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 
 
-def lineage(client, checkpoint: Path, files: dict[str, Path]) -> dict[str, str]:
-    """Tags linking a run to its inputs: the checkpoint's sha256 (its weights and tokenizer), the
-    pretrain run that wrote it (found by the run path its MLflow run is tagged with), and the
-    sha256 of each data file."""
+def lineage(client, checkpoint: Path, files: dict[str, Path], where: str | None = None) -> dict[str, str]:
+    """Tags linking a run to its inputs: the checkpoint's address (`where`, when checkpoint is a
+    local copy of one on object storage) and sha256 (its weights and tokenizer), the pretrain run
+    that wrote it (found by the run path its MLflow run is tagged with), and the sha256 of each
+    data file."""
     from pipeline.tracking import find_run
 
     ckpt = Path(checkpoint).absolute()
-    tags = {"checkpoint": str(ckpt), "checkpoint_sha256": weights_sha256(ckpt)}
+    where = where or str(ckpt)
+    tags = {"checkpoint": where, "checkpoint_sha256": weights_sha256(ckpt)}
     if (ckpt / "tokenizer.json").exists():
         tags["tokenizer_sha256"] = sha256_file(ckpt / "tokenizer.json")
-    pretrain = find_run(client, "gpt1-pretrain", "run_path", str(ckpt.parent))
+    pretrain = find_run(client, "gpt1-pretrain", "run_path", where.rsplit("/", 1)[0])
     if pretrain is not None:
         tags["pretrain_run_id"] = pretrain.info.run_id
     for split, path in files.items():
@@ -47,7 +49,8 @@ def weights_sha256(ckpt: Path) -> str:
     return hashlib.sha256("".join(sha256_file(p) for p in parts).encode()).hexdigest() if parts else "unknown"
 
 
-def start_parent(uri: str, task: str, name: str, checkpoint: Path, files: dict[str, Path], tags: dict[str, str]):
+def start_parent(uri: str, task: str, name: str, checkpoint: Path, files: dict[str, Path], tags: dict[str, str],
+                 where: str | None = None):
     """The sweep's parent run in gpt1-finetune-<task>, tagged with its lineage; returns (client,
     experiment id, parent run id, lineage tags) for the trials' runs to share."""
     from mlflow.tracking import MlflowClient
@@ -56,7 +59,7 @@ def start_parent(uri: str, task: str, name: str, checkpoint: Path, files: dict[s
 
     client = MlflowClient(uri)
     exp = experiment_id(client, f"gpt1-finetune-{task}")
-    lineage_tags = lineage(client, checkpoint, files)
+    lineage_tags = lineage(client, checkpoint, files, where)
     parent = client.create_run(exp, run_name=name, tags={**lineage_tags, "task": task, **tags})
     return client, exp, parent.info.run_id, lineage_tags
 

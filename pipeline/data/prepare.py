@@ -104,7 +104,8 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
     if cfg.tokenizer == "train":
         tok, source = None, f"train:{cfg.n_merges}"
     else:
-        tok = load_tokenizer(cfg.tokenizer)
+        with remote_store.fetched(cfg.tokenizer, "a tokenizer.json or the released vocabulary's directory") as t:
+            tok = load_tokenizer(t)
         source = tokenizer_sha256(tok)
     # What a re-run compares before reading a byte: the inputs' names, sizes and times.
     source_key = _key([[f.uri, f.size, f.mtime_ns] for f in files], cfg, source, n_val)
