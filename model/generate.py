@@ -24,20 +24,26 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None,
 @torch.no_grad()
 def generate(gpt, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, end_token: int | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
     """Append up to max_new_tokens to each [B, T] prompt. temperature 0 is greedy.
 
     Stops at n_ctx tokens in all, or once every row has produced end_token; rows that ended
-    earlier are filled with end_token.
+    earlier are filled with end_token. With use_cache (the default), the prompt runs once and
+    then each new token alone against the cached keys and values (model.gpt.KVCache); without,
+    the whole sequence runs again for every token. Both give the same tokens.
     """
+    from .gpt import KVCache
+
     was_training = gpt.training
     gpt.eval()
     idx = input_ids
+    cache = KVCache(gpt.config.n_layer) if use_cache else None
+    fresh = idx  # what the network has not seen yet: the prompt, then each new token
     done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
     for _ in range(max_new_tokens):
         if idx.size(1) >= gpt.config.n_ctx:
             break
-        logits = gpt(idx)[:, -1, :].float()
+        logits = (gpt(fresh, cache=cache) if cache is not None else gpt(idx))[:, -1, :].float()
         if temperature == 0:
             nxt = logits.argmax(-1)
         else:
@@ -47,6 +53,7 @@ def generate(gpt, input_ids: torch.Tensor, max_new_tokens: int, temperature: flo
             nxt = torch.where(done, torch.full_like(nxt, end_token), nxt)
             done |= nxt == end_token
         idx = torch.cat([idx, nxt[:, None]], dim=1)
+        fresh = nxt[:, None]
         if end_token is not None and bool(done.all()):
             break
     gpt.train(was_training)

@@ -11,6 +11,19 @@ from .config import GPTConfig
 from .dropout import Dropout
 
 
+class KVCache:
+    """The keys and values of the tokens seen so far, one (k, v) pair per layer, so that decoding
+    runs each new token alone instead of the whole sequence again. A cache takes a prompt at
+    once, then one token at a time."""
+
+    def __init__(self, n_layer: int):
+        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
+
+    @property
+    def length(self) -> int:
+        return 0 if self.layers[0] is None else self.layers[0][0].size(2)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -20,13 +33,23 @@ class CausalSelfAttention(nn.Module):
         self.attn_pdrop = cfg.attn_pdrop
         self.resid_dropout = Dropout(cfg.resid_pdrop)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        past = 0
+        if cache is not None:
+            if cache.layers[layer] is not None:
+                past = cache.layers[layer][0].size(2)
+                k, v = torch.cat([cache.layers[layer][0], k], 2), torch.cat([cache.layers[layer][1], v], 2)
+            cache.layers[layer] = (k, v)
+        if past and T > 1:
+            raise ValueError("a KVCache takes the prompt at once, then one token at a time")
         # SDPA scales by 1/sqrt(d_head) as the released code does, and dispatches to the flash
-        # or memory-efficient kernel (with fused dropout on GPUs) where the device has one.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+        # or memory-efficient kernel (with fused dropout on GPUs) where the device has one. A
+        # single new token after the cached ones may see all of them: no mask.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None and not past,
                                            dropout_p=self.attn_pdrop if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -51,9 +74,10 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         # Post-LN, as in the paper and the released code: normalise after each residual sum.
-        h = self.ln_1(x + self.attn(x, attn_mask))
+        h = self.ln_1(x + self.attn(x, attn_mask, cache, layer))
         return self.ln_2(h + self.mlp(h))
 
 
@@ -91,32 +115,36 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def hidden_states(self, input_ids: torch.Tensor,
-                      attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, T] token ids (and optional [B, T] 0/1 padding mask) -> [B, T, n_embd] final states."""
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      cache: KVCache | None = None) -> torch.Tensor:
+        """[B, T] token ids (and optional [B, T] 0/1 padding mask) -> [B, T, n_embd] final states.
+        With a cache, the ids continue the tokens it holds (and it then holds them too)."""
         T = input_ids.size(1)
-        if T > self.config.n_ctx:
-            raise ValueError(f"sequence length {T} exceeds n_ctx {self.config.n_ctx}")
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.n_ctx:
+            raise ValueError(f"sequence length {past + T} exceeds n_ctx {self.config.n_ctx}")
+        if cache is not None and attention_mask is not None:
+            raise ValueError("a KVCache is for unpadded decoding: pass no attention_mask with it")
         if attention_mask is None:
-            positions = torch.arange(T, device=input_ids.device)
+            positions = torch.arange(past, past + T, device=input_ids.device)
             attn_mask = None
         else:
             # Positions count real tokens only, so left padding does not shift them.
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             attn_mask = padding_attn_mask(attention_mask)
         x = self.drop(self.tokens_embed(input_ids) + self.positions_embed(positions))
-        for block in self.h:
-            x = block(x, attn_mask)
+        for i, block in enumerate(self.h):
+            x = block(x, attn_mask, cache, i)
         return x
 
     def lm_logits(self, h: torch.Tensor) -> torch.Tensor:
         # The output layer is the token embedding itself (tied), as in the paper.
         return F.linear(h, self.tokens_embed.weight)
 
-    def forward(self, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
         """[B, T] int64 -> [B, T, vocab] language-model logits."""
-        return self.lm_logits(self.hidden_states(input_ids, attention_mask))
+        return self.lm_logits(self.hidden_states(input_ids, attention_mask, cache))
 
     def draw_token_rows(self, ids: list[int], generator: torch.Generator | None = None) -> None:
         """Fresh embedding rows for the token ids, from N(0, 0.02), as the released code draws

@@ -1,4 +1,5 @@
-"""generate: greedy and sampled continuation, stopping at n_ctx or an end token."""
+"""generate: greedy and sampled continuation, stopping at n_ctx or an end token; the KV cache."""
+import pytest
 import torch
 
 from model.generate import filter_logits
@@ -53,3 +54,22 @@ def test_stops_at_n_ctx_and_end_token(tiny, ids):
     stop = 5 + int(row1_end[0]) + 1 if len(row1_end) else 13
     assert out.shape[1] == min(stop, 13)
     assert tiny.training is False
+
+
+def test_the_kv_cache_gives_the_recomputed_tokens_and_logits(tiny, ids):
+    from model import KVCache
+
+    prompt = ids[:, :5]
+    for sampling in ({"temperature": 0}, {"temperature": 1.3, "top_k": 20}):
+        with_cache = tiny.generate(prompt, 12, generator=torch.Generator().manual_seed(3), **sampling)
+        without = tiny.generate(prompt, 12, generator=torch.Generator().manual_seed(3), use_cache=False, **sampling)
+        assert torch.equal(with_cache, without), sampling
+    # The logits themselves: the prompt at once, then one token at a time, as one pass computes them.
+    tiny.eval()
+    full = tiny(ids[:, :9])
+    cache = KVCache(tiny.config.n_layer)
+    steps = [tiny(ids[:, :5], cache=cache)] + [tiny(ids[:, t:t + 1], cache=cache) for t in range(5, 9)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
+    assert cache.length == 9
+    with pytest.raises(ValueError, match="one token at a time"):
+        tiny(ids[:, 9:11], cache=cache)
