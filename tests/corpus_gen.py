@@ -88,3 +88,21 @@ def synthetic_dataset(d, tokens: int, n_ctx: int = 512) -> int:
                 "splits": {"train": split(tokens), "val": split(0)}}
     (d / "manifest.json").write_text(manifest_json(manifest))
     return 2 * tokens
+
+
+def released_vocabulary(d):
+    """A small vocabulary in the released GPT-1 files' format (encoder_bpe_40000.json and
+    vocab_40000.bpe), learned on review text: what load_tokenizer reads as the released encoder."""
+    import json
+    from pathlib import Path
+
+    from pipeline.data.tokenizer import RESERVED_TOKENS, train_tokenizer
+
+    d = Path(d)
+    d.mkdir(parents=True)
+    spec = json.loads(train_tokenizer([s for s, _ in reviews(300, 9)], n_merges=200).to_str())["model"]
+    (d / "encoder_bpe_40000.json").write_text(json.dumps({t: i for t, i in spec["vocab"].items()
+                                                          if t not in RESERVED_TOKENS}))
+    (d / "vocab_40000.bpe").write_text("#version: 0.2\n" + "\n".join(
+        " ".join(m) if isinstance(m, list) else m for m in spec["merges"]) + "\n")
+    return d

@@ -73,3 +73,56 @@ def test_the_kv_cache_gives_the_recomputed_tokens_and_logits(tiny, ids):
     assert cache.length == 9
     with pytest.raises(ValueError, match="one token at a time"):
         tiny(ids[:, 9:11], cache=cache)
+
+
+def test_gpt1_generate_prints_seeded_samples(task_checkpoint, capsys):
+    from gpt1.cli import main
+
+    args = ["generate", "--checkpoint", str(task_checkpoint), "--prompt", "the film was", "--max-new-tokens", "12"]
+    assert main([*args, "--num-samples", "2", "--temperature", "1.0", "--seed", "5"]) == 0
+    first = capsys.readouterr().out
+    assert first.count("--- sample ") == 2 and "</w>" not in first
+    assert main([*args, "--num-samples", "2", "--temperature", "1.0", "--seed", "5"]) == 0
+    assert capsys.readouterr().out == first  # a function of the seed
+    assert main([*args, "--num-samples", "2", "--temperature", "1.0", "--seed", "6"]) == 0
+    assert capsys.readouterr().out != first
+
+
+def test_the_released_vocabulary_decodes_to_words_with_spaces(tmp_path, capsys):
+    from corpus_gen import released_vocabulary
+    from gpt1.cli import main
+    from model import GPT, GPTConfig
+    from pipeline.data.tokenizer import encode_texts, load_tokenizer
+
+    d = released_vocabulary(tmp_path / "release")
+    tok = load_tokenizer(d)
+    # The released encoder's words (spaCy, lower-cased), each ending in </w>: decoded with spaces.
+    ids = encode_texts(tok, ["The movie was GREAT"])[0]
+    assert len(ids) > 4 and tok.decode(ids) == "the movie was great"
+    torch.manual_seed(0)
+    GPT(GPTConfig.preset("tiny", vocab_size=tok.get_vocab_size())).save_pretrained(d)
+    assert main(["generate", "--checkpoint", str(d), "--prompt", "the movie", "--max-new-tokens", "20",
+                 "--temperature", "0"]) == 0
+    out = capsys.readouterr().out.strip()
+    words = out.split(" ")
+    assert len(words) >= 2 and "</w>" not in out and all(words), out
+
+
+def test_generate_bad_input_is_one_line(task_checkpoint, tmp_path, capsys):
+    import shutil
+
+    from gpt1.cli import main
+
+    def refused(args: list[str], expected: str) -> None:
+        assert main(["generate", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1, err
+
+    long = " ".join(["great"] * 200)  # tiny's n_ctx is 64
+    refused(["--checkpoint", str(task_checkpoint), "--prompt", long], "expected at most 63 tokens")
+    bare = tmp_path / "no-tokenizer"
+    shutil.copytree(task_checkpoint, bare)
+    (bare / "tokenizer.json").unlink()
+    refused(["--checkpoint", str(bare), "--prompt", "hello"], "holds no tokenizer")
+    refused(["--checkpoint", str(tmp_path / "nope"), "--prompt", "hello"], "no such model directory")
+    refused(["--checkpoint", str(task_checkpoint), "--prompt", "hi", "--top-p", "1.5"], "--top-p 1.5")

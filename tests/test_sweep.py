@@ -153,20 +153,14 @@ def test_the_released_model_in_hugging_face_layout_fine_tunes_and_sweeps(sst2, t
     `gpt1 sweep` take it as it is, adding the three special tokens' rows."""
     from pathlib import Path
 
-    from corpus_gen import reviews
+    from corpus_gen import released_vocabulary
     from pipeline.data.tokenizer import RESERVED_TOKENS, load_tokenizer
     from tuning.finetune import main as finetune_main
 
     monkeypatch.chdir(tmp_path)
     vocab_dir = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "gpt1-vocab"
     if not vocab_dir.exists():
-        vocab_dir = tmp_path / "release"
-        vocab_dir.mkdir()
-        spec = json.loads(train_tokenizer([s for s, _ in reviews(300, 9)], n_merges=200).to_str())["model"]
-        (vocab_dir / "encoder_bpe_40000.json").write_text(json.dumps(
-            {t: i for t, i in spec["vocab"].items() if t not in RESERVED_TOKENS}))
-        (vocab_dir / "vocab_40000.bpe").write_text("#version: 0.2\n" + "\n".join(
-            " ".join(m) if isinstance(m, list) else m for m in spec["merges"]) + "\n")
+        vocab_dir = released_vocabulary(tmp_path / "release")
     ckpt = hf_gpt1(tmp_path / "openai-gpt", vocab_dir)
     n_vocab = json.loads((ckpt / "config.json").read_text())["vocab_size"]
     # gpt1 export keeps the released encoder's way of reading text, not Hugging Face's file.

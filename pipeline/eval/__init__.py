@@ -1,0 +1,1 @@
+"""Using a trained model: scoring it (evaluate) and sampling from it (generate)."""

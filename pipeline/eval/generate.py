@@ -1,0 +1,113 @@
+"""gpt1 generate: continue a prompt with any checkpoint (native, Hugging Face, or the original
+OpenAI release), and print the continuations as text.
+
+The prompt goes through the checkpoint's own tokenizer as prepare's text does (normalize, then
+encode_texts: for the released vocabulary, the released encoder's spaCy words, lower-cased). The
+continuation is decoded with the same tokenizer, whose decoder turns the released vocabulary's
+`</w>` word ends back into spaces. Decoding keeps the KV cache (model.gpt.KVCache). Sampling is
+a function of --seed: sample k of --num-samples is the k-th row of one seeded batch. A
+continuation stops early at `_end_of_document_` where the tokenizer has one.
+
+    gpt1 generate --checkpoint runs/RUN/checkpoint_000002000 --prompt "the ship" --max-new-tokens 40
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline import errors
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a model directory with its tokenizer")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="the text to continue")
+    src.add_argument("--prompt-file", help="a UTF-8 file holding the text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy (default 1.0)")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, help="sample within the smallest set holding this probability")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--device", default="auto", help="auto (a GPU where there is one), cpu or cuda")
+
+
+def check(args: argparse.Namespace) -> None:
+    c = errors.ConfigError
+    if args.max_new_tokens < 1 or args.num_samples < 1:
+        raise c("--max-new-tokens and --num-samples: expected at least 1")
+    if args.temperature < 0:
+        raise c(f"--temperature {args.temperature}: expected >= 0 (0 is greedy)")
+    if args.top_k is not None and args.top_k < 1:
+        raise c(f"--top-k {args.top_k}: expected at least 1")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise c(f"--top-p {args.top_p}: expected a probability in (0, 1]")
+
+
+def load(checkpoint):
+    """The checkpoint's GPT and tokenizer; a directory without a tokenizer is one line."""
+    from pipeline.data.tokenizer import load_tokenizer
+    from pipeline.train.checkpoint import load_model
+
+    d = Path(checkpoint)
+    if not d.is_dir():
+        raise errors.UserError(f"--checkpoint {d}: no such model directory")
+    gpt = load_model(d)
+    try:
+        tok = load_tokenizer(d)
+    except FileNotFoundError:
+        raise errors.UserError(f"--checkpoint {d}: holds no tokenizer (tokenizer.json, or the released "
+                               "vocabulary's files); copy the tokenizer of the data it was trained on there") from None
+    return gpt, tok
+
+
+def continuations(gpt, tok, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
+                  top_p: float | None, seed: int, num_samples: int, device: str = "cpu") -> list[str]:
+    """num_samples continuations of prompt, as text (the prompt itself left out)."""
+    import torch
+
+    from pipeline.data.text import normalize
+    from pipeline.data.tokenizer import END_OF_DOCUMENT, encode_texts
+
+    ids = encode_texts(tok, [normalize(prompt)])[0]
+    n_ctx = gpt.config.n_ctx
+    if not ids:
+        raise errors.UserError("the prompt holds no tokens; give some text to continue")
+    if len(ids) >= n_ctx:
+        raise errors.UserError(f"the prompt is {len(ids):,} tokens, and the model's n_ctx is {n_ctx:,}: "
+                               f"expected at most {n_ctx - 1:,} tokens, to leave room for one new token")
+    gpt = gpt.to(device)
+    x = torch.tensor([ids] * num_samples, device=device)
+    end = tok.token_to_id(END_OF_DOCUMENT)
+    out = gpt.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, end_token=end,
+                       generator=torch.Generator(device).manual_seed(seed))
+    texts = []
+    for row in out[:, len(ids):].tolist():
+        if end is not None and end in row:
+            row = row[:row.index(end)]
+        texts.append(tok.decode(row))
+    return texts
+
+
+def run(args: argparse.Namespace) -> None:
+    from pipeline.runtime import local_device
+
+    check(args)
+    prompt = args.prompt
+    if args.prompt_file is not None:
+        try:
+            prompt = Path(args.prompt_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise errors.UserError(f"--prompt-file {args.prompt_file}: cannot read it as UTF-8 text ({err})") from None
+    gpt, tok = load(args.checkpoint)
+    device = str(local_device(args.device))
+    texts = continuations(gpt, tok, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                          args.seed, args.num_samples, device)
+    for k, text in enumerate(texts):
+        if len(texts) > 1:
+            print(f"--- sample {k + 1} of {len(texts)} (seed {args.seed}) ---")
+        print(text, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return errors.stage_main("generate", __doc__, add_arguments, run, argv)
