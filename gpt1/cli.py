@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from gpt1 import demo
     from pipeline.data import prepare
-    from pipeline.eval import generate
+    from pipeline.eval import evaluate, generate
     from pipeline.train import pretrain
     from tuning import finetune
     from tuning import search as sweep
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
             ("pretrain", pretrain, "prepared dataset -> pretrained GPT (Ray Train)"),
             ("finetune", finetune, "pretrained checkpoint + task -> fine-tuned model (L3 = L2 + λ·L1)"),
             ("sweep", sweep, "Ray Tune sweep of the fine-tuning settings and λ, per task"),
+            ("evaluate", evaluate, "a checkpoint's loss, perplexity and bits per byte on a corpus"),
             ("generate", generate, "continue a prompt with any checkpoint"),
             ("demo", demo, "the whole pipeline on built-in data (or yours), locally")):
         sp = sub.add_parser(name, help=help_, description=module.__doc__,

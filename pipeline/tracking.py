@@ -138,6 +138,36 @@ def find_run(client, experiment: str, tag: str, value: str):
     return runs[0] if runs else None
 
 
+def weights_sha256(ckpt: Path) -> str:
+    """The sha256 of a model directory's weights: model.safetensors (native and Hugging Face), or
+    for the original OpenAI release, of its params_<i>.npy files' own sha256s, in order."""
+    import hashlib
+
+    from pipeline.data.packing import sha256_file
+
+    if (ckpt / "model.safetensors").exists():
+        return sha256_file(ckpt / "model.safetensors")
+    parts = sorted(ckpt.glob("params_*.npy"), key=lambda p: int(p.stem.split("_")[1]))
+    return hashlib.sha256("".join(sha256_file(p) for p in parts).encode()).hexdigest() if parts else "unknown"
+
+
+def checkpoint_lineage(client, checkpoint: Path, where: str | None = None) -> dict[str, str]:
+    """Tags linking a run to the checkpoint it read: its address (`where`, when checkpoint is a
+    local copy of one on object storage), its weights' and tokenizer's sha256, and the pretrain
+    run that wrote it (found by the run path its MLflow run is tagged with)."""
+    from pipeline.data.packing import sha256_file
+
+    ckpt = Path(checkpoint).absolute()
+    where = where or str(ckpt)
+    tags = {"checkpoint": where, "checkpoint_sha256": weights_sha256(ckpt)}
+    if (ckpt / "tokenizer.json").exists():
+        tags["tokenizer_sha256"] = sha256_file(ckpt / "tokenizer.json")
+    pretrain = find_run(client, PRETRAIN_EXPERIMENT, "run_path", where.rsplit("/", 1)[0])
+    if pretrain is not None:
+        tags["pretrain_run_id"] = pretrain.info.run_id
+    return tags
+
+
 PRETRAIN_EXPERIMENT = "gpt1-pretrain"
 
 

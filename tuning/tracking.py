@@ -7,7 +7,6 @@ however often its worker reports, and a restarted trial keeps its run.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import tempfile
@@ -21,32 +20,14 @@ PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 
 
 def lineage(client, checkpoint: Path, files: dict[str, Path], where: str | None = None) -> dict[str, str]:
-    """Tags linking a run to its inputs: the checkpoint's address (`where`, when checkpoint is a
-    local copy of one on object storage) and sha256 (its weights and tokenizer), the pretrain run
-    that wrote it (found by the run path its MLflow run is tagged with), and the sha256 of each
-    data file."""
-    from pipeline.tracking import find_run
+    """Tags linking a run to its inputs: the checkpoint's (pipeline.tracking.checkpoint_lineage)
+    and the sha256 of each data file."""
+    from pipeline.tracking import checkpoint_lineage
 
-    ckpt = Path(checkpoint).absolute()
-    where = where or str(ckpt)
-    tags = {"checkpoint": where, "checkpoint_sha256": weights_sha256(ckpt)}
-    if (ckpt / "tokenizer.json").exists():
-        tags["tokenizer_sha256"] = sha256_file(ckpt / "tokenizer.json")
-    pretrain = find_run(client, "gpt1-pretrain", "run_path", where.rsplit("/", 1)[0])
-    if pretrain is not None:
-        tags["pretrain_run_id"] = pretrain.info.run_id
+    tags = checkpoint_lineage(client, checkpoint, where)
     for split, path in files.items():
         tags[f"data_sha256.{split}"] = sha256_file(path)
     return tags
-
-
-def weights_sha256(ckpt: Path) -> str:
-    """The sha256 of a model directory's weights: model.safetensors (native and Hugging Face), or
-    for the original OpenAI release, of its params_<i>.npy files' own sha256s, in order."""
-    if (ckpt / "model.safetensors").exists():
-        return sha256_file(ckpt / "model.safetensors")
-    parts = sorted(ckpt.glob("params_*.npy"), key=lambda p: int(p.stem.split("_")[1]))
-    return hashlib.sha256("".join(sha256_file(p) for p in parts).encode()).hexdigest() if parts else "unknown"
 
 
 def start_parent(uri: str, task: str, name: str, checkpoint: Path, files: dict[str, Path], tags: dict[str, str],

@@ -1,0 +1,157 @@
+"""gpt1 evaluate: a checkpoint's language-model loss on a corpus, as perplexity and bits per byte.
+
+The corpus is read as prepare reads it (text, JSON Lines or Parquet; documents, normalize) and
+encoded with the checkpoint's own tokenizer, each document followed by `_end_of_document_` where
+the tokenizer has it: the stream that pretraining's val split is made of. The stream is scored
+with a sliding window of n_ctx tokens that moves `--stride` tokens at a time (default n_ctx / 2):
+each window scores only the tokens that no earlier window scored, so every token after the first
+is scored exactly once, with at least n_ctx - stride tokens of context once the first window is
+past. A larger stride costs less and gives less context; stride 1 is one window per token.
+
+    loss = mean over scored tokens of -ln p(token | context)       (nats)
+    perplexity = exp(loss)
+    bits per byte = loss / ln 2 x tokens / UTF-8 bytes of the documents
+
+The run is logged to MLflow (experiment gpt1-evaluate) with the checkpoint's lineage tags.
+
+    gpt1 evaluate --checkpoint runs/RUN/checkpoint_000002000 --corpus held-out/*.txt
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+from pipeline import errors
+
+EXPERIMENT = "gpt1-evaluate"
+
+
+def windows(n_tokens: int, n_ctx: int, stride: int) -> list[tuple[int, int, int]]:
+    """(start, end, first scored) of each window over a stream of n_tokens: the window holds
+    tokens [start, end) and scores the targets [first scored, end), each predicted from the
+    window's tokens before it. The first window scores targets 1 .. n_ctx - 1; each later one the
+    next `stride` targets, from the n_ctx tokens that end with them. Together they score targets
+    1 .. n_tokens - 1 once each, every one past the first window with n_ctx - stride tokens of
+    context at least (so stride < n_ctx)."""
+    end = min(n_ctx, n_tokens)
+    out = [(0, end, 1)] if n_tokens > 1 else []
+    while end < n_tokens:
+        first, end = end, min(end + stride, n_tokens)
+        out.append((max(end - n_ctx, 0), end, first))
+    return out
+
+
+def score(gpt, ids: list[int], stride: int, batch: int = 8, device: str = "cpu") -> tuple[float, int]:
+    """(summed nats, tokens scored) of the stream ids under gpt, by windows()."""
+    import torch
+    import torch.nn.functional as F
+
+    n_ctx = gpt.config.n_ctx
+    gpt.eval()
+    total, count = 0.0, 0
+    spans = windows(len(ids), n_ctx, stride)
+    with torch.no_grad():
+        for i in range(0, len(spans), batch):
+            group = spans[i:i + batch]
+            width = max(end - start for start, end, _ in group)
+            x = torch.zeros(len(group), width, dtype=torch.long)
+            for row, (start, end, _) in enumerate(group):
+                x[row, :end - start] = torch.tensor(ids[start:end])
+            # Padding sits on the right, after every scored token: causality keeps it unseen.
+            logits = gpt(x.to(device)).float()
+            for row, (start, end, first) in enumerate(group):
+                targets = x[row, first - start:end - start].to(device)
+                total += F.cross_entropy(logits[row, first - start - 1:end - start - 1], targets,
+                                         reduction="sum").item()
+                count += end - first
+    return total, count
+
+
+def read_corpus(specs: list[str], fmt: str, text_split: str):
+    """(texts, UTF-8 bytes) of every document of the inputs, read as prepare reads them."""
+    from pipeline.data.corpus import ReadOptions, read_documents, resolve_inputs
+
+    opts = ReadOptions(fmt, text_split)
+    texts, n_bytes = [], 0
+    for f in resolve_inputs(specs, fmt):
+        for _, text, raw_bytes, _ in read_documents(f, 0, -1, opts):
+            texts.append(text)
+            n_bytes += raw_bytes
+    return texts, n_bytes
+
+
+def evaluate(checkpoint, corpus: list[str], stride: int | None = None, fmt: str = "auto",
+             text_split: str = "blank_line", device: str = "cpu") -> dict:
+    """loss, perplexity, bits per byte and the counts behind them."""
+    from pipeline.data.tokenizer import END_OF_DOCUMENT, encode_texts
+    from pipeline.eval.generate import load
+
+    gpt, tok = load(checkpoint)
+    n_ctx = gpt.config.n_ctx
+    stride = n_ctx // 2 if stride is None else stride
+    if not 1 <= stride < n_ctx:
+        raise errors.ConfigError(f"--stride {stride}: expected 1 to n_ctx - 1 ({n_ctx - 1}), so that every "
+                                 "scored token has some context")
+    texts, n_bytes = read_corpus(corpus, fmt, text_split)
+    end = tok.token_to_id(END_OF_DOCUMENT)
+    ids: list[int] = []
+    for doc in encode_texts(tok, texts):
+        ids += doc + ([end] if end is not None else [])
+    if len(ids) < 2:
+        raise errors.UserError(f"--corpus {' '.join(corpus)}: {len(ids)} token(s); expected at least 2 to score")
+    nats, n = score(gpt.to(device), ids, stride, device=device)
+    loss = nats / n
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700)),
+            # The mean loss paid for every token of the stream, over its bytes (pretraining's way).
+            "bits_per_byte": loss / math.log(2) * len(ids) / n_bytes if n_bytes else float("nan"),
+            "tokens": len(ids), "tokens_scored": n, "bytes": n_bytes, "documents": len(texts), "stride": stride,
+            "n_ctx": n_ctx}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a model directory with its tokenizer (any format)")
+    p.add_argument("--corpus", nargs="+", required=True, help="files, globs, directories or URIs, as prepare reads")
+    p.add_argument("--stride", type=int, help="tokens the window moves each time (default n_ctx / 2)")
+    p.add_argument("--format", default="auto", help="auto (by extension), text, jsonl or parquet")
+    p.add_argument("--text-split", default="blank_line", help="text files: blank_line or file")
+    p.add_argument("--device", default="auto", help="auto (a GPU where there is one), cpu or cuda")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the result to MLflow")
+
+
+def log(result: dict, checkpoint, corpus: list[str]) -> str:
+    """The MLflow run of one evaluation; returns its id."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import checkpoint_lineage, experiment_id, finish_run, tracking_uri
+
+    uri = tracking_uri()
+    client = MlflowClient(uri)
+    tags = {**checkpoint_lineage(client, checkpoint), "corpus": " ".join(corpus)}
+    run = client.create_run(experiment_id(client, EXPERIMENT), tags=tags,
+                            run_name=f"evaluate {str(checkpoint).rstrip('/').rsplit('/', 1)[-1]}")
+    rid = run.info.run_id
+    for k in ("stride", "n_ctx"):
+        client.log_param(rid, k, result[k])
+    for k in ("loss", "perplexity", "bits_per_byte", "tokens", "tokens_scored", "bytes", "documents"):
+        client.log_metric(rid, k, float(result[k]))
+    finish_run(uri, rid)
+    return rid
+
+
+def run(args: argparse.Namespace) -> None:
+    from pipeline.runtime import local_device
+    from pipeline.tracking import check_store, tracking_uri
+
+    if not args.no_mlflow:
+        check_store(tracking_uri())
+    r = evaluate(args.checkpoint, args.corpus, args.stride, args.format, args.text_split,
+                 str(local_device(args.device)))
+    print(f"{r['documents']:,} documents, {r['tokens']:,} tokens ({r['tokens_scored']:,} scored, windows of "
+          f"{r['n_ctx']} moving {r['stride']}), {r['bytes']:,} bytes: loss {r['loss']:.4f} nats, "
+          f"perplexity {r['perplexity']:.2f}, {r['bits_per_byte']:.4f} bits per byte")
+    if not args.no_mlflow:
+        print(f"MLflow run {log(r, args.checkpoint, args.corpus)} (experiment {EXPERIMENT})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return errors.stage_main("evaluate", __doc__, add_arguments, run, argv)
