@@ -77,7 +77,7 @@ def main() -> None:
     from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, model_config
     from pretrain_tinyshakespeare import pretrain_in_budget
     from tuning.search import SweepOptions, sweep_task
-    from tuning.tasks import get
+    from pipeline.data.tasks import get
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="sst2-"))
     work.mkdir(parents=True, exist_ok=True)

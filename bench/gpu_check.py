@@ -252,7 +252,7 @@ def allowed_backends(device: torch.device, B: int, H: int, T: int, hd: int, drop
 def attention(device: torch.device, ckpt: Path, z: Sizes) -> None:
     from pipeline.data.tokenizer import load_tokenizer
     from tuning.encode import Encoder, collate
-    from tuning.tasks import Example
+    from pipeline.data.tasks import Example
 
     gpt = GPT.from_pretrained(ckpt).to(device).train()  # dropout on, as in training
     cfg = gpt.config
@@ -287,7 +287,7 @@ def attention(device: torch.device, ckpt: Path, z: Sizes) -> None:
 def finetuning(device: torch.device, work: Path, ckpt: Path, z: Sizes) -> None:
     from gpt1 import world
     from tuning.finetune import FinetuneConfig, finetune
-    from tuning.tasks import from_directory
+    from pipeline.data.tasks import from_directory
 
     for name in world.TASKS:
         d = world.write_task(name, work / "tasks" / name, n_train=256, n_dev=32)

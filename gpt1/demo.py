@@ -97,7 +97,7 @@ def run_demo(work: Path, size: Size, corpus: list[str] | None = None, tasks: dic
     from tuning.search import SweepOptions, sweep_task
     from tuning.finetune import FinetuneConfig
     from tuning.space import CONFIGS_DIR, load_space
-    from tuning.tasks import from_directory
+    from pipeline.data.tasks import from_directory
 
     t_start = time.perf_counter()
     if bool(corpus) != bool(tasks):

@@ -140,7 +140,7 @@ def write_corpus(path: Path, n_docs: int, seed: int = 0) -> Path:
 
 def write_task(name: str, d: Path, n_train: int, n_dev: int, seed: int = 0) -> Path:
     """A task directory: train.tsv, dev.tsv (header line) and task.yaml, which tells
-    tuning.tasks.generic how to read them."""
+    pipeline.data.tasks.generic how to read them."""
     import yaml
 
     transformation, columns, label, labels, make = TASKS[name]

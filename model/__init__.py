@@ -3,7 +3,8 @@
 Imports torch and safetensors only, so a GPU benchmark of the model needs nothing else.
 """
 from .config import GPTConfig, PRESETS
-from .gpt import GPT, KVCache
+from .gpt import GPT
+from .kvcache import KVCache
 from .heads import GPTForTask, TaskHead, TaskOutput, TRANSFORMATIONS, extract_states
 from .losses import combined_loss, lm_loss, task_loss
 from .optim import make_optimizer, make_schedule, param_groups, warmup_constant, warmup_cosine, warmup_linear

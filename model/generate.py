@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from .kvcache import KVCache
+
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None,
                   top_p: float | None = None) -> torch.Tensor:
@@ -32,8 +34,6 @@ def generate(gpt, input_ids: torch.Tensor, max_new_tokens: int, temperature: flo
     then each new token alone against the cached keys and values (model.gpt.KVCache); without,
     the whole sequence runs again for every token. Both give the same tokens.
     """
-    from .gpt import KVCache
-
     was_training = gpt.training
     gpt.eval()
     idx = input_ids

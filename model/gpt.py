@@ -9,19 +9,7 @@ import torch.nn.functional as F
 
 from .config import GPTConfig
 from .dropout import Dropout
-
-
-class KVCache:
-    """The keys and values of the tokens seen so far, one (k, v) pair per layer, so that decoding
-    runs each new token alone instead of the whole sequence again. A cache takes a prompt at
-    once, then one token at a time."""
-
-    def __init__(self, n_layer: int):
-        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
-
-    @property
-    def length(self) -> int:
-        return 0 if self.layers[0] is None else self.layers[0][0].size(2)
+from .kvcache import KVCache
 
 
 class CausalSelfAttention(nn.Module):

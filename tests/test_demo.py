@@ -9,7 +9,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from gpt1 import world
-from tuning.tasks import from_directory
+from pipeline.data.tasks import from_directory
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ import torch
 
 from pipeline.data.tokenizer import DELIMITER, EXTRACT, START, train_tokenizer
 from tuning.encode import Encoder, collate
-from tuning.tasks import Example, TaskError
+from pipeline.data.tasks import Example, TaskError
 
 
 @pytest.fixture(scope="module")

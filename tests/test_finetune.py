@@ -6,7 +6,7 @@ import pytest
 from corpus_gen import reviews
 from model import GPT
 from tuning.finetune import FinetuneConfig, finetune, main
-from tuning.tasks import get
+from pipeline.data.tasks import get
 
 
 def test_finetune_beats_the_majority_class_and_keeps_the_best(task_checkpoint, sst2, tmp_path):

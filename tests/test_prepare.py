@@ -377,7 +377,7 @@ def test_a_sentence_gets_the_same_ids_in_the_corpus_and_in_a_fine_tuning_input(t
     mojibake come out alike in a prepared corpus and in a task's input. Run without Ray."""
     from pipeline.data.tokenizer import EXTRACT, START, RESERVED_TOKENS
     from tuning.encode import Encoder
-    from tuning.tasks import Example
+    from pipeline.data.tasks import Example
 
     sentence = "He said \u201cdon\u2019t\u201d\u2026 it\u2019s Mr. O\u2019Neil\u2019s caf\u00e9\u2014really, na\u00c3\u00afve!"
     docs = documents(40, seed=1) + [sentence] + documents(20, seed=2)

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tuning import metrics
-from tuning.tasks import TaskError, generic, get
+from pipeline.eval import metrics
+from pipeline.data.tasks import TaskError, generic, get
 
 
 def write(path: Path, lines: list[str]) -> Path:

@@ -24,7 +24,7 @@ from tokenizers import Tokenizer
 
 from pipeline.data.text import normalize
 from pipeline.data.tokenizer import DELIMITER, EXTRACT, START, encode_texts
-from tuning.tasks import Example, TaskError
+from pipeline.data.tasks import Example, TaskError
 
 
 @dataclass

@@ -27,9 +27,9 @@ from model import GPT, GPTConfig, GPTForTask, TaskHead, make_optimizer, make_sch
 from pipeline import configio, errors
 from pipeline.data.tokenizer import DELIMITER, EXTRACT, RESERVED_TOKENS, START, load_tokenizer
 from pipeline.runtime import autocast, check_device, local_device
-from tuning import metrics as metriclib
+from pipeline.eval import metrics as metriclib
 from tuning.encode import Encoder, collate
-from tuning.tasks import Example, Task
+from pipeline.data.tasks import Example, Task
 
 
 @dataclass
@@ -316,7 +316,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from tuning.tasks import from_directory
+    from pipeline.data.tasks import from_directory
 
     cfg = configio.load(FinetuneConfig(), args.config, sets=args.set)
     task = from_directory(args.task, args.data)

@@ -249,7 +249,7 @@ def _sweep(task_name: str, data: Path, checkpoint: Path, where: str, opts: Sweep
     from pipeline.tracking import check_store, tracking_uri
     from tuning.finetune import check_config
     from tuning.space import load_space
-    from tuning.tasks import from_directory, get
+    from pipeline.data.tasks import from_directory, get
 
     if not checkpoint.is_dir():
         raise errors.ConfigError(f"--checkpoint {checkpoint}: no such model directory")
