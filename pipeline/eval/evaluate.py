@@ -12,14 +12,20 @@ past. A larger stride costs less and gives less context; stride 1 is one window 
     perplexity = exp(loss)
     bits per byte = loss / ln 2 x tokens / UTF-8 bytes of the documents
 
+--zero-shot TASK=DIR runs the paper's zero-shot heuristics (pipeline/eval/zero_shot.py) on the
+checkpoint as it is: SST-2, CoLA, RACE and Story Cloze, each beside its majority-class and random
+baselines.
+
 The run is logged to MLflow (experiment gpt1-evaluate) with the checkpoint's lineage tags.
 
     gpt1 evaluate --checkpoint runs/RUN/checkpoint_000002000 --corpus held-out/*.txt
+    gpt1 evaluate --checkpoint openai-gpt --zero-shot sst-2=glue/SST-2 cola=glue/CoLA
 """
 from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 from pipeline import errors
 
@@ -110,7 +116,10 @@ def evaluate(checkpoint, corpus: list[str], stride: int | None = None, fmt: str 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a model directory with its tokenizer (any format)")
-    p.add_argument("--corpus", nargs="+", required=True, help="files, globs, directories or URIs, as prepare reads")
+    p.add_argument("--corpus", nargs="+", default=[], help="files, globs, directories or URIs, as prepare reads")
+    p.add_argument("--zero-shot", nargs="+", default=[], metavar="TASK=DIR",
+                   help="the paper's zero-shot heuristics: sst-2, cola, race, story-cloze, each with its directory")
+    p.add_argument("--max-examples", type=int, default=0, help="zero-shot: the first N examples of each split (0: all)")
     p.add_argument("--stride", type=int, help="tokens the window moves each time (default n_ctx / 2)")
     p.add_argument("--format", default="auto", help="auto (by extension), text, jsonl or parquet")
     p.add_argument("--text-split", default="blank_line", help="text files: blank_line or file")
@@ -118,7 +127,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-mlflow", action="store_true", help="do not log the result to MLflow")
 
 
-def log(result: dict, checkpoint, corpus: list[str]) -> str:
+def zero_shot_tasks(specs: list[str]) -> list[tuple[str, str]]:
+    """(task, directory) of each TASK=DIR, checked before any model is loaded."""
+    from pipeline.eval.zero_shot import check_task
+
+    out = []
+    for spec in specs:
+        name, sep, d = spec.partition("=")
+        if not sep or not d:
+            raise errors.ConfigError(f"--zero-shot {spec}: expected TASK=DIR, e.g. sst-2=glue/SST-2")
+        if not Path(d).is_dir():
+            raise errors.ConfigError(f"--zero-shot {spec}: {d} is not a directory")
+        out.append((check_task(name), d))
+    return out
+
+
+def log(result: dict | None, zero_shot: list[dict], checkpoint, corpus: list[str]) -> str:
     """The MLflow run of one evaluation; returns its id."""
     from mlflow.tracking import MlflowClient
 
@@ -130,10 +154,14 @@ def log(result: dict, checkpoint, corpus: list[str]) -> str:
     run = client.create_run(experiment_id(client, EXPERIMENT), tags=tags,
                             run_name=f"evaluate {str(checkpoint).rstrip('/').rsplit('/', 1)[-1]}")
     rid = run.info.run_id
-    for k in ("stride", "n_ctx"):
-        client.log_param(rid, k, result[k])
-    for k in ("loss", "perplexity", "bits_per_byte", "tokens", "tokens_scored", "bytes", "documents"):
-        client.log_metric(rid, k, float(result[k]))
+    if result:
+        for k in ("stride", "n_ctx"):
+            client.log_param(rid, k, result[k])
+        for k in ("loss", "perplexity", "bits_per_byte", "tokens", "tokens_scored", "bytes", "documents"):
+            client.log_metric(rid, k, float(result[k]))
+    for z in zero_shot:
+        for k in ("value", "majority", "random"):
+            client.log_metric(rid, f"zero_shot.{z['task']}.{z['metric']}" + ("" if k == "value" else f".{k}"), z[k])
     finish_run(uri, rid)
     return rid
 
@@ -142,15 +170,34 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.runtime import local_device
     from pipeline.tracking import check_store, tracking_uri
 
+    if not args.corpus and not args.zero_shot:
+        raise errors.ConfigError("nothing to evaluate: pass --corpus FILE..., --zero-shot TASK=DIR..., or both")
+    tasks = zero_shot_tasks(args.zero_shot)
     if not args.no_mlflow:
         check_store(tracking_uri())
-    r = evaluate(args.checkpoint, args.corpus, args.stride, args.format, args.text_split,
-                 str(local_device(args.device)))
-    print(f"{r['documents']:,} documents, {r['tokens']:,} tokens ({r['tokens_scored']:,} scored, windows of "
-          f"{r['n_ctx']} moving {r['stride']}), {r['bytes']:,} bytes: loss {r['loss']:.4f} nats, "
-          f"perplexity {r['perplexity']:.2f}, {r['bits_per_byte']:.4f} bits per byte")
+    device = str(local_device(args.device))
+    r = None
+    if args.corpus:
+        r = evaluate(args.checkpoint, args.corpus, args.stride, args.format, args.text_split, device)
+        print(f"{r['documents']:,} documents, {r['tokens']:,} tokens ({r['tokens_scored']:,} scored, windows of "
+              f"{r['n_ctx']} moving {r['stride']}), {r['bytes']:,} bytes: loss {r['loss']:.4f} nats, "
+              f"perplexity {r['perplexity']:.2f}, {r['bits_per_byte']:.4f} bits per byte")
+    results = []
+    if tasks:
+        from pipeline.eval.generate import load
+        from pipeline.eval.zero_shot import Scorer, run_task
+
+        gpt, tok = load(args.checkpoint)
+        scorer = Scorer(gpt.to(device), tok, device)
+        print("| task | split | examples | metric | zero-shot | majority class | random |")
+        print("|---|---|---:|---|---:|---:|---:|")
+        for name, d in tasks:
+            z = run_task(name, d, scorer, args.max_examples)
+            results.append(z)
+            print(f"| {z['task']} | {z['split']} | {z['examples']:,} | {z['metric']} | {z['value']:.4f} | "
+                  f"{z['majority']:.4f} | {z['random']:.4f} |", flush=True)
     if not args.no_mlflow:
-        print(f"MLflow run {log(r, args.checkpoint, args.corpus)} (experiment {EXPERIMENT})")
+        print(f"MLflow run {log(r, results, args.checkpoint, args.corpus)} (experiment {EXPERIMENT})")
 
 
 def main(argv: list[str] | None = None) -> int:

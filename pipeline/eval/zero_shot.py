@@ -1,0 +1,173 @@
+"""The paper's zero-shot heuristics (section 5, "Zero-shot behaviors"; Figure 2, right): what a
+language model does on a task with no fine-tuning at all.
+
+- SST-2: append the token "very" to the sentence, then compare the model's probability of
+  "positive" against "negative" as the next word.
+- CoLA: the sentence's average token log-probability, thresholded; the threshold is the one that
+  scores best (Matthews correlation) on the train split.
+- RACE and Story Cloze: the answer with the highest average token log-probability given the
+  document (RACE: and the question).
+
+The paper defines no heuristic for its entailment and similarity tasks (MNLI, RTE, QQP, ...):
+they are refused, with a line that says so. Each result is the task's metric on its dev split
+(Story Cloze: its labeled test file, as the paper reports it), beside the majority-class and
+random baselines. All text goes through the checkpoint's tokenizer as prepare's does (normalize,
+encode_texts); a document's start is the `_end_of_document_` token that separates documents in
+pretraining.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.data.tasks import TaskError, get
+from pipeline.eval.metrics import accuracy, matthews
+
+HEURISTICS = ("sst-2", "cola", "race", "story-cloze")
+
+
+def check_task(name: str) -> str:
+    """A task the paper has a zero-shot heuristic for (its name), or a TaskError that says why not."""
+    task = get(name)
+    if task.name not in HEURISTICS:
+        raise TaskError(f"--zero-shot {name}: the paper defines no zero-shot heuristic for {task.name} "
+                        f"({task.transformation}); it has them for {', '.join(HEURISTICS)}")
+    return task.name
+
+
+def eval_split(name: str) -> str:
+    return "test" if name == "story-cloze" else "dev"
+
+
+@dataclass
+class Scorer:
+    """Log-probabilities of continuations under a GPT, in batches, contexts cut on the left to fit."""
+    gpt: object
+    tok: object
+    device: str = "cpu"
+    batch: int = 16
+
+    def ids(self, texts: list[str]) -> list[list[int]]:
+        from pipeline.data.text import normalize
+        from pipeline.data.tokenizer import encode_texts
+
+        return encode_texts(self.tok, [normalize(t) for t in texts])
+
+    @property
+    def start(self) -> list[int]:
+        from pipeline.data.tokenizer import END_OF_DOCUMENT
+
+        end = self.tok.token_to_id(END_OF_DOCUMENT)
+        return [end] if end is not None else []
+
+    def logprobs(self, pairs: list[tuple[list[int], list[int]]]) -> list[np.ndarray]:
+        """For each (context, continuation): log p of each continuation token given everything
+        before it. A continuation keeps at most n_ctx - 1 tokens, and the context as many of its
+        last tokens as then fit."""
+        import torch
+
+        n_ctx = self.gpt.config.n_ctx
+        seqs = []
+        for ctx, cont in pairs:
+            cont = cont[:n_ctx - 1]
+            ctx = ctx[max(len(ctx) - (n_ctx - len(cont)), 0):]
+            seqs.append((ctx + cont, len(cont)))
+        out: list[np.ndarray] = [np.empty(0)] * len(seqs)
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))  # like lengths batch together
+        self.gpt.eval()
+        with torch.no_grad():
+            for b in range(0, len(order), self.batch):
+                group = order[b:b + self.batch]
+                width = max(len(seqs[i][0]) for i in group)
+                x = torch.zeros(len(group), width, dtype=torch.long)
+                for row, i in enumerate(group):
+                    x[row, :len(seqs[i][0])] = torch.tensor(seqs[i][0])
+                lp = self.gpt(x.to(self.device)).float().log_softmax(-1).cpu()
+                for row, i in enumerate(group):
+                    seq, n = seqs[i]
+                    pos = torch.arange(len(seq) - n, len(seq))
+                    out[i] = lp[row, pos - 1, torch.tensor(seq[len(seq) - n:])].numpy()
+        return out
+
+
+def sst2(scorer: Scorer, examples) -> np.ndarray:
+    """1 (positive) where "positive" is likelier than "negative" after the sentence and "very"."""
+    contexts = scorer.ids([ex.text[0] + " very" for ex in examples])
+    positive, negative = scorer.ids(["positive", "negative"])
+    lp = scorer.logprobs([(c, w) for c in contexts for w in (positive, negative)])
+    return np.array([int(lp[2 * i].sum() > lp[2 * i + 1].sum()) for i in range(len(examples))])
+
+
+def mean_logprob(scorer: Scorer, texts: list[str]) -> np.ndarray:
+    return np.array([lp.mean() for lp in scorer.logprobs([(scorer.start, ids) for ids in scorer.ids(texts)])])
+
+
+def best_threshold(scores: np.ndarray, gold: np.ndarray) -> float:
+    """The threshold t (predict 1 where score > t) with the best Matthews correlation on (scores, gold):
+    midway between neighbouring scores, or below them all."""
+    s = np.unique(scores)
+    candidates = np.concatenate([[s[0] - 1.0], (s[:-1] + s[1:]) / 2]) if len(s) > 1 else np.array([s[0] - 1.0])
+    if len(candidates) > 2000:  # enough resolution for a curve; keeps a big train split quick
+        candidates = np.quantile(scores, np.linspace(0, 1, 2001))
+    return float(max(candidates, key=lambda t: (matthews((scores > t).astype(int), gold), -abs(t))))
+
+
+def multiple_choice(scorer: Scorer, examples) -> np.ndarray:
+    """The choice with the highest average token log-probability given the document (and question)."""
+    contexts = scorer.ids([" ".join(ex.text) for ex in examples])
+    pairs, owners = [], []
+    for i, ex in enumerate(examples):
+        for j, ids in enumerate(scorer.ids(list(ex.choices))):
+            pairs.append((scorer.start + contexts[i], ids))
+            owners.append((i, j))
+    best = np.full(len(examples), -1)
+    top = np.full(len(examples), -math.inf)
+    for (i, j), lp in zip(owners, scorer.logprobs(pairs)):
+        if lp.size and lp.mean() > top[i]:
+            top[i], best[i] = lp.mean(), j
+    return best
+
+
+def baselines(name: str, train_gold: np.ndarray | None, gold: np.ndarray, n_choices: int) -> dict[str, float]:
+    """The majority class of the train split (of the evaluated split where no train split is read:
+    RACE's and Story Cloze's answers are balanced), and chance: 1 / choices for accuracy, 0 for
+    Matthews correlation."""
+    ref = train_gold if train_gold is not None and len(train_gold) else gold
+    majority = np.bincount(ref.astype(int), minlength=n_choices).argmax()
+    pred = np.full(len(gold), majority)
+    if name == "cola":
+        return {"majority": matthews(pred, gold), "random": 0.0}
+    return {"majority": accuracy(pred, gold), "random": 1.0 / n_choices}
+
+
+def run_task(name: str, directory, scorer: Scorer, max_examples: int = 0) -> dict:
+    """The heuristic of task `name` on the files in directory: {metric, value, majority, random,
+    examples}. max_examples > 0 reads only the first that many of each split (a quick curve)."""
+    task = get(check_task(name))
+    split = eval_split(task.name)
+    examples = task.load(directory, split)
+    cut = (lambda xs: xs[:max_examples]) if max_examples else (lambda xs: xs)
+    examples = cut(examples)
+    gold = np.array([ex.label for ex in examples])
+    train_gold = None
+    if task.name == "sst-2":
+        metric, value = "accuracy", accuracy(sst2(scorer, examples), gold)
+        n_choices = 2
+    elif task.name == "cola":
+        train = cut(task.load(directory, "train"))
+        train_gold = np.array([ex.label for ex in train])
+        t = best_threshold(mean_logprob(scorer, [ex.text[0] for ex in train]), train_gold)
+        pred = (mean_logprob(scorer, [ex.text[0] for ex in examples]) > t).astype(int)
+        metric, value, n_choices = "matthews", matthews(pred, gold), 2
+    else:
+        metric, value = "accuracy", accuracy(multiple_choice(scorer, examples), gold)
+        n_choices = len(task.labels)
+    if task.name == "sst-2":  # the majority class as the train split has it, where it is there
+        try:
+            train_gold = np.array([ex.label for ex in cut(task.load(directory, "train"))])
+        except TaskError:
+            train_gold = None
+    return {"task": task.name, "split": split, "metric": metric, "value": float(value), "examples": len(examples),
+            **baselines(task.name, train_gold, gold, n_choices)}

@@ -1,0 +1,157 @@
+"""The paper's zero-shot heuristics against log-probabilities computed by hand (one unbatched,
+unpadded forward pass per example) for a tiny model; the tasks it defines none for are refused."""
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from corpus_gen import WORDS, reviews, write_sst2
+from model import GPT
+from pipeline.data.tasks import TaskError, get
+from pipeline.data.text import normalize
+from pipeline.data.tokenizer import END_OF_DOCUMENT, encode_texts, load_tokenizer
+from pipeline.eval.metrics import accuracy, matthews
+from pipeline.eval.zero_shot import Scorer, best_threshold, check_task, run_task
+
+
+@pytest.fixture(scope="module")
+def lm(task_checkpoint):
+    gpt = GPT.from_pretrained(task_checkpoint).eval()
+    return gpt, load_tokenizer(task_checkpoint)
+
+
+def ids(tok, text: str) -> list[int]:
+    return encode_texts(tok, [normalize(text)])[0]
+
+
+def logp(gpt, context: list[int], continuation: list[int]) -> np.ndarray:
+    """By hand: one forward pass of context + continuation, nothing else in the batch."""
+    with torch.no_grad():
+        lp = gpt(torch.tensor([context + continuation]))[0].log_softmax(-1)
+    return np.array([lp[len(context) + k - 1, t].item() for k, t in enumerate(continuation)])
+
+
+def test_the_scorer_batches_and_pads_without_changing_a_log_probability(lm):
+    gpt, tok = lm
+    pairs = [(ids(tok, s), ids(tok, w)) for (s, _), w in zip(reviews(11, 4), ["positive", "negative"] * 6)]
+    got = Scorer(gpt, tok, batch=4).logprobs(pairs)
+    for (c, w), lp in zip(pairs, got):
+        np.testing.assert_allclose(lp, logp(gpt, c, w), rtol=1e-4, atol=1e-5)
+    # A context too long for n_ctx keeps its last tokens.
+    long = sum((ids(tok, s) for s, _ in reviews(30, 5)), [])
+    (lp,) = Scorer(gpt, tok).logprobs([(long, ids(tok, "great"))])
+    keep = gpt.config.n_ctx - len(ids(tok, "great"))
+    np.testing.assert_allclose(lp, logp(gpt, long[-keep:], ids(tok, "great")), rtol=1e-4, atol=1e-5)
+
+
+def test_sst2_compares_positive_with_negative_after_very(lm, tmp_path):
+    gpt, tok = lm
+    write_sst2(tmp_path, n_train=40, n_dev=30)
+    r = run_task("sst-2", tmp_path, Scorer(gpt, tok))
+    dev = get("sst-2").load(tmp_path, "dev")
+    pred = [int(logp(gpt, ids(tok, ex.text[0] + " very"), ids(tok, "positive")).sum() >
+                logp(gpt, ids(tok, ex.text[0] + " very"), ids(tok, "negative")).sum()) for ex in dev]
+    gold = [ex.label for ex in dev]
+    assert r["metric"] == "accuracy" and r["value"] == pytest.approx(accuracy(np.array(pred), np.array(gold)))
+    train = [ex.label for ex in get("sst-2").load(tmp_path, "train")]
+    majority = max(set(train), key=train.count)
+    assert r["majority"] == pytest.approx(np.mean([g == majority for g in gold])) and r["random"] == 0.5
+    assert r["examples"] == 30
+
+
+def write_cola(d, n: int, seed: int) -> None:
+    rng = random.Random(seed)
+    for split in ("train", "dev"):
+        rows = []
+        for _ in range(n):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(3, 8))]
+            ok = rng.random() < 0.6
+            rows.append(f"src\t{int(ok)}\t{'' if ok else '*'}\t{' '.join(words if ok else words[::-1])}")
+        (d / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+
+
+def test_cola_thresholds_the_mean_log_probability_on_train(lm, tmp_path):
+    gpt, tok = lm
+    write_cola(tmp_path, 40, 7)
+    r = run_task("cola", tmp_path, Scorer(gpt, tok))
+    start = [tok.token_to_id(END_OF_DOCUMENT)]
+    task = get("cola")
+
+    def mean_lp(split):
+        exs = task.load(tmp_path, split)
+        return np.array([logp(gpt, start, ids(tok, ex.text[0])).mean() for ex in exs]), np.array([ex.label for ex in exs])
+
+    train_s, train_y = mean_lp("train")
+    dev_s, dev_y = mean_lp("dev")
+    t = best_threshold(train_s, train_y)
+    # The threshold is the best on train: no other cut of the train scores does better.
+    best = matthews((train_s > t).astype(int), train_y)
+    assert all(matthews((train_s > c).astype(int), train_y) <= best + 1e-12 for c in train_s)
+    assert r["metric"] == "matthews" and r["value"] == pytest.approx(matthews((dev_s > t).astype(int), dev_y))
+    assert r["random"] == 0.0
+
+
+def test_multiple_choice_takes_the_likeliest_answer_per_token(lm, tmp_path):
+    gpt, tok = lm
+    rng = random.Random(3)
+    # RACE: an article, its questions and four options each.
+    for level in ("middle", "high"):
+        (tmp_path / "race" / "dev" / level).mkdir(parents=True)
+        for k in range(3):
+            doc = {"article": " ".join(rng.choice(WORDS) for _ in range(40)),
+                   "questions": [" ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(2)],
+                   "options": [[" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 4))) for _ in range(4)]
+                               for _ in range(2)],
+                   "answers": [rng.choice("ABCD") for _ in range(2)]}
+            (tmp_path / "race" / "dev" / level / f"{k}.txt").write_text(json.dumps(doc))
+    # Story Cloze: four sentences and two endings.
+    rows = ["InputStoryid,InputSentence1,InputSentence2,InputSentence3,InputSentence4,"
+            "RandomFifthSentenceQuiz1,RandomFifthSentenceQuiz2,AnswerRightEnding"]
+    for k in range(8):
+        sents = [" ".join(rng.choice(WORDS) for _ in range(5)) for _ in range(6)]
+        rows.append(",".join([str(k), *sents, rng.choice("12")]))
+    (tmp_path / "cloze").mkdir()
+    (tmp_path / "cloze" / "cloze_test_test__spring2016.csv").write_text("\n".join(rows) + "\n")
+    start = [tok.token_to_id(END_OF_DOCUMENT)]
+    for name, d in (("race", tmp_path / "race"), ("story-cloze", tmp_path / "cloze")):
+        r = run_task(name, d, Scorer(gpt, tok, batch=3))
+        task = get(name)
+        exs = task.load(d, "test" if name == "story-cloze" else "dev")
+        pred = [int(np.argmax([logp(gpt, start + ids(tok, " ".join(ex.text)), ids(tok, c)).mean() for c in ex.choices]))
+                for ex in exs]
+        assert r["value"] == pytest.approx(accuracy(np.array(pred), np.array([ex.label for ex in exs]))), name
+        assert r["random"] == pytest.approx(1 / len(task.labels)) and r["examples"] == len(exs)
+
+
+def test_tasks_without_a_heuristic_are_refused_in_one_line():
+    for name in ("mnli", "rte", "qqp", "sts-b"):
+        with pytest.raises(TaskError, match="the paper defines no zero-shot heuristic"):
+            check_task(name)
+    with pytest.raises(TaskError, match="unknown task 'nope'"):
+        check_task("nope")
+    assert check_task("SST-2") == "sst-2"
+
+
+def test_gpt1_evaluate_runs_the_heuristics_and_logs_them(task_checkpoint, tmp_path, mlflow_uri, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from gpt1.cli import main
+
+    (tmp_path / "sst").mkdir()
+    write_sst2(tmp_path / "sst", n_train=40, n_dev=20)
+    assert main(["evaluate", "--checkpoint", str(task_checkpoint), "--zero-shot", f"sst-2={tmp_path / 'sst'}"]) == 0
+    out = capsys.readouterr().out
+    assert "| sst-2 | dev | 20 | accuracy |" in out
+    client = MlflowClient(mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("gpt1-evaluate").experiment_id])
+    assert {"zero_shot.sst-2.accuracy", "zero_shot.sst-2.accuracy.majority",
+            "zero_shot.sst-2.accuracy.random"} <= set(run.data.metrics)
+    for args, expected in ((["--zero-shot", f"mnli={tmp_path}"], "defines no zero-shot heuristic for mnli"),
+                           (["--zero-shot", "sst-2"], "expected TASK=DIR"),
+                           (["--zero-shot", f"nope={tmp_path}"], "unknown task 'nope'"),
+                           ([], "nothing to evaluate")):
+        assert main(["evaluate", "--no-mlflow", "--checkpoint", str(task_checkpoint), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1, err
