@@ -240,6 +240,33 @@ class RunLogger:
         ts = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
 
+    def log_curves(self, prefix: str, name: str, title: str) -> None:
+        """A PNG of every metric whose key starts with prefix, against the step: the run's whole
+        history (a resumed run's too), each step's latest value."""
+        import tempfile
+
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        keys = sorted(k for k in self.client.get_run(self.run_id).data.metrics if k.startswith(prefix))
+        if not keys:
+            return
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for k in keys:
+            history = sorted(self.client.get_metric_history(self.run_id, k), key=lambda m: m.timestamp)
+            points = sorted({m.step: m.value for m in history}.items())
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=k.removeprefix(prefix))
+        ax.set_xlabel("pretraining updates")
+        ax.set_ylabel("zero-shot metric")
+        ax.set_title(title)
+        ax.legend()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            fig.savefig(path, dpi=120, bbox_inches="tight")
+            self.client.log_artifact(self.run_id, str(path))
+        plt.close(fig)
+
     def log_model(self, gpt, tokenizer_path) -> None:
         """The final model, native and Hugging Face, each with the tokenizer."""
         import shutil

@@ -75,15 +75,18 @@ def kill_a_worker_once(checkpoint: Path) -> list:
 
 
 @pytest.fixture(scope="module")
-def reference(data, tmp_path_factory, ray_session):
-    """An uninterrupted 2-worker run, the yardstick of the resume tests."""
+def reference(data, tmp_path_factory, ray_session, sst2):
+    """An uninterrupted 2-worker run, the yardstick of the resume tests; the SST-2 zero-shot
+    heuristic runs at its evaluations (which leaves its losses alone: the key is not in the run's
+    identity, and the resumed runs below go without it)."""
     d = tmp_path_factory.mktemp("reference")
     uri = f"sqlite:///{d / 'mlflow.db'}"
     old, cwd = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd()
     os.environ["MLFLOW_TRACKING_URI"] = uri
     os.chdir(d)
     try:
-        out = pretrain(data, config(), workers=2, name="reference", storage=str(d / "runs"))
+        out = pretrain(data, config(f"zero_shot=[sst-2={sst2}]", "zero_shot_examples=40"), workers=2,
+                       name="reference", storage=str(d / "runs"))
         return {**out, "losses": losses(out["run_id"]), "uri": uri, "dir": d}
     finally:
         os.chdir(cwd)
@@ -123,9 +126,12 @@ def test_loss_goes_down_and_the_run_is_tracked(reference, data):
     bpb = losses(reference["run_id"], "val_bits_per_byte", reference["uri"])
     assert bpb[150] == pytest.approx(val[150] / np.log(2) * tpb)
     assert losses(reference["run_id"], "lr", reference["uri"])[1] == 0.0  # opt.py's schedule: update 0 has lr 0
+    # The zero-shot curve (Fig. 2, right): one point per evaluation, and its plot.
+    zs = losses(reference["run_id"], "zero_shot_sst-2_accuracy", reference["uri"])
+    assert sorted(zs) == [50, 100, 150] and all(0.0 <= v <= 1.0 for v in zs.values())
 
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"model", "model-hf", "data", "pretrain_config.json"} <= arts
+    assert {"model", "model-hf", "data", "pretrain_config.json", "zero_shot_curves.png"} <= arts
     for d in ("model", "model-hf"):
         assert {f"{d}/config.json", f"{d}/model.safetensors", f"{d}/tokenizer.json"} <= \
             {a.path for a in client.list_artifacts(run.info.run_id, d)}

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
 from pipeline import errors
 
@@ -127,21 +126,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-mlflow", action="store_true", help="do not log the result to MLflow")
 
 
-def zero_shot_tasks(specs: list[str]) -> list[tuple[str, str]]:
-    """(task, directory) of each TASK=DIR, checked before any model is loaded."""
-    from pipeline.eval.zero_shot import check_task
-
-    out = []
-    for spec in specs:
-        name, sep, d = spec.partition("=")
-        if not sep or not d:
-            raise errors.ConfigError(f"--zero-shot {spec}: expected TASK=DIR, e.g. sst-2=glue/SST-2")
-        if not Path(d).is_dir():
-            raise errors.ConfigError(f"--zero-shot {spec}: {d} is not a directory")
-        out.append((check_task(name), d))
-    return out
-
-
 def log(result: dict | None, zero_shot: list[dict], checkpoint, corpus: list[str]) -> str:
     """The MLflow run of one evaluation; returns its id."""
     from mlflow.tracking import MlflowClient
@@ -167,12 +151,13 @@ def log(result: dict | None, zero_shot: list[dict], checkpoint, corpus: list[str
 
 
 def run(args: argparse.Namespace) -> None:
+    from pipeline.eval.zero_shot import parse_tasks
     from pipeline.runtime import local_device
     from pipeline.tracking import check_store, tracking_uri
 
     if not args.corpus and not args.zero_shot:
         raise errors.ConfigError("nothing to evaluate: pass --corpus FILE..., --zero-shot TASK=DIR..., or both")
-    tasks = zero_shot_tasks(args.zero_shot)
+    tasks = parse_tasks(args.zero_shot)
     if not args.no_mlflow:
         check_store(tracking_uri())
     device = str(local_device(args.device))

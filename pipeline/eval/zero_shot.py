@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -35,6 +36,21 @@ def check_task(name: str) -> str:
         raise TaskError(f"--zero-shot {name}: the paper defines no zero-shot heuristic for {task.name} "
                         f"({task.transformation}); it has them for {', '.join(HEURISTICS)}")
     return task.name
+
+
+def parse_tasks(specs: list[str]) -> list[tuple[str, str]]:
+    """(task, absolute directory) of each TASK=DIR, checked before any model is loaded."""
+    from pipeline.errors import ConfigError
+
+    out = []
+    for spec in specs:
+        name, sep, d = spec.partition("=")
+        if not sep or not d:
+            raise ConfigError(f"--zero-shot {spec}: expected TASK=DIR, e.g. sst-2=glue/SST-2")
+        if not Path(d).is_dir():
+            raise ConfigError(f"--zero-shot {spec}: {d} is not a directory")
+        out.append((check_task(name), str(Path(d).absolute())))
+    return out
 
 
 def eval_split(name: str) -> str:

@@ -29,12 +29,14 @@ class PretrainConfig:
     checkpoint_every: int = 1000  # steps between checkpoints (also at the end)
     keep_checkpoints: int = 3
     max_failures: int = 3  # worker failures to recover from before the run fails
+    zero_shot: list = field(default_factory=list)  # ["sst-2=DIR", ...]: the paper's heuristics at every evaluation
+    zero_shot_examples: int = 500  # per split and task, so that a curve point costs about an evaluation
 
 
 # Keys that change how a run is watched or kept, never its results: a run resumed with other
 # values of these is the same run.
 NOT_IN_IDENTITY = ("log_every", "eval_every", "eval_blocks", "checkpoint_every", "keep_checkpoints",
-                    "max_failures")
+                    "max_failures", "zero_shot", "zero_shot_examples")
 
 
 def micro_batch(cfg: PretrainConfig, workers: int, recorded: int | None = None) -> int:
@@ -71,4 +73,6 @@ def check_config(cfg: PretrainConfig, workers: int) -> None:
         raise c(f"max_minutes {cfg.max_minutes}: expected >= 0 (0 = no time budget)")
     if cfg.max_steps < 0 or cfg.warmup_steps < 0 or cfg.eval_every < 0 or cfg.eval_blocks < 0 or cfg.max_failures < 0:
         raise c("max_steps, warmup_steps, eval_every, eval_blocks and max_failures must be >= 0")
+    if not isinstance(cfg.zero_shot, list) or cfg.zero_shot_examples < 0:
+        raise c("zero_shot: expected a list of TASK=DIR (e.g. [sst-2=glue/SST-2]); zero_shot_examples: >= 0")
     configio.check_ranges(cfg, {"lr": (0.0, 1.0), "weight_decay": (0.0, 1.0), "grad_clip": (0.0, None)})

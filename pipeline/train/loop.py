@@ -346,14 +346,42 @@ class Pretraining:
                 if self.rank == 0:
                     say(f"step {s:,}: val loss {ev['val_loss']:.4f}, perplexity {ev['val_perplexity']:.2f}, "
                         f"{ev['val_bits_per_byte']:.4f} bits per byte")
+                    zs = self.zero_shot()
+                    if zs:
+                        say(f"step {s:,}: zero-shot " + ", ".join(f"{k.removeprefix('zero_shot_')} {v:.4f}"
+                                                                   for k, v in zs.items()))
                     if self.tracker:
-                        self.tracker.log(ev, s)
+                        self.tracker.log({**ev, **zs}, s)
             if s % cfg.checkpoint_every == 0 or s == total:
                 self.stop_if_not_finite(float(last[0]), float(last[1]))
                 self.checkpoint({**metrics, "step": s})
         if self.rank == 0 and self.tracker:
             self.tracker.log_model(self.gpt, self.data / "tokenizer.json")
+            if cfg.zero_shot:
+                self.tracker.log_curves("zero_shot_", "zero_shot_curves.png", "zero-shot over pretraining (Fig. 2, right)")
         return {**metrics, "step": self.step}
+
+    @torch.no_grad()
+    def zero_shot(self) -> dict:
+        """Rank 0: the paper's zero-shot heuristics on the model as it is now, each task's metric
+        as zero_shot_<task>_<metric>. The other ranks go on to the next step and wait for rank 0
+        in its all-reduce, as they do for a checkpoint's save: about one evaluation's time."""
+        if not self.cfg.zero_shot:
+            return {}
+        from pipeline.data.tokenizer import load_tokenizer
+        from pipeline.eval.zero_shot import Scorer, run_task
+
+        if not hasattr(self, "_scorer"):
+            self._scorer = Scorer(self.gpt, load_tokenizer(self.data / "tokenizer.json"), self.device.type)
+        self.gpt.eval()
+        out = {}
+        with autocast(self.device, self.cfg.dtype):
+            for spec in self.cfg.zero_shot:
+                name, _, d = spec.partition("=")
+                r = run_task(name, d, self._scorer, self.cfg.zero_shot_examples)
+                out[f"zero_shot_{r['task']}_{r['metric']}"] = r["value"]
+        self.gpt.train()
+        return out
 
 
 def train_loop(spec: LoopSpec, session, tracker=None) -> dict:

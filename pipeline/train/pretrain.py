@@ -129,6 +129,9 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
     gcfg = model_config(cfg, manifest, data)
     check_device(device)
     check_config(cfg, workers or 1)
+    if cfg.zero_shot:  # read by rank 0: checked here, before any worker starts, and made absolute
+        from pipeline.eval.zero_shot import parse_tasks
+        cfg = dataclasses.replace(cfg, zero_shot=[f"{t}={d}" for t, d in parse_tasks(cfg.zero_shot)])
     uri = None
     if track:  # the store is checked before the work, not after it
         uri = tracking_uri()
