@@ -134,6 +134,14 @@ class GPT(nn.Module):
         """[B, T] int64 -> [B, T, vocab] language-model logits."""
         return self.lm_logits(self.hidden_states(input_ids, attention_mask, cache))
 
+    def reinit_blocks(self, first: int) -> None:
+        """Draw blocks first.. afresh, as a new GPT draws them (the embeddings and the blocks
+        before stay): Figure 2 (left) transfers only the first blocks of a pretrained model."""
+        for block in self.h[first:]:
+            block.apply(self._init_weights)
+            block.ln_1.reset_parameters()
+            block.ln_2.reset_parameters()
+
     def draw_token_rows(self, ids: list[int], generator: torch.Generator | None = None) -> None:
         """Fresh embedding rows for the token ids, from N(0, 0.02), as the released code draws
         its special tokens' rows (_start_, _delimiter_, _classify_). Ids past the end of the table

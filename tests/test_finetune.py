@@ -58,3 +58,36 @@ def test_a_nan_metric_ranks_last_and_never_crashes(values, best_step, task_check
     assert best["step"] == best_step
     assert best["accuracy"] == values[best_step - 1] or math.isnan(values[best_step - 1])
     assert (tmp_path / "best" / "head.safetensors").exists()
+
+
+def test_n_transfer_keeps_exactly_the_first_k_blocks(task_checkpoint, sst2):
+    import torch
+
+    from pipeline.data.tasks import get as get_task
+    from tuning.finetune import Pretrained, build
+
+    pretrained = Pretrained.load(task_checkpoint)
+    source = pretrained.gpt().state_dict()
+    n_layer = pretrained.gpt().config.n_layer
+    for k in range(n_layer + 1):
+        gpt = build(get_task("sst-2"), pretrained, FinetuneConfig(n_transfer=k)).model.gpt
+        sd = gpt.state_dict()
+        for name, t in sd.items():
+            if name.startswith("h."):
+                kept = int(name.split(".")[1]) < k
+                same = torch.equal(t, source[name])
+                # A freshly drawn weight differs; a fresh bias or LayerNorm is its initial 0 or 1.
+                if kept:
+                    assert same, name
+                elif name.endswith(".weight") and "ln_" not in name:
+                    assert not same, name
+                else:
+                    assert torch.all(t == (1.0 if name.endswith("weight") else 0.0)), name
+            elif name == "positions_embed.weight":
+                assert torch.equal(t, source[name])  # the embeddings always transfer
+    # Blocks drawn afresh are drawn from the seed: the same k and seed give the same network.
+    a = build(get_task("sst-2"), pretrained, FinetuneConfig(n_transfer=1, seed=3)).model.gpt.state_dict()
+    b = build(get_task("sst-2"), pretrained, FinetuneConfig(n_transfer=1, seed=3)).model.gpt.state_dict()
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    with pytest.raises(Exception, match="n_transfer 3: the checkpoint has 2 blocks"):
+        build(get_task("sst-2"), pretrained, FinetuneConfig(n_transfer=3))

@@ -31,7 +31,7 @@ def test_sweep_logs_parent_and_trials_and_registers_the_best(task_checkpoint, ss
                                  tags={"run_path": str(task_checkpoint.parent)})
     (tmp_path / "space.yaml").write_text(SPACE)
     code = main(["--task", "sst-2", "--data", str(sst2), "--checkpoint", str(task_checkpoint), "--samples", "2",
-                 "--space", str(tmp_path / "space.yaml"), "--ablations", "--storage", str(tmp_path / "runs")])
+                 "--space", str(tmp_path / "space.yaml"), "--ablations", "--seeds", "2", "--storage", str(tmp_path / "runs")])
     assert code == 0
 
     exp = client.get_experiment_by_name("gpt1-finetune-sst-2")
@@ -40,8 +40,15 @@ def test_sweep_logs_parent_and_trials_and_registers_the_best(task_checkpoint, ss
     assert len(parents) == 1
     parent = parents[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 5 and len(runs) == 6  # 2 trials + 3 ablation rows; no stray runs
+    assert len(children) == 8 and len(runs) == 9  # 2 trials + 3 ablation rows x 2 seeds; no stray runs
     assert parent.info.status == "FINISHED" and all(c.info.status == "FINISHED" for c in children)
+    # Runs named as the table reads: by what the trials vary, and by ablation row and seed.
+    names = sorted(c.data.tags["mlflow.runName"] for c in children)
+    assert names[:6] == [f"ablation: {a} (seed {k})" for a in ("full", "no_aux_lm", "no_pretraining") for k in (0, 1)]
+    for c in children:
+        if "ablation" not in c.data.params:
+            lr, lam = float(c.data.params["lr"]), float(c.data.params["lm_coef"])
+            assert c.data.tags["mlflow.runName"] == f"lr={lr:.2g} λ={lam:.2g}"
 
     # Lineage on every run: the pretrain run, the checkpoint's and the data files' sha256.
     for r in runs:
@@ -74,14 +81,22 @@ def test_sweep_logs_parent_and_trials_and_registers_the_best(task_checkpoint, ss
 
     # The ablation rows at the best settings: full (λ 0.5), no auxiliary LM (λ 0), and no
     # pretraining at the best trial's own λ.
-    ablations = {r["ablation"]: r for r in csv.DictReader(open(f"{d}/ablations.csv"))}
+    every_seed = list(csv.DictReader(open(f"{d}/ablations.csv")))
+    assert sorted((r["ablation"], r["seed"]) for r in every_seed) == \
+        [(a, k) for a in ("full", "no_aux_lm", "no_pretraining") for k in ("0", "1")]
+    ablations = {r["ablation"]: r for r in every_seed if r["seed"] == "0"}
     assert set(ablations) == {"full", "no_aux_lm", "no_pretraining"}
     best_config = json.load(open(f"{d}/best_config.json"))
     assert [float(ablations[a]["lm_coef"]) for a in ("full", "no_aux_lm", "no_pretraining")] == \
         [0.5, 0.0, best_config["lm_coef"]]
     assert all(float(ablations[a]["lr"]) == pytest.approx(best_config["lr"]) for a in ablations)
-    for a, row in ablations.items():
-        assert parent.data.metrics[f"ablation_{a}_accuracy"] == pytest.approx(float(row["accuracy"]))
+    # Mean ± std over the seeds, in the summary table and the parent's metrics.
+    summary = {r["ablation"]: r for r in csv.DictReader(open(f"{d}/ablations_summary.csv"))}
+    for a in ablations:
+        values = [float(r["accuracy"]) for r in every_seed if r["ablation"] == a]
+        assert parent.data.metrics[f"ablation_{a}_accuracy"] == pytest.approx(sum(values) / 2)
+        assert parent.data.metrics[f"ablation_{a}_accuracy_std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
+        assert summary[a]["seeds"] == "2" and " ± " in summary[a]["accuracy"]
 
     # The best trial's best model is registered as gpt1-sst-2 and loads as a model directory.
     versions = client.search_model_versions("name='gpt1-sst-2'")

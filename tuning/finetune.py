@@ -52,6 +52,9 @@ class FinetuneConfig:
     # released code does: pretraining never trained them. A checkpoint without those rows (the
     # released model, in any layout) always gets them drawn.
     reinit_special: bool = True
+    # Figure 2, left: how many of the checkpoint's blocks to transfer (with the embeddings), the
+    # rest drawn afresh as pretraining initialises them. -1 = all of them.
+    n_transfer: int = -1
 
 
 @dataclass
@@ -95,6 +98,8 @@ def check_config(cfg: FinetuneConfig) -> None:
     for key in ("max_steps", "eval_every", "max_train", "n_ctx"):
         if getattr(cfg, key) < 0:
             raise c(f"{key} {getattr(cfg, key)}: expected >= 0")
+    if cfg.n_transfer < -1:
+        raise c(f"n_transfer {cfg.n_transfer}: expected 0 to n_layer blocks, or -1 for all")
     configio.check_ranges(cfg, {"lr": (0.0, 1.0), "warmup": (0.0, 1.0), "lm_coef": (0.0, None),
                                  "clf_dropout": (0.0, 0.99), "weight_decay": (0.0, 1.0), "grad_clip": (0.0, None)})
 
@@ -124,6 +129,8 @@ def build(task: Task, pretrained: Pretrained, cfg: FinetuneConfig, from_scratch:
     torch.manual_seed(cfg.seed)
     if from_scratch:  # the paper's "no pretraining" row: the same network, random weights
         gpt = GPT(gpt.config)
+    elif cfg.n_transfer >= 0:
+        transfer_blocks(gpt, cfg.n_transfer)
     n_ctx = cfg.n_ctx or gpt.config.n_ctx
     if n_ctx > gpt.config.n_ctx:
         raise errors.ConfigError(f"n_ctx {n_ctx}: the model has positions for {gpt.config.n_ctx}")
@@ -134,6 +141,15 @@ def build(task: Task, pretrained: Pretrained, cfg: FinetuneConfig, from_scratch:
     head = TaskHead(gpt.config.n_embd, task.transformation, n_labels=max(len(task.labels), 1),
                     clf_pdrop=cfg.clf_dropout, regression=task.regression)
     return TaskModel(GPTForTask(gpt, head, encoder.extract), encoder, task)
+
+
+def transfer_blocks(gpt: GPT, k: int) -> None:
+    """Keep the embeddings and the first k blocks of gpt; the others are drawn afresh (from the
+    current torch seed)."""
+    if k > gpt.config.n_layer:
+        raise errors.ConfigError(f"n_transfer {k}: the checkpoint has {gpt.config.n_layer} blocks; "
+                                 f"expected 0 to {gpt.config.n_layer} (or -1 for all)")
+    gpt.reinit_blocks(k)
 
 
 def check_vocabulary(tok: Tokenizer, vocab_size: int, where) -> None:

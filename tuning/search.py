@@ -38,6 +38,7 @@ class SweepOptions:
     space: str | None = None  # a search-space YAML (default: tuning/configs/<task>.yaml)
     sets: list[str] = field(default_factory=list)  # KEY=VALUE: keys fixed over the whole sweep
     ablations: bool = False  # add the paper's rows: full, λ = 0, no pretraining
+    seeds: int = 1  # each ablation row with this many seeds (0, 1, ...): mean ± std in the tables
     max_concurrent: int = 0  # trials at a time; 0 = one per GPU, or CPUs / 2
     grace_period: int = 1  # ASHA: evaluations before a trial can be stopped
     reduction_factor: int = 2  # ASHA: 1 / fraction of trials kept at each rung
@@ -173,13 +174,15 @@ def sweep_task(task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: 
           f"{' + 3 ablation rows' if opts.ablations else ''}; {len(splits['train']):,} train / "
           f"{len(splits['dev']):,} dev examples; {concurrent} at a time, each with {per_trial}; "
           f"MLflow parent run {pid}", flush=True)
-    callback = tracking.TrialRuns(uri, exp, pid, tags, [*task.metrics, "train_loss", "epoch"])
+    # Trials are named by the keys the space varies (lr=2.1e-4 λ=0.5 ep=3), ablation rows by row and seed.
+    varying = [k for k, v in space.items() if isinstance(v, (dict, Domain))]
+    callback = tracking.TrialRuns(uri, exp, pid, tags, [*task.metrics, "train_loss", "epoch"], varying)
     # with_parameters puts each object into Ray's object store once; every trial reads it there.
     trainable = tune.with_resources(
         tune.with_parameters(trial, task=task, splits=splits, pretrained=pretrained, device=device,
                              threads=0 if device == "cuda" else per_trial["CPU"]), per_trial)
     storage = storage_path(opts.storage)
-    keys = ["lr", "batch_size", "epochs", "warmup", "clf_dropout", "lm_coef"]
+    keys = ["lr", "batch_size", "epochs", "warmup", "clf_dropout", "lm_coef", "n_transfer"]
     status = "FAILED"
     try:
         # Without trials, the ablations run at the defaults and the fixed keys.
@@ -199,9 +202,11 @@ def sweep_task(task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: 
             base_lm = base["lm_coef"]
             ab_space = {**base, "ablation": tune.grid_search(list(ABLATIONS)), "lm_coef": tune.sample_from(
                 lambda spec: base_lm if ABLATIONS[spec.config["ablation"]] is None else ABLATIONS[spec.config["ablation"]])}
+            if opts.seeds > 1:  # the seed of the weights drawn, the data order and the dropout masks
+                ab_space["seed"] = tune.grid_search(list(range(opts.seeds)))
             ab = run_tuner(f"ablations-{task.name}-{stamp}", trainable, ab_space, 1, metric, None, storage,
                            [callback], concurrent, opts.seed)
-            ablation_rows = rows_of(ab, metric, ["ablation", *keys], callback.runs)
+            ablation_rows = rows_of(ab, metric, ["ablation", "seed", *keys], callback.runs)
             if best_result is None:
                 best_result = ab.get_best_result(metric=metric, mode="max", scope="all")
         out = tracking.log_parent(client, pid, task, metric, rows, ablation_rows, best_result, callback.runs)
@@ -223,6 +228,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", help="a search-space YAML (default: tuning/configs/<task>.yaml)")
     configio.add_set_option(p, FinetuneConfig, "fix a key")
     p.add_argument("--ablations", action="store_true", help="add the paper's rows: full, λ = 0, no pretraining")
+    p.add_argument("--seeds", type=int, default=1, help="run each ablation row with N seeds; the tables give mean ± std")
     p.add_argument("--max-concurrent", type=int, default=0, help="trials at a time (default: one per GPU, or CPUs / 2)")
     p.add_argument("--grace-period", type=int, default=1, help="ASHA: evaluations before a trial can be stopped")
     p.add_argument("--reduction-factor", type=int, default=2, help="ASHA: 1 / fraction of trials kept at each rung")
@@ -237,6 +243,8 @@ def sweep(task_name: str, data, checkpoint, opts: SweepOptions) -> dict[str, dic
     Tune writes anything. data and checkpoint may be directories or URIs on object storage."""
     if opts.samples < 0 or (opts.samples == 0 and not opts.ablations):
         raise errors.ConfigError("--samples: expected at least 1 (or 0 with --ablations)")
+    if opts.seeds < 1:
+        raise errors.ConfigError(f"--seeds {opts.seeds}: expected at least 1")
     # On object storage, each is copied to this machine once; the trials read them from Ray's
     # object store, so no node needs a shared file system.
     with remote.fetched(data, "a task's directory") as data, \
@@ -277,7 +285,7 @@ def run(args: argparse.Namespace) -> None:
     opts = SweepOptions(samples=args.samples, space=args.space, sets=args.set, ablations=args.ablations,
                         max_concurrent=args.max_concurrent, grace_period=args.grace_period,
                         reduction_factor=args.reduction_factor, seed=args.seed, storage=args.storage,
-                        device=args.device)
+                        device=args.device, seeds=args.seeds)
     results = sweep(args.task, args.data, args.checkpoint, opts)
     print()
     print("| task | metric | best dev | trials | parent run |")

@@ -58,11 +58,18 @@ def log_parent(client, pid: str, task, metric: str, rows, ablation_rows, best_re
             client.log_artifact(pid, str(plot([r for r in rows if finite(r[metric])], metric,
                                                        tmp / "metric_vs_lambda_and_lr.png",
                                                        f"{task.name}: {len(rows)} trials")))
+            if len({r.get("n_transfer") for r in rows}) > 1:  # Figure 2 (left)
+                client.log_artifact(pid, str(plot_transfer(rows, metric, tmp / "metric_vs_transferred_layers.png",
+                                                           f"{task.name}: transferred layers")))
         if ablation_rows:
             for f in results_table(ablation_rows, tmp / "ablations"):
                 client.log_artifact(pid, str(f))
-            for r in ablation_rows:
-                client.log_metric(pid, f"ablation_{r['ablation']}_{metric}", r[metric])
+            summary = ablation_summary(ablation_rows, metric)
+            for f in results_table(summary, tmp / "ablations_summary"):
+                client.log_artifact(pid, str(f))
+            for r in summary:
+                client.log_metric(pid, f"ablation_{r['ablation']}_{metric}", r["mean"])
+                client.log_metric(pid, f"ablation_{r['ablation']}_{metric}_std", r["std"])
         log_json(client, pid, dict(best_result.config), tmp / "best_config.json")
     best_value = max(best_result.metrics_dataframe[metric])
     client.log_metric(pid, f"best_{metric}", best_value)
@@ -73,18 +80,34 @@ def log_parent(client, pid: str, task, metric: str, rows, ablation_rows, best_re
     print(f"sweep {task.name}: best dev {metric} {best_value:.4f} (trial {best_trial}); registered "
           f"gpt1-{task.name} version {version}", flush=True)
     return {"parent_run_id": pid, "metric": metric, "best": best_value, "best_config": best_result.config, "rows": rows,
-            "ablations": ablation_rows, "model_version": version}
+            "ablations": ablation_rows, "ablation_summary": ablation_summary(ablation_rows, metric) if ablation_rows else [],
+            "model_version": version}
+
+
+def ablation_summary(rows: list[dict], metric: str) -> list[dict]:
+    """One row per ablation: the mean and standard deviation (ddof 1; 0 for one seed) of its
+    seeds' best dev metric, and the table's "mean ± std"."""
+    import numpy as np
+
+    out = []
+    for name in dict.fromkeys(r["ablation"] for r in rows):
+        values = np.array([r[metric] for r in rows if r["ablation"] == name], dtype=float)
+        std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        out.append({"ablation": name, "seeds": len(values), "mean": float(values.mean()), "std": std,
+                    metric: f"{values.mean():.4f} ± {std:.4f}"})
+    return out
 
 
 class TrialRuns(tune.Callback):
     """One nested MLflow run per trial: its config as params, its evaluations as metrics at their
     training step, its end as the run's status."""
 
-    def __init__(self, uri: str, experiment: str, parent_run_id: str, tags: dict[str, str], metrics: list[str]):
+    def __init__(self, uri: str, experiment: str, parent_run_id: str, tags: dict[str, str], metrics: list[str],
+                 varying: list[str] = ()):
         from mlflow.tracking import MlflowClient
 
         self.uri, self.client, self.experiment = uri, MlflowClient(uri), experiment
-        self.parent, self.tags, self.metrics = parent_run_id, tags, metrics
+        self.parent, self.tags, self.metrics, self.varying = parent_run_id, tags, metrics, list(varying)
         self.loggers: dict = {}  # trial id -> RunLogger of its run
 
     @property
@@ -99,7 +122,7 @@ class TrialRuns(tune.Callback):
 
         from pipeline.tracking import RunLogger
 
-        run = self.client.create_run(self.experiment, run_name=f"{trial.trial_id}",
+        run = self.client.create_run(self.experiment, run_name=trial_name(trial.config, self.varying, trial.trial_id),
                                      tags={PARENT_TAG: self.parent, "trial_id": trial.trial_id, **self.tags})
         self.loggers[trial.trial_id] = RunLogger(self.uri, run.info.run_id)
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in trial.config.items()])
@@ -113,6 +136,43 @@ class TrialRuns(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.client.set_terminated(self.runs[trial.trial_id], "FAILED")
+
+
+SHORT = {"lm_coef": "λ", "epochs": "ep", "batch_size": "bs", "n_transfer": "layers", "clf_dropout": "drop"}
+
+
+def trial_name(config: dict, varying: list[str], trial_id: str) -> str:
+    """What a trial's run is called in the MLflow UI: what differs between the trials
+    (lr=2.1e-4 λ=0.5 ep=3), or its ablation row and seed (ablation: no_pretraining (seed 1))."""
+    if "ablation" in config:
+        return f"ablation: {config['ablation']} (seed {config.get('seed', 0)})"
+
+    def fmt(v):
+        return f"{v:.2g}" if isinstance(v, float) else str(v)
+
+    return " ".join(f"{SHORT.get(k, k)}={fmt(config[k])}" for k in varying if k in config) or trial_id
+
+
+def plot_transfer(rows: list[dict], metric: str, path: Path, title: str) -> Path:
+    """The best dev metric against the number of transferred blocks (Figure 2, left): each trial,
+    and the mean at each count."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = sorted((int(r["n_transfer"]), r[metric]) for r in rows if finite(r[metric]))
+    ks = sorted({k for k, _ in pts})
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([k for k, _ in pts], [v for _, v in pts], alpha=0.5)
+    ax.plot(ks, [sum(v for k2, v in pts if k2 == k) / sum(1 for k2, _ in pts if k2 == k) for k in ks], marker="o")
+    ax.set_xlabel("transferred layers (n_transfer; -1: all)")
+    ax.set_ylabel(f"best dev {metric}")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def results_table(rows: list[dict], path: Path) -> tuple[Path, Path]:
