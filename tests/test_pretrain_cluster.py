@@ -82,7 +82,7 @@ def remove_a_worker_node(cluster, checkpoint: str) -> str:
     return victim.node_id
 
 
-def test_a_run_on_a_cluster_survives_a_lost_node_and_retraces_itself(cluster, tmp_path):
+def test_a_run_on_a_cluster_survives_a_lost_node_and_retraces_itself_and_refuses_a_corrupt_shard(cluster, tmp_path):
     src = tmp_path / "c.txt"
     src.write_text("\n\n".join(documents(1500, seed=9)) + "\n")
     cfg = PrepareConfig(n_merges=200, n_ctx=64, val_fraction=0.1, shard_mb=1)
@@ -106,20 +106,20 @@ def test_a_run_on_a_cluster_survives_a_lost_node_and_retraces_itself(cluster, tm
     # Exact: the same losses, step by step, as the run that lost nothing.
     assert losses(tmp_path, "lost") == whole
 
-
-def test_a_shard_altered_on_s3_is_one_line(cluster, tmp_path):
-    src = tmp_path / "c.txt"
-    src.write_text("\n\n".join(documents(600, seed=9)) + "\n")
-    m = prepare([str(src)], "s3://gpt1-test/bad", PrepareConfig(n_merges=100, n_ctx=64, val_fraction=0.1),
-                track=False, local=True)
-    # The same length, so no listing can tell: caught while staging.
+    # The same dataset with one shard altered on S3, at the same length (so no listing can tell):
+    # caught while staging, one line, exit 2.
     fs = pafs.FileSystem.from_uri("s3://gpt1-test")[0]
     name = sorted(m["shards"])[0]
-    data = fs.open_input_stream(f"gpt1-test/bad/{name}").read()
-    with fs.open_output_stream(f"gpt1-test/bad/{name}") as f:
-        f.write(data[:100] + bytes(10) + data[110:])
+    for f in ("manifest.json", "tokenizer.json", *m["shards"]):
+        data = fs.open_input_stream(f"gpt1-test/ds/{f}").read()
+        if f == name:
+            data = data[:100] + bytes(10) + data[110:]
+        with fs.open_output_stream(f"gpt1-test/bad/{f}") as out:
+            out.write(data)
     err = finish(pretrain(cluster, "s3://gpt1-test/bad", "bad", tmp_path), returncode=2)
     lines = [x for x in err.splitlines() if x.startswith("gpt1 pretrain: ")]
     assert len(lines) == 1 and f"s3://gpt1-test/bad/{name}: sha256 differs" in lines[0], err[-3000:]
-    # (Ray's own PlacementGroupCleaner may print a traceback as the job's Ray shuts down: not ours.)
-    assert not [x for x in err.splitlines() if "Traceback" in x and "PlacementGroupCleaner" not in x]
+    # Ray's own placement-group cleanup may print a traceback as the job ends (its cleaner actor
+    # timing out): not ours. No other traceback.
+    blocks = err.split("Traceback (most recent call last):")[1:]
+    assert not [b for b in blocks if "placement_group" not in b[:600].lower() and "placementgroup" not in b[:600].lower()], err
