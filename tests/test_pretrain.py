@@ -243,6 +243,14 @@ def test_block_order_is_a_function_of_seed_and_step():
     assert not np.array_equal(BlockOrder(1, 103, 8).batch(0), a.batch(0))
     with pytest.raises(DataError):
         BlockOrder(0, 7, 8)
+    # Each epoch is a permutation, whatever n_blocks (powers of 4 and not): every block once.
+    for n in (64, 100, 1000, 4096, 4097):
+        o = BlockOrder(5, n, 8)
+        for epoch in (0, 3):
+            seen = np.concatenate([o.batch(epoch * o.steps_per_epoch + s) for s in range(o.steps_per_epoch)])
+            assert len(set(seen.tolist())) == len(seen) == o.steps_per_epoch * 8 and seen.max() < n
+    # Computed, not stored: a batch of a 200 M-block corpus costs no per-block memory.
+    assert BlockOrder(0, 200_000_000, 64).batch(3_000_000).max() < 200_000_000
 
 
 def test_presets_load():

@@ -148,8 +148,25 @@ def tokens_per_byte(manifest: dict, split: str) -> float:
     return s["tokens"] / s["bytes"] if s["bytes"] else math.nan
 
 
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: 64 well-mixed bits from 64 (uint64 arithmetic wraps, as meant)."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
 class BlockOrder:
-    """Which blocks make up the global batch at each step."""
+    """Which blocks make up the global batch at each step: epoch e is a permutation of the
+    blocks drawn from (seed, e), and step s takes its slice.
+
+    The permutation is a function, not an array: position i of epoch e is a 4-round Feistel
+    network over the smallest power-of-4 domain that holds n_blocks, keyed by (seed, e, round),
+    applied again ("cycle walking") until the value falls inside [0, n_blocks). So a worker holds
+    nothing per block and computes a batch in microseconds, at 1 M blocks or 200 M; an array
+    permutation would cost every worker 4 bytes a block and seconds of shuffling per epoch."""
+
+    ROUNDS = 4
 
     def __init__(self, seed: int, n_blocks: int, batch_size: int):
         if n_blocks < batch_size:
@@ -157,14 +174,31 @@ class BlockOrder:
         self.seed, self.n_blocks, self.batch_size = seed, n_blocks, batch_size
         # The n_blocks % batch_size blocks left over by an epoch's permutation differ every epoch.
         self.steps_per_epoch = n_blocks // batch_size
-        self._epoch, self._perm = -1, None
+        self._half = max(1, (int(n_blocks - 1).bit_length() + 1) // 2)  # bits per Feistel half
+
+    def _keys(self, epoch: int) -> np.ndarray:
+        """The rounds' keys of epoch: a function of (seed, epoch) alone."""
+        u = lambda v: np.array([v & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64)  # noqa: E731
+        base = _mix(_mix(u(self.seed)) ^ u(epoch))
+        with np.errstate(over="ignore"):
+            return _mix(base + np.arange(1, self.ROUNDS + 1, dtype=np.uint64))
+
+    def _permute(self, i: np.ndarray, keys: list) -> np.ndarray:
+        h = np.uint64(self._half)
+        low = np.uint64((1 << self._half) - 1)
+        x = i.astype(np.uint64)
+        left, right = x >> h, x & low
+        for k in keys:
+            left, right = right, left ^ (_mix(right ^ k) & low)
+        return (left << h) | right
 
     def batch(self, step: int) -> np.ndarray:
         epoch, i = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:
-            rng = np.random.Generator(np.random.PCG64([self.seed, epoch]))
-            perm = rng.permutation(self.n_blocks)
-            # Held by every worker for the epoch: 4 bytes a block where that is enough, not 8
-            # (0.8 GB rather than 1.6 GB a worker at 100 B tokens).
-            self._epoch, self._perm = epoch, perm.astype(np.uint32) if self.n_blocks < 1 << 32 else perm
-        return self._perm[i * self.batch_size:(i + 1) * self.batch_size]
+        keys = self._keys(epoch)
+        pos = np.arange(i * self.batch_size, (i + 1) * self.batch_size, dtype=np.uint64)
+        out = self._permute(pos, keys)
+        # The domain is at most 4x n_blocks: walking on from a value outside it until one falls
+        # inside keeps the map a permutation of [0, n_blocks), in a few rounds at most.
+        while (outside := out >= np.uint64(self.n_blocks)).any():
+            out[outside] = self._permute(out[outside], keys)
+        return out.astype(np.int64)
