@@ -64,6 +64,11 @@ def main() -> None:
     p.add_argument("--workdir", default=None, help="default: a temp dir")
     p.add_argument("--checkpoint", help="skip steps 1-2: sweep from this pretraining checkpoint (its "
                                         "MLflow store is WORKDIR/mlflow.db, for the lineage)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of each ablation row (mean ± std)")
+    p.add_argument("--zero-shot-points", type=int, default=8,
+                   help="evaluations during pretraining, each with the SST-2 zero-shot heuristic (0: none)")
+    p.add_argument("--transfer", action="store_true",
+                   help="then fine-tune with 0 .. n_layer transferred blocks at the best trial's settings (Fig. 2, left)")
     a = p.parse_args()
     if not SST2.exists():
         sys.exit(f"{SST2}: not found; this benchmark needs ../shared/data (GLUE SST-2 and the corpus)")
@@ -86,6 +91,9 @@ def main() -> None:
 
     ray.init(logging_level="WARNING")
     threads = int(ray.cluster_resources()["CPU"])
+    task_dir = work / "SST-2"
+    write_task(task_dir, a.train, seed=0)
+    zero_shot_curve = {}
     if a.checkpoint:
         ckpt, about = Path(a.checkpoint).absolute(), [f"pretraining: from --checkpoint {a.checkpoint}"]
     else:
@@ -99,8 +107,17 @@ def main() -> None:
         prep_s = time.perf_counter() - t0
         manifest = open_dataset(data)
         gcfg = model_config(pt, manifest, data)
-        out, pt, _, pretrain_s = pretrain_in_budget(data, pt, gcfg, threads, a.budget, "sst2", work / "runs")
-        ckpt, steps, s = Path(out["checkpoint"]), pt.max_steps, manifest["splits"]
+        if a.zero_shot_points:  # Fig. 2 (right): the heuristic on the whole dev set at every evaluation
+            import dataclasses
+            per_s = 0.09  # about a step of `small` on this VM; only spaces the evaluations
+            pt = dataclasses.replace(pt, zero_shot=[f"sst-2={task_dir}"], zero_shot_examples=0,
+                                     eval_every=max(1, int(a.budget / per_s / a.zero_shot_points)))
+        out, pt, pretrain_s = pretrain_in_budget(data, pt, a.budget, "sst2", work / "runs")
+        ckpt, steps, s = Path(out["checkpoint"]), int(out["metrics"]["step"]), manifest["splits"]
+        if a.zero_shot_points:
+            from mlflow.tracking import MlflowClient
+            history = MlflowClient().get_metric_history(out["run_id"], "zero_shot_sst-2_accuracy")
+            zero_shot_curve = dict(sorted({m.step: m.value for m in sorted(history, key=lambda m: m.timestamp)}.items()))
         about = [f"unlabeled: {n_sentences:,} SST-2 training sentences + {', '.join(Path(c).name for c in corpus[1:])}; "
                  f"{s['train']['tokens']:,} train tokens, vocab {manifest['tokenizer']['vocab_size']:,}; "
                  f"prepare {prep_s:.0f} s",
@@ -108,13 +125,11 @@ def main() -> None:
                  f"({steps * pt.batch_size / s['train']['blocks']:.2f} epochs), pretrain() {pretrain_s:.0f} s, "
                  f"val loss {out['metrics'].get('val_loss', float('nan')):.4f}; MLflow run {out['run_id']}; {ckpt}"]
 
-    task_dir = work / "SST-2"
-    write_task(task_dir, a.train, seed=0)
     # The paper's lr (6.25e-5) and 3 epochs are for a 117M-parameter model and 67k examples; a
     # 4 x 128 model on 1,000 examples takes larger and more steps.
     (work / "space.yaml").write_text(SPACE)
     opts = SweepOptions(samples=a.samples, space=str(work / "space.yaml"), ablations=True, grace_period=2,
-                        storage=str(work / "runs"))
+                        storage=str(work / "runs"), seeds=a.seeds)
     t0 = time.perf_counter()
     res = sweep_task(get("sst-2"), task_dir, ckpt, opts, os.environ["MLFLOW_TRACKING_URI"])
     sweep_s = time.perf_counter() - t0
@@ -133,15 +148,45 @@ def main() -> None:
         print(f"| {r['trial']} | {r['lr']:.2e} | {r['epochs']} | {r['clf_dropout']} | {r['lm_coef']} | "
               f"{r['accuracy']:.4f} | {r['evaluations']} |")
     print()
-    print("| row | λ | pretrained | best dev accuracy |")
-    print("|---|---:|---|---:|")
+    print(f"| row | λ | pretrained | best dev accuracy, mean ± std over {a.seeds} seed(s) | each seed |")
+    print("|---|---:|---|---:|---|")
     acc = {}
-    for r in res["ablations"]:
-        acc[r["ablation"]] = r["accuracy"]
-        print(f"| {r['ablation']} | {r['lm_coef']} | {'no' if r['ablation'] == 'no_pretraining' else 'yes'} | "
-              f"{r['accuracy']:.4f} |")
+
+    def each(rows):
+        return ", ".join(f"{x['accuracy']:.4f}" for x in rows)
+
+    for r in res["ablation_summary"]:
+        acc[r["ablation"]] = r["mean"]
+        rows = [x for x in res["ablations"] if x["ablation"] == r["ablation"]]
+        print(f"| {r['ablation']} | {rows[0]['lm_coef']} | {'no' if r['ablation'] == 'no_pretraining' else 'yes'} | "
+              f"{r['mean']:.4f} ± {r['std']:.4f} | {each(rows)} |")
     print()
     print(f"full - no pretraining: {100 * (acc['full'] - acc['no_pretraining']):+.1f} points (target: at least +5)")
+    if zero_shot_curve:
+        print()
+        print("| pretraining step | SST-2 zero-shot dev accuracy |")
+        print("|---:|---:|")
+        for step, v in zero_shot_curve.items():
+            print(f"| {step:,} | {v:.4f} |")
+    if a.transfer:
+        from model import GPT
+        n_layer = GPT.from_pretrained(ckpt).config.n_layer
+        best = {k: v for k, v in res["best_config"].items() if k in ("lr", "batch_size", "epochs", "warmup",
+                                                                    "clf_dropout", "lm_coef")}
+        (work / "transfer.yaml").write_text("".join(f"{k}: {v}\n" for k, v in best.items()) +
+                                            f"n_transfer: {{grid: {list(range(n_layer + 1))}}}\n")
+        t0 = time.perf_counter()
+        tr = sweep_task(get("sst-2"), task_dir, ckpt, SweepOptions(samples=1, space=str(work / "transfer.yaml"),
+                                                                   grace_period=1000, storage=str(work / "runs")),
+                        os.environ["MLFLOW_TRACKING_URI"])
+        print()
+        print(f"transferred layers at the best trial's settings ({time.perf_counter() - t0:.0f} s; MLflow parent run "
+              f"{tr['parent_run_id']}, its metric_vs_transferred_layers.png)")
+        print()
+        print("| blocks transferred | best dev accuracy |")
+        print("|---:|---:|")
+        for r in sorted(tr["rows"], key=lambda r: r["n_transfer"]):
+            print(f"| {r['n_transfer']} | {r['accuracy']:.4f} |")
 
 
 SPACE = """

@@ -176,9 +176,10 @@ def _load_openai(d: Path, **overrides) -> tuple[GPTConfig, dict[str, torch.Tenso
     if len(blocks) % len(_OPENAI_BLOCK):
         raise ValueError(f"{d / 'params_shapes.json'}: {len(shapes)} arrays is not 2 + 12 per layer")
     n_vocab, n_embd = tokens.shape
-    # Without a vocab_size override, the table the files hold, and no special-token rows.
+    # Without a vocab_size override: the table the files hold, plus the released train.py's three
+    # special-token rows (_start_, _delimiter_, _classify_), as GPTConfig's 40,481 = 40,478 + 3.
     cfg = GPTConfig.from_dict({**GPTConfig().to_dict(), "n_layer": len(blocks) // len(_OPENAI_BLOCK),
-                               "n_embd": n_embd, "n_ctx": positions.shape[0], "vocab_size": n_vocab, **overrides})
+                               "n_embd": n_embd, "n_ctx": positions.shape[0], "vocab_size": n_vocab + 3, **overrides})
     n_special = cfg.vocab_size - n_vocab
     if n_special < 0 or cfg.n_ctx > positions.shape[0]:
         raise ValueError(f"{d}: vocab_size {cfg.vocab_size} / n_ctx {cfg.n_ctx} do not fit the "

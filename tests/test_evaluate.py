@@ -95,13 +95,15 @@ def test_every_checkpoint_format_gives_the_same_figures(tmp_path):
     release = released_vocabulary(tmp_path / "release")
     tok = load_tokenizer(release)
     torch.manual_seed(0)
-    # n_head 12, as the release's format implies; the vocabulary without reserved tokens, as released.
-    gpt = GPT(GPTConfig.preset("tiny", vocab_size=tok.get_vocab_size(), n_head=12, n_embd=48))
+    # n_head 12, as the release's format implies. Its reader adds the released train.py's three
+    # special rows; the other formats then hold that very network.
+    to_release(GPT(GPTConfig.preset("tiny", vocab_size=tok.get_vocab_size(), n_head=12, n_embd=48)), release)
+    gpt = GPT.from_pretrained(release)
+    assert gpt.config.vocab_size == tok.get_vocab_size() + 3
     for fmt in ("native", "hf"):
         gpt.save_pretrained(tmp_path / fmt, format=fmt)
         for f in ("encoder_bpe_40000.json", "vocab_40000.bpe"):
             shutil.copy(release / f, tmp_path / fmt / f)
-    to_release(gpt, release)
     text = tmp_path / "reviews.txt"
     text.write_text("the movie was great\n\nthe film was awful and long\n\nwhat a great story\n")
     results = [evaluate(tmp_path / fmt, [str(text)]) for fmt in ("native", "hf")]

@@ -155,3 +155,19 @@ def test_gpt1_evaluate_runs_the_heuristics_and_logs_them(task_checkpoint, tmp_pa
         assert main(["evaluate", "--no-mlflow", "--checkpoint", str(task_checkpoint), *args]) == 2
         err = capsys.readouterr().err.strip()
         assert expected in err and len(err.splitlines()) == 1, err
+
+
+def test_a_model_without_a_document_token_scores_from_the_first_token(lm):
+    """The released GPT-1 has no _end_of_document_ row: nothing is put before a text, and its
+    first token is context only."""
+    from model import GPTConfig
+
+    _, tok = lm
+    end = tok.token_to_id(END_OF_DOCUMENT)
+    torch.manual_seed(1)
+    gpt = GPT(GPTConfig.preset("tiny", vocab_size=end)).eval()  # no row for the token
+    scorer = Scorer(gpt, tok)
+    assert scorer.start == []
+    text = ids(tok, "the film was great")
+    (lp,) = scorer.logprobs([(scorer.start, text)])
+    np.testing.assert_allclose(lp, logp(gpt, text[:1], text[1:]), rtol=1e-4, atol=1e-5)

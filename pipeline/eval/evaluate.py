@@ -2,7 +2,8 @@
 
 The corpus is read as prepare reads it (text, JSON Lines or Parquet; documents, normalize) and
 encoded with the checkpoint's own tokenizer, each document followed by `_end_of_document_` where
-the tokenizer has it: the stream that pretraining's val split is made of. The stream is scored
+the model has that token (pretrained here; the released GPT-1 has none): the stream that
+pretraining's val split is made of. The stream is scored
 with a sliding window of n_ctx tokens that moves `--stride` tokens at a time (default n_ctx / 2):
 each window scores only the tokens that no earlier window scored, so every token after the first
 is scored exactly once, with at least n_ctx - stride tokens of context once the first window is
@@ -88,8 +89,8 @@ def read_corpus(specs: list[str], fmt: str, text_split: str):
 def evaluate(checkpoint, corpus: list[str], stride: int | None = None, fmt: str = "auto",
              text_split: str = "blank_line", device: str = "cpu") -> dict:
     """loss, perplexity, bits per byte and the counts behind them."""
-    from pipeline.data.tokenizer import END_OF_DOCUMENT, encode_texts
-    from pipeline.eval.generate import load
+    from pipeline.data.tokenizer import encode_texts
+    from pipeline.eval.generate import document_end, load
 
     gpt, tok = load(checkpoint)
     n_ctx = gpt.config.n_ctx
@@ -98,7 +99,7 @@ def evaluate(checkpoint, corpus: list[str], stride: int | None = None, fmt: str 
         raise errors.ConfigError(f"--stride {stride}: expected 1 to n_ctx - 1 ({n_ctx - 1}), so that every "
                                  "scored token has some context")
     texts, n_bytes = read_corpus(corpus, fmt, text_split)
-    end = tok.token_to_id(END_OF_DOCUMENT)
+    end = document_end(tok, gpt)
     ids: list[int] = []
     for doc in encode_texts(tok, texts):
         ids += doc + ([end] if end is not None else [])

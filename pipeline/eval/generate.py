@@ -4,9 +4,9 @@ OpenAI release), and print the continuations as text.
 The prompt goes through the checkpoint's own tokenizer as prepare's text does (normalize, then
 encode_texts: for the released vocabulary, the released encoder's spaCy words, lower-cased). The
 continuation is decoded with the same tokenizer, whose decoder turns the released vocabulary's
-`</w>` word ends back into spaces. Decoding keeps the KV cache (model.gpt.KVCache). Sampling is
-a function of --seed: sample k of --num-samples is the k-th row of one seeded batch. A
-continuation stops early at `_end_of_document_` where the tokenizer has one.
+`</w>` word ends back into spaces. Decoding keeps the KV cache (model.kvcache.KVCache). Sampling
+is a function of --seed: sample k of --num-samples is the k-th row of one seeded batch. A
+continuation stops early at `_end_of_document_` where the model has that token.
 
     gpt1 generate --checkpoint runs/RUN/checkpoint_000002000 --prompt "the ship" --max-new-tokens 40
 """
@@ -61,13 +61,22 @@ def load(checkpoint):
     return gpt, tok
 
 
+def document_end(tok, gpt) -> int | None:
+    """The id of `_end_of_document_` where the model has a row for it: a model pretrained here
+    was trained with it between documents; the released GPT-1 (40,478 + 3 rows) never saw it."""
+    from pipeline.data.tokenizer import END_OF_DOCUMENT
+
+    end = tok.token_to_id(END_OF_DOCUMENT)
+    return end if end is not None and end < gpt.config.vocab_size else None
+
+
 def continuations(gpt, tok, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
                   top_p: float | None, seed: int, num_samples: int, device: str = "cpu") -> list[str]:
     """num_samples continuations of prompt, as text (the prompt itself left out)."""
     import torch
 
     from pipeline.data.text import normalize
-    from pipeline.data.tokenizer import END_OF_DOCUMENT, encode_texts
+    from pipeline.data.tokenizer import encode_texts
 
     ids = encode_texts(tok, [normalize(prompt)])[0]
     n_ctx = gpt.config.n_ctx
@@ -78,7 +87,7 @@ def continuations(gpt, tok, prompt: str, max_new_tokens: int, temperature: float
                                f"expected at most {n_ctx - 1:,} tokens, to leave room for one new token")
     gpt = gpt.to(device)
     x = torch.tensor([ids] * num_samples, device=device)
-    end = tok.token_to_id(END_OF_DOCUMENT)
+    end = document_end(tok, gpt)
     out = gpt.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, end_token=end,
                        generator=torch.Generator(device).manual_seed(seed))
     texts = []

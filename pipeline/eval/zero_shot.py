@@ -73,9 +73,10 @@ class Scorer:
 
     @property
     def start(self) -> list[int]:
-        from pipeline.data.tokenizer import END_OF_DOCUMENT
+        """What a document starts after: the end of the one before, where the model has that token."""
+        from pipeline.eval.generate import document_end
 
-        end = self.tok.token_to_id(END_OF_DOCUMENT)
+        end = document_end(self.tok, self.gpt)
         return [end] if end is not None else []
 
     def logprobs(self, pairs: list[tuple[list[int], list[int]]]) -> list[np.ndarray]:
@@ -87,6 +88,8 @@ class Scorer:
         n_ctx = self.gpt.config.n_ctx
         seqs = []
         for ctx, cont in pairs:
+            if not ctx:  # nothing before it (no document-start token): its first token is context only
+                ctx, cont = cont[:1], cont[1:]
             cont = cont[:n_ctx - 1]
             ctx = ctx[max(len(ctx) - (n_ctx - len(cont)), 0):]
             seqs.append((ctx + cont, len(cont)))

@@ -110,6 +110,7 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from pipeline.train.checkpoint import latest_checkpoint
     from pipeline.data.dataset import BlockOrder
@@ -186,7 +187,10 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
         spec = LoopSpec(pretrain=cfg, model=gcfg, data=str(data),
                         total_steps=total, threads=0 if use_gpu else cpus, mlflow_uri=uri, mlflow_run_id=run_id,
                         run_path=run_path, resume_from=newest[0] if newest else None)
-        outcome = ray.remote(num_cpus=0)(Outcome).remote()
+        # On the driver's node, as Ray Train places its controller: a worker node may be lost
+        # mid-run, and the box must outlive it.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        outcome = ray.remote(num_cpus=0, scheduling_strategy=here)(Outcome).remote()
         trainer = TorchTrainer(
             worker, train_loop_config={"spec": spec, "outcome": outcome},
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
