@@ -209,6 +209,17 @@ def test_resuming_with_other_settings_is_refused(reference, data, workdir, capsy
                  "--no-mlflow", *sum((["--set", s] for s in SETS), []), "--set", "lr=1e-3"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "lr: 0.003 -> 0.001" in err and "another --name" in err, err
+    # A run started with another block order (an older version of it) is not resumed with this one.
+    run_file = Path(storage) / "reference" / "gpt1_run.json"
+    ident = json.loads(run_file.read_text())
+    run_file.write_text(json.dumps({**ident, "block_order": "permutation"}))
+    try:
+        code = main(["--config", "tiny", "--data", str(data), "--name", "reference", "--storage", storage,
+                     "--no-mlflow", *sum((["--set", s] for s in SETS), [])])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "block_order: 'permutation' -> 'feistel-4'" in err, err
+    finally:
+        run_file.write_text(json.dumps(ident))
 
 
 def test_bad_data_is_refused_before_workers_start(data, tmp_path, workdir, capsys):

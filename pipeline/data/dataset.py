@@ -167,6 +167,7 @@ class BlockOrder:
     permutation would cost every worker 4 bytes a block and seconds of shuffling per epoch."""
 
     ROUNDS = 4
+    VERSION = "feistel-4"  # in a run's identity: a run started with another order is not resumed with this one
 
     def __init__(self, seed: int, n_blocks: int, batch_size: int):
         if n_blocks < batch_size:

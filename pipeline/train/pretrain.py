@@ -25,7 +25,7 @@ from pathlib import Path
 from model import GPTConfig
 from pipeline import configio, errors
 from pipeline import remote
-from pipeline.data.dataset import check_fits, open_dataset, read_dataset
+from pipeline.data.dataset import BlockOrder, check_fits, open_dataset, read_dataset
 from pipeline.runtime import check_device, storage_path
 from pipeline.tracking import check_store, finish_run, start_pretrain_run, tracking_uri
 from pipeline.train.config import NOT_IN_IDENTITY, PretrainConfig, check_config, micro_batch
@@ -53,7 +53,8 @@ def model_config(cfg: PretrainConfig, manifest: dict, data) -> GPTConfig:
 def identity(cfg: PretrainConfig, gcfg: GPTConfig, manifest: dict) -> dict:
     """What makes two runs the same run: the options that change results, the model, the data."""
     opts = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_IDENTITY}
-    return {"pretrain": opts, "model": gcfg.to_dict(), "data_fingerprint": manifest["fingerprint"]}
+    return {"pretrain": opts, "model": gcfg.to_dict(), "data_fingerprint": manifest["fingerprint"],
+            "block_order": BlockOrder.VERSION}
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -113,7 +114,6 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from pipeline.train.checkpoint import latest_checkpoint
-    from pipeline.data.dataset import BlockOrder
     from pipeline.runtime import ray_init
     from pipeline.train.ray_train import Outcome, fit, remove_orphan_staging, repair_ray_index, run_lock, worker
     from pipeline.train.loop import LoopSpec
