@@ -89,7 +89,7 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
     pt = load(PretrainConfig(), a.config, PRESETS_DIR)
 
-    ray.init(logging_level="WARNING")
+    ray.init(address="local", logging_level="WARNING")
     threads = int(ray.cluster_resources()["CPU"])
     task_dir = work / "SST-2"
     write_task(task_dir, a.train, seed=0)

@@ -91,7 +91,7 @@ def corpus_one(corpus: Path, tok: Path, out: Path) -> dict:
     from pipeline.data.prepare import PrepareConfig, prepare
     from pipeline.data.tokenizer import encode_texts, load_tokenizer
 
-    ray.init(num_cpus=os.cpu_count(), logging_level="ERROR")
+    ray.init(address="local", num_cpus=os.cpu_count(), logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
     ray.data.range(1).count()  # Ray Data's own start-up, outside the timing
     with PeakRSS() as rss:

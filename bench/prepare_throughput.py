@@ -99,7 +99,7 @@ def one(corpus: Path, out: Path) -> dict:
     from pipeline.data.tokenizer import encode_texts, load_tokenizer
 
     vocab = SHARED / "gpt1-vocab"
-    ray.init(num_cpus=os.cpu_count(), logging_level="ERROR")
+    ray.init(address="local", num_cpus=os.cpu_count(), logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
     size = corpus.stat().st_size
     with PeakRSS() as rss:

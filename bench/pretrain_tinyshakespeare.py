@@ -83,7 +83,7 @@ def main() -> None:
     byte_level_tokenizer(text[:cut], a.vocab, work / "tokenizer.json")
     from model import GPTConfig
     n_ctx = GPTConfig.preset(cfg.model, **cfg.model_overrides).n_ctx
-    ray.init(logging_level="WARNING")
+    ray.init(address="local", logging_level="WARNING")
     data = work / "data"
     prepare([str(work / "train.txt")], data, PrepareConfig(
         tokenizer=str(work / "tokenizer.json"), text_split="file", n_ctx=n_ctx),

@@ -69,7 +69,7 @@ def main() -> None:
     cfg = load(PretrainConfig(), a.config, PRESETS_DIR,
                [f"max_steps={a.steps}", "log_every=5", "eval_every=0", f"checkpoint_every={a.steps}"] + a.set)
     data = work / "data"
-    ray.init(logging_level="WARNING")
+    ray.init(address="local", logging_level="WARNING")
     n_ctx = GPTConfig.preset(cfg.model, **cfg.model_overrides).n_ctx
     prepare([a.corpus], data, PrepareConfig(n_ctx=n_ctx, n_merges=8000), track=False)
     manifest = open_dataset(data)

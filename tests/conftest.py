@@ -57,7 +57,9 @@ def ray_session():
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     try:
         if not ray.is_initialized():
-            ray.init(num_cpus=2, include_dashboard=True, logging_level="WARNING")
+            # "local": a new instance, always. With no address, ray.init joins any Ray it finds
+            # running on the machine, such as one an earlier test's subprocess is still shutting down.
+            ray.init(address="local", num_cpus=2, include_dashboard=True, logging_level="WARNING")
         ray.data.range(1).count()
     finally:
         sys.stdout, sys.stderr = saved
