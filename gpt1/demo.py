@@ -37,11 +37,12 @@ class Size:
     dev: int
     steps: int  # pretraining updates
     samples: int  # --samples of each sweep: lr draws, each run at both λ of the demo space
+    seeds: int  # --seeds of each ablation row: its table cell is the mean ± std over them
 
 
-SIZES = {"default": Size(docs=8000, train=500, dev=200, steps=3000, samples=1),
+SIZES = {"default": Size(docs=8000, train=500, dev=200, steps=3000, samples=1, seeds=2),
          # Every stage at a fraction of the size, for CI: the same flow in a few minutes.
-         "ci": Size(docs=800, train=80, dev=60, steps=60, samples=1)}
+         "ci": Size(docs=800, train=80, dev=60, steps=60, samples=1, seeds=1)}
 
 
 def _sha(obj) -> str:
@@ -139,10 +140,12 @@ def run_demo(work: Path, size: Size, corpus: list[str] | None = None, tasks: dic
         files = sorted(str(p) for p in Path(d).iterdir() if p.is_file())
         # A grace period of every epoch: with two trials a task, ASHA would stop one at its first rung.
         opts = SweepOptions(samples=size.samples, space=str(space), ablations=True, grace_period=epochs,
-                            storage=str(work / "runs"), device="cpu")
+                            storage=str(work / "runs"), device="cpu", seeds=size.seeds)
         key = _sha({"checkpoint": sha256_file(ckpt / "model.safetensors"), "files": [sha256_file(Path(f)) for f in files],
                     "space": space.read_text(), "options": dataclasses.asdict(opts)})
         done = stages.get(f"sweep:{name}", key)
+        if done and "ablations" not in done:  # recorded by a version whose table had no seeds
+            done = None
         if done:
             print(f"[3/3] sweep {name} ({i}/{len(jobs)}): reusing MLflow run {done['parent_run_id']}", flush=True)
         else:
@@ -150,18 +153,26 @@ def run_demo(work: Path, size: Size, corpus: list[str] | None = None, tasks: dic
             r = sweep_task(task, Path(d), ckpt, opts, uri)
             done = {"parent_run_id": r["parent_run_id"], "metric": task.metrics[0], "best": r["best"],
                     "best_lm_coef": r["best_config"]["lm_coef"], "transformation": task.transformation,
-                    **{f"ablation_{a['ablation']}": a[task.metrics[0]] for a in r["ablations"]}}
+                    "seeds": size.seeds, "ablations": {a["ablation"]: [a["mean"], a["std"]] for a in r["ablation_summary"]}}
             stages.put(f"sweep:{name}", key, done)
         results[name] = done
 
     print()
     # "no pretraining" runs at the best trial's settings, its λ included: the two columns differ
     # in the pretraining alone.
+    if size.seeds > 1:
+        print(f"The ablation rows' cells: mean ± std of the best dev metric over {size.seeds} seeds.\n")
     print("| task | transformation | metric | best trial | its λ | no pretraining | full (λ 0.5) | λ = 0 |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
+
+    def cell(mean_std):
+        mean, std = mean_std
+        return f"{mean:.3f}" if size.seeds == 1 else f"{mean:.3f} ± {std:.3f}"
+
     for name, r in results.items():
+        a = r["ablations"]
         print(f"| {name} | {r['transformation']} | {r['metric']} | {r['best']:.3f} | {r['best_lm_coef']} | "
-              f"{r['ablation_no_pretraining']:.3f} | {r['ablation_full']:.3f} | {r['ablation_no_aux_lm']:.3f} |")
+              f"{cell(a['no_pretraining'])} | {cell(a['full'])} | {cell(a['no_aux_lm'])} |")
     print(f"\ndone in {time.perf_counter() - t_start:.0f} s. Compare the runs in the MLflow UI:\n"
           f"    mlflow ui --backend-store-uri {uri}\n"
           f"then open http://127.0.0.1:5000 and the experiments gpt1-finetune-<task>.")

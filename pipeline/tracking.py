@@ -153,8 +153,12 @@ def weights_sha256(ckpt: Path) -> str:
 
 def checkpoint_lineage(client, checkpoint: Path, where: str | None = None) -> dict[str, str]:
     """Tags linking a run to the checkpoint it read: its address (`where`, when checkpoint is a
-    local copy of one on object storage), its weights' and tokenizer's sha256, and the pretrain
-    run that wrote it (found by the run path its MLflow run is tagged with)."""
+    local copy of one on object storage), its weights' and tokenizer's sha256, and the run that
+    wrote it. A pretraining checkpoint's run is found by the run path its MLflow run is tagged
+    with; a fine-tuned model (it holds task.json) by its weights' sha256, which the sweep tags on
+    the trial whose model it registers, and that trial's pretrain run comes with it."""
+    import json
+
     from pipeline.data.packing import sha256_file
 
     ckpt = Path(checkpoint).absolute()
@@ -162,6 +166,14 @@ def checkpoint_lineage(client, checkpoint: Path, where: str | None = None) -> di
     tags = {"checkpoint": where, "checkpoint_sha256": weights_sha256(ckpt)}
     if (ckpt / "tokenizer.json").exists():
         tags["tokenizer_sha256"] = sha256_file(ckpt / "tokenizer.json")
+    if (ckpt / "task.json").exists():
+        task = json.loads((ckpt / "task.json").read_text()).get("task")
+        trial = find_run(client, f"gpt1-finetune-{task}", "model_sha256", tags["checkpoint_sha256"])
+        if trial is not None:
+            tags["finetune_run_id"] = trial.info.run_id
+            if "pretrain_run_id" in trial.data.tags:
+                tags["pretrain_run_id"] = trial.data.tags["pretrain_run_id"]
+        return tags
     pretrain = find_run(client, PRETRAIN_EXPERIMENT, "run_path", where.rsplit("/", 1)[0])
     if pretrain is not None:
         tags["pretrain_run_id"] = pretrain.info.run_id

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from model import GPT, GPTConfig
 from pipeline.data.packing import sha256_file
 from pipeline.data.tokenizer import train_tokenizer
+from gpt1.cli import main as cli
 from tuning.search import main
 
 SPACE = """
@@ -108,6 +109,11 @@ def test_sweep_logs_parent_and_trials_and_registers_the_best(task_checkpoint, ss
     m = client.download_artifacts(best_run, "model", str(tmp_path / "best"))
     assert GPT.from_pretrained(m).config.n_layer == 2
     assert json.load(open(f"{m}/task.json"))["task"] == "sst-2"
+    # Evaluating the registered model finds its trial and, through it, the pretrain run.
+    (tmp_path / "text.txt").write_text("the film was good and the music was fine\n\nthe plot was thin\n")
+    assert cli(["evaluate", "--checkpoint", m, "--corpus", str(tmp_path / "text.txt")]) == 0
+    (ev,) = client.search_runs([client.get_experiment_by_name("gpt1-evaluate").experiment_id])
+    assert ev.data.tags["finetune_run_id"] == best_run and ev.data.tags["pretrain_run_id"] == pretrain.info.run_id
 
 
 def test_bad_input_is_refused_before_any_trial(task_checkpoint, sst2, tmp_path, mlflow_uri, ray_session,

@@ -25,7 +25,7 @@ from tokenizers import Tokenizer
 
 from model import GPT, GPTConfig, GPTForTask, TaskHead, make_optimizer, make_schedule
 from pipeline import configio, errors
-from pipeline.data.tokenizer import DELIMITER, EXTRACT, RESERVED_TOKENS, START, load_tokenizer
+from pipeline.data.tokenizer import DELIMITER, EXTRACT, START
 from pipeline.runtime import autocast, check_device, local_device
 from pipeline.eval import metrics as metriclib
 from tuning.encode import Encoder, collate
@@ -69,10 +69,9 @@ class Pretrained:
     def load(cls, checkpoint) -> "Pretrained":
         """From any model directory that GPT.from_pretrained and load_tokenizer read; a training
         checkpoint's files (its tokenizer too) must be the ones its trainer_state.json lists."""
-        from pipeline.train.checkpoint import load_model
+        from pipeline.train.checkpoint import load_model_and_tokenizer
 
-        gpt, tok = load_model(checkpoint), load_tokenizer(checkpoint)
-        check_vocabulary(tok, gpt.config.vocab_size, checkpoint)
+        gpt, tok = load_model_and_tokenizer(checkpoint)
         return cls(gpt.config.to_dict(), {k: v.numpy() for k, v in gpt.state_dict().items()}, tok.to_str())
 
     def gpt(self) -> GPT:
@@ -150,15 +149,6 @@ def transfer_blocks(gpt: GPT, k: int) -> None:
         raise errors.ConfigError(f"n_transfer {k}: the checkpoint has {gpt.config.n_layer} blocks; "
                                  f"expected 0 to {gpt.config.n_layer} (or -1 for all)")
     gpt.reinit_blocks(k)
-
-
-def check_vocabulary(tok: Tokenizer, vocab_size: int, where) -> None:
-    """Every token of the tokenizer but the reserved ones (which fine-tuning adds) must have a
-    row in the model: else the checkpoint and its tokenizer do not belong together."""
-    ids = [i for t, i in tok.get_vocab(with_added_tokens=True).items() if t not in RESERVED_TOKENS]
-    if ids and max(ids) >= vocab_size:
-        raise errors.UserError(f"{where}: the tokenizer has ids up to {max(ids):,} but the model only "
-                               f"{vocab_size:,} embedding rows; expected a model and its own tokenizer")
 
 
 def _device(tm: TaskModel) -> torch.device:

@@ -214,11 +214,16 @@ def plot(rows: list[dict], metric: str, path: Path, title: str) -> Path:
 
 
 def register_best(client, task: str, run_id: str, model_dir: Path) -> str:
-    """The best trial's model as an artifact of its run, and a new version of gpt1-<task>."""
+    """The best trial's model as an artifact of its run, and a new version of gpt1-<task>. The
+    run is tagged with the model's weights' sha256: where the model goes, an evaluation of it
+    finds its run by that (pipeline.tracking.checkpoint_lineage)."""
     from mlflow.exceptions import MlflowException
+
+    from pipeline.tracking import weights_sha256
 
     name = f"gpt1-{task}"
     client.log_artifacts(run_id, str(model_dir), "model")
+    client.set_tag(run_id, "model_sha256", weights_sha256(Path(model_dir)))
     try:
         client.create_registered_model(name, description=f"GPT-1 fine-tuned on {task}: the best trial of each sweep")
     except MlflowException as err:

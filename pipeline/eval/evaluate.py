@@ -90,9 +90,10 @@ def evaluate(checkpoint, corpus: list[str], stride: int | None = None, fmt: str 
              text_split: str = "blank_line", device: str = "cpu") -> dict:
     """loss, perplexity, bits per byte and the counts behind them."""
     from pipeline.data.tokenizer import encode_texts
-    from pipeline.eval.generate import document_end, load
+    from pipeline.eval.generate import document_end
+    from pipeline.train.checkpoint import load_model_and_tokenizer
 
-    gpt, tok = load(checkpoint)
+    gpt, tok = load_model_and_tokenizer(checkpoint)
     n_ctx = gpt.config.n_ctx
     stride = n_ctx // 2 if stride is None else stride
     if not 1 <= stride < n_ctx:
@@ -170,10 +171,10 @@ def run(args: argparse.Namespace) -> None:
               f"perplexity {r['perplexity']:.2f}, {r['bits_per_byte']:.4f} bits per byte")
     results = []
     if tasks:
-        from pipeline.eval.generate import load
         from pipeline.eval.zero_shot import Scorer, run_task
+        from pipeline.train.checkpoint import load_model_and_tokenizer
 
-        gpt, tok = load(args.checkpoint)
+        gpt, tok = load_model_and_tokenizer(args.checkpoint)
         scorer = Scorer(gpt.to(device), tok, device)
         print("| task | split | examples | metric | zero-shot | majority class | random |")
         print("|---|---|---:|---|---:|---:|---:|")

@@ -44,23 +44,6 @@ def check(args: argparse.Namespace) -> None:
         raise c(f"--top-p {args.top_p}: expected a probability in (0, 1]")
 
 
-def load(checkpoint):
-    """The checkpoint's GPT and tokenizer; a directory without a tokenizer is one line."""
-    from pipeline.data.tokenizer import load_tokenizer
-    from pipeline.train.checkpoint import load_model
-
-    d = Path(checkpoint)
-    if not d.is_dir():
-        raise errors.UserError(f"--checkpoint {d}: no such model directory")
-    gpt = load_model(d)
-    try:
-        tok = load_tokenizer(d)
-    except FileNotFoundError:
-        raise errors.UserError(f"--checkpoint {d}: holds no tokenizer (tokenizer.json, or the released "
-                               "vocabulary's files); copy the tokenizer of the data it was trained on there") from None
-    return gpt, tok
-
-
 def document_end(tok, gpt) -> int | None:
     """The id of `_end_of_document_` where the model has a row for it: a model pretrained here
     was trained with it between documents; the released GPT-1 (40,478 + 3 rows) never saw it."""
@@ -100,6 +83,7 @@ def continuations(gpt, tok, prompt: str, max_new_tokens: int, temperature: float
 
 def run(args: argparse.Namespace) -> None:
     from pipeline.runtime import local_device
+    from pipeline.train.checkpoint import load_model_and_tokenizer
 
     check(args)
     prompt = args.prompt
@@ -108,7 +92,7 @@ def run(args: argparse.Namespace) -> None:
             prompt = Path(args.prompt_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
             raise errors.UserError(f"--prompt-file {args.prompt_file}: cannot read it as UTF-8 text ({err})") from None
-    gpt, tok = load(args.checkpoint)
+    gpt, tok = load_model_and_tokenizer(args.checkpoint)
     device = str(local_device(args.device))
     texts = continuations(gpt, tok, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                           args.seed, args.num_samples, device)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
 
 from model import GPT
 from pipeline.errors import UserError, model_input
@@ -118,6 +119,35 @@ def load_model(directory) -> GPT:
     check_complete(directory)
     with model_input(str(directory)):
         return GPT.from_pretrained(directory)
+
+
+def load_model_and_tokenizer(directory) -> tuple[GPT, Tokenizer]:
+    """A model directory's GPT (load_model) and its tokenizer (load_tokenizer), checked to belong
+    together; a missing directory or tokenizer is one line naming it."""
+    from pipeline.data.tokenizer import load_tokenizer
+
+    d = Path(directory)
+    if not d.is_dir():
+        raise UserError(f"--checkpoint {d}: no such model directory")
+    gpt = load_model(d)
+    try:
+        tok = load_tokenizer(d)
+    except FileNotFoundError:
+        raise UserError(f"--checkpoint {d}: holds no tokenizer (tokenizer.json, or the released "
+                        "vocabulary's files); copy the tokenizer of the data it was trained on there") from None
+    check_vocabulary(tok, gpt.config.vocab_size, d)
+    return gpt, tok
+
+
+def check_vocabulary(tok, vocab_size: int, where) -> None:
+    """Every token of the tokenizer but the reserved ones (which fine-tuning adds) must have a
+    row in the model: else the checkpoint and its tokenizer do not belong together."""
+    from pipeline.data.tokenizer import RESERVED_TOKENS
+
+    ids = [i for t, i in tok.get_vocab(with_added_tokens=True).items() if t not in RESERVED_TOKENS]
+    if ids and max(ids) >= vocab_size:
+        raise UserError(f"{where}: the tokenizer has ids up to {max(ids):,} but the model only "
+                        f"{vocab_size:,} embedding rows; expected a model and its own tokenizer")
 
 
 def read_state(directory) -> dict:

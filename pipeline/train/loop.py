@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import math
 import os
@@ -361,6 +362,14 @@ class Pretraining:
                 self.tracker.log_curves("zero_shot_", "zero_shot_curves.png", "zero-shot over pretraining (Fig. 2, right)")
         return {**metrics, "step": self.step}
 
+    @functools.cached_property
+    def scorer(self):
+        """The zero-shot scorer of this worker's model, made at the first evaluation that needs it."""
+        from pipeline.data.tokenizer import load_tokenizer
+        from pipeline.eval.zero_shot import Scorer
+
+        return Scorer(self.gpt, load_tokenizer(self.data / "tokenizer.json"), self.device.type)
+
     @torch.no_grad()
     def zero_shot(self) -> dict:
         """Rank 0: the paper's zero-shot heuristics on the model as it is now, each task's metric
@@ -368,17 +377,14 @@ class Pretraining:
         in its all-reduce, as they do for a checkpoint's save: about one evaluation's time."""
         if not self.cfg.zero_shot:
             return {}
-        from pipeline.data.tokenizer import load_tokenizer
-        from pipeline.eval.zero_shot import Scorer, run_task
+        from pipeline.eval.zero_shot import run_task
 
-        if not hasattr(self, "_scorer"):
-            self._scorer = Scorer(self.gpt, load_tokenizer(self.data / "tokenizer.json"), self.device.type)
         self.gpt.eval()
         out = {}
         with autocast(self.device, self.cfg.dtype):
             for spec in self.cfg.zero_shot:
                 name, _, d = spec.partition("=")
-                r = run_task(name, d, self._scorer, self.cfg.zero_shot_examples)
+                r = run_task(name, d, self.scorer, self.cfg.zero_shot_examples)
                 out[f"zero_shot_{r['task']}_{r['metric']}"] = r["value"]
         self.gpt.train()
         return out
