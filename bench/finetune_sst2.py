@@ -116,8 +116,12 @@ def main() -> None:
         ckpt, steps, s = Path(out["checkpoint"]), int(out["metrics"]["step"]), manifest["splits"]
         if a.zero_shot_points:
             from mlflow.tracking import MlflowClient
-            history = MlflowClient().get_metric_history(out["run_id"], "zero_shot_sst-2_accuracy")
-            zero_shot_curve = dict(sorted({m.step: m.value for m in sorted(history, key=lambda m: m.timestamp)}.items()))
+            def curve(key):  # each step's latest value (a resumed run logs a step again)
+                history = MlflowClient().get_metric_history(out["run_id"], key)
+                return {m.step: m.value for m in sorted(history, key=lambda m: m.timestamp)}
+
+            zero_shot_curve = {k: curve(k) for k in ("zero_shot_sst-2_accuracy", "val_bits_per_byte", "eval_s",
+                                                     "eval_zero_shot_s")}
         about = [f"unlabeled: {n_sentences:,} SST-2 training sentences + {', '.join(Path(c).name for c in corpus[1:])}; "
                  f"{s['train']['tokens']:,} train tokens, vocab {manifest['tokenizer']['vocab_size']:,}; "
                  f"prepare {prep_s:.0f} s",
@@ -163,11 +167,13 @@ def main() -> None:
     print()
     print(f"full - no pretraining: {100 * (acc['full'] - acc['no_pretraining']):+.1f} points (target: at least +5)")
     if zero_shot_curve:
+        c = zero_shot_curve
         print()
-        print("| pretraining step | SST-2 zero-shot dev accuracy |")
-        print("|---:|---:|")
-        for step, v in zero_shot_curve.items():
-            print(f"| {step:,} | {v:.4f} |")
+        print("| pretraining step | val bits per byte | SST-2 zero-shot dev accuracy | evaluation s | zero-shot s |")
+        print("|---:|---:|---:|---:|---:|")
+        for step in sorted(c["zero_shot_sst-2_accuracy"]):
+            print(f"| {step:,} | {c['val_bits_per_byte'][step]:.4f} | {c['zero_shot_sst-2_accuracy'][step]:.4f} | "
+                  f"{c['eval_s'][step]:.1f} | {c['eval_zero_shot_s'][step]:.1f} |")
     if a.transfer:
         from model import GPT
         n_layer = GPT.from_pretrained(ckpt).config.n_layer

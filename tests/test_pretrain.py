@@ -129,6 +129,9 @@ def test_loss_goes_down_and_the_run_is_tracked(reference, data):
     # The zero-shot curve (Fig. 2, right): one point per evaluation, and its plot.
     zs = losses(reference["run_id"], "zero_shot_sst-2_accuracy", reference["uri"])
     assert sorted(zs) == [30, 60, 90] and all(0.0 <= v <= 1.0 for v in zs.values())
+    # Its cost beside the evaluation's, both timed at every evaluation.
+    assert sorted(losses(reference["run_id"], "eval_zero_shot_s", reference["uri"])) == [30, 60, 90]
+    assert all(t > 0 for t in losses(reference["run_id"], "eval_s", reference["uri"]).values())
 
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model", "model-hf", "data", "pretrain_config.json", "zero_shot_curves.png"} <= arts

@@ -342,15 +342,21 @@ class Pretraining:
                         self.tracker.log(metrics, s)
                 t_log, losses, waited = time.perf_counter(), [], 0.0
             if cfg.eval_every and (s % cfg.eval_every == 0 or s == total) and self.n_val:
+                t_eval = time.perf_counter()
                 ev = self.evaluate()
+                ev["eval_s"] = time.perf_counter() - t_eval
                 metrics.update(ev)
                 if self.rank == 0:
                     say(f"step {s:,}: val loss {ev['val_loss']:.4f}, perplexity {ev['val_perplexity']:.2f}, "
-                        f"{ev['val_bits_per_byte']:.4f} bits per byte")
+                        f"{ev['val_bits_per_byte']:.4f} bits per byte ({ev['eval_s']:.1f} s)")
+                    # Timed beside the evaluation: what the other ranks wait for it, in MLflow.
+                    t_zero = time.perf_counter()
                     zs = self.zero_shot()
                     if zs:
+                        zs["eval_zero_shot_s"] = time.perf_counter() - t_zero
                         say(f"step {s:,}: zero-shot " + ", ".join(f"{k.removeprefix('zero_shot_')} {v:.4f}"
-                                                                   for k, v in zs.items()))
+                                                                   for k, v in zs.items() if k != "eval_zero_shot_s")
+                            + f" ({zs['eval_zero_shot_s']:.1f} s)")
                     if self.tracker:
                         self.tracker.log({**ev, **zs}, s)
             if s % cfg.checkpoint_every == 0 or s == total:
