@@ -24,6 +24,7 @@ from tokenizers import Tokenizer
 from model import GPT
 from pipeline.errors import UserError, model_input
 from pipeline.data.packing import sha256_file
+from pipeline.data.tokenizer import RESERVED_TOKENS, load_tokenizer
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -124,8 +125,6 @@ def load_model(directory) -> GPT:
 def load_model_and_tokenizer(directory) -> tuple[GPT, Tokenizer]:
     """A model directory's GPT (load_model) and its tokenizer (load_tokenizer), checked to belong
     together; a missing directory or tokenizer is one line naming it."""
-    from pipeline.data.tokenizer import load_tokenizer
-
     d = Path(directory)
     if not d.is_dir():
         raise UserError(f"--checkpoint {d}: no such model directory")
@@ -139,11 +138,9 @@ def load_model_and_tokenizer(directory) -> tuple[GPT, Tokenizer]:
     return gpt, tok
 
 
-def check_vocabulary(tok, vocab_size: int, where) -> None:
+def check_vocabulary(tok: Tokenizer, vocab_size: int, where) -> None:
     """Every token of the tokenizer but the reserved ones (which fine-tuning adds) must have a
     row in the model: else the checkpoint and its tokenizer do not belong together."""
-    from pipeline.data.tokenizer import RESERVED_TOKENS
-
     ids = [i for t, i in tok.get_vocab(with_added_tokens=True).items() if t not in RESERVED_TOKENS]
     if ids and max(ids) >= vocab_size:
         raise UserError(f"{where}: the tokenizer has ids up to {max(ids):,} but the model only "
