@@ -185,11 +185,14 @@ class Pretraining:
 
     def decide_total(self, seconds_per_step: float, spent: float) -> None:
         """The time budget as a step count: the steps that fit in what is left of max_minutes at
-        the rate measured, evaluations included (one is timed now), decided on rank 0 so that
-        every rank takes the same number."""
+        the rate measured, evaluations included (one is timed now, with rank 0's zero-shot
+        heuristics, which every rank waits for), decided on rank 0 so that every rank takes the
+        same number."""
         t0 = time.perf_counter()
         if self.cfg.eval_every and self.n_val:
             self.evaluate()
+            if self.rank == 0:
+                self.zero_shot()
         eval_s = time.perf_counter() - t0
         per_step = seconds_per_step + (eval_s / self.cfg.eval_every if self.cfg.eval_every else 0.0)
         left = self.cfg.max_minutes * 60 - spent - 2 * eval_s  # this evaluation, and the last one
