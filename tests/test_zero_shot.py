@@ -61,6 +61,42 @@ def test_sst2_compares_positive_with_negative_after_very(lm, tmp_path):
     assert r["examples"] == 30
 
 
+def test_one_token_answers_are_read_from_one_pass_a_sentence(tmp_path):
+    """Where "positive" and "negative" are one token each (as in the released vocabulary), both
+    come from the sentence's one forward pass: the same answers as scoring each by hand."""
+    from model import GPTConfig
+    from pipeline.data.tokenizer import train_tokenizer
+
+    tok = train_tokenizer([s for s, _ in reviews(200, 3)] + ["it was very positive", "it was very negative"] * 100,
+                          n_merges=400)
+    positive, negative = ids(tok, "positive"), ids(tok, "negative")
+    assert len(positive) == len(negative) == 1
+    torch.manual_seed(1)
+    gpt = GPT(GPTConfig.preset("tiny", vocab_size=tok.get_vocab_size())).eval()
+    write_sst2(tmp_path, n_train=40, n_dev=30)
+    dev = get("sst-2").load(tmp_path, "dev")
+    # A random model prefers one of the two words after every sentence. "negative"'s row is set
+    # midway to a token k that beats "positive" after about half the sentences, so that which
+    # word is likelier depends on the sentence ("negative" never occurs in them).
+    with torch.no_grad():
+        last = torch.stack([gpt(torch.tensor([ids(tok, ex.text[0] + " very")]))[0, -1] for ex in dev])
+        k = int(((last > last[:, positive]).float().mean(0) - 0.5).abs().argmin())
+        w = gpt.tokens_embed.weight
+        w[negative[0]] = (w[positive[0]] + w[k]) / 2
+    r = run_task("sst-2", tmp_path, Scorer(gpt, tok, batch=4))
+    pred = [int(logp(gpt, ids(tok, ex.text[0] + " very"), positive)[0] >
+                logp(gpt, ids(tok, ex.text[0] + " very"), negative)[0]) for ex in dev]
+    assert 0 < sum(pred) < len(pred)  # both answers occur: the comparison is what decides
+    assert r["value"] == pytest.approx(accuracy(np.array(pred), np.array([ex.label for ex in dev])))
+    # A context longer than n_ctx keeps its last n_ctx tokens.
+    long = sum((ids(tok, s) for s, _ in reviews(30, 5)), [])
+    got = Scorer(gpt, tok).next_token([long, long[:5]], [positive[0], negative[0]])
+    for row, ctx in zip(got, [long[-gpt.config.n_ctx:], long[:5]]):
+        with torch.no_grad():
+            want = gpt(torch.tensor([ctx]))[0, -1].log_softmax(-1)[[positive[0], negative[0]]].numpy()
+        np.testing.assert_allclose(row, want, rtol=1e-4, atol=1e-5)
+
+
 def write_cola(d, n: int, seed: int) -> None:
     rng = random.Random(seed)
     for split in ("train", "dev"):

@@ -83,38 +83,60 @@ class Scorer:
         """For each (context, continuation): log p of each continuation token given everything
         before it. A continuation keeps at most n_ctx - 1 tokens, and the context as many of its
         last tokens as then fit."""
-        import torch
-
         n_ctx = self.gpt.config.n_ctx
-        seqs = []
+        seqs, ns = [], []
         for ctx, cont in pairs:
             if not ctx:  # nothing before it (no document-start token): its first token is context only
                 ctx, cont = cont[:1], cont[1:]
             cont = cont[:n_ctx - 1]
-            ctx = ctx[max(len(ctx) - (n_ctx - len(cont)), 0):]
-            seqs.append((ctx + cont, len(cont)))
+            seqs.append(ctx[max(len(ctx) - (n_ctx - len(cont)), 0):] + cont)
+            ns.append(len(cont))
         out: list[np.ndarray] = [np.empty(0)] * len(seqs)
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))  # like lengths batch together
+        for i, logits in self._forward(seqs, lambda i: range(len(seqs[i]) - ns[i] - 1, len(seqs[i]) - 1)):
+            out[i] = logits.log_softmax(-1).gather(1, self._tensor(seqs[i][len(seqs[i]) - ns[i]:])[:, None])[:, 0].numpy()
+        return out
+
+    def next_token(self, contexts: list[list[int]], candidates: list[int]) -> np.ndarray:
+        """[contexts, candidates]: log p of each candidate token right after each context (cut on
+        the left to n_ctx): one forward pass a context, whatever the number of candidates."""
+        n_ctx = self.gpt.config.n_ctx
+        seqs = [ctx[-n_ctx:] for ctx in contexts]
+        out = np.empty((len(seqs), len(candidates)))
+        for i, logits in self._forward(seqs, lambda i: [len(seqs[i]) - 1]):
+            out[i] = logits.log_softmax(-1)[0, candidates].numpy()
+        return out
+
+    @staticmethod
+    def _tensor(ids):
+        import torch
+
+        return torch.tensor(ids, dtype=torch.long)
+
+    def _forward(self, seqs: list[list[int]], positions):
+        """(i, the float logits at positions(i) of seqs[i]) for every sequence, in batches of like
+        lengths (right-padded; the causal mask keeps padding out of every real position)."""
+        import torch
+
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         self.gpt.eval()
         with torch.no_grad():
             for b in range(0, len(order), self.batch):
                 group = order[b:b + self.batch]
-                width = max(len(seqs[i][0]) for i in group)
-                x = torch.zeros(len(group), width, dtype=torch.long)
+                x = torch.zeros(len(group), max(len(seqs[i]) for i in group), dtype=torch.long)
                 for row, i in enumerate(group):
-                    x[row, :len(seqs[i][0])] = torch.tensor(seqs[i][0])
-                lp = self.gpt(x.to(self.device)).float().log_softmax(-1).cpu()
+                    x[row, :len(seqs[i])] = self._tensor(seqs[i])
+                logits = self.gpt(x.to(self.device))
                 for row, i in enumerate(group):
-                    seq, n = seqs[i]
-                    pos = torch.arange(len(seq) - n, len(seq))
-                    out[i] = lp[row, pos - 1, torch.tensor(seq[len(seq) - n:])].numpy()
-        return out
+                    yield i, logits[row, self._tensor(list(positions(i))).to(logits.device)].float().cpu()
 
 
 def sst2(scorer: Scorer, examples) -> np.ndarray:
     """1 (positive) where "positive" is likelier than "negative" after the sentence and "very"."""
     contexts = scorer.ids([ex.text[0] + " very" for ex in examples])
     positive, negative = scorer.ids(["positive", "negative"])
+    if len(positive) == len(negative) == 1:  # one word each (the released vocabulary): one pass a sentence
+        lp = scorer.next_token(contexts, [positive[0], negative[0]])
+        return (lp[:, 0] > lp[:, 1]).astype(int)
     lp = scorer.logprobs([(c, w) for c in contexts for w in (positive, negative)])
     return np.array([int(lp[2 * i].sum() > lp[2 * i + 1].sum()) for i in range(len(examples))])
 
