@@ -2,6 +2,7 @@
 unpadded forward pass per example) for a tiny model; the tasks it defines none for are refused."""
 import json
 import random
+import threading
 
 import numpy as np
 import pytest
@@ -159,6 +160,73 @@ def test_multiple_choice_takes_the_likeliest_answer_per_token(lm, tmp_path):
                 for ex in exs]
         assert r["value"] == pytest.approx(accuracy(np.array(pred), np.array([ex.label for ex in exs]))), name
         assert r["random"] == pytest.approx(1 / len(task.labels)) and r["examples"] == len(exs)
+
+
+def as_ranks(world: int, fn) -> list:
+    """fn(share=, gather=) on `world` threads, each a rank of a data-parallel run; gather passes
+    objects through a barrier, as torch.distributed.all_gather_object does between processes."""
+    box, results, errors = [None] * world, [None] * world, []
+    barrier = threading.Barrier(world, timeout=120)
+
+    def gather_for(rank):
+        def gather(obj):
+            box[rank] = obj
+            barrier.wait()
+            out = list(box)
+            barrier.wait()  # every rank has read before any writes its next object
+            return out
+        return gather
+
+    def run(rank):
+        try:
+            results[rank] = fn(share=(rank, world), gather=gather_for(rank))
+        except BaseException as err:  # noqa: BLE001 - re-raised in the test's thread
+            errors.append(err)
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+class Counting(Scorer):
+    """A Scorer that counts the sequences it runs forward passes on."""
+    def _forward(self, seqs, positions):
+        self.sequences = getattr(self, "sequences", 0) + len(seqs)
+        return super()._forward(seqs, positions)
+
+
+def test_spread_over_ranks_each_scores_its_share_and_all_get_the_same_result(lm, tmp_path):
+    gpt, tok = lm
+    for d in ("sst2", "cola"):
+        (tmp_path / d).mkdir()
+    write_sst2(tmp_path / "sst2", n_train=40, n_dev=30)
+    write_cola(tmp_path / "cola", 40, 7)
+    for name, d in (("sst-2", tmp_path / "sst2"), ("cola", tmp_path / "cola")):
+        alone = Counting(gpt, tok, batch=4)
+        want = run_task(name, d, alone)
+        for world in (2, 3):
+            scorers = []
+
+            def one_rank(**spread):
+                scorers.append(Counting(gpt, tok, batch=4, **spread))
+                return run_task(name, d, scorers[-1])
+
+            for got in as_ranks(world, one_rank):
+                assert got == pytest.approx(want), (name, world)
+            # Each rank ran its share of the sequences: together, what one rank alone runs.
+            assert sum(sc.sequences for sc in scorers) == alone.sequences
+            assert max(sc.sequences for sc in scorers) <= -(-alone.sequences // world) + 2 * world
+    # The one-token path too.
+    contexts = [ids(tok, s) for s, _ in reviews(7, 2)]
+    want = Scorer(gpt, tok, batch=2).next_token(contexts, [3, 5])
+    for got in as_ranks(2, lambda **spread: Scorer(gpt, tok, batch=2, **spread).next_token(contexts, [3, 5])):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_tasks_without_a_heuristic_are_refused_in_one_line():

@@ -18,6 +18,7 @@ pretraining.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,11 +60,29 @@ def eval_split(name: str) -> str:
 
 @dataclass
 class Scorer:
-    """Log-probabilities of continuations under a GPT, in batches, contexts cut on the left to fit."""
+    """Log-probabilities of continuations under a GPT, in batches, contexts cut on the left to fit.
+
+    Spread over the workers of a data-parallel run: with share = (rank, world) and gather (all
+    ranks' objects, in rank order, from each rank's one), each rank scores every world-th item,
+    and every rank gets every item's result back, so what is computed from them is the same on
+    every rank."""
     gpt: object
     tok: object
     device: str = "cpu"
     batch: int = 16
+    share: tuple[int, int] = (0, 1)
+    gather: Callable[[object], list] | None = None
+
+    def _spread(self, n: int, score: Callable[[list[int]], list]) -> list:
+        """score(indices) -> their results, for this rank's indices; all n results, in order."""
+        rank, world = self.share
+        if world == 1:
+            return score(list(range(n)))
+        mine = list(range(rank, n, world))
+        out: list = [None] * n
+        for r, results in enumerate(self.gather(score(mine))):
+            out[r::world] = results
+        return out
 
     def ids(self, texts: list[str]) -> list[list[int]]:
         from pipeline.data.text import normalize
@@ -91,20 +110,30 @@ class Scorer:
             cont = cont[:n_ctx - 1]
             seqs.append(ctx[max(len(ctx) - (n_ctx - len(cont)), 0):] + cont)
             ns.append(len(cont))
-        out: list[np.ndarray] = [np.empty(0)] * len(seqs)
-        for i, logits in self._forward(seqs, lambda i: range(len(seqs[i]) - ns[i] - 1, len(seqs[i]) - 1)):
-            out[i] = logits.log_softmax(-1).gather(1, self._tensor(seqs[i][len(seqs[i]) - ns[i]:])[:, None])[:, 0].numpy()
-        return out
+        def score(idx: list[int]) -> list[np.ndarray]:
+            out: list[np.ndarray] = [np.empty(0)] * len(idx)
+            mine = [seqs[i] for i in idx]
+            for j, logits in self._forward(mine, lambda j: range(len(mine[j]) - ns[idx[j]] - 1, len(mine[j]) - 1)):
+                target = self._tensor(mine[j][len(mine[j]) - ns[idx[j]]:])
+                out[j] = logits.log_softmax(-1).gather(1, target[:, None])[:, 0].numpy()
+            return out
+
+        return self._spread(len(seqs), score)
 
     def next_token(self, contexts: list[list[int]], candidates: list[int]) -> np.ndarray:
         """[contexts, candidates]: log p of each candidate token right after each context (cut on
         the left to n_ctx): one forward pass a context, whatever the number of candidates."""
         n_ctx = self.gpt.config.n_ctx
         seqs = [ctx[-n_ctx:] for ctx in contexts]
-        out = np.empty((len(seqs), len(candidates)))
-        for i, logits in self._forward(seqs, lambda i: [len(seqs[i]) - 1]):
-            out[i] = logits.log_softmax(-1)[0, candidates].numpy()
-        return out
+
+        def score(idx: list[int]) -> list[np.ndarray]:
+            out: list[np.ndarray] = [np.empty(0)] * len(idx)
+            mine = [seqs[i] for i in idx]
+            for j, logits in self._forward(mine, lambda j: [len(mine[j]) - 1]):
+                out[j] = logits.log_softmax(-1)[0, candidates].numpy()
+            return out
+
+        return np.array(self._spread(len(seqs), score)).reshape(len(seqs), len(candidates))
 
     @staticmethod
     def _tensor(ids):

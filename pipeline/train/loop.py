@@ -132,6 +132,8 @@ class Pretraining:
         if spec.threads:
             torch.set_num_threads(spec.threads)
         self.rank, self.world, self.device = session.rank, session.world_size, session.device
+        if self.device.type == "cuda":  # NCCL's object collectives (the zero-shot's) use the current device
+            torch.cuda.set_device(self.device)
         # A local dataset, verified once per machine; one on object storage, staged once per node.
         failed = None
         try:
@@ -185,14 +187,12 @@ class Pretraining:
 
     def decide_total(self, seconds_per_step: float, spent: float) -> None:
         """The time budget as a step count: the steps that fit in what is left of max_minutes at
-        the rate measured, evaluations included (one is timed now, with rank 0's zero-shot
-        heuristics, which every rank waits for), decided on rank 0 so that every rank takes the
-        same number."""
+        the rate measured, evaluations included (one is timed now, with the zero-shot
+        heuristics, if any), decided on rank 0 so that every rank takes the same number."""
         t0 = time.perf_counter()
         if self.cfg.eval_every and self.n_val:
             self.evaluate()
-            if self.rank == 0:
-                self.zero_shot()
+            self.zero_shot()
         eval_s = time.perf_counter() - t0
         per_step = seconds_per_step + (eval_s / self.cfg.eval_every if self.cfg.eval_every else 0.0)
         left = self.cfg.max_minutes * 60 - spent - 2 * eval_s  # this evaluation, and the last one
@@ -349,14 +349,15 @@ class Pretraining:
                 ev = self.evaluate()
                 ev["eval_s"] = time.perf_counter() - t_eval
                 metrics.update(ev)
+                # Timed beside the evaluation, so that what a curve point costs is in the run.
+                t_zero = time.perf_counter()
+                zs = self.zero_shot()
+                if zs:
+                    zs["eval_zero_shot_s"] = time.perf_counter() - t_zero
                 if self.rank == 0:
                     say(f"step {s:,}: val loss {ev['val_loss']:.4f}, perplexity {ev['val_perplexity']:.2f}, "
                         f"{ev['val_bits_per_byte']:.4f} bits per byte ({ev['eval_s']:.1f} s)")
-                    # Timed beside the evaluation: what the other ranks wait for it, in MLflow.
-                    t_zero = time.perf_counter()
-                    zs = self.zero_shot()
                     if zs:
-                        zs["eval_zero_shot_s"] = time.perf_counter() - t_zero
                         say(f"step {s:,}: zero-shot " + ", ".join(f"{k.removeprefix('zero_shot_')} {v:.4f}"
                                                                    for k, v in zs.items() if k != "eval_zero_shot_s")
                             + f" ({zs['eval_zero_shot_s']:.1f} s)")
@@ -373,17 +374,24 @@ class Pretraining:
 
     @functools.cached_property
     def scorer(self):
-        """The zero-shot scorer of this worker's model, made at the first evaluation that needs it."""
+        """The zero-shot scorer of this worker's model, made at the first evaluation that needs
+        it: each rank scores its share of the examples, and all get every result back."""
         from pipeline.data.tokenizer import load_tokenizer
         from pipeline.eval.zero_shot import Scorer
 
-        return Scorer(self.gpt, load_tokenizer(self.data / "tokenizer.json"), self.device.type)
+        def gather(obj) -> list:
+            objs = [None] * self.world
+            dist.all_gather_object(objs, obj)
+            return objs
+
+        return Scorer(self.gpt, load_tokenizer(self.data / "tokenizer.json"), self.device.type,
+                      share=(self.rank, self.world), gather=gather if self.world > 1 else None)
 
     @torch.no_grad()
     def zero_shot(self) -> dict:
-        """Rank 0: the paper's zero-shot heuristics on the model as it is now, each task's metric
-        as zero_shot_<task>_<metric>. The other ranks go on to the next step and wait for rank 0
-        in its all-reduce, as they do for a checkpoint's save: about one evaluation's time."""
+        """Every rank: the paper's zero-shot heuristics on the model as it is now, each task's
+        metric as zero_shot_<task>_<metric>. The examples are spread over the ranks as the val
+        blocks are, so a curve point costs the same share of each worker's time on 1 or 64."""
         if not self.cfg.zero_shot:
             return {}
         from pipeline.eval.zero_shot import run_task
