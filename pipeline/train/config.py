@@ -30,7 +30,7 @@ class PretrainConfig:
     keep_checkpoints: int = 3
     max_failures: int = 3  # worker failures to recover from before the run fails
     zero_shot: list = field(default_factory=list)  # ["sst-2=DIR", ...]: the paper's heuristics at every evaluation
-    zero_shot_examples: int = 500  # per split and task, so that a curve point costs about an evaluation
+    zero_shot_examples: int = 500  # per split and task: bounds what a curve point costs (bench/zero_shot_cost.py)
 
 
 # Keys that change how a run is watched or kept, never its results: a run resumed with other
