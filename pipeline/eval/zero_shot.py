@@ -103,22 +103,22 @@ class Scorer:
         before it. A continuation keeps at most n_ctx - 1 tokens, and the context as many of its
         last tokens as then fit."""
         n_ctx = self.gpt.config.n_ctx
-        seqs, ns = [], []
+        items = []  # (sequence, the positions whose next token is scored, those tokens)
         for ctx, cont in pairs:
             if not ctx:  # nothing before it (no document-start token): its first token is context only
                 ctx, cont = cont[:1], cont[1:]
             cont = cont[:n_ctx - 1]
-            seqs.append(ctx[max(len(ctx) - (n_ctx - len(cont)), 0):] + cont)
-            ns.append(len(cont))
+            seq = ctx[max(len(ctx) - (n_ctx - len(cont)), 0):] + cont
+            items.append((seq, range(len(seq) - len(cont) - 1, len(seq) - 1), cont))
+
         def score(idx: list[int]) -> list[np.ndarray]:
-            out: list[np.ndarray] = [np.empty(0)] * len(idx)
-            mine = [seqs[i] for i in idx]
-            for j, logits in self._forward(mine, lambda j: range(len(mine[j]) - ns[idx[j]] - 1, len(mine[j]) - 1)):
-                target = self._tensor(mine[j][len(mine[j]) - ns[idx[j]]:])
-                out[j] = logits.log_softmax(-1).gather(1, target[:, None])[:, 0].numpy()
+            mine = [items[i] for i in idx]
+            out: list[np.ndarray] = [np.empty(0)] * len(mine)
+            for j, logits in self._forward([seq for seq, _, _ in mine], lambda j: mine[j][1]):
+                out[j] = logits.log_softmax(-1).gather(1, self._tensor(mine[j][2])[:, None])[:, 0].numpy()
             return out
 
-        return self._spread(len(seqs), score)
+        return self._spread(len(items), score)
 
     def next_token(self, contexts: list[list[int]], candidates: list[int]) -> np.ndarray:
         """[contexts, candidates]: log p of each candidate token right after each context (cut on
@@ -127,8 +127,8 @@ class Scorer:
         seqs = [ctx[-n_ctx:] for ctx in contexts]
 
         def score(idx: list[int]) -> list[np.ndarray]:
-            out: list[np.ndarray] = [np.empty(0)] * len(idx)
             mine = [seqs[i] for i in idx]
+            out: list[np.ndarray] = [np.empty(0)] * len(mine)
             for j, logits in self._forward(mine, lambda j: [len(mine[j]) - 1]):
                 out[j] = logits.log_softmax(-1)[0, candidates].numpy()
             return out
