@@ -11,7 +11,9 @@ that opens the MLflow UI on the results.
 
 A re-run reuses every stage whose inputs are unchanged: the dataset (prepare's fingerprint), the
 pretrained checkpoint and each task's sweep (recorded in WORKDIR/stages.json by the sha256 of
-their inputs). --fresh deletes WORKDIR and starts over (the MLflow store keeps the old runs).
+their inputs). --fresh deletes what an earlier demo wrote in WORKDIR (the entries stages.json
+lists, and nothing else: never WORKDIR itself, never an input of the same command) and starts
+over; the MLflow store keeps the old runs.
 --task NAME=PATH takes a registered task's directory (sst-2=glue/SST-2) or a directory with a
 task.yaml (transformation, text_columns, label_column, labels, files).
 """
@@ -49,12 +51,33 @@ def _sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# What the demo may write under WORKDIR, besides stages.json. A stages.json written before the
+# demo listed its entries is taken to have written those of them that exist.
+ENTRIES = ("builtin", "data", "runs")
+
+
 class Stages:
-    """WORKDIR/stages.json: each finished stage's result, under the sha256 of its inputs."""
+    """WORKDIR/stages.json: each finished stage's result, under the sha256 of its inputs, and the
+    entries of WORKDIR that the demo created (under "written"): the only ones --fresh removes,
+    and the only dataset it replaces."""
 
     def __init__(self, path: Path):
         self.path = path
         self.done = json.loads(path.read_text()) if path.exists() else {}
+        if path.exists() and "written" not in self.done:
+            self.done["written"] = [n for n in ENTRIES if (path.parent / n).exists()]
+        self.done.setdefault("written", [])
+
+    @property
+    def written(self) -> list[Path]:
+        return [self.path.parent / n for n in self.done["written"] if n in ENTRIES]
+
+    def claim(self, name: str) -> bool:
+        """Record WORKDIR/name as the demo's if it does not exist yet; whether it is the demo's."""
+        if name not in self.done["written"] and not (self.path.parent / name).exists():
+            self.done["written"].append(name)
+            self.save()
+        return name in self.done["written"]
 
     def get(self, stage: str, key: str):
         entry = self.done.get(stage)
@@ -62,16 +85,22 @@ class Stages:
 
     def put(self, stage: str, key: str, result) -> None:
         self.done[stage] = {"key": key, "result": result}
+        self.save()
+
+    def save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.done, indent=2, sort_keys=True) + "\n")
         tmp.replace(self.path)
 
 
-def builtin_data(work: Path, size: Size) -> tuple[list[str], dict[str, Path]]:
+def builtin_data(work: Path, size: Size, stages: Stages) -> tuple[list[str], dict[str, Path]]:
     """The built-in corpus and task directories, written (deterministically) under work/builtin."""
     from gpt1 import world
 
     d = work / "builtin"
+    if not stages.claim("builtin"):
+        from pipeline.outdir import check_replaceable
+        check_replaceable(d, "the demo's built-in data", lambda p: (p / "corpus.txt").is_file(), True)
     d.mkdir(parents=True, exist_ok=True)
     corpus = world.write_corpus(d / "corpus.txt", size.docs)
     return [str(corpus)], {n: world.write_task(n, d / n, size.train, size.dev) for n in world.TASKS}
@@ -101,24 +130,26 @@ def run_demo(work: Path, size: Size, corpus: list[str] | None = None, tasks: dic
     from pipeline.data.tasks import from_directory
 
     t_start = time.perf_counter()
-    if bool(corpus) != bool(tasks):
-        raise errors.ConfigError("--corpus and --task go together: give both, or neither for the built-in data")
-    if not tasks:
-        corpus, tasks = builtin_data(work, size)
-    jobs = {name: (from_directory(name, d), d) for name, d in tasks.items()}  # before anything is written
+    check_inputs(corpus, tasks)
+    jobs = {name: (from_directory(name, d), d) for name, d in (tasks or {}).items()}  # before anything is written
     from pipeline.tracking import check_store
     uri = tracking_uri()
-    check_store(uri)
+    check_store(uri, skippable=False)
     work.mkdir(parents=True, exist_ok=True)
     stages = Stages(work / "stages.json")
+    stages.save()
+    if not tasks:
+        corpus, tasks = builtin_data(work, size, stages)
+        jobs = {name: (from_directory(name, d), d) for name, d in tasks.items()}
 
     print(f"[1/3] prepare: {len(corpus)} corpus file(s) -> {work / 'data'}", flush=True)
     pcfg = configio.load(PretrainConfig(), str(PRESETS_DIR / "demo.yaml"))
     n_ctx = pcfg.model_overrides["n_ctx"]
     ray_init()
-    # The demo owns WORKDIR/data: other inputs replace it (the same ones are a no-op).
+    # WORKDIR/data, where the demo made it, is the demo's: other inputs replace it (the same ones
+    # are a no-op). A dataset it did not make is never replaced.
     manifest = prepare(corpus, work / "data", PrepareConfig(n_merges=2000, n_ctx=n_ctx, val_fraction=0.05),
-                       overwrite=True)
+                       overwrite=stages.claim("data"))
 
     pcfg = dataclasses.replace(pcfg, max_steps=size.steps)
     key = _sha({"data": manifest["fingerprint"], "config": dataclasses.asdict(pcfg)})
@@ -127,6 +158,7 @@ def run_demo(work: Path, size: Size, corpus: list[str] | None = None, tasks: dic
         print(f"[2/3] pretrain: reusing {pre['checkpoint']} (same data and config)", flush=True)
     else:
         print(f"[2/3] pretrain: {size.steps:,} steps of the demo preset on Ray Train", flush=True)
+        stages.claim("runs")
         out = pretrain(work / "data", pcfg, workers=1, storage=str(work / "runs"))
         pre = {"checkpoint": out["checkpoint"], "run_id": out["run_id"],
                "val_loss": out["metrics"].get("val_loss")}
@@ -188,14 +220,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", action="append", default=[], metavar="NAME=PATH", help="your labeled task (repeatable)")
 
 
+def check_inputs(corpus: list[str] | None, tasks: dict[str, Path] | None) -> None:
+    if bool(corpus) != bool(tasks):
+        raise errors.ConfigError("--corpus and --task go together: give both, or neither for the built-in data")
+
+
+def fresh(work: Path, inputs: list[Path]) -> None:
+    """--fresh: remove what an earlier demo wrote in work (stages.json's entries, and stages.json
+    itself), after checking that none of it holds one of inputs (this command's corpus, tasks and
+    MLflow store). work itself stays, with whatever else it holds."""
+    if not work.exists():
+        return
+    from pipeline import outdir
+    # Only a demo's own directory is touched: --workdir ~ --fresh must not empty a home.
+    outdir.check_replaceable(work, "a demo directory", lambda d: (d / "stages.json").is_file(), True)
+    if not (work / "stages.json").exists():
+        return  # empty
+    stages = Stages(work / "stages.json")
+    for entry in stages.written:
+        for path in inputs:
+            if entry in (path, *path.parents):
+                raise errors.ConfigError(f"--fresh: {entry} holds {path}, an input of this command; "
+                                         "move the input out of the demo's directory, or drop --fresh")
+    for entry in stages.written:
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink(missing_ok=True)
+    stages.path.unlink()
+
+
 def run(args: argparse.Namespace) -> None:
+    from pipeline.tracking import tracking_uri
+
     work = Path(args.workdir).absolute()
+    # Every argument is checked before anything is touched.
     tasks = parse_tasks(args.task)
-    if args.fresh and work.exists():
-        from pipeline import outdir
-        # Only a demo's own directory is deleted: --workdir ~ --fresh must not empty a home.
-        outdir.check_replaceable(work, "a demo directory", lambda d: (d / "stages.json").is_file(), True)
-        shutil.rmtree(work)
+    check_inputs(args.corpus, tasks)
+    if args.fresh:
+        inputs = [Path(c).absolute() for c in args.corpus or []] + list(tasks.values())
+        uri = tracking_uri()
+        if uri.startswith("sqlite:///"):
+            inputs.append(Path(uri.removeprefix("sqlite:///")).absolute())
+        fresh(work, inputs + [p.resolve() for p in inputs])
     run_demo(work, SIZES[args.size], args.corpus, tasks)
 
 

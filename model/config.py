@@ -38,6 +38,13 @@ class GPTConfig:
     def n_inner(self) -> int:
         return 4 * self.n_embd  # the paper's FFN width: 3072 for d_model 768
 
+    def n_params(self) -> int:
+        """GPT(self).num_params(), counted without building it: the two embedding tables, and per
+        block two LayerNorms, the attention's two projections and the MLP's two (with biases)."""
+        d = self.n_embd
+        block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * self.n_inner + self.n_inner) + (self.n_inner * d + d)
+        return (self.vocab_size + self.n_ctx) * d + self.n_layer * block
+
     @classmethod
     def preset(cls, name: str, **overrides) -> "GPTConfig":
         if name not in PRESETS:

@@ -187,6 +187,15 @@ class GPT(nn.Module):
         from .weights import read_weights
 
         config, sd = read_weights(directory, **overrides)
+        # The config is the directory's text and the weights its bytes: a config that asks for
+        # more than the files hold (n_layer 100000 beside 2 blocks of weights) is refused before
+        # anything that size is built.
+        held = sum(t.numel() for t in sd.values())
+        if held != config.n_params():
+            raise ValueError(f"{directory}: the config asks for {config.n_params():,} parameters "
+                             f"({config.n_layer} x {config.n_embd}, vocab {config.vocab_size:,}, n_ctx "
+                             f"{config.n_ctx}) but the weights hold {held:,}; the config and the weights do not "
+                             "belong together")
         # Built on the meta device and then handed the loaded tensors: no time spent drawing a
         # random init that is overwritten at once.
         with torch.device("meta"):

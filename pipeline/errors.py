@@ -1,10 +1,12 @@
-"""Errors and how a command ends: the UserError family as one line and exit status 2, Ctrl-C and
-SIGTERM as one line and status 130, anything else (a bug) with its traceback and status 1."""
+"""Errors and how a command ends: the UserError family as one line and exit status 2, object
+storage that stopped answering as one line and status 1, Ctrl-C and SIGTERM as one line and
+status 130, anything else (a bug) with its traceback and status 1."""
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import re
 import sys
 
 
@@ -15,6 +17,11 @@ class UserError(ValueError):
 
 class ConfigError(UserError):
     """A user's configuration mistake."""
+
+
+class StorageUnavailable(Exception):
+    """Object storage could not be reached, after the client's bounded retries: neither the
+    user's mistake nor a bug. One line, exit status 1; the same command resumes once it answers."""
 
 
 class Interrupted(Exception):
@@ -33,6 +40,42 @@ def disk_error(err: BaseException) -> UserError | None:
     if isinstance(err, Exception) and any(w in first for w in ("No space left on device", "Read-only file system")):
         return UserError(first)
     return None
+
+
+# pyarrow words an S3 failure "When <doing> key 'K' in bucket 'B': AWS Error CODE during OP: detail".
+_AWS = re.compile(r"AWS Error ([A-Z_]+)(?: \(HTTP status (\d+)\))?")
+_WHERE = re.compile(r"(?:key '([^']*)' in )?bucket '([^']*)'")
+_CAUSES = {
+    "ACCESS_DENIED": "access denied; check the credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE) and the bucket's policy",
+    "INVALID_ACCESS_KEY_ID": "the access key was refused; check AWS_ACCESS_KEY_ID or AWS_PROFILE",
+    "SIGNATURE_DOES_NOT_MATCH": "the secret key was refused; check AWS_SECRET_ACCESS_KEY or AWS_PROFILE",
+    "UNRECOGNIZED_CLIENT": "the credentials were refused; check AWS_ACCESS_KEY_ID or AWS_PROFILE",
+    "MISSING_AUTHENTICATION_TOKEN": "no credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
+    "NO_SUCH_BUCKET": "no such bucket; create it, or fix the URI",
+}
+_UNREACHABLE = ("NETWORK_CONNECTION", "SERVICE_UNAVAILABLE", "SLOW_DOWN", "REQUEST_TIMEOUT", "INTERNAL_FAILURE")
+
+
+def storage_error(err: BaseException) -> BaseException | None:
+    """err as one line naming the object and the cause, if it is pyarrow's S3 error: a
+    StorageUnavailable where the store could not be reached (or kept failing), else a UserError
+    (credentials, a missing bucket, a refusal)."""
+    if not isinstance(err, OSError):
+        return None
+    first = (str(err).splitlines() or [""])[0]
+    m = _AWS.search(first)
+    if m is None:
+        return None
+    code, status = m.group(1), m.group(2)
+    w = _WHERE.search(first)
+    uri = f"s3://{w.group(2)}" + (f"/{w.group(1)}" if w.group(1) else "") if w else "object storage"
+    detail = first[m.end():].split(": ", 1)[-1].strip()
+    if code in _UNREACHABLE:
+        return StorageUnavailable(f"{uri}: the object store did not answer ({code.lower()}: {detail[:160]}); "
+                                  "check AWS_ENDPOINT_URL and the network; the same command resumes once it answers")
+    cause = _CAUSES.get(code) or f"the object store refused it ({code.lower()}{f', HTTP {status}' if status else ''}: " \
+                                  f"{detail[:160]})"
+    return UserError(f"{uri}: {cause}")
 
 
 @contextlib.contextmanager
@@ -56,8 +99,8 @@ def user_error(err: BaseException) -> BaseException | None:
         seen.add(id(err))
         if isinstance(err, (UserError, FileNotFoundError)):
             found = err
-        elif found is None:  # a line already written wins over a disk error beneath it
-            found = disk_error(err)
+        elif found is None:  # a line already written wins over a disk or storage error beneath it
+            found = disk_error(err) or storage_error(err)
         err = getattr(err, "cause", None) or err.__cause__ or (None if err.__suppress_context__ else err.__context__)
     return found
 
@@ -99,14 +142,14 @@ def run_reporting(prog: str, func, args) -> int:
     try:
         func(args)
     except (Interrupted, KeyboardInterrupt) as err:
-        print(f"{prog}: {err or 'interrupted'}", file=sys.stderr)
+        print(f"{prog}: {str(err) or 'interrupted'}", file=sys.stderr)
         return 130
     except Exception as err:
         cause = user_error(err)
         if cause is None:  # a bug: its traceback, exit status 1
             raise
         print(f"{prog}: {cause}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(cause, StorageUnavailable) else 2
     finally:
         if main:
             signal.signal(signal.SIGTERM, old)

@@ -7,11 +7,15 @@ goes through here, so that none of them ever deletes what it did not make:
 - an existing directory is replaced only with --overwrite, and only if it is what the command
   makes (a dataset, a model directory, a fine-tuned model); anything else is refused, --overwrite
   or not;
-- the new directory is written under a hidden sibling name that carries the writer's pid, then
-  renamed into place; a later run removes the siblings whose writer is dead.
+- the new directory is written under a hidden sibling name that carries a fixed marker and the
+  writer's pid (.NAME.gpt1-TAG-PID-RANDOM), with a marker file inside, then renamed into place; a
+  later run removes the siblings whose writer is dead, and only those that carry both markers: a
+  user's own hidden folder beside the output (.model.backup-2019-12) is never taken for one.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -58,9 +62,22 @@ def check_writable(out: Path) -> None:
         raise UserError(f"{out}: cannot write in {parent} ({err.strerror or err}); choose a writable path") from None
 
 
+# What makes a hidden sibling the project's own: the name's marker, and this file inside.
+MARKER = "gpt1-"
+MARKER_FILE = ".gpt1-staging"
+
+
 def sibling(out: Path, tag: str) -> Path:
-    """A hidden name beside out for a directory being written: .NAME.TAG-PID-RANDOM."""
-    return out.parent / f".{out.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    """A new, empty directory beside out for a directory being written: .NAME.gpt1-TAG-PID-RANDOM,
+    holding the marker file that remove_orphans checks (publish takes it out again)."""
+    d = out.parent / f".{out.name}.{MARKER}{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    d.mkdir(parents=True)
+    mark(d)
+    return d
+
+
+def mark(d: Path) -> None:
+    (d / MARKER_FILE).write_text(f"{os.getpid()}\n")
 
 
 def alive(pid: int) -> bool:
@@ -73,27 +90,70 @@ def alive(pid: int) -> bool:
     return True
 
 
+def orphaned(p: Path) -> bool:
+    """Whether p is a staging directory of this project (both markers) whose writer is dead."""
+    pid = p.name.rsplit("-", 2)[-2] if p.name.count("-") >= 2 else ""
+    if not pid.isdigit() or int(pid) == os.getpid() or p.is_symlink() or not p.is_dir():
+        return False
+    try:
+        marked = (p / MARKER_FILE).read_text().strip() == pid
+    except (OSError, UnicodeDecodeError):
+        return False
+    return marked and not alive(int(pid))
+
+
 def remove_orphans(out: Path) -> list[Path]:
-    """Remove the hidden siblings of out left by writers that died (killed, machine lost)."""
+    """Remove the staging siblings of out left by writers that died (killed, machine lost)."""
     removed = []
     if not out.parent.is_dir():
         return removed
-    for p in out.parent.glob(f".{out.name}.*-*-*"):
-        pid = p.name.rsplit("-", 2)[-2]
-        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    for p in out.parent.glob(f".{out.name}.{MARKER}*-*-*"):
+        if orphaned(p):
+            shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Rename the finished staging directory tmp to final (absent), without its marker file."""
+    (tmp / MARKER_FILE).unlink(missing_ok=True)
+    os.rename(tmp, final)
+
+
+@contextlib.contextmanager
+def writer_lock(out: Path, what: str):
+    """One writer of out on this machine at a time: a second is refused while the first lives.
+    An flock on a file under ~/.cache/gpt1/locks (never beside the user's output), so that a
+    killed writer leaves nothing stuck."""
+    import fcntl
+
+    from pipeline.errors import UserError
+
+    locks = Path.home() / ".cache" / "gpt1" / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / (hashlib.sha256(str(out.absolute()).encode()).hexdigest()[:16] + ".lock"), "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise UserError(f"{out}: another {what} is writing here (pid {f.read().strip() or '?'}); wait for it "
+                            "to end, or choose another path") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
 
 
 def swap_into_place(tmp: Path, out: Path) -> None:
     """Rename the finished tmp to out, replacing what is there (already checked replaceable)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
-        old = sibling(out, "old")
+        old = out.parent / f".{out.name}.{MARKER}old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         os.rename(out, old)
-        os.rename(tmp, out)
+        mark(old)  # a kill before the rmtree below leaves it for remove_orphans
+        publish(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.rename(tmp, out)
+        publish(tmp, out)
 

@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import socket
 import tempfile
+import threading
+import time
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -22,6 +27,20 @@ def is_remote(spec) -> bool:
 
 def local_path(spec) -> Path:
     return Path(str(spec).removeprefix("file://")).absolute()
+
+
+def inside(root: Path, name: str, source: str) -> Path:
+    """root/name, where name is someone else's text (an object's key, a name in a manifest):
+    refused unless it resolves to a path under root, so that '..', an absolute name or a link
+    never carries a write out of the directory it is meant for."""
+    from pipeline.errors import UserError
+
+    root = Path(root).resolve()
+    dest = (root / name).resolve()
+    if root not in dest.parents:
+        raise UserError(f"{source}: the name {name!r} leads outside the directory it is copied to; "
+                        "refusing it (is the prefix or manifest someone else's?)")
+    return dest
 
 
 def files_under(fs: pafs.FileSystem, base: str) -> list[str]:
@@ -49,9 +68,13 @@ def delete(fs: pafs.FileSystem, base: str, names: list[str], first: str | None =
 
 
 def upload(local: Path, fs: pafs.FileSystem, base: str, last: str) -> None:
-    """Copy the files under local to base, `last` after all others. If a copy fails, what was
-    copied is deleted again (best effort) and the error raised."""
-    files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: (p.name == last, p.as_posix()))
+    """Copy the files under local to base, `last` after all others (a staging directory's marker
+    file is not copied). If a copy fails, what was copied is deleted again (best effort) and the
+    error raised."""
+    from pipeline.outdir import MARKER_FILE
+
+    files = sorted((p for p in local.rglob("*") if p.is_file() and p.name != MARKER_FILE),
+                   key=lambda p: (p.name == last, p.as_posix()))
     done: list[str] = []
     try:
         for f in files:
@@ -63,6 +86,73 @@ def upload(local: Path, fs: pafs.FileSystem, base: str, last: str) -> None:
     except BaseException:
         delete(fs, base, done, first=last)
         raise
+
+
+LEASE = "_lease.json"
+
+
+@contextlib.contextmanager
+def lease(fs: pafs.FileSystem, base: str, uri: str, what: str, ttl: float = 120.0) -> Iterator[None]:
+    """Hold the prefix base for one writer while the block runs. Object storage has no file lock,
+    and pyarrow cannot make a conditional put, so this is a lease: an object base/_lease.json with
+    the writer's host, pid, a random token and the time, written again every ttl/4 seconds. A
+    second writer is refused while the lease is fresh (younger than ttl) or its writer is a live
+    process of this machine; a lease its writer stopped renewing (killed, machine lost) is taken
+    over. Two writers that start at the same moment both write theirs, wait, and read it back:
+    the one whose token is not there steps back."""
+    from pipeline.errors import UserError
+
+    path = f"{base}/{LEASE}"
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
+
+    def held_by() -> dict | None:
+        try:
+            other = read_json(fs, path)
+        except FileNotFoundError:
+            return None
+        except (ValueError, UnicodeDecodeError, OSError):
+            return None  # a lease cut off mid-write: nobody's
+        if not isinstance(other, dict) or other.get("token") == me["token"]:
+            return None
+        here = other.get("host") == me["host"] and isinstance(other.get("pid"), int)
+        from pipeline.outdir import alive
+        if (here and alive(other["pid"])) or (not here and time.time() - float(other.get("time", 0)) < ttl):
+            return other
+        return None
+
+    def refuse(other: dict):
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(other.get("time", 0))))
+        raise UserError(f"{uri}: another {what} is writing here (pid {other.get('pid')} on "
+                        f"{other.get('host')}, lease renewed {since}); wait for it to end (a lease not renewed "
+                        f"for {ttl:.0f} s is taken over), or choose another prefix")
+
+    def write():
+        with fs.open_output_stream(path) as f:
+            f.write(json.dumps({**me, "time": time.time()}).encode())
+
+    if (other := held_by()) is not None:
+        refuse(other)
+    write()
+    time.sleep(min(1.0, ttl / 10))  # a writer that started at the same moment has written its own by now
+    if (other := held_by()) is not None:
+        refuse(other)
+    stop = threading.Event()
+
+    def renew():
+        while not stop.wait(ttl / 4):
+            with contextlib.suppress(OSError):
+                write()
+
+    renewer = threading.Thread(target=renew, name="gpt1-lease", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
+        with contextlib.suppress(OSError):
+            if read_json(fs, path).get("token") == me["token"]:
+                fs.delete_file(path)
 
 
 def only_these(names: list[str], pattern: str) -> str | None:
@@ -94,7 +184,7 @@ def fetched(spec, what: str) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="gpt1-fetched-") as tmp:
         local = Path(tmp) / uri.rsplit("/", 1)[-1]
         for name in names:
-            dest = local / name if name else local
+            dest = inside(local, name, f"{uri}/{name}") if name else local
             dest.parent.mkdir(parents=True, exist_ok=True)
             pafs.copy_files(f"{base}/{name}" if name else base, str(dest), source_filesystem=fs,
                             destination_filesystem=pafs.LocalFileSystem())

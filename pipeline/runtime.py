@@ -15,7 +15,17 @@ def ray_init() -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, logging_level=logging.WARNING)
+    try:
+        ray.init(address=address, logging_level=logging.WARNING)
+    except ConnectionError as err:
+        from pipeline.errors import UserError
+
+        auth = os.environ.get("RAY_AUTH_MODE")
+        hint = ("a cluster started with `ray start` (Ray 2.60) asks for its token: set RAY_AUTH_MODE=token "
+                "(with RAY_AUTH_TOKEN, or the head's ~/.ray/auth_token copied here)" if auth != "token" else
+                "check that the cluster is up and that RAY_AUTH_TOKEN (or ~/.ray/auth_token) is the head's")
+        raise UserError(f"RAY_ADDRESS={address}: could not join the cluster ({str(err).splitlines()[0]}); "
+                        f"{hint}; unset RAY_ADDRESS to start a local instance instead") from None
     where = ray.get_runtime_context().gcs_address
     print(f"Ray: {'a new local instance' if address == 'local' else 'the cluster'} at {where}", flush=True)
 

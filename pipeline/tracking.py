@@ -12,18 +12,23 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-def check_store(uri: str) -> None:
+def check_store(uri: str, skippable: bool = True) -> None:
     """Raise UserError unless the MLflow store at uri can be read and written: checked before a
     stage does its work, so that a bad store costs a line, not the work.
 
     An SQLite store is opened and a write is tried (and rolled back); a new one needs a writable
-    directory. An HTTP server must answer /health within 10 s. Other stores are left to MLflow."""
+    directory, and is created here, its tables made and migrated by one process of the machine at
+    a time: two commands started at once on a new store would both migrate it, and the second
+    would fail at its end ("duplicate column name"). An HTTP server must answer /health within
+    10 s. Other stores are left to MLflow."""
     import sqlite3
     import urllib.request
 
     from pipeline.errors import UserError
 
-    fix = "set MLFLOW_TRACKING_URI to a usable store (sqlite:///PATH/mlflow.db), or pass --no-mlflow"
+    # skippable: whether the command has --no-mlflow (a sweep's and the demo's results are their runs).
+    fix = "set MLFLOW_TRACKING_URI to a usable store (sqlite:///PATH/mlflow.db)" + (", or pass --no-mlflow"
+                                                                                  if skippable else "")
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         if not path.exists():
@@ -32,7 +37,7 @@ def check_store(uri: str) -> None:
                 check_writable(path)
             except UserError as err:
                 raise UserError(f"MLflow store {uri}: cannot be created ({err}); {fix}") from None
-            return
+        _create_store(uri, path)
         try:
             con = sqlite3.connect(f"file:{path}?mode=rw", uri=True, isolation_level=None, timeout=10)
             try:
@@ -50,6 +55,20 @@ def check_store(uri: str) -> None:
             raise UserError(f"MLflow server {uri}: does not answer ({err}); {fix}") from None
     elif "://" not in uri or uri.startswith("file:"):
         raise UserError(f"MLflow store {uri}: a file store, which this MLflow cannot use; {fix}")
+
+
+def _create_store(uri: str, path: Path) -> None:
+    """MLflow's tables in the SQLite store at path, made or migrated under a lock of the machine
+    (a no-op for a store already up to date)."""
+    import hashlib
+
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from pipeline.data.dataset import machine_lock
+
+    key = hashlib.sha256(str(path.absolute()).encode()).hexdigest()[:16]
+    with machine_lock(Path.home() / ".cache" / "gpt1" / "locks" / f"mlflow-{key}.lock"):
+        SqlAlchemyStore(uri, artifact_root(uri))
 
 
 def artifact_root(uri: str) -> str | None:

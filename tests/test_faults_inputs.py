@@ -298,11 +298,13 @@ def test_12_a_binary_file_without_nul_bytes_is_refused(tmp_path, capsys, ray_ses
 def test_13_prepare_removes_the_orphans_of_a_killed_run(corpus, tmp_path, capsys, ray_session):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
-    orphan = tmp_path / f".ds.tmp-{dead}-deadbeef"
+    orphan = tmp_path / f".ds.gpt1-tmp-{dead}-deadbeef"
     (orphan / "train").mkdir(parents=True)
+    (orphan / ".gpt1-staging").write_text(dead)
     (orphan / "train" / "part.parquet").write_bytes(b"half")
-    live = tmp_path / f".ds.tmp-{os.getpid()}-cafecafe"  # a live writer's is left alone
+    live = tmp_path / f".ds.gpt1-tmp-{os.getpid()}-cafecafe"  # a live writer's is left alone
     live.mkdir()
+    (live / ".gpt1-staging").write_text(str(os.getpid()))
     assert gpt1(prepare_args(corpus, tmp_path / "ds")) == 0
     assert not orphan.exists() and live.exists()
 

@@ -137,11 +137,13 @@ def test_6_13_damaged_checkpoints_and_leftovers(data, tmp_path, capsys, sst2):
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
-    staging = run / f".checkpoint_000000060.tmp-{dead}-0badc0de"
+    staging = run / f".checkpoint_000000060.gpt1-tmp-{dead}-0badc0de"
     staging.mkdir()
+    (staging / ".gpt1-staging").write_text(dead)
     (staging / "model.safetensors").write_bytes(b"half")
     tmp_ckpt = Path(tempfile.gettempdir()) / f"gpt1-ckpt-{dead}-abc"
     tmp_ckpt.mkdir()
+    (tmp_ckpt / ".gpt1-staging").write_text(dead)
     assert gpt1(args(data, storage)) == 0  # done already: resumes at 40 of 40 and ends
     assert not staging.exists() and not tmp_ckpt.exists()
 

@@ -23,6 +23,8 @@ def test_checkpoints_on_s3_are_complete_and_the_run_resumes(s3, tmp_path):
            "--set", "max_steps=20", "--set", "batch_size=4", "--set", "checkpoint_every=10", "--set", "eval_every=0"]
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
+    # The line that names the checkpoint to resume from gives its whole URI.
+    assert "newest checkpoint s3://gpt1-test/runs/r/checkpoint_000000020" in first.stdout, first.stdout[-2000:]
     assert latest_checkpoint("s3://gpt1-test/runs/r") == ("s3://gpt1-test/runs/r/checkpoint_000000020", 20)
     import pyarrow.fs as pafs
 

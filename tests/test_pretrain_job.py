@@ -49,7 +49,7 @@ def head(tmp_path):
             if proc.poll() is not None:
                 pytest.fail(f"ray start exited: {proc.stdout.read().decode()[-2000:]}")
             time.sleep(1)
-    yield address, env
+    yield address, env, port
     # The head's processes share ray start's session: all of them go at once (a graceful stop
     # takes half a minute, and nothing of this head is used again).
     os.killpg(proc.pid, signal.SIGKILL)
@@ -60,7 +60,7 @@ def head(tmp_path):
 def test_ray_job_submit_to_a_local_head(head, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    address, env = head
+    address, env, _ = head
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(documents(600, seed=5)) + "\n")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -90,3 +90,18 @@ def test_ray_job_submit_to_a_local_head(head, tmp_path):
     assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "2"
     assert "prepare_run_id" in run.data.tags  # lineage to the prepare job's run
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 20 // 5
+
+
+@pytest.mark.slow
+def test_joining_a_token_cluster_without_ray_auth_mode_is_one_line(head, tmp_path):
+    _, env, gcs_port = head
+    env = {k: v for k, v in env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    (tmp_path / "c.txt").write_text("\n\n".join(documents(20, seed=1)) + "\n")
+    out = subprocess.run([sys.executable, "-m", "gpt1.cli", "prepare", "--corpus", str(tmp_path / "c.txt"),
+                          "--out", str(tmp_path / "ds"), "--no-mlflow"],
+                         env={**env, "RAY_ADDRESS": f"127.0.0.1:{gcs_port}", "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    mine = [line for line in out.stderr.splitlines() if line.startswith("gpt1 prepare:")]
+    assert len(mine) == 1 and "RAY_AUTH_MODE=token" in mine[0] and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "ds").exists()

@@ -217,8 +217,12 @@ def test_weights_that_do_not_fit_the_config_are_a_clear_error(tmp_path):
     random_gpt().save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "n_layer": 3}))
-    with pytest.raises(ValueError, match="do not fit the config.*h.2"):
+    with pytest.raises(ValueError, match=r"asks for .* parameters \(3 x 32.* the weights hold"):
         GPT.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "n_ctx": 32}))
+    with pytest.raises(ValueError, match=r"asks for .* n_ctx 32\) but the weights hold"):
+        GPT.from_pretrained(tmp_path)
+    # As many parameters, in other shapes: the tensors are named.
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "n_ctx": cfg["n_ctx"] + 16, "vocab_size": cfg["vocab_size"] - 16}))
     with pytest.raises(ValueError, match="do not fit the config.*size mismatch"):
         GPT.from_pretrained(tmp_path)

@@ -106,6 +106,9 @@ def resources(device: str, max_concurrent: int) -> tuple[dict, int, str]:
 
 def run_tuner(name: str, trainable, space: dict, samples: int, metric: str, scheduler, storage: str,
               callbacks: list, concurrent: int, seed: int):
+    """Tune's experiment storage/name: run, or, where one of that name was cut off (its driver
+    killed), restored from its own experiment state and run to its end: the trials that ended are
+    not run again."""
     import os
 
     from ray import tune
@@ -117,6 +120,14 @@ def run_tuner(name: str, trainable, space: dict, samples: int, metric: str, sche
     # Ctrl-C reaches the sweep as KeyboardInterrupt: Tune's own handler would end the run early and
     # hand back a half-empty result that the tables cannot be made from.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    path = f"{storage}/{name}"
+    if tune.Tuner.can_restore(path):
+        print(f"{name}: resuming Tune's experiment at {path}", flush=True)
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+        # The restored RunConfig holds the callbacks pickled when the experiment started, whose
+        # MLflow runs are the dead driver's: this driver's own take their place.
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+        return tuner.fit()
     tuner = tune.Tuner(
         trainable, param_space=space,
         tune_config=tune.TuneConfig(metric=metric, mode="max", num_samples=samples, scheduler=scheduler,
@@ -166,14 +177,21 @@ def sweep_task(task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: 
     files = {s: data_dir / f for s, f in task.splits.items() if (data_dir / f).is_file() and not s.startswith("test")}
 
     stamp = f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    client, exp, pid, tags = tracking.start_parent(uri, task.name, f"sweep-{task.name}-{stamp}", checkpoint, files,
-                                                   {"samples": str(opts.samples), "ablations": str(opts.ablations)},
-                                                   where)
+    # What makes two sweeps the same sweep, besides their inputs: a rerun of a command whose
+    # driver was killed resumes it (its parent run and Tune's experiments), not a second one.
+    stable = {k: f"{type(v.get_sampler()).__name__} {v.domain_str}" if isinstance(v, Domain) else v
+              for k, v in space.items()}  # a sampler's repr holds its address: its kind and range instead
+    settings = {"space": stable, **{k: v for k, v in dataclasses.asdict(opts).items()
+                                    if k not in ("max_concurrent", "storage", "device")}}
+    client, exp, pid, tags, parent_name, resumed = tracking.start_parent(
+        uri, task.name, f"sweep-{task.name}-{stamp}", checkpoint, files,
+        {"samples": str(opts.samples), "ablations": str(opts.ablations)}, where, settings)
+    stamp = parent_name.rsplit(f"sweep-{task.name}-", 1)[-1]  # a resumed sweep's own
     grids = math.prod(len(v["grid_search"]) for v in space.values() if isinstance(v, dict) and "grid_search" in v)
     print(f"sweep {task.name}: {opts.samples * grids} trial(s) over {describe(space) or 'a fixed config'}"
           f"{' + 3 ablation rows' if opts.ablations else ''}; {len(splits['train']):,} train / "
           f"{len(splits['dev']):,} dev examples; {concurrent} at a time, each with {per_trial}; "
-          f"MLflow parent run {pid}", flush=True)
+          f"MLflow parent run {pid}{' (resumed)' if resumed else ''}", flush=True)
     # Trials are named by the keys the space varies (lr=2.1e-4 λ=0.5 ep=3), ablation rows by row and seed.
     varying = [k for k, v in space.items() if isinstance(v, (dict, Domain))]
     callback = tracking.TrialRuns(uri, exp, pid, tags, [*task.metrics, "train_loss", "epoch"], varying)
@@ -215,7 +233,7 @@ def sweep_task(task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: 
     except KeyboardInterrupt:
         status = "KILLED"
         raise errors.Interrupted(f"sweep {task.name} interrupted; the trials so far are in MLflow under parent "
-                                 f"run {pid} (marked KILLED); running the command again starts a new sweep") from None
+                                 f"run {pid} (marked KILLED); the same command resumes the sweep") from None
     finally:
         finish_run(uri, pid, status)
 
@@ -273,7 +291,7 @@ def _sweep(task_name: str, data: Path, checkpoint: Path, where: str, opts: Sweep
     for task, _ in jobs:
         load_space(FinetuneConfig(), task.name, opts.space, opts.sets, check=check_config)
     uri = tracking_uri()
-    check_store(uri)
+    check_store(uri, skippable=False)
     ray_init()
     errors.sigterm_as_interrupt()  # again: ray.init put its own handler in place
     return {task.name: sweep_task(task, d, checkpoint, opts, uri, where) for task, d in jobs}

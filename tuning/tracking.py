@@ -31,18 +31,50 @@ def lineage(client, checkpoint: Path, files: dict[str, Path], where: str | None 
 
 
 def start_parent(uri: str, task: str, name: str, checkpoint: Path, files: dict[str, Path], tags: dict[str, str],
-                 where: str | None = None):
-    """The sweep's parent run in gpt1-finetune-<task>, tagged with its lineage; returns (client,
-    experiment id, parent run id, lineage tags) for the trials' runs to share."""
+                 where: str | None = None, settings: dict | None = None):
+    """The sweep's parent run in gpt1-finetune-<task>, tagged with its lineage and a key of its
+    inputs and settings (sweep_key). Where an earlier sweep with the same key never finished (its
+    driver was killed, or interrupted), that parent is taken up again instead: its name, and so
+    its Tune experiments, are the resumed sweep's, and its trial runs left RUNNING are marked
+    KILLED. A parent still RUNNING under a live driver of this machine is another sweep: refused.
+    Returns (client, experiment id, parent run id, lineage tags, the parent's name, resumed)."""
+    import hashlib
+    import json
+    import os
+    import socket
+
     from mlflow.tracking import MlflowClient
 
+    from pipeline.errors import ConfigError
+    from pipeline.outdir import alive
     from pipeline.tracking import experiment_id
 
     client = MlflowClient(uri)
     exp = experiment_id(client, f"gpt1-finetune-{task}")
     lineage_tags = lineage(client, checkpoint, files, where)
-    parent = client.create_run(exp, run_name=name, tags={**lineage_tags, "task": task, **tags})
-    return client, exp, parent.info.run_id, lineage_tags
+    key = hashlib.sha256(json.dumps({"lineage": {k: v for k, v in lineage_tags.items() if k != "checkpoint"},
+                                     "task": task, "settings": settings or {}},
+                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    driver = {"driver_host": socket.gethostname(), "driver_pid": str(os.getpid())}
+    found = client.search_runs([exp], f"tags.sweep_key = '{key}'", order_by=["attributes.start_time DESC"],
+                               max_results=1)
+    old = found[0] if found and found[0].info.status != "FINISHED" else None
+    if old is not None:
+        t = old.data.tags
+        if (old.info.status == "RUNNING" and t.get("driver_host") == driver["driver_host"]
+                and t.get("driver_pid", "").isdigit() and alive(int(t["driver_pid"]))):
+            raise ConfigError(f"sweep {task}: the same sweep is running (pid {t['driver_pid']}, MLflow run "
+                              f"{old.info.run_id}); wait for it to end")
+        pid = old.info.run_id
+        for child in client.search_runs([exp], f"tags.`{PARENT_TAG}` = '{pid}' and attributes.status = 'RUNNING'"):
+            client.set_terminated(child.info.run_id, "KILLED")  # its driver is gone; Tune runs it again
+        client.update_run(pid, status="RUNNING")
+        for k, v in driver.items():
+            client.set_tag(pid, k, v)
+        return client, exp, pid, lineage_tags, old.info.run_name, True
+    parent = client.create_run(exp, run_name=name, tags={**lineage_tags, "task": task, "sweep_key": key, **driver,
+                                                         **tags})
+    return client, exp, parent.info.run_id, lineage_tags, name, False
 
 
 def log_parent(client, pid: str, task, metric: str, rows, ablation_rows, best_result, runs) -> dict:
@@ -106,9 +138,16 @@ class TrialRuns(tune.Callback):
                  varying: list[str] = ()):
         from mlflow.tracking import MlflowClient
 
+        from pipeline.tracking import RunLogger
+
         self.uri, self.client, self.experiment = uri, MlflowClient(uri), experiment
         self.parent, self.tags, self.metrics, self.varying = parent_run_id, tags, metrics, list(varying)
         self.loggers: dict = {}  # trial id -> RunLogger of its run
+        # A resumed sweep: the trials that ended before its driver was lost keep their runs (those
+        # it left RUNNING were marked KILLED, and their trials get new runs when Tune runs them again).
+        for run in self.client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{parent_run_id}' and "
+                                                         "attributes.status != 'KILLED'"):
+            self.loggers[run.data.tags["trial_id"]] = RunLogger(uri, run.info.run_id)
 
     @property
     def runs(self) -> dict[str, str]:

@@ -102,7 +102,8 @@ def resolve_inputs(specs: list[str], forced_format: str = "auto") -> list[InputF
             if info.type == pafs.FileType.NotFound:
                 raise CorpusError(f"{spec}: no such file or directory")
             if info.type == pafs.FileType.Directory:
-                infos = [i for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                infos = [i for i in (fs.get_file_info(pafs.FileSelector(path, recursive=True)) if scheme
+                                     else [fs.get_file_info(p) for p in _walk_local(path)])
                          if i.type == pafs.FileType.File and not i.base_name.startswith(".")]
                 if forced_format == "auto":
                     # A directory's README, LICENSE or checksum file is not corpus: skipped, by
@@ -123,9 +124,43 @@ def resolve_inputs(specs: list[str], forced_format: str = "auto") -> list[InputF
     return files
 
 
+def _walk_local(root: str) -> list[str]:
+    """Every file under a local directory, each real file once: links to directories are followed
+    once each (a link back up the tree would read it again and again), and a link that leads to
+    a file already read, or nowhere (a loop, a missing target), is skipped, named on stderr."""
+    seen_dirs, seen_files, out = set(), set(), []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            print(f"prepare: skipping {dirpath}: a link to a directory already read ({real})", file=sys.stderr)
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
+        dirnames.sort()
+        for name in sorted(filenames):
+            _once(os.path.join(dirpath, name), seen_files, out)
+    return out
+
+
+def _once(path: str, seen: set, out: list) -> None:
+    if not os.path.isfile(path):
+        print(f"prepare: skipping {path}: a link that leads nowhere (a loop or a missing target)", file=sys.stderr)
+        return
+    real = os.path.realpath(path)
+    if real in seen:
+        print(f"prepare: skipping {path}: a link to a file already read ({real})", file=sys.stderr)
+        return
+    seen.add(real)
+    out.append(path)
+
+
 def _glob(fs: pafs.FileSystem, pattern: str, local: bool) -> list[pafs.FileInfo]:
     if local:
-        return [fs.get_file_info(p) for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+        seen, paths = set(), []
+        for p in sorted(glob.glob(pattern, recursive=True)):
+            if not os.path.isdir(p):
+                _once(p, seen, paths)
+        return [fs.get_file_info(p) for p in paths]
     base = pattern[:min(pattern.find(c) for c in "*?[" if c in pattern)].rsplit("/", 1)[0]
     return [i for i in fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
             if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, pattern)]

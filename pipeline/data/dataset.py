@@ -74,13 +74,22 @@ def open_dataset(path, verify: bool = True) -> dict:
     if not verify:
         return manifest
     verify_once(d, manifest)
-    tok = load_tokenizer(d / "tokenizer.json")
-    if tokenizer_sha256(tok) != manifest["tokenizer"]["sha256"]:
-        raise DataError(f"{d / 'tokenizer.json'}: sha256 differs from the manifest's")
-    if tok.get_vocab_size(with_added_tokens=True) != manifest["tokenizer"]["vocab_size"]:
-        raise DataError(f"{d / 'manifest.json'}: tokenizer.vocab_size {manifest['tokenizer']['vocab_size']!r}, but "
-                        f"tokenizer.json has {tok.get_vocab_size(with_added_tokens=True):,} tokens")
+    check_tokenizer(d, manifest)
     return manifest
+
+
+def check_tokenizer(where, manifest: dict) -> None:
+    """The dataset's tokenizer.json (in a directory, or under a URI) is the one its manifest names,
+    and has as many tokens as the manifest says: vocab_size sizes the model, so a manifest edited
+    to ask for 3e8 rows is refused here, before any worker allocates them."""
+    label = str(where).rstrip("/")
+    with remote.fetched(f"{label}/tokenizer.json", "the dataset's tokenizer.json") as t:
+        tok = load_tokenizer(t)
+    if tokenizer_sha256(tok) != manifest["tokenizer"]["sha256"]:
+        raise DataError(f"{label}/tokenizer.json: sha256 differs from the manifest's")
+    if tok.get_vocab_size(with_added_tokens=True) != manifest["tokenizer"]["vocab_size"]:
+        raise DataError(f"{label}/manifest.json: tokenizer.vocab_size {manifest['tokenizer']['vocab_size']!r}, but "
+                        f"tokenizer.json has {tok.get_vocab_size(with_added_tokens=True):,} tokens")
 
 
 def verification_cache() -> Path:

@@ -23,7 +23,9 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import re
 import shutil
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -109,44 +111,51 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
         source = tokenizer_sha256(tok)
     # What a re-run compares before reading a byte: the inputs' names, sizes and times.
     source_key = _key([[f.uri, f.size, f.mtime_ns] for f in files], cfg, source, n_val)
-    existing = _remote_manifest(fs, base, out, overwrite) if remote else _local_manifest(out, overwrite)
-    if existing is not None and (existing.get("source_key") == source_key or
-                                 _same_contents(existing, files, cfg, source, n_val)):
-        print(f"{out} is up to date (same inputs and options): nothing to do")
-        return existing
-    if remote:
-        remote_store.delete(fs, base, _remote_leftovers(fs, base, out, existing, overwrite), first="manifest.json")
-    else:
-        outdir.check_replaceable(out, "a prepared dataset", is_dataset, overwrite, CorpusError)
-        outdir.check_writable(out)
-        outdir.remove_orphans(out)
-        tmp = outdir.sibling(out, "tmp")
-        tmp.mkdir()
-        fs, base = pafs.LocalFileSystem(), str(tmp)
-    meta = Path(tempfile.mkdtemp(prefix="gpt1-prepare-"))  # manifest and tokenizer, also for MLflow
-    try:
-        manifest = _work(files, cfg, val_files, tok, source, source_key, fs, base, out if remote else base, local, meta)
-        if not remote:
-            outdir.swap_into_place(tmp, out)
-    except BaseException:
+    # One prepare of an output at a time: a second is refused while the first lives, so that it
+    # never replaces (or mixes into) the first's dataset.
+    with remote_store.lease(fs, base, out, "prepare") if remote else outdir.writer_lock(out, "prepare"):
+        existing = _remote_manifest(fs, base, out, overwrite) if remote else _local_manifest(out, overwrite)
+        if existing is not None and (existing.get("source_key") == source_key or
+                                     _same_contents(existing, files, cfg, source, n_val)):
+            print(f"{out} is up to date (same inputs and options): nothing to do")
+            return existing
         if remote:
-            _clear(fs, base)
+            remote_store.delete(fs, base, _remote_leftovers(fs, base, out, existing, overwrite), first="manifest.json")
         else:
-            shutil.rmtree(tmp, ignore_errors=True)
+            outdir.check_replaceable(out, "a prepared dataset", is_dataset, overwrite, CorpusError)
+            outdir.check_writable(out)
+            outdir.remove_orphans(out)
+            tmp = outdir.sibling(out, "tmp")
+            fs, base = pafs.LocalFileSystem(), str(tmp)
+        meta = Path(tempfile.mkdtemp(prefix="gpt1-prepare-"))  # manifest and tokenizer, also for MLflow
+        try:
+            manifest = _work(files, cfg, val_files, tok, source, source_key, fs, base, out if remote else base, local, meta)
+            if not remote:
+                outdir.swap_into_place(tmp, out)
+        except BaseException:
+            if remote:
+                _clear(fs, base)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(meta, ignore_errors=True)
+            raise
+        elapsed, cpu = time.time() - t0, time.process_time() - cpu0
+        s = manifest["splits"]
+        mb = sum(f.size for f in files) / 1e6
+        print(f"prepared {out}: {s['train']['documents'] + s['val']['documents']:,} documents, "
+              f"{s['train']['tokens'] + s['val']['tokens']:,} tokens ({s['train']['blocks']:,} train / "
+              f"{s['val']['blocks']:,} val blocks of {cfg.n_ctx + 1}) from {mb:,.1f} MB in {elapsed:,.1f} s "
+              f"({mb / elapsed:,.2f} MB/s); the driver used {cpu:,.1f} s of CPU ({cpu / elapsed:.0%} of one core)")
+        if s["val"]["blocks"] == 0 and (cfg.val_fraction > 0 or n_val):  # said, not left for pretraining's evaluation to find
+            print(f"warning: {out}: the val split holds {s['val']['documents']:,} documents and no block of "
+                  f"{cfg.n_ctx + 1} tokens, so pretraining cannot measure a val loss on it; "
+                  f"{'give a longer --val-corpus' if n_val else 'raise val_fraction or give --val-corpus'}",
+                  file=sys.stderr, flush=True)
+        if track:
+            from pipeline.tracking import log_prepare
+            log_prepare(out, cfg, manifest, files=meta)
         shutil.rmtree(meta, ignore_errors=True)
-        raise
-    elapsed, cpu = time.time() - t0, time.process_time() - cpu0
-    s = manifest["splits"]
-    mb = sum(f.size for f in files) / 1e6
-    print(f"prepared {out}: {s['train']['documents'] + s['val']['documents']:,} documents, "
-          f"{s['train']['tokens'] + s['val']['tokens']:,} tokens ({s['train']['blocks']:,} train / "
-          f"{s['val']['blocks']:,} val blocks of {cfg.n_ctx + 1}) from {mb:,.1f} MB in {elapsed:,.1f} s "
-          f"({mb / elapsed:,.2f} MB/s); the driver used {cpu:,.1f} s of CPU ({cpu / elapsed:.0%} of one core)")
-    if track:
-        from pipeline.tracking import log_prepare
-        log_prepare(out, cfg, manifest, files=meta)
-    shutil.rmtree(meta, ignore_errors=True)
-    return manifest
+        return manifest
 
 
 def _same_contents(existing: dict, files: list[InputFile], cfg: PrepareConfig, source: str, n_val: int) -> bool:
@@ -264,7 +273,7 @@ def _assemble(out_uri: str, jobs: list, local: bool) -> list[str]:
 def _clear(fs, base: str) -> None:
     """After a failed run on object storage: what it wrote (and nothing else) deleted again,
     the manifest first."""
-    names = remote_store.files_under(fs, base)
+    names = [n for n in remote_store.files_under(fs, base) if n != remote_store.LEASE]  # the lease: its holder's
     if remote_store.only_these(names, _DATASET_FILES) is None:
         remote_store.delete(fs, base, names, first="manifest.json")
 
@@ -301,7 +310,7 @@ def _remote_manifest(fs, base: str, out: str, overwrite: bool) -> dict | None:
 # What prepare writes under its output, and nothing else: a prefix that holds other files is
 # never cleared. (shard-*.parquet: format 2's, replaced with --overwrite.)
 _DATASET_FILES = (r"manifest\.json|tokenizer\.json|(train|val)/shard-\d{5}\.(bin|parquet)"
-                  r"|_work/item-\d{6}-(train|val)\.bin")
+                  r"|_work/item-\d{6}-(train|val)\.bin|" + re.escape(remote_store.LEASE))
 
 
 def _remote_leftovers(fs, base: str, out: str, existing: dict | None, overwrite: bool) -> list[str]:
@@ -315,7 +324,7 @@ def _remote_leftovers(fs, base: str, out: str, existing: dict | None, overwrite:
                           "--overwrite or not: choose another prefix")
     if existing is not None and not overwrite:
         raise CorpusError(f"{out}: already holds a different prepared dataset; pass --overwrite to replace it")
-    return names
+    return [n for n in names if n != remote_store.LEASE]
 
 
 def _on_ray_data(worker_cls, kwargs: dict, items: list[dict], cfg: PrepareConfig, merge=None):

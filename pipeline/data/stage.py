@@ -45,8 +45,9 @@ def local_copy(uri: str) -> tuple[Path, dict]:
 def _download(uri: str, manifest: dict, dest: Path) -> None:
     fs, base = pafs.FileSystem.from_uri(uri)
     want = {**{n: s["sha256"] for n, s in manifest["shards"].items()}, "tokenizer.json": manifest["tokenizer"]["sha256"]}
-    for name in sorted(want):
-        path = dest / name
+    # Every name checked before a byte is written: each must land under dest.
+    paths = {name: remote.inside(dest, name, f"{uri}/manifest.json") for name in sorted(want)}
+    for name, path in paths.items():
         if path.exists():  # staged by an earlier attempt: renamed into place only once verified
             continue
         path.parent.mkdir(parents=True, exist_ok=True)

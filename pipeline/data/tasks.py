@@ -20,9 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from pipeline.data.text import normalize
 from pipeline.errors import UserError
 
 csv.field_size_limit(sys.maxsize)
+
+# The longest text a row may hold. The model reads n_ctx tokens (a few thousand characters) of
+# it; a longer text only costs memory in the tokenizer (~100 bytes a token), so a 50 MB row is
+# refused by its line, not tokenized.
+MAX_TEXT_CHARS = 1 << 20
 
 
 class TaskError(UserError):
@@ -79,8 +85,11 @@ def _label(task: Task, raw: str, where: str) -> int | float:
 
 def _text(raw: str, where: str, column: str) -> str:
     text = raw.strip()
-    if not text:
-        raise TaskError(f"{where}: {column} is empty")
+    if len(text) > MAX_TEXT_CHARS:
+        raise TaskError(f"{where}: {column} holds {len(text):,} characters; expected at most {MAX_TEXT_CHARS:,} "
+                        "(the model reads its first few thousand): is the row's quoting or line ending broken?")
+    if not normalize(text):  # control characters alone (NUL bytes, say) are nothing once normalised
+        raise TaskError(f"{where}: {column} is empty" + (" (only control characters)" if text else ""))
     return text
 
 

@@ -20,6 +20,9 @@ from pipeline.data.packing import to_bytes, write_shard
 from pipeline.data.tokenizer import END_OF_DOCUMENT, encode_texts, word_counts
 
 MAX_PIECE_CHARS = 100_000  # longer documents are tokenized in pieces cut at whitespace
+# Characters handed to the tokenizer in one call: its per-token objects (Rust encodings, Python
+# ints) cost ~100 bytes a token, so a call's memory is bounded by this, not by a document's length.
+ENCODE_CHARS = 1 << 20
 WORK = "_work"  # the part files, under the output until the shards are made from them
 SPLITS = ("train", "val")
 
@@ -73,7 +76,9 @@ class CountWords(_Docs):
     receives each distinct word once and never the text."""
 
     def process(self, item):
-        counts = word_counts((t for _, t, _, _, val in self.of(item) if t and not val), lowercase=True)
+        # Word by word from bounded pieces: a 50 MB line is never pre-tokenized whole.
+        counts = word_counts((p for _, t, _, _, val in self.of(item) if t and not val for p in _cut(t, MAX_PIECE_CHARS)),
+                             lowercase=True)
         if counts:
             yield {"word": np.array(list(counts), dtype=object),
                    "count": np.fromiter(counts.values(), dtype=np.int64, count=len(counts))}
@@ -136,14 +141,25 @@ class Tokenize(_Docs):
         return pa.table({k: pa.array([row[k]], t) for k, t in _SUMMARY.items()})
 
     def _encode(self, docs, row: dict, write) -> None:
-        pieces, owner = [], []
+        arrays, owner, group, size = [], [], [], 0
+
+        def encode_group():
+            # Each call's ids become compact arrays at once: memory follows ENCODE_CHARS.
+            arrays.extend(np.array(ids, dtype=np.int32) for ids in encode_texts(self.tok, group))
+            group.clear()
+
         for d, (_, text, *_rest) in enumerate(docs):
             for piece in _cut(text, MAX_PIECE_CHARS):
-                pieces.append(piece)
+                if size + len(piece) > ENCODE_CHARS and group:
+                    encode_group()
+                    size = 0
+                group.append(piece)
                 owner.append(d)
-        arrays = [np.array(ids, dtype=np.int64) for ids in encode_texts(self.tok, pieces)]
+                size += len(piece)
+        if group:
+            encode_group()
         # Pieces are in document order, so their concatenation is the documents' concatenation.
-        values = np.concatenate(arrays) if arrays else np.empty(0, np.int64)
+        values = np.concatenate(arrays) if arrays else np.empty(0, np.int32)
         lengths = np.bincount(owner, weights=[len(a) for a in arrays], minlength=len(docs)).astype(np.int64)
         val = np.array([d[4] for d in docs], bool)
         n_bytes = np.array([d[2] for d in docs], np.int64)

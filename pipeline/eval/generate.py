@@ -13,6 +13,7 @@ continuation stops early at `_end_of_document_` where the model has that token.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from pipeline import errors
@@ -36,8 +37,8 @@ def check(args: argparse.Namespace) -> None:
     c = errors.ConfigError
     if args.max_new_tokens < 1 or args.num_samples < 1:
         raise c("--max-new-tokens and --num-samples: expected at least 1")
-    if args.temperature < 0:
-        raise c(f"--temperature {args.temperature}: expected >= 0 (0 is greedy)")
+    if not 0 <= args.temperature < math.inf:  # nan fails this too
+        raise c(f"--temperature {args.temperature}: expected a finite number >= 0 (0 is greedy)")
     if args.top_k is not None and args.top_k < 1:
         raise c(f"--top-k {args.top_k}: expected at least 1")
     if args.top_p is not None and not 0 < args.top_p <= 1:

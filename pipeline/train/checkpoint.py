@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from model import GPT
+from pipeline import outdir
 from pipeline.errors import UserError, model_input
 from pipeline.data.packing import sha256_file
 from pipeline.data.tokenizer import RESERVED_TOKENS, load_tokenizer
@@ -47,7 +48,7 @@ def save_checkpoint(directory, gpt: GPT, optimizer: torch.optim.Optimizer, state
         tensors["rng/cuda"] = torch.cuda.get_rng_state()
     save_file(tensors, str(d / OPTIMIZER_FILE))
     files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-             for p in sorted(d.iterdir()) if p.is_file() and p.name != STATE_FILE}
+             for p in sorted(d.iterdir()) if p.is_file() and p.name not in (STATE_FILE, outdir.MARKER_FILE)}
     (d / STATE_FILE).write_text(json.dumps({**state, "files": files}, indent=2, sort_keys=True) + "\n")
 
 
@@ -140,11 +141,19 @@ def load_model_and_tokenizer(directory) -> tuple[GPT, Tokenizer]:
 
 def check_vocabulary(tok: Tokenizer, vocab_size: int, where) -> None:
     """Every token of the tokenizer but the reserved ones (which fine-tuning adds) must have a
-    row in the model: else the checkpoint and its tokenizer do not belong together."""
-    ids = [i for t, i in tok.get_vocab(with_added_tokens=True).items() if t not in RESERVED_TOKENS]
+    row in the model: else the checkpoint and its tokenizer do not belong together. The reserved
+    ones may follow the table, no further: fine-tuning grows the table to the largest of them."""
+    vocab = tok.get_vocab(with_added_tokens=True)
+    ids = [i for t, i in vocab.items() if t not in RESERVED_TOKENS]
     if ids and max(ids) >= vocab_size:
         raise UserError(f"{where}: the tokenizer has ids up to {max(ids):,} but the model only "
                         f"{vocab_size:,} embedding rows; expected a model and its own tokenizer")
+    reserved = {t: vocab[t] for t in RESERVED_TOKENS if t in vocab}
+    bound = vocab_size + len(RESERVED_TOKENS)
+    far = [f"{t} at {i:,}" for t, i in reserved.items() if i >= bound]
+    if far:
+        raise UserError(f"{where}: the tokenizer puts {', '.join(far)}, past the model's {vocab_size:,} rows and "
+                        f"the {len(RESERVED_TOKENS)} reserved ones after them; expected ids below {bound:,}")
 
 
 def read_state(directory) -> dict:

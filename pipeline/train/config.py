@@ -1,6 +1,7 @@
 """PretrainConfig: the pretraining settings, with their ranges, shared by the stage and its loop."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from pipeline import configio, errors
@@ -53,6 +54,23 @@ def micro_batch(cfg: PretrainConfig, workers: int, recorded: int | None = None) 
                 f"of those, or another --name to start a new run")
         return recorded
     return min(cap, cfg.batch_size // max(workers, 1))
+
+
+# A run name is one path component under --storage (and Ray Train's name for the run): a
+# name with a slash or '..' would put the run elsewhere, or split it between two places.
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_name(name: str) -> None:
+    if not _RUN_NAME.fullmatch(name) or ".." in name:
+        raise errors.ConfigError(f"--name {name!r}: expected one name of letters, digits, '.', '_' and '-' "
+                                 "(no '/' or '..', at most 128 characters): the run lives at STORAGE/NAME")
+
+
+def default_run_name(data: str, model: str, asked: str) -> str:
+    """From the dataset's last path component, its unsafe characters replaced by '_'."""
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", str(data).rstrip("/").rsplit("/", 1)[-1]).lstrip("._-") or "data"
+    return f"{base[:80]}-{model}-{asked}"
 
 
 def check_config(cfg: PretrainConfig, workers: int) -> None:

@@ -87,7 +87,6 @@ class LocalSession:
         from pipeline import outdir
 
         d = outdir.sibling(self.run_dir / name, "tmp")
-        d.mkdir(parents=True)
         try:
             yield d
         finally:
@@ -96,7 +95,9 @@ class LocalSession:
     def report(self, metrics: dict, checkpoint_dir: Path | None = None, name: str | None = None) -> None:
         self.last_metrics = metrics
         if self.run_dir is not None and checkpoint_dir is not None:
-            os.rename(checkpoint_dir, self.run_dir / name)
+            from pipeline import outdir
+
+            outdir.publish(checkpoint_dir, self.run_dir / name)
 
 
 def micro_seed(seed: int, step: int, j: int) -> int:

@@ -25,10 +25,11 @@ from pathlib import Path
 from model import GPTConfig
 from pipeline import configio, errors
 from pipeline import remote
-from pipeline.data.dataset import BlockOrder, check_fits, open_dataset, read_dataset
+from pipeline.data.dataset import BlockOrder, check_fits, check_tokenizer, open_dataset, read_dataset
 from pipeline.runtime import check_device, storage_path
 from pipeline.tracking import check_store, finish_run, start_pretrain_run, tracking_uri
-from pipeline.train.config import NOT_IN_IDENTITY, PretrainConfig, check_config, micro_batch
+from pipeline.train.config import (NOT_IN_IDENTITY, PretrainConfig, check_config, check_run_name, default_run_name,
+                                   micro_batch)
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 RUN_FILE = "gpt1_run.json"  # in STORAGE/RUN: what the run was started with
@@ -121,9 +122,12 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
     # Object storage: the manifest and a listing here (sizes only); every node's first worker
     # stages the shards and verifies them as they arrive (pipeline/data/stage.py). A local
     # directory: verified here, once per machine.
+    if name is not None:
+        check_run_name(name)
     if remote.is_remote(data):
         data = str(data).rstrip("/")
         manifest = read_dataset(data)
+        check_tokenizer(data, manifest)
     else:
         data = remote.local_path(data)
         manifest = open_dataset(data)
@@ -162,7 +166,7 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
     # The default name comes from the settings as given, so that a resume on another worker
     # count (another micro-batch for a new run) finds the same run.
     asked = hashlib.sha256(json.dumps(identity(cfg, gcfg, manifest), sort_keys=True).encode()).hexdigest()[:8]
-    name = name or f"{str(data).rsplit('/', 1)[-1]}-{cfg.model}-{asked}"
+    name = name or default_run_name(str(data), cfg.model, asked)
     storage = storage_path(storage)
     run_path = f"{storage}/{name}"
     if "://" not in storage:
@@ -220,6 +224,8 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
     if run_id:
         finish_run(uri, run_id, "FINISHED")
     checkpoint = result.checkpoint.path if result.checkpoint else None
+    if checkpoint and remote.is_remote(run_path):  # Ray's path is inside the bucket, without the scheme
+        checkpoint = f"{run_path.split('://', 1)[0]}://{checkpoint.split('://', 1)[-1]}"
     m = result.metrics or {}
     line = f"run {name} done at step {m.get('step', total):,}"
     if "val_bits_per_byte" in m:

@@ -70,9 +70,9 @@ class RaySession:
 
         if self.remote:
             d = Path(tempfile.mkdtemp(prefix=f"gpt1-ckpt-{os.getpid()}-"))
+            outdir.mark(d)
         else:
             d = outdir.sibling(Path(self.run_path) / name, "tmp")
-            d.mkdir(parents=True)
         self.handed_over = None
         try:
             yield d
@@ -91,7 +91,8 @@ class RaySession:
             if final.exists():  # the same step written by an attempt that Ray's index lost
                 import shutil
                 shutil.rmtree(final)
-            os.rename(checkpoint.path, final)
+            from pipeline import outdir
+            outdir.publish(Path(checkpoint.path), final)
             return ray.train.Checkpoint(str(final))
         from pipeline import remote
 
@@ -208,11 +209,10 @@ def remove_orphan_staging(run_path: str) -> None:
     import tempfile
 
     if "://" not in run_path:
-        for p in Path(run_path).glob(".checkpoint_*.tmp-*"):
+        for p in Path(run_path).glob(f".checkpoint_*.{outdir.MARKER}tmp-*"):
             outdir.remove_orphans(Path(run_path) / p.name.split(".")[1])
     for p in Path(tempfile.gettempdir()).glob("gpt1-ckpt-*-*"):
-        pid = p.name.split("-")[2]
-        if pid.isdigit() and not outdir.alive(int(pid)):
+        if outdir.orphaned(p):
             shutil.rmtree(p, ignore_errors=True)
 
 

@@ -1,0 +1,124 @@
+"""Two commands at once on the same output or store: the second is refused in one line while the
+first lives (or waits its turn where that is safe), and a finished dataset is never replaced
+without --overwrite."""
+import json
+import socket
+import threading
+import time
+
+import pyarrow.fs as pafs
+import pytest
+
+from corpus_gen import documents
+from gpt1.cli import main as gpt1
+from pipeline.errors import UserError
+from pipeline.remote import LEASE, lease
+from test_faults_inputs import one_line
+
+
+def test_of_two_writers_that_start_at_once_exactly_one_holds_the_lease(tmp_path):
+    fs, base = pafs.LocalFileSystem(), str(tmp_path)
+    got, refused, inside = [], [], threading.Barrier(2)
+
+    def writer(i):
+        inside.wait()
+        try:
+            with lease(fs, base, "prefix", "prepare", ttl=4.0):
+                got.append(i)
+                time.sleep(1.5)
+        except UserError as err:
+            refused.append(str(err))
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 1 and len(refused) == 1, (got, refused)
+    assert "another prepare is writing here" in refused[0]
+    assert not (tmp_path / LEASE).exists()  # released by its holder
+
+
+def test_a_lease_nobody_renews_is_taken_over_and_a_fresh_one_is_not(tmp_path):
+    fs, base = pafs.LocalFileSystem(), str(tmp_path)
+    other = {"host": "another-machine", "pid": 1, "token": "t"}
+    (tmp_path / LEASE).write_text(json.dumps({**other, "time": time.time()}))
+    with pytest.raises(UserError, match="another-machine"):
+        with lease(fs, base, "prefix", "prepare", ttl=60.0):
+            pass
+    (tmp_path / LEASE).write_text(json.dumps({**other, "time": time.time() - 61}))
+    with lease(fs, base, "prefix", "prepare", ttl=60.0):
+        held = json.loads((tmp_path / LEASE).read_text())
+        assert held["host"] == socket.gethostname()
+
+
+def test_a_second_local_prepare_is_refused_while_the_first_writes(tmp_path, capsys):
+    from pipeline.outdir import writer_lock
+
+    (tmp_path / "c.txt").write_text("\n\n".join(documents(50, seed=1)) + "\n")
+    out = tmp_path / "ds"
+    with writer_lock(out, "prepare"):  # the first run, still writing
+        assert gpt1(["prepare", "--corpus", str(tmp_path / "c.txt"), "--out", str(out), "--no-mlflow",
+                     "--set", "n_merges=20", "--set", "n_ctx=16"]) == 2
+    one_line(capsys, str(out), "another prepare is writing here")
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_second_prepare_to_the_same_prefix_never_replaces_the_first(s3, tmp_path, capsys):
+    from test_prepare_s3 import remote_files
+
+    (tmp_path / "a.txt").write_text("\n\n".join(documents(100, seed=1)) + "\n")
+    (tmp_path / "b.txt").write_text("\n\n".join(documents(100, seed=2)) + "\n")
+
+    def args(corpus):
+        return ["prepare", "--corpus", str(corpus), "--out", "s3://gpt1-test/ds", "--no-mlflow",
+                "--set", "n_merges=20", "--set", "n_ctx=16", "--set", "parallelism=1"]
+
+    fs, base = pafs.FileSystem.from_uri("s3://gpt1-test/ds")
+    # The first writer holds the prefix (here: a lease as another machine's prepare writes it).
+    with fs.open_output_stream(f"{base}/{LEASE}") as f:
+        f.write(json.dumps({"host": "node-1", "pid": 7, "token": "x", "time": time.time()}).encode())
+    assert gpt1(args(tmp_path / "b.txt")) == 2
+    one_line(capsys, "s3://gpt1-test/ds", "another prepare is writing here", "node-1")
+    assert set(remote_files("gpt1-test/ds")) == {LEASE}  # nothing of the second run's
+    fs.delete_file(f"{base}/{LEASE}")
+
+    assert gpt1(args(tmp_path / "a.txt")) == 0
+    first = remote_files("gpt1-test/ds")
+    assert LEASE not in first and "manifest.json" in first
+    assert gpt1(args(tmp_path / "b.txt")) == 2
+    one_line(capsys, "already holds a different prepared dataset")
+    assert remote_files("gpt1-test/ds") == first
+
+
+# What a command does first with its MLflow store (check_store), then what it logs at its end.
+FIRST_USE = """
+import sys, time
+sys.path.insert(0, {root!r})
+from pipeline.tracking import check_store, experiment_id
+from mlflow.tracking import MlflowClient
+uri = sys.argv[1]
+while time.time() < float(sys.argv[2]):  # every process starts at the same moment
+    pass
+check_store(uri)
+client = MlflowClient(uri)
+client.create_run(experiment_id(client, "gpt1-" + sys.argv[3]))
+"""
+
+
+def test_commands_started_at_once_on_a_new_sqlite_store_all_log(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    start = time.time() + 3
+    script = FIRST_USE.format(root=str(Path(__file__).resolve().parent.parent))
+    procs = [subprocess.Popen([sys.executable, "-c", script, uri, str(start), f"c{i}"], stderr=subprocess.PIPE,
+                              text=True) for i in range(4)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-1500:] for e in errs if e.strip()]
+    from mlflow.tracking import MlflowClient
+
+    assert len(MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()])) == 4
