@@ -70,7 +70,7 @@ def storage_error(err: BaseException) -> BaseException | None:
     w = _WHERE.search(first)
     uri = f"s3://{w.group(2)}" + (f"/{w.group(1)}" if w.group(1) else "") if w else "object storage"
     detail = first[m.end():].split(": ", 1)[-1].strip()
-    if code in _UNREACHABLE:
+    if code in _UNREACHABLE or (status or "").startswith("5"):  # the store's own failure: worth a retry
         return StorageUnavailable(f"{uri}: the object store did not answer ({code.lower()}: {detail[:160]}); "
                                   "check AWS_ENDPOINT_URL and the network; the same command resumes once it answers")
     cause = _CAUSES.get(code) or f"the object store refused it ({code.lower()}{f', HTTP {status}' if status else ''}: " \

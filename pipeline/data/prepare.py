@@ -41,7 +41,8 @@ from pipeline.data.corpus import (CorpusError, InputFile, ReadOptions, file_dige
                                   resolve_inputs)
 from pipeline.data.manifest import FORMAT_VERSION, Manifest, is_dataset, manifest_json, read_manifest
 from pipeline.data.packing import n_blocks, plan_shards, shard_name, token_dtype
-from pipeline.data.work import ERROR_MARK, SPLITS, WORK, CountWords, Tokenize, part_name, write_shard_task
+from pipeline.data.work import (ERROR_MARK, SPLITS, WORK, CountWords, Tokenize, part_name, row_error,
+                                 write_shard_task)
 from pipeline.runtime import ray_init
 from pipeline.data.tokenizer import END_OF_DOCUMENT, load_tokenizer, n_merges, tokenizer_from_counts, tokenizer_sha256
 
@@ -240,7 +241,7 @@ def _summaries(tables) -> list[dict]:
         for t in it:
             for r in t.to_pylist():
                 if r["error"] is not None:
-                    raise CorpusError(r["error"])
+                    raise row_error(r["error"])
                 rows.append(r)
     return sorted(rows, key=lambda r: r["item"])
 
@@ -365,7 +366,7 @@ def _word_counts(kwargs: dict, items: list[dict], cfg: PrepareConfig, local: boo
         for b in it:
             for word, c in zip(b["word"], b["sum(count)"]):
                 if word.startswith(ERROR_MARK):
-                    raise CorpusError(word[len(ERROR_MARK):])
+                    raise row_error(word[len(ERROR_MARK):])
                 counts[word] += int(c)
     return counts
 

@@ -58,16 +58,25 @@ class _Docs:
                 yield from self.process({k: batch[k][i] for k in batch})
         except CorpusError as err:
             yield self.error(str(err))
-        except OSError as err:  # a full or read-only output: the machine's state, also one line
-            disk = errors.disk_error(err)
-            if disk is None:
+        except OSError as err:  # a full or read-only output, object storage failing: one line too
+            line = errors.disk_error(err) or errors.storage_error(err)
+            if line is None:
                 raise
-            yield self.error(str(disk))
+            yield self.error((UNAVAILABLE_MARK if isinstance(line, errors.StorageUnavailable) else "") + str(line))
 
 
 # A bad input found while counting words travels as a "word" that text never holds (control
 # characters are stripped from every document), through the same merge as the counts.
 ERROR_MARK = "\x00"
+# Before a row's error: object storage did not answer (exit status 1, not the input's fault).
+UNAVAILABLE_MARK = "\x01"
+
+
+def row_error(message: str) -> Exception:
+    """The exception a worker's error row stands for."""
+    if message.startswith(UNAVAILABLE_MARK):
+        return errors.StorageUnavailable(message[len(UNAVAILABLE_MARK):])
+    return CorpusError(message)
 
 
 class CountWords(_Docs):
