@@ -13,6 +13,7 @@ for the async mode also the time until the upload is complete.
 
     python bench/checkpoint_stall.py [--preset gpt1] [--checkpoints 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,12 +70,23 @@ def run_mode(run_path: str, sync: bool, preset: str, checkpoints: int, gap: floa
 
     storage = run_path.rsplit("/", 1)[0]
     t0 = time.perf_counter()
-    trainer = TorchTrainer(worker, train_loop_config={"run_path": run_path, "sync": sync, "preset": preset,
-                                                      "checkpoints": checkpoints, "gap": gap,
-                                                      "tokenizer": str(tokenizer)},
-                           scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-                           run_config=RunConfig(name=run_path.rsplit("/", 1)[1], storage_path=storage,
-                                                checkpoint_config=CheckpointConfig(num_to_keep=checkpoints)))
+    trainer = TorchTrainer(
+        worker,
+        train_loop_config={
+            "run_path": run_path,
+            "sync": sync,
+            "preset": preset,
+            "checkpoints": checkpoints,
+            "gap": gap,
+            "tokenizer": str(tokenizer),
+        },
+        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(
+            name=run_path.rsplit("/", 1)[1],
+            storage_path=storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=checkpoints),
+        ),
+    )
     trainer.fit()
     wall = time.perf_counter() - t0
     newest = latest_checkpoint(run_path)
@@ -92,11 +104,21 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    moto = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
-                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
+    moto = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
     import pyarrow.fs as pafs
+
     fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", allow_bucket_creation=True)
     for _ in range(100):
         try:
@@ -107,24 +129,48 @@ def main() -> None:
     tokenizer = work / "tokenizer.json"
     tokenizer.write_text("{}")
     print(f"command: python {shlex.join(sys.argv)}")
-    print(f"date: {datetime.date.today()}  machine: {platform.machine()}, {os.cpu_count()} cores; "
-          f"S3: moto_server on 127.0.0.1")
+    print(
+        f"date: {datetime.date.today()}  machine: {platform.machine()}, {os.cpu_count()} cores; "
+        f"S3: moto_server on 127.0.0.1"
+    )
     print()
     print("| storage | checkpoint | GB | local save s | training stalled s (save + report) |")
     print("|---|---:|---:|---:|---:|")
     try:
-        for label, run_path, sync in (("local disk", str(work / "runs" / "local"), False),
-                                      ("S3, sync upload", "s3://bench/runs/sync", True),
-                                      ("S3, async upload", "s3://bench/runs/async", False)):
-            r = subprocess.run([sys.executable, __file__, "--one", run_path, str(int(sync)), a.preset,
-                                str(a.checkpoints), str(a.gap), str(tokenizer)], capture_output=True, text=True)
+        for label, run_path, sync in (
+            ("local disk", str(work / "runs" / "local"), False),
+            ("S3, sync upload", "s3://bench/runs/sync", True),
+            ("S3, async upload", "s3://bench/runs/async", False),
+        ):
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    run_path,
+                    str(int(sync)),
+                    a.preset,
+                    str(a.checkpoints),
+                    str(a.gap),
+                    str(tokenizer),
+                ],
+                capture_output=True,
+                text=True,
+            )
             # The worker's lines reach this process through Ray's log forwarding (on stderr).
-            rows = sorted({tuple(line.split("BENCH ", 1)[1].split()) for line in (r.stdout + r.stderr).splitlines()
-                           if "BENCH " in line})
+            rows = sorted(
+                {
+                    tuple(line.split("BENCH ", 1)[1].split())
+                    for line in (r.stdout + r.stderr).splitlines()
+                    if "BENCH " in line
+                }
+            )
             if r.returncode or not rows:
                 sys.exit(f"bench: {label} failed:\n{r.stderr[-3000:]}")
             for k, saved, stall, size in rows:
-                print(f"| {label} | {int(k) + 1} | {int(size) / 1e9:.2f} | {float(saved):.2f} | {float(stall):.2f} |")
+                print(
+                    f"| {label} | {int(k) + 1} | {int(size) / 1e9:.2f} | {float(saved):.2f} | {float(stall):.2f} |"
+                )
             print(f"{label}: {r.stdout.strip().splitlines()[-1]}")
     finally:
         moto.terminate()
@@ -132,7 +178,7 @@ def main() -> None:
 
 if __name__ == "__main__" and "--one" in sys.argv:
     i = sys.argv.index("--one")
-    run_path, sync, preset, n, gap, tok = sys.argv[i + 1:i + 7]
+    run_path, sync, preset, n, gap, tok = sys.argv[i + 1 : i + 7]
     out = run_mode(run_path, bool(int(sync)), preset, int(n), float(gap), Path(tok))
     print(f"newest complete checkpoint {out['newest']}, run wall {out['wall']:.1f} s")
 elif __name__ == "__main__":

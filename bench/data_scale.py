@@ -10,6 +10,7 @@ imports) and its private memory (RssAnon); the page cache holds the tokens once 
 
     python bench/data_scale.py --sizes-mb 100 1000 4000 --workdir /tmp/dscale
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from corpus_gen import synthetic_dataset  # noqa: E402  (the tests' generator: random ids)
+
 from pipeline.data.stage import local_copy  # noqa: E402
 
 WORKER = """
@@ -59,8 +61,12 @@ def drop_page_cache() -> bool:
 
 def workers(d: Path, n: int, steps: int) -> list[dict]:
     script = WORKER.format(root=str(ROOT))
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(d), str(steps), str(r)],
-                              stdout=subprocess.PIPE, text=True) for r in range(n)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(d), str(steps), str(r)], stdout=subprocess.PIPE, text=True
+        )
+        for r in range(n)
+    ]
     outs = [p.communicate(timeout=1800)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     return [json.loads(o) for o in outs]
@@ -68,7 +74,9 @@ def workers(d: Path, n: int, steps: int) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes-mb", type=int, nargs="+", default=[100, 1000, 4000], help="token bytes per dataset")
+    ap.add_argument(
+        "--sizes-mb", type=int, nargs="+", default=[100, 1000, 4000], help="token bytes per dataset"
+    )
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--steps", type=int, default=200, help="global batches of 64 blocks each worker reads")
     ap.add_argument("--workdir", default="/tmp/data-scale")
@@ -89,24 +97,42 @@ def main() -> None:
         for n in args.workers:
             drop_page_cache()
             res = workers(d, n, args.steps)
-            rows.append({"mb": mb, "workers": n, "verify_s": verify, "made_s": made, "cold": cold,
-                         "start_s": statistics.median(r["start_s"] for r in res),
-                         "start_max_s": max(r["start_s"] for r in res),
-                         "rss_sum": sum(r["rss_anon"] for r in res), "rss_each": max(r["rss_anon"] for r in res),
-                         "blocks": json.loads((d / "manifest.json").read_text())["splits"]["train"]["blocks"],
-                         "bytes": size})
+            rows.append(
+                {
+                    "mb": mb,
+                    "workers": n,
+                    "verify_s": verify,
+                    "made_s": made,
+                    "cold": cold,
+                    "start_s": statistics.median(r["start_s"] for r in res),
+                    "start_max_s": max(r["start_s"] for r in res),
+                    "rss_sum": sum(r["rss_anon"] for r in res),
+                    "rss_each": max(r["rss_anon"] for r in res),
+                    "blocks": json.loads((d / "manifest.json").read_text())["splits"]["train"]["blocks"],
+                    "bytes": size,
+                }
+            )
             r = rows[-1]
-            print(f"{mb:>6} MB  {n} worker(s): verify once {verify:6.1f} s; start-up median {r['start_s']:.3f} s "
-                  f"(max {r['start_max_s']:.3f}); private memory {r['rss_sum'] / 2**20:.0f} MB in all, "
-                  f"{r['rss_each'] / 2**20:.0f} MB the largest worker", flush=True)
+            print(
+                f"{mb:>6} MB  {n} worker(s): verify once {verify:6.1f} s; start-up median {r['start_s']:.3f} s "
+                f"(max {r['start_max_s']:.3f}); private memory {r['rss_sum'] / 2**20:.0f} MB in all, "
+                f"{r['rss_each'] / 2**20:.0f} MB the largest worker",
+                flush=True,
+            )
         shutil.rmtree(d)
-    print("\n| tokens (MB) | blocks | workers | verify once (s) | start-up median / max (s) | RssAnon sum (MB) | RssAnon per worker, max (MB) |")
+    print(
+        "\n| tokens (MB) | blocks | workers | verify once (s) | start-up median / max (s) | RssAnon sum (MB) | RssAnon per worker, max (MB) |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['mb']:,} | {r['blocks']:,} | {r['workers']} | {r['verify_s']:.1f} | {r['start_s']:.3f} / "
-              f"{r['start_max_s']:.3f} | {r['rss_sum'] / 2**20:.0f} | {r['rss_each'] / 2**20:.0f} |")
-    print(f"\n(page cache dropped before each measurement: {rows[0]['cold'] if rows else '-'}; "
-          f"{args.steps} global batches of 64 x 513 tokens per worker)")
+        print(
+            f"| {r['mb']:,} | {r['blocks']:,} | {r['workers']} | {r['verify_s']:.1f} | {r['start_s']:.3f} / "
+            f"{r['start_max_s']:.3f} | {r['rss_sum'] / 2**20:.0f} | {r['rss_each'] / 2**20:.0f} |"
+        )
+    print(
+        f"\n(page cache dropped before each measurement: {rows[0]['cold'] if rows else '-'}; "
+        f"{args.steps} global batches of 64 x 513 tokens per worker)"
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@
 The dev set is evaluated after every epoch, and a row's figure is its best evaluation: it
 selects on dev, as GLUE dev results do, and the same way for every row.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,27 +63,37 @@ def main() -> None:
     p.add_argument("--train", type=int, default=1000, help="labeled training sentences")
     p.add_argument("--samples", type=int, default=6, help="sweep trials before the ablation rows")
     p.add_argument("--workdir", default=None, help="default: a temp dir")
-    p.add_argument("--checkpoint", help="skip steps 1-2: sweep from this pretraining checkpoint (its "
-                                        "MLflow store is WORKDIR/mlflow.db, for the lineage)")
+    p.add_argument(
+        "--checkpoint",
+        help="skip steps 1-2: sweep from this pretraining checkpoint (its "
+        "MLflow store is WORKDIR/mlflow.db, for the lineage)",
+    )
     p.add_argument("--seeds", type=int, default=3, help="seeds of each ablation row (mean ± std)")
-    p.add_argument("--zero-shot-points", type=int, default=8,
-                   help="evaluations during pretraining, each with the SST-2 zero-shot heuristic (0: none)")
-    p.add_argument("--transfer", action="store_true",
-                   help="then fine-tune with 0 .. n_layer transferred blocks at the best trial's settings (Fig. 2, left)")
+    p.add_argument(
+        "--zero-shot-points",
+        type=int,
+        default=8,
+        help="evaluations during pretraining, each with the SST-2 zero-shot heuristic (0: none)",
+    )
+    p.add_argument(
+        "--transfer",
+        action="store_true",
+        help="then fine-tune with 0 .. n_layer transferred blocks at the best trial's settings (Fig. 2, left)",
+    )
     a = p.parse_args()
     if not SST2.exists():
         sys.exit(f"{SST2}: not found; this benchmark needs ../shared/data (GLUE SST-2 and the corpus)")
 
     import ray
     import torch
+    from pretrain_tinyshakespeare import pretrain_in_budget
 
     from pipeline.configio import load
     from pipeline.data.dataset import open_dataset
     from pipeline.data.prepare import PrepareConfig, prepare
-    from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, model_config
-    from pretrain_tinyshakespeare import pretrain_in_budget
-    from tuning.search import SweepOptions, sweep_task
     from pipeline.data.tasks import get
+    from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, model_config
+    from tuning.search import SweepOptions, sweep_task
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="sst2-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -98,8 +109,11 @@ def main() -> None:
         ckpt, about = Path(a.checkpoint).absolute(), [f"pretraining: from --checkpoint {a.checkpoint}"]
     else:
         n_sentences = write_unlabeled(work / "sst2-sentences.txt")
-        corpus = [str(work / "sst2-sentences.txt")] + sorted(str(f) for f in (SHARED / "corpus").glob("*.txt"))
+        corpus = [str(work / "sst2-sentences.txt")] + sorted(
+            str(f) for f in (SHARED / "corpus").glob("*.txt")
+        )
         from model import GPTConfig
+
         n_ctx = GPTConfig.preset(pt.model, **pt.model_overrides).n_ctx
         t0 = time.perf_counter()
         data = work / "data"
@@ -109,48 +123,70 @@ def main() -> None:
         gcfg = model_config(pt, manifest, data)
         if a.zero_shot_points:  # Fig. 2 (right): the heuristic on the whole dev set at every evaluation
             import dataclasses
+
             per_s = 0.09  # about a step of `small` on this VM; only spaces the evaluations
-            pt = dataclasses.replace(pt, zero_shot=[f"sst-2={task_dir}"], zero_shot_examples=0,
-                                     eval_every=max(1, int(a.budget / per_s / a.zero_shot_points)))
+            pt = dataclasses.replace(
+                pt,
+                zero_shot=[f"sst-2={task_dir}"],
+                zero_shot_examples=0,
+                eval_every=max(1, int(a.budget / per_s / a.zero_shot_points)),
+            )
         out, pt, pretrain_s = pretrain_in_budget(data, pt, a.budget, "sst2", work / "runs")
         ckpt, steps, s = Path(out["checkpoint"]), int(out["metrics"]["step"]), manifest["splits"]
         if a.zero_shot_points:
             from mlflow.tracking import MlflowClient
+
             def curve(key):  # each step's latest value (a resumed run logs a step again)
                 history = MlflowClient().get_metric_history(out["run_id"], key)
                 return {m.step: m.value for m in sorted(history, key=lambda m: m.timestamp)}
 
-            zero_shot_curve = {k: curve(k) for k in ("zero_shot_sst-2_accuracy", "val_bits_per_byte", "eval_s",
-                                                     "eval_zero_shot_s")}
-        about = [f"unlabeled: {n_sentences:,} SST-2 training sentences + {', '.join(Path(c).name for c in corpus[1:])}; "
-                 f"{s['train']['tokens']:,} train tokens, vocab {manifest['tokenizer']['vocab_size']:,}; "
-                 f"prepare {prep_s:.0f} s",
-                 f"pretraining: {gcfg.n_layer} x {gcfg.n_embd}, n_ctx {gcfg.n_ctx}, {steps:,} steps of {pt.batch_size} "
-                 f"({steps * pt.batch_size / s['train']['blocks']:.2f} epochs), pretrain() {pretrain_s:.0f} s, "
-                 f"val loss {out['metrics'].get('val_loss', float('nan')):.4f}; MLflow run {out['run_id']}; {ckpt}"]
+            zero_shot_curve = {
+                k: curve(k)
+                for k in ("zero_shot_sst-2_accuracy", "val_bits_per_byte", "eval_s", "eval_zero_shot_s")
+            }
+        about = [
+            f"unlabeled: {n_sentences:,} SST-2 training sentences + {', '.join(Path(c).name for c in corpus[1:])}; "
+            f"{s['train']['tokens']:,} train tokens, vocab {manifest['tokenizer']['vocab_size']:,}; "
+            f"prepare {prep_s:.0f} s",
+            f"pretraining: {gcfg.n_layer} x {gcfg.n_embd}, n_ctx {gcfg.n_ctx}, {steps:,} steps of {pt.batch_size} "
+            f"({steps * pt.batch_size / s['train']['blocks']:.2f} epochs), pretrain() {pretrain_s:.0f} s, "
+            f"val loss {out['metrics'].get('val_loss', float('nan')):.4f}; MLflow run {out['run_id']}; {ckpt}",
+        ]
 
     # The paper's lr (6.25e-5) and 3 epochs are for a 117M-parameter model and 67k examples; a
     # 4 x 128 model on 1,000 examples takes larger and more steps.
     (work / "space.yaml").write_text(SPACE)
-    opts = SweepOptions(samples=a.samples, space=str(work / "space.yaml"), ablations=True, grace_period=2,
-                        storage=str(work / "runs"), seeds=a.seeds)
+    opts = SweepOptions(
+        samples=a.samples,
+        space=str(work / "space.yaml"),
+        ablations=True,
+        grace_period=2,
+        storage=str(work / "runs"),
+        seeds=a.seeds,
+    )
     t0 = time.perf_counter()
     res = sweep_task(get("sst-2"), task_dir, ckpt, opts, os.environ["MLFLOW_TRACKING_URI"])
     sweep_s = time.perf_counter() - t0
 
     print()
     print(f"command: python {shlex.join(sys.argv)}")
-    print(f"date: {datetime.date.today()}  device: {platform.processor() or platform.machine()} CPU, "
-          f"{threads} threads  torch {torch.__version__}")
+    print(
+        f"date: {datetime.date.today()}  device: {platform.processor() or platform.machine()} CPU, "
+        f"{threads} threads  torch {torch.__version__}"
+    )
     print("\n".join(about))
-    print(f"fine-tuning: {a.train:,} labeled sentences, dev 872; sweep of {a.samples} trials + 3 ablation rows "
-          f"in {sweep_s:.0f} s; MLflow parent run {res['parent_run_id']} in {os.environ['MLFLOW_TRACKING_URI']}")
+    print(
+        f"fine-tuning: {a.train:,} labeled sentences, dev 872; sweep of {a.samples} trials + 3 ablation rows "
+        f"in {sweep_s:.0f} s; MLflow parent run {res['parent_run_id']} in {os.environ['MLFLOW_TRACKING_URI']}"
+    )
     print()
     print("| trial | lr | epochs | clf_dropout | λ | best dev accuracy | evaluations |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in res["rows"]:
-        print(f"| {r['trial']} | {r['lr']:.2e} | {r['epochs']} | {r['clf_dropout']} | {r['lm_coef']} | "
-              f"{r['accuracy']:.4f} | {r['evaluations']} |")
+        print(
+            f"| {r['trial']} | {r['lr']:.2e} | {r['epochs']} | {r['clf_dropout']} | {r['lm_coef']} | "
+            f"{r['accuracy']:.4f} | {r['evaluations']} |"
+        )
     print()
     print(f"| row | λ | pretrained | best dev accuracy, mean ± std over {a.seeds} seed(s) | each seed |")
     print("|---|---:|---|---:|---|")
@@ -162,32 +198,54 @@ def main() -> None:
     for r in res["ablation_summary"]:
         acc[r["ablation"]] = r["mean"]
         rows = [x for x in res["ablations"] if x["ablation"] == r["ablation"]]
-        print(f"| {r['ablation']} | {rows[0]['lm_coef']} | {'no' if r['ablation'] == 'no_pretraining' else 'yes'} | "
-              f"{r['mean']:.4f} ± {r['std']:.4f} | {each(rows)} |")
+        print(
+            f"| {r['ablation']} | {rows[0]['lm_coef']} | {'no' if r['ablation'] == 'no_pretraining' else 'yes'} | "
+            f"{r['mean']:.4f} ± {r['std']:.4f} | {each(rows)} |"
+        )
     print()
-    print(f"full - no pretraining: {100 * (acc['full'] - acc['no_pretraining']):+.1f} points (target: at least +5)")
+    print(
+        f"full - no pretraining: {100 * (acc['full'] - acc['no_pretraining']):+.1f} points (target: at least +5)"
+    )
     if zero_shot_curve:
         c = zero_shot_curve
         print()
-        print("| pretraining step | val bits per byte | SST-2 zero-shot dev accuracy | evaluation s | zero-shot s |")
+        print(
+            "| pretraining step | val bits per byte | SST-2 zero-shot dev accuracy | evaluation s | zero-shot s |"
+        )
         print("|---:|---:|---:|---:|---:|")
         for step in sorted(c["zero_shot_sst-2_accuracy"]):
-            print(f"| {step:,} | {c['val_bits_per_byte'][step]:.4f} | {c['zero_shot_sst-2_accuracy'][step]:.4f} | "
-                  f"{c['eval_s'][step]:.1f} | {c['eval_zero_shot_s'][step]:.1f} |")
+            print(
+                f"| {step:,} | {c['val_bits_per_byte'][step]:.4f} | {c['zero_shot_sst-2_accuracy'][step]:.4f} | "
+                f"{c['eval_s'][step]:.1f} | {c['eval_zero_shot_s'][step]:.1f} |"
+            )
     if a.transfer:
         from model import GPT
+
         n_layer = GPT.from_pretrained(ckpt).config.n_layer
-        best = {k: v for k, v in res["best_config"].items() if k in ("lr", "batch_size", "epochs", "warmup",
-                                                                    "clf_dropout", "lm_coef")}
-        (work / "transfer.yaml").write_text("".join(f"{k}: {v}\n" for k, v in best.items()) +
-                                            f"n_transfer: {{grid: {list(range(n_layer + 1))}}}\n")
+        best = {
+            k: v
+            for k, v in res["best_config"].items()
+            if k in ("lr", "batch_size", "epochs", "warmup", "clf_dropout", "lm_coef")
+        }
+        (work / "transfer.yaml").write_text(
+            "".join(f"{k}: {v}\n" for k, v in best.items())
+            + f"n_transfer: {{grid: {list(range(n_layer + 1))}}}\n"
+        )
         t0 = time.perf_counter()
-        tr = sweep_task(get("sst-2"), task_dir, ckpt, SweepOptions(samples=1, space=str(work / "transfer.yaml"),
-                                                                   grace_period=1000, storage=str(work / "runs")),
-                        os.environ["MLFLOW_TRACKING_URI"])
+        tr = sweep_task(
+            get("sst-2"),
+            task_dir,
+            ckpt,
+            SweepOptions(
+                samples=1, space=str(work / "transfer.yaml"), grace_period=1000, storage=str(work / "runs")
+            ),
+            os.environ["MLFLOW_TRACKING_URI"],
+        )
         print()
-        print(f"transferred layers at the best trial's settings ({time.perf_counter() - t0:.0f} s; MLflow parent run "
-              f"{tr['parent_run_id']}, its metric_vs_transferred_layers.png)")
+        print(
+            f"transferred layers at the best trial's settings ({time.perf_counter() - t0:.0f} s; MLflow parent run "
+            f"{tr['parent_run_id']}, its metric_vs_transferred_layers.png)"
+        )
         print()
         print("| blocks transferred | best dev accuracy |")
         print("|---:|---:|")

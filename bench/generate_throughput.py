@@ -8,6 +8,7 @@ checked to be the same tokens.
     python bench/generate_throughput.py                 # CPU
     python bench/generate_throughput.py --device cuda
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,11 +56,17 @@ def main() -> None:
             times[use_cache].append(dt)
     assert torch.equal(outs[True], outs[False]), "the cache changed the greedy tokens"
     med = {k: statistics.median(v) for k, v in times.items()}
-    dev = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    dev = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    )
     print(f"command: python bench/generate_throughput.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"device: {dev}  torch {torch.__version__}")
-    print(f"{args.preset}: {cfg.n_layer} x {cfg.n_embd}, vocab {cfg.vocab_size}, n_ctx {cfg.n_ctx}; "
-          f"prompt {args.prompt}, {args.new} new tokens, greedy, batch 1, fp32; median of {args.rounds}\n")
+    print(
+        f"{args.preset}: {cfg.n_layer} x {cfg.n_embd}, vocab {cfg.vocab_size}, n_ctx {cfg.n_ctx}; "
+        f"prompt {args.prompt}, {args.new} new tokens, greedy, batch 1, fp32; median of {args.rounds}\n"
+    )
     print("| decoding | seconds | new tokens/s |")
     print("|---|---:|---:|")
     for k, name in ((False, "recompute (no cache)"), (True, "KV cache")):

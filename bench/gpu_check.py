@@ -24,6 +24,7 @@ directory. Sections:
 Correctness checks say ok or FAIL (and the exit status is 1 on a FAIL); speed targets say met or
 missed, with the figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,18 +43,22 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # the project, and train_throughput beside this file
-from model import GPT, GPTConfig  # noqa: E402
-from model.generate import generate  # noqa: E402
-from model.flops import matmul_ceiling  # noqa: E402
-from pipeline.runtime import amp_dtype, autocast  # noqa: E402
 from train_throughput import Runner, hf_model  # noqa: E402
+
+from model import GPT, GPTConfig  # noqa: E402
+from model.flops import matmul_ceiling  # noqa: E402
+from model.generate import generate  # noqa: E402
+from pipeline.runtime import amp_dtype, autocast  # noqa: E402
 
 ROWS: list[tuple[str, str, str, str, str]] = []  # section, check, result, target, verdict
 
 
 def row(section: str, check: str, result: str, target: str = "", verdict: str = "") -> None:
     ROWS.append((section, check, result, target, verdict))
-    print(f"  {section} | {check} | {result}" + (f" | {target} | {verdict}" if target or verdict else ""), flush=True)
+    print(
+        f"  {section} | {check} | {result}" + (f" | {target} | {verdict}" if target or verdict else ""),
+        flush=True,
+    )
 
 
 def sync(device: torch.device) -> None:
@@ -64,6 +69,7 @@ def sync(device: torch.device) -> None:
 @dataclasses.dataclass
 class Sizes:
     """What each section runs: the GPU sizes, or tiny ones for a CPU and for --quick."""
+
     preset: str  # section 1 and 5
     batch: int
     steps: int  # timed steps per round
@@ -82,12 +88,27 @@ class Sizes:
 
 def sizes(device: torch.device, quick: bool) -> Sizes:
     if device.type == "cuda":
-        return Sizes("gpt1", 16, 10 if quick else 20, 3 if quick else 5, not quick, "mini", 32,
-                     200, 100, 10, 6000, 30, 8, 64)
+        return Sizes(
+            "gpt1",
+            16,
+            10 if quick else 20,
+            3 if quick else 5,
+            not quick,
+            "mini",
+            32,
+            200,
+            100,
+            10,
+            6000,
+            30,
+            8,
+            64,
+        )
     return Sizes("tiny", 8, 3, 2, not quick, "tiny", 8, 40, 20, 5, 1500, 24, 4, 16)
 
 
 # 1. Throughput and MFU ------------------------------------------------------------------------
+
 
 def throughput(device: torch.device, z: Sizes) -> None:
     dtype = "bf16" if device.type == "cuda" else "fp32"
@@ -119,21 +140,35 @@ def throughput(device: torch.device, z: Sizes) -> None:
         peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else "-"
         results[(net, drop, comp)] = tps
         how = f"{'compiled' if comp else 'eager'}, dropout {drop}"
-        row("1 throughput", f"{net} {z.preset} T={T} batch {z.batch}, {how}",
-            f"{tps:,.0f} tok/s, MFU {tps * flops / ceiling:.1%}, peak memory {peak}")
+        row(
+            "1 throughput",
+            f"{net} {z.preset} T={T} batch {z.batch}, {how}",
+            f"{tps:,.0f} tok/s, MFU {tps * flops / ceiling:.1%}, peak memory {peak}",
+        )
         del runner, gpt, data, batches
     # The targets, on the paper's setting (dropout on), against HF's eager network.
     best = max((c for c in results if c[0] == "model.GPT" and c[1] == 0.1), key=results.get)
     flops = GPT(GPTConfig.preset(z.preset)).flops_per_token(GPTConfig.preset(z.preset).n_ctx)
     mfu = results[best] * flops / ceiling
-    row("1 throughput", f"MFU of model.GPT, dropout 0.1, {'compiled' if best[2] else 'eager'}", f"{mfu:.1%}",
-        ">= 55%", "met" if mfu >= 0.55 else "missed")
+    row(
+        "1 throughput",
+        f"MFU of model.GPT, dropout 0.1, {'compiled' if best[2] else 'eager'}",
+        f"{mfu:.1%}",
+        ">= 55%",
+        "met" if mfu >= 0.55 else "missed",
+    )
     ratio = results[("model.GPT", 0.1, False)] / results[("HF", 0.1, False)]
-    row("1 throughput", "model.GPT / HF eager tokens/s, both eager, dropout 0.1", f"{ratio:.2f}x", ">= 2x",
-        "met" if ratio >= 2 else "missed")
+    row(
+        "1 throughput",
+        "model.GPT / HF eager tokens/s, both eager, dropout 0.1",
+        f"{ratio:.2f}x",
+        ">= 2x",
+        "met" if ratio >= 2 else "missed",
+    )
 
 
 # 2. The real loop -----------------------------------------------------------------------------
+
 
 def prepare_dataset(work: Path, n_ctx: int, z: Sizes) -> Path:
     """A dataset made by the project's prepare, in this process (no Ray), from generated text."""
@@ -141,8 +176,13 @@ def prepare_dataset(work: Path, n_ctx: int, z: Sizes) -> Path:
     from pipeline.data.prepare import PrepareConfig, prepare
 
     corpus = world.write_corpus(work / "corpus.txt", z.corpus_docs)
-    prepare([str(corpus)], work / "data", PrepareConfig(n_merges=1500, n_ctx=n_ctx, val_fraction=0.05),
-            track=False, local=True)
+    prepare(
+        [str(corpus)],
+        work / "data",
+        PrepareConfig(n_merges=1500, n_ctx=n_ctx, val_fraction=0.05),
+        track=False,
+        local=True,
+    )
     return work / "data"
 
 
@@ -168,9 +208,18 @@ def real_loop(device: torch.device, work: Path, z: Sizes) -> Path:
     n_ctx = GPTConfig.preset(z.loop_preset).n_ctx
     data = prepare_dataset(work, n_ctx, z)
     dtype = "bf16" if device.type == "cuda" else "fp32"
-    cfg = PretrainConfig(model=z.loop_preset, batch_size=z.loop_batch, lr=6e-4 if device.type == "cuda" else 2e-3,
-                         warmup_steps=z.loop_steps // 10, max_steps=z.loop_steps, dtype=dtype, log_every=10,
-                         eval_every=z.resume_at, checkpoint_every=z.resume_at, seed=0)
+    cfg = PretrainConfig(
+        model=z.loop_preset,
+        batch_size=z.loop_batch,
+        lr=6e-4 if device.type == "cuda" else 2e-3,
+        warmup_steps=z.loop_steps // 10,
+        max_steps=z.loop_steps,
+        dtype=dtype,
+        log_every=10,
+        eval_every=z.resume_at,
+        checkpoint_every=z.resume_at,
+        seed=0,
+    )
     manifest = open_dataset(data)
     gcfg = model_config(cfg, manifest, data)
     spec = LoopSpec(pretrain=cfg, model=gcfg, data=str(data), total_steps=z.loop_steps)
@@ -187,14 +236,27 @@ def real_loop(device: torch.device, work: Path, z: Sizes) -> Path:
     k = max(len(losses) // 10, 1)
     first, last = statistics.mean(losses[:k]), statistics.mean(losses[-k:])
     ok = all(math.isfinite(x) for x in losses) and last < first - 0.5
-    row("2 real loop", f"{z.loop_preset} {dtype}, batch {z.loop_batch} x {n_ctx}, fused AdamW {fused}, "
-        f"{z.loop_steps} steps", f"loss {first:.3f} -> {last:.3f}; val loss {metrics.get('val_loss', math.nan):.3f}",
-        "falls by > 0.5", "ok" if ok else "FAIL")
+    row(
+        "2 real loop",
+        f"{z.loop_preset} {dtype}, batch {z.loop_batch} x {n_ctx}, fused AdamW {fused}, {z.loop_steps} steps",
+        f"loss {first:.3f} -> {last:.3f}; val loss {metrics.get('val_loss', math.nan):.3f}",
+        "falls by > 0.5",
+        "ok" if ok else "FAIL",
+    )
     tps = z.loop_steps * z.loop_batch * n_ctx / wall
     wait = a.waited_total / wall
-    row("2 real loop", "tokens/s over the whole run (logging, evaluation, checkpoints included)", f"{tps:,.0f}")
-    row("2 real loop", "share of step time waiting for data", f"{wait:.2%}", "<= 2%",
-        ("met" if wait <= 0.02 else "missed") if device.type == "cuda" else "(GPU target)")
+    row(
+        "2 real loop",
+        "tokens/s over the whole run (logging, evaluation, checkpoints included)",
+        f"{tps:,.0f}",
+    )
+    row(
+        "2 real loop",
+        "share of step time waiting for data",
+        f"{wait:.2%}",
+        "<= 2%",
+        ("met" if wait <= 0.02 else "missed") if device.type == "cuda" else "(GPU target)",
+    )
 
     # Resume from the checkpoint at resume_at in a fresh loop: the next steps' losses.
     ckpt = run_dir / f"checkpoint_{z.resume_at:09d}"
@@ -202,7 +264,7 @@ def real_loop(device: torch.device, work: Path, z: Sizes) -> Path:
     for _ in range(z.compare):
         b.train_step()
     again = [float(x) for x in b.kept]
-    before = losses[z.resume_at:z.resume_at + z.compare]
+    before = losses[z.resume_at : z.resume_at + z.compare]
     diff = max(abs(x - y) for x, y in zip(before, again))
     first_same = again[0] == before[0]
     # On a CPU the resumed run must be bit-identical. On a GPU the forward pass of the first step
@@ -210,9 +272,13 @@ def real_loop(device: torch.device, work: Path, z: Sizes) -> Path:
     # order that changes from run to run (the embedding gradient, SDPA's backward), and bf16
     # rounding magnifies those last-bit differences a little with every update.
     tol = 0.0 if device.type == "cpu" else 0.02
-    row("2 real loop", f"resume at step {z.resume_at} in a fresh loop: steps {z.resume_at + 1}-"
-        f"{z.resume_at + z.compare}", f"largest loss difference {diff:.2e}; first step identical: {first_same}",
-        "== 0" if tol == 0 else f"<= {tol} (bf16 on GPU, atomics)", "ok" if diff <= tol else "FAIL")
+    row(
+        "2 real loop",
+        f"resume at step {z.resume_at} in a fresh loop: steps {z.resume_at + 1}-{z.resume_at + z.compare}",
+        f"largest loss difference {diff:.2e}; first step identical: {first_same}",
+        "== 0" if tol == 0 else f"<= {tol} (bf16 on GPU, atomics)",
+        "ok" if diff <= tol else "FAIL",
+    )
     return run_dir / f"checkpoint_{z.loop_steps:09d}"
 
 
@@ -239,10 +305,15 @@ def allowed_backends(device: torch.device, B: int, H: int, T: int, hd: int, drop
     dt = amp_dtype(device, "auto")
     q, k, v = (torch.randn(B, H, T, hd, device=device, dtype=dt, requires_grad=True) for _ in range(3))
     ok = []
-    for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("memory-efficient", SDPBackend.EFFICIENT_ATTENTION)):
+    for name, backend in (
+        ("flash", SDPBackend.FLASH_ATTENTION),
+        ("memory-efficient", SDPBackend.EFFICIENT_ATTENTION),
+    ):
         try:
             with sdpa_kernel([backend]):
-                torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout).sum().backward()
+                torch.nn.functional.scaled_dot_product_attention(
+                    q, k, v, is_causal=True, dropout_p=dropout
+                ).sum().backward()
             ok.append(name)
         except RuntimeError:
             pass
@@ -250,9 +321,9 @@ def allowed_backends(device: torch.device, B: int, H: int, T: int, hd: int, drop
 
 
 def attention(device: torch.device, ckpt: Path, z: Sizes) -> None:
+    from pipeline.data.tasks import Example
     from pipeline.data.tokenizer import load_tokenizer
     from tuning.encode import Encoder, collate
-    from pipeline.data.tasks import Example
 
     gpt = GPT.from_pretrained(ckpt).to(device).train()  # dropout on, as in training
     cfg = gpt.config
@@ -273,41 +344,64 @@ def attention(device: torch.device, ckpt: Path, z: Sizes) -> None:
             gpt.hidden_states(ids.to(device), mask.to(device)).float().mean().backward()
 
     allowed = allowed_backends(device, B, cfg.n_head, T, cfg.n_embd // cfg.n_head, cfg.attn_pdrop)
-    for name, fn, shape in (("packed pretraining batch", packed, f"{B} x {T}"),
-                            ("padded fine-tuning batch (right padding)", padded, f"{ids.shape[0]} x {ids.shape[1]}")):
+    for name, fn, shape in (
+        ("packed pretraining batch", packed, f"{B} x {T}"),
+        ("padded fine-tuning batch (right padding)", padded, f"{ids.shape[0]} x {ids.shape[1]}"),
+    ):
         ran = sdpa_backend_of(fn)
         fused = any(k in ran for k in ("flash", "memory-efficient", "cuDNN"))
         verdict = "ok" if fused or not allowed else "FAIL"
-        row("3 attention", f"{name}, {shape}, dropout {cfg.attn_pdrop}, {amp_dtype(device, 'auto')}",
-            f"ran: {ran}", f"a fused kernel where torch allows one ({', '.join(allowed) or 'none here'})", verdict)
+        row(
+            "3 attention",
+            f"{name}, {shape}, dropout {cfg.attn_pdrop}, {amp_dtype(device, 'auto')}",
+            f"ran: {ran}",
+            f"a fused kernel where torch allows one ({', '.join(allowed) or 'none here'})",
+            verdict,
+        )
 
 
 # 4. Fine-tuning -------------------------------------------------------------------------------
 
+
 def finetuning(device: torch.device, work: Path, ckpt: Path, z: Sizes) -> None:
     from gpt1 import world
-    from tuning.finetune import FinetuneConfig, finetune
     from pipeline.data.tasks import from_directory
+    from tuning.finetune import FinetuneConfig, finetune
 
     for name in world.TASKS:
         d = world.write_task(name, work / "tasks" / name, n_train=256, n_dev=32)
         task = from_directory(name, d)
         seen: list[float] = []
-        cfg = FinetuneConfig(lr=2e-4, batch_size=16, max_steps=z.finetune_steps, warmup=0.1, eval_every=2,
-                             eval_batch=32, clf_dropout=0.1, lm_coef=0.5)
+        cfg = FinetuneConfig(
+            lr=2e-4,
+            batch_size=16,
+            max_steps=z.finetune_steps,
+            warmup=0.1,
+            eval_every=2,
+            eval_batch=32,
+            clf_dropout=0.1,
+            lm_coef=0.5,
+        )
         t0 = time.perf_counter()
-        best = finetune(task, d, ckpt, cfg, report=lambda m, step: seen.append(m["train_loss"]),
-                        device=device.type)
+        best = finetune(
+            task, d, ckpt, cfg, report=lambda m, step: seen.append(m["train_loss"]), device=device.type
+        )
         seconds = time.perf_counter() - t0
         k = max(len(seen) // 3, 1)
         first, last = statistics.mean(seen[:k]), statistics.mean(seen[-k:])
         ok = all(math.isfinite(v) for v in seen) and last < first
-        row("4 fine-tuning", f"{name} ({task.transformation}), {z.finetune_steps} steps of 16, "
-            f"{amp_dtype(device, 'auto')}", f"L3 {first:.3f} -> {last:.3f}; dev {task.metrics[0]} "
-            f"{best[task.metrics[0]]:.3f}; {seconds:.1f} s", "finite, falls", "ok" if ok else "FAIL")
+        row(
+            "4 fine-tuning",
+            f"{name} ({task.transformation}), {z.finetune_steps} steps of 16, {amp_dtype(device, 'auto')}",
+            f"L3 {first:.3f} -> {last:.3f}; dev {task.metrics[0]} "
+            f"{best[task.metrics[0]]:.3f}; {seconds:.1f} s",
+            "finite, falls",
+            "ok" if ok else "FAIL",
+        )
 
 
 # 5. Generation --------------------------------------------------------------------------------
+
 
 def generation(device: torch.device, z: Sizes) -> None:
     cfg = GPTConfig.preset(z.preset)
@@ -322,9 +416,11 @@ def generation(device: torch.device, z: Sizes) -> None:
         sync(device)
     seconds = time.perf_counter() - t0
     new = out.shape[1] - prompts.shape[1]
-    row("5 generation", f"{z.preset}, {z.gen_batch} prompts of 16, {new} new tokens, top-k 50, "
-        f"{amp_dtype(device, 'auto')}", f"{z.gen_batch * new / seconds:,.0f} tok/s "
-        f"({seconds / new * 1e3:.1f} ms a step, no KV cache)")
+    row(
+        "5 generation",
+        f"{z.preset}, {z.gen_batch} prompts of 16, {new} new tokens, top-k 50, {amp_dtype(device, 'auto')}",
+        f"{z.gen_batch * new / seconds:,.0f} tok/s ({seconds / new * 1e3:.1f} ms a step, no KV cache)",
+    )
 
 
 def guarded(section: str, fn, *args):
@@ -335,8 +431,13 @@ def guarded(section: str, fn, *args):
         return fn(*args)
     except Exception as err:
         traceback.print_exc()
-        row(section, "the section ran to its end", f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}",
-            "", "FAIL")
+        row(
+            section,
+            "the section ran to its end",
+            f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}",
+            "",
+            "FAIL",
+        )
         return None
 
 

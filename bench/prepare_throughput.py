@@ -11,6 +11,7 @@ and the peak RSS of the driver and of the largest Ray worker, sampled every 0.2 
 
     python bench/prepare_throughput.py [--sizes 10 100 500] [--workdir DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,6 +61,7 @@ class PeakRSS:
 
     def __init__(self):
         import psutil
+
         self.me = psutil.Process()
         self.worker_peak = self.worker_private_peak = self.driver_private_peak = 0
         self._stop = threading.Event()
@@ -67,6 +69,7 @@ class PeakRSS:
 
     def _run(self):
         import psutil
+
         self.cpu_s = 0.0  # this sampler's own CPU time, which a caller timing the process subtracts
         t0 = time.thread_time()
         while not self._stop.is_set():
@@ -117,11 +120,19 @@ def one(corpus: Path, out: Path) -> dict:
     t0 = time.perf_counter()
     bare_tokens = 0
     for i in range(0, len(docs), 256):
-        bare_tokens += sum(map(len, encode_texts(tok, docs[i:i + 256])))
+        bare_tokens += sum(map(len, encode_texts(tok, docs[i : i + 256])))
     bare_s = time.perf_counter() - t0
-    return {"mb": size / 1e6, "prepare_s": prep_s, "prepare_tokens": tokens, "bare_s": bare_s,
-            "bare_tokens": bare_tokens, "driver_peak": driver_peak, "worker_peak": rss.worker_peak,
-            "driver_private": rss.driver_private_peak, "worker_private": rss.worker_private_peak}
+    return {
+        "mb": size / 1e6,
+        "prepare_s": prep_s,
+        "prepare_tokens": tokens,
+        "bare_s": bare_s,
+        "bare_tokens": bare_tokens,
+        "driver_peak": driver_peak,
+        "worker_peak": rss.worker_peak,
+        "driver_private": rss.driver_private_peak,
+        "worker_private": rss.worker_private_peak,
+    }
 
 
 def main() -> None:
@@ -142,26 +153,33 @@ def main() -> None:
             build_corpus(corpus, mb)
         out = work / f"out-{mb}mb"
         subprocess.run(["rm", "-rf", str(out)], check=True)
-        r = subprocess.run([sys.executable, __file__, "--one", str(corpus), str(out)],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, __file__, "--one", str(corpus), str(out)], capture_output=True, text=True
+        )
         if r.returncode:
             sys.exit(f"bench: the {mb} MB run failed:\n{r.stderr[-3000:]}")
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
         subprocess.run(["rm", "-rf", str(out)], check=True)
 
     print(f"command: python {shlex.join(sys.argv)}")
-    print(f"date: {datetime.date.today()}  machine: {platform.machine()}, {os.cpu_count()} cores, "
-          f"python {platform.python_version()}; tokenizer: the released GPT-1 vocabulary")
+    print(
+        f"date: {datetime.date.today()}  machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"python {platform.python_version()}; tokenizer: the released GPT-1 vocabulary"
+    )
     print()
-    print("| corpus MB | prepare MB/s | prepare tokens/s | bare encode_texts MB/s (one process) | bare tokens/s | "
-          "prepare / bare | driver peak RSS MB (private) | largest worker peak RSS MB (private) |")
+    print(
+        "| corpus MB | prepare MB/s | prepare tokens/s | bare encode_texts MB/s (one process) | bare tokens/s | "
+        "prepare / bare | driver peak RSS MB (private) | largest worker peak RSS MB (private) |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['mb']:.0f} | {r['mb'] / r['prepare_s']:.2f} | {r['prepare_tokens'] / r['prepare_s']:,.0f} | "
-              f"{r['mb'] / r['bare_s']:.2f} | {r['bare_tokens'] / r['bare_s']:,.0f} | "
-              f"{r['bare_s'] / r['prepare_s']:.2f}x | "
-              f"{r['driver_peak'] / 2**20:,.0f} ({r['driver_private'] / 2**20:,.0f}) | "
-              f"{r['worker_peak'] / 2**20:,.0f} ({r['worker_private'] / 2**20:,.0f}) |")
+        print(
+            f"| {r['mb']:.0f} | {r['mb'] / r['prepare_s']:.2f} | {r['prepare_tokens'] / r['prepare_s']:,.0f} | "
+            f"{r['mb'] / r['bare_s']:.2f} | {r['bare_tokens'] / r['bare_s']:,.0f} | "
+            f"{r['bare_s'] / r['prepare_s']:.2f}x | "
+            f"{r['driver_peak'] / 2**20:,.0f} ({r['driver_private'] / 2**20:,.0f}) | "
+            f"{r['worker_peak'] / 2**20:,.0f} ({r['worker_private'] / 2**20:,.0f}) |"
+        )
     print()
     print("RSS counts the Ray object store's shared pages that a process has touched; (private) is")
     print("RssAnon, the process's own memory.")

@@ -12,6 +12,7 @@ the loop times its first steps and one evaluation, and sets the step count that 
 
     python bench/pretrain_tinyshakespeare.py                # 300 s, preset `small`
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,20 +46,26 @@ def byte_level_tokenizer(text: str, vocab_size: int, path: Path) -> None:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([text], trainers.BpeTrainer(
-        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.train_from_iterator(
+        [text],
+        trainers.BpeTrainer(
+            vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        ),
+    )
     tok.save(str(path))
 
 
-def pretrain_in_budget(data: Path, cfg: PretrainConfig, budget: float, name: str,
-                       storage: Path) -> tuple[dict, PretrainConfig, float]:
+def pretrain_in_budget(
+    data: Path, cfg: PretrainConfig, budget: float, name: str, storage: Path
+) -> tuple[dict, PretrainConfig, float]:
     """Pretrain (1 worker, every core) with max_minutes = budget: the loop times its first steps
     and an evaluation, and sets the step count that fills the budget. Returns pretrain()'s
     result, the config it ran and pretrain()'s wall time."""
     cfg = dataclasses.replace(cfg, max_minutes=budget / 60, max_steps=0, epochs=1000)
     t0 = time.perf_counter()
-    out = pretrain(data, cfg, workers=1, name=f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}",
-                   storage=str(storage))
+    out = pretrain(
+        data, cfg, workers=1, name=f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}", storage=str(storage)
+    )
     return out, cfg, time.perf_counter() - t0
 
 
@@ -82,12 +89,16 @@ def main() -> None:
     (work / "val.txt").write_text(text[cut:], encoding="utf-8")
     byte_level_tokenizer(text[:cut], a.vocab, work / "tokenizer.json")
     from model import GPTConfig
+
     n_ctx = GPTConfig.preset(cfg.model, **cfg.model_overrides).n_ctx
     ray.init(address="local", logging_level="WARNING")
     data = work / "data"
-    prepare([str(work / "train.txt")], data, PrepareConfig(
-        tokenizer=str(work / "tokenizer.json"), text_split="file", n_ctx=n_ctx),
-        val_corpus=[str(work / "val.txt")])
+    prepare(
+        [str(work / "train.txt")],
+        data,
+        PrepareConfig(tokenizer=str(work / "tokenizer.json"), text_split="file", n_ctx=n_ctx),
+        val_corpus=[str(work / "val.txt")],
+    )
     manifest = open_dataset(data)
     gcfg = model_config(cfg, manifest, data)
     threads = int(ray.cluster_resources()["CPU"])
@@ -95,6 +106,7 @@ def main() -> None:
     out, cfg, wall = pretrain_in_budget(data, cfg, a.budget, "shakespeare", work / "runs")
 
     from mlflow.tracking import MlflowClient
+
     client = MlflowClient()
     trained = max(m.value for m in client.get_metric_history(out["run_id"], "elapsed_s"))
     steps = int(client.get_metric_history(out["run_id"], "total_steps")[-1].value)
@@ -102,16 +114,24 @@ def main() -> None:
     s = manifest["splits"]
     print()
     print(f"command: python {shlex.join(sys.argv)}")
-    print(f"date: {datetime.date.today()}  device: {platform.processor() or platform.machine()} CPU, "
-          f"{threads} threads  torch {torch.__version__}")
-    print(f"data: {s['train']['bytes']:,} train / {s['val']['bytes']:,} val bytes; byte-level BPE, "
-          f"vocab {manifest['tokenizer']['vocab_size']:,}; {s['train']['tokens'] / s['train']['bytes']:.3f} tokens per byte")
-    print(f"model: {gcfg.n_layer} x {gcfg.n_embd}, {gcfg.n_head} heads, n_ctx {gcfg.n_ctx}, dropout {gcfg.resid_pdrop}; "
-          f"batch {cfg.batch_size}, lr {cfg.lr}, {cfg.schedule} with {cfg.warmup_steps} warm-up steps")
-    print(f"{steps:,} steps ({steps * cfg.batch_size / manifest['splits']['train']['blocks']:.1f} epochs) "
-          f"set by max_minutes={cfg.max_minutes:g} from the first steps' rate; training took {trained:.0f} s "
-          f"({trained / a.budget - 1:+.0%} of the budget), pretrain() {wall:.0f} s in all (Ray start-up, "
-          f"checkpoint, MLflow)")
+    print(
+        f"date: {datetime.date.today()}  device: {platform.processor() or platform.machine()} CPU, "
+        f"{threads} threads  torch {torch.__version__}"
+    )
+    print(
+        f"data: {s['train']['bytes']:,} train / {s['val']['bytes']:,} val bytes; byte-level BPE, "
+        f"vocab {manifest['tokenizer']['vocab_size']:,}; {s['train']['tokens'] / s['train']['bytes']:.3f} tokens per byte"
+    )
+    print(
+        f"model: {gcfg.n_layer} x {gcfg.n_embd}, {gcfg.n_head} heads, n_ctx {gcfg.n_ctx}, dropout {gcfg.resid_pdrop}; "
+        f"batch {cfg.batch_size}, lr {cfg.lr}, {cfg.schedule} with {cfg.warmup_steps} warm-up steps"
+    )
+    print(
+        f"{steps:,} steps ({steps * cfg.batch_size / manifest['splits']['train']['blocks']:.1f} epochs) "
+        f"set by max_minutes={cfg.max_minutes:g} from the first steps' rate; training took {trained:.0f} s "
+        f"({trained / a.budget - 1:+.0%} of the budget), pretrain() {wall:.0f} s in all (Ray start-up, "
+        f"checkpoint, MLflow)"
+    )
     print(f"MLflow run {out['run_id']} in {os.environ['MLFLOW_TRACKING_URI']}")
     print()
     print("| step | val bits per byte |")

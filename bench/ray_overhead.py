@@ -8,6 +8,7 @@ the time spent fetching micro-batches over the interval's wall time.
 
     python bench/ray_overhead.py                    # CPU, mini preset, on tinyshakespeare
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,23 +31,27 @@ from model import GPTConfig  # noqa: E402
 from pipeline.configio import load  # noqa: E402
 from pipeline.data.dataset import open_dataset  # noqa: E402
 from pipeline.data.prepare import PrepareConfig, prepare  # noqa: E402
-from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, model_config, pretrain  # noqa: E402
 from pipeline.tracking import RunLogger  # noqa: E402
 from pipeline.train.loop import LocalSession, LoopSpec, train_loop  # noqa: E402
+from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, model_config, pretrain  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "corpus" / "tinyshakespeare.txt"
 
 
 def history(uri: str, run_id: str, key: str) -> list[float]:
     from mlflow.tracking import MlflowClient
+
     return [m.value for m in sorted(MlflowClient(uri).get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
 def plain(uri: str, spec: LoopSpec, name: str) -> str:
     """The loop in this process, logging to its own MLflow run as rank 0 would."""
     from mlflow.tracking import MlflowClient
+
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("bench-plain") or client.get_experiment(client.create_experiment("bench-plain"))
+    exp = client.get_experiment_by_name("bench-plain") or client.get_experiment(
+        client.create_experiment("bench-plain")
+    )
     run = client.create_run(exp.experiment_id, run_name=name)
     tracker = RunLogger(uri, run.info.run_id)
     tracker.log_model = lambda *a: None  # as in the Ray runs below, no final artifacts
@@ -66,8 +71,12 @@ def main() -> None:
     a = p.parse_args()
     work = Path(a.workdir or tempfile.mkdtemp(prefix="ray-overhead-"))
     work.mkdir(parents=True, exist_ok=True)
-    cfg = load(PretrainConfig(), a.config, PRESETS_DIR,
-               [f"max_steps={a.steps}", "log_every=5", "eval_every=0", f"checkpoint_every={a.steps}"] + a.set)
+    cfg = load(
+        PretrainConfig(),
+        a.config,
+        PRESETS_DIR,
+        [f"max_steps={a.steps}", "log_every=5", "eval_every=0", f"checkpoint_every={a.steps}"] + a.set,
+    )
     data = work / "data"
     ray.init(address="local", logging_level="WARNING")
     n_ctx = GPTConfig.preset(cfg.model, **cfg.model_overrides).n_ctx
@@ -81,8 +90,9 @@ def main() -> None:
     tps = {"plain process": [], "TorchTrainer, 1 worker": []}
     wait = {k: [] for k in tps}
     for r in range(a.rounds):
-        spec = LoopSpec(pretrain=cfg, model=gcfg, data=str(data),
-                        total_steps=a.steps, threads=threads, mlflow_uri=uri)
+        spec = LoopSpec(
+            pretrain=cfg, model=gcfg, data=str(data), total_steps=a.steps, threads=threads, mlflow_uri=uri
+        )
         run_id = plain(uri, spec, f"plain-{r}")
         tps["plain process"] += history(uri, run_id, "tokens_per_s")[1:]
         wait["plain process"] += history(uri, run_id, "data_wait")[1:]
@@ -94,15 +104,19 @@ def main() -> None:
     device = f"{platform.processor() or platform.machine()} CPU, {threads} threads"
     print(f"command: python {shlex.join(sys.argv)}")
     print(f"date: {datetime.date.today()}  device: {device}  torch {torch.__version__}")
-    print(f"config {a.config}: {gcfg.n_layer} x {gcfg.n_embd}, vocab {gcfg.vocab_size}, batch {cfg.batch_size} x "
-          f"{gcfg.n_ctx}, {a.steps} steps x {a.rounds} rounds each, alternating; intervals of 5 steps")
+    print(
+        f"config {a.config}: {gcfg.n_layer} x {gcfg.n_embd}, vocab {gcfg.vocab_size}, batch {cfg.batch_size} x "
+        f"{gcfg.n_ctx}, {a.steps} steps x {a.rounds} rounds each, alternating; intervals of 5 steps"
+    )
     print()
     print("| loop | tokens/s, median (min-max) | vs plain | waiting for data |")
     print("|---|---:|---:|---:|")
     for k in tps:
         m = statistics.median(tps[k])
-        print(f"| {k} | {m:,.0f} ({min(tps[k]):,.0f}-{max(tps[k]):,.0f}) | {m / base - 1:+.1%} | "
-              f"{statistics.median(wait[k]):.2%} |")
+        print(
+            f"| {k} | {m:,.0f} ({min(tps[k]):,.0f}-{max(tps[k]):,.0f}) | {m / base - 1:+.1%} | "
+            f"{statistics.median(wait[k]):.2%} |"
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ measured in the same run.
     python bench/train_throughput.py --preset mini                       # CPU, fp32
     python bench/train_throughput.py --preset gpt1 --device cuda --dtype bf16 --seq 512
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,17 +48,26 @@ def keep_freed_memory() -> bool:
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.mallopt(-4, 0) == 1 and libc.mallopt(-1, 2 ** 30) == 1  # M_MMAP_MAX, M_TRIM_THRESHOLD
+        return libc.mallopt(-4, 0) == 1 and libc.mallopt(-1, 2**30) == 1  # M_MMAP_MAX, M_TRIM_THRESHOLD
     except (OSError, AttributeError):
         return False
 
 
 def hf_model(cfg: GPTConfig):
     from transformers import OpenAIGPTConfig, OpenAIGPTLMHeadModel
-    hf_cfg = OpenAIGPTConfig(vocab_size=cfg.vocab_size, n_positions=cfg.n_ctx, n_embd=cfg.n_embd,
-                             n_layer=cfg.n_layer, n_head=cfg.n_head, afn="gelu",
-                             embd_pdrop=cfg.embd_pdrop, attn_pdrop=cfg.attn_pdrop,
-                             resid_pdrop=cfg.resid_pdrop, layer_norm_epsilon=cfg.layer_norm_epsilon)
+
+    hf_cfg = OpenAIGPTConfig(
+        vocab_size=cfg.vocab_size,
+        n_positions=cfg.n_ctx,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        afn="gelu",
+        embd_pdrop=cfg.embd_pdrop,
+        attn_pdrop=cfg.attn_pdrop,
+        resid_pdrop=cfg.resid_pdrop,
+        layer_norm_epsilon=cfg.layer_norm_epsilon,
+    )
     model = OpenAIGPTLMHeadModel(hf_cfg)
     return model, lambda x: model(input_ids=x).logits
 
@@ -93,19 +103,30 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="mini", help="model preset (gpt1, mini, tiny)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                   help="fp32, or bf16 autocast (default: bf16 on cuda, fp32 on cpu)")
+    p.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default=None,
+        help="fp32, or bf16 autocast (default: bf16 on cuda, fp32 on cpu)",
+    )
     p.add_argument("--batch", type=int, default=None, help="sequences per step (default 8 cpu, 16 cuda)")
     p.add_argument("--seq", type=int, default=None, help="tokens per sequence T (default: n_ctx)")
     p.add_argument("--steps", type=int, default=None, help="steps per timed round")
     p.add_argument("--rounds", type=int, default=7, help="alternating timed rounds per network")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per network first")
     p.add_argument("--matmul-n", type=int, default=None, help="size of the ceiling matmul")
-    p.add_argument("--dropout", type=float, default=None,
-                   help="embedding, attention and residual dropout for both (default: the preset's, 0.1)")
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=None,
+        help="embedding, attention and residual dropout for both (default: the preset's, 0.1)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile both networks")
-    p.add_argument("--keep-freed-memory", action="store_true",
-                   help="CPU: make glibc malloc reuse freed memory instead of page-faulting it back in")
+    p.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="CPU: make glibc malloc reuse freed memory instead of page-faulting it back in",
+    )
     p.add_argument("--no-hf", action="store_true", help="time model.GPT alone")
     a = p.parse_args()
     cuda = a.device == "cuda"
@@ -143,13 +164,19 @@ def main() -> None:
     # Measured again after the timed rounds: the ceiling is the best the device did in this run.
     ceiling = max(ceiling, matmul_ceiling(a.device, DTYPES[a.dtype], n, reps=20 if cuda else 10))
 
-    device_name = torch.cuda.get_device_name() if cuda else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    device_name = (
+        torch.cuda.get_device_name()
+        if cuda
+        else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    )
     print(f"command: python {shlex.join(sys.argv)}")
     print(f"date: {datetime.date.today()}  device: {device_name}  torch {torch.__version__}")
-    print(f"preset {a.preset}: {cfg.n_layer} x {cfg.n_embd}, {cfg.n_head} heads, vocab {cfg.vocab_size}; "
-          f"batch {a.batch} x T {T}; dropout {cfg.resid_pdrop}; {a.dtype}; compile {a.compile}; "
-          f"malloc keeps freed memory {reuse}; "
-          f"{flops_per_token / 1e6:.1f} MFLOP/token; matmul ceiling {ceiling / 1e12:.3f} TFLOP/s")
+    print(
+        f"preset {a.preset}: {cfg.n_layer} x {cfg.n_embd}, {cfg.n_head} heads, vocab {cfg.vocab_size}; "
+        f"batch {a.batch} x T {T}; dropout {cfg.resid_pdrop}; {a.dtype}; compile {a.compile}; "
+        f"malloc keeps freed memory {reuse}; "
+        f"{flops_per_token / 1e6:.1f} MFLOP/token; matmul ceiling {ceiling / 1e12:.3f} TFLOP/s"
+    )
     print()
     print(f"| network | ms/step, median of {a.rounds} rounds (min-max) | tokens/s | MFU | vs HF |")
     print("|---|---:|---:|---:|---:|")
@@ -158,8 +185,10 @@ def main() -> None:
     for r in runners:
         ms = [t * 1e3 for t in r.times]
         ratio = f"{tps[r.name] / hf_tps:.2f}x" if hf_tps else "-"
-        print(f"| {r.name} | {statistics.median(ms):.1f} ({min(ms):.0f}-{max(ms):.0f}) | "
-              f"{tps[r.name]:,.0f} | {tps[r.name] * flops_per_token / ceiling:.1%} | {ratio} |")
+        print(
+            f"| {r.name} | {statistics.median(ms):.1f} ({min(ms):.0f}-{max(ms):.0f}) | "
+            f"{tps[r.name]:,.0f} | {tps[r.name] * flops_per_token / ceiling:.1%} | {ratio} |"
+        )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ on one checkpoint and its dataset, each ROUNDS times alternating (median reporte
     python bench/zero_shot_cost.py --checkpoint RUNS/NAME/checkpoint_N --data DATASET --sst2 GLUE/SST-2 \
         [--vocab ../shared/data/gpt1-vocab]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,9 @@ def median_time(fn, rounds: int) -> tuple[float, object]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--data", required=True, help="the dataset the checkpoint was pretrained on (its val split)")
+    ap.add_argument(
+        "--data", required=True, help="the dataset the checkpoint was pretrained on (its val split)"
+    )
     ap.add_argument("--sst2", required=True, help="a GLUE SST-2 directory (train.tsv, dev.tsv)")
     ap.add_argument("--examples", type=int, default=500, help="zero_shot_examples")
     ap.add_argument("--micro", type=int, default=8, help="the evaluation's micro-batch")
@@ -82,7 +85,9 @@ def main() -> None:
 
         vtok = load_tokenizer(a.vocab)
         torch.manual_seed(0)
-        vgpt = GPT(type(gpt.config).from_dict({**gpt.config.to_dict(), "vocab_size": vtok.get_vocab_size()})).eval()
+        vgpt = GPT(
+            type(gpt.config).from_dict({**gpt.config.to_dict(), "vocab_size": vtok.get_vocab_size()})
+        ).eval()
         compare = Scorer(vgpt, vtok)
 
     def two_passes():  # the first version: each answer scored as a continuation of its own
@@ -103,18 +108,25 @@ def main() -> None:
     print(f"command: python {' '.join(sys.argv)}")
     print(f"device: {platform.machine()} CPU, {torch.get_num_threads()} threads  torch {torch.__version__}")
     c = gpt.config
-    print(f"model: {c.n_layer} x {c.n_embd}, n_ctx {c.n_ctx}, vocab {c.vocab_size:,}; val {len(val):,} blocks "
-          f"({val_tokens:,} tokens); SST-2 dev {len(dev)} sentences; median of {a.rounds}")
-    print(f"one pass against two: {'vocabulary ' + a.vocab + ', random weights' if a.vocab else 'the checkpoint'}; "
-          f"'positive' and 'negative' one token each: {one_word}" + ("" if one_word else " (so both rows take two passes)"))
+    print(
+        f"model: {c.n_layer} x {c.n_embd}, n_ctx {c.n_ctx}, vocab {c.vocab_size:,}; val {len(val):,} blocks "
+        f"({val_tokens:,} tokens); SST-2 dev {len(dev)} sentences; median of {a.rounds}"
+    )
+    print(
+        f"one pass against two: {'vocabulary ' + a.vocab + ', random weights' if a.vocab else 'the checkpoint'}; "
+        f"'positive' and 'negative' one token each: {one_word}"
+        + ("" if one_word else " (so both rows take two passes)")
+    )
     print()
     print("| pass | seconds | x the evaluation |")
     print("|---|---:|---:|")
-    rows = [("evaluation (every val block)", t_eval),
-            (f"zero-shot SST-2, {a.examples} examples (zero_shot_examples)", t_cut),
-            (f"zero-shot SST-2, all {len(dev)}", t_all),
-            (f"SST-2 heuristic alone, {len(dev)}: one pass a sentence", t_one),
-            (f"SST-2 heuristic alone, {len(dev)}: two passes a sentence (first version)", t_two)]
+    rows = [
+        ("evaluation (every val block)", t_eval),
+        (f"zero-shot SST-2, {a.examples} examples (zero_shot_examples)", t_cut),
+        (f"zero-shot SST-2, all {len(dev)}", t_all),
+        (f"SST-2 heuristic alone, {len(dev)}: one pass a sentence", t_one),
+        (f"SST-2 heuristic alone, {len(dev)}: two passes a sentence (first version)", t_two),
+    ]
     for k, (name, t) in enumerate(rows):  # the last two rows ran on --vocab's network, if given
         ratio = "(another network)" if a.vocab and k >= 3 else f"{t / t_eval:.2f}"
         print(f"| {name} | {t:.2f} | {ratio} |")

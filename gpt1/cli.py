@@ -1,4 +1,5 @@
 """The `gpt1` command. Stages are added as subcommands as they land (see README.md)."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,9 @@ def export(args: argparse.Namespace) -> None:
     src, dst = Path(args.src).absolute(), Path(args.dst).absolute()
     if src == dst or src in dst.parents or dst in src.parents:
         raise UserError(f"{dst}: is (or holds, or lies in) the source {src}; write the export elsewhere")
-    outdir.check_replaceable(dst, "a model directory", lambda d: (d / "config.json").is_file(), args.overwrite)
+    outdir.check_replaceable(
+        dst, "a model directory", lambda d: (d / "config.json").is_file(), args.overwrite
+    )
     outdir.check_writable(dst)
     outdir.remove_orphans(dst)
     gpt = load_model(src)
@@ -38,12 +41,13 @@ def export(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpt1", description="GPT-1 pre-training and fine-tuning on Ray")
     sub = p.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("export", help="convert weights between formats",
-                       description=export.__doc__)
+    e = sub.add_parser("export", help="convert weights between formats", description=export.__doc__)
     e.add_argument("src", help="model directory: native, Hugging Face, or the original OpenAI release")
     e.add_argument("dst", help="directory to write")
     e.add_argument("--format", choices=["native", "hf"], default="native")
-    e.add_argument("--overwrite", action="store_true", help="replace an existing model directory (nothing else)")
+    e.add_argument(
+        "--overwrite", action="store_true", help="replace an existing model directory (nothing else)"
+    )
     e.set_defaults(func=export)
 
     from gpt1 import demo
@@ -55,15 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Each stage's module brings its own options (add_arguments), entry (run) and --help text.
     for name, module, help_ in (
-            ("prepare", prepare, "corpus -> tokenizer and packed token shards (Ray Data)"),
-            ("pretrain", pretrain, "prepared dataset -> pretrained GPT (Ray Train)"),
-            ("finetune", finetune, "pretrained checkpoint + task -> fine-tuned model (L3 = L2 + λ·L1)"),
-            ("sweep", sweep, "Ray Tune sweep of the fine-tuning settings and λ, per task"),
-            ("evaluate", evaluate, "a checkpoint's loss, perplexity and bits per byte on a corpus"),
-            ("generate", generate, "continue a prompt with any checkpoint"),
-            ("demo", demo, "the whole pipeline on built-in data (or yours), locally")):
-        sp = sub.add_parser(name, help=help_, description=module.__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        ("prepare", prepare, "corpus -> tokenizer and packed token shards (Ray Data)"),
+        ("pretrain", pretrain, "prepared dataset -> pretrained GPT (Ray Train)"),
+        ("finetune", finetune, "pretrained checkpoint + task -> fine-tuned model (L3 = L2 + λ·L1)"),
+        ("sweep", sweep, "Ray Tune sweep of the fine-tuning settings and λ, per task"),
+        ("evaluate", evaluate, "a checkpoint's loss, perplexity and bits per byte on a corpus"),
+        ("generate", generate, "continue a prompt with any checkpoint"),
+        ("demo", demo, "the whole pipeline on built-in data (or yours), locally"),
+    ):
+        sp = sub.add_parser(
+            name, help=help_, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         module.add_arguments(sp)
         sp.set_defaults(func=module.run)
     return p

@@ -17,6 +17,7 @@ over; the MLflow store keeps the old runs.
 --task NAME=PATH takes a registered task's directory (sst-2=glue/SST-2) or a directory with a
 task.yaml (transformation, text_columns, label_column, labels, files).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
 
 from pipeline import configio, errors
 
@@ -42,9 +42,11 @@ class Size:
     seeds: int  # --seeds of each ablation row: its table cell is the mean ± std over them
 
 
-SIZES = {"default": Size(docs=8000, train=500, dev=200, steps=3000, samples=1, seeds=2),
-         # Every stage at a fraction of the size, for CI: the same flow in a few minutes.
-         "ci": Size(docs=800, train=80, dev=60, steps=60, samples=1, seeds=1)}
+SIZES = {
+    "default": Size(docs=8000, train=500, dev=200, steps=3000, samples=1, seeds=2),
+    # Every stage at a fraction of the size, for CI: the same flow in a few minutes.
+    "ci": Size(docs=800, train=80, dev=60, steps=60, samples=1, seeds=1),
+}
 
 
 def _sha(obj) -> str:
@@ -100,6 +102,7 @@ def builtin_data(work: Path, size: Size, stages: Stages) -> tuple[list[str], dic
     d = work / "builtin"
     if not stages.claim("builtin"):
         from pipeline.outdir import check_replaceable
+
         check_replaceable(d, "the demo's built-in data", lambda p: (p / "corpus.txt").is_file(), True)
     d.mkdir(parents=True, exist_ok=True)
     corpus = world.write_corpus(d / "corpus.txt", size.docs)
@@ -118,21 +121,26 @@ def parse_tasks(pairs: list[str]) -> dict[str, Path]:
     return tasks
 
 
-def run_demo(work: Path, size: Size, corpus: list[str] | None = None, tasks: dict[str, Path] | None = None) -> dict:
+def run_demo(
+    work: Path, size: Size, corpus: list[str] | None = None, tasks: dict[str, Path] | None = None
+) -> dict:
     from pipeline.data.packing import sha256_file
     from pipeline.data.prepare import PrepareConfig, prepare
-    from pipeline.runtime import ray_init
-    from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, pretrain
-    from pipeline.tracking import tracking_uri
-    from tuning.search import SweepOptions, sweep_task
-    from tuning.finetune import FinetuneConfig
-    from tuning.space import CONFIGS_DIR, load_space
     from pipeline.data.tasks import from_directory
+    from pipeline.runtime import ray_init
+    from pipeline.tracking import tracking_uri
+    from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, pretrain
+    from tuning.finetune import FinetuneConfig
+    from tuning.search import SweepOptions, sweep_task
+    from tuning.space import CONFIGS_DIR, load_space
 
     t_start = time.perf_counter()
     check_inputs(corpus, tasks)
-    jobs = {name: (from_directory(name, d), d) for name, d in (tasks or {}).items()}  # before anything is written
+    jobs = {
+        name: (from_directory(name, d), d) for name, d in (tasks or {}).items()
+    }  # before anything is written
     from pipeline.tracking import check_store
+
     uri = tracking_uri()
     check_store(uri, skippable=False)
     work.mkdir(parents=True, exist_ok=True)
@@ -148,8 +156,12 @@ def run_demo(work: Path, size: Size, corpus: list[str] | None = None, tasks: dic
     ray_init()
     # WORKDIR/data, where the demo made it, is the demo's: other inputs replace it (the same ones
     # are a no-op). A dataset it did not make is never replaced.
-    manifest = prepare(corpus, work / "data", PrepareConfig(n_merges=2000, n_ctx=n_ctx, val_fraction=0.05),
-                       overwrite=stages.claim("data"))
+    manifest = prepare(
+        corpus,
+        work / "data",
+        PrepareConfig(n_merges=2000, n_ctx=n_ctx, val_fraction=0.05),
+        overwrite=stages.claim("data"),
+    )
 
     pcfg = dataclasses.replace(pcfg, max_steps=size.steps)
     key = _sha({"data": manifest["fingerprint"], "config": dataclasses.asdict(pcfg)})
@@ -160,8 +172,11 @@ def run_demo(work: Path, size: Size, corpus: list[str] | None = None, tasks: dic
         print(f"[2/3] pretrain: {size.steps:,} steps of the demo preset on Ray Train", flush=True)
         stages.claim("runs")
         out = pretrain(work / "data", pcfg, workers=1, storage=str(work / "runs"))
-        pre = {"checkpoint": out["checkpoint"], "run_id": out["run_id"],
-               "val_loss": out["metrics"].get("val_loss")}
+        pre = {
+            "checkpoint": out["checkpoint"],
+            "run_id": out["run_id"],
+            "val_loss": out["metrics"].get("val_loss"),
+        }
         stages.put("pretrain", key, pre)
     ckpt = Path(pre["checkpoint"])
 
@@ -171,21 +186,43 @@ def run_demo(work: Path, size: Size, corpus: list[str] | None = None, tasks: dic
     for i, (name, (task, d)) in enumerate(jobs.items(), 1):
         files = sorted(str(p) for p in Path(d).iterdir() if p.is_file())
         # A grace period of every epoch: with two trials a task, ASHA would stop one at its first rung.
-        opts = SweepOptions(samples=size.samples, space=str(space), ablations=True, grace_period=epochs,
-                            storage=str(work / "runs"), device="cpu", seeds=size.seeds)
-        key = _sha({"checkpoint": sha256_file(ckpt / "model.safetensors"), "files": [sha256_file(Path(f)) for f in files],
-                    "space": space.read_text(), "options": dataclasses.asdict(opts)})
+        opts = SweepOptions(
+            samples=size.samples,
+            space=str(space),
+            ablations=True,
+            grace_period=epochs,
+            storage=str(work / "runs"),
+            device="cpu",
+            seeds=size.seeds,
+        )
+        key = _sha(
+            {
+                "checkpoint": sha256_file(ckpt / "model.safetensors"),
+                "files": [sha256_file(Path(f)) for f in files],
+                "space": space.read_text(),
+                "options": dataclasses.asdict(opts),
+            }
+        )
         done = stages.get(f"sweep:{name}", key)
         if done and "ablations" not in done:  # recorded by a version whose table had no seeds
             done = None
         if done:
-            print(f"[3/3] sweep {name} ({i}/{len(jobs)}): reusing MLflow run {done['parent_run_id']}", flush=True)
+            print(
+                f"[3/3] sweep {name} ({i}/{len(jobs)}): reusing MLflow run {done['parent_run_id']}",
+                flush=True,
+            )
         else:
             print(f"[3/3] sweep {name} ({i}/{len(jobs)}): {task.transformation}", flush=True)
             r = sweep_task(task, Path(d), ckpt, opts, uri)
-            done = {"parent_run_id": r["parent_run_id"], "metric": task.metrics[0], "best": r["best"],
-                    "best_lm_coef": r["best_config"]["lm_coef"], "transformation": task.transformation,
-                    "seeds": size.seeds, "ablations": {a["ablation"]: [a["mean"], a["std"]] for a in r["ablation_summary"]}}
+            done = {
+                "parent_run_id": r["parent_run_id"],
+                "metric": task.metrics[0],
+                "best": r["best"],
+                "best_lm_coef": r["best_config"]["lm_coef"],
+                "transformation": task.transformation,
+                "seeds": size.seeds,
+                "ablations": {a["ablation"]: [a["mean"], a["std"]] for a in r["ablation_summary"]},
+            }
             stages.put(f"sweep:{name}", key, done)
         results[name] = done
 
@@ -203,26 +240,42 @@ def run_demo(work: Path, size: Size, corpus: list[str] | None = None, tasks: dic
 
     for name, r in results.items():
         a = r["ablations"]
-        print(f"| {name} | {r['transformation']} | {r['metric']} | {r['best']:.3f} | {r['best_lm_coef']} | "
-              f"{cell(a['no_pretraining'])} | {cell(a['full'])} | {cell(a['no_aux_lm'])} |")
-    print(f"\ndone in {time.perf_counter() - t_start:.0f} s. Compare the runs in the MLflow UI:\n"
-          f"    mlflow ui --backend-store-uri {uri}\n"
-          f"then open http://127.0.0.1:5000 and the experiments gpt1-finetune-<task>.")
+        print(
+            f"| {name} | {r['transformation']} | {r['metric']} | {r['best']:.3f} | {r['best_lm_coef']} | "
+            f"{cell(a['no_pretraining'])} | {cell(a['full'])} | {cell(a['no_aux_lm'])} |"
+        )
+    print(
+        f"\ndone in {time.perf_counter() - t_start:.0f} s. Compare the runs in the MLflow UI:\n"
+        f"    mlflow ui --backend-store-uri {uri}\n"
+        f"then open http://127.0.0.1:5000 and the experiments gpt1-finetune-<task>."
+    )
     return {"pretrain": pre, "sweeps": results, "uri": uri}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workdir", default="demo", help="where the data, checkpoints and trials go (default ./demo)")
-    p.add_argument("--size", choices=sorted(SIZES), default="default",
-                   help="default (about 10 minutes on 2 cores) or ci (every stage shrunk)")
+    p.add_argument(
+        "--workdir", default="demo", help="where the data, checkpoints and trials go (default ./demo)"
+    )
+    p.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        default="default",
+        help="default (about 10 minutes on 2 cores) or ci (every stage shrunk)",
+    )
     p.add_argument("--fresh", action="store_true", help="delete WORKDIR first: run every stage again")
-    p.add_argument("--corpus", nargs="+", help="your unlabeled text (files, globs, directories), instead of the built-in")
-    p.add_argument("--task", action="append", default=[], metavar="NAME=PATH", help="your labeled task (repeatable)")
+    p.add_argument(
+        "--corpus", nargs="+", help="your unlabeled text (files, globs, directories), instead of the built-in"
+    )
+    p.add_argument(
+        "--task", action="append", default=[], metavar="NAME=PATH", help="your labeled task (repeatable)"
+    )
 
 
 def check_inputs(corpus: list[str] | None, tasks: dict[str, Path] | None) -> None:
     if bool(corpus) != bool(tasks):
-        raise errors.ConfigError("--corpus and --task go together: give both, or neither for the built-in data")
+        raise errors.ConfigError(
+            "--corpus and --task go together: give both, or neither for the built-in data"
+        )
 
 
 def fresh(work: Path, inputs: list[Path]) -> None:
@@ -232,6 +285,7 @@ def fresh(work: Path, inputs: list[Path]) -> None:
     if not work.exists():
         return
     from pipeline import outdir
+
     # Only a demo's own directory is touched: --workdir ~ --fresh must not empty a home.
     outdir.check_replaceable(work, "a demo directory", lambda d: (d / "stages.json").is_file(), True)
     if not (work / "stages.json").exists():
@@ -240,8 +294,10 @@ def fresh(work: Path, inputs: list[Path]) -> None:
     for entry in stages.written:
         for path in inputs:
             if entry in (path, *path.parents):
-                raise errors.ConfigError(f"--fresh: {entry} holds {path}, an input of this command; "
-                                         "move the input out of the demo's directory, or drop --fresh")
+                raise errors.ConfigError(
+                    f"--fresh: {entry} holds {path}, an input of this command; "
+                    "move the input out of the demo's directory, or drop --fresh"
+                )
     for entry in stages.written:
         shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink(missing_ok=True)
     stages.path.unlink()
@@ -265,4 +321,3 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     return errors.stage_main("demo", __doc__, add_arguments, run, argv)
-

@@ -13,43 +13,179 @@ through what pretraining learned: the demo's "no pretraining" row stays near cha
     same-kind   (similarity)       "a trout was in the water ." / "a carp was ..."  -> 1
     action      (multiple choice)  "the hawk" + 4 actions, one of its kind      -> that one
 """
+
 from __future__ import annotations
 
 import random
 from pathlib import Path
 
 KINDS = {
-    "bird": (["robin", "sparrow", "finch", "crow", "owl", "hawk", "wren", "lark", "dove", "eagle", "heron",
-              "swallow", "raven", "thrush", "gull", "stork"],
-             ["flew over the hill", "sang in the tree", "built a nest", "spread its wings", "landed on the roof"]),
-    "fish": (["trout", "salmon", "carp", "perch", "pike", "cod", "tuna", "eel", "bass", "minnow", "herring",
-              "sardine", "mackerel", "halibut", "sole", "bream"],
-             ["swam in the river", "hid under a rock", "jumped out of the water", "swam against the current",
-              "was caught in a net"]),
-    "fruit": (["apple", "pear", "plum", "peach", "cherry", "mango", "lemon", "grape", "melon", "fig", "apricot",
-               "lime", "orange", "banana", "papaya", "quince"],
-              ["was ripe and sweet", "fell from the branch", "was sliced for lunch", "was picked at dawn",
-               "was pressed for juice"]),
-    "tool": (["hammer", "sander", "wrench", "drill", "chisel", "spanner", "axe", "crowbar", "scraper", "rasp", "mallet",
-              "pliers", "shovel", "rake", "trowel", "ladder"],
-             ["was used to fix the roof", "lay in the shed", "was sharpened on a stone", "hung on the wall",
-              "was lent to a neighbour"]),
+    "bird": (
+        [
+            "robin",
+            "sparrow",
+            "finch",
+            "crow",
+            "owl",
+            "hawk",
+            "wren",
+            "lark",
+            "dove",
+            "eagle",
+            "heron",
+            "swallow",
+            "raven",
+            "thrush",
+            "gull",
+            "stork",
+        ],
+        ["flew over the hill", "sang in the tree", "built a nest", "spread its wings", "landed on the roof"],
+    ),
+    "fish": (
+        [
+            "trout",
+            "salmon",
+            "carp",
+            "perch",
+            "pike",
+            "cod",
+            "tuna",
+            "eel",
+            "bass",
+            "minnow",
+            "herring",
+            "sardine",
+            "mackerel",
+            "halibut",
+            "sole",
+            "bream",
+        ],
+        [
+            "swam in the river",
+            "hid under a rock",
+            "jumped out of the water",
+            "swam against the current",
+            "was caught in a net",
+        ],
+    ),
+    "fruit": (
+        [
+            "apple",
+            "pear",
+            "plum",
+            "peach",
+            "cherry",
+            "mango",
+            "lemon",
+            "grape",
+            "melon",
+            "fig",
+            "apricot",
+            "lime",
+            "orange",
+            "banana",
+            "papaya",
+            "quince",
+        ],
+        [
+            "was ripe and sweet",
+            "fell from the branch",
+            "was sliced for lunch",
+            "was picked at dawn",
+            "was pressed for juice",
+        ],
+    ),
+    "tool": (
+        [
+            "hammer",
+            "sander",
+            "wrench",
+            "drill",
+            "chisel",
+            "spanner",
+            "axe",
+            "crowbar",
+            "scraper",
+            "rasp",
+            "mallet",
+            "pliers",
+            "shovel",
+            "rake",
+            "trowel",
+            "ladder",
+        ],
+        [
+            "was used to fix the roof",
+            "lay in the shed",
+            "was sharpened on a stone",
+            "hung on the wall",
+            "was lent to a neighbour",
+        ],
+    ),
 }
 MOOD = {
-    "positive": (["wonderful", "superb", "delightful", "charming", "splendid", "marvelous", "excellent", "lovely",
-                  "brilliant", "pleasant", "terrific", "fabulous", "glorious", "elegant", "gripping", "moving"],
-                 ["everyone cheered", "the crowd smiled", "we laughed all night", "people asked for more",
-                  "the critics praised it"]),
-    "negative": (["awful", "dreadful", "terrible", "dismal", "horrible", "tedious", "boring", "clumsy", "lousy",
-                  "bleak", "nasty", "dull", "shabby", "sloppy", "painful", "tiresome"],
-                 ["everyone groaned", "the crowd left early", "we asked for a refund", "people fell asleep",
-                  "the critics mocked it"]),
+    "positive": (
+        [
+            "wonderful",
+            "superb",
+            "delightful",
+            "charming",
+            "splendid",
+            "marvelous",
+            "excellent",
+            "lovely",
+            "brilliant",
+            "pleasant",
+            "terrific",
+            "fabulous",
+            "glorious",
+            "elegant",
+            "gripping",
+            "moving",
+        ],
+        [
+            "everyone cheered",
+            "the crowd smiled",
+            "we laughed all night",
+            "people asked for more",
+            "the critics praised it",
+        ],
+    ),
+    "negative": (
+        [
+            "awful",
+            "dreadful",
+            "terrible",
+            "dismal",
+            "horrible",
+            "tedious",
+            "boring",
+            "clumsy",
+            "lousy",
+            "bleak",
+            "nasty",
+            "dull",
+            "shabby",
+            "sloppy",
+            "painful",
+            "tiresome",
+        ],
+        [
+            "everyone groaned",
+            "the crowd left early",
+            "we asked for a refund",
+            "people fell asleep",
+            "the critics mocked it",
+        ],
+    ),
 }
 SHOWS = ["play", "film", "show", "concert", "book", "dinner", "party", "lecture", "game", "trip"]
 PLACES = ["by the road", "near the house", "in the garden", "at the market", "on the farm", "by the lake"]
-FILLER = ("it was a day like any other . the sun rose late . we walked to the village . "
-          "the wind came from the west . nobody said much . later it rained . "
-          "the old man told a story . the children went home .").split(" . ")
+FILLER = (
+    "it was a day like any other . the sun rose late . we walked to the village . "
+    "the wind came from the west . nobody said much . later it rained . "
+    "the old man told a story . the children went home ."
+).split(" . ")
 
 
 def _split(members: list[str]) -> tuple[list[str], list[str]]:
@@ -69,12 +205,21 @@ def corpus(n_docs: int, seed: int = 0) -> list[str]:
                 kind = rng.choice(list(KINDS))
                 members, actions = KINDS[kind]
                 m = rng.choice(members)
-                sentences.append(rng.choice([f"the {m} {rng.choice(actions)}", f"a {m} is a kind of {kind}",
-                                             f"we saw a {m} {rng.choice(PLACES)} , and it {rng.choice(actions)}",
-                                             f"every {kind} , like the {m} , {rng.choice(actions)}"]))
+                sentences.append(
+                    rng.choice(
+                        [
+                            f"the {m} {rng.choice(actions)}",
+                            f"a {m} is a kind of {kind}",
+                            f"we saw a {m} {rng.choice(PLACES)} , and it {rng.choice(actions)}",
+                            f"every {kind} , like the {m} , {rng.choice(actions)}",
+                        ]
+                    )
+                )
             elif r < 0.7:
                 words, reactions = MOOD[rng.choice(list(MOOD))]
-                sentences.append(f"the {rng.choice(SHOWS)} was {rng.choice(words)} , and {rng.choice(reactions)}")
+                sentences.append(
+                    f"the {rng.choice(SHOWS)} was {rng.choice(words)} , and {rng.choice(reactions)}"
+                )
             else:
                 sentences.append(rng.choice(FILLER).strip())
         docs.append(" . ".join(sentences) + " .")
@@ -95,8 +240,13 @@ def _kind(rng, members_of: dict[str, list[str]], n: int) -> list[tuple]:
         kind = rng.choice(list(KINDS))
         told = kind if rng.random() < 0.5 else rng.choice([k for k in KINDS if k != kind])
         place = rng.choice(PLACES)
-        out.append((f"we saw a {rng.choice(members_of[kind])} {place} .", f"we saw a {told} {place} .",
-                     "entailment" if told == kind else "not_entailment"))
+        out.append(
+            (
+                f"we saw a {rng.choice(members_of[kind])} {place} .",
+                f"we saw a {told} {place} .",
+                "entailment" if told == kind else "not_entailment",
+            )
+        )
     return out
 
 
@@ -128,8 +278,13 @@ TASKS = {
     "sentiment": ("classification", ["sentence"], "label", ["negative", "positive"], _sentiment),
     "kind": ("entailment", ["premise", "hypothesis"], "label", ["entailment", "not_entailment"], _kind),
     "same-kind": ("similarity", ["sentence1", "sentence2"], "label", ["0", "1"], _same_kind),
-    "action": ("multiple_choice", ["context", "choice0", "choice1", "choice2", "choice3"], "label",
-               ["0", "1", "2", "3"], _action),
+    "action": (
+        "multiple_choice",
+        ["context", "choice0", "choice1", "choice2", "choice3"],
+        "label",
+        ["0", "1", "2", "3"],
+        _action,
+    ),
 }
 
 
@@ -150,8 +305,19 @@ def write_task(name: str, d: Path, n_train: int, n_dev: int, seed: int = 0) -> P
     d.mkdir(parents=True, exist_ok=True)
     for split, n, side in (("train", n_train, 0), ("dev", n_dev, 1)):
         rows = make(rng, {k: h[side] for k, h in halves.items()}, n)
-        (d / f"{split}.tsv").write_text("\n".join(["\t".join([*columns, label])] + ["\t".join(r) for r in rows]) + "\n")
-    (d / "task.yaml").write_text(yaml.safe_dump({
-        "transformation": transformation, "text_columns": columns, "label_column": label, "labels": labels,
-        "files": {"train": "train.tsv", "dev": "dev.tsv"}}, sort_keys=False))
+        (d / f"{split}.tsv").write_text(
+            "\n".join(["\t".join([*columns, label])] + ["\t".join(r) for r in rows]) + "\n"
+        )
+    (d / "task.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "transformation": transformation,
+                "text_columns": columns,
+                "label_column": label,
+                "labels": labels,
+                "files": {"train": "train.tsv", "dev": "dev.tsv"},
+            },
+            sort_keys=False,
+        )
+    )
     return d

@@ -2,13 +2,31 @@
 
 Imports torch and safetensors only, so a GPU benchmark of the model needs nothing else.
 """
-from .config import GPTConfig, PRESETS
+
+from .config import PRESETS, GPTConfig
 from .gpt import GPT
+from .heads import TRANSFORMATIONS, GPTForTask, TaskHead, TaskOutput, extract_states
 from .kvcache import KVCache
-from .heads import GPTForTask, TaskHead, TaskOutput, TRANSFORMATIONS, extract_states
 from .losses import combined_loss, lm_loss, task_loss
 from .optim import make_optimizer, make_schedule, param_groups, warmup_constant, warmup_cosine, warmup_linear
 
-__all__ = ["GPT", "KVCache", "GPTConfig", "PRESETS", "GPTForTask", "TaskHead", "TaskOutput", "TRANSFORMATIONS",
-           "extract_states", "lm_loss", "task_loss", "combined_loss", "make_optimizer",
-           "make_schedule", "param_groups", "warmup_cosine", "warmup_linear", "warmup_constant"]
+__all__ = [
+    "GPT",
+    "KVCache",
+    "GPTConfig",
+    "PRESETS",
+    "GPTForTask",
+    "TaskHead",
+    "TaskOutput",
+    "TRANSFORMATIONS",
+    "extract_states",
+    "lm_loss",
+    "task_loss",
+    "combined_loss",
+    "make_optimizer",
+    "make_schedule",
+    "param_groups",
+    "warmup_cosine",
+    "warmup_linear",
+    "warmup_constant",
+]

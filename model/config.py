@@ -1,4 +1,5 @@
 """GPTConfig: the shape of the network, and the named presets."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,7 +30,9 @@ class GPTConfig:
             v = getattr(self, f.name)
             if f.type == "int" and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise ValueError(f"{f.name} {v!r}: expected a positive integer")
-            if f.type == "float" and (not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < 1):
+            if f.type == "float" and (
+                not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < 1
+            ):
                 raise ValueError(f"{f.name} {v!r}: expected a number in [0, 1)")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
@@ -42,7 +45,13 @@ class GPTConfig:
         """GPT(self).num_params(), counted without building it: the two embedding tables, and per
         block two LayerNorms, the attention's two projections and the MLP's two (with biases)."""
         d = self.n_embd
-        block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * self.n_inner + self.n_inner) + (self.n_inner * d + d)
+        block = (
+            2 * 2 * d
+            + (d * 3 * d + 3 * d)
+            + (d * d + d)
+            + (d * self.n_inner + self.n_inner)
+            + (self.n_inner * d + d)
+        )
         return (self.vocab_size + self.n_ctx) * d + self.n_layer * block
 
     @classmethod

@@ -3,6 +3,7 @@
 Measured rather than looked up, so that the same number means the same thing on a laptop CPU
 and on a GPU whose datasheet peak assumes a clock it does not hold.
 """
+
 from __future__ import annotations
 
 import time
@@ -28,4 +29,4 @@ def matmul_ceiling(device: torch.device | str, dtype: torch.dtype, n: int, reps:
         a @ b
         _sync(device)
         times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / min(times)
+    return 2 * n**3 / min(times)

@@ -1,4 +1,5 @@
 """Continuation of a prompt: greedy or sampled (temperature, top-k, top-p)."""
+
 from __future__ import annotations
 
 import torch
@@ -6,8 +7,7 @@ import torch
 from .kvcache import KVCache
 
 
-def filter_logits(logits: torch.Tensor, top_k: int | None = None,
-                  top_p: float | None = None) -> torch.Tensor:
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
     """Set to -inf every logit outside the top-k and outside the top-p nucleus."""
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
@@ -24,9 +24,17 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None,
 
 
 @torch.no_grad()
-def generate(gpt, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, end_token: int | None = None,
-             generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
+def generate(
+    gpt,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    end_token: int | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> torch.Tensor:
     """Append up to max_new_tokens to each [B, T] prompt. temperature 0 is greedy.
 
     Stops at n_ctx tokens in all, or once every row has produced end_token; rows that ended

@@ -1,4 +1,5 @@
 """The GPT-1 network: a post-LN decoder-only Transformer with a tied input/output embedding."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +22,13 @@ class CausalSelfAttention(nn.Module):
         self.attn_pdrop = cfg.attn_pdrop
         self.resid_dropout = Dropout(cfg.resid_pdrop)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
@@ -37,8 +43,14 @@ class CausalSelfAttention(nn.Module):
         # SDPA scales by 1/sqrt(d_head) as the released code does, and dispatches to the flash
         # or memory-efficient kernel (with fused dropout on GPUs) where the device has one. A
         # single new token after the cached ones may see all of them: no mask.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None and not past,
-                                           dropout_p=self.attn_pdrop if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            is_causal=attn_mask is None and not past,
+            dropout_p=self.attn_pdrop if self.training else 0.0,
+        )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -62,8 +74,13 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
         # Post-LN, as in the paper and the released code: normalise after each residual sum.
         h = self.ln_1(x + self.attn(x, attn_mask, cache, layer))
         return self.ln_2(h + self.mlp(h))
@@ -103,8 +120,12 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                      cache: KVCache | None = None) -> torch.Tensor:
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
         """[B, T] token ids (and optional [B, T] 0/1 padding mask) -> [B, T, n_embd] final states.
         With a cache, the ids continue the tokens it holds (and it then holds them too)."""
         T = input_ids.size(1)
@@ -129,8 +150,12 @@ class GPT(nn.Module):
         # The output layer is the token embedding itself (tied), as in the paper.
         return F.linear(h, self.tokens_embed.weight)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
         """[B, T] int64 -> [B, T, vocab] language-model logits."""
         return self.lm_logits(self.hidden_states(input_ids, attention_mask, cache))
 
@@ -151,7 +176,7 @@ class GPT(nn.Module):
         if n > w.shape[0]:
             grown = nn.Embedding(n, w.shape[1], device=w.device, dtype=w.dtype)
             with torch.no_grad():
-                grown.weight[:w.shape[0]] = w
+                grown.weight[: w.shape[0]] = w
             self.tokens_embed = grown
             self.config = dataclasses.replace(self.config, vocab_size=n)
         rows = torch.randn(len(ids), w.shape[1], generator=generator) * self.config.initializer_range
@@ -174,11 +199,13 @@ class GPT(nn.Module):
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:
         from .generate import generate
+
         return generate(self, input_ids, max_new_tokens, **sampling)
 
     # The file formats live in model/weights.py, which knows configs and state dicts, not GPT.
     def save_pretrained(self, directory, format: str = "native") -> None:
         from .weights import write_weights
+
         write_weights(directory, self.config, self.state_dict(), format=format)
 
     @classmethod
@@ -192,10 +219,12 @@ class GPT(nn.Module):
         # anything that size is built.
         held = sum(t.numel() for t in sd.values())
         if held != config.n_params():
-            raise ValueError(f"{directory}: the config asks for {config.n_params():,} parameters "
-                             f"({config.n_layer} x {config.n_embd}, vocab {config.vocab_size:,}, n_ctx "
-                             f"{config.n_ctx}) but the weights hold {held:,}; the config and the weights do not "
-                             "belong together")
+            raise ValueError(
+                f"{directory}: the config asks for {config.n_params():,} parameters "
+                f"({config.n_layer} x {config.n_embd}, vocab {config.vocab_size:,}, n_ctx "
+                f"{config.n_ctx}) but the weights hold {held:,}; the config and the weights do not "
+                "belong together"
+            )
         # Built on the meta device and then handed the loaded tensors: no time spent drawing a
         # random init that is overwritten at once.
         with torch.device("meta"):

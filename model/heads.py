@@ -6,6 +6,7 @@ Input shapes by transformation (T = tokens per sequence):
   multiple_choice              [B, K, T]  one sequence per candidate; softmax over the K scores
 A regression head (STS-B) is a similarity head with one real-valued output.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,8 +31,14 @@ def extract_states(h: torch.Tensor, input_ids: torch.Tensor, extract_token: int)
 
 
 class TaskHead(nn.Module):
-    def __init__(self, n_embd: int, transformation: str, n_labels: int = 2,
-                 clf_pdrop: float = 0.1, regression: bool = False):
+    def __init__(
+        self,
+        n_embd: int,
+        transformation: str,
+        n_labels: int = 2,
+        clf_pdrop: float = 0.1,
+        regression: bool = False,
+    ):
         super().__init__()
         if transformation not in TRANSFORMATIONS:
             raise ValueError(f"unknown transformation {transformation!r}; expected one of {TRANSFORMATIONS}")
@@ -70,8 +77,13 @@ class GPTForTask(nn.Module):
         self.head = head
         self.extract_token = extract_token
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, lm_coef: float = 0.5) -> TaskOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        lm_coef: float = 0.5,
+    ) -> TaskOutput:
         T = input_ids.size(-1)
         flat_ids = input_ids.reshape(-1, T)
         flat_mask = None if attention_mask is None else attention_mask.reshape(-1, T)

@@ -1,4 +1,5 @@
 """KVCache: the keys and values of the tokens seen so far, for decoding one token at a time."""
+
 from __future__ import annotations
 
 import torch

@@ -1,12 +1,17 @@
 """The paper's objectives: L1 (language modelling), L2 (the task), L3 = L2 + λ·L1."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 
-def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor,
-            attention_mask: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+def lm_loss(
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """L1: next-token cross-entropy of [N, T', V] logits against [N, T] inputs, where the logits
     at position t predict input t + 1. T' is T (a fine-tuning input: the last position predicts
     nothing) or T - 1 (a pretraining block of n_ctx + 1 tokens, whose last token is only a target).
@@ -19,8 +24,9 @@ def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor,
     targets = input_ids[:, 1:]
     if logits.shape[1] not in (targets.shape[1], input_ids.shape[1]):
         raise ValueError(f"logits for {logits.shape[1]} positions do not fit inputs of {input_ids.shape[1]}")
-    losses = F.cross_entropy(logits[:, :targets.shape[1]].flatten(0, 1).float(), targets.flatten(),
-                             reduction="none").view_as(targets)
+    losses = F.cross_entropy(
+        logits[:, : targets.shape[1]].flatten(0, 1).float(), targets.flatten(), reduction="none"
+    ).view_as(targets)
     if attention_mask is None:
         return losses.sum() if reduction == "sum" else losses.mean()
     m = attention_mask[:, 1:].to(losses.dtype)

@@ -4,6 +4,7 @@ The schedules are functions of x = update / total updates, with the same values 
 points as the released code's opt.py (note that warmup_cosine's cosine runs over all of x, not
 only the part after warm-up, and that update 0 gets lr 0).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -28,8 +29,11 @@ def warmup_linear(x: float, warmup: float = 0.002) -> float:
     return (x / warmup if _warming(x, warmup) else 1.0) * (1 - x)
 
 
-SCHEDULES = {"warmup_cosine": warmup_cosine, "warmup_constant": warmup_constant,
-             "warmup_linear": warmup_linear}
+SCHEDULES = {
+    "warmup_cosine": warmup_cosine,
+    "warmup_constant": warmup_constant,
+    "warmup_linear": warmup_linear,
+}
 
 
 def lr_factor(name: str, step: int, total_steps: int, warmup: float = 0.002) -> float:
@@ -40,8 +44,9 @@ def lr_factor(name: str, step: int, total_steps: int, warmup: float = 0.002) -> 
     return SCHEDULES[name](step / total_steps, warmup)
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, name: str, total_steps: int,
-                  warmup: float = 0.002, start_step: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+def make_schedule(
+    optimizer: torch.optim.Optimizer, name: str, total_steps: int, warmup: float = 0.002, start_step: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR that multiplies the base lr by SCHEDULES[name](step / total_steps, warmup): the
     one lr schedule of both loops, stepped after every optimizer step.
 
@@ -50,25 +55,32 @@ def make_schedule(optimizer: torch.optim.Optimizer, name: str, total_steps: int,
     """
     lr_factor(name, 0, total_steps, warmup)  # an unknown name fails here, not at the first step
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(name, start_step + step, total_steps, warmup))
+        optimizer, lambda step: lr_factor(name, start_step + step, total_steps, warmup)
+    )
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """The paper's "modified L2": decay weights of rank >= 2 (matrices, embeddings), not biases
     or LayerNorm gains."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.01,
-                   betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                   fused: bool | None = None) -> torch.optim.AdamW:
+def make_optimizer(
+    model: torch.nn.Module,
+    lr: float,
+    weight_decay: float = 0.01,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    fused: bool | None = None,
+) -> torch.optim.AdamW:
     """Adam with decoupled weight decay (AdamW), b1 0.9, b2 0.999, eps 1e-8 as in opt.py.
 
     The fused kernel (one launch for all parameters) is used where this torch has it.
     """
     if fused is None:
         fused = "fused" in inspect.signature(torch.optim.AdamW).parameters
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps,
-                             fused=fused)
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, fused=fused)

@@ -6,6 +6,7 @@
 - openai:  the original release, params_shapes.json + params_0.npy ... params_9.npy: every array
            flattened, concatenated in params_shapes.json order, and cut into 10 files.
 """
+
 from __future__ import annotations
 
 import ast
@@ -25,9 +26,20 @@ HF_PREFIX = "transformer."
 # HF and the release store these as Conv1D, [in, out]; nn.Linear keeps [out, in].
 _CONV1D = re.compile(r"\.(c_attn|c_proj|c_fc)\.weight$")
 # Per block, the release's arrays come in this order.
-_OPENAI_BLOCK = ["attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "attn.c_proj.bias",
-                 "ln_1.weight", "ln_1.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
-                 "mlp.c_proj.weight", "mlp.c_proj.bias", "ln_2.weight", "ln_2.bias"]
+_OPENAI_BLOCK = [
+    "attn.c_attn.weight",
+    "attn.c_attn.bias",
+    "attn.c_proj.weight",
+    "attn.c_proj.bias",
+    "ln_1.weight",
+    "ln_1.bias",
+    "mlp.c_fc.weight",
+    "mlp.c_fc.bias",
+    "mlp.c_proj.weight",
+    "mlp.c_proj.bias",
+    "ln_2.weight",
+    "ln_2.bias",
+]
 _HF_CONFIG = {"n_ctx": "n_positions"}  # our name -> HF name, where they differ
 
 
@@ -39,8 +51,7 @@ def _write_json(path: Path, obj: dict) -> None:
 
 def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"format": "pt"})
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, path)
 
 
@@ -53,13 +64,21 @@ def write_weights(directory, config: GPTConfig, sd: dict[str, torch.Tensor], for
         _write_safetensors(d / "model.safetensors", sd)
         _write_json(d / "config.json", {"format": NATIVE_FORMAT, **cfg})
     elif format == "hf":
-        _write_safetensors(d / "model.safetensors", {
-            HF_PREFIX + k: (v.t() if _CONV1D.search(k) else v) for k, v in sd.items()})
+        _write_safetensors(
+            d / "model.safetensors",
+            {HF_PREFIX + k: (v.t() if _CONV1D.search(k) else v) for k, v in sd.items()},
+        )
         hf_cfg = {_HF_CONFIG.get(k, k): v for k, v in cfg.items()}
-        _write_json(d / "config.json", {
-            "architectures": ["OpenAIGPTLMHeadModel"], "model_type": "openai-gpt",
-            "afn": "gelu",  # HF's "gelu" for this model is the tanh form (gelu_new)
-            "tie_word_embeddings": True, **hf_cfg})
+        _write_json(
+            d / "config.json",
+            {
+                "architectures": ["OpenAIGPTLMHeadModel"],
+                "model_type": "openai-gpt",
+                "afn": "gelu",  # HF's "gelu" for this model is the tanh form (gelu_new)
+                "tie_word_embeddings": True,
+                **hf_cfg,
+            },
+        )
     else:
         raise ValueError(f"unknown weights format {format!r}; expected 'native' or 'hf'")
 
@@ -75,8 +94,10 @@ def read_weights(directory, **overrides) -> tuple[GPTConfig, dict[str, torch.Ten
     if (d / "params_shapes.json").exists():
         return _load_openai(d, **overrides)
     if not (d / "config.json").exists():
-        raise FileNotFoundError(f"{d}: expected config.json (native or Hugging Face) or "
-                                "params_shapes.json (original OpenAI release)")
+        raise FileNotFoundError(
+            f"{d}: expected config.json (native or Hugging Face) or "
+            "params_shapes.json (original OpenAI release)"
+        )
     raw = _read_json(d / "config.json")
     if raw.get("format") == NATIVE_FORMAT:
         try:
@@ -87,8 +108,9 @@ def read_weights(directory, **overrides) -> tuple[GPTConfig, dict[str, torch.Ten
     elif raw.get("model_type") == "openai-gpt":
         cfg, sd = _from_hf(d, raw)
     else:
-        raise ValueError(f"{d / 'config.json'}: expected \"format\": \"{NATIVE_FORMAT}\" or "
-                         "\"model_type\": \"openai-gpt\"")
+        raise ValueError(
+            f'{d / "config.json"}: expected "format": "{NATIVE_FORMAT}" or "model_type": "openai-gpt"'
+        )
     return GPTConfig.from_dict({**cfg.to_dict(), **overrides}), _float32(sd)
 
 
@@ -108,8 +130,9 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except SafetensorError as err:
-        raise ValueError(f"{path}: not a complete safetensors file ({err}); the write was cut off, or "
-                         "the file is damaged") from None
+        raise ValueError(
+            f"{path}: not a complete safetensors file ({err}); the write was cut off, or the file is damaged"
+        ) from None
 
 
 def _float32(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -125,8 +148,10 @@ def _read_safetensors(d: Path) -> dict[str, torch.Tensor]:
     if (d / "model.safetensors").exists():
         return _load_file(d / "model.safetensors")
     if (d / "pytorch_model.bin").exists():
-        raise ValueError(f"{d}: only pytorch_model.bin (a pickle) is there; it is not unpickled. "
-                         "Expected model.safetensors")
+        raise ValueError(
+            f"{d}: only pytorch_model.bin (a pickle) is there; it is not unpickled. "
+            "Expected model.safetensors"
+        )
     raise FileNotFoundError(f"{d}: expected model.safetensors")
 
 
@@ -154,8 +179,9 @@ def read_npy(path: Path) -> torch.Tensor:
         (hlen,) = struct.unpack("<H" if major == 1 else "<I", f.read(2 if major == 1 else 4))
         header = ast.literal_eval(f.read(hlen).decode("latin1"))
         if header["descr"] != "<f4" or header["fortran_order"]:
-            raise ValueError(f"{path}: expected a C-ordered little-endian float32 array, "
-                             f"got descr {header['descr']!r}")
+            raise ValueError(
+                f"{path}: expected a C-ordered little-endian float32 array, got descr {header['descr']!r}"
+            )
         data = bytearray(f.read())
     return torch.frombuffer(data, dtype=torch.float32).reshape(header["shape"])
 
@@ -165,12 +191,15 @@ def _load_openai(d: Path, **overrides) -> tuple[GPTConfig, dict[str, torch.Tenso
     files = [d / f"params_{i}.npy" for i in range(10)]
     missing = [str(f) for f in files if not f.exists()]
     if missing:
-        raise FileNotFoundError(f"{missing[0]}: missing; the original release is params_0.npy ... params_9.npy")
+        raise FileNotFoundError(
+            f"{missing[0]}: missing; the original release is params_0.npy ... params_9.npy"
+        )
     flat = torch.cat([read_npy(f).reshape(-1) for f in files])
     sizes = [torch.Size(s).numel() for s in shapes]
     if sum(sizes) != flat.numel():
-        raise ValueError(f"{d}: the .npy files hold {flat.numel()} values, "
-                         f"params_shapes.json expects {sum(sizes)}")
+        raise ValueError(
+            f"{d}: the .npy files hold {flat.numel()} values, params_shapes.json expects {sum(sizes)}"
+        )
     arrays = [a.reshape(s) for a, s in zip(flat.split(sizes), shapes)]
     positions, tokens, blocks = arrays[0], arrays[1], arrays[2:]
     if len(blocks) % len(_OPENAI_BLOCK):
@@ -178,17 +207,29 @@ def _load_openai(d: Path, **overrides) -> tuple[GPTConfig, dict[str, torch.Tenso
     n_vocab, n_embd = tokens.shape
     # Without a vocab_size override: the table the files hold, plus the released train.py's three
     # special-token rows (_start_, _delimiter_, _classify_), as GPTConfig's 40,481 = 40,478 + 3.
-    cfg = GPTConfig.from_dict({**GPTConfig().to_dict(), "n_layer": len(blocks) // len(_OPENAI_BLOCK),
-                               "n_embd": n_embd, "n_ctx": positions.shape[0], "vocab_size": n_vocab + 3, **overrides})
+    cfg = GPTConfig.from_dict(
+        {
+            **GPTConfig().to_dict(),
+            "n_layer": len(blocks) // len(_OPENAI_BLOCK),
+            "n_embd": n_embd,
+            "n_ctx": positions.shape[0],
+            "vocab_size": n_vocab + 3,
+            **overrides,
+        }
+    )
     n_special = cfg.vocab_size - n_vocab
     if n_special < 0 or cfg.n_ctx > positions.shape[0]:
-        raise ValueError(f"{d}: vocab_size {cfg.vocab_size} / n_ctx {cfg.n_ctx} do not fit the "
-                         f"release's {n_vocab} tokens / {positions.shape[0]} positions")
+        raise ValueError(
+            f"{d}: vocab_size {cfg.vocab_size} / n_ctx {cfg.n_ctx} do not fit the "
+            f"release's {n_vocab} tokens / {positions.shape[0]} positions"
+        )
     # The special-token rows are new, drawn from N(0, 0.02) as the released train.py does.
     special = torch.randn(n_special, n_embd, generator=torch.Generator().manual_seed(0)) * 0.02
-    sd = {"tokens_embed.weight": torch.cat([tokens, special]),
-          "positions_embed.weight": positions[:cfg.n_ctx]}
+    sd = {
+        "tokens_embed.weight": torch.cat([tokens, special]),
+        "positions_embed.weight": positions[: cfg.n_ctx],
+    }
     for i in range(cfg.n_layer):
-        for name, a in zip(_OPENAI_BLOCK, blocks[i * 12:(i + 1) * 12]):
+        for name, a in zip(_OPENAI_BLOCK, blocks[i * 12 : (i + 1) * 12]):
             sd[f"h.{i}.{name}"] = a.squeeze(0).t() if _CONV1D.search("." + name) else a
     return cfg, _float32(sd)

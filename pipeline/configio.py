@@ -3,6 +3,7 @@
 Unknown keys are errors that list the valid ones; values are parsed as YAML scalars and checked
 against the type of the field's default.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,7 +30,9 @@ def check_ranges(cfg, ranges: dict[str, tuple[float | None, float | None]], wher
             positive = f.name == "lr"
             if (low is not None and (v < low or (positive and v <= low))) or (high is not None and v > high):
                 lo = f"> {low}" if positive else f">= {low}"
-                raise ConfigError(f"{where}{f.name} {v}: expected {lo}" + (f" and <= {high}" if high is not None else ""))
+                raise ConfigError(
+                    f"{where}{f.name} {v}: expected {lo}" + (f" and <= {high}" if high is not None else "")
+                )
 
 
 def _coerce(cls, key: str, value: Any, where: str) -> Any:
@@ -78,8 +81,13 @@ def apply(cfg: C, values: dict[str, Any], where: str) -> C:
 
 def add_set_option(p, cls, what: str = "override a key") -> None:
     """The --set KEY=VALUE option of a command whose settings are the dataclass cls."""
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"{what}; keys: {', '.join(f.name for f in dataclasses.fields(cls))}")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"{what}; keys: {', '.join(f.name for f in dataclasses.fields(cls))}",
+    )
 
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
@@ -96,8 +104,9 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def load(defaults: C, config: str | None = None, presets_dir: Path | None = None,
-         sets: list[str] | None = None) -> C:
+def load(
+    defaults: C, config: str | None = None, presets_dir: Path | None = None, sets: list[str] | None = None
+) -> C:
     """defaults, then a preset (a name in presets_dir) or YAML file, then --set overrides."""
     cfg = defaults
     if config:
@@ -106,7 +115,10 @@ def load(defaults: C, config: str | None = None, presets_dir: Path | None = None
             path = presets_dir / f"{config}.yaml"
         if not path.is_file():
             names = sorted(p.stem for p in presets_dir.glob("*.yaml")) if presets_dir else []
-            raise ConfigError(f"--config {config}: no such file" + (f" or preset (presets: {', '.join(names)})" if names else ""))
+            raise ConfigError(
+                f"--config {config}: no such file"
+                + (f" or preset (presets: {', '.join(names)})" if names else "")
+            )
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:

@@ -1,6 +1,7 @@
 """Errors and how a command ends: the UserError family as one line and exit status 2, object
 storage that stopped answering as one line and status 1, Ctrl-C and SIGTERM as one line and
 status 130, anything else (a bug) with its traceback and status 1."""
+
 from __future__ import annotations
 
 import contextlib
@@ -37,7 +38,9 @@ def disk_error(err: BaseException) -> UserError | None:
     if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
         return UserError(f"{err.filename or 'a file'}: {err.strerror}")
     first = (str(err).splitlines() or [""])[0]  # pyarrow and safetensors word it so, without an errno
-    if isinstance(err, Exception) and any(w in first for w in ("No space left on device", "Read-only file system")):
+    if isinstance(err, Exception) and any(
+        w in first for w in ("No space left on device", "Read-only file system")
+    ):
         return UserError(first)
     return None
 
@@ -53,7 +56,13 @@ _CAUSES = {
     "MISSING_AUTHENTICATION_TOKEN": "no credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
     "NO_SUCH_BUCKET": "no such bucket; create it, or fix the URI",
 }
-_UNREACHABLE = ("NETWORK_CONNECTION", "SERVICE_UNAVAILABLE", "SLOW_DOWN", "REQUEST_TIMEOUT", "INTERNAL_FAILURE")
+_UNREACHABLE = (
+    "NETWORK_CONNECTION",
+    "SERVICE_UNAVAILABLE",
+    "SLOW_DOWN",
+    "REQUEST_TIMEOUT",
+    "INTERNAL_FAILURE",
+)
 
 
 def storage_error(err: BaseException) -> BaseException | None:
@@ -69,13 +78,14 @@ def storage_error(err: BaseException) -> BaseException | None:
     code, status = m.group(1), m.group(2)
     w = _WHERE.search(first)
     uri = f"s3://{w.group(2)}" + (f"/{w.group(1)}" if w.group(1) else "") if w else "object storage"
-    detail = first[m.end():].split(": ", 1)[-1].strip()
+    detail = first[m.end() :].split(": ", 1)[-1].strip()
+    what = f"{code.lower()}{f', HTTP {status}' if status else ''}: {detail[:160]}"
     if code in _UNREACHABLE or (status or "").startswith("5"):  # the store's own failure: worth a retry
-        return StorageUnavailable(f"{uri}: the object store did not answer ({code.lower()}: {detail[:160]}); "
-                                  "check AWS_ENDPOINT_URL and the network; the same command resumes once it answers")
-    cause = _CAUSES.get(code) or f"the object store refused it ({code.lower()}{f', HTTP {status}' if status else ''}: " \
-                                  f"{detail[:160]})"
-    return UserError(f"{uri}: {cause}")
+        return StorageUnavailable(
+            f"{uri}: the object store did not answer, or failed ({what}); check AWS_ENDPOINT_URL and the "
+            "network; the same command resumes once it answers"
+        )
+    return UserError(f"{uri}: {_CAUSES.get(code) or f'the object store refused it ({what})'}")
 
 
 @contextlib.contextmanager
@@ -101,7 +111,15 @@ def user_error(err: BaseException) -> BaseException | None:
             found = err
         elif found is None:  # a line already written wins over a disk or storage error beneath it
             found = disk_error(err) or storage_error(err)
-        err = getattr(err, "cause", None) or err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+        # Ray Train's own errors hold the workers' (or its controller's) as attributes, not causes.
+        failures = getattr(err, "worker_failures", None)
+        err = (
+            getattr(err, "cause", None)
+            or (next(iter(failures.values()), None) if isinstance(failures, dict) else None)
+            or getattr(err, "controller_failure", None)
+            or err.__cause__
+            or (None if err.__suppress_context__ else err.__context__)
+        )
     return found
 
 
@@ -160,6 +178,8 @@ def stage_main(prog: str, doc: str, add_arguments, run, argv: list[str] | None =
     """The `main` of a stage's script (`python pipeline/pretrain.py ...`)."""
     import argparse
 
-    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(p)
     return run_reporting(prog, run, p.parse_args(argv))

@@ -12,6 +12,7 @@ goes through here, so that none of them ever deletes what it did not make:
   later run removes the siblings whose writer is dead, and only those that carry both markers: a
   user's own hidden folder beside the output (.model.backup-2019-12) is never taken for one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,8 +27,9 @@ from typing import Callable
 from pipeline.errors import UserError
 
 
-def check_replaceable(out: Path, what: str, is_what: Callable[[Path], bool], overwrite: bool,
-                      error: type[UserError] = UserError) -> None:
+def check_replaceable(
+    out: Path, what: str, is_what: Callable[[Path], bool], overwrite: bool, error: type[UserError] = UserError
+) -> None:
     """Raise error (a UserError) unless out may be written: absent, an empty directory, or (with
     overwrite) a directory that is_what recognises as `what`."""
     if not out.exists():
@@ -37,8 +39,10 @@ def check_replaceable(out: Path, what: str, is_what: Callable[[Path], bool], ove
     if not any(out.iterdir()):
         return
     if not is_what(out):
-        raise error(f"{out}: exists and is not {what} (it holds {_sample(out)}); it is never "
-                        f"replaced, --overwrite or not: choose another path or empty it yourself")
+        raise error(
+            f"{out}: exists and is not {what} (it holds {_sample(out)}); it is never "
+            f"replaced, --overwrite or not: choose another path or empty it yourself"
+        )
     if not overwrite:
         raise error(f"{out}: already exists and holds {what}; pass --overwrite to replace it")
 
@@ -59,7 +63,9 @@ def check_writable(out: Path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise UserError(f"{out}: cannot write in {parent} ({err.strerror or err}); choose a writable path") from None
+        raise UserError(
+            f"{out}: cannot write in {parent} ({err.strerror or err}); choose a writable path"
+        ) from None
 
 
 # What makes a hidden sibling the project's own: the name's marker, and this file inside.
@@ -136,8 +142,10 @@ def writer_lock(out: Path, what: str):
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            raise UserError(f"{out}: another {what} is writing here (pid {f.read().strip() or '?'}); wait for it "
-                            "to end, or choose another path") from None
+            raise UserError(
+                f"{out}: another {what} is writing here (pid {f.read().strip() or '?'}); wait for it "
+                "to end, or choose another path"
+            ) from None
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")
@@ -156,4 +164,3 @@ def swap_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         publish(tmp, out)
-

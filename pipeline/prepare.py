@@ -1,6 +1,7 @@
 """`python pipeline/prepare.py` runs stage 1, prepare (its code: pipeline/data/prepare.py).
 No module imports this file; it only runs the stage.
 """
+
 import sys
 from pathlib import Path
 

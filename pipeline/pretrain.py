@@ -3,6 +3,7 @@
 `ray job submit ... -- python pipeline/pretrain.py` runs this file.
 No module imports this file; it only runs the stage.
 """
+
 import sys
 from pathlib import Path
 

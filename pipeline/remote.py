@@ -2,6 +2,7 @@
 directory is uploaded with one file last, whose presence says the rest is there (a dataset's
 manifest.json, a checkpoint's trainer_state.json), and what a prefix held before is checked and
 cleared by name, never wholesale."""
+
 from __future__ import annotations
 
 import contextlib
@@ -38,8 +39,10 @@ def inside(root: Path, name: str, source: str) -> Path:
     root = Path(root).resolve()
     dest = (root / name).resolve()
     if root not in dest.parents:
-        raise UserError(f"{source}: the name {name!r} leads outside the directory it is copied to; "
-                        "refusing it (is the prefix or manifest someone else's?)")
+        raise UserError(
+            f"{source}: the name {name!r} leads outside the directory it is copied to; "
+            "refusing it (is the prefix or manifest someone else's?)"
+        )
     return dest
 
 
@@ -49,7 +52,11 @@ def files_under(fs: pafs.FileSystem, base: str) -> list[str]:
     if info.type == pafs.FileType.NotFound:
         return []
     selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
-    return sorted(i.path[len(base.rstrip("/")) + 1:] for i in fs.get_file_info(selector) if i.type == pafs.FileType.File)
+    return sorted(
+        i.path[len(base.rstrip("/")) + 1 :]
+        for i in fs.get_file_info(selector)
+        if i.type == pafs.FileType.File
+    )
 
 
 def read_json(fs: pafs.FileSystem, path: str):
@@ -73,15 +80,18 @@ def upload(local: Path, fs: pafs.FileSystem, base: str, last: str) -> None:
     error raised."""
     from pipeline.outdir import MARKER_FILE
 
-    files = sorted((p for p in local.rglob("*") if p.is_file() and p.name != MARKER_FILE),
-                   key=lambda p: (p.name == last, p.as_posix()))
+    files = sorted(
+        (p for p in local.rglob("*") if p.is_file() and p.name != MARKER_FILE),
+        key=lambda p: (p.name == last, p.as_posix()),
+    )
     done: list[str] = []
     try:
         for f in files:
             name = f.relative_to(local).as_posix()
             fs.create_dir(f"{base}/{name}".rpartition("/")[0], recursive=True)
-            pafs.copy_files(str(f), f"{base}/{name}", source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=fs)
+            pafs.copy_files(
+                str(f), f"{base}/{name}", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
+            )
             done.append(name)
     except BaseException:
         delete(fs, base, done, first=last)
@@ -116,15 +126,18 @@ def lease(fs: pafs.FileSystem, base: str, uri: str, what: str, ttl: float = 120.
             return None
         here = other.get("host") == me["host"] and isinstance(other.get("pid"), int)
         from pipeline.outdir import alive
+
         if (here and alive(other["pid"])) or (not here and time.time() - float(other.get("time", 0)) < ttl):
             return other
         return None
 
     def refuse(other: dict):
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(other.get("time", 0))))
-        raise UserError(f"{uri}: another {what} is writing here (pid {other.get('pid')} on "
-                        f"{other.get('host')}, lease renewed {since}); wait for it to end (a lease not renewed "
-                        f"for {ttl:.0f} s is taken over), or choose another prefix")
+        raise UserError(
+            f"{uri}: another {what} is writing here (pid {other.get('pid')} on "
+            f"{other.get('host')}, lease renewed {since}); wait for it to end (a lease not renewed "
+            f"for {ttl:.0f} s is taken over), or choose another prefix"
+        )
 
     def write():
         with fs.open_output_stream(path) as f:
@@ -186,6 +199,10 @@ def fetched(spec, what: str) -> Iterator[Path]:
         for name in names:
             dest = inside(local, name, f"{uri}/{name}") if name else local
             dest.parent.mkdir(parents=True, exist_ok=True)
-            pafs.copy_files(f"{base}/{name}" if name else base, str(dest), source_filesystem=fs,
-                            destination_filesystem=pafs.LocalFileSystem())
+            pafs.copy_files(
+                f"{base}/{name}" if name else base,
+                str(dest),
+                source_filesystem=fs,
+                destination_filesystem=pafs.LocalFileSystem(),
+            )
         yield local

@@ -1,5 +1,6 @@
 """Every MLflow call of pipeline/: the default SQLite store, its experiments and artifact
 root, and what prepare and pretrain log."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,12 +28,14 @@ def check_store(uri: str, skippable: bool = True) -> None:
     from pipeline.errors import UserError
 
     # skippable: whether the command has --no-mlflow (a sweep's and the demo's results are their runs).
-    fix = "set MLFLOW_TRACKING_URI to a usable store (sqlite:///PATH/mlflow.db)" + (", or pass --no-mlflow"
-                                                                                  if skippable else "")
+    fix = "set MLFLOW_TRACKING_URI to a usable store (sqlite:///PATH/mlflow.db)" + (
+        ", or pass --no-mlflow" if skippable else ""
+    )
     if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
+        path = Path(uri[len("sqlite:///") :])
         if not path.exists():
             from pipeline.outdir import check_writable
+
             try:
                 check_writable(path)
             except UserError as err:
@@ -76,7 +79,7 @@ def artifact_root(uri: str) -> str | None:
     DIR/mlartifacts beside it (MLflow's own default is ./mlruns of whatever directory a command
     runs in, which scatters one store's runs over many); for a server, None: the server decides."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).absolute().parent / "mlartifacts").as_uri()
+        return (Path(uri[len("sqlite:///") :]).absolute().parent / "mlartifacts").as_uri()
     return None
 
 
@@ -109,14 +112,23 @@ def log_prepare(out, cfg, manifest: dict, files: Path | None = None) -> str:
 
     files = Path(files or out)
     client = MlflowClient(tracking_uri())
-    run = client.create_run(experiment_id(client, "gpt1-prepare"), run_name=str(out).rstrip("/").rsplit("/", 1)[-1], tags={
-        "dataset": str(out), "tokenizer_sha256": manifest["tokenizer"]["sha256"],
-        "fingerprint": manifest["fingerprint"]})
+    run = client.create_run(
+        experiment_id(client, "gpt1-prepare"),
+        run_name=str(out).rstrip("/").rsplit("/", 1)[-1],
+        tags={
+            "dataset": str(out),
+            "tokenizer_sha256": manifest["tokenizer"]["sha256"],
+            "fingerprint": manifest["fingerprint"],
+        },
+    )
     run_id, ts = run.info.run_id, int(time.time() * 1000)
     metrics = {f"{split}_{k}": v for split, c in manifest["splits"].items() for k, v in c.items()}
     metrics.update(replaced_bytes=manifest["replaced_bytes"], vocab_size=manifest["tokenizer"]["vocab_size"])
-    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in dataclasses.asdict(cfg).items()],
-                     metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
+    client.log_batch(
+        run_id,
+        params=[Param(k, str(v)) for k, v in dataclasses.asdict(cfg).items()],
+        metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
+    )
     client.log_artifact(run_id, str(files / "manifest.json"))
     client.log_artifact(run_id, str(files / "tokenizer.json"))
     client.set_terminated(run_id)
@@ -140,8 +152,9 @@ def git_commit() -> str:
 
     root = Path(__file__).resolve().parent.parent
     try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 else "unknown"
@@ -152,8 +165,12 @@ def find_run(client, experiment: str, tag: str, value: str):
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.{tag} = '{value}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.{tag} = '{value}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     return runs[0] if runs else None
 
 
@@ -202,8 +219,9 @@ def checkpoint_lineage(client, checkpoint: Path, where: str | None = None) -> di
 PRETRAIN_EXPERIMENT = "gpt1-pretrain"
 
 
-def start_pretrain_run(uri: str, name: str, run_path: str, cfg, gcfg,
-                   manifest: dict, data: Path, world: int) -> str:
+def start_pretrain_run(
+    uri: str, name: str, run_path: str, cfg, gcfg, manifest: dict, data: Path, world: int
+) -> str:
     """The MLflow run for run_path: found again when the run is resumed, else created with its
     params, lineage tags and artifacts. Returns its id."""
     import hashlib
@@ -223,18 +241,29 @@ def start_pretrain_run(uri: str, name: str, run_path: str, cfg, gcfg,
     prepare_run = find_run(client, "gpt1-prepare", "fingerprint", manifest["fingerprint"])
     files = {n: _dataset_file(data, n) for n in ("manifest.json", "tokenizer.json")}
     manifest_sha = hashlib.sha256(files["manifest.json"]).hexdigest()
-    tags = {"run_path": run_path, "dataset": str(data), "data_fingerprint": manifest["fingerprint"],
-            "data_manifest_sha256": manifest_sha, "tokenizer_sha256": manifest["tokenizer"]["sha256"],
-            "git_commit": git_commit(), "world_size": str(world)}
+    tags = {
+        "run_path": run_path,
+        "dataset": str(data),
+        "data_fingerprint": manifest["fingerprint"],
+        "data_manifest_sha256": manifest_sha,
+        "tokenizer_sha256": manifest["tokenizer"]["sha256"],
+        "git_commit": git_commit(),
+        "world_size": str(world),
+    }
     if prepare_run is not None:
         tags["prepare_run_id"] = prepare_run.info.run_id
     run = client.create_run(exp_id, run_name=name, tags=tags)
-    params = flatten({**{k: v for k, v in dataclasses.asdict(cfg).items() if k != "model_overrides"},
-                      "model_config": gcfg.to_dict()})
+    params = flatten(
+        {
+            **{k: v for k, v in dataclasses.asdict(cfg).items() if k != "model_overrides"},
+            "model_config": gcfg.to_dict(),
+        }
+    )
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "pretrain_config.json").write_text(json.dumps(
-            {"pretrain": dataclasses.asdict(cfg), "model": gcfg.to_dict()}, indent=2) + "\n")
+        (Path(tmp) / "pretrain_config.json").write_text(
+            json.dumps({"pretrain": dataclasses.asdict(cfg), "model": gcfg.to_dict()}, indent=2) + "\n"
+        )
         client.log_artifact(run.info.run_id, str(Path(tmp) / "pretrain_config.json"))
         for n, content in files.items():
             (Path(tmp) / n).write_bytes(content)
@@ -269,7 +298,9 @@ class RunLogger:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        )
 
     def log_curves(self, prefix: str, name: str, title: str) -> None:
         """A PNG of every metric whose key starts with prefix, against the step: the run's whole
@@ -277,6 +308,7 @@ class RunLogger:
         import tempfile
 
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 

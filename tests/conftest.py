@@ -78,6 +78,7 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
 def task_checkpoint(tmp_path_factory):
     """A model directory: a tiny GPT (random weights) and a tokenizer learned on review text."""
     from corpus_gen import reviews
+
     from pipeline.data.tokenizer import save_tokenizer, train_tokenizer
 
     d = tmp_path_factory.mktemp("ckpt")
@@ -106,9 +107,15 @@ def s3(monkeypatch, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([str(moto), "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    proc = subprocess.Popen(
+        [str(moto), "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     import pyarrow.fs as pafs

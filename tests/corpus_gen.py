@@ -1,11 +1,14 @@
 """A seeded generator of English-like documents for the tests: the project's own data."""
+
 import random
 
-WORDS = ("the of and to a in that it was he for on are as with his they at be this from have or "
-         "by one had not but what all were when we there can an your which their said if do will "
-         "each about how up out them then she many some so these would other into has more her two "
-         "like him see time could no make than first been its who now people my made over did down "
-         "only way find use may water long little very after words called just where most know").split()
+WORDS = (
+    "the of and to a in that it was he for on are as with his they at be this from have or "
+    "by one had not but what all were when we there can an your which their said if do will "
+    "each about how up out them then she many some so these would other into has more her two "
+    "like him see time could no make than first been its who now people my made over did down "
+    "only way find use may water long little very after words called just where most know"
+).split()
 
 
 def documents(n: int, seed: int = 0, min_words: int = 5, max_words: int = 60) -> list[str]:
@@ -72,20 +75,44 @@ def synthetic_dataset(d, tokens: int, n_ctx: int = 512) -> int:
     shard_tokens = 8 << 20
     shards = {}
     for k, pieces in enumerate(plan_shards([tokens], shard_tokens)):
-        sha = write_shard(fs, str(d / shard_name("train", k)), [(str(part), 2 * at, 2 * n) for _, at, n in pieces])
+        sha = write_shard(
+            fs, str(d / shard_name("train", k)), [(str(part), 2 * at, 2 * n) for _, at, n in pieces]
+        )
         shards[shard_name("train", k)] = {"tokens": sum(n for _, _, n in pieces), "sha256": sha}
     part.unlink()
     (d / "work").rmdir()
 
     def split(n: int) -> dict:
-        return {"documents": 1, "tokens": n, "bytes": 4 * n, "blocks": max(n - 1, 0) // n_ctx,
-                "tokens_not_in_a_block": 0, "empty_documents": 0}
+        return {
+            "documents": 1,
+            "tokens": n,
+            "bytes": 4 * n,
+            "blocks": max(n - 1, 0) // n_ctx,
+            "tokens_not_in_a_block": 0,
+            "empty_documents": 0,
+        }
 
-    manifest = {"format_version": FORMAT_VERSION, "fingerprint": str(tokens), "source_key": str(tokens),
-                "inputs": [], "options": {}, "n_ctx": n_ctx, "seed": 0, "dtype": "uint16",
-                "shard_tokens": shard_tokens, "replaced_bytes": 0, "shards": shards,
-                "tokenizer": {"sha256": "-", "vocab_size": 40_000, "n_merges": 0, "end_of_document": 0, "source": "-"},
-                "splits": {"train": split(tokens), "val": split(0)}}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "fingerprint": str(tokens),
+        "source_key": str(tokens),
+        "inputs": [],
+        "options": {},
+        "n_ctx": n_ctx,
+        "seed": 0,
+        "dtype": "uint16",
+        "shard_tokens": shard_tokens,
+        "replaced_bytes": 0,
+        "shards": shards,
+        "tokenizer": {
+            "sha256": "-",
+            "vocab_size": 40_000,
+            "n_merges": 0,
+            "end_of_document": 0,
+            "source": "-",
+        },
+        "splits": {"train": split(tokens), "val": split(0)},
+    }
     (d / "manifest.json").write_text(manifest_json(manifest))
     return 2 * tokens
 
@@ -101,8 +128,12 @@ def released_vocabulary(d):
     d = Path(d)
     d.mkdir(parents=True)
     spec = json.loads(train_tokenizer([s for s, _ in reviews(300, 9)], n_merges=200).to_str())["model"]
-    (d / "encoder_bpe_40000.json").write_text(json.dumps({t: i for t, i in spec["vocab"].items()
-                                                          if t not in RESERVED_TOKENS}))
-    (d / "vocab_40000.bpe").write_text("#version: 0.2\n" + "\n".join(
-        " ".join(m) if isinstance(m, list) else m for m in spec["merges"]) + "\n")
+    (d / "encoder_bpe_40000.json").write_text(
+        json.dumps({t: i for t, i in spec["vocab"].items() if t not in RESERVED_TOKENS})
+    )
+    (d / "vocab_40000.bpe").write_text(
+        "#version: 0.2\n"
+        + "\n".join(" ".join(m) if isinstance(m, list) else m for m in spec["merges"])
+        + "\n"
+    )
     return d

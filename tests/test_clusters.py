@@ -1,5 +1,6 @@
 """Every `ray up` config in clusters/ passes Ray's own cluster-config validation (what `ray up`
 runs before it starts anything), so a typo fails CI, not a launch."""
+
 import copy
 from pathlib import Path
 

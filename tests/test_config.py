@@ -1,4 +1,5 @@
 """pipeline.configio and pipeline.errors: defaults, preset or YAML file, --set overrides, clear errors."""
+
 from dataclasses import dataclass
 
 import pytest
@@ -23,13 +24,16 @@ def test_yaml_then_sets(tmp_path):
     assert load(Cfg(), sets=["lr=1"]).lr == 1.0 and isinstance(load(Cfg(), sets=["lr=1"]).lr, float)
 
 
-@pytest.mark.parametrize("sets, message", [
-    (["stpes=3"], "unknown key 'stpes'; valid keys are lr, steps, name, compile"),
-    (["steps=many"], "steps must be a int, got 'many'"),
-    (["steps=1.5"], "steps must be a int"),
-    (["compile=1"], "compile must be a bool"),
-    (["lr"], "expected key=value"),
-])
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["stpes=3"], "unknown key 'stpes'; valid keys are lr, steps, name, compile"),
+        (["steps=many"], "steps must be a int, got 'many'"),
+        (["steps=1.5"], "steps must be a int"),
+        (["compile=1"], "compile must be a bool"),
+        (["lr"], "expected key=value"),
+    ],
+)
 def test_bad_overrides(sets, message):
     with pytest.raises(ConfigError, match=message):
         load(Cfg(), sets=sets)
@@ -48,7 +52,13 @@ def test_bad_files(tmp_path):
 
 
 def test_parse_sets_reads_yaml_scalars():
-    assert parse_sets(["a=1", "b=0.5", "c=true", "d=text", "e="]) == {"a": 1, "b": 0.5, "c": True, "d": "text", "e": ""}
+    assert parse_sets(["a=1", "b=0.5", "c=true", "d=text", "e="]) == {
+        "a": 1,
+        "b": 0.5,
+        "c": True,
+        "d": "text",
+        "e": "",
+    }
 
 
 def test_only_a_users_mistake_ends_as_one_line(capsys):

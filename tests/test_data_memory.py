@@ -2,6 +2,7 @@
 dataset hold its tokens once, in the page cache, not each in its own memory. Their summed private
 memory (RssAnon) grows by less than a tenth of the larger dataset's token bytes when the dataset
 grows 4x."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -32,8 +33,10 @@ for line in open("/proc/self/status"):
 
 def summed_private_memory(d: Path) -> int:
     script = READER.format(root=str(ROOT))
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(d)], stdout=subprocess.PIPE, text=True)
-             for _ in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(d)], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     outs = [p.communicate(timeout=600)[0].split() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     return sum(int(o[0]) for o in outs)

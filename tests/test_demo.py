@@ -1,11 +1,13 @@
 """gpt1 demo at the ci size: prepare -> pretrain -> sweep on the built-in data, the MLflow runs it
 leaves, and a second run that reuses every stage."""
+
 import os
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from gpt1 import world
@@ -18,8 +20,14 @@ def gpt1_demo(cwd: Path, *args: str) -> str:
     """`gpt1 demo ...` as a user runs it: its own process, its own local Ray instance, MLflow's
     default store (./mlflow.db). Returns its output; fails the test on a non-zero exit."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    proc = subprocess.run([sys.executable, "-m", "gpt1.cli", "demo", *args], cwd=cwd, env={
-        **env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpt1.cli", "demo", *args],
+        cwd=cwd,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -33,7 +41,9 @@ def test_builtin_tasks_train_and_dev_use_disjoint_words(tmp_path):
         assert task.transformation == transformation
         train, dev = task.load(d, "train"), task.load(d, "dev")
         assert len(train) == 100 and len(dev) == 50
-        words = [{w for e in split for t in (*e.text, *e.choices) for w in t.split()} for split in (train, dev)]
+        words = [
+            {w for e in split for t in (*e.text, *e.choices) for w in t.split()} for split in (train, dev)
+        ]
         pool = world.MOOD if name == "sentiment" else world.KINDS
         things = {m for members, _ in pool.values() for m in members}
         seen_train, seen_dev = words[0] & things, words[1] & things
@@ -43,6 +53,7 @@ def test_builtin_tasks_train_and_dev_use_disjoint_words(tmp_path):
     assert all(m in corpus for members, _ in world.KINDS.values() for m in members)
 
 
+@pytest.mark.slow
 def test_demo_runs_every_stage_and_reuses_them(tmp_path):
     out = gpt1_demo(tmp_path, "--size", "ci")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -61,7 +72,9 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path):
         (parent,) = [r for r in rs if "mlflow.parentRunId" not in r.data.tags]
         children = [r for r in rs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         assert len(children) == 5 and len(rs) == 6  # 2 trials (λ 0 and 0.5) + 3 ablation rows
-        assert sorted(float(c.data.params["lm_coef"]) for c in children if "ablation" not in c.data.params)[:2] == [0.0, 0.5]
+        assert sorted(float(c.data.params["lm_coef"]) for c in children if "ablation" not in c.data.params)[
+            :2
+        ] == [0.0, 0.5]
         assert parent.data.tags["pretrain_run_id"] == pretrain.info.run_id
         arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
         assert {"results.csv", "metric_vs_lambda_and_lr.png", "ablations.md", "best_config.json"} <= arts
@@ -88,8 +101,19 @@ def test_demo_refuses_bad_arguments_before_any_work(tmp_path, capsys):
     assert "is not a directory" in capsys.readouterr().err
     (tmp_path / "mine").mkdir()
     (tmp_path / "corpus.txt").write_text("some text\n")
-    assert main(["--workdir", str(work), "--corpus", str(tmp_path / "corpus.txt"),
-                 "--task", f"mine={tmp_path / 'mine'}"]) == 2
+    assert (
+        main(
+            [
+                "--workdir",
+                str(work),
+                "--corpus",
+                str(tmp_path / "corpus.txt"),
+                "--task",
+                f"mine={tmp_path / 'mine'}",
+            ]
+        )
+        == 2
+    )
     assert "unknown task 'mine'" in capsys.readouterr().err
     assert main(["--workdir", str(work), "--task", f"sst-2={tmp_path / 'mine'}"]) == 2
     assert "--corpus and --task go together" in capsys.readouterr().err

@@ -1,15 +1,18 @@
 """The four input transformations, token by token; truncation; padding; missing special tokens."""
+
 import pytest
 import torch
 
+from pipeline.data.tasks import Example, TaskError
 from pipeline.data.tokenizer import DELIMITER, EXTRACT, START, train_tokenizer
 from tuning.encode import Encoder, collate
-from pipeline.data.tasks import Example, TaskError
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return train_tokenizer(["the cat sat on the mat", "a dog ran in the park", "is it raining today"], n_merges=40)
+    return train_tokenizer(
+        ["the cat sat on the mat", "a dog ran in the park", "is it raining today"], n_merges=40
+    )
 
 
 def ids(tok, text):
@@ -26,7 +29,9 @@ def test_each_transformation_token_by_token(tok):
     assert e.sequences == [[s, *a, d, *b, x]]
     (e,) = Encoder(tok, "similarity", 64).encode([Example(("the cat sat", "a dog ran"), 0.5, "0")])
     assert e.sequences == [[s, *a, d, *b, x], [s, *b, d, *a, x]]  # both orders
-    (e,) = Encoder(tok, "multiple_choice", 64).encode([Example(("the cat sat",), 1, "0", ("a dog ran", "is it"))])
+    (e,) = Encoder(tok, "multiple_choice", 64).encode(
+        [Example(("the cat sat",), 1, "0", ("a dog ran", "is it"))]
+    )
     assert e.sequences == [[s, *a, d, *b, x], [s, *a, d, *c, x]]  # one per candidate
 
 
@@ -44,14 +49,19 @@ def test_truncation_cuts_every_segment_to_the_same_budget_and_counts(tok):
 
 
 def test_collate_pads_right_with_a_mask(tok):
-    enc = Encoder(tok, "multiple_choice", 64).encode([
-        Example(("the cat",), 0, "0", ("a dog", "is it raining today")),
-        Example(("a dog ran in the park",), 1, "1", ("the mat", "it"))])
+    enc = Encoder(tok, "multiple_choice", 64).encode(
+        [
+            Example(("the cat",), 0, "0", ("a dog", "is it raining today")),
+            Example(("a dog ran in the park",), 1, "1", ("the mat", "it")),
+        ]
+    )
     x, mask, y = collate(enc)
     T = max(len(q) for e in enc for q in e.sequences)
     assert x.shape == mask.shape == (2, 2, T) and y.tolist() == [0, 1]
-    assert mask[0, 1].sum() == len(enc[0].sequences[1]) and x[0, 0, mask[0, 0].sum():].eq(0).all()
-    x, mask, y = collate(Encoder(tok, "classification", 64).encode([Example(("it",), 0.25, "0")]), regression=True)
+    assert mask[0, 1].sum() == len(enc[0].sequences[1]) and x[0, 0, mask[0, 0].sum() :].eq(0).all()
+    x, mask, y = collate(
+        Encoder(tok, "classification", 64).encode([Example(("it",), 0.25, "0")]), regression=True
+    )
     assert x.shape == (1, len(ids(tok, "it")) + 2) and y.dtype == torch.float32
 
 
@@ -97,8 +107,12 @@ def test_reserved_strings_in_text_are_text(tok, tmp_path, released):
     reserved = {tok.token_to_id(t) for t in (START, DELIMITER, EXTRACT, END_OF_DOCUMENT)}
     s, d, x = (tok.token_to_id(t) for t in (START, DELIMITER, EXTRACT))
     a, b = f"the {EXTRACT} cat {START}sat", f"a dog{DELIMITER} ran {END_OF_DOCUMENT}"
-    examples = {"classification": Example((a,), 0, "0"), "entailment": Example((a, b), 0, "0"),
-                "similarity": Example((a, b), 0.5, "0"), "multiple_choice": Example((a, b), 0, "0", (b, a))}
+    examples = {
+        "classification": Example((a,), 0, "0"),
+        "entailment": Example((a, b), 0, "0"),
+        "similarity": Example((a, b), 0.5, "0"),
+        "multiple_choice": Example((a, b), 0, "0", (b, a)),
+    }
     for transformation, ex in examples.items():
         (e,) = Encoder(tok, transformation, 64).encode([ex])
         for seq in e.sequences:

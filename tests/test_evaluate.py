@@ -1,6 +1,7 @@
 """gpt1 evaluate: the sliding window scores each token once; loss, perplexity and bits per byte
 equal what is computed by hand for a tiny model; every checkpoint format gives the same figures;
 the run is in MLflow with the checkpoint's lineage; bad input is one line."""
+
 import json
 import math
 import shutil
@@ -10,14 +11,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from corpus_gen import documents, released_vocabulary
+
 from model import GPT, GPTConfig
 from pipeline.data.tokenizer import END_OF_DOCUMENT, encode_texts, load_tokenizer
 from pipeline.eval.evaluate import evaluate, windows
 
 
-@pytest.mark.parametrize("n,n_ctx,stride", [(10, 64, 32), (200, 64, 32), (200, 64, 63), (201, 64, 7), (65, 64, 1), (64, 64, 5)])
+@pytest.mark.parametrize(
+    "n,n_ctx,stride", [(10, 64, 32), (200, 64, 32), (200, 64, 63), (201, 64, 7), (65, 64, 1), (64, 64, 5)]
+)
 def test_the_window_scores_every_token_once_with_the_stated_context(n, n_ctx, stride):
     scored = []
     for i, (start, end, first) in enumerate(windows(n, n_ctx, stride)):
@@ -121,7 +124,9 @@ def test_gpt1_evaluate_logs_to_mlflow_and_refuses_bad_input(task_checkpoint, tmp
     from pipeline.tracking import weights_sha256
 
     text = corpus(tmp_path, 20)
-    assert main(["evaluate", "--checkpoint", str(task_checkpoint), "--corpus", str(text), "--stride", "16"]) == 0
+    assert (
+        main(["evaluate", "--checkpoint", str(task_checkpoint), "--corpus", str(text), "--stride", "16"]) == 0
+    )
     out = capsys.readouterr().out
     assert "bits per byte" in out and "moving 16" in out
     client = MlflowClient(mlflow_uri)

@@ -1,6 +1,7 @@
 """Two commands at once on the same output or store: the second is refused in one line while the
 first lives (or waits its turn where that is safe), and a finished dataset is never replaced
 without --overwrite."""
+
 import json
 import socket
 import threading
@@ -8,12 +9,12 @@ import time
 
 import pyarrow.fs as pafs
 import pytest
-
 from corpus_gen import documents
+from test_faults_inputs import one_line
+
 from gpt1.cli import main as gpt1
 from pipeline.errors import UserError
 from pipeline.remote import LEASE, lease
-from test_faults_inputs import one_line
 
 
 def test_of_two_writers_that_start_at_once_exactly_one_holds_the_lease(tmp_path):
@@ -58,8 +59,23 @@ def test_a_second_local_prepare_is_refused_while_the_first_writes(tmp_path, caps
     (tmp_path / "c.txt").write_text("\n\n".join(documents(50, seed=1)) + "\n")
     out = tmp_path / "ds"
     with writer_lock(out, "prepare"):  # the first run, still writing
-        assert gpt1(["prepare", "--corpus", str(tmp_path / "c.txt"), "--out", str(out), "--no-mlflow",
-                     "--set", "n_merges=20", "--set", "n_ctx=16"]) == 2
+        assert (
+            gpt1(
+                [
+                    "prepare",
+                    "--corpus",
+                    str(tmp_path / "c.txt"),
+                    "--out",
+                    str(out),
+                    "--no-mlflow",
+                    "--set",
+                    "n_merges=20",
+                    "--set",
+                    "n_ctx=16",
+                ]
+            )
+            == 2
+        )
     one_line(capsys, str(out), "another prepare is writing here")
     assert not out.exists()
 
@@ -72,8 +88,20 @@ def test_a_second_prepare_to_the_same_prefix_never_replaces_the_first(s3, tmp_pa
     (tmp_path / "b.txt").write_text("\n\n".join(documents(100, seed=2)) + "\n")
 
     def args(corpus):
-        return ["prepare", "--corpus", str(corpus), "--out", "s3://gpt1-test/ds", "--no-mlflow",
-                "--set", "n_merges=20", "--set", "n_ctx=16", "--set", "parallelism=1"]
+        return [
+            "prepare",
+            "--corpus",
+            str(corpus),
+            "--out",
+            "s3://gpt1-test/ds",
+            "--no-mlflow",
+            "--set",
+            "n_merges=20",
+            "--set",
+            "n_ctx=16",
+            "--set",
+            "parallelism=1",
+        ]
 
     fs, base = pafs.FileSystem.from_uri("s3://gpt1-test/ds")
     # The first writer holds the prefix (here: a lease as another machine's prepare writes it).
@@ -115,10 +143,17 @@ def test_commands_started_at_once_on_a_new_sqlite_store_all_log(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     start = time.time() + 3
     script = FIRST_USE.format(root=str(Path(__file__).resolve().parent.parent))
-    procs = [subprocess.Popen([sys.executable, "-c", script, uri, str(start), f"c{i}"], stderr=subprocess.PIPE,
-                              text=True) for i in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, uri, str(start), f"c{i}"], stderr=subprocess.PIPE, text=True
+        )
+        for i in range(4)
+    ]
     errs = [p.communicate(timeout=300)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), [e[-1500:] for e in errs if e.strip()]
     from mlflow.tracking import MlflowClient
 
-    assert len(MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()])) == 4
+    assert (
+        len(MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()]))
+        == 4
+    )

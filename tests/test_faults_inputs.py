@@ -2,6 +2,7 @@
 mistake is one line naming the input and exit status 2, and nothing half-written is left.
 
 Numbers in the test names are the items of the fault probe's issue."""
+
 import gzip
 import json
 import os
@@ -12,8 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
 from corpus_gen import documents
+
 from gpt1.cli import main as gpt1
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,9 +35,12 @@ def one_line(capsys, *words) -> str:
 def tmpfs(path: Path, size: str, read_only: bool = False):
     """A small filesystem of its own at path (root and mount(8) needed, else the test is skipped)."""
     path.mkdir(parents=True, exist_ok=True)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                      capture_output=True).returncode:
-        pytest.skip("this machine refuses a tmpfs mount (needs root); the full-disk and read-only cases need one")
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    ).returncode:
+        pytest.skip(
+            "this machine refuses a tmpfs mount (needs root); the full-disk and read-only cases need one"
+        )
     try:
         if read_only:
             subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
@@ -54,15 +58,43 @@ def corpus(tmp_path) -> Path:
 
 
 def prepare_args(corpus, out, *extra):
-    return ["prepare", "--corpus", str(corpus), "--out", str(out), "--no-mlflow", "--set", "n_merges=50",
-            "--set", "n_ctx=16", *extra]
+    return [
+        "prepare",
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--no-mlflow",
+        "--set",
+        "n_merges=50",
+        "--set",
+        "n_ctx=16",
+        *extra,
+    ]
 
 
 # 1. finetune --out never deletes what it did not write, nor the checkpoint it reads.
 
+
 def finetune_args(ckpt, data, out, *extra):
-    return ["finetune", "--task", "sst-2", "--data", str(data), "--checkpoint", str(ckpt), "--out", str(out),
-            "--set", "max_steps=2", "--set", "batch_size=8", "--set", "max_train=16", *extra]
+    return [
+        "finetune",
+        "--task",
+        "sst-2",
+        "--data",
+        str(data),
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--set",
+        "max_steps=2",
+        "--set",
+        "batch_size=8",
+        "--set",
+        "max_train=16",
+        *extra,
+    ]
 
 
 def test_1_finetune_refuses_a_directory_it_did_not_write(task_checkpoint, sst2, tmp_path, capsys):
@@ -99,6 +131,7 @@ def test_1_finetune_replaces_its_own_output_only_with_overwrite(task_checkpoint,
 
 # 2. --overwrite replaces what the command makes, nothing else.
 
+
 def test_2_prepare_overwrite_refuses_a_directory_that_is_not_a_dataset(corpus, tmp_path, capsys):
     out = tmp_path / "ds"
     out.mkdir()
@@ -127,6 +160,7 @@ def test_2_export_and_demo_refuse_to_replace_what_they_did_not_write(task_checkp
 
 
 # 8. The MLflow store is checked before any work.
+
 
 def test_8_a_bad_mlflow_store_is_one_line_before_any_work(corpus, tmp_path, capsys, monkeypatch):
     out = tmp_path / "ds"
@@ -162,9 +196,18 @@ def test_8_a_read_only_sqlite_store_is_refused(corpus, tmp_path, capsys, monkeyp
 
 # 9. Every numeric key has a range, checked before any work.
 
-@pytest.mark.parametrize("setting, words", [("batch_size=0", "batch_size 0"), ("epochs=0", "epochs 0"),
-                                            ("lr=.nan", "lr nan"), ("lm_coef=.nan", "lm_coef nan"),
-                                            ("lr=-1", "lr -1"), ("warmup=2", "warmup 2")])
+
+@pytest.mark.parametrize(
+    "setting, words",
+    [
+        ("batch_size=0", "batch_size 0"),
+        ("epochs=0", "epochs 0"),
+        ("lr=.nan", "lr nan"),
+        ("lm_coef=.nan", "lm_coef nan"),
+        ("lr=-1", "lr -1"),
+        ("warmup=2", "warmup 2"),
+    ],
+)
 def test_9_finetune_settings_out_of_range(task_checkpoint, sst2, tmp_path, capsys, setting, words):
     out = tmp_path / "ft"
     assert gpt1(finetune_args(task_checkpoint, sst2, out, "--set", setting)) == 2
@@ -180,23 +223,42 @@ def test_9_a_diverging_finetune_stops_and_keeps_no_model(task_checkpoint, sst2, 
     assert not out.exists()
 
 
-def test_9_a_sweep_out_of_range_writes_nothing(task_checkpoint, sst2, tmp_path, capsys, monkeypatch, mlflow_uri):
+def test_9_a_sweep_out_of_range_writes_nothing(
+    task_checkpoint, sst2, tmp_path, capsys, monkeypatch, mlflow_uri
+):
     monkeypatch.chdir(tmp_path)
-    assert gpt1(["sweep", "--task", "sst-2", "--data", str(sst2), "--checkpoint", str(task_checkpoint),
-                 "--samples", "1", "--set", "batch_size=0"]) == 2
+    assert (
+        gpt1(
+            [
+                "sweep",
+                "--task",
+                "sst-2",
+                "--data",
+                str(sst2),
+                "--checkpoint",
+                str(task_checkpoint),
+                "--samples",
+                "1",
+                "--set",
+                "batch_size=0",
+            ]
+        )
+        == 2
+    )
     one_line(capsys, "batch_size 0")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
-    assert not Path(mlflow_uri[len("sqlite:///"):]).exists()
+    assert not Path(mlflow_uri[len("sqlite:///") :]).exists()
 
 
 # 10. A manifest is checked against itself; a checkpoint against its own record.
+
 
 def test_10_a_swapped_tokenizer_in_a_checkpoint_is_refused(task_checkpoint, sst2, tmp_path, capsys):
     import torch
 
     from model import GPT
-    from pipeline.train.checkpoint import save_checkpoint
     from pipeline.data.tokenizer import save_tokenizer, train_tokenizer
+    from pipeline.train.checkpoint import save_checkpoint
 
     ckpt = tmp_path / "ckpt"
     gpt = GPT.from_pretrained(task_checkpoint)
@@ -209,6 +271,7 @@ def test_10_a_swapped_tokenizer_in_a_checkpoint_is_refused(task_checkpoint, sst2
 
 
 # 11. One line naming the file and the cause.
+
 
 def test_11_a_corrupt_gzip_is_one_line(tmp_path, capsys, ray_session):
     data = gzip.compress(("\n\n".join(documents(300, seed=2)) + "\n").encode())
@@ -281,6 +344,7 @@ def test_11_a_readme_in_a_corpus_directory_is_skipped_by_name(corpus, tmp_path, 
 
 # 12. A binary file without NUL bytes is refused by its share of replaced bytes.
 
+
 def test_12_a_binary_file_without_nul_bytes_is_refused(tmp_path, capsys, ray_session):
     import random
 
@@ -295,9 +359,11 @@ def test_12_a_binary_file_without_nul_bytes_is_refused(tmp_path, capsys, ray_ses
 
 # 13. A killed writer's leftovers are removed by the next run.
 
+
 def test_13_prepare_removes_the_orphans_of_a_killed_run(corpus, tmp_path, capsys, ray_session):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     orphan = tmp_path / f".ds.gpt1-tmp-{dead}-deadbeef"
     (orphan / "train").mkdir(parents=True)
     (orphan / ".gpt1-staging").write_text(dead)
@@ -311,14 +377,32 @@ def test_13_prepare_removes_the_orphans_of_a_killed_run(corpus, tmp_path, capsys
 
 def test_also_found_a_command_says_which_ray_it_joined(corpus, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    out = subprocess.run([sys.executable, str(ROOT / "pipeline" / "prepare.py"), "--corpus", str(corpus),
-                          "--out", str(tmp_path / "ds"), "--no-mlflow", "--set", "n_merges=20", "--set",
-                          "n_ctx=16"], capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "pipeline" / "prepare.py"),
+            "--corpus",
+            str(corpus),
+            "--out",
+            str(tmp_path / "ds"),
+            "--no-mlflow",
+            "--set",
+            "n_merges=20",
+            "--set",
+            "n_ctx=16",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.splitlines()[0].startswith("Ray: a new local instance at "), out.stdout[:500]
 
 
-def test_11_a_damaged_dataset_is_named_and_replaced_only_with_overwrite(corpus, tmp_path, capsys, ray_session):
+def test_11_a_damaged_dataset_is_named_and_replaced_only_with_overwrite(
+    corpus, tmp_path, capsys, ray_session
+):
     out = tmp_path / "ds"
     out.mkdir()
     (out / "manifest.json").write_text("{cut off")

@@ -1,6 +1,7 @@
 """Names that come from someone else (an object's key, a run name, a hidden folder beside an
 output) never carry a write or a delete outside the place it was meant for, and the demo's
 --fresh removes only what the demo wrote, after every argument is checked."""
+
 import json
 import os
 import subprocess
@@ -8,14 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_faults_inputs import one_line
 
 from gpt1.cli import main as gpt1
-from test_faults_inputs import one_line
 
 
 def dead_pid() -> str:
-    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
 
 
 def put_raw(s3: dict, key: str, body: bytes) -> None:
@@ -31,8 +33,21 @@ def test_an_object_key_with_dotdot_never_writes_outside_the_local_copy(s3, tmp_p
     victim.write_text("the user's file")
     put_raw(s3, "evil/tokenizer.json", (task_checkpoint / "tokenizer.json").read_bytes())
     put_raw(s3, "evil/" + "../" * 30 + str(victim).lstrip("/"), b"overwritten")
-    assert gpt1(["prepare", "--corpus", str(victim), "--out", str(tmp_path / "ds"), "--no-mlflow",
-                 "--set", "tokenizer=s3://gpt1-test/evil"]) == 2
+    assert (
+        gpt1(
+            [
+                "prepare",
+                "--corpus",
+                str(victim),
+                "--out",
+                str(tmp_path / "ds"),
+                "--no-mlflow",
+                "--set",
+                "tokenizer=s3://gpt1-test/evil",
+            ]
+        )
+        == 2
+    )
     one_line(capsys, "s3://gpt1-test/evil", "leads outside")
     assert victim.read_text() == "the user's file"
     assert not (tmp_path / "ds").exists()
@@ -55,8 +70,10 @@ def test_staging_names_a_manifest_gives_are_kept_under_the_node_cache(tmp_path, 
     from pipeline.data import stage
     from pipeline.errors import UserError
 
-    manifest = {"shards": {"train/../../../escaped.bin": {"sha256": "0" * 64, "tokens": 1}},
-                "tokenizer": {"sha256": "0" * 64}}
+    manifest = {
+        "shards": {"train/../../../escaped.bin": {"sha256": "0" * 64, "tokens": 1}},
+        "tokenizer": {"sha256": "0" * 64},
+    }
     with pytest.raises(UserError, match="leads outside"):
         stage._download(f"file://{tmp_path / 'src'}", manifest, tmp_path / "cache" / "ds")
     assert not list(tmp_path.rglob("escaped.bin"))
@@ -110,8 +127,21 @@ def test_staging_cleanup_leaves_a_users_hidden_folder_alone(task_checkpoint, tmp
 @pytest.mark.parametrize("name", ["../../escape", "/abs/path", "a/b", "..", ".hidden", "x" * 200])
 def test_a_run_name_is_one_safe_path_component(tmp_path, capsys, name):
     storage = tmp_path / "deep" / "storage"
-    assert gpt1(["pretrain", "--data", str(tmp_path / "nowhere"), "--storage", str(storage), "--name", name,
-                 "--no-mlflow"]) == 2
+    assert (
+        gpt1(
+            [
+                "pretrain",
+                "--data",
+                str(tmp_path / "nowhere"),
+                "--storage",
+                str(storage),
+                "--name",
+                name,
+                "--no-mlflow",
+            ]
+        )
+        == 2
+    )
     one_line(capsys, "--name", "one name of letters")
     assert not list(tmp_path.rglob("*")) and not Path("/abs/path").exists()
 

@@ -4,6 +4,7 @@ Each ends as one line and exit status 2 (130 for an interrupt), and the same com
 from the newest complete checkpoint.
 
 Numbers in the test names are the items of the fault probe's issue."""
+
 import json
 import os
 import re
@@ -15,24 +16,36 @@ import time
 from pathlib import Path
 
 import pytest
-
 from corpus_gen import documents
-from pipeline.train.checkpoint import STATE_FILE, latest_checkpoint
-from gpt1.cli import main as gpt1
-from pipeline.data.prepare import PrepareConfig, prepare
 from test_faults_inputs import one_line, tmpfs
 
+from gpt1.cli import main as gpt1
+from pipeline.data.prepare import PrepareConfig, prepare
+from pipeline.train.checkpoint import STATE_FILE, latest_checkpoint
+
 ROOT = Path(__file__).resolve().parent.parent
-SETS = ["max_steps=40", "batch_size=8", "log_every=1", "checkpoint_every=10", "eval_every=0",
-        "keep_checkpoints=10", "lr=3e-3", "warmup_steps=5"]
+SETS = [
+    "max_steps=40",
+    "batch_size=8",
+    "log_every=1",
+    "checkpoint_every=10",
+    "eval_every=0",
+    "keep_checkpoints=10",
+    "lr=3e-3",
+    "warmup_steps=5",
+]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, ray_session) -> Path:
     d = tmp_path_factory.mktemp("faults-data")
     (d / "corpus.txt").write_text("\n\n".join(documents(1500, seed=5)) + "\n")
-    prepare([str(d / "corpus.txt")], d / "data",
-            PrepareConfig(n_merges=200, n_ctx=64, val_fraction=0.1, shard_mb=1), track=False)
+    prepare(
+        [str(d / "corpus.txt")],
+        d / "data",
+        PrepareConfig(n_merges=200, n_ctx=64, val_fraction=0.1, shard_mb=1),
+        track=False,
+    )
     return d / "data"
 
 
@@ -48,6 +61,7 @@ def steps_on_disk(run: Path) -> list[int]:
 
 
 # 3. A full disk: one line, nothing half-written, and the same command resumes once there is room.
+
 
 def test_3_a_full_disk_stops_cleanly_and_the_run_resumes(data, tmp_path, capsys):
     storage = tmp_path / "store"
@@ -76,6 +90,7 @@ def test_11_a_read_only_storage_is_one_line_before_any_worker(data, tmp_path, ca
 
 # 4. More workers than the cluster has: one line before any worker starts.
 
+
 def test_4_more_workers_than_cpus_is_refused_at_once(data, tmp_path, capsys):
     t0 = time.time()
     assert gpt1(args(data, tmp_path / "s", "r", "--workers", "4")) == 2
@@ -86,6 +101,7 @@ def test_4_more_workers_than_cpus_is_refused_at_once(data, tmp_path, capsys):
 
 # 5. Two runs of one name: the second is refused while the first lives; a dead holder leaves no lock.
 
+
 def test_5_a_second_run_of_the_same_name_is_refused(data, tmp_path, capsys):
     from pipeline.train.ray_train import run_lock
 
@@ -93,10 +109,17 @@ def test_5_a_second_run_of_the_same_name_is_refused(data, tmp_path, capsys):
     with run_lock(run):
         assert gpt1(args(data, tmp_path / "s")) == 2
         one_line(capsys, "another pretrain of this run is running", f"pid {os.getpid()}")
-    holder = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
-                               "from pipeline.train.ray_train import run_lock; import time\n"
-                               f"with run_lock({run!r}):\n    print('held', flush=True); time.sleep(600)"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+            "from pipeline.train.ray_train import run_lock; import time\n"
+            f"with run_lock({run!r}):\n    print('held', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     assert gpt1(args(data, tmp_path / "s")) == 2
     one_line(capsys, f"pid {holder.pid}")
@@ -109,13 +132,19 @@ def test_5_a_second_run_of_the_same_name_is_refused(data, tmp_path, capsys):
 # 6 and 13. A half-written checkpoint never looks complete; a damaged one is one line; a killed
 # writer's leftovers are removed by the next run.
 
+
 def test_6_13_damaged_checkpoints_and_leftovers(data, tmp_path, capsys, sst2):
     storage = tmp_path / "s"
     assert gpt1(args(data, storage)) == 0
     run = storage / "r"
     newest = run / "checkpoint_000000040"
     state = json.loads((newest / STATE_FILE).read_text())
-    assert set(state["files"]) == {"config.json", "model.safetensors", "optimizer.safetensors", "tokenizer.json"}
+    assert set(state["files"]) == {
+        "config.json",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "tokenizer.json",
+    }
     capsys.readouterr()
 
     cut = tmp_path / "cut"
@@ -125,8 +154,22 @@ def test_6_13_damaged_checkpoints_and_leftovers(data, tmp_path, capsys, sst2):
     assert gpt1(["export", str(cut), str(tmp_path / "x")]) == 2
     one_line(capsys, "model.safetensors", "the checkpoint is damaged")
     (cut / STATE_FILE).unlink()
-    assert gpt1(["finetune", "--task", "sst-2", "--data", str(sst2), "--checkpoint", str(cut),
-                 "--out", str(tmp_path / "ft")]) == 2
+    assert (
+        gpt1(
+            [
+                "finetune",
+                "--task",
+                "sst-2",
+                "--data",
+                str(sst2),
+                "--checkpoint",
+                str(cut),
+                "--out",
+                str(tmp_path / "ft"),
+            ]
+        )
+        == 2
+    )
     one_line(capsys, "incomplete training checkpoint")
     # A checkpoint without trainer_state.json, cut off mid-write, is passed over on resume.
     shutil.copytree(cut, run / "checkpoint_000000050")
@@ -135,8 +178,9 @@ def test_6_13_damaged_checkpoints_and_leftovers(data, tmp_path, capsys, sst2):
     # What a killed writer leaves: a staging directory in the run, a temporary checkpoint.
     import tempfile
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     staging = run / f".checkpoint_000000060.gpt1-tmp-{dead}-0badc0de"
     staging.mkdir()
     (staging / ".gpt1-staging").write_text(dead)
@@ -150,8 +194,16 @@ def test_6_13_damaged_checkpoints_and_leftovers(data, tmp_path, capsys, sst2):
 
 # 9 and 10. Settings and a manifest checked before any worker; a diverging loss stops the run.
 
-@pytest.mark.parametrize("setting, words", [("lr=.nan", "lr nan"), ("lr=1e30", "lr 1e+30"),
-                                            ("weight_decay=-1", "weight_decay -1"), ("grad_clip=.inf", "grad_clip inf")])
+
+@pytest.mark.parametrize(
+    "setting, words",
+    [
+        ("lr=.nan", "lr nan"),
+        ("lr=1e30", "lr 1e+30"),
+        ("weight_decay=-1", "weight_decay -1"),
+        ("grad_clip=.inf", "grad_clip inf"),
+    ],
+)
 def test_9_pretrain_settings_out_of_range(data, tmp_path, capsys, setting, words):
     assert gpt1(args(data, tmp_path / "s", "r", sets=SETS + [setting])) == 2
     one_line(capsys, words)
@@ -173,11 +225,15 @@ def test_9_a_non_finite_loss_stops_the_run_and_saves_nothing_after_it(data, tmp_
     # Weights that have become NaN (as a diverged update leaves them), in a checkpoint that is
     # otherwise complete: the run resumes from it, and its first step's loss is NaN.
     poisoned = run / "checkpoint_000000020"
-    weights = {k: torch.full_like(v, float("nan")) for k, v in load_file(poisoned / "model.safetensors").items()}
+    weights = {
+        k: torch.full_like(v, float("nan")) for k, v in load_file(poisoned / "model.safetensors").items()
+    }
     save_file(weights, str(poisoned / "model.safetensors"), metadata={"format": "pt"})
     state = json.loads((poisoned / STATE_FILE).read_text())
-    state["files"]["model.safetensors"] = {"bytes": (poisoned / "model.safetensors").stat().st_size,
-                                           "sha256": sha256_file(poisoned / "model.safetensors")}
+    state["files"]["model.safetensors"] = {
+        "bytes": (poisoned / "model.safetensors").stat().st_size,
+        "sha256": sha256_file(poisoned / "model.safetensors"),
+    }
     (poisoned / STATE_FILE).write_text(json.dumps(state))
     capsys.readouterr()
     assert gpt1(args(data, storage)) == 2
@@ -192,8 +248,12 @@ def test_10_an_edited_manifest_is_refused_before_any_worker(data, tmp_path, caps
         "a shard unlisted": lambda m: m["shards"].pop(sorted(m["shards"])[0]),
         "a block count": lambda m: m["splits"]["train"].update(blocks=m["splits"]["train"]["blocks"] + 1),
     }
-    words = {"vocab_size": "tokenizer.json has", "no val split": "no 'val' split",
-             "a shard unlisted": "does not list", "a block count": "splits.train.blocks"}
+    words = {
+        "vocab_size": "tokenizer.json has",
+        "no val split": "no 'val' split",
+        "a shard unlisted": "does not list",
+        "a block count": "splits.train.blocks",
+    }
     for case, edit in cases.items():
         d = tmp_path / case.replace(" ", "-")
         shutil.copytree(data, d)
@@ -208,6 +268,7 @@ def test_10_an_edited_manifest_is_refused_before_any_worker(data, tmp_path, caps
 # 7. Ctrl-C and SIGTERM stop cleanly with one line naming the newest checkpoint; the same
 # command resumes from it.
 
+
 def wait_for_checkpoint_after(run: Path, step: int, proc, timeout: float = 240) -> None:
     t0 = time.time()
     while (latest_checkpoint(str(run)) or ("", -1))[1] <= step:
@@ -219,7 +280,8 @@ def wait_for_checkpoint_after(run: Path, step: int, proc, timeout: float = 240) 
 def test_7_ctrl_c_and_sigterm_stop_cleanly_and_resume(data, tmp_path):
     storage = tmp_path / "s"
     cmd = [sys.executable, str(ROOT / "pipeline" / "pretrain.py")] + args(
-        data, storage, "r", sets=SETS[1:] + ["max_steps=100000", "checkpoint_every=20"])[1:]
+        data, storage, "r", sets=SETS[1:] + ["max_steps=100000", "checkpoint_every=20"]
+    )[1:]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     previous = None
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -237,17 +299,38 @@ def test_7_ctrl_c_and_sigterm_stop_cleanly_and_resume(data, tmp_path):
         newest = latest_checkpoint(str(storage / "r"))
         assert newest[0] in mine[0] and newest[1] > (previous or 0)
         # The second run took up from the newest checkpoint the first one left, not an older one.
-        assert (f"resuming run r from step {previous:,}" if previous else "starting run r from step 0") in out, out[:2000]
+        assert (
+            f"resuming run r from step {previous:,}" if previous else "starting run r from step 0"
+        ) in out, out[:2000]
         previous = newest[1]
 
 
 def test_7_ctrl_c_during_a_sweep_is_one_line(task_checkpoint, sst2, tmp_path):
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    cmd = [sys.executable, str(ROOT / "tuning" / "sweep.py"), "--task", "sst-2", "--data", str(sst2),
-           "--checkpoint", str(task_checkpoint), "--samples", "50", "--storage", str(tmp_path / "runs"),
-           "--set", "epochs=50", "--set", "batch_size=8"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    cmd = [
+        sys.executable,
+        str(ROOT / "tuning" / "sweep.py"),
+        "--task",
+        "sst-2",
+        "--data",
+        str(sst2),
+        "--checkpoint",
+        str(task_checkpoint),
+        "--samples",
+        "50",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--set",
+        "epochs=50",
+        "--set",
+        "batch_size=8",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+    )
     for line in proc.stdout:  # the trials are under way once the sweep names its parent run
         if "MLflow parent run" in line:
             break

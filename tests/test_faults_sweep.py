@@ -1,5 +1,6 @@
 """A sweep whose driver is killed (kill -9) resumes when the same command runs again: Tune's own
 experiment restore, one parent run, the trials that ended not run again, and no run left RUNNING."""
+
 import os
 import signal
 import subprocess
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow  # a cluster, an S3 server or a Ray job: minutes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,15 +24,36 @@ max_train: 48
 """
 
 
-@pytest.mark.slow
 def test_a_killed_sweep_resumes_with_one_parent_and_no_trial_run_twice(task_checkpoint, sst2, tmp_path):
     (tmp_path / "space.yaml").write_text(SPACE)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "MLFLOW_TRACKING_URI": uri,
-           "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "gpt1.cli", "sweep", "--task", "sst-2", "--data", str(sst2), "--checkpoint",
-           str(task_checkpoint), "--samples", "4", "--max-concurrent", "1", "--space", str(tmp_path / "space.yaml"),
-           "--storage", str(tmp_path / "runs"), "--device", "cpu"]
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        "MLFLOW_TRACKING_URI": uri,
+        "PYTHONPATH": str(ROOT),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "gpt1.cli",
+        "sweep",
+        "--task",
+        "sst-2",
+        "--data",
+        str(sst2),
+        "--checkpoint",
+        str(task_checkpoint),
+        "--samples",
+        "4",
+        "--max-concurrent",
+        "1",
+        "--space",
+        str(tmp_path / "space.yaml"),
+        "--storage",
+        str(tmp_path / "runs"),
+        "--device",
+        "cpu",
+    ]
     client = MlflowClient(uri)
 
     def runs():
@@ -39,8 +63,14 @@ def test_a_killed_sweep_resumes_with_one_parent_and_no_trial_run_twice(task_chec
     def children(status):
         return [r for r in runs() if "mlflow.parentRunId" in r.data.tags and r.info.status == status]
 
-    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+    first = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 600
     while len(children("FINISHED")) < 1 or not children("RUNNING"):  # one trial done, the next under way
         assert first.poll() is None and time.time() < deadline, "the sweep ended before it could be killed"

@@ -1,19 +1,26 @@
 """Fine-tuning with L3 = L2 + λ·L1: learns a synthetic task, keeps the best model, refuses bad input."""
+
 import math
 
 import pytest
-
 from corpus_gen import reviews
+
 from model import GPT
-from tuning.finetune import FinetuneConfig, finetune, main
 from pipeline.data.tasks import get
+from tuning.finetune import FinetuneConfig, finetune, main
 
 
 def test_finetune_beats_the_majority_class_and_keeps_the_best(task_checkpoint, sst2, tmp_path):
     cfg = FinetuneConfig(lr=2e-3, batch_size=16, epochs=6, warmup=0.05, eval_every=25)
     seen = []
-    best = finetune(get("sst-2"), sst2, task_checkpoint, cfg, report=lambda m, s: seen.append((s, m)),
-                    out=tmp_path / "best")
+    best = finetune(
+        get("sst-2"),
+        sst2,
+        task_checkpoint,
+        cfg,
+        report=lambda m, s: seen.append((s, m)),
+        out=tmp_path / "best",
+    )
     gold = [int(line.rsplit("\t", 1)[1]) for line in (sst2 / "dev.tsv").read_text().splitlines()[1:]]
     majority = max(sum(gold), len(gold) - sum(gold)) / len(gold)
     assert best["accuracy"] > majority + 0.2, (best, majority)
@@ -46,7 +53,9 @@ def test_cli_errors_are_one_line(task_checkpoint, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("values, best_step", [((math.nan, 0.25, math.nan), 2), ((math.nan,) * 3, 1)])
-def test_a_nan_metric_ranks_last_and_never_crashes(values, best_step, task_checkpoint, sst2, tmp_path, monkeypatch):
+def test_a_nan_metric_ranks_last_and_never_crashes(
+    values, best_step, task_checkpoint, sst2, tmp_path, monkeypatch
+):
     """A dev metric of NaN is a best only until a number comes; all NaN, the first evaluation's
     model is kept; either way the best model is written."""
     import tuning.finetune as ft

@@ -1,4 +1,5 @@
 """generate: greedy and sampled continuation, stopping at n_ctx or an end token; the KV cache."""
+
 import pytest
 import torch
 
@@ -62,13 +63,15 @@ def test_the_kv_cache_gives_the_recomputed_tokens_and_logits(tiny, ids):
     prompt = ids[:, :5]
     for sampling in ({"temperature": 0}, {"temperature": 1.3, "top_k": 20}):
         with_cache = tiny.generate(prompt, 12, generator=torch.Generator().manual_seed(3), **sampling)
-        without = tiny.generate(prompt, 12, generator=torch.Generator().manual_seed(3), use_cache=False, **sampling)
+        without = tiny.generate(
+            prompt, 12, generator=torch.Generator().manual_seed(3), use_cache=False, **sampling
+        )
         assert torch.equal(with_cache, without), sampling
     # The logits themselves: the prompt at once, then one token at a time, as one pass computes them.
     tiny.eval()
     full = tiny(ids[:, :9])
     cache = KVCache(tiny.config.n_layer)
-    steps = [tiny(ids[:, :5], cache=cache)] + [tiny(ids[:, t:t + 1], cache=cache) for t in range(5, 9)]
+    steps = [tiny(ids[:, :5], cache=cache)] + [tiny(ids[:, t : t + 1], cache=cache) for t in range(5, 9)]
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
     assert cache.length == 9
     with pytest.raises(ValueError, match="one token at a time"):
@@ -78,7 +81,15 @@ def test_the_kv_cache_gives_the_recomputed_tokens_and_logits(tiny, ids):
 def test_gpt1_generate_prints_seeded_samples(task_checkpoint, capsys):
     from gpt1.cli import main
 
-    args = ["generate", "--checkpoint", str(task_checkpoint), "--prompt", "the film was", "--max-new-tokens", "12"]
+    args = [
+        "generate",
+        "--checkpoint",
+        str(task_checkpoint),
+        "--prompt",
+        "the film was",
+        "--max-new-tokens",
+        "12",
+    ]
     assert main([*args, "--num-samples", "2", "--temperature", "1.0", "--seed", "5"]) == 0
     first = capsys.readouterr().out
     assert first.count("--- sample ") == 2 and "</w>" not in first
@@ -90,6 +101,7 @@ def test_gpt1_generate_prints_seeded_samples(task_checkpoint, capsys):
 
 def test_the_released_vocabulary_decodes_to_words_with_spaces(tmp_path, capsys):
     from corpus_gen import released_vocabulary
+
     from gpt1.cli import main
     from model import GPT, GPTConfig
     from pipeline.data.tokenizer import encode_texts, load_tokenizer
@@ -101,8 +113,22 @@ def test_the_released_vocabulary_decodes_to_words_with_spaces(tmp_path, capsys):
     assert len(ids) > 4 and tok.decode(ids) == "the movie was great"
     torch.manual_seed(0)
     GPT(GPTConfig.preset("tiny", vocab_size=tok.get_vocab_size())).save_pretrained(d)
-    assert main(["generate", "--checkpoint", str(d), "--prompt", "the movie", "--max-new-tokens", "20",
-                 "--temperature", "0"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                str(d),
+                "--prompt",
+                "the movie",
+                "--max-new-tokens",
+                "20",
+                "--temperature",
+                "0",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out.strip()
     words = out.split(" ")
     assert len(words) >= 2 and "</w>" not in out and all(words), out

@@ -1,4 +1,5 @@
 """The network: shapes, causality, padding, tying, size, init, dropout."""
+
 import pytest
 import torch
 
@@ -61,7 +62,9 @@ def test_padding_does_not_change_extract_state(tiny):
 
 
 def test_tied_embedding(tiny, ids):
-    square = [n for n, p in tiny.named_parameters() if p.shape == (tiny.config.vocab_size, tiny.config.n_embd)]
+    square = [
+        n for n, p in tiny.named_parameters() if p.shape == (tiny.config.vocab_size, tiny.config.n_embd)
+    ]
     assert square == ["tokens_embed.weight"], "the output layer must not have its own matrix"
     h = tiny.hidden_states(ids)
     torch.testing.assert_close(tiny(ids), h @ tiny.tokens_embed.weight.T)
@@ -130,4 +133,3 @@ def test_training_mode_is_stochastic_and_eval_is_not(tiny, ids):
     assert torch.equal(tiny(ids), tiny(ids))
     tiny.train()
     assert not torch.equal(tiny(ids), tiny(ids))
-

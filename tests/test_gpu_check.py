@@ -1,5 +1,6 @@
 """bench/gpu_check.py in its CPU mode, as the GPU machine runs it: with no Ray, MLflow, ftfy or
 spaCy importable, so the GPU check never rots where no GPU is."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +11,13 @@ BLOCK = "import sys; sys.modules.update({m: None for m in ('ray', 'mlflow', 'ftf
 
 
 def test_gpu_check_runs_without_ray_or_mlflow():
-    code = (BLOCK + "import runpy; sys.argv = ['bench/gpu_check.py', '--device', 'cpu', '--quick']; "
-            "runpy.run_path('bench/gpu_check.py', run_name='__main__')")
+    code = (
+        BLOCK + "import runpy; sys.argv = ['bench/gpu_check.py', '--device', 'cpu', '--quick']; "
+        "runpy.run_path('bench/gpu_check.py', run_name='__main__')"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    table = proc.stdout[proc.stdout.index("| section | check |"):]
+    table = proc.stdout[proc.stdout.index("| section | check |") :]
     rows = [line.split(" | ") for line in table.splitlines()[2:]]
     assert {r[0].lstrip("| ")[0] for r in rows} == {"1", "2", "3", "4", "5"}
     assert not [r for r in rows if "FAIL" in r[-1]]

@@ -1,4 +1,5 @@
 """Task heads for the four input transformations, regression, and L3 = L2 + λ·L1."""
+
 import pytest
 import torch
 
@@ -45,8 +46,12 @@ def test_head_reads_the_extract_token_state():
     torch.testing.assert_close(m(ids, mask).logits, expected)
     # padding after the extract token changes nothing
     longer = torch.cat([ids, torch.full((2, 5), 3)], 1)
-    torch.testing.assert_close(m(longer, torch.cat([mask, torch.zeros(2, 5, dtype=torch.long)], 1)).logits,
-                               m(ids, mask).logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        m(longer, torch.cat([mask, torch.zeros(2, 5, dtype=torch.long)], 1)).logits,
+        m(ids, mask).logits,
+        atol=1e-5,
+        rtol=0,
+    )
     with pytest.raises(ValueError, match="extract token"):
         m(torch.tensor([[START, 1, 2]]))
 
@@ -79,7 +84,9 @@ def test_multiple_choice_scores_each_candidate():
 def test_regression_head_for_stsb():
     m = task("similarity", regression=True)
     ids, mask = batch([seq([1, 2], [3]), seq([3], [1, 2])])
-    out = m(ids[None].repeat(3, 1, 1), mask[None].repeat(3, 1, 1), labels=torch.tensor([0.5, 2.0, 4.0]), lm_coef=0)
+    out = m(
+        ids[None].repeat(3, 1, 1), mask[None].repeat(3, 1, 1), labels=torch.tensor([0.5, 2.0, 4.0]), lm_coef=0
+    )
     assert out.logits.shape == (3,)
     torch.testing.assert_close(out.l2, ((out.logits - torch.tensor([0.5, 2.0, 4.0])) ** 2).mean())
 
@@ -104,8 +111,9 @@ def test_l1_ignores_padding_and_weighs_sequences_equally():
     other = ids.clone()
     other[1, 3:] = (other[1, 3:] + 1) % 11  # change only the padding's ids
     assert torch.equal(lm_loss(logits, ids, mask), lm_loss(logits, other, mask))
-    per_token = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), ids[:, 1:].reshape(-1),
-                                                  reduction="none").view(2, 5)
+    per_token = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, 11), ids[:, 1:].reshape(-1), reduction="none"
+    ).view(2, 5)
     expected = (per_token[0].mean() + per_token[1, :2].mean()) / 2
     torch.testing.assert_close(lm_loss(logits, ids, mask), expected)
     torch.testing.assert_close(lm_loss(logits, ids), per_token.mean())

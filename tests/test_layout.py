@@ -2,6 +2,7 @@
 module imports itself back through others, and no module imports a stage's entry file. Read from
 the source with ast, imports inside functions included, so the shape cannot drift without this
 failing."""
+
 import ast
 from pathlib import Path
 
@@ -9,8 +10,11 @@ ROOT = Path(__file__).resolve().parent.parent
 ROOMS = ["model", "pipeline", "tuning", "gpt1"]  # from the bottom floor up
 # The stages' scripts (`python pipeline/pretrain.py`, what `ray job submit` runs): they only run
 # their stage's main, whose code lives in a module that anything may import.
-ENTRY_FILES = {"pipeline.prepare": "pipeline.data.prepare", "pipeline.pretrain": "pipeline.train.pretrain",
-               "tuning.sweep": "tuning.search"}
+ENTRY_FILES = {
+    "pipeline.prepare": "pipeline.data.prepare",
+    "pipeline.pretrain": "pipeline.train.pretrain",
+    "tuning.sweep": "tuning.search",
+}
 
 
 def modules() -> dict[str, Path]:
@@ -39,7 +43,9 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
         else:
             continue
         for t in targets:
-            while t and t not in known:  # `from pipeline import config` names a module; `from model import GPT` not
+            while (
+                t and t not in known
+            ):  # `from pipeline import config` names a module; `from model import GPT` not
                 t = t.rpartition(".")[0]
             if t and t != name:
                 found.add(t)
@@ -76,7 +82,7 @@ def test_no_import_circles():
         state[node] = 1
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == 1:
-                circles.append(" -> ".join(trail[trail.index(nxt):] + [nxt]))
+                circles.append(" -> ".join(trail[trail.index(nxt) :] + [nxt]))
             elif nxt not in state:
                 visit(nxt, trail + [nxt])
         state[node] = 2
@@ -93,7 +99,9 @@ def test_the_layout_reader_sees_real_imports():
     assert "model.gpt" in g["model.weights"] or "model.config" in g["model.weights"]
     assert "pipeline.train.config" in g["pipeline.train.loop"]
     assert "tuning.finetune" in g["gpt1.cli"] and "pipeline.data.prepare" in g["gpt1.cli"]
-    assert imports_of("pipeline.pretrain", modules()["pipeline.pretrain"], set(g)) == {"pipeline.train.pretrain"}
+    assert imports_of("pipeline.pretrain", modules()["pipeline.pretrain"], set(g)) == {
+        "pipeline.train.pretrain"
+    }
 
 
 def test_no_module_imports_a_stage_entry_file():
@@ -120,6 +128,9 @@ def test_entry_files_are_thin_and_the_only_scripts():
 
 
 def test_every_module_says_its_job():
-    missing = sorted(n for n, p in {**modules(), **scripts()}.items()
-                     if not (ast.get_docstring(ast.parse(p.read_text())) or "").strip())
+    missing = sorted(
+        n
+        for n, p in {**modules(), **scripts()}.items()
+        if not (ast.get_docstring(ast.parse(p.read_text())) or "").strip()
+    )
     assert not missing, "modules without a docstring that says their job: " + ", ".join(missing)

@@ -1,4 +1,5 @@
 """gpt1 prepare on Ray Data: formats, determinism, split, packing, bad input, re-runs, MLflow."""
+
 import gzip
 import hashlib
 import json
@@ -10,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from corpus_gen import documents
+
 from pipeline.data.dataset import load_split
 from pipeline.data.prepare import PrepareConfig, main, prepare
 from pipeline.data.tokenizer import END_OF_DOCUMENT, load_tokenizer
@@ -38,7 +39,9 @@ def stream(out: Path, split: str) -> np.ndarray:
         return whole
     got = blocks[np.arange(len(blocks))]
     assert all(got[i, -1] == got[i + 1, 0] for i in range(len(got) - 1)), "blocks are not contiguous"
-    assert np.array_equal(np.concatenate([got[0], *[b[1:] for b in got[1:]]]), whole[:len(blocks) * m["n_ctx"] + 1])
+    assert np.array_equal(
+        np.concatenate([got[0], *[b[1:] for b in got[1:]]]), whole[: len(blocks) * m["n_ctx"] + 1]
+    )
     return whole
 
 
@@ -90,7 +93,10 @@ def test_text_corpus_end_to_end(tmp_path, ray_session):
         assert (out / name).stat().st_size == 2 * shard["tokens"]
     assert 100 < m["tokenizer"]["n_merges"] <= 300 and m["dtype"] == "uint16"
     # the input's digest: the sha256 of its 1 MiB pieces' sha256s (one piece here)
-    assert m["inputs"][0]["sha256_pieces"] == hashlib.sha256(hashlib.sha256(src.read_bytes()).digest()).hexdigest()
+    assert (
+        m["inputs"][0]["sha256_pieces"]
+        == hashlib.sha256(hashlib.sha256(src.read_bytes()).digest()).hexdigest()
+    )
     assert m["n_ctx"] == 32
 
 
@@ -99,7 +105,9 @@ def test_every_format_gives_the_same_documents(tmp_path, ray_session):
     (tmp_path / "a.txt").write_text("\n\n".join(docs))
     with gzip.open(tmp_path / "b.txt.gz", "wt") as f:
         f.write("\n\n".join(docs))
-    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"body": d, "id": i}) + "\n" for i, d in enumerate(docs)))
+    (tmp_path / "c.jsonl").write_text(
+        "".join(json.dumps({"body": d, "id": i}) + "\n" for i, d in enumerate(docs))
+    )
     with gzip.open(tmp_path / "d.jsonl.gz", "wt") as f:
         f.write("".join(json.dumps({"body": d}) + "\n" for d in docs))
     pq.write_table(pa.table({"body": docs}), tmp_path / "e.parquet")
@@ -143,11 +151,14 @@ def test_output_is_identical_whatever_the_parallelism_and_chunk_size(tmp_path, r
     for parallelism in (1, 2, 3):
         for chunk_mb in (1, 2):
             out = tmp_path / f"p{parallelism}c{chunk_mb}"
-            c = cfg(tokenizer=str(tok), shard_mb=1, parallelism=parallelism, chunk_mb=chunk_mb, batch_docs=500)
+            c = cfg(
+                tokenizer=str(tok), shard_mb=1, parallelism=parallelism, chunk_mb=chunk_mb, batch_docs=500
+            )
             prepare(corpus, out, c, track=False)
             assert (out / "manifest.json").read_text() == want, (parallelism, chunk_mb)
-            assert {p.name: p.read_bytes() for p in (out / "train").iterdir()} == \
-                {p.name: p.read_bytes() for p in (tmp_path / "ref" / "train").iterdir()}
+            assert {p.name: p.read_bytes() for p in (out / "train").iterdir()} == {
+                p.name: p.read_bytes() for p in (tmp_path / "ref" / "train").iterdir()
+            }
 
 
 def test_chunks_inside_a_file_own_whole_documents(tmp_path):
@@ -159,8 +170,11 @@ def test_chunks_inside_a_file_own_whole_documents(tmp_path):
     whole = [d[:2] for d in read_documents(f, 0, -1, ReadOptions())]
     assert [t for _, t in whole] == ["one a\none b", "two", "three a\nthree b", "last"]
     for size in range(1, len(data) + 1):
-        got = [d[:2] for it in plan_chunks([f], size, ReadOptions())
-               for d in read_documents(f, it["start"], it["end"], ReadOptions())]
+        got = [
+            d[:2]
+            for it in plan_chunks([f], size, ReadOptions())
+            for d in read_documents(f, it["start"], it["end"], ReadOptions())
+        ]
         assert got == whole, size
 
 
@@ -206,10 +220,12 @@ def test_rerun_is_a_no_op_and_a_different_one_needs_overwrite(tmp_path, ray_sess
     prepare([str(src)], out, cfg(parallelism=1), track=False)  # parallelism does not matter
     assert (out / "manifest.json").stat().st_mtime_ns == stamp
     import os
+
     os.utime(src, ns=(10**18, 10**18))  # the same bytes with another time (written again, copied)
     prepare([str(src)], out, cfg(), track=False)
     assert (out / "manifest.json").stat().st_mtime_ns == stamp
     from pipeline.data.corpus import CorpusError
+
     with pytest.raises(CorpusError, match="--overwrite"):
         prepare([str(src)], out, cfg(seed=1), track=False)
     m = prepare([str(src)], out, cfg(seed=1), overwrite=True, track=False)
@@ -222,9 +238,18 @@ BAD_INPUTS = {
     "empty glob": (lambda d: str(d / "*.nothing"), "matches no files"),
     "empty corpus": (lambda d: _write(d / "e.txt", b"\n\n   \n"), "no documents"),
     "binary file": (lambda d: _write(d / "b.txt", b"abc\x00\x01\x02" * 10), "b.txt: a NUL byte at offset 3"),
-    "bad json": (lambda d: _write(d / "j.jsonl", b'{"text": "ok"}\n{"text": broken\n'), "j.jsonl:2: not valid JSON"),
-    "missing field": (lambda d: _write(d / "f.jsonl", b'{"text": "ok"}\n\n{"body": "x"}\n'), "f.jsonl:3: no field 'text'"),
-    "parquet without the column": (lambda d: _parquet(d / "p.parquet"), "p.parquet: no column 'text' (columns: body)"),
+    "bad json": (
+        lambda d: _write(d / "j.jsonl", b'{"text": "ok"}\n{"text": broken\n'),
+        "j.jsonl:2: not valid JSON",
+    ),
+    "missing field": (
+        lambda d: _write(d / "f.jsonl", b'{"text": "ok"}\n\n{"body": "x"}\n'),
+        "f.jsonl:3: no field 'text'",
+    ),
+    "parquet without the column": (
+        lambda d: _parquet(d / "p.parquet"),
+        "p.parquet: no column 'text' (columns: body)",
+    ),
     "unknown key": (None, "unknown key 'n_merge'"),
 }
 
@@ -259,12 +284,27 @@ def test_script_runs_as_a_file_and_logs_to_mlflow(tmp_path, mlflow_uri):
     src = write_text(tmp_path / "c.txt", documents(80, seed=7))
     out = tmp_path / "ds"
     # cwd: MLflow puts a SQLite store's artifacts under ./mlruns of the working directory
-    r = subprocess.run([sys.executable, str(ROOT / "pipeline" / "prepare.py"), "--corpus", str(src), "--out",
-                        str(out), "--set", "n_merges=200", "--set", "n_ctx=16"], cwd=tmp_path,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "pipeline" / "prepare.py"),
+            "--corpus",
+            str(src),
+            "--out",
+            str(out),
+            "--set",
+            "n_merges=200",
+            "--set",
+            "n_ctx=16",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "prepared" in r.stdout and "MB/s" in r.stdout and "the driver used" in r.stdout
     from mlflow.tracking import MlflowClient
+
     client = MlflowClient(mlflow_uri)
     exp = client.get_experiment_by_name("gpt1-prepare")
     (run,) = client.search_runs([exp.experiment_id])
@@ -273,15 +313,28 @@ def test_script_runs_as_a_file_and_logs_to_mlflow(tmp_path, mlflow_uri):
     assert run.data.metrics["train_documents"] == m["splits"]["train"]["documents"]
     assert run.data.tags["tokenizer_sha256"] == m["tokenizer"]["sha256"]
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"manifest.json", "tokenizer.json"}
-    r = subprocess.run([sys.executable, str(ROOT / "pipeline" / "prepare.py"), "--corpus", str(tmp_path / "nope"),
-                        "--out", str(out)], cwd=tmp_path, capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "pipeline" / "prepare.py"),
+            "--corpus",
+            str(tmp_path / "nope"),
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "nope" in r.stderr
 
 
 def test_normalisation_repairs_unicode_and_strips_controls():
     from pipeline.data.corpus import normalize
 
-    assert normalize("caf\u00c3\u00a9 \u00e2\u20ac\u0153quoted\u00e2\u20ac\x9d") == 'café "quoted"'  # mojibake
+    assert (
+        normalize("caf\u00c3\u00a9 \u00e2\u20ac\u0153quoted\u00e2\u20ac\x9d") == 'café "quoted"'
+    )  # mojibake
     assert normalize("\ufb01ne \u2460 \uff21") == "fine 1 A"  # NFKC
     assert normalize("a\x00b\x07c\x1bd\r\ne\tf") == "abcd\ne\tf"  # controls gone, tabs and newlines kept
     assert normalize("  Mixed CASE ", lowercase=True) == "mixed case"
@@ -307,8 +360,11 @@ def test_shards_are_a_function_of_the_stream_alone(tmp_path, shard_tokens):
             (d / f"part-{j}").write_bytes(to_bytes(part, np.dtype("<u2")))
         shas = []
         for k, pieces in enumerate(plan_shards([len(p) for p in parts], shard_tokens)):
-            shas.append(write_shard(fs, str(d / f"shard-{k}"), [(str(d / f"part-{j}"), 2 * at, 2 * n)
-                                                                for j, at, n in pieces]))
+            shas.append(
+                write_shard(
+                    fs, str(d / f"shard-{k}"), [(str(d / f"part-{j}"), 2 * at, 2 * n) for j, at, n in pieces]
+                )
+            )
         rebuilt = np.concatenate([np.fromfile(d / f"shard-{k}", dtype="<u2") for k in range(len(shas))])
         assert np.array_equal(rebuilt, tokens)
         assert all((d / f"shard-{k}").stat().st_size == 2 * shard_tokens for k in range(len(shas) - 1))
@@ -321,7 +377,7 @@ def test_blocks_read_by_offset_straddle_shards(tmp_path):
 
     tokens = np.arange(1000, dtype=np.uint16)
     for k in range(0, 1000, 64):  # shards of 64 tokens, blocks of 10 + 1: many straddle two
-        tokens[k:k + 64].astype("<u2").tofile(tmp_path / f"s{k:04d}")
+        tokens[k : k + 64].astype("<u2").tofile(tmp_path / f"s{k:04d}")
     r = StreamReader(sorted(tmp_path.iterdir()), 64, 1000, 10, "uint16")
     assert len(r) == 99
     got = r[np.array([0, 6, 98, 6])]
@@ -342,8 +398,11 @@ def test_blank_line_documents_match_a_line_by_line_reference(tmp_path):
         parts = [rng.choice(blank) for _ in range(rng.randint(0, 2))]  # leading blank lines
         for _ in range(rng.randint(1, 12)):
             for _ in range(rng.randint(1, 3)):
-                parts.append(b" " * rng.randint(0, 2) + bytes(rng.choice(b"abc") for _ in range(rng.randint(1, 9)))
-                             + rng.choice([b"\n", b"\r\n"]))
+                parts.append(
+                    b" " * rng.randint(0, 2)
+                    + bytes(rng.choice(b"abc") for _ in range(rng.randint(1, 9)))
+                    + rng.choice([b"\n", b"\r\n"])
+                )
             parts += [rng.choice(blank) for _ in range(rng.randint(1, 3))]
         data = b"".join(parts)
         if rng.random() < 0.5:
@@ -366,8 +425,11 @@ def test_blank_line_documents_match_a_line_by_line_reference(tmp_path):
         want = [(o, " ".join(d.decode().split())) for o, d in want]
         f = resolve_inputs([str(path)])[0]
         for size in (1, 2, 3, 5, 8, 13, 1000):
-            got = [(o, " ".join(t.split())) for it in plan_chunks([f], size, ReadOptions())
-                   for o, t, _, _ in read_documents(f, it["start"], it["end"], ReadOptions())]
+            got = [
+                (o, " ".join(t.split()))
+                for it in plan_chunks([f], size, ReadOptions())
+                for o, t, _, _ in read_documents(f, it["start"], it["end"], ReadOptions())
+            ]
             assert got == want, (trial, size, data)
 
 
@@ -375,9 +437,9 @@ def test_blank_line_documents_match_a_line_by_line_reference(tmp_path):
 def test_a_sentence_gets_the_same_ids_in_the_corpus_and_in_a_fine_tuning_input(tmp_path, released):
     """One normalisation and one text-to-ids path: curly quotes, an ellipsis, a dash, accents and
     mojibake come out alike in a prepared corpus and in a task's input. Run without Ray."""
-    from pipeline.data.tokenizer import EXTRACT, START, RESERVED_TOKENS
-    from tuning.encode import Encoder
     from pipeline.data.tasks import Example
+    from pipeline.data.tokenizer import EXTRACT, RESERVED_TOKENS, START
+    from tuning.encode import Encoder
 
     sentence = "He said \u201cdon\u2019t\u201d\u2026 it\u2019s Mr. O\u2019Neil\u2019s caf\u00e9\u2014really, na\u00c3\u00afve!"
     docs = documents(40, seed=1) + [sentence] + documents(20, seed=2)
@@ -388,10 +450,14 @@ def test_a_sentence_gets_the_same_ids_in_the_corpus_and_in_a_fine_tuning_input(t
         spec = json.loads((tmp_path / "first" / "tokenizer.json").read_text())["model"]
         rel = tmp_path / "release"
         rel.mkdir()
-        (rel / "encoder_bpe_40000.json").write_text(json.dumps(
-            {t: i for t, i in spec["vocab"].items() if t not in RESERVED_TOKENS}))
-        (rel / "vocab_40000.bpe").write_text("#version: 0.2\n" + "\n".join(
-            " ".join(m) if isinstance(m, list) else m for m in spec["merges"]) + "\n")
+        (rel / "encoder_bpe_40000.json").write_text(
+            json.dumps({t: i for t, i in spec["vocab"].items() if t not in RESERVED_TOKENS})
+        )
+        (rel / "vocab_40000.bpe").write_text(
+            "#version: 0.2\n"
+            + "\n".join(" ".join(m) if isinstance(m, list) else m for m in spec["merges"])
+            + "\n"
+        )
         tokenizer = str(rel)
     out = tmp_path / "data"
     prepare([str(src)], out, cfg(val_fraction=0.0, tokenizer=tokenizer), track=False, local=True)
@@ -414,8 +480,11 @@ def test_a_dataset_of_an_older_format_is_refused_with_the_command_that_remakes_i
     open_dataset(out)
     m = json.loads((out / "manifest.json").read_text())
     (out / "manifest.json").write_text(json.dumps({**m, "format_version": 2}))
-    with pytest.raises(DataError, match=r"format_version 2 .*no longer reads; prepare the dataset again: "
-                                        r"gpt1 prepare --corpus \.\.\. --out .*ds --overwrite"):
+    with pytest.raises(
+        DataError,
+        match=r"format_version 2 .*no longer reads; prepare the dataset again: "
+        r"gpt1 prepare --corpus \.\.\. --out .*ds --overwrite",
+    ):
         open_dataset(out)
     # A truncated shard is caught by its length before any hashing.
     (out / "manifest.json").write_text(json.dumps(m))

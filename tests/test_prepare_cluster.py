@@ -3,6 +3,7 @@
 (moto). The manifest and every file equal those of a 1-worker run in this process; a driver
 killed half-way leaves no dataset, and the same command then finishes; bad input leaves nothing
 in the bucket."""
+
 import hashlib
 import json
 import os
@@ -13,9 +14,12 @@ import time
 from pathlib import Path
 
 import pyarrow.fs as pafs
-
+import pytest
 from corpus_gen import documents
+
 from pipeline.data.prepare import PrepareConfig, prepare
+
+pytestmark = pytest.mark.slow  # a cluster, an S3 server or a Ray job: minutes
 
 ROOT = Path(__file__).resolve().parent.parent
 SETS = {"n_merges": 200, "n_ctx": 32, "val_fraction": 0.1, "shard_mb": 1, "chunk_mb": 1}
@@ -31,16 +35,21 @@ def remote_files(prefix: str) -> dict[str, str]:
     for i in fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True)):
         if i.type == pafs.FileType.File:
             with fs.open_input_stream(i.path) as f:
-                out[i.path[len(prefix) + 1:]] = hashlib.sha256(f.read()).hexdigest()
+                out[i.path[len(prefix) + 1 :]] = hashlib.sha256(f.read()).hexdigest()
     return out
 
 
 def gpt1_prepare(cluster, out: str, corpus: str = "s3://gpt1-test/corpus/") -> subprocess.Popen:
     env = {**os.environ, "RAY_ADDRESS": cluster.address}
     sets = [a for k, v in SETS.items() for a in ("--set", f"{k}={v}")]
-    return subprocess.Popen([sys.executable, "-m", "gpt1.cli", "prepare", "--corpus", corpus,
-                             "--out", out, "--no-mlflow", *sets], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "gpt1.cli", "prepare", "--corpus", corpus, "--out", out, "--no-mlflow", *sets],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_a_cluster_prepares_from_s3_to_s3_what_one_worker_does(cluster, tmp_path):
@@ -51,9 +60,14 @@ def test_a_cluster_prepares_from_s3_to_s3_what_one_worker_does(cluster, tmp_path
             f.write(("\n\n".join(part) + "\n").encode())
 
     # The reference: one worker, in this process, reading the same objects, writing locally.
-    ref = prepare(["s3://gpt1-test/corpus/"], tmp_path / "ref", PrepareConfig(**SETS), track=False, local=True)
-    want = {p.relative_to(tmp_path / "ref").as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in (tmp_path / "ref").rglob("*") if p.is_file()}
+    ref = prepare(
+        ["s3://gpt1-test/corpus/"], tmp_path / "ref", PrepareConfig(**SETS), track=False, local=True
+    )
+    want = {
+        p.relative_to(tmp_path / "ref").as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in (tmp_path / "ref").rglob("*")
+        if p.is_file()
+    }
     assert len(ref["shards"]) >= 3 and len(ref["inputs"]) == 2
 
     proc = gpt1_prepare(cluster, "s3://gpt1-test/ds")

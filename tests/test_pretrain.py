@@ -1,5 +1,6 @@
 """gpt1 pretrain on Ray Train: learning, exact resume (also on another worker count), a killed
 worker, checks before any worker starts, and what the MLflow run holds."""
+
 import json
 import os
 import signal
@@ -9,21 +10,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from corpus_gen import documents
+
 from model import GPT
 from pipeline.configio import load
-from pipeline.errors import ConfigError
 from pipeline.data.dataset import BlockOrder, DataError
 from pipeline.data.prepare import PrepareConfig, prepare
+from pipeline.data.tokenizer import load_tokenizer
+from pipeline.errors import ConfigError
 from pipeline.train.config import check_config, micro_batch
 from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, main, pretrain
-from pipeline.data.tokenizer import load_tokenizer
 
 STEPS = 90
 # 2 x 32, n_ctx 64; micro-batches of 2 so that 1 and 2 workers run the same micro-batches.
-SETS = [f"max_steps={STEPS}", "batch_size=8", "micro_batch=2", "log_every=1", "checkpoint_every=10",
-        "eval_every=30", "keep_checkpoints=2", "lr=3e-3", "warmup_steps=10"]
+SETS = [
+    f"max_steps={STEPS}",
+    "batch_size=8",
+    "micro_batch=2",
+    "log_every=1",
+    "checkpoint_every=10",
+    "eval_every=30",
+    "keep_checkpoints=2",
+    "lr=3e-3",
+    "warmup_steps=10",
+]
 
 
 def config(*extra: str) -> PretrainConfig:
@@ -35,8 +45,12 @@ def data(tmp_path_factory, ray_session) -> Path:
     """A learnable corpus: English-like documents over a hundred-word vocabulary."""
     d = tmp_path_factory.mktemp("pretrain-data")
     (d / "corpus.txt").write_text("\n\n".join(documents(2000, seed=3)) + "\n")
-    prepare([str(d / "corpus.txt")], d / "data",
-            PrepareConfig(n_merges=300, n_ctx=64, val_fraction=0.1, shard_mb=1), track=False)
+    prepare(
+        [str(d / "corpus.txt")],
+        d / "data",
+        PrepareConfig(n_merges=300, n_ctx=64, val_fraction=0.1, shard_mb=1),
+        track=False,
+    )
     return d / "data"
 
 
@@ -49,6 +63,7 @@ def workdir(tmp_path, monkeypatch, mlflow_uri) -> Path:
 def losses(run_id: str, key: str = "loss", uri: str | None = None) -> dict[int, float]:
     """step -> value; where a resumed run logged a step twice, the later value."""
     from mlflow.tracking import MlflowClient
+
     history = sorted(MlflowClient(uri).get_metric_history(run_id, key), key=lambda m: m.timestamp)
     return {m.step: m.value for m in history}
 
@@ -63,8 +78,11 @@ def kill_a_worker_once(checkpoint: Path) -> list:
         deadline = time.time() + 300
         while not checkpoint.exists() and time.time() < deadline:
             time.sleep(0.01)
-        workers = [p for p in psutil.process_iter(["cmdline"])
-                   if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+        workers = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
+        ]
         if workers:
             victim = max(workers, key=lambda p: p.pid)
             os.kill(victim.pid, signal.SIGKILL)
@@ -85,8 +103,13 @@ def reference(data, tmp_path_factory, ray_session, sst2):
     os.environ["MLFLOW_TRACKING_URI"] = uri
     os.chdir(d)
     try:
-        out = pretrain(data, config(f"zero_shot=[sst-2={sst2}]", "zero_shot_examples=40"), workers=2,
-                       name="reference", storage=str(d / "runs"))
+        out = pretrain(
+            data,
+            config(f"zero_shot=[sst-2={sst2}]", "zero_shot_examples=40"),
+            workers=2,
+            name="reference",
+            storage=str(d / "runs"),
+        )
         return {**out, "losses": losses(out["run_id"]), "uri": uri, "dir": d}
     finally:
         os.chdir(cwd)
@@ -101,7 +124,10 @@ def test_loss_goes_down_and_the_run_is_tracked(reference, data):
 
     curve = reference["losses"]
     assert sorted(curve) == list(range(1, STEPS + 1))
-    first, last = np.mean([curve[s] for s in range(1, 6)]), np.mean([curve[s] for s in range(STEPS - 9, STEPS + 1)])
+    first, last = (
+        np.mean([curve[s] for s in range(1, 6)]),
+        np.mean([curve[s] for s in range(STEPS - 9, STEPS + 1)]),
+    )
     assert last < first - 0.5, (first, last)
     assert reference["metrics"]["val_loss"] < first - 0.5
 
@@ -116,8 +142,17 @@ def test_loss_goes_down_and_the_run_is_tracked(reference, data):
     assert tags["data_fingerprint"] == manifest["fingerprint"]
     assert tags["tokenizer_sha256"] == manifest["tokenizer"]["sha256"]
     assert tags["world_size"] == "2" and len(tags["git_commit"]) in (40, 7)  # 'unknown' has 7
-    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "data_wait", "val_loss",
-                "val_perplexity", "val_bits_per_byte"):
+    for key in (
+        "loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "mfu",
+        "data_wait",
+        "val_loss",
+        "val_perplexity",
+        "val_bits_per_byte",
+    ):
         assert key in run.data.metrics, key
     # Evaluations at steps 30, 60 and 90; bits per byte from the manifest's byte count.
     val = losses(reference["run_id"], "val_loss", reference["uri"])
@@ -125,7 +160,9 @@ def test_loss_goes_down_and_the_run_is_tracked(reference, data):
     tpb = manifest["splits"]["val"]["tokens"] / manifest["splits"]["val"]["bytes"]
     bpb = losses(reference["run_id"], "val_bits_per_byte", reference["uri"])
     assert bpb[90] == pytest.approx(val[90] / np.log(2) * tpb)
-    assert losses(reference["run_id"], "lr", reference["uri"])[1] == 0.0  # opt.py's schedule: update 0 has lr 0
+    assert (
+        losses(reference["run_id"], "lr", reference["uri"])[1] == 0.0
+    )  # opt.py's schedule: update 0 has lr 0
     # The zero-shot curve (Fig. 2, right): one point per evaluation, and its plot.
     zs = losses(reference["run_id"], "zero_shot_sst-2_accuracy", reference["uri"])
     assert sorted(zs) == [30, 60, 90] and all(0.0 <= v <= 1.0 for v in zs.values())
@@ -136,8 +173,9 @@ def test_loss_goes_down_and_the_run_is_tracked(reference, data):
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model", "model-hf", "data", "pretrain_config.json", "zero_shot_curves.png"} <= arts
     for d in ("model", "model-hf"):
-        assert {f"{d}/config.json", f"{d}/model.safetensors", f"{d}/tokenizer.json"} <= \
-            {a.path for a in client.list_artifacts(run.info.run_id, d)}
+        assert {f"{d}/config.json", f"{d}/model.safetensors", f"{d}/tokenizer.json"} <= {
+            a.path for a in client.list_artifacts(run.info.run_id, d)
+        }
     local = Path(client.download_artifacts(run.info.run_id, "model-hf", str(reference["dir"])))
     assert GPT.from_pretrained(local).num_params() > 0
 
@@ -176,11 +214,15 @@ def test_interrupted_run_resumes_on_another_worker_count(reference, data, workdi
     again = losses(out["run_id"])
     assert sorted(again) == sorted(reference["losses"])
     # Same micro-batches, same dropout masks; only the order of floating-point sums differs.
-    np.testing.assert_allclose([again[s] for s in sorted(again)],
-                               [reference["losses"][s] for s in sorted(again)], rtol=2e-3)
+    np.testing.assert_allclose(
+        [again[s] for s in sorted(again)], [reference["losses"][s] for s in sorted(again)], rtol=2e-3
+    )
     from mlflow.tracking import MlflowClient
-    runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("gpt1-pretrain").experiment_id],
-                                      filter_string="tags.mlflow.runName = 'cut'")
+
+    runs = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name("gpt1-pretrain").experiment_id],
+        filter_string="tags.mlflow.runName = 'cut'",
+    )
     assert len(runs) == 1 and runs[0].data.tags["world_size"] == "1"
 
 
@@ -203,13 +245,29 @@ def test_a_time_budget_sets_the_steps_once_and_a_resume_keeps_them(data, workdir
     assert out["metrics"]["step"] == total
     again = losses(out["run_id"])
     resumed = int(ckpts[-2].name.split("_")[1])
-    assert [again[s] for s in range(resumed + 1, total + 1)] == [first[s] for s in range(resumed + 1, total + 1)]
+    assert [again[s] for s in range(resumed + 1, total + 1)] == [
+        first[s] for s in range(resumed + 1, total + 1)
+    ]
 
 
 def test_resuming_with_other_settings_is_refused(reference, data, workdir, capsys):
     storage = str(reference["dir"] / "runs")
-    code = main(["--config", "tiny", "--data", str(data), "--name", "reference", "--storage", storage,
-                 "--no-mlflow", *sum((["--set", s] for s in SETS), []), "--set", "lr=1e-3"])
+    code = main(
+        [
+            "--config",
+            "tiny",
+            "--data",
+            str(data),
+            "--name",
+            "reference",
+            "--storage",
+            storage,
+            "--no-mlflow",
+            *sum((["--set", s] for s in SETS), []),
+            "--set",
+            "lr=1e-3",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "lr: 0.003 -> 0.001" in err and "another --name" in err, err
     # A run started with another block order (an older version of it) is not resumed with this one.
@@ -217,8 +275,20 @@ def test_resuming_with_other_settings_is_refused(reference, data, workdir, capsy
     ident = json.loads(run_file.read_text())
     run_file.write_text(json.dumps({**ident, "block_order": "permutation"}))
     try:
-        code = main(["--config", "tiny", "--data", str(data), "--name", "reference", "--storage", storage,
-                     "--no-mlflow", *sum((["--set", s] for s in SETS), [])])
+        code = main(
+            [
+                "--config",
+                "tiny",
+                "--data",
+                str(data),
+                "--name",
+                "reference",
+                "--storage",
+                storage,
+                "--no-mlflow",
+                *sum((["--set", s] for s in SETS), []),
+            ]
+        )
         err = capsys.readouterr().err.strip()
         assert code == 2 and "block_order: 'permutation' -> 'feistel-4'" in err, err
     finally:
@@ -269,7 +339,13 @@ def test_block_order_is_a_function_of_seed_and_step():
 
 def test_presets_load():
     gpt1 = load(PretrainConfig(), "gpt1", PRESETS_DIR)
-    assert (gpt1.batch_size, gpt1.lr, gpt1.warmup_steps, gpt1.epochs, gpt1.weight_decay) == (64, 2.5e-4, 2000, 100, 0.01)
+    assert (gpt1.batch_size, gpt1.lr, gpt1.warmup_steps, gpt1.epochs, gpt1.weight_decay) == (
+        64,
+        2.5e-4,
+        2000,
+        100,
+        0.01,
+    )
     assert gpt1.schedule == "warmup_cosine" and gpt1.model == "gpt1"
     for name in ("mini", "tiny"):
         assert load(PretrainConfig(), name, PRESETS_DIR).model == name
@@ -290,7 +366,9 @@ def test_wide_runs_take_smaller_micro_batches_and_a_run_keeps_its_own():
     # A run started on 16 workers keeps its micro-batches of 4 (so its dropout masks) wherever
     # it resumes; one started on 8 cannot spread to 16, and says so in one line.
     assert [micro_batch(gpt1, w, recorded=4) for w in (1, 2, 8, 16)] == [4, 4, 4, 4]
-    with pytest.raises(ConfigError, match="per micro-batch of 8 sequences, so it resumes on worker counts that divide 8"):
+    with pytest.raises(
+        ConfigError, match="per micro-batch of 8 sequences, so it resumes on worker counts that divide 8"
+    ):
         micro_batch(gpt1, 16, recorded=8)
     # Asking for smaller micro-batches than the run's is a change of settings (claim_run refuses it).
     assert micro_batch(dataclasses.replace(gpt1, micro_batch=2), 4, recorded=4) == 2

@@ -2,6 +2,7 @@
 the run's storage on a local S3 server (moto): the dataset is staged once, a whole worker node
 removed half-way (and a fresh one added) costs nothing but time, since the run retraces an
 uninterrupted one step by step; a shard altered on S3 is one line, exit 2."""
+
 import json
 import os
 import subprocess
@@ -10,26 +11,63 @@ import time
 from pathlib import Path
 
 import pyarrow.fs as pafs
-
+import pytest
 from corpus_gen import documents
+
 from pipeline.data.dataset import cache_key, verification_cache
 from pipeline.data.prepare import PrepareConfig, prepare
 
+pytestmark = pytest.mark.slow  # a cluster, an S3 server or a Ray job: minutes
+
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 60
-SETS = [f"max_steps={STEPS}", "batch_size=4", "micro_batch=2", "log_every=1", "checkpoint_every=10",
-        "eval_every=60", "eval_blocks=8", "keep_checkpoints=2", "lr=3e-3", "warmup_steps=10"]
+SETS = [
+    f"max_steps={STEPS}",
+    "batch_size=4",
+    "micro_batch=2",
+    "log_every=1",
+    "checkpoint_every=10",
+    "eval_every=60",
+    "eval_blocks=8",
+    "keep_checkpoints=2",
+    "lr=3e-3",
+    "warmup_steps=10",
+]
 
 
 def pretrain(cluster, data: str, name: str, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     # The nodes stage into their own GPT1_DATA_CACHE, the one this process gave them (conftest).
-    env = {**os.environ, "RAY_ADDRESS": cluster.address, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": cluster.address,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
     sets = [a for s in SETS for a in ("--set", s)]
     log = tmp_path / f"{name}.log"  # a file, not a pipe: nothing reads it while the test waits
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "gpt1.cli", "pretrain", "--config", "tiny", "--data", data,
-                                 "--storage", "s3://gpt1-test/runs", "--name", name, "--workers", "2", *sets],
-                                cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gpt1.cli",
+                "pretrain",
+                "--config",
+                "tiny",
+                "--data",
+                data,
+                "--storage",
+                "s3://gpt1-test/runs",
+                "--name",
+                name,
+                "--workers",
+                "2",
+                *sets,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
     return proc, log
 
 
@@ -73,16 +111,22 @@ def remove_a_worker_node(cluster, checkpoint: str) -> str:
     while fs.get_file_info(f"{checkpoint}/trainer_state.json").type != pafs.FileType.File:
         assert time.time() < deadline, f"{checkpoint} never appeared"
         time.sleep(0.05)
-    procs = {name: [p.pid for p in psutil.process_iter(["cmdline"]) if name in " ".join(p.info["cmdline"] or [])]
-             for name in ("RayTrainWorker", "TrainController")}
+    procs = {
+        name: [p.pid for p in psutil.process_iter(["cmdline"]) if name in " ".join(p.info["cmdline"] or [])]
+        for name in ("RayTrainWorker", "TrainController")
+    }
     keep = {raylet_of(cluster, pid).node_id for pid in procs["TrainController"]}
-    victim = next(n for n in (raylet_of(cluster, pid) for pid in procs["RayTrainWorker"]) if n.node_id not in keep)
+    victim = next(
+        n for n in (raylet_of(cluster, pid) for pid in procs["RayTrainWorker"]) if n.node_id not in keep
+    )
     cluster.remove_node(victim, allow_graceful=False)
     cluster.add_node(num_cpus=1, object_store_memory=200 << 20)
     return victim.node_id
 
 
-def test_a_run_on_a_cluster_survives_a_lost_node_and_retraces_itself_and_refuses_a_corrupt_shard(cluster, tmp_path):
+def test_a_run_on_a_cluster_survives_a_lost_node_and_retraces_itself_and_refuses_a_corrupt_shard(
+    cluster, tmp_path
+):
     src = tmp_path / "c.txt"
     src.write_text("\n\n".join(documents(1500, seed=9)) + "\n")
     cfg = PrepareConfig(n_merges=200, n_ctx=64, val_fraction=0.1, shard_mb=1)
@@ -94,8 +138,9 @@ def test_a_run_on_a_cluster_survives_a_lost_node_and_retraces_itself_and_refuses
     # manifest last.
     staged = verification_cache() / cache_key("s3://gpt1-test/ds", m)
     assert json.loads((staged / "manifest.json").read_text()) == m
-    assert sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()) == \
-        sorted(["manifest.json", "tokenizer.json", *m["shards"]])
+    assert sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()) == sorted(
+        ["manifest.json", "tokenizer.json", *m["shards"]]
+    )
     whole = losses(tmp_path, "whole")
     assert sorted(whole) == list(range(1, STEPS + 1))
 
@@ -122,4 +167,8 @@ def test_a_run_on_a_cluster_survives_a_lost_node_and_retraces_itself_and_refuses
     # Ray's own placement-group cleanup may print a traceback as the job ends (its cleaner actor
     # timing out): not ours. No other traceback.
     blocks = err.split("Traceback (most recent call last):")[1:]
-    assert not [b for b in blocks if "placement_group" not in b[:600].lower() and "placementgroup" not in b[:600].lower()], err
+    assert not [
+        b
+        for b in blocks
+        if "placement_group" not in b[:600].lower() and "placementgroup" not in b[:600].lower()
+    ], err

@@ -1,5 +1,6 @@
 """`ray job submit ... -- python pipeline/pretrain.py` against a head started by `ray start --head`,
 as the README tells users to run it (token authentication on, RAY_AUTH_MODE=token)."""
+
 import os
 import shutil
 import signal
@@ -11,8 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from corpus_gen import documents
+
+pytestmark = pytest.mark.slow  # a cluster, an S3 server or a Ray job: minutes
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -35,10 +37,25 @@ def head(tmp_path):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
-         f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
-         "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            f"--dashboard-port={dash}",
+            f"--dashboard-agent-listen-port={agent}",
+            f"--ray-client-server-port={client}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+            f"--temp-dir={temp}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -70,16 +87,59 @@ def test_ray_job_submit_to_a_local_head(head, tmp_path):
     def submit(*args: str) -> subprocess.CompletedProcess:
         runtime_env = '{"env_vars": {"MLFLOW_TRACKING_URI": "%s"}}' % uri
         return subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
-             "--runtime-env-json", runtime_env, "--", "python", *args],
-            env=env, capture_output=True, text=True, timeout=600)
+            [
+                str(BIN / "ray"),
+                "job",
+                "submit",
+                "--address",
+                address,
+                "--working-dir",
+                str(ROOT),
+                "--runtime-env-json",
+                runtime_env,
+                "--",
+                "python",
+                *args,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
 
-    prep = submit("pipeline/prepare.py", "--corpus", str(corpus), "--out", str(tmp_path / "data"),
-                  "--set", "n_merges=200", "--set", "n_ctx=64", "--set", "val_fraction=0.1")
+    prep = submit(
+        "pipeline/prepare.py",
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(tmp_path / "data"),
+        "--set",
+        "n_merges=200",
+        "--set",
+        "n_ctx=64",
+        "--set",
+        "val_fraction=0.1",
+    )
     assert prep.returncode == 0, prep.stdout[-3000:] + prep.stderr[-3000:]
-    job = submit("pipeline/pretrain.py", "--config", "tiny", "--data", str(tmp_path / "data"),
-                 "--workers", "2", "--name", "job", "--storage", str(tmp_path / "runs"),
-                 "--set", "max_steps=20", "--set", "batch_size=4", "--set", "checkpoint_every=10")
+    job = submit(
+        "pipeline/pretrain.py",
+        "--config",
+        "tiny",
+        "--data",
+        str(tmp_path / "data"),
+        "--workers",
+        "2",
+        "--name",
+        "job",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--set",
+        "max_steps=20",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "checkpoint_every=10",
+    )
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "run job done at step 20" in job.stdout
     assert (tmp_path / "runs" / "job" / "checkpoint_000000020" / "model.safetensors").exists()
@@ -92,16 +152,30 @@ def test_ray_job_submit_to_a_local_head(head, tmp_path):
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 20 // 5
 
 
-@pytest.mark.slow
 def test_joining_a_token_cluster_without_ray_auth_mode_is_one_line(head, tmp_path):
     _, env, gcs_port = head
     env = {k: v for k, v in env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     (tmp_path / "c.txt").write_text("\n\n".join(documents(20, seed=1)) + "\n")
-    out = subprocess.run([sys.executable, "-m", "gpt1.cli", "prepare", "--corpus", str(tmp_path / "c.txt"),
-                          "--out", str(tmp_path / "ds"), "--no-mlflow"],
-                         env={**env, "RAY_ADDRESS": f"127.0.0.1:{gcs_port}", "PYTHONPATH": str(ROOT)},
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpt1.cli",
+            "prepare",
+            "--corpus",
+            str(tmp_path / "c.txt"),
+            "--out",
+            str(tmp_path / "ds"),
+            "--no-mlflow",
+        ],
+        env={**env, "RAY_ADDRESS": f"127.0.0.1:{gcs_port}", "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2, out.stderr[-2000:]
     mine = [line for line in out.stderr.splitlines() if line.startswith("gpt1 prepare:")]
-    assert len(mine) == 1 and "RAY_AUTH_MODE=token" in mine[0] and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert len(mine) == 1 and "RAY_AUTH_MODE=token" in mine[0] and "Traceback" not in out.stderr, out.stderr[
+        -2000:
+    ]
     assert not (tmp_path / "ds").exists()

@@ -1,5 +1,6 @@
 """Ray Tune sweeps: a parent run per task with nested trial runs, table, plot, the best model
 registered, the ablation rows, lineage tags; bad input refused before any trial starts."""
+
 import csv
 import io
 import json
@@ -8,10 +9,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from gpt1.cli import main as cli
 from model import GPT, GPTConfig
 from pipeline.data.packing import sha256_file
 from pipeline.data.tokenizer import train_tokenizer
-from gpt1.cli import main as cli
 from tuning.search import main
 
 SPACE = """
@@ -23,16 +24,35 @@ warmup: 0.05
 """
 
 
-def test_sweep_logs_parent_and_trials_and_registers_the_best(task_checkpoint, sst2, tmp_path, mlflow_uri,
-                                                              ray_session, monkeypatch):
+def test_sweep_logs_parent_and_trials_and_registers_the_best(
+    task_checkpoint, sst2, tmp_path, mlflow_uri, ray_session, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     client = MlflowClient(mlflow_uri)
     # The pretrain run that wrote the checkpoint, as pretrain tags it: by the run's directory.
-    pretrain = client.create_run(client.create_experiment("gpt1-pretrain"),
-                                 tags={"run_path": str(task_checkpoint.parent)})
+    pretrain = client.create_run(
+        client.create_experiment("gpt1-pretrain"), tags={"run_path": str(task_checkpoint.parent)}
+    )
     (tmp_path / "space.yaml").write_text(SPACE)
-    code = main(["--task", "sst-2", "--data", str(sst2), "--checkpoint", str(task_checkpoint), "--samples", "2",
-                 "--space", str(tmp_path / "space.yaml"), "--ablations", "--seeds", "2", "--storage", str(tmp_path / "runs")])
+    code = main(
+        [
+            "--task",
+            "sst-2",
+            "--data",
+            str(sst2),
+            "--checkpoint",
+            str(task_checkpoint),
+            "--samples",
+            "2",
+            "--space",
+            str(tmp_path / "space.yaml"),
+            "--ablations",
+            "--seeds",
+            "2",
+            "--storage",
+            str(tmp_path / "runs"),
+        ]
+    )
     assert code == 0
 
     exp = client.get_experiment_by_name("gpt1-finetune-sst-2")
@@ -45,7 +65,9 @@ def test_sweep_logs_parent_and_trials_and_registers_the_best(task_checkpoint, ss
     assert parent.info.status == "FINISHED" and all(c.info.status == "FINISHED" for c in children)
     # Runs named as the table reads: by what the trials vary, and by ablation row and seed.
     names = sorted(c.data.tags["mlflow.runName"] for c in children)
-    assert names[:6] == [f"ablation: {a} (seed {k})" for a in ("full", "no_aux_lm", "no_pretraining") for k in (0, 1)]
+    assert names[:6] == [
+        f"ablation: {a} (seed {k})" for a in ("full", "no_aux_lm", "no_pretraining") for k in (0, 1)
+    ]
     for c in children:
         if "ablation" not in c.data.params:
             lr, lam = float(c.data.params["lr"]), float(c.data.params["lm_coef"])
@@ -69,8 +91,14 @@ def test_sweep_logs_parent_and_trials_and_registers_the_best(task_checkpoint, ss
 
     # The results table names each trial's run and its best evaluation.
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"results.csv", "results.md", "metric_vs_lambda_and_lr.png", "best_config.json",
-            "ablations.csv", "ablations.md"} <= arts
+    assert {
+        "results.csv",
+        "results.md",
+        "metric_vs_lambda_and_lr.png",
+        "best_config.json",
+        "ablations.csv",
+        "ablations.md",
+    } <= arts
     d = client.download_artifacts(parent.info.run_id, "", str(tmp_path / "parent"))
     rows = list(csv.DictReader(io.StringIO(open(f"{d}/results.csv").read())))
     assert len(rows) == 2
@@ -83,20 +111,26 @@ def test_sweep_logs_parent_and_trials_and_registers_the_best(task_checkpoint, ss
     # The ablation rows at the best settings: full (λ 0.5), no auxiliary LM (λ 0), and no
     # pretraining at the best trial's own λ.
     every_seed = list(csv.DictReader(open(f"{d}/ablations.csv")))
-    assert sorted((r["ablation"], r["seed"]) for r in every_seed) == \
-        [(a, k) for a in ("full", "no_aux_lm", "no_pretraining") for k in ("0", "1")]
+    assert sorted((r["ablation"], r["seed"]) for r in every_seed) == [
+        (a, k) for a in ("full", "no_aux_lm", "no_pretraining") for k in ("0", "1")
+    ]
     ablations = {r["ablation"]: r for r in every_seed if r["seed"] == "0"}
     assert set(ablations) == {"full", "no_aux_lm", "no_pretraining"}
     best_config = json.load(open(f"{d}/best_config.json"))
-    assert [float(ablations[a]["lm_coef"]) for a in ("full", "no_aux_lm", "no_pretraining")] == \
-        [0.5, 0.0, best_config["lm_coef"]]
+    assert [float(ablations[a]["lm_coef"]) for a in ("full", "no_aux_lm", "no_pretraining")] == [
+        0.5,
+        0.0,
+        best_config["lm_coef"],
+    ]
     assert all(float(ablations[a]["lr"]) == pytest.approx(best_config["lr"]) for a in ablations)
     # Mean ± std over the seeds, in the summary table and the parent's metrics.
     summary = {r["ablation"]: r for r in csv.DictReader(open(f"{d}/ablations_summary.csv"))}
     for a in ablations:
         values = [float(r["accuracy"]) for r in every_seed if r["ablation"] == a]
         assert parent.data.metrics[f"ablation_{a}_accuracy"] == pytest.approx(sum(values) / 2)
-        assert parent.data.metrics[f"ablation_{a}_accuracy_std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
+        assert parent.data.metrics[f"ablation_{a}_accuracy_std"] == pytest.approx(
+            abs(values[0] - values[1]) / 2**0.5
+        )
         assert summary[a]["seeds"] == "2" and " ± " in summary[a]["accuracy"]
 
     # The best trial's best model is registered as gpt1-sst-2 and loads as a model directory.
@@ -113,11 +147,15 @@ def test_sweep_logs_parent_and_trials_and_registers_the_best(task_checkpoint, ss
     (tmp_path / "text.txt").write_text("the film was good and the music was fine\n\nthe plot was thin\n")
     assert cli(["evaluate", "--checkpoint", m, "--corpus", str(tmp_path / "text.txt")]) == 0
     (ev,) = client.search_runs([client.get_experiment_by_name("gpt1-evaluate").experiment_id])
-    assert ev.data.tags["finetune_run_id"] == best_run and ev.data.tags["pretrain_run_id"] == pretrain.info.run_id
+    assert (
+        ev.data.tags["finetune_run_id"] == best_run
+        and ev.data.tags["pretrain_run_id"] == pretrain.info.run_id
+    )
 
 
-def test_bad_input_is_refused_before_any_trial(task_checkpoint, sst2, tmp_path, mlflow_uri, ray_session,
-                                                capsys, monkeypatch):
+def test_bad_input_is_refused_before_any_trial(
+    task_checkpoint, sst2, tmp_path, mlflow_uri, ray_session, capsys, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     args = ["--task", "sst-2", "--checkpoint", str(task_checkpoint), "--storage", str(tmp_path / "runs")]
     # A missing split file.
@@ -146,7 +184,9 @@ def test_bad_input_is_refused_before_any_trial(task_checkpoint, sst2, tmp_path, 
     assert main(["--task", "sst-2", "--checkpoint", str(small), "--data", str(sst2)]) == 2
     assert "but the model only" in capsys.readouterr().err
     # --task glue over a directory without any GLUE task directory.
-    assert main(["--task", "glue", "--checkpoint", str(task_checkpoint), "--data", str(tmp_path / "task")]) == 2
+    assert (
+        main(["--task", "glue", "--checkpoint", str(task_checkpoint), "--data", str(tmp_path / "task")]) == 2
+    )
     assert "holds none of the GLUE task directories (CoLA, SST-2," in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
     assert MlflowClient(mlflow_uri).get_experiment_by_name("gpt1-finetune-sst-2") is None
@@ -158,23 +198,28 @@ def hf_gpt1(d, vocab_dir):
     vocabulary's rows only (no special tokens)."""
     from transformers import OpenAIGPTConfig, OpenAIGPTLMHeadModel, OpenAIGPTTokenizer
 
-    tok = OpenAIGPTTokenizer(vocab=str(vocab_dir / "encoder_bpe_40000.json"), merges=str(vocab_dir / "vocab_40000.bpe"))
+    tok = OpenAIGPTTokenizer(
+        vocab=str(vocab_dir / "encoder_bpe_40000.json"), merges=str(vocab_dir / "vocab_40000.bpe")
+    )
     torch.manual_seed(0)
-    model = OpenAIGPTLMHeadModel(OpenAIGPTConfig(vocab_size=len(tok.get_vocab()), n_positions=64, n_embd=32,
-                                                 n_layer=2, n_head=2))
+    model = OpenAIGPTLMHeadModel(
+        OpenAIGPTConfig(vocab_size=len(tok.get_vocab()), n_positions=64, n_embd=32, n_layer=2, n_head=2)
+    )
     model.save_pretrained(d)
     tok.save_pretrained(d)
     return d
 
 
-def test_the_released_model_in_hugging_face_layout_fine_tunes_and_sweeps(sst2, tmp_path, mlflow_uri, ray_session,
-                                                                          monkeypatch):
+def test_the_released_model_in_hugging_face_layout_fine_tunes_and_sweeps(
+    sst2, tmp_path, mlflow_uri, ray_session, monkeypatch
+):
     """The released GPT-1 as Hugging Face publishes it (the real 40,478-entry vocabulary where
     ../shared/data has it, else a small one in the released format): `gpt1 finetune` and
     `gpt1 sweep` take it as it is, adding the three special tokens' rows."""
     from pathlib import Path
 
     from corpus_gen import released_vocabulary
+
     from pipeline.data.tokenizer import RESERVED_TOKENS, load_tokenizer
     from tuning.finetune import main as finetune_main
 
@@ -191,19 +236,58 @@ def test_the_released_model_in_hugging_face_layout_fine_tunes_and_sweeps(sst2, t
     assert gpt1(["export", str(ckpt), str(tmp_path / "native")]) == 0
     assert is_gpt1_encoder(load_tokenizer(tmp_path / "native")) and is_gpt1_encoder(load_tokenizer(ckpt))
     out = tmp_path / "ft"
-    assert finetune_main(["--task", "sst-2", "--data", str(sst2), "--checkpoint", str(ckpt), "--out", str(out),
-                          "--set", "max_steps=4", "--set", "batch_size=8"]) == 0
+    assert (
+        finetune_main(
+            [
+                "--task",
+                "sst-2",
+                "--data",
+                str(sst2),
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(out),
+                "--set",
+                "max_steps=4",
+                "--set",
+                "batch_size=8",
+            ]
+        )
+        == 0
+    )
     tuned = GPT.from_pretrained(out)
     # The released code's three rows (_start_, _delimiter_, _classify_: ids n_vocab .. n_vocab + 2).
     assert tuned.config.vocab_size == n_vocab + 3
-    assert [load_tokenizer(out).token_to_id(t) for t in RESERVED_TOKENS[:3]] == [n_vocab, n_vocab + 1, n_vocab + 2]
+    assert [load_tokenizer(out).token_to_id(t) for t in RESERVED_TOKENS[:3]] == [
+        n_vocab,
+        n_vocab + 1,
+        n_vocab + 2,
+    ]
     (tmp_path / "space.yaml").write_text("lr: 1.0e-3\nbatch_size: 16\nmax_steps: 4\n")
-    assert main(["--task", "sst-2", "--data", str(sst2), "--checkpoint", str(ckpt), "--samples", "1",
-                 "--space", str(tmp_path / "space.yaml"), "--storage", str(tmp_path / "runs")]) == 0
+    assert (
+        main(
+            [
+                "--task",
+                "sst-2",
+                "--data",
+                str(sst2),
+                "--checkpoint",
+                str(ckpt),
+                "--samples",
+                "1",
+                "--space",
+                str(tmp_path / "space.yaml"),
+                "--storage",
+                str(tmp_path / "runs"),
+            ]
+        )
+        == 0
+    )
 
 
-def test_a_sweep_reads_its_checkpoint_and_task_from_s3(task_checkpoint, sst2, tmp_path, mlflow_uri, ray_session,
-                                                       s3, monkeypatch, capsys):
+def test_a_sweep_reads_its_checkpoint_and_task_from_s3(
+    task_checkpoint, sst2, tmp_path, mlflow_uri, ray_session, s3, monkeypatch, capsys
+):
     """No shared file system: the driver copies both once; the trials get them from Ray's object
     store. Lineage names the checkpoint by its URI and finds the pretrain run by its S3 run path."""
     import tempfile
@@ -218,10 +302,22 @@ def test_a_sweep_reads_its_checkpoint_and_task_from_s3(task_checkpoint, sst2, tm
     upload(task_checkpoint, fs, "gpt1-test/runs/pre/checkpoint_000000010", last="model.safetensors")
     upload(sst2, fs, "gpt1-test/glue/SST-2", last="train.tsv")
     client = MlflowClient(mlflow_uri)
-    pretrain = client.create_run(client.create_experiment("gpt1-pretrain"), tags={"run_path": "s3://gpt1-test/runs/pre"})
+    pretrain = client.create_run(
+        client.create_experiment("gpt1-pretrain"), tags={"run_path": "s3://gpt1-test/runs/pre"}
+    )
     (tmp_path / "space.yaml").write_text("lr: 1.0e-3\nbatch_size: 16\nmax_steps: 4\n")
-    args = ["--task", "sst-2", "--data", "s3://gpt1-test/glue/SST-2", "--samples", "1",
-            "--space", str(tmp_path / "space.yaml"), "--storage", str(tmp_path / "runs")]
+    args = [
+        "--task",
+        "sst-2",
+        "--data",
+        "s3://gpt1-test/glue/SST-2",
+        "--samples",
+        "1",
+        "--space",
+        str(tmp_path / "space.yaml"),
+        "--storage",
+        str(tmp_path / "runs"),
+    ]
     before = set(Path(tempfile.gettempdir()).glob("gpt1-fetched-*"))
     assert main([*args, "--checkpoint", "s3://gpt1-test/runs/pre/checkpoint_000000010/"]) == 0
     runs = client.search_runs([client.get_experiment_by_name("gpt1-finetune-sst-2").experiment_id])

@@ -1,5 +1,6 @@
 """pipeline.data.tokenizer: GPT-1's released vocabulary against the released encoder's algorithm,
 training, loading."""
+
 import json
 import math
 import random
@@ -8,15 +9,26 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data.tokenizer import (END_OF_DOCUMENT, RESERVED_TOKENS, encode_texts, gpt1_tokenizer,
-                                     is_gpt1_encoder, load_tokenizer, n_merges, save_tokenizer, train_tokenizer)
+from pipeline.data.tokenizer import (
+    END_OF_DOCUMENT,
+    RESERVED_TOKENS,
+    encode_texts,
+    gpt1_tokenizer,
+    is_gpt1_encoder,
+    load_tokenizer,
+    n_merges,
+    save_tokenizer,
+    train_tokenizer,
+)
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 SHARED_VOCAB = SHARED / "gpt1-vocab"
 SHAKESPEARE = SHARED / "corpus" / "tinyshakespeare.txt"
 
-WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly hex "
-         "judges' jackets; \"Hello,\" said Mr. O'Neil -- at 10:30 on 2018-06-11 (really!)").split()
+WORDS = (
+    "the quick brown fox jumps over a lazy dog while seven wizards quietly hex "
+    "judges' jackets; \"Hello,\" said Mr. O'Neil -- at 10:30 on 2018-06-11 (really!)"
+).split()
 
 
 def _lexicon(n: int = 3000) -> list[str]:
@@ -33,8 +45,9 @@ def english(n: int, seed: int) -> list[str]:
     with a Zipf-like skew so that BPE has many merges to learn."""
     rng = random.Random(seed)
     weights = [1 / (i + 1) for i in range(len(LEXICON))]
-    return [" ".join(rng.choices(LEXICON, weights, k=rng.randint(3, 30))).capitalize() + "."
-            for _ in range(n)]
+    return [
+        " ".join(rng.choices(LEXICON, weights, k=rng.randint(3, 30))).capitalize() + "." for _ in range(n)
+    ]
 
 
 def write_release(tok, d: Path) -> None:
@@ -64,7 +77,9 @@ class Reference:
     def standardize(text: str) -> str:
         for a, b in (("\u2014", "-"), ("\u2013", "-"), ("\u2015", "-"), ("\u2026", "..."), ("\u00b4", "'")):
             text = text.replace(a, b)
-        text = re.sub(r"""(-+|~+|!+|"+|;+|\?+|\++|,+|\)+|\(+|\\+|\/+|\*+|\[+|\]+|}+|{+|\|+|_+)""", r" \1 ", text)
+        text = re.sub(
+            r"""(-+|~+|!+|"+|;+|\?+|\++|,+|\)+|\(+|\\+|\/+|\*+|\[+|\]+|}+|{+|\|+|_+)""", r" \1 ", text
+        )
         text = re.sub(r"\s*\n\s*", " \n ", text)
         return re.sub(r"[^\S\n]+", " ", text).strip()
 
@@ -129,8 +144,9 @@ def test_a_hugging_face_directory_is_read_as_the_released_encoder(tmp_path):
     ref = Reference(tmp_path)
     hf, hub = tmp_path / "hf", tmp_path / "hub"
     # keyword names matter: vocab_file=/merges_file= silently give a one-token vocabulary
-    OpenAIGPTTokenizer(vocab=str(tmp_path / "encoder_bpe_40000.json"),
-                       merges=str(tmp_path / "vocab_40000.bpe")).save_pretrained(hf)
+    OpenAIGPTTokenizer(
+        vocab=str(tmp_path / "encoder_bpe_40000.json"), merges=str(tmp_path / "vocab_40000.bpe")
+    ).save_pretrained(hf)
     hub.mkdir()
     shutil.copy(tmp_path / "encoder_bpe_40000.json", hub / "vocab.json")
     shutil.copy(tmp_path / "vocab_40000.bpe", hub / "merges.txt")
@@ -138,7 +154,9 @@ def test_a_hugging_face_directory_is_read_as_the_released_encoder(tmp_path):
         tok = load_tokenizer(d)
         assert is_gpt1_encoder(tok), d
         assert encode_texts(tok, HARD) == [ref(t) for t in HARD], d
-        assert [tok.token_to_id(t) for t in RESERVED_TOKENS] == list(range(len(ref.encoder), len(ref.encoder) + 4))
+        assert [tok.token_to_id(t) for t in RESERVED_TOKENS] == list(
+            range(len(ref.encoder), len(ref.encoder) + 4)
+        )
 
 
 @pytest.mark.skipif(not SHARED_VOCAB.exists(), reason="the released GPT-1 vocabulary is not at hand")
@@ -148,14 +166,21 @@ def test_the_released_gpt1_vocabulary_encodes_as_the_released_encoder():
     texts = english(300, 2) + HARD
     assert encode_texts(tok, texts) == [ref(t) for t in texts]
     # The vocabulary's own frequent tokens, which a BERT-like split never produces.
-    for text, piece in (("don't", "n't</w>"), ("he's", "'s</w>"), ("Mr. Smith", "mr.</w>"),
-                        ("wait...", "...</w>"), ("a\nb", "\n</w>")):
+    for text, piece in (
+        ("don't", "n't</w>"),
+        ("he's", "'s</w>"),
+        ("Mr. Smith", "mr.</w>"),
+        ("wait...", "...</w>"),
+        ("a\nb", "\n</w>"),
+    ):
         assert tok.token_to_id(piece) in encode_texts(tok, [text])[0], text
     assert [tok.token_to_id(t) for t in RESERVED_TOKENS] == [40478, 40479, 40480, 40481]
 
 
-@pytest.mark.skipif(not (SHARED_VOCAB.exists() and SHAKESPEARE.exists()),
-                    reason="../shared/data (the released vocabulary, tinyshakespeare) is not at hand")
+@pytest.mark.skipif(
+    not (SHARED_VOCAB.exists() and SHAKESPEARE.exists()),
+    reason="../shared/data (the released vocabulary, tinyshakespeare) is not at hand",
+)
 def test_real_sentences_get_the_released_encoders_ids():
     """The target: identical ids on at least 99.9% of real sentences (tinyshakespeare's lines,
     raw English with contractions)."""
@@ -175,7 +200,10 @@ def test_training_keeps_exactly_n_merges_and_reserves_tokens():
     ids = [tok.token_to_id(t) for t in RESERVED_TOKENS]
     assert ids == list(range(tok.get_vocab_size() - 4, tok.get_vocab_size()))
     # A reserved string in text is text: never the reserved token's id.
-    assert tok.token_to_id(END_OF_DOCUMENT) not in encode_texts(tok, [f"The lazy dog{END_OF_DOCUMENT}A new one"])[0]
+    assert (
+        tok.token_to_id(END_OF_DOCUMENT)
+        not in encode_texts(tok, [f"The lazy dog{END_OF_DOCUMENT}A new one"])[0]
+    )
     assert tok.decode(tok.encode("the quick brown fox").ids) == "the quick brown fox"
     small = train_tokenizer(["tiny tiny corpus corpus"], n_merges=10_000)
     assert 0 < n_merges(small) < 10_000  # a small corpus cannot make more
@@ -268,10 +296,21 @@ def test_learned_merges_do_not_depend_on_the_hash_seed():
     import subprocess
     import sys
 
-    code = ("import json, random; from pipeline.data.bpe import learn_bpe; rng = random.Random(1); "
-            "c = {''.join(rng.choice('abcdefgh') for _ in range(rng.randint(1, 8))): rng.randint(1, 9) for _ in range(3000)}; "
-            "print(json.dumps(learn_bpe(c, 400)[1]))")
+    code = (
+        "import json, random; from pipeline.data.bpe import learn_bpe; rng = random.Random(1); "
+        "c = {''.join(rng.choice('abcdefgh') for _ in range(rng.randint(1, 8))): rng.randint(1, 9) for _ in range(3000)}; "
+        "print(json.dumps(learn_bpe(c, 400)[1]))"
+    )
     root = Path(__file__).resolve().parent.parent
-    runs = {subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
-                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("0", "1", "12345")}
+    runs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("0", "1", "12345")
+    }
     assert len(runs) == 1 and len(json.loads(runs.pop())) == 400

@@ -1,4 +1,5 @@
 """save_pretrained / from_pretrained: native, Hugging Face, and the original OpenAI release."""
+
 import json
 import subprocess
 import sys
@@ -22,7 +23,9 @@ def random_gpt(**overrides) -> GPT:
     gpt = GPT(GPTConfig.preset("tiny", **overrides)).eval()
     with torch.no_grad():
         for p in gpt.parameters():
-            p.copy_(torch.randn_like(p) * 0.1 + (1.0 if p.dim() == 1 and p.numel() == gpt.config.n_embd else 0.0))
+            p.copy_(
+                torch.randn_like(p) * 0.1 + (1.0 if p.dim() == 1 and p.numel() == gpt.config.n_embd else 0.0)
+            )
     return gpt
 
 
@@ -62,9 +65,16 @@ def test_transformers_checkpoint_loads_here(tmp_path, ids):
 
     torch.manual_seed(3)
     cfg = GPTConfig.preset("tiny")
-    hf = OpenAIGPTLMHeadModel(OpenAIGPTConfig(
-        vocab_size=cfg.vocab_size, n_positions=cfg.n_ctx, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-        n_head=cfg.n_head, afn="gelu")).eval()
+    hf = OpenAIGPTLMHeadModel(
+        OpenAIGPTConfig(
+            vocab_size=cfg.vocab_size,
+            n_positions=cfg.n_ctx,
+            n_embd=cfg.n_embd,
+            n_layer=cfg.n_layer,
+            n_head=cfg.n_head,
+            afn="gelu",
+        )
+    ).eval()
     with torch.no_grad():  # HF initialises LayerNorm to (1, 0): perturb so a mix-up would show
         for n, p in hf.named_parameters():
             if "ln_" in n:
@@ -92,9 +102,22 @@ def test_unknown_directory_is_a_clear_error(tmp_path):
 
 # --- the original OpenAI release -------------------------------------------------------------
 
+
 def release_shapes(n_layer=12, d=768, n_ctx=512, n_vocab=40478) -> list[list[int]]:
-    block = [[1, d, 3 * d], [3 * d], [1, d, d], [d], [d], [d],
-             [1, d, 4 * d], [4 * d], [1, 4 * d, d], [d], [d], [d]]
+    block = [
+        [1, d, 3 * d],
+        [3 * d],
+        [1, d, d],
+        [d],
+        [d],
+        [d],
+        [1, d, 4 * d],
+        [4 * d],
+        [1, 4 * d, d],
+        [d],
+        [d],
+        [d],
+    ]
     return [[n_ctx, d], [n_vocab, d]] + block * n_layer
 
 
@@ -133,13 +156,14 @@ def test_original_release_import_at_full_size(tmp_path):
 
 def _released_forward(arrays, x, n_head, n_special):
     """The released train.py's forward pass, re-done in numpy (float64) for the comparison."""
+
     def ln(h, g, b):
         u = h.mean(-1, keepdims=True)
         s = ((h - u) ** 2).mean(-1, keepdims=True)
         return (h - u) / np.sqrt(s + 1e-5) * g + b
 
     def gelu(h):
-        return 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h ** 3)))
+        return 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
 
     a = [v.astype(np.float64) for v in arrays]
     pos, tok = a[0], a[1]
@@ -147,11 +171,10 @@ def _released_forward(arrays, x, n_head, n_special):
     h = tok[x] + pos[:T]  # special ids are not used in x
     d = tok.shape[1]
     for i in range((len(a) - 2) // 12):
-        w = a[2 + 12 * i: 14 + 12 * i]
+        w = a[2 + 12 * i : 14 + 12 * i]
         qkv = h @ w[0][0] + w[1]
         q, k, v = np.split(qkv, 3, -1)
-        split = lambda t: t.reshape(t.shape[0], T, n_head, d // n_head).transpose(0, 2, 1, 3)
-        q, k, v = split(q), split(k), split(v)
+        q, k, v = (t.reshape(t.shape[0], T, n_head, d // n_head).transpose(0, 2, 1, 3) for t in (q, k, v))
         att = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d // n_head)
         causal = np.tril(np.ones((T, T)))
         att = att * causal - 1e9 * (1 - causal)
@@ -190,9 +213,9 @@ def test_npy_reader_refuses_other_dtypes(tmp_path):
 
 # --- gpt1 export -----------------------------------------------------------------------------
 
+
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "gpt1.cli", *args], cwd=ROOT,
-                          capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "gpt1.cli", *args], cwd=ROOT, capture_output=True, text=True)
 
 
 def test_export_converts_and_refuses_bad_input(tmp_path, ids):
@@ -223,6 +246,8 @@ def test_weights_that_do_not_fit_the_config_are_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"asks for .* n_ctx 32\) but the weights hold"):
         GPT.from_pretrained(tmp_path)
     # As many parameters, in other shapes: the tensors are named.
-    (tmp_path / "config.json").write_text(json.dumps({**cfg, "n_ctx": cfg["n_ctx"] + 16, "vocab_size": cfg["vocab_size"] - 16}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({**cfg, "n_ctx": cfg["n_ctx"] + 16, "vocab_size": cfg["vocab_size"] - 16})
+    )
     with pytest.raises(ValueError, match="do not fit the config.*size mismatch"):
         GPT.from_pretrained(tmp_path)

@@ -1,5 +1,6 @@
 """The paper's zero-shot heuristics against log-probabilities computed by hand (one unbatched,
 unpadded forward pass per example) for a tiny model; the tasks it defines none for are refused."""
+
 import json
 import random
 import threading
@@ -7,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 import torch
-
 from corpus_gen import WORDS, reviews, write_sst2
+
 from model import GPT
 from pipeline.data.tasks import TaskError, get
 from pipeline.data.text import normalize
@@ -52,8 +53,13 @@ def test_sst2_compares_positive_with_negative_after_very(lm, tmp_path):
     write_sst2(tmp_path, n_train=40, n_dev=30)
     r = run_task("sst-2", tmp_path, Scorer(gpt, tok))
     dev = get("sst-2").load(tmp_path, "dev")
-    pred = [int(logp(gpt, ids(tok, ex.text[0] + " very"), ids(tok, "positive")).sum() >
-                logp(gpt, ids(tok, ex.text[0] + " very"), ids(tok, "negative")).sum()) for ex in dev]
+    pred = [
+        int(
+            logp(gpt, ids(tok, ex.text[0] + " very"), ids(tok, "positive")).sum()
+            > logp(gpt, ids(tok, ex.text[0] + " very"), ids(tok, "negative")).sum()
+        )
+        for ex in dev
+    ]
     gold = [ex.label for ex in dev]
     assert r["metric"] == "accuracy" and r["value"] == pytest.approx(accuracy(np.array(pred), np.array(gold)))
     train = [ex.label for ex in get("sst-2").load(tmp_path, "train")]
@@ -68,8 +74,9 @@ def test_one_token_answers_are_read_from_one_pass_a_sentence(tmp_path):
     from model import GPTConfig
     from pipeline.data.tokenizer import train_tokenizer
 
-    tok = train_tokenizer([s for s, _ in reviews(200, 3)] + ["it was very positive", "it was very negative"] * 100,
-                          n_merges=400)
+    tok = train_tokenizer(
+        [s for s, _ in reviews(200, 3)] + ["it was very positive", "it was very negative"] * 100, n_merges=400
+    )
     positive, negative = ids(tok, "positive"), ids(tok, "negative")
     assert len(positive) == len(negative) == 1
     torch.manual_seed(1)
@@ -85,14 +92,19 @@ def test_one_token_answers_are_read_from_one_pass_a_sentence(tmp_path):
         w = gpt.tokens_embed.weight
         w[negative[0]] = (w[positive[0]] + w[k]) / 2
     r = run_task("sst-2", tmp_path, Scorer(gpt, tok, batch=4))
-    pred = [int(logp(gpt, ids(tok, ex.text[0] + " very"), positive)[0] >
-                logp(gpt, ids(tok, ex.text[0] + " very"), negative)[0]) for ex in dev]
+    pred = [
+        int(
+            logp(gpt, ids(tok, ex.text[0] + " very"), positive)[0]
+            > logp(gpt, ids(tok, ex.text[0] + " very"), negative)[0]
+        )
+        for ex in dev
+    ]
     assert 0 < sum(pred) < len(pred)  # both answers occur: the comparison is what decides
     assert r["value"] == pytest.approx(accuracy(np.array(pred), np.array([ex.label for ex in dev])))
     # A context longer than n_ctx keeps its last n_ctx tokens.
     long = sum((ids(tok, s) for s, _ in reviews(30, 5)), [])
     got = Scorer(gpt, tok).next_token([long, long[:5]], [positive[0], negative[0]])
-    for row, ctx in zip(got, [long[-gpt.config.n_ctx:], long[:5]]):
+    for row, ctx in zip(got, [long[-gpt.config.n_ctx :], long[:5]]):
         with torch.no_grad():
             want = gpt(torch.tensor([ctx]))[0, -1].log_softmax(-1)[[positive[0], negative[0]]].numpy()
         np.testing.assert_allclose(row, want, rtol=1e-4, atol=1e-5)
@@ -118,7 +130,9 @@ def test_cola_thresholds_the_mean_log_probability_on_train(lm, tmp_path):
 
     def mean_lp(split):
         exs = task.load(tmp_path, split)
-        return np.array([logp(gpt, start, ids(tok, ex.text[0])).mean() for ex in exs]), np.array([ex.label for ex in exs])
+        return np.array([logp(gpt, start, ids(tok, ex.text[0])).mean() for ex in exs]), np.array(
+            [ex.label for ex in exs]
+        )
 
     train_s, train_y = mean_lp("train")
     dev_s, dev_y = mean_lp("dev")
@@ -137,15 +151,21 @@ def test_multiple_choice_takes_the_likeliest_answer_per_token(lm, tmp_path):
     for level in ("middle", "high"):
         (tmp_path / "race" / "dev" / level).mkdir(parents=True)
         for k in range(3):
-            doc = {"article": " ".join(rng.choice(WORDS) for _ in range(40)),
-                   "questions": [" ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(2)],
-                   "options": [[" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 4))) for _ in range(4)]
-                               for _ in range(2)],
-                   "answers": [rng.choice("ABCD") for _ in range(2)]}
+            doc = {
+                "article": " ".join(rng.choice(WORDS) for _ in range(40)),
+                "questions": [" ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(2)],
+                "options": [
+                    [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 4))) for _ in range(4)]
+                    for _ in range(2)
+                ],
+                "answers": [rng.choice("ABCD") for _ in range(2)],
+            }
             (tmp_path / "race" / "dev" / level / f"{k}.txt").write_text(json.dumps(doc))
     # Story Cloze: four sentences and two endings.
-    rows = ["InputStoryid,InputSentence1,InputSentence2,InputSentence3,InputSentence4,"
-            "RandomFifthSentenceQuiz1,RandomFifthSentenceQuiz2,AnswerRightEnding"]
+    rows = [
+        "InputStoryid,InputSentence1,InputSentence2,InputSentence3,InputSentence4,"
+        "RandomFifthSentenceQuiz1,RandomFifthSentenceQuiz2,AnswerRightEnding"
+    ]
     for k in range(8):
         sents = [" ".join(rng.choice(WORDS) for _ in range(5)) for _ in range(6)]
         rows.append(",".join([str(k), *sents, rng.choice("12")]))
@@ -156,8 +176,14 @@ def test_multiple_choice_takes_the_likeliest_answer_per_token(lm, tmp_path):
         r = run_task(name, d, Scorer(gpt, tok, batch=3))
         task = get(name)
         exs = task.load(d, "test" if name == "story-cloze" else "dev")
-        pred = [int(np.argmax([logp(gpt, start + ids(tok, " ".join(ex.text)), ids(tok, c)).mean() for c in ex.choices]))
-                for ex in exs]
+        pred = [
+            int(
+                np.argmax(
+                    [logp(gpt, start + ids(tok, " ".join(ex.text)), ids(tok, c)).mean() for c in ex.choices]
+                )
+            )
+            for ex in exs
+        ]
         assert r["value"] == pytest.approx(accuracy(np.array(pred), np.array([ex.label for ex in exs]))), name
         assert r["random"] == pytest.approx(1 / len(task.labels)) and r["examples"] == len(exs)
 
@@ -175,6 +201,7 @@ def as_ranks(world: int, fn) -> list:
             out = list(box)
             barrier.wait()  # every rank has read before any writes its next object
             return out
+
         return gather
 
     def run(rank):
@@ -196,6 +223,7 @@ def as_ranks(world: int, fn) -> list:
 
 class Counting(Scorer):
     """A Scorer that counts the sequences it runs forward passes on."""
+
     def _forward(self, seqs, positions):
         self.sequences = getattr(self, "sequences", 0) + len(seqs)
         return super()._forward(seqs, positions)
@@ -245,17 +273,25 @@ def test_gpt1_evaluate_runs_the_heuristics_and_logs_them(task_checkpoint, tmp_pa
 
     (tmp_path / "sst").mkdir()
     write_sst2(tmp_path / "sst", n_train=40, n_dev=20)
-    assert main(["evaluate", "--checkpoint", str(task_checkpoint), "--zero-shot", f"sst-2={tmp_path / 'sst'}"]) == 0
+    assert (
+        main(["evaluate", "--checkpoint", str(task_checkpoint), "--zero-shot", f"sst-2={tmp_path / 'sst'}"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| sst-2 | dev | 20 | accuracy |" in out
     client = MlflowClient(mlflow_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("gpt1-evaluate").experiment_id])
-    assert {"zero_shot.sst-2.accuracy", "zero_shot.sst-2.accuracy.majority",
-            "zero_shot.sst-2.accuracy.random"} <= set(run.data.metrics)
-    for args, expected in ((["--zero-shot", f"mnli={tmp_path}"], "defines no zero-shot heuristic for mnli"),
-                           (["--zero-shot", "sst-2"], "expected TASK=DIR"),
-                           (["--zero-shot", f"nope={tmp_path}"], "unknown task 'nope'"),
-                           ([], "nothing to evaluate")):
+    assert {
+        "zero_shot.sst-2.accuracy",
+        "zero_shot.sst-2.accuracy.majority",
+        "zero_shot.sst-2.accuracy.random",
+    } <= set(run.data.metrics)
+    for args, expected in (
+        (["--zero-shot", f"mnli={tmp_path}"], "defines no zero-shot heuristic for mnli"),
+        (["--zero-shot", "sst-2"], "expected TASK=DIR"),
+        (["--zero-shot", f"nope={tmp_path}"], "unknown task 'nope'"),
+        ([], "nothing to evaluate"),
+    ):
         assert main(["evaluate", "--no-mlflow", "--checkpoint", str(task_checkpoint), *args]) == 2
         err = capsys.readouterr().err.strip()
         assert expected in err and len(err.splitlines()) == 1, err

@@ -15,6 +15,7 @@ Truncation, cut segments counted (once per example), never hidden:
   leave; the question and every answer stay whole. The cut is the same for every candidate.
   Only where the question and the longest answer alone overflow are they cut too.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,9 +23,9 @@ from dataclasses import dataclass
 import torch
 from tokenizers import Tokenizer
 
+from pipeline.data.tasks import Example, TaskError
 from pipeline.data.text import normalize
 from pipeline.data.tokenizer import DELIMITER, EXTRACT, START, encode_texts
-from pipeline.data.tasks import Example, TaskError
 
 
 @dataclass
@@ -39,8 +40,10 @@ class Encoder:
         ids = {t: tokenizer.token_to_id(t) for t in (START, DELIMITER, EXTRACT)}
         missing = [t for t, i in ids.items() if i is None or (vocab_size is not None and i >= vocab_size)]
         if missing:
-            raise TaskError(f"the model's vocabulary ({vocab_size} rows) lacks the special token(s) "
-                            f"{', '.join(missing)}; expected them below vocab_size")
+            raise TaskError(
+                f"the model's vocabulary ({vocab_size} rows) lacks the special token(s) "
+                f"{', '.join(missing)}; expected them below vocab_size"
+            )
         self.tok, self.transformation, self.n_ctx = tokenizer, transformation, n_ctx
         self.start, self.delim, self.extract = ids[START], ids[DELIMITER], ids[EXTRACT]
 
@@ -82,10 +85,10 @@ class Encoder:
         answers = [ids[seq[-1]] for seq in layout]
         room = self.n_ctx - 3 - len(rest) - max(map(len, answers))  # start, delim, extract
         cut = len(document) > max(room, 0)
-        document = document[:max(room, 0)]
+        document = document[: max(room, 0)]
         if room < 0:  # the question and the longest answer alone overflow: cut them to fit
-            rest = rest[:max(self.n_ctx - 3, 0) // 2]
-            answers = [a[:self.n_ctx - 3 - len(rest)] for a in answers]
+            rest = rest[: max(self.n_ctx - 3, 0) // 2]
+            answers = [a[: self.n_ctx - 3 - len(rest)] for a in answers]
         seqs = [[self.start, *document, *rest, self.delim, *a, self.extract] for a in answers]
         return Encoded(seqs, ex.label, int(cut or room < 0))
 
@@ -99,8 +102,8 @@ def collate(batch: list[Encoded], regression: bool = False):
     mask = torch.zeros(len(batch), S, T, dtype=torch.long)
     for b, e in enumerate(batch):
         for s, seq in enumerate(e.sequences):
-            ids[b, s, :len(seq)] = torch.tensor(seq)
-            mask[b, s, :len(seq)] = 1
+            ids[b, s, : len(seq)] = torch.tensor(seq)
+            mask[b, s, : len(seq)] = 1
     if S == 1:
         ids, mask = ids[:, 0], mask[:, 0]
     labels = None

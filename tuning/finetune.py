@@ -7,6 +7,7 @@ The paper's defaults: lr 6.25e-5, batch 32, 3 epochs, linear warm-up over 0.2% o
 linear decay, classifier dropout 0.1, λ = 0.5. The dev split is evaluated every epoch (or every
 `eval_every` steps); the best evaluation's model is kept.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,19 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-
 import numpy as np
 import torch
-
 from tokenizers import Tokenizer
 
 from model import GPT, GPTConfig, GPTForTask, TaskHead, make_optimizer, make_schedule
 from pipeline import configio, errors
-from pipeline.data.tokenizer import DELIMITER, EXTRACT, START
-from pipeline.runtime import autocast, check_device, local_device
-from pipeline.eval import metrics as metriclib
-from tuning.encode import Encoder, collate
 from pipeline.data.tasks import Example, Task
+from pipeline.data.tokenizer import DELIMITER, EXTRACT, START
+from pipeline.eval import metrics as metriclib
+from pipeline.runtime import autocast, check_device, local_device
+from tuning.encode import Encoder, collate
 
 
 @dataclass
@@ -61,6 +60,7 @@ class FinetuneConfig:
 class Pretrained:
     """A checkpoint's network and tokenizer as plain data (numpy weights, JSON texts): what a
     sweep puts in Ray's object store once, for every trial to read."""
+
     config: dict
     weights: dict[str, np.ndarray]
     tokenizer: str
@@ -99,8 +99,17 @@ def check_config(cfg: FinetuneConfig) -> None:
             raise c(f"{key} {getattr(cfg, key)}: expected >= 0")
     if cfg.n_transfer < -1:
         raise c(f"n_transfer {cfg.n_transfer}: expected 0 to n_layer blocks, or -1 for all")
-    configio.check_ranges(cfg, {"lr": (0.0, 1.0), "warmup": (0.0, 1.0), "lm_coef": (0.0, None),
-                                 "clf_dropout": (0.0, 0.99), "weight_decay": (0.0, 1.0), "grad_clip": (0.0, None)})
+    configio.check_ranges(
+        cfg,
+        {
+            "lr": (0.0, 1.0),
+            "warmup": (0.0, 1.0),
+            "lm_coef": (0.0, None),
+            "clf_dropout": (0.0, 0.99),
+            "weight_decay": (0.0, 1.0),
+            "grad_clip": (0.0, None),
+        },
+    )
 
 
 def is_finetune_output(d: Path) -> bool:
@@ -115,8 +124,10 @@ def check_out(out: Path, checkpoint, overwrite: bool) -> None:
 
     out, ckpt = out.absolute(), Path(checkpoint).absolute()
     if out == ckpt or ckpt in out.parents or out in ckpt.parents:
-        raise errors.ConfigError(f"--out {out}: is (or holds, or lies in) the --checkpoint being read; "
-                                 "write the fine-tuned model elsewhere")
+        raise errors.ConfigError(
+            f"--out {out}: is (or holds, or lies in) the --checkpoint being read; "
+            "write the fine-tuned model elsewhere"
+        )
     outdir.check_replaceable(out, "a fine-tuned model", is_finetune_output, overwrite)
     outdir.check_writable(out)
     outdir.remove_orphans(out)
@@ -137,8 +148,13 @@ def build(task: Task, pretrained: Pretrained, cfg: FinetuneConfig, from_scratch:
     if cfg.reinit_special or max(specials) >= gpt.config.vocab_size:
         gpt.draw_token_rows(specials, torch.Generator().manual_seed(cfg.seed))
     encoder = Encoder(tok, task.transformation, n_ctx, gpt.config.vocab_size)
-    head = TaskHead(gpt.config.n_embd, task.transformation, n_labels=max(len(task.labels), 1),
-                    clf_pdrop=cfg.clf_dropout, regression=task.regression)
+    head = TaskHead(
+        gpt.config.n_embd,
+        task.transformation,
+        n_labels=max(len(task.labels), 1),
+        clf_pdrop=cfg.clf_dropout,
+        regression=task.regression,
+    )
     return TaskModel(GPTForTask(gpt, head, encoder.extract), encoder, task)
 
 
@@ -146,8 +162,10 @@ def transfer_blocks(gpt: GPT, k: int) -> None:
     """Keep the embeddings and the first k blocks of gpt; the others are drawn afresh (from the
     current torch seed)."""
     if k > gpt.config.n_layer:
-        raise errors.ConfigError(f"n_transfer {k}: the checkpoint has {gpt.config.n_layer} blocks; "
-                                 f"expected 0 to {gpt.config.n_layer} (or -1 for all)")
+        raise errors.ConfigError(
+            f"n_transfer {k}: the checkpoint has {gpt.config.n_layer} blocks; "
+            f"expected 0 to {gpt.config.n_layer} (or -1 for all)"
+        )
     gpt.reinit_blocks(k)
 
 
@@ -160,7 +178,7 @@ def predict(tm: TaskModel, encoded, batch_size: int = 64) -> np.ndarray:
     tm.model.eval()
     device, out = _device(tm), []
     for i in range(0, len(encoded), batch_size):
-        ids, mask, _ = collate(encoded[i:i + batch_size], tm.task.regression)
+        ids, mask, _ = collate(encoded[i : i + batch_size], tm.task.regression)
         with autocast(device):  # bf16 on a GPU, as in pretraining
             logits = tm.model(ids.to(device), mask.to(device)).logits.float().cpu()
         out.append(logits.numpy() if tm.task.regression else logits.argmax(-1).numpy())
@@ -175,10 +193,18 @@ def evaluate(tm: TaskModel, encoded, batch_size: int = 64) -> dict[str, float]:
 
 
 # GLUE's submission file names, per test split.
-SUBMISSION_NAMES = {("cola", "test"): "CoLA", ("sst-2", "test"): "SST-2", ("mrpc", "test"): "MRPC",
-                    ("qqp", "test"): "QQP", ("sts-b", "test"): "STS-B", ("mnli", "test"): "MNLI-m",
-                    ("mnli", "test_mismatched"): "MNLI-mm", ("qnli", "test"): "QNLI", ("rte", "test"): "RTE",
-                    ("wnli", "test"): "WNLI"}
+SUBMISSION_NAMES = {
+    ("cola", "test"): "CoLA",
+    ("sst-2", "test"): "SST-2",
+    ("mrpc", "test"): "MRPC",
+    ("qqp", "test"): "QQP",
+    ("sts-b", "test"): "STS-B",
+    ("mnli", "test"): "MNLI-m",
+    ("mnli", "test_mismatched"): "MNLI-mm",
+    ("qnli", "test"): "QNLI",
+    ("rte", "test"): "RTE",
+    ("wnli", "test"): "WNLI",
+}
 
 
 def write_predictions(tm: TaskModel, data_dir, out, batch_size: int = 64) -> list[Path]:
@@ -192,8 +218,10 @@ def write_predictions(tm: TaskModel, data_dir, out, batch_size: int = 64) -> lis
         pred = predict(tm, tm.encoder.encode(examples), batch_size)
         name = SUBMISSION_NAMES.get((tm.task.name, split), f"{tm.task.name}-{split}")
         path = Path(out) / f"{name}.tsv"
-        rows = [f"{e.index}\t{p:.3f}" if tm.task.regression else f"{e.index}\t{tm.task.labels[int(p)]}"
-                for e, p in zip(examples, pred)]
+        rows = [
+            f"{e.index}\t{p:.3f}" if tm.task.regression else f"{e.index}\t{tm.task.labels[int(p)]}"
+            for e, p in zip(examples, pred)
+        ]
         path.write_text("index\tprediction\n" + "\n".join(rows) + "\n")
         written.append(path)
     return written
@@ -213,8 +241,16 @@ def load_splits(task: Task, data_dir, max_train: int = 0) -> dict[str, list[Exam
     return {"train": train[:max_train] if max_train else train, "dev": dev}
 
 
-def finetune(task: Task, data, pretrained, cfg: FinetuneConfig, from_scratch: bool = False,
-             report: Callable[[dict, int], None] | None = None, out=None, device: str = "auto") -> dict:
+def finetune(
+    task: Task,
+    data,
+    pretrained,
+    cfg: FinetuneConfig,
+    from_scratch: bool = False,
+    report: Callable[[dict, int], None] | None = None,
+    out=None,
+    device: str = "auto",
+) -> dict:
     """Train on the task's train split, evaluate on dev; returns the best evaluation (its
     metrics, step and the truncation counts).
 
@@ -241,7 +277,10 @@ def finetune(task: Task, data, pretrained, cfg: FinetuneConfig, from_scratch: bo
     rng = np.random.default_rng(cfg.seed)
     key = task.metrics[0]
     best: dict | None = None
-    truncated = {"train_truncated": sum(e.truncated for e in train), "dev_truncated": sum(e.truncated for e in dev)}
+    truncated = {
+        "train_truncated": sum(e.truncated for e in train),
+        "dev_truncated": sum(e.truncated for e in dev),
+    }
     step = 0
     tm.model.train()
     while step < total:
@@ -249,12 +288,13 @@ def finetune(task: Task, data, pretrained, cfg: FinetuneConfig, from_scratch: bo
         for i in range(0, len(order), cfg.batch_size):
             if step >= total:
                 break
-            ids, mask, labels = collate([train[j] for j in order[i:i + cfg.batch_size]], task.regression)
+            ids, mask, labels = collate([train[j] for j in order[i : i + cfg.batch_size]], task.regression)
             with autocast(target):
                 loss = tm.model(ids.to(target), mask.to(target), labels.to(target), lm_coef=cfg.lm_coef).l3
             if not torch.isfinite(loss):  # stop before a diverged model can be kept
-                raise errors.UserError(f"the training loss became {float(loss)} at step {step + 1:,}; lower lr "
-                                       f"(now {cfg.lr:g})")
+                raise errors.UserError(
+                    f"the training loss became {float(loss)} at step {step + 1:,}; lower lr (now {cfg.lr:g})"
+                )
             loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(tm.model.parameters(), cfg.grad_clip)
@@ -263,7 +303,11 @@ def finetune(task: Task, data, pretrained, cfg: FinetuneConfig, from_scratch: bo
             opt.zero_grad(set_to_none=True)
             step += 1
             if step % eval_every == 0 or step == total:
-                result = {**evaluate(tm, dev, cfg.eval_batch), "train_loss": float(loss.detach()), "epoch": step / steps_per_epoch}
+                result = {
+                    **evaluate(tm, dev, cfg.eval_batch),
+                    "train_loss": float(loss.detach()),
+                    "epoch": step / steps_per_epoch,
+                }
                 if best is None or rank(result[key]) > rank(best[key]):
                     best = {**result, "step": step}
                     best_state = {k: v.detach().clone() for k, v in tm.model.state_dict().items()}
@@ -302,20 +346,42 @@ def _write_model(tm: TaskModel, tmp: Path) -> None:
 
     tm.model.gpt.save_pretrained(tmp)
     tm.encoder.tok.save(str(tmp / "tokenizer.json"))
-    save_file({k: v.detach().cpu().contiguous() for k, v in tm.model.head.state_dict().items()}, str(tmp / "head.safetensors"))
-    (tmp / "task.json").write_text(json.dumps({
-        "task": tm.task.name, "transformation": tm.task.transformation, "labels": list(tm.task.labels),
-        "regression": tm.task.regression, "n_ctx": tm.encoder.n_ctx}, indent=2) + "\n")
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in tm.model.head.state_dict().items()},
+        str(tmp / "head.safetensors"),
+    )
+    (tmp / "task.json").write_text(
+        json.dumps(
+            {
+                "task": tm.task.name,
+                "transformation": tm.task.transformation,
+                "labels": list(tm.task.labels),
+                "regression": tm.task.regression,
+                "n_ctx": tm.encoder.n_ctx,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True, help="a task name (sst-2, rte, mnli, race, ...), or any name for a --data directory holding a task.yaml")
+    p.add_argument(
+        "--task",
+        required=True,
+        help="a task name (sst-2, rte, mnli, race, ...), or any name for a --data directory holding a task.yaml",
+    )
     p.add_argument("--data", required=True, help="the task's directory, as its release lays it out")
     p.add_argument("--checkpoint", required=True, help="a model directory with tokenizer.json")
     p.add_argument("--out", help="where the best model goes (default: finetuned-<task>)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier fine-tuned model at --out (nothing else is ever replaced)")
-    p.add_argument("--from-scratch", action="store_true", help="random weights: the 'no pretraining' ablation")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier fine-tuned model at --out (nothing else is ever replaced)",
+    )
+    p.add_argument(
+        "--from-scratch", action="store_true", help="random weights: the 'no pretraining' ablation"
+    )
     p.add_argument("--device", default="auto", help="auto (a GPU where there is one), cpu or cuda")
     p.add_argument("--config", help="YAML file of the keys below")
     configio.add_set_option(p, FinetuneConfig)
@@ -331,15 +397,20 @@ def run(args: argparse.Namespace) -> None:
     check_out(out, args.checkpoint, args.overwrite)
 
     def show(m: dict, step: int) -> None:
-        print(f"step {step:,} (epoch {m['epoch']:.2f}): " + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "epoch"),
-              flush=True)
+        print(
+            f"step {step:,} (epoch {m['epoch']:.2f}): "
+            + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "epoch"),
+            flush=True,
+        )
 
-    best = finetune(task, args.data, args.checkpoint, cfg, args.from_scratch, report=show, out=out,
-                    device=args.device)
-    print(f"best {task.metrics[0]} {best[task.metrics[0]]:.4f} at step {best['step']:,}; "
-          f"{best['train_truncated']:,} train and {best['dev_truncated']:,} dev segments truncated; model in {out}")
+    best = finetune(
+        task, args.data, args.checkpoint, cfg, args.from_scratch, report=show, out=out, device=args.device
+    )
+    print(
+        f"best {task.metrics[0]} {best[task.metrics[0]]:.4f} at step {best['step']:,}; "
+        f"{best['train_truncated']:,} train and {best['dev_truncated']:,} dev segments truncated; model in {out}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     return errors.stage_main("finetune", __doc__, add_arguments, run, argv)
-

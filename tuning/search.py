@@ -18,6 +18,7 @@ MLflow: a parent run per task in gpt1-finetune-<task> with the results table (CS
 plot of the metric against λ and lr, and the best config; one child run per trial. The best
 model is registered as gpt1-<task>.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,11 @@ from pathlib import Path
 from pipeline import configio, errors, remote
 from tuning.finetune import FinetuneConfig
 
+
 @dataclass
 class SweepOptions:
     """How to sweep a task: what `gpt1 sweep` takes besides the task, its data and the checkpoint."""
+
     samples: int = 8  # trials drawn from the search space; 0 with ablations: the ablation rows alone
     space: str | None = None  # a search-space YAML (default: tuning/configs/<task>.yaml)
     sets: list[str] = field(default_factory=list)  # KEY=VALUE: keys fixed over the whole sweep
@@ -49,8 +52,17 @@ class SweepOptions:
 
 # The paper's ablation rows: the λ each sets in the base config (None: the base config's own).
 ABLATIONS = {"full": 0.5, "no_aux_lm": 0.0, "no_pretraining": None}
-GLUE_DIRS = {"cola": "CoLA", "sst-2": "SST-2", "mrpc": "MRPC", "qqp": "QQP", "sts-b": "STS-B",
-             "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
+GLUE_DIRS = {
+    "cola": "CoLA",
+    "sst-2": "SST-2",
+    "mrpc": "MRPC",
+    "qqp": "QQP",
+    "sts-b": "STS-B",
+    "mnli": "MNLI",
+    "qnli": "QNLI",
+    "rte": "RTE",
+    "wnli": "WNLI",
+}
 
 
 def trial(config: dict, *, task, splits, pretrained, device: str, threads: int) -> None:
@@ -64,7 +76,9 @@ def trial(config: dict, *, task, splits, pretrained, device: str, threads: int) 
     if threads:
         torch.set_num_threads(threads)
     ablation = config.get("ablation")
-    cfg = configio.apply(FinetuneConfig(), {k: v for k, v in config.items() if k != "ablation"}, "trial config")
+    cfg = configio.apply(
+        FinetuneConfig(), {k: v for k, v in config.items() if k != "ablation"}, "trial config"
+    )
     key, best = task.metrics[0], None
     with tempfile.TemporaryDirectory(prefix="gpt1-trial-") as tmp:
         out = Path(tmp) / "model"
@@ -78,8 +92,16 @@ def trial(config: dict, *, task, splits, pretrained, device: str, threads: int) 
             else:
                 tune.report({**metrics, "step": step})
 
-        finetune(task, splits, pretrained, cfg, from_scratch=ablation == "no_pretraining", report=report,
-                 out=out, device=device)
+        finetune(
+            task,
+            splits,
+            pretrained,
+            cfg,
+            from_scratch=ablation == "no_pretraining",
+            report=report,
+            out=out,
+            device=device,
+        )
 
 
 def resources(device: str, max_concurrent: int) -> tuple[dict, int, str]:
@@ -95,8 +117,10 @@ def resources(device: str, max_concurrent: int) -> tuple[dict, int, str]:
     if device == "cuda" or (device == "auto" and gpus):
         concurrent = max_concurrent or gpus
         if not concurrent:
-            raise errors.ConfigError("--device cuda: the cluster has no GPUs now; pass --max-concurrent N "
-                                     "and the autoscaler starts GPU nodes for the trials")
+            raise errors.ConfigError(
+                "--device cuda: the cluster has no GPUs now; pass --max-concurrent N "
+                "and the autoscaler starts GPU nodes for the trials"
+            )
         return {"GPU": 1, "CPU": 1}, concurrent, "cuda"
     # Two cores a trial by default: a trial's matrix products use them well, and the rest of
     # the machine stays free for other trials (and Ray's own work).
@@ -104,8 +128,18 @@ def resources(device: str, max_concurrent: int) -> tuple[dict, int, str]:
     return {"CPU": max(1, cpus // concurrent)}, concurrent, "cpu"
 
 
-def run_tuner(name: str, trainable, space: dict, samples: int, metric: str, scheduler, storage: str,
-              callbacks: list, concurrent: int, seed: int):
+def run_tuner(
+    name: str,
+    trainable,
+    space: dict,
+    samples: int,
+    metric: str,
+    scheduler,
+    storage: str,
+    callbacks: list,
+    concurrent: int,
+    seed: int,
+):
     """Tune's experiment storage/name: run, or, where one of that name was cut off (its driver
     killed), restored from its own experiment state and run to its end: the trials that ended are
     not run again."""
@@ -129,16 +163,28 @@ def run_tuner(name: str, trainable, space: dict, samples: int, metric: str, sche
         tuner._local_tuner.get_run_config().callbacks = callbacks
         return tuner.fit()
     tuner = tune.Tuner(
-        trainable, param_space=space,
-        tune_config=tune.TuneConfig(metric=metric, mode="max", num_samples=samples, scheduler=scheduler,
-                                    max_concurrent_trials=concurrent,
-                                    # Seeded draws: the same command samples the same trials.
-                                    search_alg=BasicVariantGenerator(random_state=seed)),
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode="max",
+            num_samples=samples,
+            scheduler=scheduler,
+            max_concurrent_trials=concurrent,
+            # Seeded draws: the same command samples the same trials.
+            search_alg=BasicVariantGenerator(random_state=seed),
+        ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, callbacks=callbacks, verbose=1,
+            name=name,
+            storage_path=storage,
+            callbacks=callbacks,
+            verbose=1,
             # Each trial keeps only its best model (the one reported with the highest metric).
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric,
-                                                    checkpoint_score_order="max")))
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order="max"
+            ),
+        ),
+    )
     return tuner.fit()
 
 
@@ -149,13 +195,22 @@ def rows_of(grid, metric: str, keys: list[str], runs: dict[str, str]) -> list[di
         df = r.metrics_dataframe
         best = df[metric].max() if df is not None and metric in df else float("nan")
         trial_id = r.metrics.get("trial_id") if r.metrics else None
-        rows.append({"trial": trial_id, "run_id": runs.get(trial_id, ""), **{k: r.config.get(k) for k in keys},
-                     metric: float(best), "evaluations": 0 if df is None else len(df),
-                     "status": "error" if r.error else "done"})
+        rows.append(
+            {
+                "trial": trial_id,
+                "run_id": runs.get(trial_id, ""),
+                **{k: r.config.get(k) for k in keys},
+                metric: float(best),
+                "evaluations": 0 if df is None else len(df),
+                "status": "error" if r.error else "done",
+            }
+        )
     return rows
 
 
-def sweep_task(task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: str, where: str | None = None) -> dict:
+def sweep_task(
+    task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: str, where: str | None = None
+) -> dict:
     """Sweep one task; returns the parent run id, the best row and the ablation rows. `where` is
     the checkpoint's own address (an s3:// URI, say) where `checkpoint` is a copy of it."""
     from ray import tune
@@ -174,31 +229,63 @@ def sweep_task(task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: 
     pretrained = Pretrained.load(checkpoint)
     per_trial, concurrent, device = resources(opts.device, opts.max_concurrent)
     metric = task.metrics[0]
-    files = {s: data_dir / f for s, f in task.splits.items() if (data_dir / f).is_file() and not s.startswith("test")}
+    files = {
+        s: data_dir / f
+        for s, f in task.splits.items()
+        if (data_dir / f).is_file() and not s.startswith("test")
+    }
 
     stamp = f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
     # What makes two sweeps the same sweep, besides their inputs: a rerun of a command whose
     # driver was killed resumes it (its parent run and Tune's experiments), not a second one.
-    stable = {k: f"{type(v.get_sampler()).__name__} {v.domain_str}" if isinstance(v, Domain) else v
-              for k, v in space.items()}  # a sampler's repr holds its address: its kind and range instead
-    settings = {"space": stable, **{k: v for k, v in dataclasses.asdict(opts).items()
-                                    if k not in ("max_concurrent", "storage", "device")}}
+    stable = {
+        k: f"{type(v.get_sampler()).__name__} {v.domain_str}" if isinstance(v, Domain) else v
+        for k, v in space.items()
+    }  # a sampler's repr holds its address: its kind and range instead
+    settings = {
+        "space": stable,
+        **{
+            k: v
+            for k, v in dataclasses.asdict(opts).items()
+            if k not in ("max_concurrent", "storage", "device")
+        },
+    }
     client, exp, pid, tags, parent_name, resumed = tracking.start_parent(
-        uri, task.name, f"sweep-{task.name}-{stamp}", checkpoint, files,
-        {"samples": str(opts.samples), "ablations": str(opts.ablations)}, where, settings)
+        uri,
+        task.name,
+        f"sweep-{task.name}-{stamp}",
+        checkpoint,
+        files,
+        {"samples": str(opts.samples), "ablations": str(opts.ablations)},
+        where,
+        settings,
+    )
     stamp = parent_name.rsplit(f"sweep-{task.name}-", 1)[-1]  # a resumed sweep's own
-    grids = math.prod(len(v["grid_search"]) for v in space.values() if isinstance(v, dict) and "grid_search" in v)
-    print(f"sweep {task.name}: {opts.samples * grids} trial(s) over {describe(space) or 'a fixed config'}"
-          f"{' + 3 ablation rows' if opts.ablations else ''}; {len(splits['train']):,} train / "
-          f"{len(splits['dev']):,} dev examples; {concurrent} at a time, each with {per_trial}; "
-          f"MLflow parent run {pid}{' (resumed)' if resumed else ''}", flush=True)
+    grids = math.prod(
+        len(v["grid_search"]) for v in space.values() if isinstance(v, dict) and "grid_search" in v
+    )
+    print(
+        f"sweep {task.name}: {opts.samples * grids} trial(s) over {describe(space) or 'a fixed config'}"
+        f"{' + 3 ablation rows' if opts.ablations else ''}; {len(splits['train']):,} train / "
+        f"{len(splits['dev']):,} dev examples; {concurrent} at a time, each with {per_trial}; "
+        f"MLflow parent run {pid}{' (resumed)' if resumed else ''}",
+        flush=True,
+    )
     # Trials are named by the keys the space varies (lr=2.1e-4 λ=0.5 ep=3), ablation rows by row and seed.
     varying = [k for k, v in space.items() if isinstance(v, (dict, Domain))]
     callback = tracking.TrialRuns(uri, exp, pid, tags, [*task.metrics, "train_loss", "epoch"], varying)
     # with_parameters puts each object into Ray's object store once; every trial reads it there.
     trainable = tune.with_resources(
-        tune.with_parameters(trial, task=task, splits=splits, pretrained=pretrained, device=device,
-                             threads=0 if device == "cuda" else per_trial["CPU"]), per_trial)
+        tune.with_parameters(
+            trial,
+            task=task,
+            splits=splits,
+            pretrained=pretrained,
+            device=device,
+            threads=0 if device == "cuda" else per_trial["CPU"],
+        ),
+        per_trial,
+    )
     storage = storage_path(opts.storage)
     keys = ["lr", "batch_size", "epochs", "warmup", "clf_dropout", "lm_coef", "n_transfer"]
     status = "FAILED"
@@ -207,10 +294,24 @@ def sweep_task(task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: 
         rows, best_result = [], None
         best_config = {k: v for k, v in space.items() if not isinstance(v, (dict, Domain))}
         if opts.samples:
-            asha = ASHAScheduler(time_attr="training_iteration", grace_period=opts.grace_period,
-                                 reduction_factor=opts.reduction_factor, max_t=10_000)
-            grid = run_tuner(f"sweep-{task.name}-{stamp}", trainable, space, opts.samples, metric, asha,
-                             storage, [callback], concurrent, opts.seed)
+            asha = ASHAScheduler(
+                time_attr="training_iteration",
+                grace_period=opts.grace_period,
+                reduction_factor=opts.reduction_factor,
+                max_t=10_000,
+            )
+            grid = run_tuner(
+                f"sweep-{task.name}-{stamp}",
+                trainable,
+                space,
+                opts.samples,
+                metric,
+                asha,
+                storage,
+                [callback],
+                concurrent,
+                opts.seed,
+            )
             rows = rows_of(grid, metric, keys, callback.runs)
             best_result = grid.get_best_result(metric=metric, mode="max", scope="all")
             best_config = dict(best_result.config)
@@ -218,12 +319,31 @@ def sweep_task(task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: 
         if opts.ablations:
             base = {**dataclasses.asdict(FinetuneConfig()), **best_config}
             base_lm = base["lm_coef"]
-            ab_space = {**base, "ablation": tune.grid_search(list(ABLATIONS)), "lm_coef": tune.sample_from(
-                lambda spec: base_lm if ABLATIONS[spec.config["ablation"]] is None else ABLATIONS[spec.config["ablation"]])}
+            ab_space = {
+                **base,
+                "ablation": tune.grid_search(list(ABLATIONS)),
+                "lm_coef": tune.sample_from(
+                    lambda spec: (
+                        base_lm
+                        if ABLATIONS[spec.config["ablation"]] is None
+                        else ABLATIONS[spec.config["ablation"]]
+                    )
+                ),
+            }
             if opts.seeds > 1:  # the seed of the weights drawn, the data order and the dropout masks
                 ab_space["seed"] = tune.grid_search(list(range(opts.seeds)))
-            ab = run_tuner(f"ablations-{task.name}-{stamp}", trainable, ab_space, 1, metric, None, storage,
-                           [callback], concurrent, opts.seed)
+            ab = run_tuner(
+                f"ablations-{task.name}-{stamp}",
+                trainable,
+                ab_space,
+                1,
+                metric,
+                None,
+                storage,
+                [callback],
+                concurrent,
+                opts.seed,
+            )
             ablation_rows = rows_of(ab, metric, ["ablation", "seed", *keys], callback.runs)
             if best_result is None:
                 best_result = ab.get_best_result(metric=metric, mode="max", scope="all")
@@ -232,26 +352,51 @@ def sweep_task(task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: 
         return out
     except KeyboardInterrupt:
         status = "KILLED"
-        raise errors.Interrupted(f"sweep {task.name} interrupted; the trials so far are in MLflow under parent "
-                                 f"run {pid} (marked KILLED); the same command resumes the sweep") from None
+        raise errors.Interrupted(
+            f"sweep {task.name} interrupted; the trials so far are in MLflow under parent "
+            f"run {pid} (marked KILLED); the same command resumes the sweep"
+        ) from None
     finally:
         finish_run(uri, pid, status)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True, help="a task name (sst-2, rte, mnli, race, ...), glue for all nine, or any name for a --data directory holding a task.yaml")
-    p.add_argument("--data", required=True, help="the task's directory (for glue: the directory holding CoLA/, SST-2/, ...)")
-    p.add_argument("--checkpoint", required=True, help="a model directory with tokenizer.json (a pretraining checkpoint)")
+    p.add_argument(
+        "--task",
+        required=True,
+        help="a task name (sst-2, rte, mnli, race, ...), glue for all nine, or any name for a --data directory holding a task.yaml",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help="the task's directory (for glue: the directory holding CoLA/, SST-2/, ...)",
+    )
+    p.add_argument(
+        "--checkpoint", required=True, help="a model directory with tokenizer.json (a pretraining checkpoint)"
+    )
     p.add_argument("--samples", type=int, default=8, help="trials drawn from the search space (default 8)")
     p.add_argument("--space", help="a search-space YAML (default: tuning/configs/<task>.yaml)")
     configio.add_set_option(p, FinetuneConfig, "fix a key")
-    p.add_argument("--ablations", action="store_true", help="add the paper's rows: full, λ = 0, no pretraining")
-    p.add_argument("--seeds", type=int, default=1, help="run each ablation row with N seeds; the tables give mean ± std")
-    p.add_argument("--max-concurrent", type=int, default=0, help="trials at a time (default: one per GPU, or CPUs / 2)")
-    p.add_argument("--grace-period", type=int, default=1, help="ASHA: evaluations before a trial can be stopped")
-    p.add_argument("--reduction-factor", type=int, default=2, help="ASHA: 1 / fraction of trials kept at each rung")
+    p.add_argument(
+        "--ablations", action="store_true", help="add the paper's rows: full, λ = 0, no pretraining"
+    )
+    p.add_argument(
+        "--seeds", type=int, default=1, help="run each ablation row with N seeds; the tables give mean ± std"
+    )
+    p.add_argument(
+        "--max-concurrent", type=int, default=0, help="trials at a time (default: one per GPU, or CPUs / 2)"
+    )
+    p.add_argument(
+        "--grace-period", type=int, default=1, help="ASHA: evaluations before a trial can be stopped"
+    )
+    p.add_argument(
+        "--reduction-factor", type=int, default=2, help="ASHA: 1 / fraction of trials kept at each rung"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the search space's draws (default 0)")
-    p.add_argument("--storage", help="Ray Tune storage: a directory, NFS, or s3://... (default: $GPT1_STORAGE, else ./runs)")
+    p.add_argument(
+        "--storage",
+        help="Ray Tune storage: a directory, NFS, or s3://... (default: $GPT1_STORAGE, else ./runs)",
+    )
     p.add_argument("--device", default="auto", help="auto (GPUs when the cluster has them), cpu, or cuda")
 
 
@@ -265,17 +410,19 @@ def sweep(task_name: str, data, checkpoint, opts: SweepOptions) -> dict[str, dic
         raise errors.ConfigError(f"--seeds {opts.seeds}: expected at least 1")
     # On object storage, each is copied to this machine once; the trials read them from Ray's
     # object store, so no node needs a shared file system.
-    with remote.fetched(data, "a task's directory") as data, \
-            remote.fetched(checkpoint, "a model directory") as local_checkpoint:
+    with (
+        remote.fetched(data, "a task's directory") as data,
+        remote.fetched(checkpoint, "a model directory") as local_checkpoint,
+    ):
         return _sweep(task_name, data, local_checkpoint, str(checkpoint).rstrip("/"), opts)
 
 
 def _sweep(task_name: str, data: Path, checkpoint: Path, where: str, opts: SweepOptions) -> dict[str, dict]:
+    from pipeline.data.tasks import from_directory, get
     from pipeline.runtime import ray_init
     from pipeline.tracking import check_store, tracking_uri
     from tuning.finetune import check_config
     from tuning.space import load_space
-    from pipeline.data.tasks import from_directory, get
 
     if not checkpoint.is_dir():
         raise errors.ConfigError(f"--checkpoint {checkpoint}: no such model directory")
@@ -283,7 +430,9 @@ def _sweep(task_name: str, data: Path, checkpoint: Path, where: str, opts: Sweep
         jobs = [(get(t), data / d) for t, d in GLUE_DIRS.items() if (data / d).is_dir()]
         missing = [d for d in GLUE_DIRS.values() if not (data / d).is_dir()]
         if not jobs:
-            raise errors.ConfigError(f"{data}: holds none of the GLUE task directories ({', '.join(GLUE_DIRS.values())})")
+            raise errors.ConfigError(
+                f"{data}: holds none of the GLUE task directories ({', '.join(GLUE_DIRS.values())})"
+            )
         if missing:
             print(f"{data}: no {', '.join(missing)}; sweeping the other {len(jobs)} GLUE task(s)", flush=True)
     else:
@@ -300,10 +449,19 @@ def _sweep(task_name: str, data: Path, checkpoint: Path, where: str, opts: Sweep
 def run(args: argparse.Namespace) -> None:
     from pipeline.tracking import tracking_uri
 
-    opts = SweepOptions(samples=args.samples, space=args.space, sets=args.set, ablations=args.ablations,
-                        max_concurrent=args.max_concurrent, grace_period=args.grace_period,
-                        reduction_factor=args.reduction_factor, seed=args.seed, storage=args.storage,
-                        device=args.device, seeds=args.seeds)
+    opts = SweepOptions(
+        samples=args.samples,
+        space=args.space,
+        sets=args.set,
+        ablations=args.ablations,
+        max_concurrent=args.max_concurrent,
+        grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor,
+        seed=args.seed,
+        storage=args.storage,
+        device=args.device,
+        seeds=args.seeds,
+    )
     results = sweep(args.task, args.data, args.checkpoint, opts)
     print()
     print("| task | metric | best dev | trials | parent run |")
@@ -315,4 +473,3 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     return errors.stage_main("sweep", __doc__, add_arguments, run, argv)
-

@@ -7,6 +7,7 @@ A key is fixed (a plain value) or sampled, as a one-key mapping:
 --set key=value fixes a key. Every value, fixed or among a sampler's, is checked against the
 type of the key's default, so a typo fails before any trial starts.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,13 @@ CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 def _samplers():
     from ray import tune
-    return {"choice": tune.choice, "grid": tune.grid_search,
-            "loguniform": lambda v: tune.loguniform(*v), "uniform": lambda v: tune.uniform(*v)}
+
+    return {
+        "choice": tune.choice,
+        "grid": tune.grid_search,
+        "loguniform": lambda v: tune.loguniform(*v),
+        "uniform": lambda v: tune.uniform(*v),
+    }
 
 
 def space_file(task: str, path: str | None = None) -> Path:
@@ -35,8 +41,9 @@ def space_file(task: str, path: str | None = None) -> Path:
     return own if own.exists() else CONFIGS_DIR / "default.yaml"
 
 
-def load_space(defaults, task: str, path: str | None = None, sets: list[str] | None = None,
-               check=None) -> dict[str, Any]:
+def load_space(
+    defaults, task: str, path: str | None = None, sets: list[str] | None = None, check=None
+) -> dict[str, Any]:
     """The param_space for Tuner: every key of the defaults dataclass, fixed or sampled. With
     check (a function of a config that raises ConfigError), the fixed config and every value a
     sampler can give (its choices, its bounds) are range-checked before any trial starts."""
@@ -53,10 +60,16 @@ def load_space(defaults, task: str, path: str | None = None, sets: list[str] | N
     fixed, sampled, values = {}, {}, {}
     for key, value in raw.items():
         if isinstance(value, dict):
-            if len(value) != 1 or next(iter(value)) not in samplers or not isinstance(next(iter(value.values())), list):
-                raise errors.ConfigError(f"{where}: {key}: expected a value or one of "
-                                         f"{{{', '.join(f'{s}: [...]' for s in samplers)}}}; got {value!r}")
-            (kind, args), = value.items()
+            if (
+                len(value) != 1
+                or next(iter(value)) not in samplers
+                or not isinstance(next(iter(value.values())), list)
+            ):
+                raise errors.ConfigError(
+                    f"{where}: {key}: expected a value or one of "
+                    f"{{{', '.join(f'{s}: [...]' for s in samplers)}}}; got {value!r}"
+                )
+            ((kind, args),) = value.items()
             if kind in ("loguniform", "uniform") and len(args) != 2:
                 raise errors.ConfigError(f"{where}: {key}: {kind} takes [low, high]; got {args!r}")
             # Check each value against the key's type: apply() names an unknown key, a bad value.
@@ -81,5 +94,8 @@ def describe(space: dict[str, Any]) -> str:
     """One line per sampled key, for the sweep's opening lines."""
     from ray.tune.search.sample import Domain
 
-    return "; ".join(f"{k} {v.domain_str}" if isinstance(v, Domain) else f"{k} every one of {v['grid_search']}"
-                     for k, v in space.items() if isinstance(v, Domain) or (isinstance(v, dict) and "grid_search" in v))
+    return "; ".join(
+        f"{k} {v.domain_str}" if isinstance(v, Domain) else f"{k} every one of {v['grid_search']}"
+        for k, v in space.items()
+        if isinstance(v, Domain) or (isinstance(v, dict) and "grid_search" in v)
+    )

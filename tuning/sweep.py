@@ -1,6 +1,7 @@
 """`python tuning/sweep.py` runs stage 3, the sweep (its code: tuning/search.py).
 No module imports this file; it only runs the stage.
 """
+
 import sys
 from pathlib import Path
 

@@ -4,6 +4,7 @@ per trial, the results table and plots on the parent, the best model in the Mode
 The child runs are made by a Tune Callback on the driver, so each trial is logged exactly once,
 however often its worker reports, and a restarted trial keeps its run.
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,8 +31,16 @@ def lineage(client, checkpoint: Path, files: dict[str, Path], where: str | None 
     return tags
 
 
-def start_parent(uri: str, task: str, name: str, checkpoint: Path, files: dict[str, Path], tags: dict[str, str],
-                 where: str | None = None, settings: dict | None = None):
+def start_parent(
+    uri: str,
+    task: str,
+    name: str,
+    checkpoint: Path,
+    files: dict[str, Path],
+    tags: dict[str, str],
+    where: str | None = None,
+    settings: dict | None = None,
+):
     """The sweep's parent run in gpt1-finetune-<task>, tagged with its lineage and a key of its
     inputs and settings (sweep_key). Where an earlier sweep with the same key never finished (its
     driver was killed, or interrupted), that parent is taken up again instead: its name, and so
@@ -52,28 +61,46 @@ def start_parent(uri: str, task: str, name: str, checkpoint: Path, files: dict[s
     client = MlflowClient(uri)
     exp = experiment_id(client, f"gpt1-finetune-{task}")
     lineage_tags = lineage(client, checkpoint, files, where)
-    key = hashlib.sha256(json.dumps({"lineage": {k: v for k, v in lineage_tags.items() if k != "checkpoint"},
-                                     "task": task, "settings": settings or {}},
-                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "lineage": {k: v for k, v in lineage_tags.items() if k != "checkpoint"},
+                "task": task,
+                "settings": settings or {},
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()[:16]
     driver = {"driver_host": socket.gethostname(), "driver_pid": str(os.getpid())}
-    found = client.search_runs([exp], f"tags.sweep_key = '{key}'", order_by=["attributes.start_time DESC"],
-                               max_results=1)
+    found = client.search_runs(
+        [exp], f"tags.sweep_key = '{key}'", order_by=["attributes.start_time DESC"], max_results=1
+    )
     old = found[0] if found and found[0].info.status != "FINISHED" else None
     if old is not None:
         t = old.data.tags
-        if (old.info.status == "RUNNING" and t.get("driver_host") == driver["driver_host"]
-                and t.get("driver_pid", "").isdigit() and alive(int(t["driver_pid"]))):
-            raise ConfigError(f"sweep {task}: the same sweep is running (pid {t['driver_pid']}, MLflow run "
-                              f"{old.info.run_id}); wait for it to end")
+        if (
+            old.info.status == "RUNNING"
+            and t.get("driver_host") == driver["driver_host"]
+            and t.get("driver_pid", "").isdigit()
+            and alive(int(t["driver_pid"]))
+        ):
+            raise ConfigError(
+                f"sweep {task}: the same sweep is running (pid {t['driver_pid']}, MLflow run "
+                f"{old.info.run_id}); wait for it to end"
+            )
         pid = old.info.run_id
-        for child in client.search_runs([exp], f"tags.`{PARENT_TAG}` = '{pid}' and attributes.status = 'RUNNING'"):
+        for child in client.search_runs(
+            [exp], f"tags.`{PARENT_TAG}` = '{pid}' and attributes.status = 'RUNNING'"
+        ):
             client.set_terminated(child.info.run_id, "KILLED")  # its driver is gone; Tune runs it again
         client.update_run(pid, status="RUNNING")
         for k, v in driver.items():
             client.set_tag(pid, k, v)
         return client, exp, pid, lineage_tags, old.info.run_name, True
-    parent = client.create_run(exp, run_name=name, tags={**lineage_tags, "task": task, "sweep_key": key, **driver,
-                                                         **tags})
+    parent = client.create_run(
+        exp, run_name=name, tags={**lineage_tags, "task": task, "sweep_key": key, **driver, **tags}
+    )
     return client, exp, parent.info.run_id, lineage_tags, name, False
 
 
@@ -87,12 +114,29 @@ def log_parent(client, pid: str, task, metric: str, rows, ablation_rows, best_re
             ranked = sorted(rows, key=lambda r: -r[metric] if finite(r[metric]) else math.inf)
             for f in results_table(ranked, tmp / "results"):
                 client.log_artifact(pid, str(f))
-            client.log_artifact(pid, str(plot([r for r in rows if finite(r[metric])], metric,
-                                                       tmp / "metric_vs_lambda_and_lr.png",
-                                                       f"{task.name}: {len(rows)} trials")))
+            client.log_artifact(
+                pid,
+                str(
+                    plot(
+                        [r for r in rows if finite(r[metric])],
+                        metric,
+                        tmp / "metric_vs_lambda_and_lr.png",
+                        f"{task.name}: {len(rows)} trials",
+                    )
+                ),
+            )
             if len({r.get("n_transfer") for r in rows}) > 1:  # Figure 2 (left)
-                client.log_artifact(pid, str(plot_transfer(rows, metric, tmp / "metric_vs_transferred_layers.png",
-                                                           f"{task.name}: transferred layers")))
+                client.log_artifact(
+                    pid,
+                    str(
+                        plot_transfer(
+                            rows,
+                            metric,
+                            tmp / "metric_vs_transferred_layers.png",
+                            f"{task.name}: transferred layers",
+                        )
+                    ),
+                )
         if ablation_rows:
             for f in results_table(ablation_rows, tmp / "ablations"):
                 client.log_artifact(pid, str(f))
@@ -109,11 +153,21 @@ def log_parent(client, pid: str, task, metric: str, rows, ablation_rows, best_re
     with best_ckpt.as_directory() as d:
         version = register_best(client, task.name, runs[best_trial], Path(d))
     client.set_tag(pid, "registered_model", f"gpt1-{task.name}/{version}")
-    print(f"sweep {task.name}: best dev {metric} {best_value:.4f} (trial {best_trial}); registered "
-          f"gpt1-{task.name} version {version}", flush=True)
-    return {"parent_run_id": pid, "metric": metric, "best": best_value, "best_config": best_result.config, "rows": rows,
-            "ablations": ablation_rows, "ablation_summary": ablation_summary(ablation_rows, metric) if ablation_rows else [],
-            "model_version": version}
+    print(
+        f"sweep {task.name}: best dev {metric} {best_value:.4f} (trial {best_trial}); registered "
+        f"gpt1-{task.name} version {version}",
+        flush=True,
+    )
+    return {
+        "parent_run_id": pid,
+        "metric": metric,
+        "best": best_value,
+        "best_config": best_result.config,
+        "rows": rows,
+        "ablations": ablation_rows,
+        "ablation_summary": ablation_summary(ablation_rows, metric) if ablation_rows else [],
+        "model_version": version,
+    }
 
 
 def ablation_summary(rows: list[dict], metric: str) -> list[dict]:
@@ -125,8 +179,15 @@ def ablation_summary(rows: list[dict], metric: str) -> list[dict]:
     for name in dict.fromkeys(r["ablation"] for r in rows):
         values = np.array([r[metric] for r in rows if r["ablation"] == name], dtype=float)
         std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        out.append({"ablation": name, "seeds": len(values), "mean": float(values.mean()), "std": std,
-                    metric: f"{values.mean():.4f} ± {std:.4f}"})
+        out.append(
+            {
+                "ablation": name,
+                "seeds": len(values),
+                "mean": float(values.mean()),
+                "std": std,
+                metric: f"{values.mean():.4f} ± {std:.4f}",
+            }
+        )
     return out
 
 
@@ -134,8 +195,15 @@ class TrialRuns(tune.Callback):
     """One nested MLflow run per trial: its config as params, its evaluations as metrics at their
     training step, its end as the run's status."""
 
-    def __init__(self, uri: str, experiment: str, parent_run_id: str, tags: dict[str, str], metrics: list[str],
-                 varying: list[str] = ()):
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        parent_run_id: str,
+        tags: dict[str, str],
+        metrics: list[str],
+        varying: list[str] = (),
+    ):
         from mlflow.tracking import MlflowClient
 
         from pipeline.tracking import RunLogger
@@ -145,8 +213,9 @@ class TrialRuns(tune.Callback):
         self.loggers: dict = {}  # trial id -> RunLogger of its run
         # A resumed sweep: the trials that ended before its driver was lost keep their runs (those
         # it left RUNNING were marked KILLED, and their trials get new runs when Tune runs them again).
-        for run in self.client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{parent_run_id}' and "
-                                                         "attributes.status != 'KILLED'"):
+        for run in self.client.search_runs(
+            [experiment], f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status != 'KILLED'"
+        ):
             self.loggers[run.data.tags["trial_id"]] = RunLogger(uri, run.info.run_id)
 
     @property
@@ -161,14 +230,19 @@ class TrialRuns(tune.Callback):
 
         from pipeline.tracking import RunLogger
 
-        run = self.client.create_run(self.experiment, run_name=trial_name(trial.config, self.varying, trial.trial_id),
-                                     tags={PARENT_TAG: self.parent, "trial_id": trial.trial_id, **self.tags})
+        run = self.client.create_run(
+            self.experiment,
+            run_name=trial_name(trial.config, self.varying, trial.trial_id),
+            tags={PARENT_TAG: self.parent, "trial_id": trial.trial_id, **self.tags},
+        )
         self.loggers[trial.trial_id] = RunLogger(self.uri, run.info.run_id)
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in trial.config.items()])
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         # Only the evaluation's own metrics: Tune adds its bookkeeping (times, pids) to results.
-        self.loggers[trial.trial_id].log({k: result[k] for k in self.metrics if k in result}, int(result["step"]))
+        self.loggers[trial.trial_id].log(
+            {k: result[k] for k in self.metrics if k in result}, int(result["step"])
+        )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.client.set_terminated(self.runs[trial.trial_id], "FINISHED")
@@ -196,6 +270,7 @@ def plot_transfer(rows: list[dict], metric: str, path: Path, title: str) -> Path
     """The best dev metric against the number of transferred blocks (Figure 2, left): each trial,
     and the mean at each count."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -203,7 +278,9 @@ def plot_transfer(rows: list[dict], metric: str, path: Path, title: str) -> Path
     ks = sorted({k for k, _ in pts})
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter([k for k, _ in pts], [v for _, v in pts], alpha=0.5)
-    ax.plot(ks, [sum(v for k2, v in pts if k2 == k) / sum(1 for k2, _ in pts if k2 == k) for k in ks], marker="o")
+    ax.plot(
+        ks, [sum(v for k2, v in pts if k2 == k) / sum(1 for k2, _ in pts if k2 == k) for k in ks], marker="o"
+    )
     ax.set_xlabel("transferred layers (n_transfer; -1: all)")
     ax.set_ylabel(f"best dev {metric}")
     ax.set_title(title)
@@ -234,6 +311,7 @@ def results_table(rows: list[dict], path: Path) -> tuple[Path, Path]:
 def plot(rows: list[dict], metric: str, path: Path, title: str) -> Path:
     """The best dev metric of each trial against λ and against lr, side by side."""
     import matplotlib
+
     matplotlib.use("Agg")  # no display on a cluster node or in CI
     import matplotlib.pyplot as plt
 
@@ -264,7 +342,9 @@ def register_best(client, task: str, run_id: str, model_dir: Path) -> str:
     client.log_artifacts(run_id, str(model_dir), "model")
     client.set_tag(run_id, "model_sha256", weights_sha256(Path(model_dir)))
     try:
-        client.create_registered_model(name, description=f"GPT-1 fine-tuned on {task}: the best trial of each sweep")
+        client.create_registered_model(
+            name, description=f"GPT-1 fine-tuned on {task}: the best trial of each sweep"
+        )
     except MlflowException as err:
         if "already exists" not in str(err).lower() and "RESOURCE_ALREADY_EXISTS" not in str(err):
             raise

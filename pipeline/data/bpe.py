@@ -9,6 +9,7 @@ The learning is incremental: symbols are small ints, each pair knows the words t
 and a merge visits only the words that still hold its pair, changing only the counts of the
 pairs next to each occurrence. So a merge costs what it changes, not what the corpus holds.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -22,8 +23,9 @@ def symbols(word: str) -> list[str]:
     return list(word[:-1]) + [word[-1] + SUFFIX]
 
 
-def learn_bpe(word_counts: dict[str, int], n_merges: int, min_frequency: int = 2
-              ) -> tuple[list[str], list[tuple[str, str]]]:
+def learn_bpe(
+    word_counts: dict[str, int], n_merges: int, min_frequency: int = 2
+) -> tuple[list[str], list[tuple[str, str]]]:
     """(alphabet in sorted order, merges in the order learned) for at most n_merges merges."""
     names = sorted({s for w in word_counts if w for s in symbols(w)})
     alphabet = list(names)

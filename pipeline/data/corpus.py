@@ -8,6 +8,7 @@ Uncompressed text and JSON Lines files are cut into byte ranges ("chunks") so th
 is read by many workers; a chunk owns the documents that start inside it, so the documents read
 are the same whatever the chunk size.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,16 +23,24 @@ import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-from pipeline.data.text import normalize
-from pipeline.errors import UserError
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from pipeline.data.text import normalize
+from pipeline.errors import UserError
+
 FORMATS = ("text", "jsonl", "parquet")
-_EXTENSIONS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "jsonl", ".json": "jsonl",
-               ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+_EXTENSIONS = {
+    ".txt": "text",
+    ".text": "text",
+    ".md": "text",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 _BLOCK = 1 << 20
 
 
@@ -76,8 +85,10 @@ def _format_of(name: str, forced: str) -> tuple[str, bool]:
         return forced, gz
     fmt = _EXTENSIONS.get(Path(base).suffix.lower())
     if fmt is None:
-        raise CorpusError(f"{name}: cannot tell the format from the extension; expected one of "
-                          f"{', '.join(sorted(_EXTENSIONS))} (optionally .gz), or set format")
+        raise CorpusError(
+            f"{name}: cannot tell the format from the extension; expected one of "
+            f"{', '.join(sorted(_EXTENSIONS))} (optionally .gz), or set format"
+        )
     return fmt, gz
 
 
@@ -102,16 +113,25 @@ def resolve_inputs(specs: list[str], forced_format: str = "auto") -> list[InputF
             if info.type == pafs.FileType.NotFound:
                 raise CorpusError(f"{spec}: no such file or directory")
             if info.type == pafs.FileType.Directory:
-                infos = [i for i in (fs.get_file_info(pafs.FileSelector(path, recursive=True)) if scheme
-                                     else [fs.get_file_info(p) for p in _walk_local(path)])
-                         if i.type == pafs.FileType.File and not i.base_name.startswith(".")]
+                infos = [
+                    i
+                    for i in (
+                        fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                        if scheme
+                        else [fs.get_file_info(p) for p in _walk_local(path)]
+                    )
+                    if i.type == pafs.FileType.File and not i.base_name.startswith(".")
+                ]
                 if forced_format == "auto":
                     # A directory's README, LICENSE or checksum file is not corpus: skipped, by
                     # name, on stderr. A file named on its own is refused instead (below).
                     unknown = [i for i in infos if not _known(i.base_name)]
                     for i in unknown:
-                        print(f"prepare: skipping {scheme}{i.path}: cannot tell its format from the extension "
-                              f"(expected {', '.join(sorted(_EXTENSIONS))}, optionally .gz)", file=sys.stderr)
+                        print(
+                            f"prepare: skipping {scheme}{i.path}: cannot tell its format from the extension "
+                            f"(expected {', '.join(sorted(_EXTENSIONS))}, optionally .gz)",
+                            file=sys.stderr,
+                        )
                     infos = [i for i in infos if _known(i.base_name)]
                 if not infos:
                     raise CorpusError(f"{spec}: the directory holds no corpus files")
@@ -132,7 +152,9 @@ def _walk_local(root: str) -> list[str]:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen_dirs:
-            print(f"prepare: skipping {dirpath}: a link to a directory already read ({real})", file=sys.stderr)
+            print(
+                f"prepare: skipping {dirpath}: a link to a directory already read ({real})", file=sys.stderr
+            )
             dirnames[:] = []
             continue
         seen_dirs.add(real)
@@ -144,7 +166,10 @@ def _walk_local(root: str) -> list[str]:
 
 def _once(path: str, seen: set, out: list) -> None:
     if not os.path.isfile(path):
-        print(f"prepare: skipping {path}: a link that leads nowhere (a loop or a missing target)", file=sys.stderr)
+        print(
+            f"prepare: skipping {path}: a link that leads nowhere (a loop or a missing target)",
+            file=sys.stderr,
+        )
         return
     real = os.path.realpath(path)
     if real in seen:
@@ -161,16 +186,21 @@ def _glob(fs: pafs.FileSystem, pattern: str, local: bool) -> list[pafs.FileInfo]
             if not os.path.isdir(p):
                 _once(p, seen, paths)
         return [fs.get_file_info(p) for p in paths]
-    base = pattern[:min(pattern.find(c) for c in "*?[" if c in pattern)].rsplit("/", 1)[0]
-    return [i for i in fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-            if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, pattern)]
+    base = pattern[: min(pattern.find(c) for c in "*?[" if c in pattern)].rsplit("/", 1)[0]
+    return [
+        i
+        for i in fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, pattern)
+    ]
 
 
 def plan_chunks(files: list[InputFile], chunk_bytes: int, opts: ReadOptions) -> list[dict]:
     """Work items: byte ranges of uncompressed line-based files, whole files otherwise."""
     items = []
     for idx, f in enumerate(files):
-        splittable = not f.gz and (f.format == "jsonl" or (f.format == "text" and opts.text_split == "blank_line"))
+        splittable = not f.gz and (
+            f.format == "jsonl" or (f.format == "text" and opts.text_split == "blank_line")
+        )
         starts = range(0, max(f.size, 1), chunk_bytes) if splittable else [0]
         for n, start in enumerate(starts):
             end = min(start + chunk_bytes, f.size) if splittable else None
@@ -179,6 +209,7 @@ def plan_chunks(files: list[InputFile], chunk_bytes: int, opts: ReadOptions) -> 
 
 
 # --- documents -------------------------------------------------------------------------------
+
 
 def decode(raw: bytes) -> tuple[str, int]:
     """UTF-8 text and the number of bytes that were not UTF-8 (each replaced by U+FFFD)."""
@@ -214,7 +245,7 @@ def _lines(f, start: int) -> Iterator[tuple[int, bytes]]:
             if j < 0:
                 pieces.append(data[i:])
                 break
-            pieces.append(data[i:j + 1])
+            pieces.append(data[i : j + 1])
             if skipping:
                 skipping = False
             else:
@@ -256,7 +287,7 @@ def _previous_line_empty(opener, p: int) -> bool:
             g.seek(start)
             block = g.read(end - start)
             for i in range(len(block) - 1, -1, -1):
-                b = block[i:i + 1]
+                b = block[i : i + 1]
                 if b == b"\n":
                     return True
                 if b not in _SPACE:
@@ -385,8 +416,9 @@ def file_digest(f: InputFile) -> str:
     return input_digest(pieces)
 
 
-def read_documents(f: InputFile, start: int, end: int, opts: ReadOptions,
-                   pieces: list[bytes] | None = None) -> Iterator[tuple[int, str, int, int]]:
+def read_documents(
+    f: InputFile, start: int, end: int, opts: ReadOptions, pieces: list[bytes] | None = None
+) -> Iterator[tuple[int, str, int, int]]:
     """(offset, normalised text, raw UTF-8 bytes, bytes replaced) for each non-empty document that
     the chunk [start, end) owns. end = -1: to the end of the file.
 
@@ -395,7 +427,11 @@ def read_documents(f: InputFile, start: int, end: int, opts: ReadOptions,
     fs, _ = filesystem(f.uri)
 
     def raw_stream():
-        return fs.open_input_file(f.path) if start > 0 and not f.gz else fs.open_input_stream(f.path, compression=None)
+        return (
+            fs.open_input_file(f.path)
+            if start > 0 and not f.gz
+            else fs.open_input_stream(f.path, compression=None)
+        )
 
     def opener():  # seekable where a chunk starts inside the file (gzip always starts at 0)
         return gzip.open(raw_stream()) if f.gz else raw_stream()
@@ -435,8 +471,9 @@ def read_documents(f: InputFile, start: int, end: int, opts: ReadOptions,
             if hashed is not None:
                 hashed.finish()
         except _Binary as b:
-            raise CorpusError(f"{f.uri}: a NUL byte at offset {b.offset}; expected UTF-8 text, "
-                              "not a binary file") from None
+            raise CorpusError(
+                f"{f.uri}: a NUL byte at offset {b.offset}; expected UTF-8 text, not a binary file"
+            ) from None
         except (OSError, EOFError, zlib.error) as err:
             if f.gz and isinstance(err, (gzip.BadGzipFile, EOFError, zlib.error)):
                 raise CorpusError(f"{f.uri}: not a valid gzip file ({err})") from None
@@ -447,7 +484,9 @@ def _json_text(line: bytes, f: InputFile, off: int, opener, field: str) -> str:
     try:
         obj = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CorpusError(f"{f.uri}:{_line_number(opener, off)}: not valid JSON ({err.args[0] if err.args else err})") from None
+        raise CorpusError(
+            f"{f.uri}:{_line_number(opener, off)}: not valid JSON ({err.args[0] if err.args else err})"
+        ) from None
     if not isinstance(obj, dict) or field not in obj:
         raise CorpusError(f"{f.uri}:{_line_number(opener, off)}: no field {field!r} in this JSON line")
     if not isinstance(obj[field], str):
@@ -460,8 +499,11 @@ def _parquet_docs(fs, f: InputFile, opts: ReadOptions) -> Iterator[tuple[int, st
     import pyarrow.parquet as pq
 
     try:
-        source = fs.open_input_file(f.path) if not f.gz else pa.BufferReader(
-            gzip.open(fs.open_input_stream(f.path, compression=None)).read())
+        source = (
+            fs.open_input_file(f.path)
+            if not f.gz
+            else pa.BufferReader(gzip.open(fs.open_input_stream(f.path, compression=None)).read())
+        )
         pf = pq.ParquetFile(source)
     except (pa.ArrowInvalid, OSError) as err:
         raise CorpusError(f"{f.uri}: not a Parquet file ({str(err).splitlines()[0]})") from None

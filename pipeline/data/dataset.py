@@ -5,6 +5,7 @@ fresh permutation drawn from (seed, epoch), and step s of the epoch takes its s-
 global batch at a step is the same whatever the number of workers, and a resumed run sees what an
 uninterrupted one would have.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,10 +19,10 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from pipeline import remote
-from pipeline.errors import UserError
-from pipeline.data.packing import StreamReader, sha256_file
 from pipeline.data.manifest import FORMAT_VERSION, DataError, check_fields, check_shards, read_manifest
+from pipeline.data.packing import StreamReader, sha256_file
 from pipeline.data.tokenizer import load_tokenizer, tokenizer_sha256
+from pipeline.errors import UserError
 
 
 def read_dataset(where) -> dict:
@@ -36,11 +37,15 @@ def read_dataset(where) -> dict:
         except Exception as err:  # pyarrow raises ArrowInvalid / OSError for unknown schemes
             raise DataError(f"{label}: cannot open this URI ({str(err).splitlines()[0]})") from None
         if fs.get_file_info(f"{base}/manifest.json").type != pafs.FileType.File:
-            raise DataError(f"{label}: not a prepared dataset (no manifest.json); make one with `gpt1 prepare`")
+            raise DataError(
+                f"{label}: not a prepared dataset (no manifest.json); make one with `gpt1 prepare`"
+            )
         try:
             manifest = remote.read_json(fs, f"{base}/manifest.json")
         except (ValueError, UnicodeDecodeError) as err:
-            raise DataError(f"{label}/manifest.json: not a readable manifest ({err}); prepare the dataset again") from None
+            raise DataError(
+                f"{label}/manifest.json: not a readable manifest ({err}); prepare the dataset again"
+            ) from None
         if not isinstance(manifest, dict):
             raise DataError(f"{label}/manifest.json: expected a JSON object; prepare the dataset again")
     else:
@@ -55,11 +60,15 @@ def read_dataset(where) -> dict:
     where = f"{label}/manifest.json"
     version = manifest.get("format_version")
     if isinstance(version, int) and version < FORMAT_VERSION:
-        raise DataError(f"{where}: format_version {version} (token shards in Parquet), which this version no "
-                        f"longer reads; prepare the dataset again: gpt1 prepare --corpus ... --out {label} --overwrite")
+        raise DataError(
+            f"{where}: format_version {version} (token shards in Parquet), which this version no "
+            f"longer reads; prepare the dataset again: gpt1 prepare --corpus ... --out {label} --overwrite"
+        )
     if version != FORMAT_VERSION:
-        raise DataError(f"{where}: format_version {version!r}, expected {FORMAT_VERSION}; "
-                        "prepare the dataset again with this version")
+        raise DataError(
+            f"{where}: format_version {version!r}, expected {FORMAT_VERSION}; "
+            "prepare the dataset again with this version"
+        )
     check_fields(manifest, where)
     check_shards(fs, base, label, manifest)
     return manifest
@@ -88,8 +97,10 @@ def check_tokenizer(where, manifest: dict) -> None:
     if tokenizer_sha256(tok) != manifest["tokenizer"]["sha256"]:
         raise DataError(f"{label}/tokenizer.json: sha256 differs from the manifest's")
     if tok.get_vocab_size(with_added_tokens=True) != manifest["tokenizer"]["vocab_size"]:
-        raise DataError(f"{label}/manifest.json: tokenizer.vocab_size {manifest['tokenizer']['vocab_size']!r}, but "
-                        f"tokenizer.json has {tok.get_vocab_size(with_added_tokens=True):,} tokens")
+        raise DataError(
+            f"{label}/manifest.json: tokenizer.vocab_size {manifest['tokenizer']['vocab_size']!r}, but "
+            f"tokenizer.json has {tok.get_vocab_size(with_added_tokens=True):,} tokens"
+        )
 
 
 def verification_cache() -> Path:
@@ -136,18 +147,27 @@ def verify_once(d: Path, manifest: dict) -> None:
 def check_fits(manifest: dict, path, vocab_size: int, n_ctx: int) -> None:
     """The model must have an embedding row for every token id and the data's block length."""
     if manifest["tokenizer"]["vocab_size"] > vocab_size:
-        raise DataError(f"{path}: the tokenizer has {manifest['tokenizer']['vocab_size']:,} tokens but the "
-                        f"model's vocab_size is {vocab_size:,}; expected vocab_size >= the tokenizer's")
+        raise DataError(
+            f"{path}: the tokenizer has {manifest['tokenizer']['vocab_size']:,} tokens but the "
+            f"model's vocab_size is {vocab_size:,}; expected vocab_size >= the tokenizer's"
+        )
     if manifest["n_ctx"] != n_ctx:
-        raise DataError(f"{path}: blocks of n_ctx {manifest['n_ctx']} but the model's n_ctx is {n_ctx}; "
-                        f"prepare with --set n_ctx={n_ctx}, or set model_overrides n_ctx to {manifest['n_ctx']}")
+        raise DataError(
+            f"{path}: blocks of n_ctx {manifest['n_ctx']} but the model's n_ctx is {n_ctx}; "
+            f"prepare with --set n_ctx={n_ctx}, or set model_overrides n_ctx to {manifest['n_ctx']}"
+        )
 
 
 def load_split(path, manifest: dict, split: str) -> StreamReader:
     """The blocks of one split, [n_blocks, n_ctx + 1] by index, memory-mapped from its shards."""
     names = sorted(n for n in manifest["shards"] if n.startswith(f"{split}/"))
-    return StreamReader([Path(path) / n for n in names], manifest["shard_tokens"], manifest["splits"][split]["tokens"],
-                        manifest["n_ctx"], manifest["dtype"])
+    return StreamReader(
+        [Path(path) / n for n in names],
+        manifest["shard_tokens"],
+        manifest["splits"][split]["tokens"],
+        manifest["n_ctx"],
+        manifest["dtype"],
+    )
 
 
 def tokens_per_byte(manifest: dict, split: str) -> float:
@@ -176,7 +196,9 @@ class BlockOrder:
     permutation would cost every worker 4 bytes a block and seconds of shuffling per epoch."""
 
     ROUNDS = 4
-    VERSION = "feistel-4"  # in a run's identity: a run started with another order is not resumed with this one
+    VERSION = (
+        "feistel-4"  # in a run's identity: a run started with another order is not resumed with this one
+    )
 
     def __init__(self, seed: int, n_blocks: int, batch_size: int):
         if n_blocks < batch_size:

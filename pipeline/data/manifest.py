@@ -10,6 +10,7 @@ of the token ids; shard_tokens; splits (per split: documents, tokens, bytes, blo
 tokens_not_in_a_block, empty_documents); replaced_bytes (bytes that were not UTF-8); shards
 (split/shard-NNNNN.bin -> its tokens and sha256).
 """
+
 from __future__ import annotations
 
 import json
@@ -92,12 +93,18 @@ def read_manifest(d: Path) -> Manifest:
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise CorpusError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); the dataset is "
-                          f"damaged: prepare it again with --overwrite") from None
+        raise CorpusError(
+            f"{path}: not valid JSON ({err.msg} at line {err.lineno}); the dataset is "
+            f"damaged: prepare it again with --overwrite"
+        ) from None
     except UnicodeDecodeError:
-        raise CorpusError(f"{path}: not UTF-8 text; the dataset is damaged: prepare it again with --overwrite") from None
+        raise CorpusError(
+            f"{path}: not UTF-8 text; the dataset is damaged: prepare it again with --overwrite"
+        ) from None
     if not isinstance(manifest, dict):
-        raise CorpusError(f"{path}: expected a JSON object; the dataset is damaged: prepare it again with --overwrite")
+        raise CorpusError(
+            f"{path}: expected a JSON object; the dataset is damaged: prepare it again with --overwrite"
+        )
     return manifest
 
 
@@ -111,31 +118,56 @@ _DAMAGED = "; the manifest was edited or damaged: prepare the dataset again"
 
 def check_fields(manifest: dict, where: Path) -> None:
     """The keys that training reads, with the types it expects."""
+
     def need(ok: bool, what: str) -> None:
         if not ok:
             raise DataError(f"{where}: {what}{_DAMAGED}")
 
-    for key, kind in (("splits", dict), ("shards", dict), ("tokenizer", dict), ("n_ctx", int), ("dtype", str),
-                      ("fingerprint", str), ("shard_tokens", int)):
+    for key, kind in (
+        ("splits", dict),
+        ("shards", dict),
+        ("tokenizer", dict),
+        ("n_ctx", int),
+        ("dtype", str),
+        ("fingerprint", str),
+        ("shard_tokens", int),
+    ):
         need(isinstance(manifest.get(key), kind), f"expected {key!r} ({kind.__name__})")
     for split in ("train", "val"):
         s = manifest["splits"].get(split)
         need(isinstance(s, dict), f"no {split!r} split")
         for key in ("documents", "tokens", "bytes", "blocks"):
             need(isinstance(s.get(key), int) and s[key] >= 0, f"splits.{split}.{key} is not a count")
-    need(set(manifest["splits"]) == {"train", "val"}, f"splits {sorted(manifest['splits'])}, expected train and val")
-    need(all(n.split("/")[0] in ("train", "val") for n in manifest["shards"]), "a shard outside train/ and val/")
-    need(all(isinstance(v, dict) and isinstance(v.get("tokens"), int) and isinstance(v.get("sha256"), str)
-             for v in manifest["shards"].values()), "a shard without its tokens and sha256")
+    need(
+        set(manifest["splits"]) == {"train", "val"},
+        f"splits {sorted(manifest['splits'])}, expected train and val",
+    )
+    need(
+        all(n.split("/")[0] in ("train", "val") for n in manifest["shards"]),
+        "a shard outside train/ and val/",
+    )
+    need(
+        all(
+            isinstance(v, dict) and isinstance(v.get("tokens"), int) and isinstance(v.get("sha256"), str)
+            for v in manifest["shards"].values()
+        ),
+        "a shard without its tokens and sha256",
+    )
     need(manifest["dtype"] in ("uint16", "uint32"), f"dtype {manifest['dtype']!r}, expected uint16 or uint32")
     need(manifest["n_ctx"] > 0 and manifest["shard_tokens"] > 0, "n_ctx and shard_tokens must be positive")
     for split in ("train", "val"):
         s = manifest["splits"][split]
         want = max(s["tokens"] - 1, 0) // manifest["n_ctx"]  # blocks of n_ctx + 1 that the stream holds
-        need(s["blocks"] == want, f"splits.{split}.blocks is {s['blocks']:,} but its {s['tokens']:,} tokens make "
-                                  f"{want:,} blocks of {manifest['n_ctx'] + 1}")
+        need(
+            s["blocks"] == want,
+            f"splits.{split}.blocks is {s['blocks']:,} but its {s['tokens']:,} tokens make "
+            f"{want:,} blocks of {manifest['n_ctx'] + 1}",
+        )
     t = manifest["tokenizer"]
-    need(isinstance(t.get("vocab_size"), int) and t["vocab_size"] > 0, "tokenizer.vocab_size is not a positive count")
+    need(
+        isinstance(t.get("vocab_size"), int) and t["vocab_size"] > 0,
+        "tokenizer.vocab_size is not a positive count",
+    )
     need(isinstance(t.get("sha256"), str), "no tokenizer.sha256")
 
 
@@ -155,11 +187,17 @@ def check_shards(fs, base: str, label: str, manifest: dict) -> None:
             raise DataError(f"{label}/{extra[0]}: a file that the manifest does not list{_DAMAGED}")
         for name in listed:
             if name not in sizes:
-                raise DataError(f"{label}/{name}: listed in the manifest but missing; prepare the dataset again")
+                raise DataError(
+                    f"{label}/{name}: listed in the manifest but missing; prepare the dataset again"
+                )
             if sizes[name] != manifest["shards"][name]["tokens"] * width:
-                raise DataError(f"{label}/{name}: {sizes[name]:,} bytes, but the manifest says "
-                                f"{manifest['shards'][name]['tokens']:,} tokens of {width} bytes{_DAMAGED}")
+                raise DataError(
+                    f"{label}/{name}: {sizes[name]:,} bytes, but the manifest says "
+                    f"{manifest['shards'][name]['tokens']:,} tokens of {width} bytes{_DAMAGED}"
+                )
         tokens = sum(manifest["shards"][n]["tokens"] for n in listed)
         if tokens != manifest["splits"][split]["tokens"]:
-            raise DataError(f"{label}/manifest.json: splits.{split}.tokens is {manifest['splits'][split]['tokens']:,} "
-                            f"but its shards hold {tokens:,} tokens{_DAMAGED}")
+            raise DataError(
+                f"{label}/manifest.json: splits.{split}.tokens is {manifest['splits'][split]['tokens']:,} "
+                f"but its shards hold {tokens:,} tokens{_DAMAGED}"
+            )

@@ -17,6 +17,7 @@ Shards are cut by position in the stream alone, so they are the same bytes howev
 was produced: the prepare workers write each work item's stream to a part file, and each shard is
 then assembled from the byte ranges of the parts it covers (plan_shards, write_shard).
 """
+
 from __future__ import annotations
 
 import bisect
@@ -97,7 +98,9 @@ class StreamReader:
     def __init__(self, paths: list[Path], shard_tokens: int, tokens: int, n_ctx: int, dtype: str):
         self.n_ctx, self.shard_tokens, self.tokens = n_ctx, shard_tokens, tokens
         dt = np.dtype(dtype).newbyteorder("<")
-        self.maps = [np.memmap(p, dtype=dt, mode="r") if Path(p).stat().st_size else np.empty(0, dt) for p in paths]
+        self.maps = [
+            np.memmap(p, dtype=dt, mode="r") if Path(p).stat().st_size else np.empty(0, dt) for p in paths
+        ]
         self.n = n_blocks(tokens, n_ctx)
 
     def __len__(self) -> int:
@@ -105,15 +108,17 @@ class StreamReader:
 
     def tokens_at(self, start: int, n: int) -> np.ndarray:
         k, off = divmod(start, self.shard_tokens)
-        first = self.maps[k][off:off + n]
+        first = self.maps[k][off : off + n]
         if len(first) == n:
             return first
-        return np.concatenate([first, self.maps[k + 1][:n - len(first)]])
+        return np.concatenate([first, self.maps[k + 1][: n - len(first)]])
 
     def __getitem__(self, idx) -> np.ndarray:
         """[len(idx), n_ctx + 1] blocks for an index array or a slice (a fresh array, native order)."""
         ids = np.arange(self.n)[idx] if isinstance(idx, slice) else np.asarray(idx)
-        out = np.empty((len(ids), self.n_ctx + 1), dtype=self.maps[0].dtype.newbyteorder("=") if self.maps else np.int64)
+        out = np.empty(
+            (len(ids), self.n_ctx + 1), dtype=self.maps[0].dtype.newbyteorder("=") if self.maps else np.int64
+        )
         for row, i in enumerate(ids.tolist()):
             if not 0 <= i < self.n:
                 raise IndexError(f"block {i} of {self.n}")
@@ -122,4 +127,3 @@ class StreamReader:
 
     def __repr__(self) -> str:
         return f"StreamReader({self.n} blocks of {self.n_ctx + 1})"
-

@@ -16,6 +16,7 @@ The output is a local directory (written under a temporary name and renamed into
 pyarrow filesystem URI (s3://, gs://, file://), written in place with the manifest last; a re-run
 clears what an interrupted one left there.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,14 +38,36 @@ import pyarrow.fs as pafs
 
 from pipeline import configio, errors, outdir
 from pipeline import remote as remote_store
-from pipeline.data.corpus import (CorpusError, InputFile, ReadOptions, file_digest, filesystem, input_digest, plan_chunks,
-                                  resolve_inputs)
+from pipeline.data.corpus import (
+    CorpusError,
+    InputFile,
+    ReadOptions,
+    file_digest,
+    filesystem,
+    input_digest,
+    plan_chunks,
+    resolve_inputs,
+)
 from pipeline.data.manifest import FORMAT_VERSION, Manifest, is_dataset, manifest_json, read_manifest
 from pipeline.data.packing import n_blocks, plan_shards, shard_name, token_dtype
-from pipeline.data.work import (ERROR_MARK, SPLITS, WORK, CountWords, Tokenize, part_name, row_error,
-                                 write_shard_task)
+from pipeline.data.tokenizer import (
+    END_OF_DOCUMENT,
+    load_tokenizer,
+    n_merges,
+    tokenizer_from_counts,
+    tokenizer_sha256,
+)
+from pipeline.data.work import (
+    ERROR_MARK,
+    SPLITS,
+    WORK,
+    CountWords,
+    Tokenize,
+    part_name,
+    row_error,
+    write_shard_task,
+)
 from pipeline.runtime import ray_init
-from pipeline.data.tokenizer import END_OF_DOCUMENT, load_tokenizer, n_merges, tokenizer_from_counts, tokenizer_sha256
 
 
 @dataclass
@@ -75,13 +98,28 @@ def _options(cfg: PrepareConfig) -> dict:
 
 
 def _key(inputs: list, cfg: PrepareConfig, tokenizer_source: str, n_val_files: int) -> str:
-    blob = json.dumps({"format_version": FORMAT_VERSION, "inputs": inputs, "val_inputs": n_val_files,
-                       "options": _options(cfg), "tokenizer": tokenizer_source}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "format_version": FORMAT_VERSION,
+            "inputs": inputs,
+            "val_inputs": n_val_files,
+            "options": _options(cfg),
+            "tokenizer": tokenizer_source,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False, track: bool = True,
-            val_corpus: list[str] | None = None, local: bool = False) -> dict:
+def prepare(
+    corpus: list[str],
+    out,
+    cfg: PrepareConfig,
+    overwrite: bool = False,
+    track: bool = True,
+    val_corpus: list[str] | None = None,
+    local: bool = False,
+) -> dict:
     """Run the stage; returns the manifest. Raises CorpusError / ConfigError on bad input.
 
     val_corpus: held-out inputs that make up the val split (and val_fraction is not used).
@@ -97,6 +135,7 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
     _check(cfg)
     if track:  # the store is checked before the work, not after it
         from pipeline.tracking import check_store, tracking_uri
+
         check_store(tracking_uri())
     files = resolve_inputs(corpus, cfg.format)
     n_val = 0
@@ -107,7 +146,9 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
     if cfg.tokenizer == "train":
         tok, source = None, f"train:{cfg.n_merges}"
     else:
-        with remote_store.fetched(cfg.tokenizer, "a tokenizer.json or the released vocabulary's directory") as t:
+        with remote_store.fetched(
+            cfg.tokenizer, "a tokenizer.json or the released vocabulary's directory"
+        ) as t:
             tok = load_tokenizer(t)
         source = tokenizer_sha256(tok)
     # What a re-run compares before reading a byte: the inputs' names, sizes and times.
@@ -116,12 +157,15 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
     # never replaces (or mixes into) the first's dataset.
     with remote_store.lease(fs, base, out, "prepare") if remote else outdir.writer_lock(out, "prepare"):
         existing = _remote_manifest(fs, base, out, overwrite) if remote else _local_manifest(out, overwrite)
-        if existing is not None and (existing.get("source_key") == source_key or
-                                     _same_contents(existing, files, cfg, source, n_val)):
+        if existing is not None and (
+            existing.get("source_key") == source_key or _same_contents(existing, files, cfg, source, n_val)
+        ):
             print(f"{out} is up to date (same inputs and options): nothing to do")
             return existing
         if remote:
-            remote_store.delete(fs, base, _remote_leftovers(fs, base, out, existing, overwrite), first="manifest.json")
+            remote_store.delete(
+                fs, base, _remote_leftovers(fs, base, out, existing, overwrite), first="manifest.json"
+            )
         else:
             outdir.check_replaceable(out, "a prepared dataset", is_dataset, overwrite, CorpusError)
             outdir.check_writable(out)
@@ -130,7 +174,9 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
             fs, base = pafs.LocalFileSystem(), str(tmp)
         meta = Path(tempfile.mkdtemp(prefix="gpt1-prepare-"))  # manifest and tokenizer, also for MLflow
         try:
-            manifest = _work(files, cfg, val_files, tok, source, source_key, fs, base, out if remote else base, local, meta)
+            manifest = _work(
+                files, cfg, val_files, tok, source, source_key, fs, base, out if remote else base, local, meta
+            )
             if not remote:
                 outdir.swap_into_place(tmp, out)
         except BaseException:
@@ -143,23 +189,33 @@ def prepare(corpus: list[str], out, cfg: PrepareConfig, overwrite: bool = False,
         elapsed, cpu = time.time() - t0, time.process_time() - cpu0
         s = manifest["splits"]
         mb = sum(f.size for f in files) / 1e6
-        print(f"prepared {out}: {s['train']['documents'] + s['val']['documents']:,} documents, "
-              f"{s['train']['tokens'] + s['val']['tokens']:,} tokens ({s['train']['blocks']:,} train / "
-              f"{s['val']['blocks']:,} val blocks of {cfg.n_ctx + 1}) from {mb:,.1f} MB in {elapsed:,.1f} s "
-              f"({mb / elapsed:,.2f} MB/s); the driver used {cpu:,.1f} s of CPU ({cpu / elapsed:.0%} of one core)")
-        if s["val"]["blocks"] == 0 and (cfg.val_fraction > 0 or n_val):  # said, not left for pretraining's evaluation to find
-            print(f"warning: {out}: the val split holds {s['val']['documents']:,} documents and no block of "
-                  f"{cfg.n_ctx + 1} tokens, so pretraining cannot measure a val loss on it; "
-                  f"{'give a longer --val-corpus' if n_val else 'raise val_fraction or give --val-corpus'}",
-                  file=sys.stderr, flush=True)
+        print(
+            f"prepared {out}: {s['train']['documents'] + s['val']['documents']:,} documents, "
+            f"{s['train']['tokens'] + s['val']['tokens']:,} tokens ({s['train']['blocks']:,} train / "
+            f"{s['val']['blocks']:,} val blocks of {cfg.n_ctx + 1}) from {mb:,.1f} MB in {elapsed:,.1f} s "
+            f"({mb / elapsed:,.2f} MB/s); the driver used {cpu:,.1f} s of CPU ({cpu / elapsed:.0%} of one core)"
+        )
+        if s["val"]["blocks"] == 0 and (
+            cfg.val_fraction > 0 or n_val
+        ):  # said, not left for pretraining's evaluation to find
+            print(
+                f"warning: {out}: the val split holds {s['val']['documents']:,} documents and no block of "
+                f"{cfg.n_ctx + 1} tokens, so pretraining cannot measure a val loss on it; "
+                f"{'give a longer --val-corpus' if n_val else 'raise val_fraction or give --val-corpus'}",
+                file=sys.stderr,
+                flush=True,
+            )
         if track:
             from pipeline.tracking import log_prepare
+
             log_prepare(out, cfg, manifest, files=meta)
         shutil.rmtree(meta, ignore_errors=True)
         return manifest
 
 
-def _same_contents(existing: dict, files: list[InputFile], cfg: PrepareConfig, source: str, n_val: int) -> bool:
+def _same_contents(
+    existing: dict, files: list[InputFile], cfg: PrepareConfig, source: str, n_val: int
+) -> bool:
     """Whether inputs whose names and sizes match the dataset's, but whose times do not (a
     corpus written again, a copy), still hold the same bytes: read and hashed once here, only
     in that case, and compared with the dataset's fingerprint."""
@@ -172,8 +228,12 @@ def _same_contents(existing: dict, files: list[InputFile], cfg: PrepareConfig, s
 def _work(files, cfg, val_files, tok, source, source_key, fs, base, out_uri, local, meta: Path) -> Manifest:
     """The dataset's files under base: the tokenizer (learned first, where asked), the part
     files, the shards, then the manifest."""
-    items = [{"item": i, **it} for i, it in enumerate(plan_chunks(files, cfg.chunk_mb << 20,
-                                                                 ReadOptions(cfg.format, cfg.text_split)))]
+    items = [
+        {"item": i, **it}
+        for i, it in enumerate(
+            plan_chunks(files, cfg.chunk_mb << 20, ReadOptions(cfg.format, cfg.text_split))
+        )
+    ]
     common = dict(files=files, cfg=cfg, val_files=val_files)
     if tok is None:
         tok = tokenizer_from_counts(_word_counts(common, items, cfg, local), n_merges=cfg.n_merges)
@@ -181,16 +241,26 @@ def _work(files, cfg, val_files, tok, source, source_key, fs, base, out_uri, loc
     dtype = token_dtype(vocab)
     tok_text = tok.to_str()
     run_items = _in_process if local else _on_ray_data
-    rows = _summaries(run_items(Tokenize, {**common, "tokenizer_json": tok_text, "out": out_uri,
-                                          "dtype": dtype.str}, items, cfg))
+    rows = _summaries(
+        run_items(
+            Tokenize, {**common, "tokenizer_json": tok_text, "out": out_uri, "dtype": dtype.str}, items, cfg
+        )
+    )
     _check_summaries(rows, files, cfg)
 
     shard_tokens = max((cfg.shard_mb << 20) // dtype.itemsize, 1)
     jobs = []
     for split in SPLITS:
         for k, pieces in enumerate(plan_shards([r[f"tokens_{split}"] for r in rows], shard_tokens)):
-            jobs.append((shard_name(split, k), [(part_name(rows[p]["item"], split), at * dtype.itemsize,
-                                                 n * dtype.itemsize) for p, at, n in pieces]))
+            jobs.append(
+                (
+                    shard_name(split, k),
+                    [
+                        (part_name(rows[p]["item"], split), at * dtype.itemsize, n * dtype.itemsize)
+                        for p, at, n in pieces
+                    ],
+                )
+            )
     shas = _assemble(out_uri, jobs, local)
     remote_store.delete(fs, base, [n for n in remote_store.files_under(fs, base) if n.startswith(WORK + "/")])
     if fs.get_file_info(f"{base}/{WORK}").type == pafs.FileType.Directory:  # a local one, or a marker
@@ -199,18 +269,30 @@ def _work(files, cfg, val_files, tok, source, source_key, fs, base, out_uri, loc
     digests: dict[int, list[bytes]] = {}
     for r in rows:
         digests.setdefault(r["file"], []).append(r["pieces"])
-    inputs = [{"uri": f.uri, "sha256_pieces": input_digest(digests.get(i, [])), "bytes": f.size,
-               "mtime_ns": f.mtime_ns, "format": f.format, "gzip": f.gz,
-               **({"split": "val" if i in val_files else "train"} if val_files else {})}
-              for i, f in enumerate(files)]
+    inputs = [
+        {
+            "uri": f.uri,
+            "sha256_pieces": input_digest(digests.get(i, [])),
+            "bytes": f.size,
+            "mtime_ns": f.mtime_ns,
+            "format": f.format,
+            "gzip": f.gz,
+            **({"split": "val" if i in val_files else "train"} if val_files else {}),
+        }
+        for i, f in enumerate(files)
+    ]
     splits = {}
     for split in SPLITS:
         tokens = sum(r[f"tokens_{split}"] for r in rows)
         blocks = n_blocks(tokens, cfg.n_ctx)
-        splits[split] = {"documents": sum(r[f"documents_{split}"] for r in rows), "tokens": tokens,
-                         "bytes": sum(r[f"bytes_{split}"] for r in rows), "blocks": blocks,
-                         "tokens_not_in_a_block": max(tokens - 1 - blocks * cfg.n_ctx, 0),
-                         "empty_documents": sum(r[f"empty_{split}"] for r in rows)}
+        splits[split] = {
+            "documents": sum(r[f"documents_{split}"] for r in rows),
+            "tokens": tokens,
+            "bytes": sum(r[f"bytes_{split}"] for r in rows),
+            "blocks": blocks,
+            "tokens_not_in_a_block": max(tokens - 1 - blocks * cfg.n_ctx, 0),
+            "empty_documents": sum(r[f"empty_{split}"] for r in rows),
+        }
     (meta / "tokenizer.json").write_text(tok_text, encoding="utf-8")
     manifest: Manifest = {
         "format_version": FORMAT_VERSION,
@@ -218,19 +300,34 @@ def _work(files, cfg, val_files, tok, source, source_key, fs, base, out_uri, loc
         "source_key": source_key,
         "inputs": inputs,
         "options": _options(cfg),
-        "tokenizer": {"sha256": hashlib.sha256(tok_text.encode("utf-8")).hexdigest(), "vocab_size": vocab,
-                      "n_merges": n_merges(tok), "end_of_document": tok.token_to_id(END_OF_DOCUMENT),
-                      "source": cfg.tokenizer},
-        "n_ctx": cfg.n_ctx, "seed": cfg.seed, "dtype": str(dtype), "shard_tokens": shard_tokens,
+        "tokenizer": {
+            "sha256": hashlib.sha256(tok_text.encode("utf-8")).hexdigest(),
+            "vocab_size": vocab,
+            "n_merges": n_merges(tok),
+            "end_of_document": tok.token_to_id(END_OF_DOCUMENT),
+            "source": cfg.tokenizer,
+        },
+        "n_ctx": cfg.n_ctx,
+        "seed": cfg.seed,
+        "dtype": str(dtype),
+        "shard_tokens": shard_tokens,
         "splits": splits,
-        "replaced_bytes": sum(r["n_replaced"] for r in rows),  # bytes that were not UTF-8, each replaced by U+FFFD
-        "shards": {name: {"tokens": sum(n for _, _, n in pieces) // dtype.itemsize, "sha256": sha}
-                   for (name, pieces), sha in zip(jobs, shas)},
+        "replaced_bytes": sum(
+            r["n_replaced"] for r in rows
+        ),  # bytes that were not UTF-8, each replaced by U+FFFD
+        "shards": {
+            name: {"tokens": sum(n for _, _, n in pieces) // dtype.itemsize, "sha256": sha}
+            for (name, pieces), sha in zip(jobs, shas)
+        },
     }
     (meta / "manifest.json").write_text(manifest_json(manifest))
     for name in ("tokenizer.json", "manifest.json"):  # the manifest last: now it is a dataset
-        pafs.copy_files(str(meta / name), f"{base}/{name}", source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=fs)
+        pafs.copy_files(
+            str(meta / name),
+            f"{base}/{name}",
+            source_filesystem=pafs.LocalFileSystem(),
+            destination_filesystem=fs,
+        )
     return manifest
 
 
@@ -252,12 +349,16 @@ def _check_summaries(rows: list[dict], files: list[InputFile], cfg: PrepareConfi
         per_file[r["file"]] += (r["n_replaced"], r["n_bytes"])
     for f, (bad, total) in zip(files, per_file):
         if total and bad / total > cfg.max_replaced_fraction:
-            raise CorpusError(f"{f.uri}: {bad:,} of its {total:,} bytes ({bad / total:.1%}) are not UTF-8; is it "
-                              f"a binary file? Expected text (the limit is max_replaced_fraction="
-                              f"{cfg.max_replaced_fraction:g}; --set max_replaced_fraction=1 takes it as it is)")
+            raise CorpusError(
+                f"{f.uri}: {bad:,} of its {total:,} bytes ({bad / total:.1%}) are not UTF-8; is it "
+                f"a binary file? Expected text (the limit is max_replaced_fraction="
+                f"{cfg.max_replaced_fraction:g}; --set max_replaced_fraction=1 takes it as it is)"
+            )
     if not any(r[f"documents_{s}"] for r in rows for s in SPLITS):
-        raise CorpusError(f"{', '.join(f.uri for f in files[:3])}{' ...' if len(files) > 3 else ''}: "
-                          "the corpus holds no documents (empty or whitespace only)")
+        raise CorpusError(
+            f"{', '.join(f.uri for f in files[:3])}{' ...' if len(files) > 3 else ''}: "
+            "the corpus holds no documents (empty or whitespace only)"
+        )
 
 
 def _assemble(out_uri: str, jobs: list, local: bool) -> list[str]:
@@ -274,7 +375,9 @@ def _assemble(out_uri: str, jobs: list, local: bool) -> list[str]:
 def _clear(fs, base: str) -> None:
     """After a failed run on object storage: what it wrote (and nothing else) deleted again,
     the manifest first."""
-    names = [n for n in remote_store.files_under(fs, base) if n != remote_store.LEASE]  # the lease: its holder's
+    names = [
+        n for n in remote_store.files_under(fs, base) if n != remote_store.LEASE
+    ]  # the lease: its holder's
     if remote_store.only_these(names, _DATASET_FILES) is None:
         remote_store.delete(fs, base, names, first="manifest.json")
 
@@ -303,15 +406,19 @@ def _remote_manifest(fs, base: str, out: str, overwrite: bool) -> dict | None:
         return manifest
     except (ValueError, UnicodeDecodeError) as err:
         if not overwrite:
-            raise CorpusError(f"{out}/manifest.json: not a readable manifest ({err}); the dataset is damaged: "
-                              "prepare it again with --overwrite") from None
+            raise CorpusError(
+                f"{out}/manifest.json: not a readable manifest ({err}); the dataset is damaged: "
+                "prepare it again with --overwrite"
+            ) from None
         return {}
 
 
 # What prepare writes under its output, and nothing else: a prefix that holds other files is
 # never cleared. (shard-*.parquet: format 2's, replaced with --overwrite.)
-_DATASET_FILES = (r"manifest\.json|tokenizer\.json|(train|val)/shard-\d{5}\.(bin|parquet)"
-                  r"|_work/item-\d{6}-(train|val)\.bin|" + re.escape(remote_store.LEASE))
+_DATASET_FILES = (
+    r"manifest\.json|tokenizer\.json|(train|val)/shard-\d{5}\.(bin|parquet)"
+    r"|_work/item-\d{6}-(train|val)\.bin|" + re.escape(remote_store.LEASE)
+)
 
 
 def _remote_leftovers(fs, base: str, out: str, existing: dict | None, overwrite: bool) -> list[str]:
@@ -321,10 +428,14 @@ def _remote_leftovers(fs, base: str, out: str, existing: dict | None, overwrite:
     names = remote_store.files_under(fs, base)
     foreign = remote_store.only_these(names, _DATASET_FILES)
     if foreign is not None:
-        raise CorpusError(f"{out}: holds {foreign}, which prepare did not write; it is never replaced, "
-                          "--overwrite or not: choose another prefix")
+        raise CorpusError(
+            f"{out}: holds {foreign}, which prepare did not write; it is never replaced, "
+            "--overwrite or not: choose another prefix"
+        )
     if existing is not None and not overwrite:
-        raise CorpusError(f"{out}: already holds a different prepared dataset; pass --overwrite to replace it")
+        raise CorpusError(
+            f"{out}: already holds a different prepared dataset; pass --overwrite to replace it"
+        )
     return [n for n in names if n != remote_store.LEASE]
 
 
@@ -342,8 +453,14 @@ def _on_ray_data(worker_cls, kwargs: dict, items: list[dict], cfg: PrepareConfig
     # Each worker tokenizes with one thread: the parallelism is Ray's, not tokenizers'. More
     # workers than CPUs, where asked for, share them.
     env = {"env_vars": {"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}}
-    out = ds.map_batches(worker_cls, batch_size=1, fn_constructor_kwargs=kwargs, num_cpus=min(1.0, cpus / workers),
-                         compute=ray.data.ActorPoolStrategy(size=workers), runtime_env=env)
+    out = ds.map_batches(
+        worker_cls,
+        batch_size=1,
+        fn_constructor_kwargs=kwargs,
+        num_cpus=min(1.0, cpus / workers),
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        runtime_env=env,
+    )
     if merge is not None:
         out = merge(out)
     fmt = "pyarrow" if worker_cls is Tokenize else "numpy"
@@ -358,15 +475,19 @@ def _word_counts(kwargs: dict, items: list[dict], cfg: PrepareConfig, local: boo
     the work items' tables are merged by a groupby across the cluster; the driver receives the
     merged table only."""
     if local:
-        batches = ({"word": b["word"], "sum(count)": b["count"]} for b in _in_process(CountWords, kwargs, items, cfg))
+        batches = (
+            {"word": b["word"], "sum(count)": b["count"]} for b in _in_process(CountWords, kwargs, items, cfg)
+        )
     else:
-        batches = _on_ray_data(CountWords, kwargs, items, cfg, merge=lambda ds: ds.groupby("word").sum("count"))
+        batches = _on_ray_data(
+            CountWords, kwargs, items, cfg, merge=lambda ds: ds.groupby("word").sum("count")
+        )
     counts: Counter = Counter()
     with contextlib.closing(iter(batches)) as it:
         for b in it:
             for word, c in zip(b["word"], b["sum(count)"]):
                 if word.startswith(ERROR_MARK):
-                    raise row_error(word[len(ERROR_MARK):])
+                    raise row_error(word[len(ERROR_MARK) :])
                 counts[word] += int(c)
     return counts
 
@@ -389,24 +510,45 @@ def _check(cfg: PrepareConfig) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--corpus", nargs="+", required=True, metavar="PATH",
-                   help="files, globs, directories or URIs (s3://, gs://, ...); .gz is read too")
-    p.add_argument("--val-corpus", nargs="+", metavar="PATH",
-                   help="held-out inputs that make up the val split (instead of val_fraction of the documents)")
-    p.add_argument("--out", required=True, help="dataset directory to create, or an object-storage URI (s3://bucket/prefix)")
+    p.add_argument(
+        "--corpus",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="files, globs, directories or URIs (s3://, gs://, ...); .gz is read too",
+    )
+    p.add_argument(
+        "--val-corpus",
+        nargs="+",
+        metavar="PATH",
+        help="held-out inputs that make up the val split (instead of val_fraction of the documents)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="dataset directory to create, or an object-storage URI (s3://bucket/prefix)",
+    )
     p.add_argument("--config", help="YAML file of PrepareConfig keys")
     configio.add_set_option(p, PrepareConfig)
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing, different dataset (a directory that is not a dataset is never replaced)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing, different dataset (a directory that is not a dataset is never replaced)",
+    )
     p.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
 
 
 def run(args: argparse.Namespace) -> None:
     cfg = configio.load(PrepareConfig(), args.config, sets=args.set)
-    prepare(args.corpus, args.out, cfg, overwrite=args.overwrite, track=not args.no_mlflow,
-            val_corpus=args.val_corpus)
+    prepare(
+        args.corpus,
+        args.out,
+        cfg,
+        overwrite=args.overwrite,
+        track=not args.no_mlflow,
+        val_corpus=args.val_corpus,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     return errors.stage_main("prepare", __doc__, add_arguments, run, argv)
-

@@ -11,6 +11,7 @@ memory-map the same files, so the tokens sit once in its page cache.
 
 The cache is GPT1_DATA_CACHE, else ~/.cache/gpt1/data, one directory per dataset fingerprint.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,7 +45,10 @@ def local_copy(uri: str) -> tuple[Path, dict]:
 
 def _download(uri: str, manifest: dict, dest: Path) -> None:
     fs, base = pafs.FileSystem.from_uri(uri)
-    want = {**{n: s["sha256"] for n, s in manifest["shards"].items()}, "tokenizer.json": manifest["tokenizer"]["sha256"]}
+    want = {
+        **{n: s["sha256"] for n, s in manifest["shards"].items()},
+        "tokenizer.json": manifest["tokenizer"]["sha256"],
+    }
     # Every name checked before a byte is written: each must land under dest.
     paths = {name: remote.inside(dest, name, f"{uri}/manifest.json") for name in sorted(want)}
     for name, path in paths.items():
@@ -59,7 +63,9 @@ def _download(uri: str, manifest: dict, dest: Path) -> None:
                 out.write(data)
         if h.hexdigest() != want[name]:
             tmp.unlink()
-            raise DataError(f"{uri}/{name}: sha256 differs from the manifest's (the file was changed or damaged); "
-                            "prepare the dataset again")
+            raise DataError(
+                f"{uri}/{name}: sha256 differs from the manifest's (the file was changed or damaged); "
+                "prepare the dataset again"
+            )
         os.replace(tmp, path)
     (dest / "manifest.json").write_text(manifest_json(manifest))  # last: the copy is complete

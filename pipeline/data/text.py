@@ -8,6 +8,7 @@ and GPT-1's original splitting of text into words, for its released vocabulary.
   lower-casing. A tokenizer prepare trains splits text with tokenizers' own faster rules instead
   (pipeline/data/tokenizer.py says which tokenizer does which).
 """
+
 from __future__ import annotations
 
 import re
@@ -19,9 +20,11 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0 and C1, bu
 # What UTF-8 read as Latin-1 or Windows-1252 ("mojibake") looks like: a lead byte's character
 # followed by a continuation byte's. Only text with such a pair goes through ftfy's repair,
 # which runs at about 2 MB/s; the test runs at hundreds.
-_MOJIBAKE = re.compile("[\u00c2-\u00f4][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e"
-                       "\u0192\u02c6\u02dc\u2013\u2014\u2018-\u201e\u2020-\u2022\u2026\u2030"
-                       "\u2039\u203a\u20ac\u2122]")
+_MOJIBAKE = re.compile(
+    "[\u00c2-\u00f4][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e"
+    "\u0192\u02c6\u02dc\u2013\u2014\u2018-\u201e\u2020-\u2022\u2026\u2030"
+    "\u2039\u203a\u20ac\u2122]"
+)
 
 
 def normalize(text: str, lowercase: bool = False) -> str:
@@ -30,6 +33,7 @@ def normalize(text: str, lowercase: bool = False) -> str:
     if not text.isascii():
         if _MOJIBAKE.search(text):
             import ftfy
+
             text = ftfy.fix_text(text, normalization="NFKC")
         text = unicodedata.normalize("NFKC", text)
     text = _CONTROL.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
@@ -60,6 +64,7 @@ def _spacy_tokenizer():
     global _SPACY
     if _SPACY is None:
         from spacy.lang.en import English
+
         _SPACY = English().tokenizer
     return _SPACY
 
@@ -71,6 +76,7 @@ def _fix_text(text: str) -> str:
     if text.isascii() and "&" not in text and "\x1b" not in text:
         return text
     import ftfy
+
     return ftfy.fix_text(text, normalization="NFKC")
 
 

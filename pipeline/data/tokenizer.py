@@ -15,6 +15,7 @@ the pipeline hands out carries the reserved tokens in its vocabulary (not as "ad
 tokenizers would match in the text): a text holding "_classify_" is ordinary text and never
 yields the extract token's id.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -69,7 +70,9 @@ def with_reserved_tokens(tok: Tokenizer) -> Tokenizer:
     return Tokenizer.from_str(json.dumps(d))
 
 
-def gpt1_tokenizer(directory, vocab_file: str = GPT1_VOCAB_FILE, merges_file: str = GPT1_MERGES_FILE) -> Tokenizer:
+def gpt1_tokenizer(
+    directory, vocab_file: str = GPT1_VOCAB_FILE, merges_file: str = GPT1_MERGES_FILE
+) -> Tokenizer:
     """The released GPT-1 vocabulary: 40,478 token ids and 40,000 merges after a '#version'
     header line, in the release's file names or a Hugging Face directory's (vocab.json,
     merges.txt)."""
@@ -87,8 +90,14 @@ def released_encoder(vocab: dict[str, int], merges: list[tuple[str, str]]) -> To
     """GPT-1's BPE over a released-format vocabulary, with no normaliser and no pre-tokenizer:
     its words come from pipeline/data/text.py's gpt1_words. Unknown pieces are <unk>, id 0, as
     the released encoder's encoder.get(t, 0) makes them."""
-    model = BPE(vocab=vocab, merges=[tuple(m) for m in merges], continuing_subword_prefix="",
-                end_of_word_suffix="</w>", fuse_unk=False, unk_token=UNK)
+    model = BPE(
+        vocab=vocab,
+        merges=[tuple(m) for m in merges],
+        continuing_subword_prefix="",
+        end_of_word_suffix="</w>",
+        fuse_unk=False,
+        unk_token=UNK,
+    )
     tok = Tokenizer(model)
     tok.decoder = decoders.BPEDecoder(suffix="</w>")
     return with_reserved_tokens(tok)
@@ -138,8 +147,9 @@ def word_counts(texts: Iterable[str], lowercase: bool = True) -> Counter:
     return counts
 
 
-def tokenizer_from_counts(counts: dict[str, int], n_merges: int = 40_000, lowercase: bool = True,
-                          min_frequency: int = 2) -> Tokenizer:
+def tokenizer_from_counts(
+    counts: dict[str, int], n_merges: int = 40_000, lowercase: bool = True, min_frequency: int = 2
+) -> Tokenizer:
     """A GPT-1-style BPE tokenizer with at most n_merges merges learned from word counts.
 
     Ids: <unk>, the alphabet (sorted), then each merge's result in the order learned, then the
@@ -149,13 +159,20 @@ def tokenizer_from_counts(counts: dict[str, int], n_merges: int = 40_000, lowerc
     vocab = {UNK: 0}
     for token in alphabet + [a + b for a, b in merges]:
         vocab.setdefault(token, len(vocab))
-    model = BPE(vocab=vocab, merges=merges, continuing_subword_prefix="", end_of_word_suffix="</w>",
-                fuse_unk=False, unk_token=UNK)
+    model = BPE(
+        vocab=vocab,
+        merges=merges,
+        continuing_subword_prefix="",
+        end_of_word_suffix="</w>",
+        fuse_unk=False,
+        unk_token=UNK,
+    )
     return with_reserved_tokens(_fast_pipeline(model, lowercase))
 
 
-def train_tokenizer(texts: Iterable[str], n_merges: int = 40_000, lowercase: bool = True,
-                    min_frequency: int = 2) -> Tokenizer:
+def train_tokenizer(
+    texts: Iterable[str], n_merges: int = 40_000, lowercase: bool = True, min_frequency: int = 2
+) -> Tokenizer:
     """Learn a tokenizer from an iterator of texts, consumed once and never held whole (only
     the word counts are). A corpus too small for n_merges gives fewer."""
     return tokenizer_from_counts(word_counts(texts, lowercase), n_merges, lowercase, min_frequency)
@@ -169,9 +186,10 @@ def holds_released_vocabulary(d) -> bool:
     """Whether directory d holds GPT-1's released vocabulary in one of the layouts load_tokenizer
     reads as the released encoder."""
     d = Path(d)
-    return any((d / v).exists() and (d / m).exists() for v, m in ((GPT1_VOCAB_FILE, GPT1_MERGES_FILE),
-                                                                  (HF_VOCAB_FILE, HF_MERGES_FILE))) \
-        or ((d / "tokenizer_config.json").exists() and _hf_gpt1_tokenizer(d) is not None)
+    return any(
+        (d / v).exists() and (d / m).exists()
+        for v, m in ((GPT1_VOCAB_FILE, GPT1_MERGES_FILE), (HF_VOCAB_FILE, HF_MERGES_FILE))
+    ) or ((d / "tokenizer_config.json").exists() and _hf_gpt1_tokenizer(d) is not None)
 
 
 def load_tokenizer(path) -> Tokenizer:
@@ -188,8 +206,10 @@ def load_tokenizer(path) -> Tokenizer:
         if (p / "tokenizer_config.json").exists() and (hf := _hf_gpt1_tokenizer(p)) is not None:
             return hf
         if not (p / "tokenizer.json").exists():
-            raise FileNotFoundError(f"{p}: expected tokenizer.json, or {GPT1_VOCAB_FILE} and {GPT1_MERGES_FILE} "
-                                    f"(or {HF_VOCAB_FILE} and {HF_MERGES_FILE})")
+            raise FileNotFoundError(
+                f"{p}: expected tokenizer.json, or {GPT1_VOCAB_FILE} and {GPT1_MERGES_FILE} "
+                f"(or {HF_VOCAB_FILE} and {HF_MERGES_FILE})"
+            )
         p = p / "tokenizer.json"
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such tokenizer file or directory")

@@ -6,6 +6,7 @@ or, without Ray, one after another in the driver's process. A bad input or a ful
 here travels back as a row holding its one line, not as a task failure: Ray would print the
 worker's traceback, and the user should see the line. `cfg` is the stage's PrepareConfig.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,9 +31,10 @@ SPLITS = ("train", "val")
 def is_val(seed: int, text: str, fraction: float) -> bool:
     """The split goes by document, from its text alone: the same whatever the parallelism, and a
     document that the corpus holds twice is never in both splits."""
-    digest = hashlib.blake2b(text.encode("utf-8", errors="surrogatepass"), digest_size=8,
-                             key=str(seed).encode()).digest()
-    return int.from_bytes(digest, "big") < fraction * 2 ** 64
+    digest = hashlib.blake2b(
+        text.encode("utf-8", errors="surrogatepass"), digest_size=8, key=str(seed).encode()
+    ).digest()
+    return int.from_bytes(digest, "big") < fraction * 2**64
 
 
 class _Docs:
@@ -45,10 +47,21 @@ class _Docs:
     def of(self, item, pieces: list | None = None):
         i = int(item["file"])
         end = int(item["end"])
-        for off, text, n_bytes, bad in read_documents(self.files[i], int(item["start"]), end, self.opts, pieces):
+        for off, text, n_bytes, bad in read_documents(
+            self.files[i], int(item["start"]), end, self.opts, pieces
+        ):
             # Held-out files, when given, are the val split; otherwise a hash picks documents.
-            yield off, text, n_bytes, bad, (i in self.val_files if self.val_files else
-                                            is_val(self.cfg.seed, text, self.cfg.val_fraction))
+            yield (
+                off,
+                text,
+                n_bytes,
+                bad,
+                (
+                    i in self.val_files
+                    if self.val_files
+                    else is_val(self.cfg.seed, text, self.cfg.val_fraction)
+                ),
+            )
 
     def __call__(self, batch):
         # A bad input found here travels to the driver as data, not as a task failure: Ray
@@ -62,7 +75,9 @@ class _Docs:
             line = errors.disk_error(err) or errors.storage_error(err)
             if line is None:
                 raise
-            yield self.error((UNAVAILABLE_MARK if isinstance(line, errors.StorageUnavailable) else "") + str(line))
+            yield self.error(
+                (UNAVAILABLE_MARK if isinstance(line, errors.StorageUnavailable) else "") + str(line)
+            )
 
 
 # A bad input found while counting words travels as a "word" that text never holds (control
@@ -75,7 +90,7 @@ UNAVAILABLE_MARK = "\x01"
 def row_error(message: str) -> Exception:
     """The exception a worker's error row stands for."""
     if message.startswith(UNAVAILABLE_MARK):
-        return errors.StorageUnavailable(message[len(UNAVAILABLE_MARK):])
+        return errors.StorageUnavailable(message[len(UNAVAILABLE_MARK) :])
     return CorpusError(message)
 
 
@@ -86,11 +101,15 @@ class CountWords(_Docs):
 
     def process(self, item):
         # Word by word from bounded pieces: a 50 MB line is never pre-tokenized whole.
-        counts = word_counts((p for _, t, _, _, val in self.of(item) if t and not val for p in _cut(t, MAX_PIECE_CHARS)),
-                             lowercase=True)
+        counts = word_counts(
+            (p for _, t, _, _, val in self.of(item) if t and not val for p in _cut(t, MAX_PIECE_CHARS)),
+            lowercase=True,
+        )
         if counts:
-            yield {"word": np.array(list(counts), dtype=object),
-                   "count": np.fromiter(counts.values(), dtype=np.int64, count=len(counts))}
+            yield {
+                "word": np.array(list(counts), dtype=object),
+                "count": np.fromiter(counts.values(), dtype=np.int64, count=len(counts)),
+            }
 
     def error(self, message: str):
         return {"word": np.array([ERROR_MARK + message], dtype=object), "count": np.zeros(1, np.int64)}
@@ -101,9 +120,15 @@ def part_name(item: int, split: str) -> str:
 
 
 # What a Tokenize worker tells the driver about its work item: counts and hashes, no tokens.
-_SUMMARY = {"item": pa.int64(), "file": pa.int64(), "n_bytes": pa.int64(), "n_replaced": pa.int64(),
-            "pieces": pa.binary(), "error": pa.string(),
-            **{f"{k}_{s}": pa.int64() for s in SPLITS for k in ("tokens", "documents", "bytes", "empty")}}
+_SUMMARY = {
+    "item": pa.int64(),
+    "file": pa.int64(),
+    "n_bytes": pa.int64(),
+    "n_replaced": pa.int64(),
+    "pieces": pa.binary(),
+    "error": pa.string(),
+    **{f"{k}_{s}": pa.int64() for s in SPLITS for k in ("tokens", "documents", "bytes", "empty")},
+}
 
 
 class Tokenize(_Docs):
@@ -113,6 +138,7 @@ class Tokenize(_Docs):
     def __init__(self, files, cfg, val_files: frozenset, tokenizer_json: str, out: str, dtype: str):
         super().__init__(files, cfg, val_files)
         from tokenizers import Tokenizer
+
         self.tok = Tokenizer.from_str(tokenizer_json)
         self.eod = self.tok.token_to_id(END_OF_DOCUMENT)
         self.dtype = np.dtype(dtype)

@@ -22,6 +22,7 @@ The run is logged to MLflow (experiment gpt1-evaluate) with the checkpoint's lin
     gpt1 evaluate --checkpoint runs/RUN/checkpoint_000002000 --corpus held-out/*.txt
     gpt1 evaluate --checkpoint openai-gpt --zero-shot sst-2=glue/SST-2 cola=glue/CoLA
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,17 +59,18 @@ def score(gpt, ids: list[int], stride: int, batch: int = 8, device: str = "cpu")
     spans = windows(len(ids), n_ctx, stride)
     with torch.no_grad():
         for i in range(0, len(spans), batch):
-            group = spans[i:i + batch]
+            group = spans[i : i + batch]
             width = max(end - start for start, end, _ in group)
             x = torch.zeros(len(group), width, dtype=torch.long)
             for row, (start, end, _) in enumerate(group):
-                x[row, :end - start] = torch.tensor(ids[start:end])
+                x[row, : end - start] = torch.tensor(ids[start:end])
             # Padding sits on the right, after every scored token: causality keeps it unseen.
             logits = gpt(x.to(device)).float()
             for row, (start, end, first) in enumerate(group):
-                targets = x[row, first - start:end - start].to(device)
-                total += F.cross_entropy(logits[row, first - start - 1:end - start - 1], targets,
-                                         reduction="sum").item()
+                targets = x[row, first - start : end - start].to(device)
+                total += F.cross_entropy(
+                    logits[row, first - start - 1 : end - start - 1], targets, reduction="sum"
+                ).item()
                 count += end - first
     return total, count
 
@@ -86,8 +88,14 @@ def read_corpus(specs: list[str], fmt: str, text_split: str):
     return texts, n_bytes
 
 
-def evaluate(checkpoint, corpus: list[str], stride: int | None = None, fmt: str = "auto",
-             text_split: str = "blank_line", device: str = "cpu") -> dict:
+def evaluate(
+    checkpoint,
+    corpus: list[str],
+    stride: int | None = None,
+    fmt: str = "auto",
+    text_split: str = "blank_line",
+    device: str = "cpu",
+) -> dict:
     """loss, perplexity, bits per byte and the counts behind them."""
     from pipeline.data.tokenizer import encode_texts
     from pipeline.eval.generate import document_end
@@ -97,30 +105,50 @@ def evaluate(checkpoint, corpus: list[str], stride: int | None = None, fmt: str 
     n_ctx = gpt.config.n_ctx
     stride = n_ctx // 2 if stride is None else stride
     if not 1 <= stride < n_ctx:
-        raise errors.ConfigError(f"--stride {stride}: expected 1 to n_ctx - 1 ({n_ctx - 1}), so that every "
-                                 "scored token has some context")
+        raise errors.ConfigError(
+            f"--stride {stride}: expected 1 to n_ctx - 1 ({n_ctx - 1}), so that every "
+            "scored token has some context"
+        )
     texts, n_bytes = read_corpus(corpus, fmt, text_split)
     end = document_end(tok, gpt)
     ids: list[int] = []
     for doc in encode_texts(tok, texts):
         ids += doc + ([end] if end is not None else [])
     if len(ids) < 2:
-        raise errors.UserError(f"--corpus {' '.join(corpus)}: {len(ids)} token(s); expected at least 2 to score")
+        raise errors.UserError(
+            f"--corpus {' '.join(corpus)}: {len(ids)} token(s); expected at least 2 to score"
+        )
     nats, n = score(gpt.to(device), ids, stride, device=device)
     loss = nats / n
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700)),
-            # The mean loss paid for every token of the stream, over its bytes (pretraining's way).
-            "bits_per_byte": loss / math.log(2) * len(ids) / n_bytes if n_bytes else float("nan"),
-            "tokens": len(ids), "tokens_scored": n, "bytes": n_bytes, "documents": len(texts), "stride": stride,
-            "n_ctx": n_ctx}
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 700)),
+        # The mean loss paid for every token of the stream, over its bytes (pretraining's way).
+        "bits_per_byte": loss / math.log(2) * len(ids) / n_bytes if n_bytes else float("nan"),
+        "tokens": len(ids),
+        "tokens_scored": n,
+        "bytes": n_bytes,
+        "documents": len(texts),
+        "stride": stride,
+        "n_ctx": n_ctx,
+    }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a model directory with its tokenizer (any format)")
-    p.add_argument("--corpus", nargs="+", default=[], help="files, globs, directories or URIs, as prepare reads")
-    p.add_argument("--zero-shot", nargs="+", default=[], metavar="TASK=DIR",
-                   help="the paper's zero-shot heuristics: sst-2, cola, race, story-cloze, each with its directory")
-    p.add_argument("--max-examples", type=int, default=0, help="zero-shot: the first N examples of each split (0: all)")
+    p.add_argument(
+        "--corpus", nargs="+", default=[], help="files, globs, directories or URIs, as prepare reads"
+    )
+    p.add_argument(
+        "--zero-shot",
+        nargs="+",
+        default=[],
+        metavar="TASK=DIR",
+        help="the paper's zero-shot heuristics: sst-2, cola, race, story-cloze, each with its directory",
+    )
+    p.add_argument(
+        "--max-examples", type=int, default=0, help="zero-shot: the first N examples of each split (0: all)"
+    )
     p.add_argument("--stride", type=int, help="tokens the window moves each time (default n_ctx / 2)")
     p.add_argument("--format", default="auto", help="auto (by extension), text, jsonl or parquet")
     p.add_argument("--text-split", default="blank_line", help="text files: blank_line or file")
@@ -137,8 +165,11 @@ def log(result: dict | None, zero_shot: list[dict], checkpoint, corpus: list[str
     uri = tracking_uri()
     client = MlflowClient(uri)
     tags = {**checkpoint_lineage(client, checkpoint), "corpus": " ".join(corpus)}
-    run = client.create_run(experiment_id(client, EXPERIMENT), tags=tags,
-                            run_name=f"evaluate {str(checkpoint).rstrip('/').rsplit('/', 1)[-1]}")
+    run = client.create_run(
+        experiment_id(client, EXPERIMENT),
+        tags=tags,
+        run_name=f"evaluate {str(checkpoint).rstrip('/').rsplit('/', 1)[-1]}",
+    )
     rid = run.info.run_id
     if result:
         for k in ("stride", "n_ctx"):
@@ -147,7 +178,9 @@ def log(result: dict | None, zero_shot: list[dict], checkpoint, corpus: list[str
             client.log_metric(rid, k, float(result[k]))
     for z in zero_shot:
         for k in ("value", "majority", "random"):
-            client.log_metric(rid, f"zero_shot.{z['task']}.{z['metric']}" + ("" if k == "value" else f".{k}"), z[k])
+            client.log_metric(
+                rid, f"zero_shot.{z['task']}.{z['metric']}" + ("" if k == "value" else f".{k}"), z[k]
+            )
     finish_run(uri, rid)
     return rid
 
@@ -158,7 +191,9 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.tracking import check_store, tracking_uri
 
     if not args.corpus and not args.zero_shot:
-        raise errors.ConfigError("nothing to evaluate: pass --corpus FILE..., --zero-shot TASK=DIR..., or both")
+        raise errors.ConfigError(
+            "nothing to evaluate: pass --corpus FILE..., --zero-shot TASK=DIR..., or both"
+        )
     tasks = parse_tasks(args.zero_shot)
     if not args.no_mlflow:
         check_store(tracking_uri())
@@ -166,9 +201,11 @@ def run(args: argparse.Namespace) -> None:
     r = None
     if args.corpus:
         r = evaluate(args.checkpoint, args.corpus, args.stride, args.format, args.text_split, device)
-        print(f"{r['documents']:,} documents, {r['tokens']:,} tokens ({r['tokens_scored']:,} scored, windows of "
-              f"{r['n_ctx']} moving {r['stride']}), {r['bytes']:,} bytes: loss {r['loss']:.4f} nats, "
-              f"perplexity {r['perplexity']:.2f}, {r['bits_per_byte']:.4f} bits per byte")
+        print(
+            f"{r['documents']:,} documents, {r['tokens']:,} tokens ({r['tokens_scored']:,} scored, windows of "
+            f"{r['n_ctx']} moving {r['stride']}), {r['bytes']:,} bytes: loss {r['loss']:.4f} nats, "
+            f"perplexity {r['perplexity']:.2f}, {r['bits_per_byte']:.4f} bits per byte"
+        )
     results = []
     if tasks:
         from pipeline.eval.zero_shot import Scorer, run_task
@@ -181,8 +218,11 @@ def run(args: argparse.Namespace) -> None:
         for name, d in tasks:
             z = run_task(name, d, scorer, args.max_examples)
             results.append(z)
-            print(f"| {z['task']} | {z['split']} | {z['examples']:,} | {z['metric']} | {z['value']:.4f} | "
-                  f"{z['majority']:.4f} | {z['random']:.4f} |", flush=True)
+            print(
+                f"| {z['task']} | {z['split']} | {z['examples']:,} | {z['metric']} | {z['value']:.4f} | "
+                f"{z['majority']:.4f} | {z['random']:.4f} |",
+                flush=True,
+            )
     if not args.no_mlflow:
         print(f"MLflow run {log(r, results, args.checkpoint, args.corpus)} (experiment {EXPERIMENT})")
 

@@ -10,6 +10,7 @@ continuation stops early at `_end_of_document_` where the model has that token.
 
     gpt1 generate --checkpoint runs/RUN/checkpoint_000002000 --prompt "the ship" --max-new-tokens 40
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,18 @@ def document_end(tok, gpt) -> int | None:
     return end if end is not None and end < gpt.config.vocab_size else None
 
 
-def continuations(gpt, tok, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
-                  top_p: float | None, seed: int, num_samples: int, device: str = "cpu") -> list[str]:
+def continuations(
+    gpt,
+    tok,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int,
+    num_samples: int,
+    device: str = "cpu",
+) -> list[str]:
     """num_samples continuations of prompt, as text (the prompt itself left out)."""
     import torch
 
@@ -67,17 +78,26 @@ def continuations(gpt, tok, prompt: str, max_new_tokens: int, temperature: float
     if not ids:
         raise errors.UserError("the prompt holds no tokens; give some text to continue")
     if len(ids) >= n_ctx:
-        raise errors.UserError(f"the prompt is {len(ids):,} tokens, and the model's n_ctx is {n_ctx:,}: "
-                               f"expected at most {n_ctx - 1:,} tokens, to leave room for one new token")
+        raise errors.UserError(
+            f"the prompt is {len(ids):,} tokens, and the model's n_ctx is {n_ctx:,}: "
+            f"expected at most {n_ctx - 1:,} tokens, to leave room for one new token"
+        )
     gpt = gpt.to(device)
     x = torch.tensor([ids] * num_samples, device=device)
     end = document_end(tok, gpt)
-    out = gpt.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, end_token=end,
-                       generator=torch.Generator(device).manual_seed(seed))
+    out = gpt.generate(
+        x,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        end_token=end,
+        generator=torch.Generator(device).manual_seed(seed),
+    )
     texts = []
-    for row in out[:, len(ids):].tolist():
+    for row in out[:, len(ids) :].tolist():
         if end is not None and end in row:
-            row = row[:row.index(end)]
+            row = row[: row.index(end)]
         texts.append(tok.decode(row))
     return texts
 
@@ -92,11 +112,23 @@ def run(args: argparse.Namespace) -> None:
         try:
             prompt = Path(args.prompt_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
-            raise errors.UserError(f"--prompt-file {args.prompt_file}: cannot read it as UTF-8 text ({err})") from None
+            raise errors.UserError(
+                f"--prompt-file {args.prompt_file}: cannot read it as UTF-8 text ({err})"
+            ) from None
     gpt, tok = load_model_and_tokenizer(args.checkpoint)
     device = str(local_device(args.device))
-    texts = continuations(gpt, tok, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                          args.seed, args.num_samples, device)
+    texts = continuations(
+        gpt,
+        tok,
+        prompt,
+        args.max_new_tokens,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        args.seed,
+        args.num_samples,
+        device,
+    )
     for k, text in enumerate(texts):
         if len(texts) > 1:
             print(f"--- sample {k + 1} of {len(texts)} (seed {args.seed}) ---")

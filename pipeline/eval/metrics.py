@@ -1,5 +1,6 @@
 """The paper's task metrics: accuracy; F1 (MRPC, QQP); Pearson and Spearman (STS-B); Matthews
 correlation (CoLA). Plain numpy, written out so that each can be checked by hand."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,7 +45,7 @@ def _ranks(x: np.ndarray) -> np.ndarray:
         j = i
         while j + 1 < len(x) and sx[j + 1] == sx[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return ranks
 

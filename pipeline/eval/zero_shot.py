@@ -15,6 +15,7 @@ random baselines. All text goes through the checkpoint's tokenizer as prepare's 
 encode_texts); a document's start is the `_end_of_document_` token that separates documents in
 pretraining.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,10 @@ def check_task(name: str) -> str:
     """A task the paper has a zero-shot heuristic for (its name), or a TaskError that says why not."""
     task = get(name)
     if task.name not in HEURISTICS:
-        raise TaskError(f"--zero-shot {name}: the paper defines no zero-shot heuristic for {task.name} "
-                        f"({task.transformation}); it has them for {', '.join(HEURISTICS)}")
+        raise TaskError(
+            f"--zero-shot {name}: the paper defines no zero-shot heuristic for {task.name} "
+            f"({task.transformation}); it has them for {', '.join(HEURISTICS)}"
+        )
     return task.name
 
 
@@ -66,6 +69,7 @@ class Scorer:
     ranks' objects, in rank order, from each rank's one), each rank scores every world-th item,
     and every rank gets every item's result back, so what is computed from them is the same on
     every rank."""
+
     gpt: object
     tok: object
     device: str = "cpu"
@@ -107,8 +111,8 @@ class Scorer:
         for ctx, cont in pairs:
             if not ctx:  # nothing before it (no document-start token): its first token is context only
                 ctx, cont = cont[:1], cont[1:]
-            cont = cont[:n_ctx - 1]
-            seq = ctx[max(len(ctx) - (n_ctx - len(cont)), 0):] + cont
+            cont = cont[: n_ctx - 1]
+            seq = ctx[max(len(ctx) - (n_ctx - len(cont)), 0) :] + cont
             items.append((seq, range(len(seq) - len(cont) - 1, len(seq) - 1), cont))
 
         def score(idx: list[int]) -> list[np.ndarray]:
@@ -150,10 +154,10 @@ class Scorer:
         self.gpt.eval()
         with torch.no_grad():
             for b in range(0, len(order), self.batch):
-                group = order[b:b + self.batch]
+                group = order[b : b + self.batch]
                 x = torch.zeros(len(group), max(len(seqs[i]) for i in group), dtype=torch.long)
                 for row, i in enumerate(group):
-                    x[row, :len(seqs[i])] = self._tensor(seqs[i])
+                    x[row, : len(seqs[i])] = self._tensor(seqs[i])
                 logits = self.gpt(x.to(self.device))
                 for row, i in enumerate(group):
                     yield i, logits[row, self._tensor(list(positions(i))).to(logits.device)].float().cpu()
@@ -178,7 +182,9 @@ def best_threshold(scores: np.ndarray, gold: np.ndarray) -> float:
     """The threshold t (predict 1 where score > t) with the best Matthews correlation on (scores, gold):
     midway between neighbouring scores, or below them all."""
     s = np.unique(scores)
-    candidates = np.concatenate([[s[0] - 1.0], (s[:-1] + s[1:]) / 2]) if len(s) > 1 else np.array([s[0] - 1.0])
+    candidates = (
+        np.concatenate([[s[0] - 1.0], (s[:-1] + s[1:]) / 2]) if len(s) > 1 else np.array([s[0] - 1.0])
+    )
     if len(candidates) > 2000:  # enough resolution for a curve; keeps a big train split quick
         candidates = np.quantile(scores, np.linspace(0, 1, 2001))
     return float(max(candidates, key=lambda t: (matthews((scores > t).astype(int), gold), -abs(t))))
@@ -239,5 +245,11 @@ def run_task(name: str, directory, scorer: Scorer, max_examples: int = 0) -> dic
             train_gold = np.array([ex.label for ex in cut(task.load(directory, "train"))])
         except TaskError:
             train_gold = None
-    return {"task": task.name, "split": split, "metric": metric, "value": float(value), "examples": len(examples),
-            **baselines(task.name, train_gold, gold, n_choices)}
+    return {
+        "task": task.name,
+        "split": split,
+        "metric": metric,
+        "value": float(value),
+        "examples": len(examples),
+        **baselines(task.name, train_gold, gold, n_choices),
+    }

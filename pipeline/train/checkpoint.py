@@ -10,6 +10,7 @@
 
 Nothing is pickled, so nothing is unpickled on load.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,16 +24,17 @@ from tokenizers import Tokenizer
 
 from model import GPT
 from pipeline import outdir
-from pipeline.errors import UserError, model_input
 from pipeline.data.packing import sha256_file
 from pipeline.data.tokenizer import RESERVED_TOKENS, load_tokenizer
+from pipeline.errors import UserError, model_input
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 
 
-def save_checkpoint(directory, gpt: GPT, optimizer: torch.optim.Optimizer, state: dict,
-                    tokenizer_path) -> None:
+def save_checkpoint(
+    directory, gpt: GPT, optimizer: torch.optim.Optimizer, state: dict, tokenizer_path
+) -> None:
     d = Path(directory)
     gpt.save_pretrained(d)
     shutil.copy(tokenizer_path, d / "tokenizer.json")
@@ -47,8 +49,11 @@ def save_checkpoint(directory, gpt: GPT, optimizer: torch.optim.Optimizer, state
     if torch.cuda.is_available():
         tensors["rng/cuda"] = torch.cuda.get_rng_state()
     save_file(tensors, str(d / OPTIMIZER_FILE))
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-             for p in sorted(d.iterdir()) if p.is_file() and p.name not in (STATE_FILE, outdir.MARKER_FILE)}
+    files = {
+        p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(d.iterdir())
+        if p.is_file() and p.name not in (STATE_FILE, outdir.MARKER_FILE)
+    }
     (d / STATE_FILE).write_text(json.dumps({**state, "files": files}, indent=2, sort_keys=True) + "\n")
 
 
@@ -63,23 +68,31 @@ def check_complete(directory, hashes: bool = True) -> None:
     d = Path(directory)
     if not (d / STATE_FILE).exists():
         if (d / OPTIMIZER_FILE).exists():
-            raise DamagedCheckpoint(f"{d}: an incomplete training checkpoint (no {STATE_FILE}, which is "
-                                    "written last); use an earlier checkpoint of the run")
+            raise DamagedCheckpoint(
+                f"{d}: an incomplete training checkpoint (no {STATE_FILE}, which is "
+                "written last); use an earlier checkpoint of the run"
+            )
         return
     try:
         files = json.loads((d / STATE_FILE).read_text()).get("files", {})
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise DamagedCheckpoint(f"{d / STATE_FILE}: not valid JSON; the checkpoint is damaged: use an "
-                                "earlier checkpoint of the run") from None
+        raise DamagedCheckpoint(
+            f"{d / STATE_FILE}: not valid JSON; the checkpoint is damaged: use an "
+            "earlier checkpoint of the run"
+        ) from None
     for name, want in sorted(files.items()):
         p = d / name
         if not p.is_file() or p.stat().st_size != want["bytes"]:
             got = f"{p.stat().st_size:,} bytes" if p.is_file() else "missing"
-            raise DamagedCheckpoint(f"{p}: {got}, expected {want['bytes']:,}; the checkpoint is damaged "
-                                    "(its writing was cut off?): use an earlier checkpoint of the run")
+            raise DamagedCheckpoint(
+                f"{p}: {got}, expected {want['bytes']:,}; the checkpoint is damaged "
+                "(its writing was cut off?): use an earlier checkpoint of the run"
+            )
         if hashes and sha256_file(p) != want["sha256"]:
-            raise DamagedCheckpoint(f"{p}: sha256 differs from {STATE_FILE}'s; the checkpoint is damaged: "
-                                    "use an earlier checkpoint of the run")
+            raise DamagedCheckpoint(
+                f"{p}: sha256 differs from {STATE_FILE}'s; the checkpoint is damaged: "
+                "use an earlier checkpoint of the run"
+            )
 
 
 _CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d+)$")
@@ -98,9 +111,14 @@ def latest_checkpoint(run_path: str) -> tuple[str, int] | None:
         infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     except OSError:
         return None
-    found = sorted(((int(m.group(1)), i.path) for i in infos
-                    if i.type == pafs.FileType.Directory and (m := _CHECKPOINT_NAME.match(i.base_name))),
-                   reverse=True)
+    found = sorted(
+        (
+            (int(m.group(1)), i.path)
+            for i in infos
+            if i.type == pafs.FileType.Directory and (m := _CHECKPOINT_NAME.match(i.base_name))
+        ),
+        reverse=True,
+    )
     for step, path in found:
         if "://" not in run_path:
             try:
@@ -133,8 +151,10 @@ def load_model_and_tokenizer(directory) -> tuple[GPT, Tokenizer]:
     try:
         tok = load_tokenizer(d)
     except FileNotFoundError:
-        raise UserError(f"--checkpoint {d}: holds no tokenizer (tokenizer.json, or the released "
-                        "vocabulary's files); copy the tokenizer of the data it was trained on there") from None
+        raise UserError(
+            f"--checkpoint {d}: holds no tokenizer (tokenizer.json, or the released "
+            "vocabulary's files); copy the tokenizer of the data it was trained on there"
+        ) from None
     check_vocabulary(tok, gpt.config.vocab_size, d)
     return gpt, tok
 
@@ -146,14 +166,18 @@ def check_vocabulary(tok: Tokenizer, vocab_size: int, where) -> None:
     vocab = tok.get_vocab(with_added_tokens=True)
     ids = [i for t, i in vocab.items() if t not in RESERVED_TOKENS]
     if ids and max(ids) >= vocab_size:
-        raise UserError(f"{where}: the tokenizer has ids up to {max(ids):,} but the model only "
-                        f"{vocab_size:,} embedding rows; expected a model and its own tokenizer")
+        raise UserError(
+            f"{where}: the tokenizer has ids up to {max(ids):,} but the model only "
+            f"{vocab_size:,} embedding rows; expected a model and its own tokenizer"
+        )
     reserved = {t: vocab[t] for t in RESERVED_TOKENS if t in vocab}
     bound = vocab_size + len(RESERVED_TOKENS)
     far = [f"{t} at {i:,}" for t, i in reserved.items() if i >= bound]
     if far:
-        raise UserError(f"{where}: the tokenizer puts {', '.join(far)}, past the model's {vocab_size:,} rows and "
-                        f"the {len(RESERVED_TOKENS)} reserved ones after them; expected ids below {bound:,}")
+        raise UserError(
+            f"{where}: the tokenizer puts {', '.join(far)}, past the model's {vocab_size:,} rows and "
+            f"the {len(RESERVED_TOKENS)} reserved ones after them; expected ids below {bound:,}"
+        )
 
 
 def read_state(directory) -> dict:

@@ -1,4 +1,5 @@
 """PretrainConfig: the pretraining settings, with their ranges, shared by the stage and its loop."""
+
 from __future__ import annotations
 
 import re
@@ -30,14 +31,26 @@ class PretrainConfig:
     checkpoint_every: int = 1000  # steps between checkpoints (also at the end)
     keep_checkpoints: int = 3
     max_failures: int = 3  # worker failures to recover from before the run fails
-    zero_shot: list = field(default_factory=list)  # ["sst-2=DIR", ...]: the paper's heuristics at every evaluation
-    zero_shot_examples: int = 500  # per split and task: bounds what a curve point costs (bench/zero_shot_cost.py)
+    zero_shot: list = field(
+        default_factory=list
+    )  # ["sst-2=DIR", ...]: the paper's heuristics at every evaluation
+    zero_shot_examples: int = (
+        500  # per split and task: bounds what a curve point costs (bench/zero_shot_cost.py)
+    )
 
 
 # Keys that change how a run is watched or kept, never its results: a run resumed with other
 # values of these is the same run.
-NOT_IN_IDENTITY = ("log_every", "eval_every", "eval_blocks", "checkpoint_every", "keep_checkpoints",
-                    "max_failures", "zero_shot", "zero_shot_examples")
+NOT_IN_IDENTITY = (
+    "log_every",
+    "eval_every",
+    "eval_blocks",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "max_failures",
+    "zero_shot",
+    "zero_shot_examples",
+)
 
 
 def micro_batch(cfg: PretrainConfig, workers: int, recorded: int | None = None) -> int:
@@ -51,7 +64,8 @@ def micro_batch(cfg: PretrainConfig, workers: int, recorded: int | None = None) 
             raise errors.ConfigError(
                 f"--workers {workers}: this run draws its dropout masks per micro-batch of {recorded} "
                 f"sequences, so it resumes on worker counts that divide {cfg.batch_size // recorded}; pass one "
-                f"of those, or another --name to start a new run")
+                f"of those, or another --name to start a new run"
+            )
         return recorded
     return min(cap, cfg.batch_size // max(workers, 1))
 
@@ -63,8 +77,10 @@ _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 def check_run_name(name: str) -> None:
     if not _RUN_NAME.fullmatch(name) or ".." in name:
-        raise errors.ConfigError(f"--name {name!r}: expected one name of letters, digits, '.', '_' and '-' "
-                                 "(no '/' or '..', at most 128 characters): the run lives at STORAGE/NAME")
+        raise errors.ConfigError(
+            f"--name {name!r}: expected one name of letters, digits, '.', '_' and '-' "
+            "(no '/' or '..', at most 128 characters): the run lives at STORAGE/NAME"
+        )
 
 
 def default_run_name(data: str, model: str, asked: str) -> str:
@@ -79,8 +95,10 @@ def check_config(cfg: PretrainConfig, workers: int) -> None:
         raise c(f"--workers {workers}: expected at least 1")
     micro = micro_batch(cfg, workers)
     if cfg.batch_size < 1 or micro < 1 or cfg.batch_size % (micro * workers):
-        raise c(f"batch_size {cfg.batch_size}: expected a multiple of micro_batch ({micro}) x workers "
-                f"({workers}), so that every worker runs the same number of micro-batches")
+        raise c(
+            f"batch_size {cfg.batch_size}: expected a multiple of micro_batch ({micro}) x workers "
+            f"({workers}), so that every worker runs the same number of micro-batches"
+        )
     if cfg.schedule not in ("warmup_cosine", "warmup_linear", "warmup_constant"):
         raise c(f"schedule {cfg.schedule!r}: expected warmup_cosine, warmup_linear or warmup_constant")
     if cfg.dtype not in ("auto", "bf16", "fp32"):
@@ -89,7 +107,13 @@ def check_config(cfg: PretrainConfig, workers: int) -> None:
         raise c("log_every, checkpoint_every, keep_checkpoints and epochs must be at least 1")
     if cfg.max_minutes < 0:
         raise c(f"max_minutes {cfg.max_minutes}: expected >= 0 (0 = no time budget)")
-    if cfg.max_steps < 0 or cfg.warmup_steps < 0 or cfg.eval_every < 0 or cfg.eval_blocks < 0 or cfg.max_failures < 0:
+    if (
+        cfg.max_steps < 0
+        or cfg.warmup_steps < 0
+        or cfg.eval_every < 0
+        or cfg.eval_blocks < 0
+        or cfg.max_failures < 0
+    ):
         raise c("max_steps, warmup_steps, eval_every, eval_blocks and max_failures must be >= 0")
     if not isinstance(cfg.zero_shot, list) or cfg.zero_shot_examples < 0:
         raise c("zero_shot: expected a list of TASK=DIR (e.g. [sst-2=glue/SST-2]); zero_shot_examples: >= 0")

@@ -11,6 +11,7 @@ which bounds the worker counts it can resume on: batch_size / micro_batch at mos
 The loop talks to its surroundings through a Session: Ray Train's (pipeline/train/ray_train.py) or a
 plain process's (LocalSession, for the benchmarks).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,17 +33,18 @@ import torch.distributed as dist
 
 from model import GPT, GPTConfig, lm_loss, make_optimizer, make_schedule
 from model.flops import matmul_ceiling
-from pipeline.train.checkpoint import load_training_state, save_checkpoint
-from pipeline.errors import UserError, disk_error
-from pipeline.data.stage import local_copy
-from pipeline.runtime import amp_dtype, autocast
 from pipeline.data.dataset import BlockOrder, load_split, tokens_per_byte
+from pipeline.data.stage import local_copy
+from pipeline.errors import UserError, disk_error
+from pipeline.runtime import amp_dtype, autocast
+from pipeline.train.checkpoint import load_training_state, save_checkpoint
 from pipeline.train.config import PretrainConfig, micro_batch
 
 
 @dataclass
 class LoopSpec:
     """What the driver hands every worker (pickled by Ray as it is)."""
+
     pretrain: PretrainConfig
     model: GPTConfig
     data: str  # dataset directory or URI; each worker verifies or stages it (pipeline/data/stage.py)
@@ -67,6 +69,7 @@ class LocalSession:
     """One process, no Ray: for the benchmarks and the GPU check. With run_dir, checkpoints are
     kept there as checkpoint_N (written beside it, renamed in whole); with resume_from, the loop
     starts from that checkpoint."""
+
     rank, world_size = 0, 1
 
     def __init__(self, device: str = "cpu", run_dir=None, resume_from=None):
@@ -169,7 +172,8 @@ class Pretraining:
         self.model = self.gpt
         if self.world > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(
-                self.gpt, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.gpt, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         # Training runs through DDP (gradient all-reduce) and torch.compile where asked; the
         # evaluation forward is the plain model: no backward to synchronise, no recompilation
         # for its batch shapes.
@@ -183,8 +187,9 @@ class Pretraining:
 
     def set_schedule(self) -> None:
         # The lr is a pure function of (step, total): a resumed run picks the schedule up at its step.
-        self.schedule = make_schedule(self.opt, self.cfg.schedule, self.total, self.cfg.warmup_steps / self.total,
-                                      start_step=self.step)
+        self.schedule = make_schedule(
+            self.opt, self.cfg.schedule, self.total, self.cfg.warmup_steps / self.total, start_step=self.step
+        )
 
     def decide_total(self, seconds_per_step: float, spent: float) -> None:
         """The time budget as a step count: the steps that fit in what is left of max_minutes at
@@ -204,8 +209,10 @@ class Pretraining:
         self.total, self.budget_open = int(t.item()), False
         self.set_schedule()
         if self.rank == 0:
-            say(f"max_minutes {self.cfg.max_minutes:g}: {seconds_per_step:.3f} s a step and {eval_s:.1f} s an "
-                f"evaluation, so {self.total:,} steps")
+            say(
+                f"max_minutes {self.cfg.max_minutes:g}: {seconds_per_step:.3f} s a step and {eval_s:.1f} s an "
+                f"evaluation, so {self.total:,} steps"
+            )
             if self.tracker:
                 self.tracker.log({"total_steps": self.total}, self.step)
 
@@ -228,7 +235,7 @@ class Pretraining:
         for a in range(self.accum):
             j = self.rank * self.accum + a
             t0 = time.perf_counter()
-            x = self.batch(self.train_blocks[np.sort(ids[j * self.micro:(j + 1) * self.micro])])
+            x = self.batch(self.train_blocks[np.sort(ids[j * self.micro : (j + 1) * self.micro])])
             waited += time.perf_counter() - t0
             torch.manual_seed(micro_seed(cfg.seed, s, j))
             # DDP all-reduces the gradients on the last micro-batch only.
@@ -252,7 +259,7 @@ class Pretraining:
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         mine = np.arange(self.rank, self.n_val, self.world)
         for i in range(0, len(mine), self.micro):
-            x = self.batch(self.val_blocks[mine[i:i + self.micro]])
+            x = self.batch(self.val_blocks[mine[i : i + self.micro]])
             total[0] += self.l1(self.eval_forward, x, reduction="sum").double()
             total[1] += x[:, 1:].numel()
         self.gpt.train()
@@ -260,8 +267,11 @@ class Pretraining:
         if not n:
             return {}
         loss = nats / n
-        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 700)),
-                "val_bits_per_byte": loss / math.log(2) * tokens_per_byte(self.manifest, "val")}
+        return {
+            "val_loss": loss,
+            "val_perplexity": math.exp(min(loss, 700)),
+            "val_bits_per_byte": loss / math.log(2) * tokens_per_byte(self.manifest, "val"),
+        }
 
     def _first(self, message: str | None) -> str | None:
         """The first rank's message that is not None (every rank gets the same answer)."""
@@ -280,9 +290,11 @@ class Pretraining:
         """A diverged run stops with one line naming the step, before a non-finite model is
         saved; retrying would only diverge again."""
         if self._any(not (math.isfinite(loss) and math.isfinite(norm))):
-            raise StopRun(f"the loss became non-finite (loss {loss}, grad norm {norm}) by step {self.step:,}; "
-                          f"nothing from this point is saved. Lower lr (now {self.cfg.lr:g}) or raise "
-                          "warmup_steps, and start a new run (--name)")
+            raise StopRun(
+                f"the loss became non-finite (loss {loss}, grad norm {norm}) by step {self.step:,}; "
+                f"nothing from this point is saved. Lower lr (now {self.cfg.lr:g}) or raise "
+                "warmup_steps, and start a new run (--name)"
+            )
 
     def checkpoint(self, metrics: dict) -> None:
         name = f"checkpoint_{self.step:09d}"
@@ -290,13 +302,22 @@ class Pretraining:
         if self.rank == 0:
             with self.session.staging_dir(name) as d:
                 try:
-                    save_checkpoint(d, self.gpt, self.opt, {
-                        "step": self.step, "total_steps": self.total, "budget_decided": not self.budget_open,
-                        "world_size": self.world,
-                        "schedule": {"name": self.cfg.schedule, "warmup_steps": self.cfg.warmup_steps},
-                        "pretrain": dataclasses.asdict(self.cfg), "data_fingerprint": self.manifest["fingerprint"],
-                        "tokenizer_sha256": self.manifest["tokenizer"]["sha256"],
-                    }, self.data / "tokenizer.json")
+                    save_checkpoint(
+                        d,
+                        self.gpt,
+                        self.opt,
+                        {
+                            "step": self.step,
+                            "total_steps": self.total,
+                            "budget_decided": not self.budget_open,
+                            "world_size": self.world,
+                            "schedule": {"name": self.cfg.schedule, "warmup_steps": self.cfg.warmup_steps},
+                            "pretrain": dataclasses.asdict(self.cfg),
+                            "data_fingerprint": self.manifest["fingerprint"],
+                            "tokenizer_sha256": self.manifest["tokenizer"]["sha256"],
+                        },
+                        self.data / "tokenizer.json",
+                    )
                 except Exception as err:  # safetensors reports a full disk as its own error type
                     if disk_error(err) is None:
                         raise
@@ -331,17 +352,27 @@ class Pretraining:
             s = self.step
             if s % cfg.log_every == 0 or s == total:
                 now = time.perf_counter()
-                mean = _all_reduce(torch.stack(losses).double().sum().reshape(1), self.world).item() / (len(losses) * self.world)
+                mean = _all_reduce(torch.stack(losses).double().sum().reshape(1), self.world).item() / (
+                    len(losses) * self.world
+                )
                 self.stop_if_not_finite(mean, float(norm))
                 tps = tokens_per_step * len(losses) / (now - t_log)
-                metrics = {"loss": mean, "lr": self.lr, "grad_norm": float(norm),
-                           "tokens_per_s": tps, "mfu": tps * self.flops_per_token / (self.ceiling * self.world),
-                           "data_wait": waited / (now - t_log), "epoch": s / self.order.steps_per_epoch,
-                           "elapsed_s": now - t_start}  # training time of this attempt
+                metrics = {
+                    "loss": mean,
+                    "lr": self.lr,
+                    "grad_norm": float(norm),
+                    "tokens_per_s": tps,
+                    "mfu": tps * self.flops_per_token / (self.ceiling * self.world),
+                    "data_wait": waited / (now - t_log),
+                    "epoch": s / self.order.steps_per_epoch,
+                    "elapsed_s": now - t_start,
+                }  # training time of this attempt
                 if self.rank == 0:
                     eta = (total - s) * (now - t_start) / (s - step_start)
-                    say(f"step {s:,}/{total:,} | loss {mean:.4f} | lr {metrics['lr']:.2e} | "
-                        f"{tps:,.0f} tok/s | MFU {metrics['mfu']:.1%} | ETA {_eta(eta)}")
+                    say(
+                        f"step {s:,}/{total:,} | loss {mean:.4f} | lr {metrics['lr']:.2e} | "
+                        f"{tps:,.0f} tok/s | MFU {metrics['mfu']:.1%} | ETA {_eta(eta)}"
+                    )
                     if self.tracker:
                         self.tracker.log(metrics, s)
                 t_log, losses, waited = time.perf_counter(), [], 0.0
@@ -356,12 +387,20 @@ class Pretraining:
                 if zs:
                     zs["eval_zero_shot_s"] = time.perf_counter() - t_zero
                 if self.rank == 0:
-                    say(f"step {s:,}: val loss {ev['val_loss']:.4f}, perplexity {ev['val_perplexity']:.2f}, "
-                        f"{ev['val_bits_per_byte']:.4f} bits per byte ({ev['eval_s']:.1f} s)")
+                    say(
+                        f"step {s:,}: val loss {ev['val_loss']:.4f}, perplexity {ev['val_perplexity']:.2f}, "
+                        f"{ev['val_bits_per_byte']:.4f} bits per byte ({ev['eval_s']:.1f} s)"
+                    )
                     if zs:
-                        say(f"step {s:,}: zero-shot " + ", ".join(f"{k.removeprefix('zero_shot_')} {v:.4f}"
-                                                                   for k, v in zs.items() if k != "eval_zero_shot_s")
-                            + f" ({zs['eval_zero_shot_s']:.1f} s)")
+                        say(
+                            f"step {s:,}: zero-shot "
+                            + ", ".join(
+                                f"{k.removeprefix('zero_shot_')} {v:.4f}"
+                                for k, v in zs.items()
+                                if k != "eval_zero_shot_s"
+                            )
+                            + f" ({zs['eval_zero_shot_s']:.1f} s)"
+                        )
                     if self.tracker:
                         self.tracker.log({**ev, **zs}, s)
             if s % cfg.checkpoint_every == 0 or s == total:
@@ -370,7 +409,9 @@ class Pretraining:
         if self.rank == 0 and self.tracker:
             self.tracker.log_model(self.gpt, self.data / "tokenizer.json")
             if cfg.zero_shot:
-                self.tracker.log_curves("zero_shot_", "zero_shot_curves.png", "zero-shot over pretraining (Fig. 2, right)")
+                self.tracker.log_curves(
+                    "zero_shot_", "zero_shot_curves.png", "zero-shot over pretraining (Fig. 2, right)"
+                )
         return {**metrics, "step": self.step}
 
     @functools.cached_property
@@ -385,8 +426,13 @@ class Pretraining:
             dist.all_gather_object(objs, obj)
             return objs
 
-        return Scorer(self.gpt, load_tokenizer(self.data / "tokenizer.json"), self.device.type,
-                      share=(self.rank, self.world), gather=gather if self.world > 1 else None)
+        return Scorer(
+            self.gpt,
+            load_tokenizer(self.data / "tokenizer.json"),
+            self.device.type,
+            share=(self.rank, self.world),
+            gather=gather if self.world > 1 else None,
+        )
 
     @torch.no_grad()
     def zero_shot(self) -> dict:

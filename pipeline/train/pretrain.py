@@ -13,6 +13,7 @@ it with one line naming the checkpoint the same command resumes from (pipeline/t
 
 MLflow: experiment gpt1-pretrain, one run per RUN, logged by rank 0 only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,15 +22,19 @@ import hashlib
 import json
 from pathlib import Path
 
-
 from model import GPTConfig
-from pipeline import configio, errors
-from pipeline import remote
+from pipeline import configio, errors, remote
 from pipeline.data.dataset import BlockOrder, check_fits, check_tokenizer, open_dataset, read_dataset
 from pipeline.runtime import check_device, storage_path
 from pipeline.tracking import check_store, finish_run, start_pretrain_run, tracking_uri
-from pipeline.train.config import (NOT_IN_IDENTITY, PretrainConfig, check_config, check_run_name, default_run_name,
-                                   micro_batch)
+from pipeline.train.config import (
+    NOT_IN_IDENTITY,
+    PretrainConfig,
+    check_config,
+    check_run_name,
+    default_run_name,
+    micro_batch,
+)
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 RUN_FILE = "gpt1_run.json"  # in STORAGE/RUN: what the run was started with
@@ -40,11 +45,13 @@ def model_config(cfg: PretrainConfig, manifest: dict, data) -> GPTConfig:
     fields = {f.name for f in dataclasses.fields(GPTConfig)}
     unknown = sorted(set(cfg.model_overrides) - fields)
     if unknown:
-        raise errors.ConfigError(f"model_overrides: unknown key {unknown[0]!r}; valid keys are "
-                                 f"{', '.join(sorted(fields))}")
+        raise errors.ConfigError(
+            f"model_overrides: unknown key {unknown[0]!r}; valid keys are {', '.join(sorted(fields))}"
+        )
     try:
-        gcfg = GPTConfig.preset(cfg.model, **{"vocab_size": manifest["tokenizer"]["vocab_size"],
-                                              **cfg.model_overrides})
+        gcfg = GPTConfig.preset(
+            cfg.model, **{"vocab_size": manifest["tokenizer"]["vocab_size"], **cfg.model_overrides}
+        )
     except (ValueError, TypeError) as err:
         raise errors.ConfigError(f"model {cfg.model!r}: {err}") from None
     check_fits(manifest, data, gcfg.vocab_size, gcfg.n_ctx)
@@ -54,8 +61,12 @@ def model_config(cfg: PretrainConfig, manifest: dict, data) -> GPTConfig:
 def identity(cfg: PretrainConfig, gcfg: GPTConfig, manifest: dict) -> dict:
     """What makes two runs the same run: the options that change results, the model, the data."""
     opts = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_IDENTITY}
-    return {"pretrain": opts, "model": gcfg.to_dict(), "data_fingerprint": manifest["fingerprint"],
-            "block_order": BlockOrder.VERSION}
+    return {
+        "pretrain": opts,
+        "model": gcfg.to_dict(),
+        "data_fingerprint": manifest["fingerprint"],
+        "block_order": BlockOrder.VERSION,
+    }
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -93,8 +104,10 @@ def claim_run(run_path: str, ident: dict, old: dict | None) -> None:
     if old is not None:
         diff = _differences(old, ident)
         if diff:
-            raise errors.ConfigError(f"{run_path}: this run was started with other settings "
-                                     f"({'; '.join(diff[:3])}); to start a new run, pass another --name")
+            raise errors.ConfigError(
+                f"{run_path}: this run was started with other settings "
+                f"({'; '.join(diff[:3])}); to start a new run, pass another --name"
+            )
         return
     fs, path, file = _run_file(run_path)
     fs.create_dir(path, recursive=True)
@@ -102,9 +115,16 @@ def claim_run(run_path: str, ident: dict, old: dict | None) -> None:
         f.write((json.dumps(ident, indent=2, sort_keys=True) + "\n").encode())
 
 
-def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | None = None,
-             storage: str | None = None, device: str = "auto", track: bool = True,
-             autoscale: bool = False) -> dict:
+def pretrain(
+    data,
+    cfg: PretrainConfig,
+    workers: int | None = None,
+    name: str | None = None,
+    storage: str | None = None,
+    device: str = "auto",
+    track: bool = True,
+    autoscale: bool = False,
+) -> dict:
     """Run (or resume) the stage. Returns the final metrics, the newest checkpoint's path and
     the MLflow run id. Raises DataError / ConfigError before any worker starts, StopRun's line
     as a UserError when the run stops itself (a non-finite loss, a full disk), and Interrupted
@@ -114,10 +134,17 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
     from ray.train.torch import TorchTrainer
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from pipeline.train.checkpoint import latest_checkpoint
     from pipeline.runtime import ray_init
-    from pipeline.train.ray_train import Outcome, fit, remove_orphan_staging, repair_ray_index, run_lock, worker
+    from pipeline.train.checkpoint import latest_checkpoint
     from pipeline.train.loop import LoopSpec
+    from pipeline.train.ray_train import (
+        Outcome,
+        fit,
+        remove_orphan_staging,
+        repair_ray_index,
+        run_lock,
+        worker,
+    )
 
     # Object storage: the manifest and a listing here (sizes only); every node's first worker
     # stages the shards and verifies them as they arrive (pipeline/data/stage.py). A local
@@ -136,6 +163,7 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
     check_config(cfg, workers or 1)
     if cfg.zero_shot:  # read by rank 0: checked here, before any worker starts, and made absolute
         from pipeline.eval.zero_shot import parse_tasks
+
         cfg = dataclasses.replace(cfg, zero_shot=[f"{t}={d}" for t, d in parse_tasks(cfg.zero_shot)])
     uri = None
     if track:  # the store is checked before the work, not after it
@@ -146,8 +174,10 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
     use_gpu = device == "cuda" or (device == "auto" and resources.get("GPU", 0) > 0)
     workers = workers or (int(resources.get("GPU", 0)) if use_gpu else 1)
     if workers == 0:  # an autoscaling cluster whose GPU nodes are not up yet
-        raise errors.ConfigError("--device cuda: the cluster has no GPUs now; pass --workers N "
-                                 "and --autoscale, and the autoscaler starts GPU nodes for them")
+        raise errors.ConfigError(
+            "--device cuda: the cluster has no GPUs now; pass --workers N "
+            "and --autoscale, and the autoscaler starts GPU nodes for them"
+        )
     check_config(cfg, workers)
     # On CPU, split the machine's cores between the workers; torch uses that many threads.
     cpus = 1 if use_gpu else max(int(resources.get("CPU", 1)) // workers, 1)
@@ -158,7 +188,8 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
         raise errors.ConfigError(
             f"--workers {workers}: the cluster has {have} {kind}(s) and each worker takes {per_worker}; ask "
             f"for at most {have // per_worker}, or pass --autoscale where the cluster's autoscaler adds "
-            f"nodes (clusters/gpu.yaml's does)")
+            f"nodes (clusters/gpu.yaml's does)"
+        )
     n_train = manifest["splits"]["train"]["blocks"]
     steps_per_epoch = BlockOrder(cfg.seed, n_train, cfg.batch_size).steps_per_epoch
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
@@ -171,37 +202,63 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
     run_path = f"{storage}/{name}"
     if "://" not in storage:
         from pipeline import outdir
+
         outdir.check_writable(Path(run_path) / RUN_FILE)
     with run_lock(run_path):
         old = recorded_run(run_path)
         resumed = old is not None
-        cfg = dataclasses.replace(cfg, micro_batch=micro_batch(
-            cfg, workers, old["pretrain"].get("micro_batch") if old else None))
+        cfg = dataclasses.replace(
+            cfg, micro_batch=micro_batch(cfg, workers, old["pretrain"].get("micro_batch") if old else None)
+        )
         claim_run(run_path, identity(cfg, gcfg, manifest), old)
         remove_orphan_staging(run_path)
         repair_ray_index(run_path)
         newest = latest_checkpoint(run_path)
-        run_id = start_pretrain_run(uri, name, run_path, cfg, gcfg, manifest, data, workers) if track else None
-        at = f"resuming run {name} from step {newest[1]:,}" if newest else \
-            f"{'restarting' if resumed else 'starting'} run {name} from step 0"
-        print(f"{at}: {gcfg.n_layer} x {gcfg.n_embd}, vocab "
-              f"{gcfg.vocab_size:,}, {'at most ' if cfg.max_minutes else ''}{total:,} steps of {cfg.batch_size} x {gcfg.n_ctx} tokens "
-              f"({steps_per_epoch:,} per epoch) on {workers} {'GPU' if use_gpu else 'CPU'} worker(s); "
-              f"checkpoints in {run_path}", flush=True)
-        spec = LoopSpec(pretrain=cfg, model=gcfg, data=str(data),
-                        total_steps=total, threads=0 if use_gpu else cpus, mlflow_uri=uri, mlflow_run_id=run_id,
-                        run_path=run_path, resume_from=newest[0] if newest else None)
+        run_id = (
+            start_pretrain_run(uri, name, run_path, cfg, gcfg, manifest, data, workers) if track else None
+        )
+        at = (
+            f"resuming run {name} from step {newest[1]:,}"
+            if newest
+            else f"{'restarting' if resumed else 'starting'} run {name} from step 0"
+        )
+        print(
+            f"{at}: {gcfg.n_layer} x {gcfg.n_embd}, vocab "
+            f"{gcfg.vocab_size:,}, {'at most ' if cfg.max_minutes else ''}{total:,} steps of {cfg.batch_size} x {gcfg.n_ctx} tokens "
+            f"({steps_per_epoch:,} per epoch) on {workers} {'GPU' if use_gpu else 'CPU'} worker(s); "
+            f"checkpoints in {run_path}",
+            flush=True,
+        )
+        spec = LoopSpec(
+            pretrain=cfg,
+            model=gcfg,
+            data=str(data),
+            total_steps=total,
+            threads=0 if use_gpu else cpus,
+            mlflow_uri=uri,
+            mlflow_run_id=run_id,
+            run_path=run_path,
+            resume_from=newest[0] if newest else None,
+        )
         # On the driver's node, as Ray Train places its controller: a worker node may be lost
         # mid-run, and the box must outlive it.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         outcome = ray.remote(num_cpus=0, scheduling_strategy=here)(Outcome).remote()
         trainer = TorchTrainer(
-            worker, train_loop_config={"spec": spec, "outcome": outcome},
-            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                         resources_per_worker={"GPU": 1} if use_gpu else {"CPU": cpus}),
-            run_config=RunConfig(name=name, storage_path=storage,
-                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-                                 failure_config=FailureConfig(max_failures=cfg.max_failures)))
+            worker,
+            train_loop_config={"spec": spec, "outcome": outcome},
+            scaling_config=ScalingConfig(
+                num_workers=workers,
+                use_gpu=use_gpu,
+                resources_per_worker={"GPU": 1} if use_gpu else {"CPU": cpus},
+            ),
+            run_config=RunConfig(
+                name=name,
+                storage_path=storage,
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                failure_config=FailureConfig(max_failures=cfg.max_failures),
+            ),
+        )
         try:
             result = fit(trainer)
         except KeyboardInterrupt:
@@ -209,9 +266,14 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
                 finish_run(uri, run_id, "KILLED")
             newest = latest_checkpoint(run_path)
             raise errors.Interrupted(
-                f"run {name} interrupted; " + (f"newest checkpoint {newest[0]} (step {newest[1]:,}); "
-                                                if newest else "no checkpoint yet; ") +
-                "the same command resumes from it") from None
+                f"run {name} interrupted; "
+                + (
+                    f"newest checkpoint {newest[0]} (step {newest[1]:,}); "
+                    if newest
+                    else "no checkpoint yet; "
+                )
+                + "the same command resumes from it"
+            ) from None
         except BaseException:
             if run_id:
                 finish_run(uri, run_id, "FAILED")
@@ -230,32 +292,56 @@ def pretrain(data, cfg: PretrainConfig, workers: int | None = None, name: str | 
     line = f"run {name} done at step {m.get('step', total):,}"
     if "val_bits_per_byte" in m:
         line += f": val loss {m['val_loss']:.4f}, {m['val_bits_per_byte']:.4f} bits per byte"
-    print(f"{line}; newest checkpoint {checkpoint}" + (f"; MLflow run {run_id}" if run_id else ""), flush=True)
+    print(
+        f"{line}; newest checkpoint {checkpoint}" + (f"; MLflow run {run_id}" if run_id else ""), flush=True
+    )
     return {"metrics": m, "checkpoint": checkpoint, "run_id": run_id, "name": name, "run_path": run_path}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     names = ", ".join(sorted(q.stem for q in PRESETS_DIR.glob("*.yaml")))
     p.add_argument("--config", default="tiny", help=f"a preset ({names}) or a YAML file of the keys below")
-    p.add_argument("--data", required=True,
-                   help="a dataset made by `gpt1 prepare`: a directory, or a URI (s3://...) staged once per node")
-    p.add_argument("--workers", type=int, default=None,
-                   help="data-parallel workers (default: one per GPU in the cluster, else 1)")
-    p.add_argument("--name", help="run name; the same name resumes the run (default: from the data and config)")
-    p.add_argument("--storage", help="Ray Train storage: a directory, NFS, or s3://... (default: $GPT1_STORAGE, else ./runs)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="a dataset made by `gpt1 prepare`: a directory, or a URI (s3://...) staged once per node",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="data-parallel workers (default: one per GPU in the cluster, else 1)",
+    )
+    p.add_argument(
+        "--name", help="run name; the same name resumes the run (default: from the data and config)"
+    )
+    p.add_argument(
+        "--storage",
+        help="Ray Train storage: a directory, NFS, or s3://... (default: $GPT1_STORAGE, else ./runs)",
+    )
     p.add_argument("--device", default="auto", help="auto (GPUs when the cluster has them), cpu, or cuda")
     configio.add_set_option(p, PretrainConfig)
-    p.add_argument("--autoscale", action="store_true",
-                   help="ask for more workers than the cluster has now, for its autoscaler to add nodes")
+    p.add_argument(
+        "--autoscale",
+        action="store_true",
+        help="ask for more workers than the cluster has now, for its autoscaler to add nodes",
+    )
     p.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
 
 
 def run(args: argparse.Namespace) -> None:
     cfg = configio.load(PretrainConfig(), args.config, PRESETS_DIR, args.set)
-    pretrain(args.data, cfg, workers=args.workers, name=args.name, storage=args.storage,
-             device=args.device, track=not args.no_mlflow, autoscale=args.autoscale)
+    pretrain(
+        args.data,
+        cfg,
+        workers=args.workers,
+        name=args.name,
+        storage=args.storage,
+        device=args.device,
+        track=not args.no_mlflow,
+        autoscale=args.autoscale,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     return errors.stage_main("pretrain", __doc__, add_arguments, run, argv)
-

@@ -13,6 +13,7 @@
 - fit: TorchTrainer.fit where Ctrl-C and SIGTERM abort the run through its controller and end as
   KeyboardInterrupt, for one line naming the checkpoint to resume from.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -90,8 +91,10 @@ class RaySession:
             final = Path(self.run_path) / name
             if final.exists():  # the same step written by an attempt that Ray's index lost
                 import shutil
+
                 shutil.rmtree(final)
             from pipeline import outdir
+
             outdir.publish(Path(checkpoint.path), final)
             return ray.train.Checkpoint(str(final))
         from pipeline import remote
@@ -111,12 +114,21 @@ class RaySession:
             # copy is deleted once uploaded; trainer_state.json goes up last, so a copy cut off
             # by a failure is never taken for a complete checkpoint.
             self.handed_over = checkpoint_dir
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name,
-                             checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
-                             delete_local_checkpoint_after_upload=True, checkpoint_upload_fn=self._publish)
+            ray.train.report(
+                metrics,
+                checkpoint=ckpt,
+                checkpoint_dir_name=name,
+                checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+                delete_local_checkpoint_after_upload=True,
+                checkpoint_upload_fn=self._publish,
+            )
             return
-        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name,
-                         checkpoint_upload_fn=self._publish if ckpt else None)
+        ray.train.report(
+            metrics,
+            checkpoint=ckpt,
+            checkpoint_dir_name=name,
+            checkpoint_upload_fn=self._publish if ckpt else None,
+        )
 
 
 def worker(config: dict) -> None:
@@ -129,7 +141,9 @@ def worker(config: dict) -> None:
 
     spec: LoopSpec = config["spec"]
     session = RaySession(spec.run_path, spec.resume_from)
-    tracker = RunLogger(spec.mlflow_uri, spec.mlflow_run_id) if session.rank == 0 and spec.mlflow_run_id else None
+    tracker = (
+        RunLogger(spec.mlflow_uri, spec.mlflow_run_id) if session.rank == 0 and spec.mlflow_run_id else None
+    )
     try:
         train_loop(spec, session, tracker)
     except StopRun as err:
@@ -170,8 +184,10 @@ def run_lock(run_path: str):
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "?"
-            raise errors.ConfigError(f"{run_path}: another pretrain of this run is running (pid {holder}); "
-                                     "wait for it to end, or pass another --name") from None
+            raise errors.ConfigError(
+                f"{run_path}: another pretrain of this run is running (pid {holder}); "
+                "wait for it to end, or pass another --name"
+            ) from None
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")
@@ -192,8 +208,11 @@ def repair_ray_index(run_path: str) -> None:
     try:
         with fs.open_input_stream(index) as f:
             state = json.loads(f.read())
-        names = [r["checkpoint_dir_name"] for r in state.get("checkpoint_results", [])
-                 if isinstance(r, dict) and "checkpoint_dir_name" in r]
+        names = [
+            r["checkpoint_dir_name"]
+            for r in state.get("checkpoint_results", [])
+            if isinstance(r, dict) and "checkpoint_dir_name" in r
+        ]
         usable = all(fs.get_file_info(f"{base}/{n}").type == pafs.FileType.Directory for n in names)
     except (ValueError, UnicodeDecodeError, TypeError, AttributeError):
         usable = False
@@ -203,10 +222,10 @@ def repair_ray_index(run_path: str) -> None:
 
 def remove_orphan_staging(run_path: str) -> None:
     """Checkpoints whose writer died before renaming them into place."""
-    from pipeline import outdir
-
     import shutil
     import tempfile
+
+    from pipeline import outdir
 
     if "://" not in run_path:
         for p in Path(run_path).glob(f".checkpoint_*.{outdir.MARKER}tmp-*"):
