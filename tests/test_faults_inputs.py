@@ -1,7 +1,5 @@
 """Bad input and a hostile machine, before any training: nothing the user had is lost, every
-mistake is one line naming the input and exit status 2, and nothing half-written is left.
-
-Numbers in the test names are the items of the fault probe's issue."""
+mistake is one line naming the input and exit status 2, and nothing half-written is left."""
 
 import gzip
 import json
@@ -73,7 +71,7 @@ def prepare_args(corpus, out, *extra):
     ]
 
 
-# 1. finetune --out never deletes what it did not write, nor the checkpoint it reads.
+# finetune --out never deletes what it did not write, nor the checkpoint it reads.
 
 
 def finetune_args(ckpt, data, out, *extra):
@@ -97,7 +95,7 @@ def finetune_args(ckpt, data, out, *extra):
     ]
 
 
-def test_1_finetune_refuses_a_directory_it_did_not_write(task_checkpoint, sst2, tmp_path, capsys):
+def test_finetune_refuses_a_directory_it_did_not_write(task_checkpoint, sst2, tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "thesis.txt").write_text("four years of work")
@@ -108,7 +106,7 @@ def test_1_finetune_refuses_a_directory_it_did_not_write(task_checkpoint, sst2, 
     assert (out / "thesis.txt").read_text() == "four years of work"
 
 
-def test_1_finetune_never_writes_into_the_checkpoint(task_checkpoint, sst2, tmp_path, capsys):
+def test_finetune_never_writes_into_the_checkpoint(task_checkpoint, sst2, tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(task_checkpoint, ckpt)
     (ckpt / "optimizer.safetensors").write_bytes(b"moments")
@@ -119,7 +117,7 @@ def test_1_finetune_never_writes_into_the_checkpoint(task_checkpoint, sst2, tmp_
     assert sorted(p.name for p in ckpt.iterdir()) == before
 
 
-def test_1_finetune_replaces_its_own_output_only_with_overwrite(task_checkpoint, sst2, tmp_path, capsys):
+def test_finetune_replaces_its_own_output_only_with_overwrite(task_checkpoint, sst2, tmp_path, capsys):
     out = tmp_path / "ft"
     assert gpt1(finetune_args(task_checkpoint, sst2, out)) == 0
     assert (out / "task.json").exists() and (out / "head.safetensors").exists()
@@ -129,10 +127,10 @@ def test_1_finetune_replaces_its_own_output_only_with_overwrite(task_checkpoint,
     assert not list(tmp_path.glob(".ft.*"))  # nothing half-written beside it
 
 
-# 2. --overwrite replaces what the command makes, nothing else.
+# --overwrite replaces what the command makes, nothing else.
 
 
-def test_2_prepare_overwrite_refuses_a_directory_that_is_not_a_dataset(corpus, tmp_path, capsys):
+def test_prepare_overwrite_refuses_a_directory_that_is_not_a_dataset(corpus, tmp_path, capsys):
     out = tmp_path / "ds"
     out.mkdir()
     (out / "notes.txt").write_text("notes")
@@ -141,7 +139,7 @@ def test_2_prepare_overwrite_refuses_a_directory_that_is_not_a_dataset(corpus, t
     assert (out / "notes.txt").read_text() == "notes"
 
 
-def test_2_export_and_demo_refuse_to_replace_what_they_did_not_write(task_checkpoint, tmp_path, capsys):
+def test_export_and_demo_refuse_to_replace_what_they_did_not_write(task_checkpoint, tmp_path, capsys):
     dst = tmp_path / "dst"
     dst.mkdir()
     (dst / "notes.txt").write_text("notes")
@@ -159,10 +157,10 @@ def test_2_export_and_demo_refuse_to_replace_what_they_did_not_write(task_checkp
     assert (dst / "notes.txt").exists()
 
 
-# 8. The MLflow store is checked before any work.
+# The MLflow store is checked before any work.
 
 
-def test_8_a_bad_mlflow_store_is_one_line_before_any_work(corpus, tmp_path, capsys, monkeypatch):
+def test_a_bad_mlflow_store_is_one_line_before_any_work(corpus, tmp_path, capsys, monkeypatch):
     out = tmp_path / "ds"
     bad = tmp_path / "bad.db"
     bad.write_bytes(b"this is not a database" * 100)
@@ -178,7 +176,7 @@ def test_8_a_bad_mlflow_store_is_one_line_before_any_work(corpus, tmp_path, caps
     assert not out.exists()
 
 
-def test_8_a_read_only_sqlite_store_is_refused(corpus, tmp_path, capsys, monkeypatch):
+def test_a_read_only_sqlite_store_is_refused(corpus, tmp_path, capsys, monkeypatch):
     import sqlite3
 
     d = tmp_path / "store"
@@ -194,7 +192,7 @@ def test_8_a_read_only_sqlite_store_is_refused(corpus, tmp_path, capsys, monkeyp
     assert not (tmp_path / "ds").exists()
 
 
-# 9. Every numeric key has a range, checked before any work.
+# Every numeric key has a range, checked before any work.
 
 
 @pytest.mark.parametrize(
@@ -208,14 +206,14 @@ def test_8_a_read_only_sqlite_store_is_refused(corpus, tmp_path, capsys, monkeyp
         ("warmup=2", "warmup 2"),
     ],
 )
-def test_9_finetune_settings_out_of_range(task_checkpoint, sst2, tmp_path, capsys, setting, words):
+def test_finetune_settings_out_of_range(task_checkpoint, sst2, tmp_path, capsys, setting, words):
     out = tmp_path / "ft"
     assert gpt1(finetune_args(task_checkpoint, sst2, out, "--set", setting)) == 2
     one_line(capsys, words)
     assert not out.exists()
 
 
-def test_9_a_diverging_finetune_stops_and_keeps_no_model(task_checkpoint, sst2, tmp_path, capsys):
+def test_a_diverging_finetune_stops_and_keeps_no_model(task_checkpoint, sst2, tmp_path, capsys):
     out = tmp_path / "ft"
     # λ·L1 overflows float32 at the first step: the loss is inf.
     assert gpt1(finetune_args(task_checkpoint, sst2, out, "--set", "lm_coef=1e38")) == 2
@@ -223,7 +221,7 @@ def test_9_a_diverging_finetune_stops_and_keeps_no_model(task_checkpoint, sst2, 
     assert not out.exists()
 
 
-def test_9_a_sweep_out_of_range_writes_nothing(
+def test_a_sweep_out_of_range_writes_nothing(
     task_checkpoint, sst2, tmp_path, capsys, monkeypatch, mlflow_uri
 ):
     monkeypatch.chdir(tmp_path)
@@ -250,10 +248,10 @@ def test_9_a_sweep_out_of_range_writes_nothing(
     assert not Path(mlflow_uri[len("sqlite:///") :]).exists()
 
 
-# 10. A manifest is checked against itself; a checkpoint against its own record.
+# A manifest is checked against itself; a checkpoint against its own record.
 
 
-def test_10_a_swapped_tokenizer_in_a_checkpoint_is_refused(task_checkpoint, sst2, tmp_path, capsys):
+def test_a_swapped_tokenizer_in_a_checkpoint_is_refused(task_checkpoint, sst2, tmp_path, capsys):
     import torch
 
     from model import GPT
@@ -270,10 +268,10 @@ def test_10_a_swapped_tokenizer_in_a_checkpoint_is_refused(task_checkpoint, sst2
     one_line(capsys, "tokenizer.json", "the checkpoint is damaged")
 
 
-# 11. One line naming the file and the cause.
+# One line naming the file and the cause.
 
 
-def test_11_a_corrupt_gzip_is_one_line(tmp_path, capsys, ray_session):
+def test_a_corrupt_gzip_is_one_line(tmp_path, capsys, ray_session):
     data = gzip.compress(("\n\n".join(documents(300, seed=2)) + "\n").encode())
     bad = bytearray(data)
     for i in range(200, 260):
@@ -284,7 +282,7 @@ def test_11_a_corrupt_gzip_is_one_line(tmp_path, capsys, ray_session):
     assert not (tmp_path / "ds").exists() and not list(tmp_path.glob(".ds.*"))
 
 
-def test_11_a_latin1_task_file_names_the_file(task_checkpoint, sst2, tmp_path, capsys):
+def test_a_latin1_task_file_names_the_file(task_checkpoint, sst2, tmp_path, capsys):
     d = tmp_path / "latin"
     shutil.copytree(sst2, d)
     (d / "train.tsv").write_bytes("sentence\tlabel\ncaf\xe9 great\t1\n".encode("latin-1"))
@@ -292,7 +290,7 @@ def test_11_a_latin1_task_file_names_the_file(task_checkpoint, sst2, tmp_path, c
     one_line(capsys, str(d / "train.tsv"), "not UTF-8")
 
 
-def test_11_manifest_and_config_json_that_are_not_json(task_checkpoint, tmp_path, capsys):
+def test_manifest_and_config_json_that_are_not_json(task_checkpoint, tmp_path, capsys):
     ds = tmp_path / "ds"
     ds.mkdir()
     (ds / "manifest.json").write_text("{not json")
@@ -310,7 +308,7 @@ def test_11_manifest_and_config_json_that_are_not_json(task_checkpoint, tmp_path
     assert not (tmp_path / "out").exists()
 
 
-def test_11_read_only_out_and_storage_are_one_line(corpus, tmp_path, capsys, task_checkpoint):
+def test_read_only_out_and_storage_are_one_line(corpus, tmp_path, capsys, task_checkpoint):
     with tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
         assert gpt1(prepare_args(corpus, ro / "ds")) == 2
         one_line(capsys, "cannot write", "Read-only")
@@ -318,7 +316,7 @@ def test_11_read_only_out_and_storage_are_one_line(corpus, tmp_path, capsys, tas
         one_line(capsys, "cannot write", "Read-only")
 
 
-def test_11_a_full_disk_during_prepare_and_export_is_one_line(tmp_path, capsys, task_checkpoint, ray_session):
+def test_a_full_disk_during_prepare_and_export_is_one_line(tmp_path, capsys, task_checkpoint, ray_session):
     big = tmp_path / "big.txt"
     big.write_text("\n\n".join(documents(6000, seed=4)) + "\n")
     with tmpfs(tmp_path / "small", "64k") as small:
@@ -330,7 +328,7 @@ def test_11_a_full_disk_during_prepare_and_export_is_one_line(tmp_path, capsys, 
         assert list(small.iterdir()) == []
 
 
-def test_11_a_readme_in_a_corpus_directory_is_skipped_by_name(corpus, tmp_path, capsys, ray_session):
+def test_a_readme_in_a_corpus_directory_is_skipped_by_name(corpus, tmp_path, capsys, ray_session):
     (corpus / "README").write_text("about this corpus")
     assert gpt1(prepare_args(corpus, tmp_path / "ds")) == 0
     err = capsys.readouterr().err
@@ -342,10 +340,10 @@ def test_11_a_readme_in_a_corpus_directory_is_skipped_by_name(corpus, tmp_path, 
     one_line(capsys, "README", "cannot tell the format", "set format")
 
 
-# 12. A binary file without NUL bytes is refused by its share of replaced bytes.
+# A binary file without NUL bytes is refused by its share of replaced bytes.
 
 
-def test_12_a_binary_file_without_nul_bytes_is_refused(tmp_path, capsys, ray_session):
+def test_a_binary_file_without_nul_bytes_is_refused(tmp_path, capsys, ray_session):
     import random
 
     rng = random.Random(0)
@@ -357,10 +355,10 @@ def test_12_a_binary_file_without_nul_bytes_is_refused(tmp_path, capsys, ray_ses
     assert gpt1(prepare_args(tmp_path / "b.txt", tmp_path / "ds", "--set", "max_replaced_fraction=1")) == 0
 
 
-# 13. A killed writer's leftovers are removed by the next run.
+# A killed writer's leftovers are removed by the next run.
 
 
-def test_13_prepare_removes_the_orphans_of_a_killed_run(corpus, tmp_path, capsys, ray_session):
+def test_prepare_removes_the_orphans_of_a_killed_run(corpus, tmp_path, capsys, ray_session):
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     ).stdout.strip()
@@ -375,7 +373,7 @@ def test_13_prepare_removes_the_orphans_of_a_killed_run(corpus, tmp_path, capsys
     assert not orphan.exists() and live.exists()
 
 
-def test_also_found_a_command_says_which_ray_it_joined(corpus, tmp_path):
+def test_a_command_says_which_ray_it_joined(corpus, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = subprocess.run(
         [
@@ -400,9 +398,7 @@ def test_also_found_a_command_says_which_ray_it_joined(corpus, tmp_path):
     assert out.stdout.splitlines()[0].startswith("Ray: a new local instance at "), out.stdout[:500]
 
 
-def test_11_a_damaged_dataset_is_named_and_replaced_only_with_overwrite(
-    corpus, tmp_path, capsys, ray_session
-):
+def test_a_damaged_dataset_is_named_and_replaced_only_with_overwrite(corpus, tmp_path, capsys, ray_session):
     out = tmp_path / "ds"
     out.mkdir()
     (out / "manifest.json").write_text("{cut off")

@@ -1,9 +1,7 @@
 """Pretraining on a hostile machine: a full disk, too many workers, two runs of one name, a
 damaged or half-written checkpoint, a diverging loss, an edited manifest, Ctrl-C and SIGTERM.
 Each ends as one line and exit status 2 (130 for an interrupt), and the same command resumes
-from the newest complete checkpoint.
-
-Numbers in the test names are the items of the fault probe's issue."""
+from the newest complete checkpoint."""
 
 import json
 import os
@@ -60,10 +58,10 @@ def steps_on_disk(run: Path) -> list[int]:
     return sorted(int(p.name.split("_")[1]) for p in run.glob("checkpoint_0*") if p.is_dir())
 
 
-# 3. A full disk: one line, nothing half-written, and the same command resumes once there is room.
+# A full disk: one line, nothing half-written, and the same command resumes once there is room.
 
 
-def test_3_a_full_disk_stops_cleanly_and_the_run_resumes(data, tmp_path, capsys):
+def test_a_full_disk_stops_cleanly_and_the_run_resumes(data, tmp_path, capsys):
     storage = tmp_path / "store"
     with tmpfs(storage, "700k"):
         assert gpt1(args(data, storage)) == 2
@@ -82,16 +80,16 @@ def test_3_a_full_disk_stops_cleanly_and_the_run_resumes(data, tmp_path, capsys)
         assert steps_on_disk(run)[-1] == 40
 
 
-def test_11_a_read_only_storage_is_one_line_before_any_worker(data, tmp_path, capsys):
+def test_a_read_only_storage_is_one_line_before_any_worker(data, tmp_path, capsys):
     with tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
         assert gpt1(args(data, ro)) == 2
         one_line(capsys, "cannot write", "Read-only")
 
 
-# 4. More workers than the cluster has: one line before any worker starts.
+# More workers than the cluster has: one line before any worker starts.
 
 
-def test_4_more_workers_than_cpus_is_refused_at_once(data, tmp_path, capsys):
+def test_more_workers_than_cpus_is_refused_at_once(data, tmp_path, capsys):
     t0 = time.time()
     assert gpt1(args(data, tmp_path / "s", "r", "--workers", "4")) == 2
     one_line(capsys, "--workers 4", "the cluster has 2 CPU(s)", "--autoscale")
@@ -99,10 +97,10 @@ def test_4_more_workers_than_cpus_is_refused_at_once(data, tmp_path, capsys):
     assert not list((tmp_path / "s" / "r").glob("checkpoint_*"))
 
 
-# 5. Two runs of one name: the second is refused while the first lives; a dead holder leaves no lock.
+# Two runs of one name: the second is refused while the first lives; a dead holder leaves no lock.
 
 
-def test_5_a_second_run_of_the_same_name_is_refused(data, tmp_path, capsys):
+def test_a_second_run_of_the_same_name_is_refused(data, tmp_path, capsys):
     from pipeline.train.ray_train import run_lock
 
     run = str(tmp_path / "s" / "r")
@@ -129,11 +127,11 @@ def test_5_a_second_run_of_the_same_name_is_refused(data, tmp_path, capsys):
         pass
 
 
-# 6 and 13. A half-written checkpoint never looks complete; a damaged one is one line; a killed
+# A half-written checkpoint never looks complete; a damaged one is one line; a killed
 # writer's leftovers are removed by the next run.
 
 
-def test_6_13_damaged_checkpoints_and_leftovers(data, tmp_path, capsys, sst2):
+def test_a_damaged_checkpoint_is_one_line_and_a_killed_writers_leftovers_go(data, tmp_path, capsys, sst2):
     storage = tmp_path / "s"
     assert gpt1(args(data, storage)) == 0
     run = storage / "r"
@@ -192,7 +190,7 @@ def test_6_13_damaged_checkpoints_and_leftovers(data, tmp_path, capsys, sst2):
     assert not staging.exists() and not tmp_ckpt.exists()
 
 
-# 9 and 10. Settings and a manifest checked before any worker; a diverging loss stops the run.
+# Settings and a manifest checked before any worker; a diverging loss stops the run.
 
 
 @pytest.mark.parametrize(
@@ -204,13 +202,13 @@ def test_6_13_damaged_checkpoints_and_leftovers(data, tmp_path, capsys, sst2):
         ("grad_clip=.inf", "grad_clip inf"),
     ],
 )
-def test_9_pretrain_settings_out_of_range(data, tmp_path, capsys, setting, words):
+def test_pretrain_settings_out_of_range(data, tmp_path, capsys, setting, words):
     assert gpt1(args(data, tmp_path / "s", "r", sets=SETS + [setting])) == 2
     one_line(capsys, words)
     assert not (tmp_path / "s").exists()
 
 
-def test_9_a_non_finite_loss_stops_the_run_and_saves_nothing_after_it(data, tmp_path, capsys):
+def test_a_non_finite_loss_stops_the_run_and_saves_nothing_after_it(data, tmp_path, capsys):
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -241,7 +239,7 @@ def test_9_a_non_finite_loss_stops_the_run_and_saves_nothing_after_it(data, tmp_
     assert steps_on_disk(run) == [10, 20]  # nothing saved after it
 
 
-def test_10_an_edited_manifest_is_refused_before_any_worker(data, tmp_path, capsys):
+def test_an_edited_manifest_is_refused_before_any_worker(data, tmp_path, capsys):
     cases = {
         "vocab_size": lambda m: m["tokenizer"].update(vocab_size=100),
         "no val split": lambda m: m["splits"].pop("val"),
@@ -265,7 +263,7 @@ def test_10_an_edited_manifest_is_refused_before_any_worker(data, tmp_path, caps
     assert not (tmp_path / "s").exists()
 
 
-# 7. Ctrl-C and SIGTERM stop cleanly with one line naming the newest checkpoint; the same
+# Ctrl-C and SIGTERM stop cleanly with one line naming the newest checkpoint; the same
 # command resumes from it.
 
 
@@ -277,7 +275,7 @@ def wait_for_checkpoint_after(run: Path, step: int, proc, timeout: float = 240) 
         time.sleep(0.3)
 
 
-def test_7_ctrl_c_and_sigterm_stop_cleanly_and_resume(data, tmp_path):
+def test_ctrl_c_and_sigterm_stop_cleanly_and_resume(data, tmp_path):
     storage = tmp_path / "s"
     cmd = [sys.executable, str(ROOT / "pipeline" / "pretrain.py")] + args(
         data, storage, "r", sets=SETS[1:] + ["max_steps=100000", "checkpoint_every=20"]
@@ -305,7 +303,7 @@ def test_7_ctrl_c_and_sigterm_stop_cleanly_and_resume(data, tmp_path):
         previous = newest[1]
 
 
-def test_7_ctrl_c_during_a_sweep_is_one_line(task_checkpoint, sst2, tmp_path):
+def test_ctrl_c_during_a_sweep_is_one_line(task_checkpoint, sst2, tmp_path):
     env = {
         **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
