@@ -23,6 +23,7 @@ def check_store(uri: str, skippable: bool = True) -> None:
     would fail at its end ("duplicate column name"). An HTTP server must answer /health within
     10 s. Other stores are left to MLflow."""
     import sqlite3
+    import urllib.parse
     import urllib.request
 
     from pipeline.errors import UserError
@@ -40,15 +41,16 @@ def check_store(uri: str, skippable: bool = True) -> None:
                 check_writable(path)
             except UserError as err:
                 raise UserError(f"MLflow store {uri}: cannot be created ({err}); {fix}") from None
-        _create_store(uri, path)
         try:
-            con = sqlite3.connect(f"file:{path}?mode=rw", uri=True, isolation_level=None, timeout=10)
-            try:
-                con.execute("BEGIN IMMEDIATE")
-                con.execute("CREATE TABLE gpt1_store_probe (x)")
-                con.execute("ROLLBACK")
-            finally:
-                con.close()
+            if path.exists():  # a read-only or damaged store is found by a write, before MLflow opens it
+                con = sqlite3.connect(f"file:{path}?mode=rw", uri=True, isolation_level=None, timeout=10)
+                try:
+                    con.execute("BEGIN IMMEDIATE")
+                    con.execute("CREATE TABLE gpt1_store_probe (x)")
+                    con.execute("ROLLBACK")
+                finally:
+                    con.close()
+            _create_store(uri, path)
         except sqlite3.Error as err:
             raise UserError(f"MLflow store {uri}: cannot be used ({err}); {fix}") from None
     elif uri.startswith(("http://", "https://")):
@@ -56,7 +58,7 @@ def check_store(uri: str, skippable: bool = True) -> None:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).read()
         except OSError as err:
             raise UserError(f"MLflow server {uri}: does not answer ({err}); {fix}") from None
-    elif "://" not in uri or uri.startswith("file:"):
+    elif urllib.parse.urlparse(uri).scheme in ("", "file"):  # a path, or file:
         raise UserError(f"MLflow store {uri}: a file store, which this MLflow cannot use; {fix}")
 
 
@@ -64,14 +66,31 @@ def _create_store(uri: str, path: Path) -> None:
     """MLflow's tables in the SQLite store at path, made or migrated under a lock of the machine
     (a no-op for a store already up to date)."""
     import hashlib
+    import logging
+    import sqlite3
 
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     from pipeline.data.dataset import machine_lock
 
     key = hashlib.sha256(str(path.absolute()).encode()).hexdigest()[:16]
+    # MLflow and alembic announce each table and migration at INFO: quiet here, as a command's
+    # console is its own lines.
+    loggers = [logging.getLogger(n) for n in ("mlflow.store.db.utils", "alembic")]
+    levels = [lg.level for lg in loggers]
     with machine_lock(Path.home() / ".cache" / "gpt1" / "locks" / f"mlflow-{key}.lock"):
-        SqlAlchemyStore(uri, artifact_root(uri))
+        try:
+            for lg in loggers:
+                lg.setLevel(logging.WARNING)
+            SqlAlchemyStore(uri, artifact_root(uri))
+        except Exception as err:  # SQLAlchemy's errors wrap sqlite3's
+            orig = getattr(err, "orig", None)
+            if isinstance(orig, sqlite3.Error):
+                raise orig from None
+            raise
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
 
 
 def artifact_root(uri: str) -> str | None:

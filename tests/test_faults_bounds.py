@@ -30,6 +30,7 @@ def test_a_config_that_asks_for_more_than_its_weights_is_refused_before_building
     one_line(capsys, str(ckpt), "asks for", "the weights hold")
 
 
+@pytest.mark.slow
 def test_a_special_token_id_far_past_the_table_is_refused(task_checkpoint, sst2, tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(task_checkpoint, ckpt)

@@ -135,6 +135,7 @@ client.create_run(experiment_id(client, "gpt1-" + sys.argv[3]))
 """
 
 
+@pytest.mark.slow
 def test_commands_started_at_once_on_a_new_sqlite_store_all_log(tmp_path):
     import subprocess
     import sys

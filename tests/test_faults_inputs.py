@@ -316,6 +316,7 @@ def test_read_only_out_and_storage_are_one_line(corpus, tmp_path, capsys, task_c
         one_line(capsys, "cannot write", "Read-only")
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_prepare_and_export_is_one_line(tmp_path, capsys, task_checkpoint, ray_session):
     big = tmp_path / "big.txt"
     big.write_text("\n\n".join(documents(6000, seed=4)) + "\n")
@@ -328,6 +329,7 @@ def test_a_full_disk_during_prepare_and_export_is_one_line(tmp_path, capsys, tas
         assert list(small.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_readme_in_a_corpus_directory_is_skipped_by_name(corpus, tmp_path, capsys, ray_session):
     (corpus / "README").write_text("about this corpus")
     assert gpt1(prepare_args(corpus, tmp_path / "ds")) == 0
@@ -343,6 +345,7 @@ def test_a_readme_in_a_corpus_directory_is_skipped_by_name(corpus, tmp_path, cap
 # A binary file without NUL bytes is refused by its share of replaced bytes.
 
 
+@pytest.mark.slow
 def test_a_binary_file_without_nul_bytes_is_refused(tmp_path, capsys, ray_session):
     import random
 
@@ -358,6 +361,7 @@ def test_a_binary_file_without_nul_bytes_is_refused(tmp_path, capsys, ray_sessio
 # A killed writer's leftovers are removed by the next run.
 
 
+@pytest.mark.slow
 def test_prepare_removes_the_orphans_of_a_killed_run(corpus, tmp_path, capsys, ray_session):
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
@@ -373,6 +377,7 @@ def test_prepare_removes_the_orphans_of_a_killed_run(corpus, tmp_path, capsys, r
     assert not orphan.exists() and live.exists()
 
 
+@pytest.mark.slow
 def test_a_command_says_which_ray_it_joined(corpus, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = subprocess.run(
@@ -398,6 +403,7 @@ def test_a_command_says_which_ray_it_joined(corpus, tmp_path):
     assert out.stdout.splitlines()[0].startswith("Ray: a new local instance at "), out.stdout[:500]
 
 
+@pytest.mark.slow
 def test_a_damaged_dataset_is_named_and_replaced_only_with_overwrite(corpus, tmp_path, capsys, ray_session):
     out = tmp_path / "ds"
     out.mkdir()

@@ -61,6 +61,7 @@ def steps_on_disk(run: Path) -> list[int]:
 # A full disk: one line, nothing half-written, and the same command resumes once there is room.
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_cleanly_and_the_run_resumes(data, tmp_path, capsys):
     storage = tmp_path / "store"
     with tmpfs(storage, "700k"):
@@ -131,6 +132,7 @@ def test_a_second_run_of_the_same_name_is_refused(data, tmp_path, capsys):
 # writer's leftovers are removed by the next run.
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_one_line_and_a_killed_writers_leftovers_go(data, tmp_path, capsys, sst2):
     storage = tmp_path / "s"
     assert gpt1(args(data, storage)) == 0
@@ -208,6 +210,7 @@ def test_pretrain_settings_out_of_range(data, tmp_path, capsys, setting, words):
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_the_run_and_saves_nothing_after_it(data, tmp_path, capsys):
     import torch
     from safetensors.torch import load_file, save_file
@@ -275,6 +278,7 @@ def wait_for_checkpoint_after(run: Path, step: int, proc, timeout: float = 240) 
         time.sleep(0.3)
 
 
+@pytest.mark.slow
 def test_ctrl_c_and_sigterm_stop_cleanly_and_resume(data, tmp_path):
     storage = tmp_path / "s"
     cmd = [sys.executable, str(ROOT / "pipeline" / "pretrain.py")] + args(
@@ -303,6 +307,7 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_resume(data, tmp_path):
         previous = newest[1]
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_sweep_is_one_line(task_checkpoint, sst2, tmp_path):
     env = {
         **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},

@@ -66,6 +66,7 @@ def test_a_bucket_that_does_not_exist_is_found_before_any_work(s3, tmp_path, cap
     assert "prepared" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_an_endpoint_that_does_not_answer_is_one_line_and_status_1(tmp_path, capsys, monkeypatch):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

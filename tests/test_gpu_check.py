@@ -5,11 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 # Make each of these unimportable (an ImportError at `import ray`), as on the GPU machine.
 BLOCK = "import sys; sys.modules.update({m: None for m in ('ray', 'mlflow', 'ftfy', 'spacy')}); "
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_without_ray_or_mlflow():
     code = (
         BLOCK + "import runpy; sys.argv = ['bench/gpu_check.py', '--device', 'cpu', '--quick']; "

@@ -69,6 +69,7 @@ def write_text(path: Path, docs: list[str]) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_text_corpus_end_to_end(tmp_path, ray_session):
     docs = documents(300, seed=1)
     src = write_text(tmp_path / "corpus.txt", docs)
@@ -100,6 +101,7 @@ def test_text_corpus_end_to_end(tmp_path, ray_session):
     assert m["n_ctx"] == 32
 
 
+@pytest.mark.slow
 def test_every_format_gives_the_same_documents(tmp_path, ray_session):
     docs = documents(60, seed=2)
     (tmp_path / "a.txt").write_text("\n\n".join(docs))
@@ -137,6 +139,7 @@ def test_every_format_gives_the_same_documents(tmp_path, ray_session):
         assert np.array_equal(s, first), name
 
 
+@pytest.mark.slow
 def test_output_is_identical_whatever_the_parallelism_and_chunk_size(tmp_path, ray_session):
     docs = documents(18_000, seed=3)
     src = write_text(tmp_path / "c.txt", docs[:9_000])
@@ -178,6 +181,7 @@ def test_chunks_inside_a_file_own_whole_documents(tmp_path):
         assert got == whole, size
 
 
+@pytest.mark.slow
 def test_packing_blocks_are_contiguous_and_hold_every_document_once(tmp_path, ray_session):
     docs = [f"document number {i} " + "word " * (i % 40) for i in range(200)]
     src = write_text(tmp_path / "c.txt", docs)
@@ -195,6 +199,7 @@ def test_packing_blocks_are_contiguous_and_hold_every_document_once(tmp_path, ra
     assert train["blocks"] == (train["tokens"] - 1) // 32
 
 
+@pytest.mark.slow
 def test_non_utf8_bytes_are_replaced_and_counted(tmp_path, ray_session):
     raw = "\n\n".join(documents(20, seed=4)).encode() + b"\n\nbad \xff\xfe bytes here\n"
     (tmp_path / "c.txt").write_bytes(raw)
@@ -202,6 +207,7 @@ def test_non_utf8_bytes_are_replaced_and_counted(tmp_path, ray_session):
     assert m["replaced_bytes"] == 2
 
 
+@pytest.mark.slow
 def test_a_single_very_long_line_is_split_and_processed(tmp_path, ray_session):
     words = documents(1, seed=5, min_words=600_000, max_words=600_000)[0].replace("\n", " ")
     assert len(words) > 2_500_000
@@ -212,6 +218,7 @@ def test_a_single_very_long_line_is_split_and_processed(tmp_path, ray_session):
     assert m["splits"]["train"]["tokens"] == len(tok.encode(words, add_special_tokens=False).ids) + 1
 
 
+@pytest.mark.slow
 def test_rerun_is_a_no_op_and_a_different_one_needs_overwrite(tmp_path, ray_session):
     src = write_text(tmp_path / "c.txt", documents(50, seed=6))
     out = tmp_path / "ds"
@@ -264,6 +271,7 @@ def _parquet(path: Path) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_is_one_clear_line_and_exit_2(case, tmp_path, ray_session, capsys):
     make, expected = BAD_INPUTS[case]
@@ -280,6 +288,7 @@ def test_bad_input_is_one_clear_line_and_exit_2(case, tmp_path, ray_session, cap
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.slow
 def test_script_runs_as_a_file_and_logs_to_mlflow(tmp_path, mlflow_uri):
     src = write_text(tmp_path / "c.txt", documents(80, seed=7))
     out = tmp_path / "ds"

@@ -24,6 +24,7 @@ warmup: 0.05
 """
 
 
+@pytest.mark.slow
 def test_sweep_logs_parent_and_trials_and_registers_the_best(
     task_checkpoint, sst2, tmp_path, mlflow_uri, ray_session, monkeypatch
 ):
@@ -210,6 +211,7 @@ def hf_gpt1(d, vocab_dir):
     return d
 
 
+@pytest.mark.slow
 def test_the_released_model_in_hugging_face_layout_fine_tunes_and_sweeps(
     sst2, tmp_path, mlflow_uri, ray_session, monkeypatch
 ):

@@ -181,6 +181,7 @@ def test_the_released_gpt1_vocabulary_encodes_as_the_released_encoder():
     not (SHARED_VOCAB.exists() and SHAKESPEARE.exists()),
     reason="../shared/data (the released vocabulary, tinyshakespeare) is not at hand",
 )
+@pytest.mark.slow
 def test_real_sentences_get_the_released_encoders_ids():
     """The target: identical ids on at least 99.9% of real sentences (tinyshakespeare's lines,
     raw English with contractions)."""
