@@ -27,7 +27,27 @@ def is_remote(spec) -> bool:
 
 
 def local_path(spec) -> Path:
-    return Path(str(spec).removeprefix("file://")).absolute()
+    """A local path or file:// URI as an absolute path."""
+    return Path(os.path.abspath(str(spec).removeprefix("file://")))
+
+
+def filesystem(spec, error: type[Exception] | None = None) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and path that spec names: this machine's for a path or a file://
+    URI (made absolute), else the one its URI's scheme opens. A URI pyarrow cannot open is one
+    line (error, a UserError by default)."""
+    if not is_remote(spec):
+        return pafs.LocalFileSystem(), str(local_path(spec))
+    try:
+        return pafs.FileSystem.from_uri(str(spec))
+    except Exception as err:  # pyarrow raises ArrowInvalid / OSError for unknown schemes
+        from pipeline.errors import UserError
+
+        raise (error or UserError)(f"{spec}: cannot open this URI ({str(err).splitlines()[0]})") from None
+
+
+def scheme(spec) -> str:
+    """What goes before a path to make it spec's kind again: 's3://' for s3://..., '' if local."""
+    return str(spec).split("://", 1)[0] + "://" if is_remote(spec) else ""
 
 
 def inside(root: Path, name: str, source: str) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 
 def ray_init() -> None:
@@ -39,10 +38,10 @@ def ray_init() -> None:
 
 def storage_path(storage: str | None) -> str:
     """--storage, else GPT1_STORAGE (a cluster sets it for every job: s3://...), else ./runs."""
-    storage = storage or os.environ.get("GPT1_STORAGE")
-    if storage and "://" in storage:
-        return storage.rstrip("/")
-    return str(Path(storage or "runs").absolute())
+    from pipeline import remote
+
+    storage = storage or os.environ.get("GPT1_STORAGE") or "runs"
+    return storage.rstrip("/") if remote.is_remote(storage) else str(remote.local_path(storage))
 
 
 DEVICES = ("auto", "cpu", "cuda")

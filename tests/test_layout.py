@@ -134,3 +134,18 @@ def test_every_module_says_its_job():
         if not (ast.get_docstring(ast.parse(p.read_text())) or "").strip()
     )
     assert not missing, "modules without a docstring that says their job: " + ", ".join(missing)
+
+
+def test_only_the_storage_module_tells_local_paths_from_uris():
+    """pipeline/remote.py decides what is object storage (is_remote, filesystem): a `"://" in`
+    test elsewhere would fork that rule (file:// is local everywhere)."""
+    import re
+
+    forked = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in [*modules().values(), *sorted((ROOT / "bench").glob("*.py"))]
+        if path.relative_to(ROOT).as_posix() != "pipeline/remote.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"""["']://["']\s+(not\s+)?in\b""", line)
+    ]
+    assert not forked, forked

@@ -119,6 +119,7 @@ def reference(data, tmp_path_factory, ray_session, sst2):
             os.environ["MLFLOW_TRACKING_URI"] = old
 
 
+@pytest.mark.slow
 def test_loss_goes_down_and_the_run_is_tracked(reference, data):
     from mlflow.tracking import MlflowClient
 
@@ -192,6 +193,7 @@ def test_checkpoints_are_model_directories(reference):
     assert (newest / "optimizer.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_killed_worker_recovers_and_retraces_the_run(reference, data, workdir):
     killed = kill_a_worker_once(workdir / "runs" / "killed" / "checkpoint_000000020")
     out = pretrain(data, config("max_failures=2"), workers=2, name="killed")
@@ -201,6 +203,7 @@ def test_killed_worker_recovers_and_retraces_the_run(reference, data, workdir):
     assert losses(out["run_id"]) == reference["losses"]
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_on_another_worker_count(reference, data, workdir):
     killed = kill_a_worker_once(workdir / "runs" / "cut" / "checkpoint_000000030")
     with pytest.raises(Exception):
@@ -226,6 +229,7 @@ def test_interrupted_run_resumes_on_another_worker_count(reference, data, workdi
     assert len(runs) == 1 and runs[0].data.tags["world_size"] == "1"
 
 
+@pytest.mark.slow
 def test_a_time_budget_sets_the_steps_once_and_a_resume_keeps_them(data, workdir):
     import shutil
 
@@ -372,3 +376,26 @@ def test_wide_runs_take_smaller_micro_batches_and_a_run_keeps_its_own():
         micro_batch(gpt1, 16, recorded=8)
     # Asking for smaller micro-batches than the run's is a change of settings (claim_run refuses it).
     assert micro_batch(dataclasses.replace(gpt1, micro_batch=2), 4, recorded=4) == 2
+
+
+def test_a_run_is_planned_from_the_clusters_resources_without_ray(tmp_path):
+    from model import GPTConfig
+    from pipeline.train.pretrain import plan_run
+
+    cfg = load(PretrainConfig(), "gpt1", PRESETS_DIR)
+    gcfg = GPTConfig()
+    manifest = {"splits": {"train": {"blocks": 6400}}, "fingerprint": "f" * 64, "n_ctx": 512}
+    on_gpus = plan_run(cfg, gcfg, manifest, "s3://b/ds", {"CPU": 96, "GPU": 8}, storage="s3://b/runs")
+    assert (on_gpus.workers, on_gpus.use_gpu, on_gpus.cpus_per_worker) == (8, True, 1)
+    assert on_gpus.steps_per_epoch == 100 and on_gpus.total_steps == 100 * cfg.epochs
+    assert on_gpus.run_path == f"s3://b/runs/{on_gpus.name}" and on_gpus.name.startswith("ds-gpt1-")
+    # The same settings name the same run, whatever the cluster.
+    assert plan_run(cfg, gcfg, manifest, "s3://b/ds", {"CPU": 4}, 2, device="cpu").name == on_gpus.name
+    on_cpus = plan_run(cfg, gcfg, manifest, "ds", {"CPU": 8}, 2, name="r", storage=str(tmp_path))
+    assert (on_cpus.workers, on_cpus.use_gpu, on_cpus.cpus_per_worker) == (2, False, 4)
+    assert on_cpus.run_path == f"{tmp_path}/r"
+    with pytest.raises(ConfigError, match="--workers 4: the cluster has 2 GPU"):
+        plan_run(cfg, gcfg, manifest, "ds", {"CPU": 8, "GPU": 2}, 4)
+    assert plan_run(cfg, gcfg, manifest, "ds", {"CPU": 8, "GPU": 2}, 4, autoscale=True).workers == 4
+    with pytest.raises(ConfigError, match="no GPUs now"):
+        plan_run(cfg, gcfg, manifest, "ds", {"CPU": 8}, device="cuda")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from pipeline import remote
 from pipeline.data.text import normalize
 from pipeline.errors import UserError
 
@@ -68,12 +69,7 @@ class ReadOptions:
 
 
 def filesystem(spec: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in spec:
-        try:
-            return pafs.FileSystem.from_uri(spec)
-        except Exception as err:  # pyarrow raises ArrowInvalid / OSError for unknown schemes
-            raise CorpusError(f"{spec}: cannot open this URI ({str(err).splitlines()[0]})") from None
-    return pafs.LocalFileSystem(), os.path.abspath(spec)
+    return remote.filesystem(spec, CorpusError)
 
 
 def _format_of(name: str, forced: str) -> tuple[str, bool]:
@@ -103,7 +99,7 @@ def resolve_inputs(specs: list[str], forced_format: str = "auto") -> list[InputF
     files: list[InputFile] = []
     for spec in specs:
         fs, path = filesystem(spec)
-        scheme = spec.split("://", 1)[0] + "://" if "://" in spec else ""
+        scheme = remote.scheme(spec)
         if any(c in path for c in "*?["):
             infos = _glob(fs, path, local=not scheme)
             if not infos:

@@ -262,7 +262,8 @@ def _work(files, cfg, val_files, tok, source, source_key, fs, base, out_uri, loc
                 )
             )
     shas = _assemble(out_uri, jobs, local)
-    remote_store.delete(fs, base, [n for n in remote_store.files_under(fs, base) if n.startswith(WORK + "/")])
+    # The part files, in batches (S3 deletes up to 1,000 objects a request), then their directory.
+    fs.delete_dir_contents(f"{base}/{WORK}", missing_dir_ok=True)
     if fs.get_file_info(f"{base}/{WORK}").type == pafs.FileType.Directory:  # a local one, or a marker
         fs.delete_dir(f"{base}/{WORK}")
 

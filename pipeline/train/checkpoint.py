@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from model import GPT
-from pipeline import outdir
+from pipeline import outdir, remote
 from pipeline.data.packing import sha256_file
 from pipeline.data.tokenizer import RESERVED_TOKENS, load_tokenizer
 from pipeline.errors import UserError, model_input
@@ -103,10 +103,7 @@ def latest_checkpoint(run_path: str) -> tuple[str, int] | None:
     None. Damaged ones (a write cut off by a kill or a full disk) are passed over."""
     import pyarrow.fs as pafs
 
-    if "://" in run_path:
-        fs, base = pafs.FileSystem.from_uri(run_path)
-    else:
-        fs, base = pafs.LocalFileSystem(), run_path
+    fs, base = remote.filesystem(run_path)
     try:
         infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     except OSError:
@@ -120,7 +117,7 @@ def latest_checkpoint(run_path: str) -> tuple[str, int] | None:
         reverse=True,
     )
     for step, path in found:
-        if "://" not in run_path:
+        if not remote.is_remote(run_path):
             try:
                 check_complete(path, hashes=False)
             except DamagedCheckpoint:

@@ -17,9 +17,11 @@ MLflow: experiment gpt1-pretrain, one run per RUN, logged by rank 0 only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from model import GPTConfig
@@ -81,9 +83,7 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def _run_file(run_path: str):
-    import pyarrow.fs as pafs
-
-    fs, path = pafs.FileSystem.from_uri(run_path) if "://" in run_path else (pafs.LocalFileSystem(), run_path)
+    fs, path = remote.filesystem(run_path)
     return fs, path, f"{path}/{RUN_FILE}"
 
 
@@ -115,62 +115,41 @@ def claim_run(run_path: str, ident: dict, old: dict | None) -> None:
         f.write((json.dumps(ident, indent=2, sort_keys=True) + "\n").encode())
 
 
-def pretrain(
-    data,
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run is launched with, decided before any worker starts (plan_run)."""
+
+    cfg: PretrainConfig  # its micro_batch is fixed at launch, from the run's own record
+    model: GPTConfig
+    data: str
+    workers: int
+    use_gpu: bool
+    cpus_per_worker: int  # on CPU: the cores each worker's torch uses; on GPU: 1
+    total_steps: int
+    steps_per_epoch: int
+    name: str
+    storage: str
+
+    @property
+    def run_path(self) -> str:
+        return f"{self.storage}/{self.name}"
+
+
+def plan_run(
     cfg: PretrainConfig,
+    gcfg: GPTConfig,
+    manifest: dict,
+    data: str,
+    resources: dict,
     workers: int | None = None,
     name: str | None = None,
     storage: str | None = None,
     device: str = "auto",
-    track: bool = True,
     autoscale: bool = False,
-) -> dict:
-    """Run (or resume) the stage. Returns the final metrics, the newest checkpoint's path and
-    the MLflow run id. Raises DataError / ConfigError before any worker starts, StopRun's line
-    as a UserError when the run stops itself (a non-finite loss, a full disk), and Interrupted
-    on Ctrl-C or SIGTERM, naming the checkpoint that the same command resumes from."""
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from pipeline.runtime import ray_init
-    from pipeline.train.checkpoint import latest_checkpoint
-    from pipeline.train.loop import LoopSpec
-    from pipeline.train.ray_train import (
-        Outcome,
-        fit,
-        remove_orphan_staging,
-        repair_ray_index,
-        run_lock,
-        worker,
-    )
-
-    # Object storage: the manifest and a listing here (sizes only); every node's first worker
-    # stages the shards and verifies them as they arrive (pipeline/data/stage.py). A local
-    # directory: verified here, once per machine.
-    if name is not None:
-        check_run_name(name)
-    if remote.is_remote(data):
-        data = str(data).rstrip("/")
-        manifest = read_dataset(data)
-        check_tokenizer(data, manifest)
-    else:
-        data = remote.local_path(data)
-        manifest = open_dataset(data)
-    gcfg = model_config(cfg, manifest, data)
-    check_device(device)
-    check_config(cfg, workers or 1)
-    if cfg.zero_shot:  # read by rank 0: checked here, before any worker starts, and made absolute
-        from pipeline.eval.zero_shot import parse_tasks
-
-        cfg = dataclasses.replace(cfg, zero_shot=[f"{t}={d}" for t, d in parse_tasks(cfg.zero_shot)])
-    uri = None
-    if track:  # the store is checked before the work, not after it
-        uri = tracking_uri()
-        check_store(uri)
-    ray_init()
-    resources = ray.cluster_resources()
+) -> RunPlan:
+    """The run's plan from its settings, its dataset's manifest and the cluster's resources
+    (ray.cluster_resources()): a pure function, so tests call it without Ray. Raises ConfigError
+    where the cluster cannot run it."""
     use_gpu = device == "cuda" or (device == "auto" and resources.get("GPU", 0) > 0)
     workers = workers or (int(resources.get("GPU", 0)) if use_gpu else 1)
     if workers == 0:  # an autoscaling cluster whose GPU nodes are not up yet
@@ -190,51 +169,146 @@ def pretrain(
             f"for at most {have // per_worker}, or pass --autoscale where the cluster's autoscaler adds "
             f"nodes (clusters/gpu.yaml's does)"
         )
-    n_train = manifest["splits"]["train"]["blocks"]
-    steps_per_epoch = BlockOrder(cfg.seed, n_train, cfg.batch_size).steps_per_epoch
-    total = cfg.max_steps or cfg.epochs * steps_per_epoch
-
+    steps_per_epoch = BlockOrder(
+        cfg.seed, manifest["splits"]["train"]["blocks"], cfg.batch_size
+    ).steps_per_epoch
     # The default name comes from the settings as given, so that a resume on another worker
     # count (another micro-batch for a new run) finds the same run.
     asked = hashlib.sha256(json.dumps(identity(cfg, gcfg, manifest), sort_keys=True).encode()).hexdigest()[:8]
-    name = name or default_run_name(str(data), cfg.model, asked)
-    storage = storage_path(storage)
-    run_path = f"{storage}/{name}"
-    if "://" not in storage:
+    return RunPlan(
+        cfg=cfg,
+        model=gcfg,
+        data=data,
+        workers=workers,
+        use_gpu=use_gpu,
+        cpus_per_worker=cpus,
+        total_steps=cfg.max_steps or cfg.epochs * steps_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        name=name or default_run_name(data, cfg.model, asked),
+        storage=storage_path(storage),
+    )
+
+
+@contextlib.contextmanager
+def run_status(uri: str | None, run_id: str | None):
+    """The MLflow run's status, set in this one place: KILLED on Ctrl-C or SIGTERM, FAILED on any
+    other error (a run that stopped itself too), FINISHED when the block ends."""
+    if not run_id:
+        yield
+        return
+    try:
+        yield
+    except (KeyboardInterrupt, errors.Interrupted):
+        finish_run(uri, run_id, "KILLED")
+        raise
+    except BaseException:
+        finish_run(uri, run_id, "FAILED")
+        raise
+    finish_run(uri, run_id, "FINISHED")
+
+
+def pretrain(
+    data,
+    cfg: PretrainConfig,
+    workers: int | None = None,
+    name: str | None = None,
+    storage: str | None = None,
+    device: str = "auto",
+    track: bool = True,
+    autoscale: bool = False,
+) -> dict:
+    """Run (or resume) the stage: check every input, plan the run, launch it. Returns the final
+    metrics, the newest checkpoint's path and the MLflow run id. Raises DataError / ConfigError
+    before any worker starts, StopRun's line as a UserError when the run stops itself (a
+    non-finite loss, a full disk), and Interrupted on Ctrl-C or SIGTERM, naming the checkpoint
+    that the same command resumes from."""
+    import ray
+
+    from pipeline.runtime import ray_init
+
+    if name is not None:
+        check_run_name(name)
+    # Object storage: the manifest and a listing here (sizes only); every node's first worker
+    # stages the shards and verifies them as they arrive (pipeline/data/stage.py). A local
+    # directory: verified here, once per machine.
+    if remote.is_remote(data):
+        data = str(data).rstrip("/")
+        manifest = read_dataset(data)
+        check_tokenizer(data, manifest)
+    else:
+        data = remote.local_path(data)
+        manifest = open_dataset(data)
+    gcfg = model_config(cfg, manifest, data)
+    check_device(device)
+    check_config(cfg, workers or 1)  # before Ray starts: a bad setting costs a line, not a start-up
+    if cfg.zero_shot:  # read by rank 0: checked here, before any worker starts, and made absolute
+        from pipeline.eval.zero_shot import parse_tasks
+
+        cfg = dataclasses.replace(cfg, zero_shot=[f"{t}={d}" for t, d in parse_tasks(cfg.zero_shot)])
+    uri = tracking_uri() if track else None
+    if uri:  # the store is checked before the work, not after it
+        check_store(uri)
+    ray_init()
+    plan = plan_run(
+        cfg, gcfg, manifest, str(data), ray.cluster_resources(), workers, name, storage, device, autoscale
+    )
+    return launch(plan, manifest, uri)
+
+
+def launch(plan: RunPlan, manifest: dict, uri: str | None) -> dict:
+    """Hold the run, record it, and run it on Ray Train; the result as pretrain returns it."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from pipeline.train.checkpoint import latest_checkpoint
+    from pipeline.train.loop import LoopSpec
+    from pipeline.train.ray_train import (
+        Outcome,
+        fit,
+        remove_orphan_staging,
+        repair_ray_index,
+        run_lock,
+        worker,
+    )
+
+    cfg, gcfg, name, run_path = plan.cfg, plan.model, plan.name, plan.run_path
+    if not remote.is_remote(plan.storage):
         from pipeline import outdir
 
         outdir.check_writable(Path(run_path) / RUN_FILE)
     with run_lock(run_path):
         old = recorded_run(run_path)
-        resumed = old is not None
-        cfg = dataclasses.replace(
-            cfg, micro_batch=micro_batch(cfg, workers, old["pretrain"].get("micro_batch") if old else None)
-        )
+        recorded = old["pretrain"].get("micro_batch") if old else None
+        cfg = dataclasses.replace(cfg, micro_batch=micro_batch(cfg, plan.workers, recorded))
         claim_run(run_path, identity(cfg, gcfg, manifest), old)
         remove_orphan_staging(run_path)
         repair_ray_index(run_path)
         newest = latest_checkpoint(run_path)
         run_id = (
-            start_pretrain_run(uri, name, run_path, cfg, gcfg, manifest, data, workers) if track else None
+            start_pretrain_run(uri, name, run_path, cfg, gcfg, manifest, plan.data, plan.workers)
+            if uri
+            else None
         )
         at = (
             f"resuming run {name} from step {newest[1]:,}"
             if newest
-            else f"{'restarting' if resumed else 'starting'} run {name} from step 0"
+            else f"{'restarting' if old else 'starting'} run {name} from step 0"
         )
         print(
-            f"{at}: {gcfg.n_layer} x {gcfg.n_embd}, vocab "
-            f"{gcfg.vocab_size:,}, {'at most ' if cfg.max_minutes else ''}{total:,} steps of {cfg.batch_size} x {gcfg.n_ctx} tokens "
-            f"({steps_per_epoch:,} per epoch) on {workers} {'GPU' if use_gpu else 'CPU'} worker(s); "
-            f"checkpoints in {run_path}",
+            f"{at}: {gcfg.n_layer} x {gcfg.n_embd}, vocab {gcfg.vocab_size:,}, "
+            f"{'at most ' if cfg.max_minutes else ''}{plan.total_steps:,} steps of {cfg.batch_size} x "
+            f"{gcfg.n_ctx} tokens ({plan.steps_per_epoch:,} per epoch) on {plan.workers} "
+            f"{'GPU' if plan.use_gpu else 'CPU'} worker(s); checkpoints in {run_path}",
             flush=True,
         )
         spec = LoopSpec(
             pretrain=cfg,
             model=gcfg,
-            data=str(data),
-            total_steps=total,
-            threads=0 if use_gpu else cpus,
+            data=plan.data,
+            total_steps=plan.total_steps,
+            threads=0 if plan.use_gpu else plan.cpus_per_worker,
             mlflow_uri=uri,
             mlflow_run_id=run_id,
             run_path=run_path,
@@ -248,48 +322,38 @@ def pretrain(
             worker,
             train_loop_config={"spec": spec, "outcome": outcome},
             scaling_config=ScalingConfig(
-                num_workers=workers,
-                use_gpu=use_gpu,
-                resources_per_worker={"GPU": 1} if use_gpu else {"CPU": cpus},
+                num_workers=plan.workers,
+                use_gpu=plan.use_gpu,
+                resources_per_worker={"GPU": 1} if plan.use_gpu else {"CPU": plan.cpus_per_worker},
             ),
             run_config=RunConfig(
                 name=name,
-                storage_path=storage,
+                storage_path=plan.storage,
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                 failure_config=FailureConfig(max_failures=cfg.max_failures),
             ),
         )
-        try:
-            result = fit(trainer)
-        except KeyboardInterrupt:
-            if run_id:
-                finish_run(uri, run_id, "KILLED")
-            newest = latest_checkpoint(run_path)
-            raise errors.Interrupted(
-                f"run {name} interrupted; "
-                + (
+        with run_status(uri, run_id):
+            try:
+                result = fit(trainer)
+            except KeyboardInterrupt:
+                newest = latest_checkpoint(run_path)
+                where = (
                     f"newest checkpoint {newest[0]} (step {newest[1]:,}); "
                     if newest
                     else "no checkpoint yet; "
                 )
-                + "the same command resumes from it"
-            ) from None
-        except BaseException:
-            if run_id:
-                finish_run(uri, run_id, "FAILED")
-            raise
-        stopped = ray.get(outcome.get.remote())
-        if stopped:
-            if run_id:
-                finish_run(uri, run_id, "FAILED")
-            raise errors.UserError(stopped)
-    if run_id:
-        finish_run(uri, run_id, "FINISHED")
+                raise errors.Interrupted(
+                    f"run {name} interrupted; {where}the same command resumes from it"
+                ) from None
+            stopped = ray.get(outcome.get.remote())
+            if stopped:
+                raise errors.UserError(stopped)
     checkpoint = result.checkpoint.path if result.checkpoint else None
     if checkpoint and remote.is_remote(run_path):  # Ray's path is inside the bucket, without the scheme
-        checkpoint = f"{run_path.split('://', 1)[0]}://{checkpoint.split('://', 1)[-1]}"
+        checkpoint = remote.scheme(run_path) + checkpoint.split("://", 1)[-1]
     m = result.metrics or {}
-    line = f"run {name} done at step {m.get('step', total):,}"
+    line = f"run {name} done at step {m.get('step', plan.total_steps):,}"
     if "val_bits_per_byte" in m:
         line += f": val loss {m['val_loss']:.4f}, {m['val_bits_per_byte']:.4f} bits per byte"
     print(

@@ -22,7 +22,7 @@ import json
 import os
 from pathlib import Path
 
-from pipeline import errors
+from pipeline import errors, remote
 
 
 class RaySession:
@@ -42,7 +42,7 @@ class RaySession:
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self.run_path, self.resume_from = run_path, resume_from
-        self.remote = "://" in run_path
+        self.remote = remote.is_remote(run_path)
         self.handed_over = None  # the staging directory an upload in the background now owns
         self.async_upload = True  # to object storage; bench/checkpoint_stall.py compares both
 
@@ -171,7 +171,7 @@ def run_lock(run_path: str):
     lock file is local (~/.cache/gpt1/locks): it guards against a second run on this machine only."""
     import fcntl
 
-    if "://" in run_path:
+    if remote.is_remote(run_path):
         lock_dir = Path.home() / ".cache" / "gpt1" / "locks"
         lock_file = lock_dir / (hashlib.sha256(run_path.encode()).hexdigest()[:16] + ".lock")
     else:
@@ -201,7 +201,7 @@ def repair_ray_index(run_path: str) -> None:
     run goes on, and the run resumes from its newest complete checkpoint without it."""
     import pyarrow.fs as pafs
 
-    fs, base = pafs.FileSystem.from_uri(run_path) if "://" in run_path else (pafs.LocalFileSystem(), run_path)
+    fs, base = remote.filesystem(run_path)
     index = f"{base}/checkpoint_manager_snapshot.json"
     if fs.get_file_info(index).type != pafs.FileType.File:
         return
@@ -227,7 +227,7 @@ def remove_orphan_staging(run_path: str) -> None:
 
     from pipeline import outdir
 
-    if "://" not in run_path:
+    if not remote.is_remote(run_path):
         for p in Path(run_path).glob(f".checkpoint_*.{outdir.MARKER}tmp-*"):
             outdir.remove_orphans(Path(run_path) / p.name.split(".")[1])
     for p in Path(tempfile.gettempdir()).glob("gpt1-ckpt-*-*"):
