@@ -127,30 +127,40 @@ def publish(tmp: Path, final: Path) -> None:
 
 
 @contextlib.contextmanager
-def writer_lock(out: Path, what: str):
-    """One writer of out on this machine at a time: a second is refused while the first lives.
-    An flock on a file under ~/.cache/gpt1/locks (never beside the user's output), so that a
-    killed writer leaves nothing stuck."""
+def held_alone(lock_file: Path, refused: Callable[[str], Exception]):
+    """Hold lock_file (an flock, so that a killed holder leaves nothing stuck) while the block
+    runs, with this process's pid in it; if another process holds it, raise refused(its pid)."""
     import fcntl
 
-    from pipeline.errors import UserError
-
-    locks = Path.home() / ".cache" / "gpt1" / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / (hashlib.sha256(str(out.absolute()).encode()).hexdigest()[:16] + ".lock"), "a+") as f:
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            raise UserError(
-                f"{out}: another {what} is writing here (pid {f.read().strip() or '?'}); wait for it "
-                "to end, or choose another path"
-            ) from None
+            raise refused(f.read().strip() or "?") from None
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")
         f.flush()
         yield
+
+
+def lock_file_of(key: str) -> Path:
+    """A lock file under ~/.cache/gpt1/locks for key (a path or a URI): never beside a user's files."""
+    return (
+        Path.home() / ".cache" / "gpt1" / "locks" / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".lock")
+    )
+
+
+def writer_lock(out: Path, what: str):
+    """One writer of out on this machine at a time: a second is refused while the first lives."""
+    return held_alone(
+        lock_file_of(str(out.absolute())),
+        lambda pid: UserError(
+            f"{out}: another {what} is writing here (pid {pid}); wait for it to end, or choose another path"
+        ),
+    )
 
 
 def swap_into_place(tmp: Path, out: Path) -> None:

@@ -65,20 +65,19 @@ def check_store(uri: str, skippable: bool = True) -> None:
 def _create_store(uri: str, path: Path) -> None:
     """MLflow's tables in the SQLite store at path, made or migrated under a lock of the machine
     (a no-op for a store already up to date)."""
-    import hashlib
     import logging
     import sqlite3
 
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     from pipeline.data.dataset import machine_lock
+    from pipeline.outdir import lock_file_of
 
-    key = hashlib.sha256(str(path.absolute()).encode()).hexdigest()[:16]
     # MLflow and alembic announce each table and migration at INFO: quiet here, as a command's
     # console is its own lines.
     loggers = [logging.getLogger(n) for n in ("mlflow.store.db.utils", "alembic")]
     levels = [lg.level for lg in loggers]
-    with machine_lock(Path.home() / ".cache" / "gpt1" / "locks" / f"mlflow-{key}.lock"):
+    with machine_lock(lock_file_of(f"mlflow:{path.absolute()}")):
         try:
             for lg in loggers:
                 lg.setLevel(logging.WARNING)

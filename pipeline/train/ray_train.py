@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -169,29 +168,11 @@ def run_lock(run_path: str):
     """Hold the run for this process: a second pretrain of the same run is refused while this one
     lives. An flock, so that a crashed or killed run leaves nothing stuck. For object storage the
     lock file is local (~/.cache/gpt1/locks): it guards against a second run on this machine only."""
-    import fcntl
+    from pipeline import outdir
 
-    if remote.is_remote(run_path):
-        lock_dir = Path.home() / ".cache" / "gpt1" / "locks"
-        lock_file = lock_dir / (hashlib.sha256(run_path.encode()).hexdigest()[:16] + ".lock")
-    else:
-        lock_dir = Path(run_path)
-        lock_file = lock_dir / ".gpt1.lock"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "?"
-            raise errors.ConfigError(
-                f"{run_path}: another pretrain of this run is running (pid {holder}); "
-                "wait for it to end, or pass another --name"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
+    lock_file = outdir.lock_file_of(run_path) if remote.is_remote(run_path) else Path(run_path) / ".gpt1.lock"
+    refused = "another pretrain of this run is running (pid {}); wait for it to end, or pass another --name"
+    with outdir.held_alone(lock_file, lambda pid: errors.ConfigError(f"{run_path}: {refused.format(pid)}")):
         yield
 
 
