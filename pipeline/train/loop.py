@@ -137,7 +137,10 @@ class Pretraining:
             torch.set_num_threads(spec.threads)
         self.rank, self.world, self.device = session.rank, session.world_size, session.device
         if self.device.type == "cuda":  # NCCL's object collectives (the zero-shot's) use the current device
-            torch.cuda.set_device(self.device)
+            # "cuda" without an index (a plain process) means the current device; set_device wants one.
+            torch.cuda.set_device(
+                self.device.index if self.device.index is not None else torch.cuda.current_device()
+            )
         # A local dataset, verified once per machine; one on object storage, staged once per node.
         failed = None
         try:
