@@ -1,6 +1,7 @@
-"""Errors and how a command ends: the UserError family as one line and exit status 2, object
-storage that stopped answering as one line and status 1, Ctrl-C and SIGTERM as one line and
-status 130, anything else (a bug) with its traceback and status 1."""
+"""Errors and how a command ends: the UserError family as one line and exit status 2; object
+storage that stopped answering, and a cluster that did not grow in time, as one line and status 1;
+Ctrl-C and SIGTERM as one line and status 130; anything else (a bug) with its traceback and
+status 1."""
 
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ class ConfigError(UserError):
 class StorageUnavailable(Exception):
     """Object storage could not be reached, after the client's bounded retries: neither the
     user's mistake nor a bug. One line, exit status 1; the same command resumes once it answers."""
+
+
+class NotEnoughResources(Exception):
+    """The cluster did not grow to what a command needs within --wait-minutes: neither the user's
+    mistake in an input nor a bug. One line, exit status 1; the same command may be run again."""
 
 
 class Interrupted(Exception):
@@ -100,6 +106,14 @@ def naming(path):
         raise
 
 
+def names_a_file(err: BaseException) -> bool:
+    """A missing file the user can act on: one whose line says which. `[Errno 2] No such file or
+    directory` alone names nothing, and is a bug's to show with its traceback."""
+    return isinstance(err, FileNotFoundError) and (
+        err.filename is not None or str(err) != f"[Errno {err.errno}] {err.strerror}"
+    )
+
+
 def user_error(err: BaseException) -> BaseException | None:
     """The user's mistake behind err, if any. A bad input found inside a Ray worker arrives
     wrapped (as RayTaskError subclasses that also derive from the original class, whose text is
@@ -107,7 +121,7 @@ def user_error(err: BaseException) -> BaseException | None:
     found, seen = None, set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, (UserError, FileNotFoundError)):
+        if isinstance(err, (UserError, NotEnoughResources)) or names_a_file(err):
             found = err
         elif found is None:  # a line already written wins over a disk or storage error beneath it
             found = disk_error(err) or storage_error(err)
@@ -167,7 +181,7 @@ def run_reporting(prog: str, func, args) -> int:
         if cause is None:  # a bug: its traceback, exit status 1
             raise
         print(f"{prog}: {cause}", file=sys.stderr)
-        return 1 if isinstance(cause, StorageUnavailable) else 2
+        return 1 if isinstance(cause, (StorageUnavailable, NotEnoughResources)) else 2
     finally:
         if main:
             signal.signal(signal.SIGTERM, old)

@@ -44,6 +44,39 @@ def storage_path(storage: str | None) -> str:
     return storage.rstrip("/") if remote.is_remote(storage) else str(remote.local_path(storage))
 
 
+def add_wait_option(p) -> None:
+    p.add_argument(
+        "--wait-minutes",
+        type=float,
+        default=30,
+        help="on a cluster with an autoscaler: how long to wait for the nodes the command asks for (default 30)",
+    )
+
+
+def check_wait(minutes: float) -> float:
+    if not minutes >= 0:  # also NaN
+        from pipeline.errors import ConfigError
+
+        raise ConfigError(f"--wait-minutes {minutes}: expected a number of minutes, 0 or more")
+    return minutes
+
+
+def check_accelerator(name: str | None) -> str | None:
+    """--accelerator as given: one of the accelerator types Ray names (ray.util.accelerators)."""
+    if name is None:
+        return None
+    import ray.util.accelerators as known
+
+    names = {v for k, v in vars(known).items() if k.isupper() and isinstance(v, str)}
+    if name not in names:
+        from pipeline.errors import ConfigError
+
+        raise ConfigError(
+            f"--accelerator {name!r}: expected an accelerator type as Ray names it, e.g. A100, A10G, H100, L4"
+        )
+    return name
+
+
 DEVICES = ("auto", "cpu", "cuda")
 
 

@@ -2,6 +2,7 @@
 runs before it starts anything), so a typo fails CI, not a launch."""
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -25,19 +26,73 @@ def test_cluster_config_validates(path):
     assert prepared["head_node_type"] in prepared["available_node_types"]
 
 
+GPUS = {"g5.12xlarge": 4, "p4d.24xlarge": 8, "p5.48xlarge": 8}  # per node, from AWS's instance types
+
+
+def gpu_yaml() -> dict:
+    return yaml.safe_load((CLUSTERS[0].parent / "gpu.yaml").read_text())
+
+
 def test_gpu_cluster_has_what_the_runbook_relies_on():
-    config = yaml.safe_load((CLUSTERS[0].parent / "gpu.yaml").read_text())
+    config = gpu_yaml()
     types = config["available_node_types"]
-    gpu = {t for t, v in types.items() if v["node_config"]["InstanceType"] in ("g5.12xlarge", "p4d.24xlarge")}
-    assert len(gpu) == 2 and all(types[t]["min_workers"] == 0 for t in gpu)  # autoscale from 0
-    assert config["docker"]["worker_image"] == "rayproject/ray:2.60.0-py311-gpu"
+    workers = {t: v for t, v in types.items() if t != config["head_node_type"]}
+    assert all(v["min_workers"] == 0 for v in workers.values())  # autoscale from 0
+    gpu = {t: v for t, v in workers.items() if v["node_config"]["InstanceType"] in GPUS}
+    # The largest run the runbook promises (--workers 64) fits on one accelerator type.
+    assert max(v["max_workers"] * GPUS[v["node_config"]["InstanceType"]] for v in gpu.values()) >= 64
+    assert sum(v["max_workers"] for v in workers.values()) <= config["max_workers"]
+    # The head takes no work; a CPU node type takes prepare's.
+    assert types[config["head_node_type"]]["resources"] == {"CPU": 0}
+    assert set(workers) - set(gpu), "no CPU worker node type for prepare"
+    # The workers' own instance profile, not the head's (which may launch them: iam:PassRole).
+    assert all(
+        v["node_config"]["IamInstanceProfile"]["Arn"].endswith("/gpt1-worker") for v in workers.values()
+    )
+    # p4d and p5: a cluster placement group and EFA interfaces.
+    for v in gpu.values():
+        if v["node_config"]["InstanceType"].startswith(("p4d", "p5")):
+            assert v["node_config"]["Placement"]["GroupName"]
+            assert {n["InterfaceType"] for n in v["node_config"]["NetworkInterfaces"]} == {"efa"}
     start = " ".join(config["head_start_ray_commands"] + config["worker_start_ray_commands"])
     assert start.count("RAY_AUTH_MODE=token") == 2 and "--dashboard-host=127.0.0.1" in start
     assert start.count("MLFLOW_TRACKING_URI=") == 2 and start.count("GPT1_STORAGE=s3://") == 2
     text = (CLUSTERS[0].parent / "gpu.yaml").read_text().lower()
     assert "aws_secret_access_key" not in text
     # No shared file system to set up: everything goes through S3.
-    assert "nfs" not in text and "efs" not in text and "mount -t" not in text
+    assert "nfs" not in text and "mount -t" not in text
+
+
+def test_every_node_installs_the_same_lock_and_the_gpu_workers_a_cuda_torch():
+    config = gpu_yaml()
+    head, worker = config["head_setup_commands"], config["worker_setup_commands"]
+    lock_line = "pip install --quiet -r /home/ray/gpt1-on-ray/clusters/requirements.lock"
+    assert head[0] == lock_line and worker[0] == lock_line
+    pins = {}
+    for line in (CLUSTERS[0].parent / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")  # exact pins only
+            pins[name] = version
+    image_ray = config["docker"]["worker_image"].split(":")[1].split("-")[0]
+    assert pins["ray"] == image_ray == config["docker"]["head_image"].split(":")[1].split("-")[0]
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    runtime = [Requirement(d) for d in requires("gpt1-on-ray")]  # pyproject.toml's, as installed
+    needed = {canonicalize_name(r.name) for r in runtime if r.marker is None} - {"torch"}
+    assert needed <= set(pins), needed - set(pins)
+    # torch: the same version on every node, in the CUDA build of the GPU image's CUDA on a GPU.
+    cuda = re.search(r"-(cu\d+)$", config["docker"]["worker_image"]).group(1)
+    gpu_torch = re.search(
+        r"torch==(\S+) --index-url https://download.pytorch.org/whl/(cu\d+)", " ".join(worker)
+    )
+    head_torch = re.search(r"torch==(\S+) --index-url https://download.pytorch.org/whl/cpu", " ".join(head))
+    assert gpu_torch and gpu_torch.group(2) == cuda and head_torch
+    assert gpu_torch.group(1) == head_torch.group(1)
+    # The project last, without letting pip change what the lock and torch installed.
+    assert head[-1].endswith("--no-deps -e /home/ray/gpt1-on-ray") and worker[-1] == head[-1]
 
 
 @pytest.mark.parametrize("typo", ["top", "node"])

@@ -93,7 +93,7 @@ def test_a_read_only_storage_is_one_line_before_any_worker(data, tmp_path, capsy
 def test_more_workers_than_cpus_is_refused_at_once(data, tmp_path, capsys):
     t0 = time.time()
     assert gpt1(args(data, tmp_path / "s", "r", "--workers", "4")) == 2
-    one_line(capsys, "--workers 4", "the cluster has 2 CPU(s)", "--autoscale")
+    one_line(capsys, "--workers 4", "the cluster has 2 CPU(s)", "no autoscaler")
     assert time.time() - t0 < 30
     assert not list((tmp_path / "s" / "r").glob("checkpoint_*"))
 

@@ -385,17 +385,25 @@ def test_a_run_is_planned_from_the_clusters_resources_without_ray(tmp_path):
     cfg = load(PretrainConfig(), "gpt1", PRESETS_DIR)
     gcfg = GPTConfig()
     manifest = {"splits": {"train": {"blocks": 6400}}, "fingerprint": "f" * 64, "n_ctx": 512}
-    on_gpus = plan_run(cfg, gcfg, manifest, "s3://b/ds", {"CPU": 96, "GPU": 8}, storage="s3://b/runs")
+    on_gpus = plan_run(
+        cfg, gcfg, manifest, "s3://b/ds", {"CPU": 96, "GPU": 8}, storage="s3://b/runs", use_gpu=True
+    )
     assert (on_gpus.workers, on_gpus.use_gpu, on_gpus.cpus_per_worker) == (8, True, 1)
     assert on_gpus.steps_per_epoch == 100 and on_gpus.total_steps == 100 * cfg.epochs
     assert on_gpus.run_path == f"s3://b/runs/{on_gpus.name}" and on_gpus.name.startswith("ds-gpt1-")
     # The same settings name the same run, whatever the cluster.
-    assert plan_run(cfg, gcfg, manifest, "s3://b/ds", {"CPU": 4}, 2, device="cpu").name == on_gpus.name
+    assert plan_run(cfg, gcfg, manifest, "s3://b/ds", {"CPU": 4}, 2).name == on_gpus.name
     on_cpus = plan_run(cfg, gcfg, manifest, "ds", {"CPU": 8}, 2, name="r", storage=str(tmp_path))
     assert (on_cpus.workers, on_cpus.use_gpu, on_cpus.cpus_per_worker) == (2, False, 4)
     assert on_cpus.run_path == f"{tmp_path}/r"
-    with pytest.raises(ConfigError, match="--workers 4: the cluster has 2 GPU"):
-        plan_run(cfg, gcfg, manifest, "ds", {"CPU": 8, "GPU": 2}, 4)
-    assert plan_run(cfg, gcfg, manifest, "ds", {"CPU": 8, "GPU": 2}, 4, autoscale=True).workers == 4
-    with pytest.raises(ConfigError, match="no GPUs now"):
-        plan_run(cfg, gcfg, manifest, "ds", {"CPU": 8}, device="cuda")
+    with pytest.raises(ConfigError, match="--workers 4: the cluster has 2 GPU.*no autoscaler"):
+        plan_run(cfg, gcfg, manifest, "ds", {"CPU": 8, "GPU": 2}, 4, use_gpu=True)
+    # A cluster that grows: the plan takes more than it has now, a core a CPU worker.
+    grown = plan_run(cfg, gcfg, manifest, "ds", {"CPU": 8, "GPU": 2}, 4, use_gpu=True, can_grow=True)
+    assert (grown.workers, grown.use_gpu) == (4, True)
+    on_new_nodes = plan_run(cfg, gcfg, manifest, "ds", {"CPU": 0}, 8, can_grow=True)
+    assert (on_new_nodes.workers, on_new_nodes.cpus_per_worker) == (8, 1)
+    with pytest.raises(ConfigError, match="no GPUs now; pass --workers N"):
+        plan_run(cfg, gcfg, manifest, "ds", {"CPU": 8}, use_gpu=True, can_grow=True)
+    with pytest.raises(ConfigError, match="nor an autoscaler"):
+        plan_run(cfg, gcfg, manifest, "ds", {"CPU": 8}, use_gpu=True)

@@ -2,6 +2,7 @@
 
     gpt1 sweep --task T --data DIR --checkpoint CKPT [--samples N] [--space YAML] [--set key=value ...]
                [--ablations] [--max-concurrent N] [--seed N] [--storage DIR] [--device auto|cpu|cuda]
+               [--wait-minutes M]
     gpt1 sweep --task glue --data GLUE_DIR --checkpoint CKPT ...     every GLUE task under GLUE_DIR
 
 The search space is tuning/configs/<task>.yaml (default.yaml where a task has none) or --space;
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import configio, errors, remote
+from pipeline.runtime import add_wait_option, check_device, check_wait
 from tuning.finetune import FinetuneConfig
 
 
@@ -47,7 +49,8 @@ class SweepOptions:
     reduction_factor: int = 2  # ASHA: 1 / fraction of trials kept at each rung
     seed: int = 0  # seed of the search space's draws
     storage: str | None = None  # Ray Tune storage (default: $GPT1_STORAGE, else ./runs)
-    device: str = "auto"  # auto (GPUs when the cluster has them), cpu or cuda
+    device: str = "auto"  # auto (GPUs where the cluster has them or can add them), cpu or cuda
+    wait_minutes: float = 30  # on a cluster with an autoscaler: how long to wait for the first trial's node
 
 
 # The paper's ablation rows: the λ each sets in the base config (None: the base config's own).
@@ -104,28 +107,34 @@ def trial(config: dict, *, task, splits, pretrained, device: str, threads: int) 
         )
 
 
-def resources(device: str, max_concurrent: int) -> tuple[dict, int, str]:
-    """(resources per trial, concurrent trials, device): a GPU per trial where the cluster has
-    GPUs; else the CPUs split between the trials, so that they never oversubscribe the cores."""
+def resources(device: str, opts: SweepOptions) -> tuple[dict, int]:
+    """(resources per trial, concurrent trials) for a device already chosen (cuda or cpu): a GPU
+    per trial, as many at a time as the cluster has GPUs; else the CPUs split between the trials,
+    so that they never oversubscribe the cores. On a cluster with an autoscaler, the first trial's
+    node is asked for and waited for; the autoscaler adds the others' as the trials ask for them."""
     import ray
 
-    from pipeline.runtime import check_device
+    from pipeline import cluster
 
-    check_device(device)
     have = ray.cluster_resources()
-    gpus, cpus = int(have.get("GPU", 0)), int(have.get("CPU", 1))
-    if device == "cuda" or (device == "auto" and gpus):
-        concurrent = max_concurrent or gpus
+    gpus, cpus, grows = int(have.get("GPU", 0)), int(have.get("CPU", 0)), cluster.can_grow()
+    if device == "cuda":
+        concurrent = opts.max_concurrent or gpus or (max(opts.samples, 1) if grows else 0)
         if not concurrent:
             raise errors.ConfigError(
-                "--device cuda: the cluster has no GPUs now; pass --max-concurrent N "
-                "and the autoscaler starts GPU nodes for the trials"
+                "--device cuda: the cluster has no GPUs, nor an autoscaler to add them; use --device cpu or auto"
             )
-        return {"GPU": 1, "CPU": 1}, concurrent, "cuda"
-    # Two cores a trial by default: a trial's matrix products use them well, and the rest of
-    # the machine stays free for other trials (and Ray's own work).
-    concurrent = max_concurrent or max(1, cpus // 2)
-    return {"CPU": max(1, cpus // concurrent)}, concurrent, "cpu"
+        per_trial = {"GPU": 1, "CPU": 1}
+    else:
+        # Two cores a trial by default: a trial's matrix products use them well, and the rest of
+        # the machine stays free for other trials (and Ray's own work).
+        concurrent = opts.max_concurrent or max(1, cpus // 2)
+        # A trial runs on one node: never more cores than the largest node has.
+        widest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
+        per_trial = {"CPU": max(1, min(cpus // concurrent, int(widest)))}
+    kind = "GPU" if device == "cuda" else "CPU"
+    cluster.wait_for(kind, per_trial[kind], 1, "the sweep's trials", opts.wait_minutes)
+    return per_trial, concurrent
 
 
 def run_tuner(
@@ -227,7 +236,8 @@ def sweep_task(
     max_train = space["max_train"] if isinstance(space["max_train"], int) else 0
     splits = load_splits(task, data_dir, max_train)  # bad input ends here, before any trial
     pretrained = Pretrained.load(checkpoint)
-    per_trial, concurrent, device = resources(opts.device, opts.max_concurrent)
+    device = opts.device  # chosen once for the whole sweep (_sweep)
+    per_trial, concurrent = resources(device, opts)
     metric = task.metrics[0]
     files = {
         s: data_dir / f
@@ -247,7 +257,7 @@ def sweep_task(
         **{
             k: v
             for k, v in dataclasses.asdict(opts).items()
-            if k not in ("max_concurrent", "storage", "device")
+            if k not in ("max_concurrent", "storage", "device", "wait_minutes")
         },
     }
     client, exp, pid, tags, parent_name, resumed = tracking.start_parent(
@@ -372,7 +382,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the task's directory (for glue: the directory holding CoLA/, SST-2/, ...)",
     )
     p.add_argument(
-        "--checkpoint", required=True, help="a model directory with tokenizer.json (a pretraining checkpoint)"
+        "--checkpoint",
+        required=True,
+        help="a model directory with tokenizer.json (a pretraining checkpoint), or a pretraining run's "
+        "directory (its newest checkpoint); local or s3://",
     )
     p.add_argument("--samples", type=int, default=8, help="trials drawn from the search space (default 8)")
     p.add_argument("--space", help="a search-space YAML (default: tuning/configs/<task>.yaml)")
@@ -397,7 +410,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--storage",
         help="Ray Tune storage: a directory, NFS, or s3://... (default: $GPT1_STORAGE, else ./runs)",
     )
-    p.add_argument("--device", default="auto", help="auto (GPUs when the cluster has them), cpu, or cuda")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (GPUs where the cluster has them or its autoscaler adds them), cpu, or cuda (never CPU)",
+    )
+    add_wait_option(p)
+
+
+def newest_of_run(checkpoint) -> str:
+    """--checkpoint as given, or, where it names a pretraining run (a directory or a URI holding
+    checkpoint_NNNNNNNNN directories), the run's newest complete checkpoint."""
+    from pipeline.train.checkpoint import latest_checkpoint
+
+    newest = latest_checkpoint(str(checkpoint).rstrip("/"))
+    if newest is None:
+        return checkpoint
+    print(f"--checkpoint {checkpoint}: a pretraining run; its newest checkpoint is {newest[0]}", flush=True)
+    return newest[0]
 
 
 def sweep(task_name: str, data, checkpoint, opts: SweepOptions) -> dict[str, dict]:
@@ -408,6 +438,9 @@ def sweep(task_name: str, data, checkpoint, opts: SweepOptions) -> dict[str, dic
         raise errors.ConfigError("--samples: expected at least 1 (or 0 with --ablations)")
     if opts.seeds < 1:
         raise errors.ConfigError(f"--seeds {opts.seeds}: expected at least 1")
+    check_device(opts.device)
+    check_wait(opts.wait_minutes)
+    checkpoint = newest_of_run(checkpoint)
     # On object storage, each is copied to this machine once; the trials read them from Ray's
     # object store, so no node needs a shared file system.
     with (
@@ -418,6 +451,7 @@ def sweep(task_name: str, data, checkpoint, opts: SweepOptions) -> dict[str, dic
 
 
 def _sweep(task_name: str, data: Path, checkpoint: Path, where: str, opts: SweepOptions) -> dict[str, dict]:
+    from pipeline import cluster
     from pipeline.data.tasks import from_directory, get
     from pipeline.runtime import ray_init
     from pipeline.tracking import check_store, tracking_uri
@@ -443,6 +477,7 @@ def _sweep(task_name: str, data: Path, checkpoint: Path, where: str, opts: Sweep
     check_store(uri, skippable=False)
     ray_init()
     errors.sigterm_as_interrupt()  # again: ray.init put its own handler in place
+    opts = dataclasses.replace(opts, device="cuda" if cluster.wants_gpus(opts.device) else "cpu")
     return {task.name: sweep_task(task, d, checkpoint, opts, uri, where) for task, d in jobs}
 
 
@@ -461,6 +496,7 @@ def run(args: argparse.Namespace) -> None:
         storage=args.storage,
         device=args.device,
         seeds=args.seeds,
+        wait_minutes=args.wait_minutes,
     )
     results = sweep(args.task, args.data, args.checkpoint, opts)
     print()

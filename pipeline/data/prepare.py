@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.fs as pafs
 
-from pipeline import configio, errors, outdir
+from pipeline import cluster, configio, errors, outdir
 from pipeline import remote as remote_store
 from pipeline.data.corpus import (
     CorpusError,
@@ -67,7 +67,7 @@ from pipeline.data.work import (
     row_error,
     write_shard_task,
 )
-from pipeline.runtime import ray_init
+from pipeline.runtime import add_wait_option, check_wait, ray_init
 
 
 @dataclass
@@ -84,7 +84,7 @@ class PrepareConfig:
     seed: int = 0
     shard_mb: int = 64  # token shard size
     chunk_mb: int = 4  # byte range of a file that one task reads: small enough to balance the workers
-    parallelism: int = 0  # tokenizing workers; 0 = one per CPU in the cluster
+    parallelism: int = 0  # tokenizing workers; 0 = one per CPU, or as many as an autoscaling cluster adds
     batch_docs: int = 2048  # documents per encode_batch call and per write of a part file
     max_replaced_fraction: float = 0.01  # a file with a larger share of bytes that are not UTF-8 is refused
 
@@ -119,12 +119,14 @@ def prepare(
     track: bool = True,
     val_corpus: list[str] | None = None,
     local: bool = False,
+    wait_minutes: float = 30,
 ) -> dict:
     """Run the stage; returns the manifest. Raises CorpusError / ConfigError on bad input.
 
     val_corpus: held-out inputs that make up the val split (and val_fraction is not used).
     local: run the work in this process instead of on Ray, for a machine without Ray
-    (bench/gpu_check.py) and small corpora; the output is the same, byte for byte."""
+    (bench/gpu_check.py) and small corpora; the output is the same, byte for byte.
+    wait_minutes: on a cluster whose autoscaler adds nodes, how long to wait for the first CPU."""
     t0, cpu0 = time.time(), time.process_time()
     remote = remote_store.is_remote(out)
     if remote:  # object storage: written in place, manifest.json last
@@ -133,6 +135,7 @@ def prepare(
     else:
         out = remote_store.local_path(out)
     _check(cfg)
+    check_wait(wait_minutes)
     if track:  # the store is checked before the work, not after it
         from pipeline.tracking import check_store, tracking_uri
 
@@ -172,6 +175,9 @@ def prepare(
             outdir.remove_orphans(out)
             tmp = outdir.sibling(out, "tmp")
             fs, base = pafs.LocalFileSystem(), str(tmp)
+        if not local:  # on a cluster whose head takes no work, the first CPU node
+            ray_init()
+            cluster.wait_for("CPU", 1, 1, "prepare's workers", wait_minutes)
         meta = Path(tempfile.mkdtemp(prefix="gpt1-prepare-"))  # manifest and tokenizer, also for MLflow
         try:
             manifest = _work(
@@ -450,16 +456,22 @@ def _on_ray_data(worker_cls, kwargs: dict, items: list[dict], cfg: PrepareConfig
     ctx.execution_options.preserve_order = True
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
-    workers = min(cfg.parallelism or cpus, len(items))
-    # Each worker tokenizes with one thread: the parallelism is Ray's, not tokenizers'. More
-    # workers than CPUs, where asked for, share them.
+    if cfg.parallelism or not cluster.can_grow():
+        # A pool of fixed size. More workers than CPUs, where asked for, share them.
+        workers = min(cfg.parallelism or cpus, len(items))
+        pool, num_cpus = ray.data.ActorPoolStrategy(size=workers), min(1.0, cpus / workers)
+    else:
+        # A pool that grows with the cluster: Ray Data adds workers while work waits, and the
+        # autoscaler adds CPU nodes for them.
+        pool, num_cpus = ray.data.ActorPoolStrategy(min_size=1, max_size=len(items)), 1.0
+    # Each worker tokenizes with one thread: the parallelism is Ray's, not tokenizers'.
     env = {"env_vars": {"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}}
     out = ds.map_batches(
         worker_cls,
         batch_size=1,
         fn_constructor_kwargs=kwargs,
-        num_cpus=min(1.0, cpus / workers),
-        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=num_cpus,
+        compute=pool,
         runtime_env=env,
     )
     if merge is not None:
@@ -536,6 +548,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace an existing, different dataset (a directory that is not a dataset is never replaced)",
     )
+    add_wait_option(p)
     p.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
 
 
@@ -548,6 +561,7 @@ def run(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         track=not args.no_mlflow,
         val_corpus=args.val_corpus,
+        wait_minutes=args.wait_minutes,
     )
 
 

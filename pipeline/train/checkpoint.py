@@ -125,7 +125,7 @@ def latest_checkpoint(run_path: str) -> tuple[str, int] | None:
             if (Path(path) / STATE_FILE).exists():
                 return path, step
         elif fs.get_file_info(f"{path}/{STATE_FILE}").type == pafs.FileType.File:
-            return f"{run_path.split('://')[0]}://{path}", step
+            return remote.scheme(run_path) + path, step
     return None
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from model import GPTConfig
 from pipeline import configio, errors, remote
 from pipeline.data.dataset import BlockOrder, check_fits, check_tokenizer, open_dataset, read_dataset
-from pipeline.runtime import check_device, storage_path
+from pipeline.runtime import add_wait_option, check_accelerator, check_device, check_wait, storage_path
 from pipeline.tracking import check_store, finish_run, start_pretrain_run, tracking_uri
 from pipeline.train.config import (
     NOT_IN_IDENTITY,
@@ -125,6 +125,7 @@ class RunPlan:
     workers: int
     use_gpu: bool
     cpus_per_worker: int  # on CPU: the cores each worker's torch uses; on GPU: 1
+    accelerator: str | None  # every worker on nodes of this accelerator type (A100, A10G, H100, ...)
     total_steps: int
     steps_per_epoch: int
     name: str
@@ -144,30 +145,34 @@ def plan_run(
     workers: int | None = None,
     name: str | None = None,
     storage: str | None = None,
-    device: str = "auto",
-    autoscale: bool = False,
+    use_gpu: bool = False,
+    can_grow: bool = False,
+    accelerator: str | None = None,
 ) -> RunPlan:
-    """The run's plan from its settings, its dataset's manifest and the cluster's resources
-    (ray.cluster_resources()): a pure function, so tests call it without Ray. Raises ConfigError
-    where the cluster cannot run it."""
-    use_gpu = device == "cuda" or (device == "auto" and resources.get("GPU", 0) > 0)
+    """The run's plan from its settings, its dataset's manifest and the cluster: its resources now
+    (ray.cluster_resources()) and whether an autoscaler can add nodes. A pure function, so tests
+    call it without Ray. Raises ConfigError where the cluster cannot run it."""
     workers = workers or (int(resources.get("GPU", 0)) if use_gpu else 1)
     if workers == 0:  # an autoscaling cluster whose GPU nodes are not up yet
         raise errors.ConfigError(
-            "--device cuda: the cluster has no GPUs now; pass --workers N "
-            "and --autoscale, and the autoscaler starts GPU nodes for them"
+            "--device cuda: the cluster has no GPUs now; "
+            + (
+                "pass --workers N, and its autoscaler starts GPU nodes for them"
+                if can_grow
+                else "nor an autoscaler to add them; use --device cpu or auto"
+            )
         )
     check_config(cfg, workers)
-    # On CPU, split the machine's cores between the workers; torch uses that many threads.
-    cpus = 1 if use_gpu else max(int(resources.get("CPU", 1)) // workers, 1)
+    # On CPU, split the machine's cores between the workers; torch uses that many threads. On a
+    # cluster that grows, a worker takes one core of the nodes the autoscaler adds.
+    cpus = 1 if use_gpu or can_grow else max(int(resources.get("CPU", 1)) // workers, 1)
     kind, per_worker = ("GPU", 1) if use_gpu else ("CPU", cpus)
     have = int(resources.get(kind, 0))
-    if workers * per_worker > have and not autoscale:
+    if workers * per_worker > have and not can_grow:
         # Ray would wait for the resources for ever, retrying every minute.
         raise errors.ConfigError(
-            f"--workers {workers}: the cluster has {have} {kind}(s) and each worker takes {per_worker}; ask "
-            f"for at most {have // per_worker}, or pass --autoscale where the cluster's autoscaler adds "
-            f"nodes (clusters/gpu.yaml's does)"
+            f"--workers {workers}: the cluster has {have} {kind}(s) and each worker takes {per_worker}, "
+            f"and it has no autoscaler to add nodes; ask for at most {have // per_worker}"
         )
     steps_per_epoch = BlockOrder(
         cfg.seed, manifest["splits"]["train"]["blocks"], cfg.batch_size
@@ -182,6 +187,7 @@ def plan_run(
         workers=workers,
         use_gpu=use_gpu,
         cpus_per_worker=cpus,
+        accelerator=accelerator,
         total_steps=cfg.max_steps or cfg.epochs * steps_per_epoch,
         steps_per_epoch=steps_per_epoch,
         name=name or default_run_name(data, cfg.model, asked),
@@ -215,15 +221,18 @@ def pretrain(
     storage: str | None = None,
     device: str = "auto",
     track: bool = True,
-    autoscale: bool = False,
+    wait_minutes: float = 30,
+    accelerator: str | None = None,
 ) -> dict:
     """Run (or resume) the stage: check every input, plan the run, launch it. Returns the final
     metrics, the newest checkpoint's path and the MLflow run id. Raises DataError / ConfigError
     before any worker starts, StopRun's line as a UserError when the run stops itself (a
     non-finite loss, a full disk), and Interrupted on Ctrl-C or SIGTERM, naming the checkpoint
-    that the same command resumes from."""
+    that the same command resumes from. On a cluster with an autoscaler, waits up to wait_minutes
+    for the workers' nodes."""
     import ray
 
+    from pipeline import cluster
     from pipeline.runtime import ray_init
 
     if name is not None:
@@ -240,6 +249,7 @@ def pretrain(
         manifest = open_dataset(data)
     gcfg = model_config(cfg, manifest, data)
     check_device(device)
+    check_accelerator(accelerator)
     check_config(cfg, workers or 1)  # before Ray starts: a bad setting costs a line, not a start-up
     if cfg.zero_shot:  # read by rank 0: checked here, before any worker starts, and made absolute
         from pipeline.eval.zero_shot import parse_tasks
@@ -248,10 +258,25 @@ def pretrain(
     uri = tracking_uri() if track else None
     if uri:  # the store is checked before the work, not after it
         check_store(uri)
+    check_wait(wait_minutes)
     ray_init()
+    use_gpu = cluster.wants_gpus("cuda" if accelerator and device == "auto" else device)
     plan = plan_run(
-        cfg, gcfg, manifest, str(data), ray.cluster_resources(), workers, name, storage, device, autoscale
+        cfg,
+        gcfg,
+        manifest,
+        str(data),
+        ray.cluster_resources(),
+        workers,
+        name,
+        storage,
+        use_gpu,
+        cluster.can_grow(),
+        accelerator,
     )
+    kind, each = ("GPU", 1) if plan.use_gpu else ("CPU", plan.cpus_per_worker)
+    what = f"--workers {plan.workers}"
+    cluster.wait_for(kind, plan.workers * each, plan.workers, what, wait_minutes, plan.accelerator)
     return launch(plan, manifest, uri)
 
 
@@ -325,6 +350,7 @@ def launch(plan: RunPlan, manifest: dict, uri: str | None) -> dict:
                 num_workers=plan.workers,
                 use_gpu=plan.use_gpu,
                 resources_per_worker={"GPU": 1} if plan.use_gpu else {"CPU": plan.cpus_per_worker},
+                accelerator_type=plan.accelerator,
             ),
             run_config=RunConfig(
                 name=name,
@@ -383,13 +409,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--storage",
         help="Ray Train storage: a directory, NFS, or s3://... (default: $GPT1_STORAGE, else ./runs)",
     )
-    p.add_argument("--device", default="auto", help="auto (GPUs when the cluster has them), cpu, or cuda")
-    configio.add_set_option(p, PretrainConfig)
     p.add_argument(
-        "--autoscale",
-        action="store_true",
-        help="ask for more workers than the cluster has now, for its autoscaler to add nodes",
+        "--device",
+        default="auto",
+        help="auto (GPUs where the cluster has them or its autoscaler adds them), cpu, or cuda (never CPU)",
     )
+    p.add_argument(
+        "--accelerator",
+        help="workers on nodes of this accelerator type only (A100, A10G, H100, ...): a run never mixes two",
+    )
+    add_wait_option(p)
+    configio.add_set_option(p, PretrainConfig)
     p.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
 
 
@@ -403,7 +433,8 @@ def run(args: argparse.Namespace) -> None:
         storage=args.storage,
         device=args.device,
         track=not args.no_mlflow,
-        autoscale=args.autoscale,
+        wait_minutes=args.wait_minutes,
+        accelerator=args.accelerator,
     )
 
 
