@@ -187,7 +187,8 @@ def fake_cluster_config(gcs_address: str) -> dict:
         "upscaling_speed": 100,
         "idle_timeout_minutes": gpu["idle_timeout_minutes"],
         "provider": {
-            "type": "fake_multinode",
+            "type": "external",  # the fake provider, each node with its own runtime-env directory
+            "module": "own_disk_nodes.OwnDiskProvider",
             "use_node_id_as_ip": True,
             "disable_node_updaters": True,
             "disable_launch_config_check": True,
@@ -268,6 +269,7 @@ def test_the_runbook_runs_on_an_autoscaling_cluster(s3, tmp_path):
         head_env = {
             **env,
             "RAY_FAKE_CLUSTER": "1",
+            "PYTHONPATH": str(Path(__file__).parent),  # where the monitor finds own_disk_nodes
             "AUTOSCALER_UPDATE_INTERVAL_S": "1",
             "RAY_AUTH_MODE": "token",
             "GPT1_STORAGE": f"s3://{BUCKET}/gpt1/runs",
@@ -321,7 +323,7 @@ def test_the_runbook_runs_on_an_autoscaling_cluster(s3, tmp_path):
         assert "its newest checkpoint is s3://gpt1-runbook/gpt1/runs/gpt1-books/checkpoint_000000004" in sweep
         assert "running on CPU" in sweep  # --device auto: no GPU node type here
         assert "| sst-2 | accuracy |" in sweep
-        assert outputs["list"].count("SUCCEEDED") == 3
+        assert outputs["list"].count("status=<JobStatus.SUCCEEDED") == 3, outputs["list"]
 
         # More workers than the autoscaler can add: one line after --wait-minutes, and exit 1.
         submit = [
@@ -334,11 +336,12 @@ def test_the_runbook_runs_on_an_autoscaling_cluster(s3, tmp_path):
             ".",
         ]
         data = f"s3://{BUCKET}/gpt1/data/books"
-        too_many = [*submit, "--", "python", "pipeline/pretrain.py", "--data", data, "--workers", "13"]
+        too_many = [*submit, "--", "python", "pipeline/pretrain.py", "--data", data, "--workers", "16"]
+        too_many += ["--set", "batch_size=16"]  # one sequence a worker
         too_many += ["--device", "cpu", "--wait-minutes", "0.2", "--no-mlflow", "--name", "too-many"]
         out = subprocess.run(too_many, cwd=ROOT, env=client_env, capture_output=True, text=True, timeout=300)
         assert out.returncode != 0
-        assert "pretrain: --workers 13: after 0.2 minute(s) the cluster has" in out.stdout + out.stderr
+        assert "pretrain: --workers 16: after 0.2 minute(s) the cluster has" in out.stdout + out.stderr
         assert "exit code 1" in out.stdout + out.stderr
 
         # The GLUE table, read back through the MLflow server (its artifacts in the bucket).
