@@ -1,8 +1,10 @@
 """Fine-tuning with L3 = L2 + λ·L1: learns a synthetic task, keeps the best model, refuses bad input."""
 
 import math
+import shutil
 
 import pytest
+import torch
 from corpus_gen import reviews
 
 from model import GPT
@@ -38,10 +40,45 @@ def test_finetune_beats_the_majority_class_and_keeps_the_best(task_checkpoint, s
     assert sum(p == t for p, t in zip(pred, truth)) / 50 > 0.7
 
 
-def test_lambda_zero_and_from_scratch_run(task_checkpoint, sst2):
-    cfg = FinetuneConfig(lr=2e-3, batch_size=32, max_steps=4, lm_coef=0.0)
-    assert "accuracy" in finetune(get("sst-2"), sst2, task_checkpoint, cfg)
-    assert "accuracy" in finetune(get("sst-2"), sst2, task_checkpoint, cfg, from_scratch=True)
+def trained_weights(task_checkpoint, sst2, out, lm_coef, from_scratch=False):
+    """The transformer's weights after two updates (the one evaluation comes at the end, so the
+    kept model is the last), and the L3 that each update minimised."""
+    cfg = FinetuneConfig(lr=2e-3, batch_size=32, max_steps=2, eval_every=2, lm_coef=lm_coef)
+    seen = []
+    finetune(
+        get("sst-2"), sst2, task_checkpoint, cfg, from_scratch, report=lambda m, s: seen.append(m), out=out
+    )
+    return GPT.from_pretrained(out).state_dict(), seen[-1]["train_loss"]
+
+
+def test_lambda_is_the_weight_the_user_set(task_checkpoint, sst2, tmp_path):
+    """λ = 0 (the "no auxiliary LM" ablation) and λ = 0.5 take different updates from the same
+    seed; the same λ twice takes the same ones. (L3 = L2 + λ·L1 itself: tests/test_heads.py.)"""
+    zero, l3_zero = trained_weights(task_checkpoint, sst2, tmp_path / "a", 0.0)
+    again, l3_again = trained_weights(task_checkpoint, sst2, tmp_path / "b", 0.0)
+    half, l3_half = trained_weights(task_checkpoint, sst2, tmp_path / "c", 0.5)
+    assert l3_zero == l3_again and all(torch.equal(zero[k], again[k]) for k in zero)
+    assert l3_half > l3_zero  # + 0.5·L1, which is positive
+    assert not all(torch.equal(zero[k], half[k]) for k in zero)
+
+
+def test_from_scratch_starts_from_fresh_weights_not_the_checkpoint(task_checkpoint, sst2, tmp_path):
+    # The fixture's weights are the seed's own initialisation: move them off it first.
+    shutil.copytree(task_checkpoint, tmp_path / "ckpt")
+    gpt = GPT.from_pretrained(task_checkpoint)
+    with torch.no_grad():
+        for p in gpt.parameters():
+            p.add_(0.1)
+    gpt.save_pretrained(tmp_path / "ckpt")
+    transferred, _ = trained_weights(tmp_path / "ckpt", sst2, tmp_path / "a", 0.5)
+    fresh, _ = trained_weights(tmp_path / "ckpt", sst2, tmp_path / "b", 0.5, from_scratch=True)
+    pretrained = gpt.state_dict()
+    key = "h.0.attn.c_attn.weight"
+    assert key in pretrained
+    # Two updates at lr 2e-3 move a weight by about 4e-3 at most: the transferred model stays
+    # near the checkpoint, the fresh one is nowhere near it.
+    assert (transferred[key] - pretrained[key]).abs().max() < 0.02
+    assert (fresh[key] - pretrained[key]).abs().max() > 0.05
 
 
 def test_cli_errors_are_one_line(task_checkpoint, tmp_path, capsys):

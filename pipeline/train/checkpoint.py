@@ -5,8 +5,11 @@
     trainer_state.json               step, schedule, pretraining config, data fingerprint, and
                                      the size and sha256 of every other file: written last, so
                                      a checkpoint without it, or whose files differ, is damaged
-    optimizer.safetensors            AdamW's moments and step counts, keyed by parameter name,
-                                     and the RNG state
+    optimizer.safetensors            AdamW's moments and step counts, keyed by parameter name
+
+No RNG state is kept: the loop draws each micro-batch's randomness (dropout) from
+micro_seed(seed, step, micro-batch), so a resume needs only the step. (Checkpoints of earlier
+versions hold rng/cpu and rng/cuda tensors; they are read and ignored.)
 
 Nothing is pickled, so nothing is unpickled on load.
 """
@@ -45,9 +48,6 @@ def save_checkpoint(
             for key, value in optimizer.state.get(p, {}).items():
                 t = value if torch.is_tensor(value) else torch.tensor(value)
                 tensors[f"{name_of[id(p)]}/{key}"] = t.detach().cpu().contiguous()
-    tensors["rng/cpu"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        tensors["rng/cuda"] = torch.cuda.get_rng_state()
     save_file(tensors, str(d / OPTIMIZER_FILE))
     files = {
         p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
@@ -182,7 +182,7 @@ def read_state(directory) -> dict:
 
 
 def load_training_state(directory, gpt: GPT, optimizer: torch.optim.Optimizer) -> dict:
-    """Load the model's weights, the optimizer's state and the RNG into existing objects (the
+    """Load the model's weights and the optimizer's state into existing objects (the
     model may already be on its device); returns trainer_state.json."""
     d = Path(directory)
     check_complete(d, hashes=False)
@@ -198,7 +198,4 @@ def load_training_state(directory, gpt: GPT, optimizer: torch.optim.Optimizer) -
         # The moments live on the parameter's device; the step count too for the fused kernel,
         # on the CPU otherwise (as AdamW itself keeps them).
         optimizer.state[p] = {k: v.to(p.device if k != "step" or fused else "cpu") for k, v in state.items()}
-    torch.set_rng_state(tensors["rng/cpu"])
-    if "rng/cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng/cuda"])
     return read_state(d)

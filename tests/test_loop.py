@@ -1,0 +1,86 @@
+"""The pretraining loop in one process, without Ray (a LocalSession): the lr it logs follows the
+paper's schedule, and a resume is exact because every micro-batch's randomness is a function of
+(seed, step, micro-batch), whatever the process's RNG did before."""
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gpt1 import world
+from pipeline.data.dataset import open_dataset
+from pipeline.data.prepare import PrepareConfig, prepare
+from pipeline.train.checkpoint import OPTIMIZER_FILE
+from pipeline.train.config import PretrainConfig
+from pipeline.train.loop import LocalSession, LoopSpec, Pretraining
+from pipeline.train.pretrain import model_config
+
+STEPS, WARMUP, PEAK = 40, 8, 1e-3
+
+
+class Logged(Pretraining):
+    """The loop as it is, keeping each update's loss and the lr it logs for that update."""
+
+    def train_step(self):
+        loss, norm, waited = super().train_step()
+        self.kept.append((float(loss), self.lr))
+        return loss, norm, waited
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory) -> LoopSpec:
+    work = tmp_path_factory.mktemp("loop")
+    corpus = world.write_corpus(work / "corpus.txt", 600)
+    prepare([str(corpus)], work / "data", PrepareConfig(n_merges=300, n_ctx=64), track=False, local=True)
+    cfg = PretrainConfig(
+        model="tiny",
+        batch_size=8,
+        lr=PEAK,
+        warmup_steps=WARMUP,
+        max_steps=STEPS,
+        log_every=10,
+        eval_every=0,
+        checkpoint_every=20,
+        seed=3,
+    )
+    data = work / "data"
+    return LoopSpec(
+        pretrain=cfg, model=model_config(cfg, open_dataset(data), data), data=str(data), total_steps=STEPS
+    )
+
+
+def run(spec: LoopSpec, session: LocalSession, steps: int | None = None) -> list[tuple[float, float]]:
+    loop = Logged(spec, session)
+    loop.kept = []
+    if steps is None:
+        loop.run()
+    else:
+        for _ in range(steps):
+            loop.train_step()
+    return loop.kept
+
+
+def test_the_logged_lr_follows_the_papers_schedule(spec, tmp_path):
+    lr = [lr for _, lr in run(spec, LocalSession("cpu", run_dir=tmp_path))]
+    assert len(lr) == STEPS
+    assert lr[0] == 0.0  # the first update
+    assert lr[WARMUP // 2] == pytest.approx(PEAK / 2)  # half the peak halfway through warm-up
+    assert lr[WARMUP] == pytest.approx(PEAK)  # the peak at warmup_steps
+    assert all(a < b for a, b in zip(lr[:WARMUP], lr[1 : WARMUP + 1]))  # linear up
+    assert all(a > b for a, b in zip(lr[WARMUP:], lr[WARMUP + 1 :]))  # then down
+    # Cosine over the whole run (as the released opt.py has it), to 0 at the end.
+    for k in range(WARMUP + 1, STEPS):
+        assert lr[k] == pytest.approx(PEAK * 0.5 * (1 + math.cos(math.pi * k / STEPS)))
+    assert lr[-1] < 0.01 * PEAK
+
+
+def test_a_resume_is_exact_whatever_the_processs_rng_did(spec, tmp_path):
+    first = run(spec, LocalSession("cpu", run_dir=tmp_path))
+    ckpt = tmp_path / "checkpoint_000000020"
+    # A checkpoint holds no RNG state: none is needed (see the module's docstring).
+    assert not [k for k in load_file(str(ckpt / OPTIMIZER_FILE)) if k.startswith("rng/")]
+    torch.manual_seed(12345)
+    torch.rand(1000)  # whatever ran in this process before the resume
+    again = run(spec, LocalSession("cpu", resume_from=ckpt), steps=10)
+    assert again == first[20:30]
