@@ -101,14 +101,36 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, an assistant);
+# these are training runs, whose view shows runs, charts and Compare.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+DESCRIPTIONS = {
+    "gpt1-prepare": "Datasets made by gpt1 prepare: token counts, the manifest and the tokenizer.",
+    "gpt1-pretrain": "Pretraining runs (L1): loss, lr, val loss and zero-shot curves; checkpoints.",
+    "gpt1-evaluate": "Evaluations of a model: val loss, perplexity, bits per byte, zero-shot heuristics.",
+}
+
+
+def description(name: str) -> str:
+    if name.startswith("gpt1-finetune-"):
+        task = name[len("gpt1-finetune-") :]
+        return f"Fine-tuning on {task} (L3 = L2 + λ·L1): sweeps, their trials and the ablation rows."
+    return DESCRIPTIONS.get(name, "")
+
+
 def experiment_id(client, name: str) -> str:
     """The id of experiment `name`, created (its artifacts under artifact_root) if it does not
-    exist yet. Every experiment of the project is made here."""
+    exist yet. Every experiment of the project is made here, as a training experiment with a
+    one-line description; one made by an earlier version gets them the first time it is used."""
+    tags = {**EXPERIMENT_KIND, "mlflow.note.content": description(name)}
     exp = client.get_experiment_by_name(name)
-    if exp:
-        return exp.experiment_id
-    root = artifact_root(client.tracking_uri)
-    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+    if exp is None:
+        root = artifact_root(client.tracking_uri)
+        return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None, tags=tags)
+    for key, value in tags.items():
+        if key not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, key, value)
+    return exp.experiment_id
 
 
 def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:

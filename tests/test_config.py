@@ -100,3 +100,22 @@ def test_artifacts_go_beside_the_sqlite_store(tmp_path, monkeypatch):
     client.log_artifact(run.info.run_id, str(tmp_path / "note.txt"))
     assert list(store.glob("mlartifacts/gpt1-test/*/artifacts/note.txt"))
     assert not list(elsewhere.iterdir())
+
+
+def test_experiments_open_in_mlflows_training_view_with_a_description(tmp_path):
+    """MLflow 3 opens an experiment without the kind tag in its GenAI view, where a training run
+    shows an empty traces page; one made by an earlier version gets the tags when next used."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import experiment_id
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment(experiment_id(client, "gpt1-finetune-sst-2"))
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "sst-2" in exp.tags["mlflow.note.content"] and "λ" in exp.tags["mlflow.note.content"]
+    earlier = client.create_experiment("gpt1-pretrain")
+    assert "mlflow.experimentKind" not in client.get_experiment(earlier).tags
+    assert experiment_id(client, "gpt1-pretrain") == earlier
+    tags = client.get_experiment(earlier).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tags["mlflow.note.content"].startswith("Pretraining runs")
