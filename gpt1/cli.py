@@ -39,12 +39,24 @@ def export(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline.errors import HelpFormatter
+
     p = argparse.ArgumentParser(prog="gpt1", description="GPT-1 pre-training and fine-tuning on Ray")
     sub = p.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("export", help="convert weights between formats", description=export.__doc__)
+    e = sub.add_parser(
+        "export",
+        help="convert weights between formats",
+        description=export.__doc__,
+        formatter_class=HelpFormatter,
+    )
     e.add_argument("src", help="model directory: native, Hugging Face, or the original OpenAI release")
     e.add_argument("dst", help="directory to write")
-    e.add_argument("--format", choices=["native", "hf"], default="native")
+    e.add_argument(
+        "--format",
+        choices=["native", "hf"],
+        default="native",
+        help="native (this project's model.safetensors) or hf (transformers' OpenAIGPTLMHeadModel)",
+    )
     e.add_argument(
         "--overwrite", action="store_true", help="replace an existing model directory (nothing else)"
     )
@@ -67,9 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("generate", generate, "continue a prompt with any checkpoint"),
         ("demo", demo, "the whole pipeline on built-in data (or yours), locally"),
     ):
-        sp = sub.add_parser(
-            name, help=help_, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-        )
+        sp = sub.add_parser(name, help=help_, description=module.__doc__, formatter_class=HelpFormatter)
         module.add_arguments(sp)
         sp.set_defaults(func=module.run)
     return p

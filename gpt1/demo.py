@@ -260,7 +260,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--size",
         choices=sorted(SIZES),
         default="default",
-        help="default (about 10 minutes on 2 cores) or ci (every stage shrunk)",
+        help="default (about 8 minutes on 2 cores) or ci (every stage shrunk)",
     )
     p.add_argument("--fresh", action="store_true", help="delete WORKDIR first: run every stage again")
     p.add_argument(

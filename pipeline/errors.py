@@ -5,6 +5,7 @@ status 1."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import os
@@ -188,12 +189,25 @@ def run_reporting(prog: str, func, args) -> int:
     return 0
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help as every verb shows it: the module's docstring as written, and each option's
+    default after its help line, unless the line already says it (or the option is a flag,
+    off unless given)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+            or action.default == []
+            or "default" in text
+        ):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 def stage_main(prog: str, doc: str, add_arguments, run, argv: list[str] | None = None) -> int:
     """The `main` of a stage's script (`python pipeline/pretrain.py ...`)."""
-    import argparse
-
-    p = argparse.ArgumentParser(
-        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter)
     add_arguments(p)
     return run_reporting(prog, run, p.parse_args(argv))

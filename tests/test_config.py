@@ -119,3 +119,23 @@ def test_experiments_open_in_mlflows_training_view_with_a_description(tmp_path):
     tags = client.get_experiment(earlier).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
     assert tags["mlflow.note.content"].startswith("Pretraining runs")
+
+
+def test_every_verbs_help_gives_each_option_a_line_and_its_default():
+    from gpt1.cli import build_parser
+
+    verbs = next(a for a in build_parser()._actions if a.choices and "pretrain" in a.choices).choices
+    assert {"prepare", "pretrain", "finetune", "sweep", "evaluate", "generate", "demo", "export"} <= set(
+        verbs
+    )
+    for name, parser in verbs.items():
+        text = " ".join(parser.format_help().split("options:", 1)[1].split())
+        for action in parser._actions:
+            if not action.option_strings or action.option_strings == ["-h", "--help"]:
+                continue
+            flag = action.option_strings[-1]
+            assert action.help, f"gpt1 {name} {flag}: no help line"
+            shown = any(action.default is v for v in (None, False)) or action.default == []
+            if not shown:  # a value the user gets without asking: --help must say which
+                line = text[text.index(f"{flag} ") :][:400]
+                assert "default" in line.split(" --")[0], f"gpt1 {name} {flag}: default not shown"

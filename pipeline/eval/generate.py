@@ -25,12 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="the text to continue")
     src.add_argument("--prompt-file", help="a UTF-8 file holding the text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to add to each prompt, at most")
     p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy (default 1.0)")
     p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
     p.add_argument("--top-p", type=float, help="sample within the smallest set holding this probability")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling: the same seed, the same text")
+    p.add_argument("--num-samples", type=int, default=1, help="continuations of the prompt, each printed")
     p.add_argument("--device", default="auto", help="auto (a GPU where there is one), cpu or cuda")
 
 
