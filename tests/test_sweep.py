@@ -70,6 +70,8 @@ def test_sweep_logs_parent_and_trials_and_registers_the_best(
         f"ablation: {a} (seed {k})" for a in ("full", "no_aux_lm", "no_pretraining") for k in (0, 1)
     ]
     for c in children:
+        ablation = c.data.params.get("ablation")
+        assert c.data.tags["row"] == (f"ablation: {ablation}" if ablation else "trial")
         if "ablation" not in c.data.params:
             lr, lam = float(c.data.params["lr"]), float(c.data.params["lm_coef"])
             assert c.data.tags["mlflow.runName"] == f"lr={lr:.2g} λ={lam:.2g}"
@@ -89,6 +91,9 @@ def test_sweep_logs_parent_and_trials_and_registers_the_best(
         steps = [m.step for m in history]
         assert steps == sorted(set(steps)) and set(steps) <= {13, 26, 39} and steps[0] == 13
         best_of[c.info.run_id] = max(m.value for m in history)
+        # Compare shows the best evaluation (what the tables report) beside the last one.
+        best = max(history, key=lambda m: (m.value, -m.step))
+        assert c.data.metrics["best_accuracy"] == best.value and c.data.metrics["best_step"] == best.step
 
     # The results table names each trial's run and its best evaluation.
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}

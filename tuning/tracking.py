@@ -193,7 +193,10 @@ def ablation_summary(rows: list[dict], metric: str) -> list[dict]:
 
 class TrialRuns(tune.Callback):
     """One nested MLflow run per trial: its config as params, its evaluations as metrics at their
-    training step, its end as the run's status."""
+    training step, its end as the run's status. Beside each evaluation's metrics, the best
+    evaluation's (by the first of `metrics`, the task's dev metric) as best_<metric> and
+    best_step: the model a trial keeps, and what the tables report, is its best evaluation, not
+    its last, and MLflow's Compare shows a metric's last value."""
 
     def __init__(
         self,
@@ -211,12 +214,15 @@ class TrialRuns(tune.Callback):
         self.uri, self.client, self.experiment = uri, MlflowClient(uri), experiment
         self.parent, self.tags, self.metrics, self.varying = parent_run_id, tags, metrics, list(varying)
         self.loggers: dict = {}  # trial id -> RunLogger of its run
+        self.best: dict = {}  # trial id -> rank of its best dev metric so far
         # A resumed sweep: the trials that ended before its driver was lost keep their runs (those
         # it left RUNNING were marked KILLED, and their trials get new runs when Tune runs them again).
         for run in self.client.search_runs(
             [experiment], f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status != 'KILLED'"
         ):
             self.loggers[run.data.tags["trial_id"]] = RunLogger(uri, run.info.run_id)
+            if f"best_{metrics[0]}" in run.data.metrics:
+                self.best[run.data.tags["trial_id"]] = run.data.metrics[f"best_{metrics[0]}"]
 
     @property
     def runs(self) -> dict[str, str]:
@@ -233,22 +239,37 @@ class TrialRuns(tune.Callback):
         run = self.client.create_run(
             self.experiment,
             run_name=trial_name(trial.config, self.varying, trial.trial_id),
-            tags={PARENT_TAG: self.parent, "trial_id": trial.trial_id, **self.tags},
+            tags={
+                PARENT_TAG: self.parent,
+                "trial_id": trial.trial_id,
+                "row": row_of(trial.config),
+                **self.tags,
+            },
         )
         self.loggers[trial.trial_id] = RunLogger(self.uri, run.info.run_id)
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in trial.config.items()])
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        from tuning.finetune import rank
+
         # Only the evaluation's own metrics: Tune adds its bookkeeping (times, pids) to results.
-        self.loggers[trial.trial_id].log(
-            {k: result[k] for k in self.metrics if k in result}, int(result["step"])
-        )
+        values = {k: result[k] for k in self.metrics if k in result}
+        step, key, seen = int(result["step"]), self.metrics[0], self.best.get(trial.trial_id)
+        if key in values and (seen is None or rank(values[key]) > rank(seen)):
+            self.best[trial.trial_id] = values[key]
+            values.update({f"best_{k}": values[k] for k in self.metrics if k in values}, best_step=step)
+        self.loggers[trial.trial_id].log(values, step)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.client.set_terminated(self.runs[trial.trial_id], "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.client.set_terminated(self.runs[trial.trial_id], "FAILED")
+
+
+def row_of(config: dict) -> str:
+    """The table row a trial's run belongs to: "trial" (the search), or "ablation: <row>"."""
+    return f"ablation: {config['ablation']}" if "ablation" in config else "trial"
 
 
 SHORT = {"lm_coef": "λ", "epochs": "ep", "batch_size": "bs", "n_transfer": "layers", "clf_dropout": "drop"}
