@@ -99,6 +99,30 @@ def test_gpt1_generate_prints_seeded_samples(task_checkpoint, capsys):
     assert capsys.readouterr().out != first
 
 
+def test_a_sample_that_stops_short_says_why(task_checkpoint, capsys):
+    from gpt1.cli import main
+    from model import GPT
+
+    n_ctx = GPT.from_pretrained(task_checkpoint).config.n_ctx
+    args = [
+        "generate",
+        "--checkpoint",
+        str(task_checkpoint),
+        "--prompt",
+        "the film was",
+        "--temperature",
+        "0",
+    ]
+    assert main([*args, "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().err == ""  # all four came
+    assert main([*args, "--max-new-tokens", str(n_ctx)]) == 0
+    out = capsys.readouterr()
+    assert (
+        f"stopped before --max-new-tokens {n_ctx}: the model's context of {n_ctx} tokens was full" in out.err
+    )
+    assert "stopped" not in out.out
+
+
 def test_the_released_vocabulary_decodes_to_words_with_spaces(tmp_path, capsys):
     from corpus_gen import released_vocabulary
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 from pipeline import errors
@@ -66,8 +67,9 @@ def continuations(
     seed: int,
     num_samples: int,
     device: str = "cpu",
-) -> list[str]:
-    """num_samples continuations of prompt, as text (the prompt itself left out)."""
+) -> list[tuple[str, str | None]]:
+    """num_samples continuations of prompt, as text (the prompt itself left out), each with why it
+    stopped short of max_new_tokens (None where it did not)."""
     import torch
 
     from pipeline.data.text import normalize
@@ -96,9 +98,16 @@ def continuations(
     )
     texts = []
     for row in out[:, len(ids) :].tolist():
+        stopped = None
         if end is not None and end in row:
             row = row[: row.index(end)]
-        texts.append(tok.decode(row))
+            stopped = f"the model ended the document after {len(row)} new token(s)"
+        elif len(row) < max_new_tokens:
+            stopped = (
+                f"the model's context of {n_ctx} tokens was full (the prompt's {len(ids)} and "
+                f"{len(row)} new); shorten the prompt for more"
+            )
+        texts.append((tok.decode(row), stopped))
     return texts
 
 
@@ -129,10 +138,12 @@ def run(args: argparse.Namespace) -> None:
         args.num_samples,
         device,
     )
-    for k, text in enumerate(texts):
+    for k, (text, stopped) in enumerate(texts):
         if len(texts) > 1:
             print(f"--- sample {k + 1} of {len(texts)} (seed {args.seed}) ---")
         print(text, flush=True)
+        if stopped:  # on stderr: stdout holds the text alone
+            print(f"(stopped before --max-new-tokens {args.max_new_tokens}: {stopped})", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
