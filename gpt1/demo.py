@@ -244,12 +244,44 @@ def run_demo(
             f"| {name} | {r['transformation']} | {r['metric']} | {r['best']:.3f} | {r['best_lm_coef']} | "
             f"{cell(a['no_pretraining'])} | {cell(a['full'])} | {cell(a['no_aux_lm'])} |"
         )
-    print(
-        f"\ndone in {time.perf_counter() - t_start:.0f} s. Compare the runs in the MLflow UI:\n"
-        f"    mlflow ui --backend-store-uri {uri}\n"
-        f"then open http://127.0.0.1:5000 and the experiments gpt1-finetune-<task>."
-    )
+    print(f"\ndone in {time.perf_counter() - t_start:.0f} s.")
+    what_next(uri, pre, results, work, corpus)
     return {"pretrain": pre, "sweeps": results, "uri": uri}
+
+
+def what_next(uri: str, pre: dict, results: dict, work: Path, corpus: list[str]) -> None:
+    """The demo's last lines: where its models are, and the commands that look at them. The
+    commands name this environment's own scripts, which need not be on PATH."""
+    import shlex
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    scripts = Path(sys.executable).parent
+
+    def command(name: str) -> str:
+        return shlex.quote(str(scripts / name)) if (scripts / name).exists() else name
+
+    print("\nThe runs, in the MLflow UI:")
+    print(f"    {command('mlflow')} ui --backend-store-uri {uri}")
+    for name in ["gpt1-pretrain", *(f"gpt1-finetune-{task}" for task in results)]:
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            print(f"    http://127.0.0.1:5000/#/experiments/{exp.experiment_id}   {name}")
+    ckpt = pre["checkpoint"]
+    print("\nThe models:")
+    print(f"    pretrained: {ckpt}")
+    for task in results:
+        versions = client.search_model_versions(f"name='gpt1-{task}'")
+        if versions:
+            newest = max(int(v.version) for v in versions)
+            print(f"    fine-tuned on {task}: models:/gpt1-{task}/{newest} in the registry")
+    print(f"    every trial's checkpoints: {work / 'runs'}")
+    gpt1 = command("gpt1")
+    print("\nTry the pretrained model:")
+    print(f"    {gpt1} generate --checkpoint {shlex.quote(str(ckpt))} --prompt 'the'")
+    print(f"    {gpt1} evaluate --checkpoint {shlex.quote(str(ckpt))} --corpus {shlex.quote(str(corpus[0]))}")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,6 +1,7 @@
 """gpt1 demo at the ci size: prepare -> pretrain -> sweep on the built-in data, the MLflow runs it
 leaves, and a second run that reuses every stage."""
 
+import json
 import os
 import subprocess
 import sys
@@ -30,6 +31,10 @@ def gpt1_demo(cwd: Path, *args: str) -> str:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
+
+
+def pretrain_checkpoint(work: Path) -> str:
+    return json.loads((work / "demo" / "stages.json").read_text())["pretrain"]["result"]["checkpoint"]
 
 
 def test_builtin_tasks_train_and_dev_use_disjoint_words(tmp_path):
@@ -81,7 +86,16 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path):
         assert client.search_model_versions(f"name='gpt1-{name}'")
         table[name] = parent.data.metrics
         assert f"| {name} | {world.TASKS[name][0]} |" in out
-    assert "mlflow ui --backend-store-uri" in out
+    # The last lines: the venv's own mlflow and gpt1 (not on PATH here), each experiment's runs
+    # view, where the models are.
+    venv = Path(sys.executable).parent
+    assert f"{venv / 'mlflow'} ui --backend-store-uri sqlite:///" in out
+    for name in ("gpt1-pretrain", *(f"gpt1-finetune-{n}" for n in world.TASKS)):
+        exp_id = client.get_experiment_by_name(name).experiment_id
+        assert f"http://127.0.0.1:5000/#/experiments/{exp_id}   {name}" in out
+    assert f"pretrained: {pretrain_checkpoint(tmp_path)}" in out
+    assert all(f"fine-tuned on {n}: models:/gpt1-{n}/1" in out for n in world.TASKS)
+    assert f"{venv / 'gpt1'} generate --checkpoint" in out
 
     # Again: every stage is recognised by its inputs and reused; no new runs.
     again = gpt1_demo(tmp_path, "--size", "ci")
