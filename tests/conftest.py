@@ -146,3 +146,12 @@ def cluster(s3):
     c.wait_for_nodes()
     yield c
     c.shutdown()
+    # Cluster.shutdown also clears this process's internal-KV client, which the session's own
+    # local instance (ray_session), still up, goes on needing (pipeline.cluster reads the
+    # autoscaler's report through it).
+    import ray
+
+    if ray.is_initialized():
+        from ray.experimental.internal_kv import _initialize_internal_kv
+
+        _initialize_internal_kv(ray._private.worker.global_worker.gcs_client)
