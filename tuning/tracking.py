@@ -214,7 +214,7 @@ class TrialRuns(tune.Callback):
         self.uri, self.client, self.experiment = uri, MlflowClient(uri), experiment
         self.parent, self.tags, self.metrics, self.varying = parent_run_id, tags, metrics, list(varying)
         self.loggers: dict = {}  # trial id -> RunLogger of its run
-        self.best: dict = {}  # trial id -> rank of its best dev metric so far
+        self.best: dict = {}  # trial id -> its best dev metric so far (compared by finetune.rank)
         # A resumed sweep: the trials that ended before its driver was lost keep their runs (those
         # it left RUNNING were marked KILLED, and their trials get new runs when Tune runs them again).
         for run in self.client.search_runs(
