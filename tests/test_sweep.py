@@ -339,3 +339,35 @@ def test_a_sweep_reads_its_checkpoint_and_task_from_s3(
     assert main([*args, "--checkpoint", "s3://gpt1-test/runs/nothing"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "sweep: s3://gpt1-test/runs/nothing: nothing there; expected a model directory", err
+
+
+def test_max_concurrent_limits_the_trials_running_at_once(ray_session, tmp_path):
+    """Trials of 1 CPU on a 2-CPU instance could run two at a time; concurrent=1 must keep them
+    one after another (Tune ignores max_concurrent_trials beside a search_alg, so the limit has
+    to reach the generator)."""
+    import time
+
+    from ray import tune
+
+    from tuning.search import run_tuner
+
+    def trainable(config):
+        start = time.time()
+        time.sleep(1.5)
+        tune.report({"accuracy": config["x"], "start": start, "end": time.time()})
+
+    grid = run_tuner(
+        "limit",
+        tune.with_resources(trainable, {"CPU": 1}),
+        {"x": tune.uniform(0, 1)},
+        3,
+        "accuracy",
+        None,
+        str(tmp_path),
+        [],
+        1,
+        0,
+    )
+    spans = sorted((r.metrics["start"], r.metrics["end"]) for r in grid)
+    assert len(spans) == 3
+    assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), spans

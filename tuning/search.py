@@ -179,9 +179,9 @@ def run_tuner(
             mode="max",
             num_samples=samples,
             scheduler=scheduler,
-            max_concurrent_trials=concurrent,
-            # Seeded draws: the same command samples the same trials.
-            search_alg=BasicVariantGenerator(random_state=seed),
+            # Seeded draws: the same command samples the same trials. The limit goes to the
+            # generator itself: Tune ignores max_concurrent_trials beside a search_alg like this one.
+            search_alg=BasicVariantGenerator(random_state=seed, max_concurrent=concurrent),
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -333,10 +333,8 @@ def sweep_task(
                 **base,
                 "ablation": tune.grid_search(list(ABLATIONS)),
                 "lm_coef": tune.sample_from(
-                    lambda spec: (
-                        base_lm
-                        if ABLATIONS[spec.config["ablation"]] is None
-                        else ABLATIONS[spec.config["ablation"]]
+                    lambda config: (
+                        base_lm if ABLATIONS[config["ablation"]] is None else ABLATIONS[config["ablation"]]
                     )
                 ),
             }
