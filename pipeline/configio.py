@@ -6,6 +6,7 @@ against the type of the field's default.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 from pathlib import Path
@@ -79,8 +80,10 @@ def apply(cfg: C, values: dict[str, Any], where: str) -> C:
     return dataclasses.replace(cfg, **{k: _coerce(type(cfg), k, v, where) for k, v in values.items()})
 
 
-def add_set_option(p, cls, what: str = "override a key") -> None:
-    """The --set KEY=VALUE option of a command whose settings are the dataclass cls."""
+def add_set_option(p, cls, what: str = "override a key", seed: str | None = None) -> None:
+    """The --set KEY=VALUE option of a command whose settings are the dataclass cls, and, where
+    seed says what the seed decides, --seed N: a spelling of --set seed=N, so that --seed means
+    the same on every verb (the run's seed, of which every random draw is a function)."""
     p.add_argument(
         "--set",
         action="append",
@@ -88,6 +91,24 @@ def add_set_option(p, cls, what: str = "override a key") -> None:
         metavar="KEY=VALUE",
         help=f"{what}; keys: {', '.join(f.name for f in dataclasses.fields(cls))}",
     )
+    if seed:
+        default = next(f.default for f in dataclasses.fields(cls) if f.name == "seed")
+        p.add_argument(
+            "--seed",
+            type=int,
+            dest="set",
+            metavar="N",
+            action=_SeedAsSet,
+            default=argparse.SUPPRESS,  # --set's own default stands
+            help=f"the run's seed (default: {default}): {seed}; the same as --set seed=N",
+        )
+
+
+class _SeedAsSet(argparse.Action):
+    """--seed N appended to the --set list as seed=N, in the order given (the last one wins)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), f"seed={value}"])
 
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:

@@ -139,3 +139,27 @@ def test_every_verbs_help_gives_each_option_a_line_and_its_default():
             if not shown:  # a value the user gets without asking: --help must say which
                 line = text[text.index(f"{flag} ") :][:400]
                 assert "default" in line.split(" --")[0], f"gpt1 {name} {flag}: default not shown"
+
+
+def test_seed_means_the_runs_seed_on_every_verb_that_draws():
+    """--seed on each verb that draws random numbers; on the verbs whose settings hold a seed it
+    is --set seed=N, and the later of the two wins, as a repeated --set does."""
+    from gpt1.cli import build_parser
+
+    parser = build_parser()
+    for verb, required in (
+        ("prepare", ["--corpus", "c.txt", "--out", "o"]),
+        ("pretrain", ["--data", "d"]),
+        ("finetune", ["--task", "sst-2", "--data", "d", "--checkpoint", "c"]),
+    ):
+        args = parser.parse_args([verb, *required, "--set", "seed=1", "--seed", "7"])
+        assert args.set == ["seed=1", "seed=7"], verb
+        assert parser.parse_args([verb, *required, "--seed", "7", "--set", "seed=2"]).set == [
+            "seed=7",
+            "seed=2",
+        ]
+        assert parser.parse_args([verb, *required]).set == [], verb
+        assert "the run's seed" in parser._subparsers._group_actions[0].choices[verb].format_help()
+    sweep = ["sweep", "--task", "sst-2", "--data", "d", "--checkpoint", "c"]
+    assert parser.parse_args([*sweep, "--seed", "7"]).seed == 7
+    assert parser.parse_args(["generate", "--checkpoint", "c", "--prompt", "p", "--seed", "7"]).seed == 7

@@ -384,7 +384,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto", help="auto (a GPU where there is one), cpu or cuda")
     p.add_argument("--config", help="YAML file of the keys below")
-    configio.add_set_option(p, FinetuneConfig)
+    configio.add_set_option(
+        p,
+        FinetuneConfig,
+        seed="the new rows and the head drawn, the order of the examples and the dropout masks",
+    )
 
 
 def run(args: argparse.Namespace) -> None:

@@ -47,7 +47,7 @@ class SweepOptions:
     max_concurrent: int = 0  # trials at a time; 0 = one per GPU, or CPUs / 2
     grace_period: int = 1  # ASHA: evaluations before a trial can be stopped
     reduction_factor: int = 2  # ASHA: 1 / fraction of trials kept at each rung
-    seed: int = 0  # seed of the search space's draws
+    seed: int = 0  # the search space's draws, and the trials' seed unless a --set fixes it
     storage: str | None = None  # Ray Tune storage (default: $GPT1_STORAGE, else ./runs)
     device: str = "auto"  # auto (GPUs where the cluster has them or can add them), cpu or cuda
     wait_minutes: float = 30  # on a cluster with an autoscaler: how long to wait for the first trial's node
@@ -232,7 +232,9 @@ def sweep_task(
     from tuning.finetune import Pretrained, check_config, load_splits
     from tuning.space import describe, load_space
 
-    space = load_space(FinetuneConfig(), task.name, opts.space, opts.sets, check=check_config)
+    # --seed is the sweep's seed: its draws', and every trial's default (the space or a --set may fix another).
+    defaults = dataclasses.replace(FinetuneConfig(), seed=opts.seed)
+    space = load_space(defaults, task.name, opts.space, opts.sets, check=check_config)
     max_train = space["max_train"] if isinstance(space["max_train"], int) else 0
     splits = load_splits(task, data_dir, max_train)  # bad input ends here, before any trial
     pretrained = Pretrained.load(checkpoint)
@@ -339,7 +341,7 @@ def sweep_task(
                 ),
             }
             if opts.seeds > 1:  # the seed of the weights drawn, the data order and the dropout masks
-                ab_space["seed"] = tune.grid_search(list(range(opts.seeds)))
+                ab_space["seed"] = tune.grid_search(list(range(base["seed"], base["seed"] + opts.seeds)))
             ab = run_tuner(
                 f"ablations-{task.name}-{stamp}",
                 trainable,
@@ -403,7 +405,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--reduction-factor", type=int, default=2, help="ASHA: 1 / fraction of trials kept at each rung"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the search space's draws (default 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the run's seed (default: 0): the search space's draws, and every trial's (ablation rows: "
+        "N, N+1, ...); a --set seed=M fixes the trials' alone",
+    )
     p.add_argument(
         "--storage",
         help="Ray Tune storage: a directory, NFS, or s3://... (default: $GPT1_STORAGE, else ./runs)",

@@ -1,6 +1,7 @@
 """Stage 1, prepare: an unlabeled corpus -> a tokenizer and token shards read by offset.
 
-    python pipeline/prepare.py --corpus PATH_OR_URI... --out DIR_OR_URI [--config YAML] [--set key=value ...]
+    gpt1 prepare --corpus PATH_OR_URI... --out DIR_OR_URI [--config YAML] [--set key=value ...]
+    python pipeline/prepare.py ...     the same options, as a `ray job submit` entrypoint
 
 The driver coordinates; the workers read and write. Ray Data workers read the inputs in byte-range
 chunks (hashing them as they read), normalise and tokenize them, and each writes its work item's
@@ -542,7 +543,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="dataset directory to create, or an object-storage URI (s3://bucket/prefix)",
     )
     p.add_argument("--config", help="YAML file of PrepareConfig keys")
-    configio.add_set_option(p, PrepareConfig)
+    configio.add_set_option(p, PrepareConfig, seed="which documents are held out as val")
     p.add_argument(
         "--overwrite",
         action="store_true",

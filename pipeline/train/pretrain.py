@@ -1,7 +1,8 @@
 """Stage 2, pretrain: a prepared dataset -> a GPT pretrained on L1, data parallel on Ray Train.
 
-    python pipeline/pretrain.py --config PRESET_OR_YAML --data DIR [--workers N] [--name RUN]
-                                [--storage PATH_OR_URI] [--set key=value ...]
+    gpt1 pretrain --config PRESET_OR_YAML --data DIR [--workers N] [--name RUN]
+                  [--storage PATH_OR_URI] [--set key=value ...]
+    python pipeline/pretrain.py ...     the same options, as a `ray job submit` entrypoint
 
 Everything is checked before a worker starts: the dataset against its manifest (shard and
 tokenizer hashes), the model against the data (vocabulary, block length), the batch against the
@@ -419,7 +420,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="workers on nodes of this accelerator type only (A100, A10G, H100, ...): a run never mixes two",
     )
     add_wait_option(p)
-    configio.add_set_option(p, PretrainConfig)
+    configio.add_set_option(
+        p, PretrainConfig, seed="the initial weights, the order of the blocks and the dropout masks"
+    )
     p.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
 
 
