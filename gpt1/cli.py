@@ -81,15 +81,36 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sp = sub.add_parser(name, help=help_, description=module.__doc__, formatter_class=HelpFormatter)
         module.add_arguments(sp)
+        if name in ON_RAY:
+            sp.add_argument(
+                "--verbose",
+                action="store_true",
+                help="show Ray's own output on the console too (the log file always has it)",
+            )
         sp.set_defaults(func=module.run)
     return p
 
 
+# The verbs that start Ray: their console shows the project's lines, and a log file holds Ray's too.
+ON_RAY = ("prepare", "pretrain", "sweep", "demo")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The `gpt1` command. Called without argv, it is the process's own command line, and a verb
+    that starts Ray runs in a child whose console this process filters and logs
+    (pipeline/console.py); with argv (a test calling in), the verb runs here, its output as it is."""
+    from pipeline import console
     from pipeline.errors import run_reporting
 
     args = build_parser().parse_args(argv)
-    return run_reporting(f"gpt1 {args.command}", args.func, args)
+    prog = f"gpt1 {args.command}"
+    if argv is not None or args.command not in ON_RAY or console.supervised():
+        return run_reporting(prog, args.func, args)
+    import datetime
+
+    where = Path(args.workdir) if args.command == "demo" else Path.cwd()
+    log = where / "logs" / f"{args.command}-{datetime.datetime.now():%Y%m%d-%H%M%S}.log"
+    return console.supervise(sys.argv[1:], log.absolute(), verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Errors and how a command ends: the UserError family as one line and exit status 2; object
-storage that stopped answering, and a cluster that did not grow in time, as one line and status 1;
+storage that stopped answering, a cluster that did not grow in time, and a lost Ray instance as
+one line and status 1;
 Ctrl-C and SIGTERM as one line and status 130; anything else (a bug) with its traceback and
 status 1."""
 
@@ -10,6 +11,7 @@ import contextlib
 import errno
 import os
 import re
+import shlex
 import sys
 
 
@@ -179,14 +181,65 @@ def run_reporting(prog: str, func, args) -> int:
         return 130
     except Exception as err:
         cause = user_error(err)
-        if cause is None:  # a bug: its traceback, exit status 1
-            raise
+        if cause is None:
+            what = lost_ray(err)
+            if what is None:  # a bug: its traceback, exit status 1
+                raise
+            print(lost_ray_line(prog, what), file=sys.stderr)
+            return 1
         print(f"{prog}: {cause}", file=sys.stderr)
         return 1 if isinstance(cause, (StorageUnavailable, NotEnoughResources)) else 2
     finally:
         if main:
             signal.signal(signal.SIGTERM, old)
     return 0
+
+
+# Ray's errors that mean its instance (not the command's code) failed, where its processes are gone.
+_RAY_SYSTEM_ERRORS = (
+    "ActorUnavailableError",
+    "ActorDiedError",
+    "NodeDiedError",
+    "LocalRayletDiedError",
+    "RaySystemError",
+    "ObjectLostError",
+    "WorkerCrashedError",
+    "RpcError",
+)
+
+
+def lost_ray(err: BaseException) -> str | None:
+    """What of this process's Ray instance is gone, if err is Ray's report of that: a system
+    error (an actor or node unreachable, an object lost) while a process of the local instance
+    (its raylet, its GCS) has ended. None otherwise: an actor that died of the command's own bug
+    on a healthy instance shows its traceback."""
+    if "ray" not in sys.modules:
+        return None
+    import ray.exceptions
+
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        chain.append(err)
+        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+    if not any(
+        type(e).__name__ in _RAY_SYSTEM_ERRORS and isinstance(e, ray.exceptions.RayError) for e in chain
+    ):
+        return None
+    node = getattr(ray._private.worker, "_global_node", None)
+    dead = {kind for kind, _ in node.dead_processes()} if node is not None else set()
+    for kind, name in (("gcs_server", "the GCS"), ("raylet", "the raylet")):
+        if kind in dead:
+            return name
+    return None
+
+
+def lost_ray_line(prog: str, what: str) -> str:
+    """The one line of a command whose Ray instance went (what: "the raylet", "the GCS", ...)."""
+    return (
+        f"{prog}: the Ray instance was lost ({what} ended); what was done is kept: run the same "
+        f"command to resume: {shlex.join(['gpt1', *sys.argv[1:]])}"
+    )
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

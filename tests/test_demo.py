@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def gpt1_demo(cwd: Path, *args: str) -> str:
     """`gpt1 demo ...` as a user runs it: its own process, its own local Ray instance, MLflow's
-    default store (./mlflow.db). Returns its output; fails the test on a non-zero exit."""
+    default store (./mlflow.db). Returns its console (stdout, then stderr); fails the test on a
+    non-zero exit."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     proc = subprocess.run(
         [sys.executable, "-m", "gpt1.cli", "demo", *args],
@@ -30,7 +31,7 @@ def gpt1_demo(cwd: Path, *args: str) -> str:
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
+    return proc.stdout + proc.stderr
 
 
 def pretrain_checkpoint(work: Path) -> str:
@@ -62,6 +63,12 @@ def test_builtin_tasks_train_and_dev_use_disjoint_words(tmp_path):
 def test_demo_runs_every_stage_and_reuses_them(tmp_path):
     out = gpt1_demo(tmp_path, "--size", "ci")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # The console is the project's own lines; Ray's (Tune's tables, Data's progress, the workers'
+    # reports) are in the log file it names.
+    assert "Traceback" not in out and len(out.splitlines()) < 150, out
+    (log,) = (tmp_path / "demo" / "logs").glob("demo-*.log")
+    assert f"the whole output, Ray's included: {log}" in out
+    assert "Trial status:" not in out and "INFO streaming_executor" in log.read_text()
 
     def runs(exp):
         e = client.get_experiment_by_name(exp)

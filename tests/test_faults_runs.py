@@ -279,6 +279,39 @@ def wait_for_checkpoint_after(run: Path, step: int, proc, timeout: float = 240) 
 
 
 @pytest.mark.slow
+def test_a_lost_raylet_is_one_line_and_the_same_command_resumes(data, tmp_path):
+    """The local raylet killed from outside mid-run: Ray's C++ ends the driver at once, so the
+    `gpt1` process that supervises it says so, in one line with the command that resumes."""
+    import psutil
+
+    storage = tmp_path / "s"
+    cmd = [sys.executable, "-m", "gpt1.cli"] + args(
+        data, storage, "r", sets=SETS[1:] + ["max_steps=120", "checkpoint_every=20"]
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+    )
+    wait_for_checkpoint_after(storage / "r", 0, proc)
+    (raylet,) = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "raylet"]
+    raylet.kill()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, (proc.returncode, err[-3000:])
+    console = (out + err).splitlines()
+    assert not any("Traceback" in line or "state-dump" in line for line in console), (out + err)[-3000:]
+    assert (
+        err.strip().splitlines()[-1].startswith("gpt1 pretrain: the Ray instance was lost (the raylet ended)")
+    ), err[-3000:]
+    assert err.strip().endswith(" ".join(["gpt1", *cmd[3:]])), err[-500:]
+    (log,) = (tmp_path / "logs").glob("pretrain-*.log")  # Ray's own lines are kept there
+    assert "Raylet is terminated" in log.read_text()
+    done = latest_checkpoint(str(storage / "r"))[1]
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming run r from step {done:,}" in again.stdout, again.stdout[-2000:]
+
+
+@pytest.mark.slow
 def test_ctrl_c_and_sigterm_stop_cleanly_and_resume(data, tmp_path):
     storage = tmp_path / "s"
     cmd = [sys.executable, str(ROOT / "pipeline" / "pretrain.py")] + args(

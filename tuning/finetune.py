@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,6 +25,7 @@ from tokenizers import Tokenizer
 
 from model import GPT, GPTConfig, GPTForTask, TaskHead, make_optimizer, make_schedule
 from pipeline import configio, errors
+from pipeline.console import eta
 from pipeline.data.tasks import Example, Task
 from pipeline.data.tokenizer import DELIMITER, EXTRACT, START
 from pipeline.eval import metrics as metriclib
@@ -250,6 +252,7 @@ def finetune(
     report: Callable[[dict, int], None] | None = None,
     out=None,
     device: str = "auto",
+    progress_every: float = 0.0,
 ) -> dict:
     """Train on the task's train split, evaluate on dev; returns the best evaluation (its
     metrics, step and the truncation counts).
@@ -258,7 +261,8 @@ def finetune(
     checkpoint directory or a Pretrained. report(metrics, step) is called after every
     evaluation (Ray Tune, MLflow). With out, the best model is written there whenever it
     improves (before report sees it), and at the end its predictions on the test splits that
-    the data directory holds."""
+    the data directory holds. With progress_every, a line of progress (step, epoch, loss, ETA)
+    is printed at most that often, in seconds, between evaluations."""
     check_device(device)
     check_config(cfg)
     if not isinstance(pretrained, Pretrained):
@@ -282,6 +286,7 @@ def finetune(
         "dev_truncated": sum(e.truncated for e in dev),
     }
     step = 0
+    started = last_line = time.monotonic()
     tm.model.train()
     while step < total:
         order = rng.permutation(len(train))
@@ -302,11 +307,20 @@ def finetune(
             schedule.step()
             opt.zero_grad(set_to_none=True)
             step += 1
+            now = time.monotonic()
+            if progress_every and now - last_line >= progress_every and step % eval_every:
+                last_line = now
+                print(
+                    f"step {step:,}/{total:,} (epoch {step / steps_per_epoch:.2f} of {total / steps_per_epoch:.2f}): "
+                    f"loss {float(loss):.4f}, ETA {eta((total - step) * (now - started) / step)}",
+                    flush=True,
+                )
             if step % eval_every == 0 or step == total:
                 result = {
                     **evaluate(tm, dev, cfg.eval_batch),
                     "train_loss": float(loss.detach()),
                     "epoch": step / steps_per_epoch,
+                    "total_steps": total,  # for the progress lines of whoever reports
                 }
                 if best is None or rank(result[key]) > rank(best[key]):
                     best = {**result, "step": step}
@@ -403,12 +417,20 @@ def run(args: argparse.Namespace) -> None:
     def show(m: dict, step: int) -> None:
         print(
             f"step {step:,} (epoch {m['epoch']:.2f}): "
-            + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "epoch"),
+            + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k not in ("epoch", "total_steps")),
             flush=True,
         )
 
     best = finetune(
-        task, args.data, args.checkpoint, cfg, args.from_scratch, report=show, out=out, device=args.device
+        task,
+        args.data,
+        args.checkpoint,
+        cfg,
+        args.from_scratch,
+        report=show,
+        out=out,
+        device=args.device,
+        progress_every=30,
     )
     print(
         f"best {task.metrics[0]} {best[task.metrics[0]]:.4f} at step {best['step']:,}; "

@@ -187,7 +187,9 @@ def run_tuner(
             name=name,
             storage_path=storage,
             callbacks=callbacks,
-            verbose=1,
+            # Tune's status tables only where asked for (gpt1 --verbose): the trials' own lines
+            # (TrialRuns) say what a user follows.
+            verbose=1 if os.environ.get("GPT1_VERBOSE") else 0,
             # Each trial keeps only its best model (the one reported with the highest metric).
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order="max"
@@ -285,7 +287,8 @@ def sweep_task(
     )
     # Trials are named by the keys the space varies (lr=2.1e-4 λ=0.5 ep=3), ablation rows by row and seed.
     varying = [k for k, v in space.items() if isinstance(v, (dict, Domain))]
-    callback = tracking.TrialRuns(uri, exp, pid, tags, [*task.metrics, "train_loss", "epoch"], varying)
+    total = opts.samples * grids + (len(ABLATIONS) * opts.seeds if opts.ablations else 0)
+    callback = tracking.TrialRuns(uri, exp, pid, tags, [*task.metrics, "train_loss", "epoch"], varying, total)
     # with_parameters puts each object into Ray's object store once; every trial reads it there.
     trainable = tune.with_resources(
         tune.with_parameters(

@@ -33,6 +33,7 @@ import torch.distributed as dist
 
 from model import GPT, GPTConfig, lm_loss, make_optimizer, make_schedule
 from model.flops import matmul_ceiling
+from pipeline.console import eta
 from pipeline.data.dataset import BlockOrder, load_split, tokens_per_byte
 from pipeline.data.stage import local_copy
 from pipeline.errors import UserError, disk_error
@@ -118,13 +119,6 @@ def say(line: str) -> None:
     # To the process's own stdout: Ray Train patches print() in its workers to go both there
     # and to a logger, which would show every line twice.
     print(line, file=sys.__stdout__, flush=True)
-
-
-def _eta(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    h, rest = divmod(int(seconds), 3600)
-    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
 
 
 class Pretraining:
@@ -371,10 +365,10 @@ class Pretraining:
                     "elapsed_s": now - t_start,
                 }  # training time of this attempt
                 if self.rank == 0:
-                    eta = (total - s) * (now - t_start) / (s - step_start)
+                    left = (total - s) * (now - t_start) / (s - step_start)
                     say(
                         f"step {s:,}/{total:,} | loss {mean:.4f} | lr {metrics['lr']:.2e} | "
-                        f"{tps:,.0f} tok/s | MFU {metrics['mfu']:.1%} | ETA {_eta(eta)}"
+                        f"{tps:,.0f} tok/s | MFU {metrics['mfu']:.1%} | ETA {eta(left)}"
                     )
                     if self.tracker:
                         self.tracker.log(metrics, s)

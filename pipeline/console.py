@@ -1,0 +1,190 @@
+"""The console of a command that runs Ray: the project's own lines on the terminal, everything the
+command and its Ray instance print (Ray's, Tune's, Train's and Data's logs, the workers' forwarded
+output) in a log file, and a lost Ray instance as one line.
+
+    sys.exit(console.supervise(["pretrain", "--data", "d"], Path("logs/pretrain-....log"), verbose=False))
+
+The command runs in a child process (`python -m gpt1.cli ...` with GPT1_SUPERVISED set) whose
+stdout and stderr this process reads, line by line: every line goes to the log file, and to the
+terminal unless it is Ray's own (`shown`). A child, not a filter inside the command's process,
+because Ray writes from C++ as well as Python, and because when a local raylet dies Ray's C++ ends
+the driver at once (`_exit`): no Python code of that process runs to say what happened, so this
+one says it (`lost_ray`), with the command that resumes.
+
+Signals: the child has a session of its own, so a terminal's Ctrl-C reaches it once, forwarded
+from here (as SIGTERM is); a kill -9 of this process takes the child with it (PR_SET_PDEATHSIG).
+A traceback from the command's own code (the driver, a training worker, a trial) is never
+noise: a bug is shown whole. Ray's own processes and actors (the raylet, Train's controller and
+placement-group cleaner, ...) are Ray's, tracebacks included: they are in the log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+_ANSI = re.compile(rb"\x1b\[[0-9;]*m")
+# "(RayTrainWorker pid=123)", "(trial pid=123, ip=10.0.0.2)", "(MapWorker(MapBatches(Tokenize)) pid=1)"
+_WORKER = re.compile(rb"^\((?P<who>[^\s()]+(?:\([^\n]*?\))?)(?: pid=\d+)?(?:, ip=[\d.]+)?\) ")
+_RAY_LOG = [
+    # Ray's Python loggers ("2026-12-04 16:47:27,846\tINFO streaming_executor.py:215 -- ...")
+    rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(DEBUG|INFO|WARNING)\s",
+    # Ray's C++ logs ("[2026-12-04 16:47:27,907 E 15858 15858] core_worker.cc:2465: ..."), also
+    # indented, as a dead raylet's last lines are forwarded
+    rb"\s*\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [DIWE] \d+ \d+\]",
+    rb"\s+\[state-dump\]",
+    # Ray Train's controller and workers, in their plain format
+    rb"(Requesting resources|Attempting to start training worker group|Started training worker group"
+    rb"|Setting up process group|Reporting training result|Checkpoint successfully created at"
+    rb"|Training finished|Worker group|Shutting down)",
+    rb"- \(ip=[\d.]+, pid=\d+\) world_rank=",
+    # Ray Tune's status output (verbose 1), which --verbose brings back
+    rb"(View detailed results here|To visualize your results with TensorBoard|Trial status:"
+    rb"|Current time:|Logical resource usage:|Current best trial:|Trial \S+ (started with|completed after)"
+    rb"|Wrote the latest version of all result files)",
+    "[╭│├╰]".encode(),
+]
+_NOISE = re.compile(b"|".join(b"(?:" + p + b")" for p in _RAY_LOG))
+# Processes and actors of Ray itself, whose forwarded lines are all Ray's.
+_RAY_PROCESSES = {
+    b"raylet",
+    b"gcs_server",
+    b"autoscaler",
+    b"monitor",
+    b"dashboard",
+    b"TrainController",
+    b"PlacementGroupCleaner",
+    b"PreemptionWatcher",
+}
+# What Ray prints when its instance goes, and what to call it in the one line.
+_LOST = [
+    (re.compile(rb"Raylet is terminated|connection to the plasma store is failed"), "the raylet"),
+    (
+        re.compile(rb"(GCS|gcs_server).{0,80}(unreachable|dead|failed to connect|Failed to connect)"),
+        "the GCS",
+    ),
+    (re.compile(rb"(ActorUnavailableError|NodeDiedError|LocalRayletDiedError)"), "a node"),
+]
+
+
+def shown(line: bytes) -> bytes | None:
+    """The line as the terminal shows it, or None where it is Ray's own output. A line forwarded
+    from a worker loses its `(RayTrainWorker pid=...)` prefix; one from the raylet is Ray's."""
+    plain = _ANSI.sub(b"", line)
+    m = _WORKER.match(plain)
+    if m:
+        if m.group("who") in _RAY_PROCESSES:  # Ray's own (its tracebacks too: not the command's bug)
+            return None
+        plain = plain[m.end() :]
+    if _NOISE.match(plain) or (m is not None and not plain.strip()):
+        return None
+    return plain if m else line
+
+
+def eta(seconds: float) -> str:
+    """A time left as progress lines print it: 4m05s, 2h10m, or ? where unknown."""
+    import math
+
+    if not math.isfinite(seconds):
+        return "?"
+    h, rest = divmod(int(seconds), 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def supervised() -> bool:
+    """Whether this process is a supervised command (its console filtered by its parent)."""
+    return bool(os.environ.get("GPT1_SUPERVISED"))
+
+
+def supervise(argv: list[str], log: Path, verbose: bool = False) -> int:
+    """Run `gpt1 argv` in a child with its console filtered and logged; its exit status, or 1
+    with one line where its Ray instance was lost."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"the whole output, Ray's included: {log}", flush=True)
+    env = {
+        **os.environ,
+        "GPT1_SUPERVISED": "1",
+        "GPT1_VERBOSE": "1" if verbose else "",
+        "PYTHONUNBUFFERED": "1",
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-m", "gpt1.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
+
+    def forward(signum, frame):
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    lost: list[str] = []
+    try:
+        with open(log, "ab") as out:
+            lock = threading.Lock()
+            readers = [
+                threading.Thread(target=_relay, args=(pipe, fd, out, lock, verbose, lost), daemon=True)
+                for pipe, fd in ((child.stdout, 1), (child.stderr, 2))
+            ]
+            for t in readers:
+                t.start()
+            code = child.wait()
+            for t in readers:
+                t.join(timeout=10)  # a process the child's Ray started may hold a pipe open
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if code < 0:
+        code = 128 - code
+    if code not in (0, 2, 130) and lost and not _said_one_line(log):
+        from pipeline.errors import lost_ray_line
+
+        print(lost_ray_line(f"gpt1 {argv[0]}", lost[0]), file=sys.stderr)
+        return 1
+    return code
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel sends it SIGKILL when its parent dies (Linux)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: a killed parent leaves the child to finish
+        pass
+
+
+def _relay(pipe, fd: int, out, lock: threading.Lock, verbose: bool, lost: list[str]) -> None:
+    hidden = False  # a blank line after Ray's lines (a forwarded block's end) is Ray's too
+    for line in iter(pipe.readline, b""):
+        line = line.rstrip(b"\n")
+        with lock:
+            out.write(line + b"\n")
+            out.flush()
+        for pattern, what in _LOST:
+            if not lost and pattern.search(line):
+                lost.append(what)
+        text = line if verbose else shown(line)
+        if text is not None and hidden and not text.strip():
+            text = None
+        hidden = text is None
+        if text is not None:
+            view = memoryview(text + b"\n")
+            while view:
+                view = view[os.write(fd, view) :]
+    pipe.close()
+
+
+def _said_one_line(log: Path) -> bool:
+    """Whether the child ended with a line of its own (`gpt1 VERB: ...`) rather than a crash."""
+    tail = log.read_bytes()[-4000:].rstrip().splitlines()
+    return bool(tail) and tail[-1].startswith(b"gpt1 ") and b"Traceback" not in b"\n".join(tail[-30:])
