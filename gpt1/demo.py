@@ -257,6 +257,8 @@ def what_next(uri: str, pre: dict, results: dict, work: Path, corpus: list[str])
 
     from mlflow.tracking import MlflowClient
 
+    from pipeline.tracking import TRAINING_VIEW
+
     client = MlflowClient(uri)
     scripts = Path(sys.executable).parent
 
@@ -268,7 +270,7 @@ def what_next(uri: str, pre: dict, results: dict, work: Path, corpus: list[str])
     for name in ["gpt1-pretrain", *(f"gpt1-finetune-{task}" for task in results)]:
         exp = client.get_experiment_by_name(name)
         if exp is not None:
-            print(f"    http://127.0.0.1:5000/#/experiments/{exp.experiment_id}   {name}")
+            print(f"    http://127.0.0.1:5000/#/experiments/{exp.experiment_id}{TRAINING_VIEW}   {name}")
     ckpt = pre["checkpoint"]
     print("\nThe models:")
     print(f"    pretrained: {ckpt}")

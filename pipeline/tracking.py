@@ -246,13 +246,32 @@ def checkpoint_lineage(client, checkpoint: Path, where: str | None = None) -> di
         task = json.loads((ckpt / "task.json").read_text()).get("task")
         trial = find_run(client, f"gpt1-finetune-{task}", "model_sha256", tags["checkpoint_sha256"])
         if trial is not None:
-            tags["finetune_run_id"] = trial.info.run_id
-            if "pretrain_run_id" in trial.data.tags:
-                tags["pretrain_run_id"] = trial.data.tags["pretrain_run_id"]
+            tags.update(run_tags(client, "finetune", trial))
+            for key in ("pretrain_run_id", "pretrain_run_url"):
+                if key in trial.data.tags:
+                    tags[key] = trial.data.tags[key]
         return tags
     pretrain = find_run(client, PRETRAIN_EXPERIMENT, "run_path", where.rsplit("/", 1)[0])
     if pretrain is not None:
-        tags["pretrain_run_id"] = pretrain.info.run_id
+        tags.update(run_tags(client, "pretrain", pretrain))
+    return tags
+
+
+# MLflow 3.17's UI opens in its GenAI view unless the address asks for the training one (its
+# experimentKind tag is not read while the workflow switch is on), and remembers the switch only
+# when a user clicks it: the addresses the project prints carry the view.
+TRAINING_VIEW = "?workflowType=machine_learning"
+
+
+def run_tags(client, kind: str, run) -> dict[str, str]:
+    """<kind>_run_id, and where the store is a tracking server, <kind>_run_url: the run's page,
+    a link in the UI's tags (an SQLite store has no address of its own to link to)."""
+    tags = {f"{kind}_run_id": run.info.run_id}
+    uri = client.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        tags[f"{kind}_run_url"] = (
+            f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}{TRAINING_VIEW}"
+        )
     return tags
 
 

@@ -84,9 +84,9 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path):
         (parent,) = [r for r in rs if "mlflow.parentRunId" not in r.data.tags]
         children = [r for r in rs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         assert len(children) == 5 and len(rs) == 6  # 2 trials (λ 0 and 0.5) + 3 ablation rows
-        assert sorted(float(c.data.params["lm_coef"]) for c in children if "ablation" not in c.data.params)[
-            :2
-        ] == [0.0, 0.5]
+        assert sorted(
+            float(c.data.params["lm_coef"]) for c in children if c.data.params["ablation"] == "search"
+        )[:2] == [0.0, 0.5]
         assert parent.data.tags["pretrain_run_id"] == pretrain.info.run_id
         arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
         assert {"results.csv", "metric_vs_lambda_and_lr.png", "ablations.md", "best_config.json"} <= arts
@@ -99,7 +99,7 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path):
     assert f"{venv / 'mlflow'} ui --backend-store-uri sqlite:///" in out
     for name in ("gpt1-pretrain", *(f"gpt1-finetune-{n}" for n in world.TASKS)):
         exp_id = client.get_experiment_by_name(name).experiment_id
-        assert f"http://127.0.0.1:5000/#/experiments/{exp_id}   {name}" in out
+        assert f"http://127.0.0.1:5000/#/experiments/{exp_id}?workflowType=machine_learning   {name}" in out
     assert f"pretrained: {pretrain_checkpoint(tmp_path)}" in out
     assert all(f"fine-tuned on {n}: models:/gpt1-{n}/1" in out for n in world.TASKS)
     assert f"{venv / 'gpt1'} generate --checkpoint" in out

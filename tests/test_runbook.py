@@ -358,6 +358,12 @@ def test_the_runbook_runs_on_an_autoscaling_cluster(s3, tmp_path):
         assert "| accuracy |" in (
             Path(client.download_artifacts(parent.info.run_id, "results.md", str(tmp_path))).read_text()
         )
+        # Lineage: the pretrain run by id, and by its page on the server, a link in the UI.
+        assert parent.data.tags["pretrain_run_id"] == run.info.run_id
+        assert parent.data.tags["pretrain_run_url"] == (
+            f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+            "?workflowType=machine_learning"
+        )
         table = client.download_artifacts(parent.info.run_id, "ablations_summary.md", str(tmp_path))
         for row in ("full", "no_aux_lm", "no_pretraining"):
             assert f"| {row} |" in Path(table).read_text()

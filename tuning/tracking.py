@@ -265,7 +265,11 @@ class TrialRuns(tune.Callback):
             },
         )
         self.loggers[trial.trial_id] = RunLogger(self.uri, run.info.run_id)
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in trial.config.items()])
+        params = {
+            "ablation": SEARCH,
+            **trial.config,
+        }  # the search's trials too: Compare plots every run's row
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         from tuning.finetune import rank
@@ -314,6 +318,10 @@ def time_since(start: float) -> str:
 
     seconds = time.monotonic() - start
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+# The `ablation` param of the search's own trials (the ablation rows name theirs).
+SEARCH = "search"
 
 
 def row_of(config: dict) -> str:
