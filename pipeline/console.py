@@ -96,6 +96,29 @@ def eta(seconds: float) -> str:
     return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
 
 
+def progress(items, total: int, what: str, size=lambda item: 1, every: float = 30.0):
+    """Yield from items, printing `what: k/total (p%), ETA` at most every `every` seconds, where
+    size(item) says how many of the total an item is: a long stage is never silent, a short one
+    prints nothing."""
+    import time
+
+    start = last = time.monotonic()
+    done = 0
+    try:
+        for item in items:
+            done += size(item)
+            now = time.monotonic()
+            if now - last >= every and 0 < done < total:
+                last = now
+                left = eta((total - done) * (now - start) / done)
+                print(f"{what}: {done:,}/{total:,} ({done / total:.0%}), ETA {left}", flush=True)
+            yield item
+    finally:  # closed early (a bad input): so is what it reads, at once (Ray Data stops its work)
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
 def supervised() -> bool:
     """Whether this process is a supervised command (its console filtered by its parent)."""
     return bool(os.environ.get("GPT1_SUPERVISED"))
@@ -165,6 +188,13 @@ def _die_with_parent() -> None:
 
 def _relay(pipe, fd: int, out, lock: threading.Lock, verbose: bool, lost: list[str]) -> None:
     hidden = False  # a blank line after Ray's lines (a forwarded block's end) is Ray's too
+    held: list[bytes] = []  # an "Exception ignored in" block, until its last line says whose it is
+
+    def emit(text: bytes) -> None:
+        view = memoryview(text + b"\n")
+        while view:
+            view = view[os.write(fd, view) :]
+
     for line in iter(pipe.readline, b""):
         line = line.rstrip(b"\n")
         with lock:
@@ -173,15 +203,35 @@ def _relay(pipe, fd: int, out, lock: threading.Lock, verbose: bool, lost: list[s
         for pattern, what in _LOST:
             if not lost and pattern.search(line):
                 lost.append(what)
+        if not verbose and (held or line.startswith(b"Exception ignored in")):
+            held.append(line)
+            if len(held) > 2 and line[:1] not in (b" ", b"\t"):  # the exception's own line ends it
+                if not _ray_worker_stopped(held):
+                    for text in held:
+                        emit(text)
+                held = []
+            continue
         text = line if verbose else shown(line)
         if text is not None and hidden and not text.strip():
             text = None
         hidden = text is None
         if text is not None:
-            view = memoryview(text + b"\n")
-            while view:
-                view = view[os.write(fd, view) :]
+            emit(text)
+    for text in held:
+        emit(text)
     pipe.close()
+
+
+def _ray_worker_stopped(block: list[bytes]) -> bool:
+    """An "Exception ignored" traceback of a Ray worker that the instance's shutdown stopped with
+    SIGTERM (its handler raises SystemExit inside whatever the interpreter was finalising): Ray's
+    shutdown, not the command's error."""
+    text = b"\n".join(block)
+    return (
+        b"sigterm_handler" in text
+        and b"ray/_private/worker.py" in text
+        and block[-1].startswith(b"SystemExit")
+    )
 
 
 def _said_one_line(log: Path) -> bool:

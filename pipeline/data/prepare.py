@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.fs as pafs
 
-from pipeline import cluster, configio, errors, outdir
+from pipeline import cluster, configio, console, errors, outdir
 from pipeline import remote as remote_store
 from pipeline.data.corpus import (
     CorpusError,
@@ -248,11 +248,10 @@ def _work(files, cfg, val_files, tok, source, source_key, fs, base, out_uri, loc
     dtype = token_dtype(vocab)
     tok_text = tok.to_str()
     run_items = _in_process if local else _on_ray_data
-    rows = _summaries(
-        run_items(
-            Tokenize, {**common, "tokenizer_json": tok_text, "out": out_uri, "dtype": dtype.str}, items, cfg
-        )
+    batches = run_items(
+        Tokenize, {**common, "tokenizer_json": tok_text, "out": out_uri, "dtype": dtype.str}, items, cfg
     )
+    rows = _summaries(console.progress(batches, len(items), "prepare: work items tokenized", size=len))
     _check_summaries(rows, files, cfg)
 
     shard_tokens = max((cfg.shard_mb << 20) // dtype.itemsize, 1)
