@@ -30,7 +30,7 @@ from pathlib import Path
 
 _ANSI = re.compile(rb"\x1b\[[0-9;]*m")
 # "(RayTrainWorker pid=123)", "(trial pid=123, ip=10.0.0.2)", "(MapWorker(MapBatches(Tokenize)) pid=1)"
-_WORKER = re.compile(rb"^\((?P<who>[^\s()]+(?:\([^\n]*?\))?)(?: pid=\d+)?(?:, ip=[\d.]+)?\) ")
+_WORKER = re.compile(rb"^\((?P<who>[^\s()]+(?:\([^\n]*?\))?)(?: pid=\d+)?(?:, ip=[\d.]+)?\)(?: |$)")
 _RAY_LOG = [
     # Ray's Python loggers ("2026-12-04 16:47:27,846\tINFO streaming_executor.py:215 -- ...")
     rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(DEBUG|INFO|WARNING)\s",
@@ -188,7 +188,7 @@ def _die_with_parent() -> None:
 
 def _relay(pipe, fd: int, out, lock: threading.Lock, verbose: bool, lost: list[str]) -> None:
     hidden = False  # a blank line after Ray's lines (a forwarded block's end) is Ray's too
-    held: list[bytes] = []  # an "Exception ignored in" block, until its last line says whose it is
+    held: list[tuple[bytes, bytes]] = []  # an "Exception ignored in" block, until its end says whose it is
 
     def emit(text: bytes) -> None:
         view = memoryview(text + b"\n")
@@ -203,11 +203,12 @@ def _relay(pipe, fd: int, out, lock: threading.Lock, verbose: bool, lost: list[s
         for pattern, what in _LOST:
             if not lost and pattern.search(line):
                 lost.append(what)
-        if not verbose and (held or line.startswith(b"Exception ignored in")):
-            held.append(line)
-            if len(held) > 2 and line[:1] not in (b" ", b"\t"):  # the exception's own line ends it
-                if not _ray_worker_stopped(held):
-                    for text in held:
+        plain = _unprefixed(line)
+        if not verbose and (held or plain.startswith(b"Exception ignored in")):
+            held.append((line, plain))
+            if len(held) > 2 and plain[:1] not in (b" ", b"\t", b""):  # the exception's own line ends it
+                if not _ray_worker_stopped([p for _, p in held]):
+                    for text in filter(None, (shown(h) for h, _ in held)):
                         emit(text)
                 held = []
             continue
@@ -217,9 +218,16 @@ def _relay(pipe, fd: int, out, lock: threading.Lock, verbose: bool, lost: list[s
         hidden = text is None
         if text is not None:
             emit(text)
-    for text in held:
+    for text in filter(None, (shown(h) for h, _ in held)):
         emit(text)
     pipe.close()
+
+
+def _unprefixed(line: bytes) -> bytes:
+    """The line without colour codes and without the `(Worker pid=N)` prefix of forwarded output."""
+    plain = _ANSI.sub(b"", line)
+    m = _WORKER.match(plain)
+    return plain[m.end() :] if m else plain
 
 
 def _ray_worker_stopped(block: list[bytes]) -> bool:

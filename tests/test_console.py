@@ -77,6 +77,10 @@ OSError: [Errno 28] No space left on device
     shown, log, _ = relay(b"before\n" + stopped + other + b"after\n")
     assert shown == b"before\n" + other + b"after\n"
     assert stopped in log
+    # The same, forwarded from a trial that Tune stopped (a blank line inside, as Ray sends it).
+    lines = stopped.splitlines()
+    forwarded = [b"\x1b[36m(trial pid=7)\x1b[0m " + line for line in [*lines[:4], b"", *lines[4:]]]
+    assert relay(b"\n".join(forwarded) + b"\nafter\n")[0] == b"after\n"
 
 
 def test_progress_times_read_as_a_person_would():
