@@ -112,7 +112,8 @@ def put_books_in_the_bucket(s3) -> None:
 
     fs = pafs.S3FileSystem(endpoint_override=s3["AWS_ENDPOINT_URL"].split("//")[1], scheme="http")
     for i in range(2):
-        with fs.open_output_stream(f"{BUCKET}/books/b{i}.txt.gz") as f:
+        # Compressed here, as a user's gzip would: pyarrow would otherwise compress it again (.gz).
+        with fs.open_output_stream(f"{BUCKET}/books/b{i}.txt.gz", compression=None) as f:
             f.write(gzip.compress(("\n\n".join(documents(200, seed=70 + i)) + "\n").encode()))
 
 
