@@ -125,14 +125,14 @@ def newest_checkpoint(work: Path) -> str:
 
 
 def filled_in(line: str, work: Path) -> str:
-    """The README's placeholders, as the user fills them in."""
+    """The README's placeholders, as the user fills them in, and the options that shrink it."""
+    extra = next((opts for start, opts in SHRINK.items() if line.startswith(start)), "")
     line = line.replace("s3://bucket/", f"s3://{BUCKET}/")
     if "runs/NAME/checkpoint_000001000" in line or "--checkpoint CKPT" in line:
         ckpt = newest_checkpoint(work)
         line = line.replace("runs/NAME/checkpoint_000001000", ckpt).replace(
             "--checkpoint CKPT", f"--checkpoint {ckpt}"
         )
-    extra = next((opts for start, opts in SHRINK.items() if line.startswith(start)), "")
     return f"{line} {extra}".strip()
 
 

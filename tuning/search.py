@@ -492,7 +492,7 @@ def _sweep(task_name: str, data: Path, checkpoint: Path, where: str, opts: Sweep
 
 
 def run(args: argparse.Namespace) -> None:
-    from pipeline.tracking import tracking_uri
+    from pipeline.tracking import TRAINING_VIEW, tracking_uri
 
     opts = SweepOptions(
         samples=args.samples,
@@ -514,7 +514,14 @@ def run(args: argparse.Namespace) -> None:
     print("|---|---|---:|---:|---|")
     for name, r in results.items():
         print(f"| {name} | {r['metric']} | {r['best']:.4f} | {len(r['rows'])} | {r['parent_run_id']} |")
-    print(f"\ncompare them: mlflow ui --backend-store-uri {tracking_uri()}")
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):  # a tracking server: its own UI
+        print(f"\ncompare them: {uri.rstrip('/')}/#/experiments{TRAINING_VIEW}")
+    else:
+        print(
+            f"\ncompare them: mlflow ui --backend-store-uri {uri}, then "
+            f"http://127.0.0.1:5000/#/experiments{TRAINING_VIEW}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
