@@ -148,7 +148,13 @@ def supervise(argv: list[str], log: Path, verbose: bool = False) -> int:
         if child.poll() is None:
             child.send_signal(signum)
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    # A signal this process ignores (SIGINT in a script's background job) stays ignored: the child
+    # inherits that, as it would have without this parent.
+    old = {
+        s: signal.signal(s, forward)
+        for s in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(s) is not signal.SIG_IGN
+    }
     lost: list[str] = []
     try:
         with open(log, "ab") as out:
@@ -244,5 +250,7 @@ def _ray_worker_stopped(block: list[bytes]) -> bool:
 
 def _said_one_line(log: Path) -> bool:
     """Whether the child ended with a line of its own (`gpt1 VERB: ...`) rather than a crash."""
-    tail = log.read_bytes()[-4000:].rstrip().splitlines()
+    with open(log, "rb") as f:  # its end only: a long run's log is large
+        f.seek(max(0, log.stat().st_size - 4000))
+        tail = f.read().rstrip().splitlines()
     return bool(tail) and tail[-1].startswith(b"gpt1 ") and b"Traceback" not in b"\n".join(tail[-30:])
