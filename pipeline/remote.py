@@ -136,12 +136,18 @@ def lease(fs: pafs.FileSystem, base: str, uri: str, what: str, ttl: float = 120.
     me = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
 
     def held_by() -> dict | None:
-        try:
-            other = read_json(fs, path)
-        except FileNotFoundError:
+        for attempt in range(5):
+            try:
+                other = read_json(fs, path)
+                break
+            except FileNotFoundError:
+                return None
+            except (ValueError, UnicodeDecodeError, OSError):
+                # Being written this moment (a local file is read while another writer fills it),
+                # or cut off mid-write by a writer that died: read again before calling it nobody's.
+                time.sleep(0.1)
+        else:
             return None
-        except (ValueError, UnicodeDecodeError, OSError):
-            return None  # a lease cut off mid-write: nobody's
         if not isinstance(other, dict) or other.get("token") == me["token"]:
             return None
         here = other.get("host") == me["host"] and isinstance(other.get("pid"), int)

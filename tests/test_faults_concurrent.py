@@ -24,7 +24,9 @@ def test_of_two_writers_that_start_at_once_exactly_one_holds_the_lease(tmp_path)
     def writer(i):
         inside.wait()
         try:
-            with lease(fs, base, "prefix", "prepare", ttl=4.0):
+            # ttl 20: the product's 1 s wait before the read-back (ttl 4 gave 0.4 s, which a
+            # loaded machine's scheduling of two threads can exceed).
+            with lease(fs, base, "prefix", "prepare", ttl=20.0):
                 got.append(i)
                 time.sleep(1.5)
         except UserError as err:
