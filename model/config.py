@@ -9,6 +9,7 @@ from dataclasses import dataclass
 # learned special tokens (_start_, _delimiter_, _classify_) after it.
 GPT1_BPE_VOCAB = 40478
 N_SPECIAL = 3
+ARCHS = ("transformer", "lstm")
 
 
 @dataclass
@@ -23,6 +24,10 @@ class GPTConfig:
     resid_pdrop: float = 0.1
     layer_norm_epsilon: float = 1e-5
     initializer_range: float = 0.02
+    # "transformer" (model/gpt.py) or "lstm" (model/lstm.py, Table 5's baseline). An LSTM reads
+    # n_layer as its number of LSTM layers and lstm_units as their width; it has no heads.
+    arch: str = "transformer"
+    lstm_units: int = 2048
 
     def __post_init__(self):
         # A config.json is user input: a wrong type or size is one clear line, not a TypeError.
@@ -34,7 +39,9 @@ class GPTConfig:
                 not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < 1
             ):
                 raise ValueError(f"{f.name} {v!r}: expected a number in [0, 1)")
-        if self.n_embd % self.n_head:
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch {self.arch!r}: expected one of {', '.join(ARCHS)}")
+        if self.arch == "transformer" and self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
 
     @property
@@ -42,9 +49,15 @@ class GPTConfig:
         return 4 * self.n_embd  # the paper's FFN width: 3072 for d_model 768
 
     def n_params(self) -> int:
-        """GPT(self).num_params(), counted without building it: the two embedding tables, and per
-        block two LayerNorms, the attention's two projections and the MLP's two (with biases)."""
+        """The network's num_params(), counted without building it. The Transformer: the two
+        embedding tables, and per block two LayerNorms, the attention's two projections and the
+        MLP's two (with biases). The LSTM: the embedding, per layer four gates' input and
+        recurrent matrices with two biases each, and the projection back to n_embd."""
         d = self.n_embd
+        if self.arch == "lstm":
+            H = self.lstm_units
+            layers = sum(4 * H * ((d if i == 0 else H) + H) + 8 * H for i in range(self.n_layer))
+            return self.vocab_size * d + layers + H * d + d
         block = (
             2 * 2 * d
             + (d * 3 * d + 3 * d)
@@ -80,4 +93,10 @@ PRESETS = {
     "mini": GPTConfig(vocab_size=8192, n_ctx=256, n_layer=4, n_head=8, n_embd=512),
     # For tests: runs in milliseconds.
     "tiny": GPTConfig(vocab_size=512, n_ctx=64, n_layer=2, n_head=2, n_embd=32),
+    # Table 5's baseline: one layer of 2048 units, the Transformer's 768-wide embedding and n_ctx.
+    "lstm": GPTConfig(arch="lstm", n_layer=1, n_head=1, lstm_units=2048),
+    # The LSTM for tests: tiny's vocabulary, context and embedding width.
+    "lstm-tiny": GPTConfig(
+        arch="lstm", vocab_size=512, n_ctx=64, n_layer=1, n_head=1, n_embd=32, lstm_units=64
+    ),
 }

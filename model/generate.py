@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from .kvcache import KVCache
-
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
     """Set to -inf every logit outside the top-k and outside the top-p nucleus."""
@@ -39,13 +37,13 @@ def generate(
 
     Stops at n_ctx tokens in all, or once every row has produced end_token; rows that ended
     earlier are filled with end_token. With use_cache (the default), the prompt runs once and
-    then each new token alone against the cached keys and values (model.gpt.KVCache); without,
+    then each new token alone against the cached keys and values (a KVCache, or the LSTM's state); without,
     the whole sequence runs again for every token. Both give the same tokens.
     """
     was_training = gpt.training
     gpt.eval()
     idx = input_ids
-    cache = KVCache(gpt.config.n_layer) if use_cache else None
+    cache = gpt.make_cache() if use_cache else None
     fresh = idx  # what the network has not seen yet: the prompt, then each new token
     done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
     for _ in range(max_new_tokens):

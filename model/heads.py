@@ -17,6 +17,7 @@ import torch.nn as nn
 from .dropout import Dropout
 from .gpt import GPT
 from .losses import combined_loss, lm_loss, task_loss
+from .lstm import LSTMLM
 
 TRANSFORMATIONS = ("classification", "entailment", "similarity", "multiple_choice")
 
@@ -56,7 +57,13 @@ class TaskHead(nn.Module):
         """[B, d] (or [B, 2|K, d]) extract states -> [B, n_labels], [B, K] or [B] (regression)."""
         if self.transformation == "similarity":
             states = states.sum(1)  # the two orders' final states, added element-wise
-        out = self.linear(self.dropout(states))
+        if self.transformation == "multiple_choice":
+            # One dropout mask per example, shared by its K candidates, as the released code
+            # draws it (noise_shape [B, 1, d]): the candidates are compared under the same units.
+            states = states * self.dropout(torch.ones_like(states[:, :1]))
+        else:
+            states = self.dropout(states)
+        out = self.linear(states)
         return out.squeeze(-1) if self.scalar else out
 
 
@@ -69,9 +76,10 @@ class TaskOutput:
 
 
 class GPTForTask(nn.Module):
-    """A pretrained GPT plus a task head; computes L1, L2 and L3 in one forward pass."""
+    """A pretrained network (the Transformer or the LSTM) plus a task head; computes L1, L2 and
+    L3 in one forward pass."""
 
-    def __init__(self, gpt: GPT, head: TaskHead, extract_token: int):
+    def __init__(self, gpt: GPT | LSTMLM, head: TaskHead, extract_token: int):
         super().__init__()
         self.gpt = gpt
         self.head = head

@@ -390,12 +390,14 @@ class RunLogger:
         plt.close(fig)
 
     def log_model(self, gpt, tokenizer_path) -> None:
-        """The final model, native and Hugging Face, each with the tokenizer."""
+        """The final model, native and Hugging Face (a Transformer; an LSTM has no Hugging Face
+        layout), each with the tokenizer."""
         import shutil
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="gpt1-model-") as tmp:
-            for fmt, name in (("native", "model"), ("hf", "model-hf")):
+            formats = (("native", "model"), ("hf", "model-hf"))
+            for fmt, name in formats if gpt.config.arch == "transformer" else formats[:1]:
                 d = Path(tmp) / name
                 gpt.save_pretrained(d, format=fmt)
                 shutil.copy(tokenizer_path, d / "tokenizer.json")

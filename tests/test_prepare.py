@@ -344,7 +344,9 @@ def test_normalisation_repairs_unicode_and_strips_controls():
     assert (
         normalize("caf\u00c3\u00a9 \u00e2\u20ac\u0153quoted\u00e2\u20ac\x9d") == 'café "quoted"'
     )  # mojibake
-    assert normalize("\ufb01ne \u2460 \uff21") == "fine 1 A"  # NFKC
+    # NFC, ftfy's own default: compatibility characters stay themselves (NFKC would rewrite them).
+    assert normalize("\ufb01ne \u2460 \uff21 \u00bd e\u0301") == "\ufb01ne \u2460 \uff21 \u00bd \u00e9"
+    assert normalize("a\u2028b\x85c \x80") == "a\nb\u2026c \u20ac"  # C1 read as Windows-1252, as ftfy does
     assert normalize("a\x00b\x07c\x1bd\r\ne\tf") == "abcd\ne\tf"  # controls gone, tabs and newlines kept
     assert normalize("  Mixed CASE ", lowercase=True) == "mixed case"
     assert normalize("naïve café") == "naïve café"  # proper text is left alone

@@ -24,6 +24,7 @@ import torch
 from tokenizers import Tokenizer
 
 from model import GPT, GPTConfig, GPTForTask, TaskHead, make_optimizer, make_schedule
+from model import build as build_network
 from pipeline import configio, errors
 from pipeline.console import eta
 from pipeline.data.tasks import Example, Task
@@ -77,7 +78,7 @@ class Pretrained:
         return cls(gpt.config.to_dict(), {k: v.numpy() for k, v in gpt.state_dict().items()}, tok.to_str())
 
     def gpt(self) -> GPT:
-        gpt = GPT(GPTConfig.from_dict(self.config))
+        gpt = build_network(GPTConfig.from_dict(self.config))
         # Copies: arrays from the object store are read-only views of shared memory.
         gpt.load_state_dict({k: torch.tensor(v) for k, v in self.weights.items()})
         return gpt
@@ -140,7 +141,7 @@ def build(task: Task, pretrained: Pretrained, cfg: FinetuneConfig, from_scratch:
     gpt = pretrained.gpt()
     torch.manual_seed(cfg.seed)
     if from_scratch:  # the paper's "no pretraining" row: the same network, random weights
-        gpt = GPT(gpt.config)
+        gpt = build_network(gpt.config)
     elif cfg.n_transfer >= 0:
         transfer_blocks(gpt, cfg.n_transfer)
     n_ctx = cfg.n_ctx or gpt.config.n_ctx
@@ -163,6 +164,11 @@ def build(task: Task, pretrained: Pretrained, cfg: FinetuneConfig, from_scratch:
 def transfer_blocks(gpt: GPT, k: int) -> None:
     """Keep the embeddings and the first k blocks of gpt; the others are drawn afresh (from the
     current torch seed)."""
+    if gpt.config.arch != "transformer":
+        raise errors.ConfigError(
+            f"n_transfer {k}: transferring some layers (Figure 2, left) is defined for the Transformer; "
+            f"the checkpoint holds an {gpt.config.arch}"
+        )
     if k > gpt.config.n_layer:
         raise errors.ConfigError(
             f"n_transfer {k}: the checkpoint has {gpt.config.n_layer} blocks; "

@@ -14,7 +14,14 @@ from __future__ import annotations
 import re
 import unicodedata
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0 and C1, but \t \n \r
+# The control characters ftfy's remove_control_chars drops (C0 but \t \n \f \r, DEL, the
+# deprecated Arabic format characters, the interlinear annotation marks, U+FFFC and the byte
+# order mark). C1 characters stay: ftfy reads them as Windows-1252 (fix_c1_controls).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f\u206a-\u206f\ufff9-\ufffc\ufeff]")
+_C1 = re.compile("[\x80-\x9f]")
+_TERMINAL_ESCAPES = re.compile("\x1b\\[[0-9;]*[a-zA-Z]")  # ftfy's remove_terminal_escapes, before ESC goes
+# ftfy's fix_line_breaks: every line separator becomes \n.
+_LINE_BREAKS = str.maketrans({"\u2028": "\n", "\u2029": "\n", "\x85": "\n"})
 
 
 # What UTF-8 read as Latin-1 or Windows-1252 ("mojibake") looks like: a lead byte's character
@@ -28,14 +35,19 @@ _MOJIBAKE = re.compile(
 
 
 def normalize(text: str, lowercase: bool = False) -> str:
-    """Unicode repair (ftfy, as GPT-1 ran) where the text looks like mojibake, NFKC, control
-    characters stripped, optional lower-casing. ASCII text needs none of the Unicode steps."""
+    """Unicode repair (ftfy.fix_text with its own defaults, as GPT-1's encoder called it) where the
+    text looks like mojibake or holds C1 controls; otherwise ftfy's cheap steps alone: NFC (ftfy's
+    default normalisation since 4.0: ½, ², ™ and µ stay themselves, as the released encoder saw
+    them), its line breaks, and the terminal escapes and control characters it drops. Optional lower-casing. ASCII text
+    needs none of the Unicode steps."""
     if not text.isascii():
-        if _MOJIBAKE.search(text):
+        if _MOJIBAKE.search(text) or _C1.search(text):
             import ftfy
 
-            text = ftfy.fix_text(text, normalization="NFKC")
-        text = unicodedata.normalize("NFKC", text)
+            text = ftfy.fix_text(text)
+        text = unicodedata.normalize("NFC", text).translate(_LINE_BREAKS)
+    if "\x1b" in text:
+        text = _TERMINAL_ESCAPES.sub("", text)
     text = _CONTROL.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
     return (text.lower() if lowercase else text).strip()
 
@@ -69,15 +81,20 @@ def _spacy_tokenizer():
     return _SPACY
 
 
+# ASCII characters that ftfy.fix_text changes: HTML entities, terminal escapes, carriage
+# returns, the control characters it drops.
+_FTFY_ASCII = re.compile("[&\x1b\r\x00-\x08\x0b\x0e-\x1f\x7f]")
+
+
 def _fix_text(text: str) -> str:
-    """ftfy.fix_text with the NFKC normalisation ftfy applied by default when GPT-1 was made.
-    ASCII text without '&' or an escape character is left as it is: ftfy would change nothing in
-    it (its other fixes concern non-ASCII characters), and skipping it saves most of its time."""
-    if text.isascii() and "&" not in text and "\x1b" not in text:
+    """ftfy.fix_text with its defaults, as the released encoder calls it. ASCII text with none of
+    the characters ftfy changes in ASCII is left as it is: ftfy would change nothing in it (its
+    other fixes concern non-ASCII characters), and skipping it saves most of its time."""
+    if text.isascii() and not _FTFY_ASCII.search(text):
         return text
     import ftfy
 
-    return ftfy.fix_text(text, normalization="NFKC")
+    return ftfy.fix_text(text)
 
 
 def gpt1_words(text: str) -> list[str]:

@@ -1,6 +1,6 @@
 """Training checkpoints: a model directory plus the state that makes a resume exact.
 
-    config.json, model.safetensors   the model (GPT.from_pretrained reads them)
+    config.json, model.safetensors   the model (model.from_pretrained reads them)
     tokenizer.json                   the dataset's tokenizer (load_tokenizer reads it)
     trainer_state.json               step, schedule, pretraining config, data fingerprint, and
                                      the size and sha256 of every other file: written last, so
@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
-from model import GPT
+from model import GPT, from_pretrained
 from pipeline import outdir, remote
 from pipeline.data.packing import sha256_file
 from pipeline.data.tokenizer import RESERVED_TOKENS, load_tokenizer
@@ -130,12 +130,12 @@ def latest_checkpoint(run_path: str) -> tuple[str, int] | None:
 
 
 def load_model(directory) -> GPT:
-    """The GPT of any model directory that GPT.from_pretrained reads, a training checkpoint's
+    """The network (Transformer or LSTM) of any model directory that model.from_pretrained reads, a training checkpoint's
     files checked against its trainer_state.json first; a damaged or foreign directory is the
     user's input, reported as one line."""
     check_complete(directory)
     with model_input(str(directory)):
-        return GPT.from_pretrained(directory)
+        return from_pretrained(directory)
 
 
 def load_model_and_tokenizer(directory) -> tuple[GPT, Tokenizer]:
@@ -187,7 +187,7 @@ def load_training_state(directory, gpt: GPT, optimizer: torch.optim.Optimizer) -
     d = Path(directory)
     check_complete(d, hashes=False)
     with model_input(str(d)):
-        weights = GPT.from_pretrained(d).state_dict()
+        weights = from_pretrained(d).state_dict()
     with torch.no_grad():
         for name, t in gpt.state_dict().items():
             t.copy_(weights[name])

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from model import GPT, GPTConfig, lm_loss, make_optimizer, make_schedule
+from model import GPTConfig, build, lm_loss, make_optimizer, make_schedule
 from model.flops import matmul_ceiling
 from pipeline.console import eta
 from pipeline.data.dataset import BlockOrder, load_split, tokens_per_byte
@@ -153,7 +153,7 @@ class Pretraining:
         self.accum = cfg.batch_size // (self.micro * self.world)
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        self.gpt = GPT(spec.model).to(self.device)
+        self.gpt = build(spec.model).to(self.device)  # the Transformer, or the LSTM
         self.opt = make_optimizer(self.gpt, cfg.lr, cfg.weight_decay)
         self.step, self.total = 0, spec.total_steps
         # With a time budget, total is decided after the first steps (BUDGET_STEPS) and kept in
