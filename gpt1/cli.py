@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.data import prepare
     from pipeline.eval import evaluate, generate
     from pipeline.train import pretrain
-    from tuning import finetune
+    from tuning import finetune, report
     from tuning import search as sweep
 
     # Each stage's module brings its own options (add_arguments), entry (run) and --help text.
@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("sweep", sweep, "Ray Tune sweep of the fine-tuning settings and λ, per task"),
         ("evaluate", evaluate, "a checkpoint's loss, perplexity and bits per byte on a corpus"),
         ("generate", generate, "continue a prompt with any checkpoint"),
+        ("report", report, "the paper's tables and Figure 2, ours beside the paper's, from MLflow"),
         ("demo", demo, "the whole pipeline on built-in data (or yours), locally"),
     ):
         sp = sub.add_parser(name, help=help_, description=module.__doc__, formatter_class=HelpFormatter)

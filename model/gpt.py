@@ -211,13 +211,15 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, directory, **overrides) -> "GPT":
         """A native, Hugging Face or original-OpenAI model directory (model/weights.py) that
-        holds a Transformer; model.network.from_pretrained takes an LSTM too."""
-        from .network import from_pretrained
+        holds a Transformer; model.from_pretrained takes either network."""
+        from .weights import assign_weights, read_checked
 
-        net = from_pretrained(directory, **overrides)
-        if not isinstance(net, cls):
-            raise ValueError(f"{directory}: holds an {net.config.arch} network, not a Transformer")
-        return net
+        config, sd = read_checked(directory, **overrides)
+        if config.arch != "transformer":
+            raise ValueError(f"{directory}: holds an {config.arch} network, not a Transformer")
+        with torch.device("meta"):  # no random init drawn only to be overwritten
+            gpt = cls(config)
+        return assign_weights(gpt, sd, directory)
 
     def make_cache(self) -> KVCache:
         return KVCache(self.config.n_layer)

@@ -1,5 +1,5 @@
 """Reading and writing GPT weights in three formats, without unpickling anything: files <->
-(GPTConfig, state dict). GPT.from_pretrained and save_pretrained (model/gpt.py) call these.
+(GPTConfig, state dict). model.from_pretrained and the networks' save_pretrained call these.
 
 - native:  config.json (GPTConfig fields, "format": "gpt1-native") + model.safetensors
 - hf:      a transformers OpenAIGPTLMHeadModel directory (config.json + model.safetensors)
@@ -112,6 +112,35 @@ def read_weights(directory, **overrides) -> tuple[GPTConfig, dict[str, torch.Ten
             f'{d / "config.json"}: expected "format": "{NATIVE_FORMAT}" or "model_type": "openai-gpt"'
         )
     return GPTConfig.from_dict({**cfg.to_dict(), **overrides}), _float32(sd)
+
+
+def read_checked(directory, **overrides) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    """read_weights, and the config checked against the weights' size before anything is built:
+    the config is the directory's text and the weights its bytes, and a config that asks for more
+    than the files hold (n_layer 100000 beside 2 blocks of weights) is refused."""
+    config, sd = read_weights(directory, **overrides)
+    held = sum(t.numel() for t in sd.values())
+    if held != config.n_params():
+        raise ValueError(
+            f"{directory}: the config asks for {config.n_params():,} parameters "
+            f"({config.n_layer} x {config.n_embd}, vocab {config.vocab_size:,}, n_ctx "
+            f"{config.n_ctx}, {config.arch}) but the weights hold {held:,}; the config and the weights do not "
+            "belong together"
+        )
+    return config, sd
+
+
+def assign_weights(net: torch.nn.Module, sd: dict[str, torch.Tensor], directory) -> torch.nn.Module:
+    """net (built on the meta device) handed the loaded tensors; a missing, unexpected or
+    mis-shaped tensor is one line naming the directory."""
+    try:
+        net.load_state_dict(sd, strict=True, assign=True)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split("\n", 1)[-1].split())
+        raise ValueError(f"{directory}: the weights do not fit the config: {detail[:300]}") from None
+    if isinstance(getattr(net, "lstm", None), torch.nn.LSTM):
+        net.lstm.flatten_parameters()  # assign=True handed it new tensors; cuDNN wants one block
+    return net
 
 
 def _read_json(path: Path) -> dict:

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # before any Ray worker starts, so that the workers see it too).
 os.environ["GPT1_DATA_CACHE"] = tempfile.mkdtemp(prefix="gpt1-test-data-cache-")
 
-from model import GPT, GPTConfig  # noqa: E402
+from model import GPT, GPTConfig, build  # noqa: E402
 
 
 @pytest.fixture
@@ -86,6 +86,19 @@ def task_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     GPT(GPTConfig.preset("tiny", vocab_size=tok.get_vocab_size())).save_pretrained(d)
     save_tokenizer(tok, d / "tokenizer.json")
+    return d
+
+
+@pytest.fixture(scope="session")
+def lstm_checkpoint(tmp_path_factory, task_checkpoint):
+    """task_checkpoint's LSTM counterpart: the lstm-tiny network (random weights), same tokenizer."""
+    import shutil
+
+    d = tmp_path_factory.mktemp("lstm-run") / "checkpoint"  # its own run directory, not task_checkpoint's
+    torch.manual_seed(0)
+    vocab_size = GPT.from_pretrained(task_checkpoint).config.vocab_size
+    build(GPTConfig.preset("lstm-tiny", vocab_size=vocab_size)).save_pretrained(d)
+    shutil.copy(task_checkpoint / "tokenizer.json", d / "tokenizer.json")
     return d
 
 

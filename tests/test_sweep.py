@@ -26,7 +26,7 @@ warmup: 0.05
 
 @pytest.mark.slow
 def test_sweep_logs_parent_and_trials_and_registers_the_best(
-    task_checkpoint, sst2, tmp_path, mlflow_uri, ray_session, monkeypatch
+    task_checkpoint, lstm_checkpoint, sst2, tmp_path, mlflow_uri, ray_session, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
     client = MlflowClient(mlflow_uri)
@@ -50,6 +50,8 @@ def test_sweep_logs_parent_and_trials_and_registers_the_best(
             "--ablations",
             "--seeds",
             "2",
+            "--lstm-checkpoint",
+            str(lstm_checkpoint),
             "--storage",
             str(tmp_path / "runs"),
         ]
@@ -62,12 +64,12 @@ def test_sweep_logs_parent_and_trials_and_registers_the_best(
     assert len(parents) == 1
     parent = parents[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 8 and len(runs) == 9  # 2 trials + 3 ablation rows x 2 seeds; no stray runs
+    assert len(children) == 10 and len(runs) == 11  # 2 trials + 4 ablation rows x 2 seeds; no stray runs
     assert parent.info.status == "FINISHED" and all(c.info.status == "FINISHED" for c in children)
     # Runs named as the table reads: by what the trials vary, and by ablation row and seed.
     names = sorted(c.data.tags["mlflow.runName"] for c in children)
-    assert names[:6] == [
-        f"ablation: {a} (seed {k})" for a in ("full", "no_aux_lm", "no_pretraining") for k in (0, 1)
+    assert names[:8] == [
+        f"ablation: {a} (seed {k})" for a in ("full", "lstm", "no_aux_lm", "no_pretraining") for k in (0, 1)
     ]
     for c in children:
         ablation = c.data.params["ablation"]  # every run has one, for Compare's plots
@@ -77,9 +79,12 @@ def test_sweep_logs_parent_and_trials_and_registers_the_best(
             assert c.data.tags["mlflow.runName"] == f"lr={lr:.2g} λ={lam:.2g}"
 
     # Lineage on every run: the pretrain run, the checkpoint's and the data files' sha256.
+    # The lstm row's runs name the LSTM checkpoint instead.
     for r in runs:
-        assert r.data.tags["pretrain_run_id"] == pretrain.info.run_id
-        assert r.data.tags["checkpoint_sha256"] == sha256_file(task_checkpoint / "model.safetensors")
+        lstm_row = r.data.params.get("ablation") == "lstm"
+        assert r.data.tags.get("pretrain_run_id") == (None if lstm_row else pretrain.info.run_id)
+        ckpt = lstm_checkpoint if lstm_row else task_checkpoint
+        assert r.data.tags["checkpoint_sha256"] == sha256_file(ckpt / "model.safetensors")
         assert r.data.tags["data_sha256.train"] == sha256_file(sst2 / "train.tsv")
         assert r.data.tags["data_sha256.dev"] == sha256_file(sst2 / "dev.tsv")
 
@@ -118,12 +123,13 @@ def test_sweep_logs_parent_and_trials_and_registers_the_best(
     # pretraining at the best trial's own λ.
     every_seed = list(csv.DictReader(open(f"{d}/ablations.csv")))
     assert sorted((r["ablation"], r["seed"]) for r in every_seed) == [
-        (a, k) for a in ("full", "no_aux_lm", "no_pretraining") for k in ("0", "1")
+        (a, k) for a in ("full", "lstm", "no_aux_lm", "no_pretraining") for k in ("0", "1")
     ]
     ablations = {r["ablation"]: r for r in every_seed if r["seed"] == "0"}
-    assert set(ablations) == {"full", "no_aux_lm", "no_pretraining"}
+    assert set(ablations) == {"full", "lstm", "no_aux_lm", "no_pretraining"}
     best_config = json.load(open(f"{d}/best_config.json"))
-    assert [float(ablations[a]["lm_coef"]) for a in ("full", "no_aux_lm", "no_pretraining")] == [
+    assert [float(ablations[a]["lm_coef"]) for a in ("full", "lstm", "no_aux_lm", "no_pretraining")] == [
+        0.5,
         0.5,
         0.0,
         best_config["lm_coef"],

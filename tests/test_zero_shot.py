@@ -53,10 +53,11 @@ def test_sst2_compares_positive_with_negative_after_very(lm, tmp_path):
     write_sst2(tmp_path, n_train=40, n_dev=30)
     r = run_task("sst-2", tmp_path, Scorer(gpt, tok))
     dev = get("sst-2").load(tmp_path, "dev")
+    start = [tok.token_to_id(END_OF_DOCUMENT)]  # as every heuristic's context, after the document start
     pred = [
         int(
-            logp(gpt, ids(tok, ex.text[0] + " very"), ids(tok, "positive")).sum()
-            > logp(gpt, ids(tok, ex.text[0] + " very"), ids(tok, "negative")).sum()
+            logp(gpt, start + ids(tok, ex.text[0] + " very"), ids(tok, "positive")).sum()
+            > logp(gpt, start + ids(tok, ex.text[0] + " very"), ids(tok, "negative")).sum()
         )
         for ex in dev
     ]
@@ -87,15 +88,16 @@ def test_one_token_answers_are_read_from_one_pass_a_sentence(tmp_path):
     # midway to a token k that beats "positive" after about half the sentences, so that which
     # word is likelier depends on the sentence ("negative" never occurs in them).
     with torch.no_grad():
-        last = torch.stack([gpt(torch.tensor([ids(tok, ex.text[0] + " very")]))[0, -1] for ex in dev])
+        start = [tok.token_to_id(END_OF_DOCUMENT)]
+        last = torch.stack([gpt(torch.tensor([start + ids(tok, ex.text[0] + " very")]))[0, -1] for ex in dev])
         k = int(((last > last[:, positive]).float().mean(0) - 0.5).abs().argmin())
         w = gpt.tokens_embed.weight
         w[negative[0]] = (w[positive[0]] + w[k]) / 2
     r = run_task("sst-2", tmp_path, Scorer(gpt, tok, batch=4))
     pred = [
         int(
-            logp(gpt, ids(tok, ex.text[0] + " very"), positive)[0]
-            > logp(gpt, ids(tok, ex.text[0] + " very"), negative)[0]
+            logp(gpt, start + ids(tok, ex.text[0] + " very"), positive)[0]
+            > logp(gpt, start + ids(tok, ex.text[0] + " very"), negative)[0]
         )
         for ex in dev
     ]
@@ -311,3 +313,107 @@ def test_a_model_without_a_document_token_scores_from_the_first_token(lm):
     text = ids(tok, "the film was great")
     (lp,) = scorer.logprobs([(scorer.start, text)])
     np.testing.assert_allclose(lp, logp(gpt, text[:1], text[1:]), rtol=1e-4, atol=1e-5)
+
+
+WSC_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<collection>
+{}
+</collection>
+"""
+SCHEMA = """<schema>
+<text><txt1>{before}</txt1> <pron>{pron}</pron> <txt2>{after}</txt2></text>
+<quote><quote1></quote1><pron>{pron}</pron><quote2>{after}</quote2></quote>
+<answers><answer>{a}</answer><answer>{b}</answer></answers>
+<correctAnswer>{right}</correctAnswer>
+<source>made by the test</source>
+</schema>"""
+
+
+def schemas(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    phrase = lambda k: " ".join(rng.choice(WORDS) for _ in range(k))  # noqa: E731
+    return [
+        dict(
+            before=phrase(6),
+            pron="it",
+            after=phrase(5),
+            a=phrase(2),
+            b=phrase(3),
+            right=rng.choice(["A", "B. "]),
+        )
+        for _ in range(n)
+    ]
+
+
+def test_wsc_and_dprd_pick_the_candidate_that_makes_the_rest_likelier(lm, tmp_path):
+    """The DPRD heuristic: each candidate replaces the pronoun, and the rest of the sentence is
+    scored after it; both layouts (the Winograd collection's XML, Rahman & Ng's text) read whole."""
+    gpt, tok = lm
+    rows = schemas(9, 4)
+    (tmp_path / "WSCollection.xml").write_text(WSC_XML.format("\n".join(SCHEMA.format(**r) for r in rows)))
+    # DPRD: sentence, pronoun, candidates, answer; the pronoun after both candidates.
+    (tmp_path / "dprd").mkdir()
+    records = [
+        f"{r['a']} and {r['b']} met {r['before']} it {r['after']}\nit\n{r['a']},{r['b']}\n"
+        f"{r['a'] if r['right'].startswith('A') else r['b']}\n"
+        for r in rows
+    ]
+    (tmp_path / "dprd" / "test.c.txt").write_text("\n".join(records))
+    start = [tok.token_to_id(END_OF_DOCUMENT)]
+    gold = np.array([0 if r["right"].startswith("A") else 1 for r in rows])
+    for name, path, before in (
+        ("wsc", tmp_path / "WSCollection.xml", lambda r: r["before"]),
+        ("dprd", tmp_path / "dprd", lambda r: f"{r['a']} and {r['b']} met {r['before']}"),
+    ):
+        r = run_task(name, path, Scorer(gpt, tok, batch=3))
+        pred = [
+            int(
+                np.argmax(
+                    [
+                        logp(gpt, start + ids(tok, f"{before(row)} {c}"), ids(tok, row["after"])).mean()
+                        for c in (row["a"], row["b"])
+                    ]
+                )
+            )
+            for row in rows
+        ]
+        assert r["examples"] == len(rows) and r["source"] == "paper", name
+        assert r["value"] == pytest.approx(accuracy(np.array(pred), gold)), name
+        assert r["random"] == 0.5
+    # A seeded sample across the file, the same each time, not its first rows.
+    a, b = (
+        run_task("wsc", tmp_path / "WSCollection.xml", Scorer(gpt, tok), max_examples=4) for _ in range(2)
+    )
+    assert a == b and a["examples"] == 4
+
+
+def test_a_malformed_winograd_file_is_refused_with_its_record(tmp_path):
+    from pipeline.data.winograd import read_dprd, read_wsc
+
+    bad = dict(schemas(1, 1)[0], right="C")
+    (tmp_path / "w.xml").write_text(WSC_XML.format(SCHEMA.format(**bad)))
+    with pytest.raises(TaskError, match=r"w.xml \(schema 1\): correctAnswer 'C'; expected a letter A-B"):
+        read_wsc(tmp_path / "w.xml")
+    (tmp_path / "d.txt").write_text(
+        "the cat sat on the mat because it was warm\nit\ncat,mat\nmat\n\nshort\nrecord\n"
+    )
+    with pytest.raises(TaskError, match=r"d.txt:6: a record of 2 lines; expected 4"):
+        read_dprd(tmp_path / "d.txt")
+    (tmp_path / "d.txt").write_text("the cat sat\nit\ncat,mat\ncat\n")
+    with pytest.raises(TaskError, match="the pronoun 'it' is not in the sentence"):
+        read_dprd(tmp_path / "d.txt")
+
+
+def test_gpt1_evaluate_scores_every_wsc_schema_and_story_cloze_is_labelled_ours(
+    task_checkpoint, tmp_path, capsys
+):
+    from gpt1.cli import main
+
+    rows = schemas(5, 2)
+    (tmp_path / "WSCollection.xml").write_text(WSC_XML.format("\n".join(SCHEMA.format(**r) for r in rows)))
+    args = ["evaluate", "--no-mlflow", "--checkpoint", str(task_checkpoint), "--zero-shot"]
+    assert main([*args, f"wsc={tmp_path / 'WSCollection.xml'}"]) == 0
+    assert "| wsc | test | 5 | accuracy |" in capsys.readouterr().out
+    from pipeline.eval.zero_shot import source
+
+    assert source("story-cloze") == "this project's addition" and source("race") == "paper"

@@ -2,7 +2,7 @@
 
     gpt1 sweep --task T --data DIR --checkpoint CKPT [--samples N] [--space YAML] [--set key=value ...]
                [--ablations] [--max-concurrent N] [--seed N] [--storage DIR] [--device auto|cpu|cuda]
-               [--wait-minutes M]
+               [--wait-minutes M] [--lstm-checkpoint CKPT]
     gpt1 sweep --task glue --data GLUE_DIR --checkpoint CKPT ...     every GLUE task under GLUE_DIR
 
 The search space is tuning/configs/<task>.yaml (default.yaml where a task has none) or --space;
@@ -13,7 +13,9 @@ on a cluster with GPUs, or a share of the CPUs.
 
 --ablations adds the paper's rows, at the best trial's settings (the defaults, with --samples 0):
 full (λ = 0.5), no auxiliary LM (λ = 0) and no pretraining (random weights, at the best trial's
-own λ, so that it differs from the best trial in the pretraining alone).
+own λ, so that it differs from the best trial in the pretraining alone). With --lstm-checkpoint,
+Table 5's fourth row too: lstm, the pretrained LSTM (model/lstm.py) fine-tuned with the auxiliary
+LM (λ = 0.5) at the best trial's other settings.
 
 MLflow: a parent run per task in gpt1-finetune-<task> with the results table (CSV, Markdown), a
 plot of the metric against λ and lr, and the best config; one child run per trial. The best
@@ -23,6 +25,7 @@ model is registered as gpt1-<task>.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import math
@@ -51,10 +54,19 @@ class SweepOptions:
     storage: str | None = None  # Ray Tune storage (default: $GPT1_STORAGE, else ./runs)
     device: str = "auto"  # auto (GPUs where the cluster has them or can add them), cpu or cuda
     wait_minutes: float = 30  # on a cluster with an autoscaler: how long to wait for the first trial's node
+    lstm_checkpoint: str | None = None  # a pretrained LSTM: adds Table 5's lstm row to the ablations
 
 
 # The paper's ablation rows: the λ each sets in the base config (None: the base config's own).
 ABLATIONS = {"full": 0.5, "no_aux_lm": 0.0, "no_pretraining": None}
+LSTM_ROW = {"lstm": 0.5}  # Table 5's LSTM row fine-tunes with the auxiliary LM, as the full row
+
+
+def table_rows(opts: SweepOptions) -> dict:
+    """The ablation rows this sweep runs, each with the λ it sets (None: the base config's own)."""
+    return {**ABLATIONS, **(LSTM_ROW if opts.lstm_checkpoint else {})}
+
+
 GLUE_DIRS = {
     "cola": "CoLA",
     "sst-2": "SST-2",
@@ -68,9 +80,10 @@ GLUE_DIRS = {
 }
 
 
-def trial(config: dict, *, task, splits, pretrained, device: str, threads: int) -> None:
+def trial(config: dict, *, task, splits, pretrained, lstm, device: str, threads: int) -> None:
     """One Tune trial: a fine-tuning run that reports every evaluation, with the model whenever
-    it is the trial's best so far (so the best trial's best model can be registered)."""
+    it is the trial's best so far (so the best trial's best model can be registered). The lstm
+    row fine-tunes `lstm`, the pretrained LSTM, in place of the Transformer."""
     import torch
     from ray import tune
 
@@ -82,6 +95,8 @@ def trial(config: dict, *, task, splits, pretrained, device: str, threads: int) 
     cfg = configio.apply(
         FinetuneConfig(), {k: v for k, v in config.items() if k != "ablation"}, "trial config"
     )
+    if ablation == "lstm":  # the whole LSTM: transferring some layers is the Transformer's ablation
+        pretrained, cfg = lstm, dataclasses.replace(cfg, n_transfer=-1)
     key, best = task.metrics[0], None
     with tempfile.TemporaryDirectory(prefix="gpt1-trial-") as tmp:
         out = Path(tmp) / "model"
@@ -220,10 +235,17 @@ def rows_of(grid, metric: str, keys: list[str], runs: dict[str, str]) -> list[di
 
 
 def sweep_task(
-    task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: str, where: str | None = None
+    task,
+    data_dir: Path,
+    checkpoint: Path,
+    opts: SweepOptions,
+    uri: str,
+    where: str | None = None,
+    lstm_checkpoint: Path | None = None,
 ) -> dict:
     """Sweep one task; returns the parent run id, the best row and the ablation rows. `where` is
-    the checkpoint's own address (an s3:// URI, say) where `checkpoint` is a copy of it."""
+    the checkpoint's own address (an s3:// URI, say) where `checkpoint` is a copy of it;
+    lstm_checkpoint, a local copy of opts.lstm_checkpoint."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.sample import Domain
@@ -240,9 +262,16 @@ def sweep_task(
     max_train = space["max_train"] if isinstance(space["max_train"], int) else 0
     splits = load_splits(task, data_dir, max_train)  # bad input ends here, before any trial
     pretrained = Pretrained.load(checkpoint)
+    lstm = Pretrained.load(lstm_checkpoint) if lstm_checkpoint else None
+    if lstm is not None and lstm.config.get("arch") != "lstm":
+        raise errors.ConfigError(
+            f"--lstm-checkpoint {opts.lstm_checkpoint}: holds a {lstm.config.get('arch', 'transformer')}; "
+            "expected a pretrained LSTM (gpt1 pretrain --config lstm)"
+        )
     device = opts.device  # chosen once for the whole sweep (_sweep)
     per_trial, concurrent = resources(device, opts)
     metric = task.metrics[0]
+    rows_of_table = table_rows(opts)
     files = {
         s: data_dir / f
         for s, f in task.splits.items()
@@ -280,15 +309,23 @@ def sweep_task(
     )
     print(
         f"sweep {task.name}: {opts.samples * grids} trial(s) over {describe(space) or 'a fixed config'}"
-        f"{' + 3 ablation rows' if opts.ablations else ''}; {len(splits['train']):,} train / "
+        f"{f' + {len(rows_of_table)} ablation rows' if opts.ablations else ''}; {len(splits['train']):,} train / "
         f"{len(splits['dev']):,} dev examples; {concurrent} at a time, each with {per_trial}; "
         f"MLflow parent run {pid}{' (resumed)' if resumed else ''}",
         flush=True,
     )
     # Trials are named by the keys the space varies (lr=2.1e-4 λ=0.5 ep=3), ablation rows by row and seed.
     varying = [k for k, v in space.items() if isinstance(v, (dict, Domain))]
-    total = opts.samples * grids + (len(ABLATIONS) * opts.seeds if opts.ablations else 0)
-    callback = tracking.TrialRuns(uri, exp, pid, tags, [*task.metrics, "train_loss", "epoch"], varying, total)
+    total = opts.samples * grids + (len(rows_of_table) * opts.seeds if opts.ablations else 0)
+    row_tags = {}
+    if lstm_checkpoint is not None:
+        from pipeline.tracking import checkpoint_lineage
+
+        data_tags = {k: v for k, v in tags.items() if k.startswith("data_sha256.")}
+        row_tags["lstm"] = {**data_tags, **checkpoint_lineage(client, lstm_checkpoint, opts.lstm_checkpoint)}
+    callback = tracking.TrialRuns(
+        uri, exp, pid, tags, [*task.metrics, "train_loss", "epoch"], varying, total, row_tags=row_tags
+    )
     # with_parameters puts each object into Ray's object store once; every trial reads it there.
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -296,6 +333,7 @@ def sweep_task(
             task=task,
             splits=splits,
             pretrained=pretrained,
+            lstm=lstm,
             device=device,
             threads=0 if device == "cuda" else per_trial["CPU"],
         ),
@@ -336,10 +374,12 @@ def sweep_task(
             base_lm = base["lm_coef"]
             ab_space = {
                 **base,
-                "ablation": tune.grid_search(list(ABLATIONS)),
+                "ablation": tune.grid_search(list(rows_of_table)),
                 "lm_coef": tune.sample_from(
                     lambda config: (
-                        base_lm if ABLATIONS[config["ablation"]] is None else ABLATIONS[config["ablation"]]
+                        base_lm
+                        if rows_of_table[config["ablation"]] is None
+                        else rows_of_table[config["ablation"]]
                     )
                 ),
             }
@@ -425,6 +465,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto (GPUs where the cluster has them or its autoscaler adds them), cpu, or cuda (never CPU)",
     )
+    p.add_argument(
+        "--lstm-checkpoint",
+        metavar="CKPT",
+        help="a pretrained LSTM (gpt1 pretrain --config lstm), or its run's directory: adds Table 5's "
+        "lstm row to --ablations",
+    )
     add_wait_option(p)
 
 
@@ -448,19 +494,25 @@ def sweep(task_name: str, data, checkpoint, opts: SweepOptions) -> dict[str, dic
         raise errors.ConfigError("--samples: expected at least 1 (or 0 with --ablations)")
     if opts.seeds < 1:
         raise errors.ConfigError(f"--seeds {opts.seeds}: expected at least 1")
+    if opts.lstm_checkpoint and not opts.ablations:
+        raise errors.ConfigError("--lstm-checkpoint adds a row to the ablations: add --ablations")
     check_device(opts.device)
     check_wait(opts.wait_minutes)
     checkpoint = newest_of_run(checkpoint)
     # On object storage, each is copied to this machine once; the trials read them from Ray's
     # object store, so no node needs a shared file system.
+    lstm = newest_of_run(opts.lstm_checkpoint) if opts.lstm_checkpoint else None
     with (
         remote.fetched(data, "a task's directory") as data,
         remote.fetched(checkpoint, "a model directory") as local_checkpoint,
+        remote.fetched(lstm, "a model directory") if lstm else contextlib.nullcontext() as local_lstm,
     ):
-        return _sweep(task_name, data, local_checkpoint, str(checkpoint).rstrip("/"), opts)
+        return _sweep(task_name, data, local_checkpoint, str(checkpoint).rstrip("/"), opts, local_lstm)
 
 
-def _sweep(task_name: str, data: Path, checkpoint: Path, where: str, opts: SweepOptions) -> dict[str, dict]:
+def _sweep(
+    task_name: str, data: Path, checkpoint: Path, where: str, opts: SweepOptions, lstm: Path | None = None
+) -> dict[str, dict]:
     from pipeline import cluster
     from pipeline.data.tasks import from_directory, get
     from pipeline.runtime import ray_init
@@ -468,8 +520,9 @@ def _sweep(task_name: str, data: Path, checkpoint: Path, where: str, opts: Sweep
     from tuning.finetune import check_config
     from tuning.space import load_space
 
-    if not checkpoint.is_dir():
-        raise errors.ConfigError(f"--checkpoint {checkpoint}: no such model directory")
+    for option, d in (("--checkpoint", checkpoint), ("--lstm-checkpoint", lstm)):
+        if d is not None and not d.is_dir():
+            raise errors.ConfigError(f"{option} {d}: no such model directory")
     if task_name.lower() == "glue":
         jobs = [(get(t), data / d) for t, d in GLUE_DIRS.items() if (data / d).is_dir()]
         missing = [d for d in GLUE_DIRS.values() if not (data / d).is_dir()]
@@ -488,7 +541,7 @@ def _sweep(task_name: str, data: Path, checkpoint: Path, where: str, opts: Sweep
     ray_init()
     errors.sigterm_as_interrupt()  # again: ray.init put its own handler in place
     opts = dataclasses.replace(opts, device="cuda" if cluster.wants_gpus(opts.device) else "cpu")
-    return {task.name: sweep_task(task, d, checkpoint, opts, uri, where) for task, d in jobs}
+    return {task.name: sweep_task(task, d, checkpoint, opts, uri, where, lstm) for task, d in jobs}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -507,6 +560,7 @@ def run(args: argparse.Namespace) -> None:
         device=args.device,
         seeds=args.seeds,
         wait_minutes=args.wait_minutes,
+        lstm_checkpoint=args.lstm_checkpoint,
     )
     results = sweep(args.task, args.data, args.checkpoint, opts)
     print()

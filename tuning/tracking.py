@@ -200,7 +200,8 @@ class TrialRuns(tune.Callback):
 
     It also prints the sweep's progress, a line per trial as it ends and, while one runs, a line
     at most every `every` seconds: `trial 3/8 lr=2.1e-4 λ=0.5: step 120/450, accuracy 0.61, ETA 1m10s`,
-    numbered in the order the trials start out of `total`."""
+    numbered in the order the trials start out of `total`. row_tags: an ablation row's tags in
+    place of `tags` (the lstm row's checkpoint lineage)."""
 
     def __init__(
         self,
@@ -212,6 +213,7 @@ class TrialRuns(tune.Callback):
         varying: list[str] = (),
         total: int = 0,
         every: float = 30.0,
+        row_tags: dict[str, dict] | None = None,
     ):
         from mlflow.tracking import MlflowClient
 
@@ -222,6 +224,8 @@ class TrialRuns(tune.Callback):
         self.loggers: dict = {}  # trial id -> RunLogger of its run
         self.best: dict = {}  # trial id -> its best dev metric so far (compared by finetune.rank)
         self.total, self.every = total, every
+        # An ablation row's own lineage where it differs (the lstm row's checkpoint).
+        self.row_tags = row_tags or {}
         self.shown: dict = {}  # trial id -> (its number, when it started, when its last line was)
         # A resumed sweep: the trials that ended before its driver was lost keep their runs (those
         # it left RUNNING were marked KILLED, and their trials get new runs when Tune runs them again).
@@ -261,7 +265,7 @@ class TrialRuns(tune.Callback):
                 PARENT_TAG: self.parent,
                 "trial_id": trial.trial_id,
                 "row": row_of(trial.config),
-                **self.tags,
+                **self.row_tags.get(trial.config.get("ablation"), self.tags),
             },
         )
         self.loggers[trial.trial_id] = RunLogger(self.uri, run.info.run_id)

@@ -144,7 +144,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=[],
         metavar="TASK=DIR",
-        help="the paper's zero-shot heuristics: sst-2, cola, race, story-cloze, each with its directory",
+        help="the paper's zero-shot heuristics: sst-2, cola, race (each with its directory), wsc "
+        "(WSCollection.xml) or dprd (DPRD's test.c.txt); story-cloze is this project's addition",
     )
     p.add_argument(
         "--max-examples", type=int, default=0, help="zero-shot: the first N examples of each split (0: all)"
@@ -213,14 +214,14 @@ def run(args: argparse.Namespace) -> None:
 
         gpt, tok = load_model_and_tokenizer(args.checkpoint)
         scorer = Scorer(gpt.to(device), tok, device)
-        print("| task | split | examples | metric | zero-shot | majority class | random |")
-        print("|---|---|---:|---|---:|---:|---:|")
+        print("| task | split | examples | metric | zero-shot | majority class | random | heuristic |")
+        print("|---|---|---:|---|---:|---:|---:|---|")
         for name, d in tasks:
             z = run_task(name, d, scorer, args.max_examples)
             results.append(z)
             print(
                 f"| {z['task']} | {z['split']} | {z['examples']:,} | {z['metric']} | {z['value']:.4f} | "
-                f"{z['majority']:.4f} | {z['random']:.4f} |",
+                f"{z['majority']:.4f} | {z['random']:.4f} | {z['source']} |",
                 flush=True,
             )
     if not args.no_mlflow:

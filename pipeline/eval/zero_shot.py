@@ -5,15 +5,22 @@ language model does on a task with no fine-tuning at all.
   "positive" against "negative" as the next word.
 - CoLA: the sentence's average token log-probability, thresholded; the threshold is the one that
   scores best (Matthews correlation) on the train split.
-- RACE and Story Cloze: the answer with the highest average token log-probability given the
-  document (RACE: and the question).
+- RACE: the answer with the highest average token log-probability given the document and the
+  question.
+- DPRD (Winograd schemas): replace the definite pronoun with each candidate, and pick the one under
+  which the rest of the sentence has the higher average token log-probability. `wsc` reads the
+  Winograd Schema collection (WSCollection.xml), `dprd` Rahman & Ng's files
+  (pipeline/data/winograd.py).
+- Story Cloze, this project's addition (the paper defines none for it): RACE's rule, the ending
+  with the highest average token log-probability given the story.
 
 The paper defines no heuristic for its entailment and similarity tasks (MNLI, RTE, QQP, ...):
 they are refused, with a line that says so. Each result is the task's metric on its dev split
-(Story Cloze: its labeled test file, as the paper reports it), beside the majority-class and
-random baselines. All text goes through the checkpoint's tokenizer as prepare's does (normalize,
-encode_texts); a document's start is the `_end_of_document_` token that separates documents in
-pretraining.
+(Story Cloze: its labeled test file, as the paper reports it; wsc and dprd: their only or test
+file), beside the majority-class and random baselines. With max_examples, a seeded sample of that
+many across the whole split (the same on every call), not its first rows. All text goes through
+the checkpoint's tokenizer as prepare's does (normalize, encode_texts); every context starts with
+the `_end_of_document_` token that separates documents in pretraining.
 """
 
 from __future__ import annotations
@@ -26,13 +33,22 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.tasks import TaskError, get
+from pipeline.data.winograd import READERS
 from pipeline.eval.metrics import accuracy, matthews
 
-HEURISTICS = ("sst-2", "cola", "race", "story-cloze")
+PAPER_HEURISTICS = ("sst-2", "cola", "race", "wsc", "dprd")  # section 5's four (DPRD read two ways)
+ADDED_HEURISTICS = ("story-cloze",)  # this project's, not the paper's
+HEURISTICS = PAPER_HEURISTICS + ADDED_HEURISTICS
+
+
+def source(name: str) -> str:
+    return "paper" if name in PAPER_HEURISTICS else "this project's addition"
 
 
 def check_task(name: str) -> str:
     """A task the paper has a zero-shot heuristic for (its name), or a TaskError that says why not."""
+    if name.lower() in READERS:
+        return name.lower()
     task = get(name)
     if task.name not in HEURISTICS:
         raise TaskError(
@@ -51,14 +67,26 @@ def parse_tasks(specs: list[str]) -> list[tuple[str, str]]:
         name, sep, d = spec.partition("=")
         if not sep or not d:
             raise ConfigError(f"--zero-shot {spec}: expected TASK=DIR, e.g. sst-2=glue/SST-2")
-        if not Path(d).is_dir():
+        if name.lower() in READERS:  # a file (WSCollection.xml, test.c.txt) or its directory
+            if not Path(d).exists():
+                raise ConfigError(f"--zero-shot {spec}: {d}: no such file or directory")
+        elif not Path(d).is_dir():
             raise ConfigError(f"--zero-shot {spec}: {d} is not a directory")
         out.append((check_task(name), str(Path(d).absolute())))
     return out
 
 
 def eval_split(name: str) -> str:
-    return "test" if name == "story-cloze" else "dev"
+    return "test" if name in ("story-cloze", "wsc", "dprd") else "dev"
+
+
+def sample(items: list, n: int) -> list:
+    """n of items (all of them where n is 0 or at least their number), chosen by a seeded draw
+    across the whole list and kept in its order: RACE's middle/ and high/ both, not the first n."""
+    if not n or n >= len(items):
+        return items
+    keep = np.random.default_rng(0).choice(len(items), n, replace=False)
+    return [items[i] for i in sorted(keep)]
 
 
 @dataclass
@@ -165,7 +193,8 @@ class Scorer:
 
 def sst2(scorer: Scorer, examples) -> np.ndarray:
     """1 (positive) where "positive" is likelier than "negative" after the sentence and "very"."""
-    contexts = scorer.ids([ex.text[0] + " very" for ex in examples])
+    # After the document-start token, as every heuristic's context: the model saw text only there.
+    contexts = [scorer.start + ids for ids in scorer.ids([ex.text[0] + " very" for ex in examples])]
     positive, negative = scorer.ids(["positive", "negative"])
     if len(positive) == len(negative) == 1:  # one word each (the released vocabulary): one pass a sentence
         lp = scorer.next_token(contexts, [positive[0], negative[0]])
@@ -206,6 +235,23 @@ def multiple_choice(scorer: Scorer, examples) -> np.ndarray:
     return best
 
 
+def winograd(scorer: Scorer, schemas) -> np.ndarray:
+    """The candidate under which the rest of the sentence (after the pronoun it replaces) has the
+    highest average token log-probability."""
+    pairs, owners = [], []
+    for i, s in enumerate(schemas):
+        after = scorer.ids([s.after])[0]
+        for j, ids in enumerate(scorer.ids([f"{s.before} {c}".strip() for c in s.candidates])):
+            pairs.append((scorer.start + ids, after))
+            owners.append((i, j))
+    best = np.full(len(schemas), -1)
+    top = np.full(len(schemas), -math.inf)
+    for (i, j), lp in zip(owners, scorer.logprobs(pairs)):
+        if lp.size and lp.mean() > top[i]:
+            top[i], best[i] = lp.mean(), j
+    return best
+
+
 def baselines(name: str, train_gold: np.ndarray | None, gold: np.ndarray, n_choices: int) -> dict[str, float]:
     """The majority class of the train split (of the evaluated split where no train split is read:
     RACE's and Story Cloze's answers are balanced), and chance: 1 / choices for accuracy, 0 for
@@ -220,12 +266,28 @@ def baselines(name: str, train_gold: np.ndarray | None, gold: np.ndarray, n_choi
 
 def run_task(name: str, directory, scorer: Scorer, max_examples: int = 0) -> dict:
     """The heuristic of task `name` on the files in directory: {metric, value, majority, random,
-    examples}. max_examples > 0 reads only the first that many of each split (a quick curve)."""
-    task = get(check_task(name))
+    examples, source}. max_examples > 0 scores a seeded sample of that many of each split (a
+    quick curve)."""
+    name = check_task(name)
+
+    def cut(xs: list) -> list:
+        return sample(xs, max_examples)
+
+    if name in READERS:
+        schemas = cut(READERS[name](directory))
+        gold = np.array([s.label for s in schemas])
+        return {
+            "task": name,
+            "split": eval_split(name),
+            "metric": "accuracy",
+            "value": accuracy(winograd(scorer, schemas), gold),
+            "examples": len(schemas),
+            "source": source(name),
+            **baselines(name, None, gold, max(len(s.candidates) for s in schemas)),
+        }
+    task = get(name)
     split = eval_split(task.name)
-    examples = task.load(directory, split)
-    cut = (lambda xs: xs[:max_examples]) if max_examples else (lambda xs: xs)
-    examples = cut(examples)
+    examples = cut(task.load(directory, split))
     gold = np.array([ex.label for ex in examples])
     train_gold = None
     if task.name == "sst-2":
@@ -251,5 +313,6 @@ def run_task(name: str, directory, scorer: Scorer, max_examples: int = 0) -> dic
         "metric": metric,
         "value": float(value),
         "examples": len(examples),
+        "source": source(task.name),
         **baselines(task.name, train_gold, gold, n_choices),
     }

@@ -1,0 +1,263 @@
+"""gpt1 report: the paper's tables and Figure 2, ours beside the paper's, from what MLflow holds.
+
+    gpt1 report [--out DIR] [--experiment NAME ...] [--tag KEY=VALUE ...] [--no-mlflow]
+
+For each task, the newest finished sweep (a parent run of gpt1-finetune-<task>; --experiment and
+--tag choose among others) gives Tables 2-4 (its best trial's dev metric, best_<metric>) and
+Table 5 (its ablation rows, ablation_<row>_<metric> with _std over seeds). Figure 2 (right) is
+drawn from the newest pretraining run of each network that logged zero-shot curves
+(zero_shot_<task>_<metric>), each heuristic normalised between random guessing and the state of
+the art (tuning/paper.py): the Transformer solid, the LSTM dashed.
+
+Every cell reads `ours ± std | paper | Δ` (percentages), or says that no run has it. The report
+ends with the ledger of this project's deliberate deviations from the paper and the released code.
+Written to DIR (default ./report) as report.md and figure2.png, and logged to the experiment
+gpt1-report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from pathlib import Path
+
+from pipeline import errors
+from tuning import paper
+
+EXPERIMENT = "gpt1-report"
+NO_RUN = "no run"
+RANDOM = {"sst-2": 0.5, "cola": 0.0, "race": 0.25, "wsc": 0.5, "dprd": 0.5}
+
+
+def newest_sweeps(client, experiments: list[str] | None = None, tags: dict | None = None) -> dict:
+    """task -> the newest FINISHED sweep parent run among the experiments (default: every
+    gpt1-finetune-<task>) whose tags hold every KEY=VALUE in tags."""
+    names = experiments or [
+        e.name for e in client.search_experiments() if e.name.startswith("gpt1-finetune-")
+    ]
+    ids = []
+    for name in names:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise errors.ConfigError(f"--experiment {name}: no such MLflow experiment")
+        ids.append(exp.experiment_id)
+    if not ids:
+        return {}
+    filters = ["attributes.status = 'FINISHED'", *(f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items())]
+    newest: dict = {}
+    for run in client.search_runs(ids, " and ".join(filters), order_by=["attributes.start_time DESC"]):
+        t = run.data.tags
+        if "mlflow.parentRunId" in t or "task" not in t or "sweep_key" not in t:
+            continue  # trials, and runs that are not sweeps
+        newest.setdefault(t["task"], run)
+    return newest
+
+
+def cell(ours: float | None, paper_value: float | None, std: float | None = None) -> str:
+    """`ours ± std | paper | Δ`, ours a fraction (as the runs log it), the paper's a percentage."""
+    if ours is None or (isinstance(ours, float) and math.isnan(ours)):
+        return f"{NO_RUN} \\| {paper_value}" if paper_value is not None else NO_RUN
+    value = 100 * ours
+    text = f"{value:.1f}" + (f" ± {100 * std:.1f}" if std else "")
+    if paper_value is None:
+        return text
+    return f"{text} \\| {paper_value} \\| {value - paper_value:+.1f}"
+
+
+def metric_of(run, column: paper.Column, prefix: str = "best") -> float | None:
+    key = f"{prefix}_{column.part + '_' if column.part else ''}{column.metric}"
+    return run.data.metrics.get(key) if run is not None else None
+
+
+def results_table(title: str, table: dict, sweeps: dict) -> list[str]:
+    lines = [f"### {title}", "", "| " + " | ".join(c.label for c in table) + " |"]
+    lines.append("|" + "---:|" * len(table))
+    lines.append(
+        "| " + " | ".join(cell(metric_of(sweeps.get(c.task), c), p) for c, p in table.items()) + " |"
+    )
+    return lines
+
+
+def table5(sweeps: dict) -> tuple[list[str], dict]:
+    """Table 5's rows, each task's cell the row's mean ± std over seeds, and the average over the
+    tasks that have one, beside the paper's average over the same tasks. Returns the lines and
+    {row: (our average, the paper's over the same tasks, tasks)}."""
+    cols = paper.TABLE5_COLUMNS
+    lines = [
+        "### Table 5: ablations (GLUE dev)",
+        "",
+        "| Method | Avg. Score | " + " | ".join(c.label for c in cols) + " |",
+        "|---|---:|" + "---:|" * len(cols),
+    ]
+    averages = {}
+    for row, (name, paper_avg, cells) in paper.TABLE5_ROWS.items():
+        ours, theirs, out = [], [], []
+        for c, p in zip(cols, cells):
+            run = sweeps.get(c.task)
+            value = metric_of(run, c, f"ablation_{row}")
+            std = run.data.metrics.get(f"ablation_{row}_{c.metric}_std") if run is not None else None
+            out.append(cell(value, p, std))
+            if value is not None and not math.isnan(value):
+                ours.append(100 * value)
+                theirs.append(p)
+        if len(ours) == len(cols):
+            avg = f"{sum(ours) / len(ours):.1f} \\| {paper_avg} \\| {sum(ours) / len(ours) - paper_avg:+.1f}"
+        elif ours:
+            # The paper's average over the same tasks: the only fair comparison for part of a row.
+            mine, same = sum(ours) / len(ours), sum(theirs) / len(theirs)
+            avg = f"{mine:.1f} \\| {same:.1f} ({len(ours)} of {len(cols)} tasks; all 8: {paper_avg}) \\| {mine - same:+.1f}"
+        else:
+            avg = f"{NO_RUN} \\| {paper_avg}"
+        averages[row] = (sum(ours) / len(ours) if ours else None, paper_avg, len(ours))
+        lines.append(f"| {name} | {avg} | " + " | ".join(out) + " |")
+    return lines, averages
+
+
+def zero_shot_runs(client) -> dict:
+    """arch -> the newest pretraining run of that network with zero-shot curves."""
+    exp = client.get_experiment_by_name("gpt1-pretrain")
+    if exp is None:
+        return {}
+    out: dict = {}
+    for run in client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"]):
+        if any(k.startswith("zero_shot_") and k != "zero_shot_examples" for k in run.data.metrics):
+            out.setdefault(run.data.params.get("model_config.arch", "transformer"), run)
+    return out
+
+
+def figure2(client, runs: dict, path: Path) -> list[str]:
+    """Figure 2 (right): each heuristic's curve over pretraining updates, normalised between
+    random guessing (0) and the state of the art (1). Returns the lines that describe it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = []
+    for arch, run in sorted(runs.items(), reverse=True):  # transformer first, then lstm
+        for key in sorted(run.data.metrics):
+            m = re.fullmatch(r"zero_shot_(.+)_(accuracy|matthews)", key)
+            if not m or (m[1], m[2]) not in paper.ZERO_SHOT_SOTA:
+                continue
+            lo, hi = RANDOM[m[1]], paper.ZERO_SHOT_SOTA[(m[1], m[2])]
+            history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda p: p.step)
+            ax.plot(
+                [p.step for p in history],
+                [(p.value - lo) / (hi - lo) for p in history],
+                linestyle="--" if arch == "lstm" else "-",
+                label=f"{m[1]} ({arch})",
+            )
+            drawn.append(f"{m[1]} ({arch}, run {run.info.run_id})")
+    if not drawn:
+        plt.close(fig)
+        return [f"Figure 2 (right): {NO_RUN} (pretrain with --set 'zero_shot=[...]' to draw it)."]
+    ax.set_xlabel("pretraining updates")
+    ax.set_ylabel("zero-shot, normalised (0 random, 1 state of the art)")
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return [f"Figure 2 (right): `{path.name}`, Transformer solid, LSTM dashed: {', '.join(drawn)}."]
+
+
+def deviations() -> list[str]:
+    """The README's list of deliberate differences from the released code: one ledger, kept in
+    one place."""
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    if not readme.is_file():
+        return ["See the project's README.md, 'Where this differs from the released code'."]
+    text = readme.read_text(encoding="utf-8")
+    m = re.search(r"- Where this differs from the released code[^\n]*\n((?:  .*\n)+)", text)
+    if not m:
+        return ["See the project's README.md, 'Where this differs from the released code'."]
+    return [line[2:] for line in m[1].splitlines()]
+
+
+def report(client, out: Path, experiments: list[str] | None = None, tags: dict | None = None) -> dict:
+    """Write report.md (and figure2.png where there are curves) into out; returns what it found."""
+    out.mkdir(parents=True, exist_ok=True)
+    sweeps = newest_sweeps(client, experiments, tags)
+    lines = [
+        "# GPT-1: this reproduction beside the paper",
+        "",
+        "Each cell: ours (± std over seeds, where a row has seeds) \\| the paper's \\| the difference, in "
+        "percentage points. Ours are dev metrics; the paper's Tables 2-4 are test metrics where the test "
+        f"labels are public or the GLUE server scored them. `{NO_RUN}`: no sweep logged that metric.",
+        "",
+        "Sweeps read: "
+        + (", ".join(f"{t} ({r.info.run_id})" for t, r in sorted(sweeps.items())) or "none")
+        + ".",
+        "",
+    ]
+    lines += results_table("Table 2: natural language inference", paper.TABLE2, sweeps) + [""]
+    lines += results_table("Table 3: question answering and commonsense reasoning", paper.TABLE3, sweeps) + [
+        ""
+    ]
+    lines += results_table("Table 4: semantic similarity and classification", paper.TABLE4, sweeps)
+    lines += ["", f"GLUE score: {NO_RUN} here (the GLUE server's) \\| {paper.GLUE_SCORE}", ""]
+    t5, averages = table5(sweeps)
+    lines += t5 + [""]
+    lines += ["### Figure 2", ""]
+    lines += figure2(client, zero_shot_runs(client), out / "figure2.png")
+    lines += [
+        "Figure 2 (left), accuracy against transferred layers: see a sweep over `n_transfer` "
+        "(its parent run's `metric_vs_transferred_layers.png`).",
+        "",
+        "### Deliberate deviations from the paper and the released code",
+        "",
+        *deviations(),
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(lines))
+    return {"sweeps": {t: r.info.run_id for t, r in sweeps.items()}, "table5_averages": averages}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--out", default="report", help="directory for report.md and figure2.png (default ./report)"
+    )
+    p.add_argument(
+        "--experiment",
+        action="append",
+        metavar="NAME",
+        help="read sweeps from this MLflow experiment only (repeatable; default: every gpt1-finetune-<task>)",
+    )
+    p.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only sweeps whose parent run has this tag",
+    )
+    p.add_argument("--no-mlflow", action="store_true", help="write the files without logging them to MLflow")
+
+
+def run(args: argparse.Namespace) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import check_store, experiment_id, finish_run, tracking_uri
+
+    tags = {}
+    for spec in args.tag:
+        key, sep, value = spec.partition("=")
+        if not sep or not key:
+            raise errors.ConfigError(f"--tag {spec}: expected KEY=VALUE, e.g. --tag task=sst-2")
+        tags[key] = value
+    uri = tracking_uri()
+    check_store(uri)
+    client = MlflowClient(uri)
+    out = Path(args.out)
+    found = report(client, out, args.experiment, tags)
+    print((out / "report.md").read_text())
+    if not args.no_mlflow:
+        rid = client.create_run(experiment_id(client, EXPERIMENT), run_name="report").info.run_id
+        for t, r in found["sweeps"].items():
+            client.set_tag(rid, f"sweep.{t}", r)
+        client.log_artifacts(rid, str(out))
+        finish_run(uri, rid)
+        print(f"MLflow run {rid} (experiment {EXPERIMENT})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return errors.stage_main("report", __doc__, add_arguments, run, argv)
