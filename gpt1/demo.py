@@ -55,7 +55,7 @@ def _sha(obj) -> str:
 
 # What the demo may write under WORKDIR, besides stages.json. A stages.json written before the
 # demo listed its entries is taken to have written those of them that exist.
-ENTRIES = ("builtin", "data", "runs")
+ENTRIES = ("builtin", "data", "runs", "report")
 
 
 class Stages:
@@ -163,21 +163,30 @@ def run_demo(
         overwrite=stages.claim("data"),
     )
 
-    pcfg = dataclasses.replace(pcfg, max_steps=size.steps)
-    key = _sha({"data": manifest["fingerprint"], "config": dataclasses.asdict(pcfg)})
-    pre = stages.get("pretrain", key)
-    if pre and Path(pre["checkpoint"]).is_dir():
-        print(f"[2/3] pretrain: reusing {pre['checkpoint']} (same data and config)", flush=True)
-    else:
-        print(f"[2/3] pretrain: {size.steps:,} steps of the demo preset on Ray Train", flush=True)
+    def pretrained(preset: str, what: str) -> dict:
+        """The demo's pretraining of one network: run, or reused where data and config are the same."""
+        cfg = configio.load(PretrainConfig(), str(PRESETS_DIR / f"{preset}.yaml"))
+        cfg = dataclasses.replace(cfg, max_steps=size.steps)
+        key = _sha({"data": manifest["fingerprint"], "config": dataclasses.asdict(cfg)})
+        stage = "pretrain" if preset == "demo" else f"pretrain:{preset}"
+        pre = stages.get(stage, key)
+        if pre and Path(pre["checkpoint"]).is_dir():
+            print(f"[2/3] pretrain {what}: reusing {pre['checkpoint']} (same data and config)", flush=True)
+            return pre
+        print(f"[2/3] pretrain {what}: {size.steps:,} steps of the {preset} preset on Ray Train", flush=True)
         stages.claim("runs")
-        out = pretrain(work / "data", pcfg, workers=1, storage=str(work / "runs"))
+        out = pretrain(work / "data", cfg, workers=1, storage=str(work / "runs"))
         pre = {
             "checkpoint": out["checkpoint"],
             "run_id": out["run_id"],
             "val_loss": out["metrics"].get("val_loss"),
         }
-        stages.put("pretrain", key, pre)
+        stages.put(stage, key, pre)
+        return pre
+
+    pre = pretrained("demo", "the Transformer")
+    # Table 5's fourth row: an LSTM pretrained on the same data, fine-tuned as the lstm row.
+    lstm = pretrained("demo-lstm", "the LSTM")
     ckpt = Path(pre["checkpoint"])
 
     space = CONFIGS_DIR / "demo.yaml"
@@ -194,17 +203,19 @@ def run_demo(
             storage=str(work / "runs"),
             device="cpu",
             seeds=size.seeds,
+            lstm_checkpoint=lstm["checkpoint"],
         )
         key = _sha(
             {
                 "checkpoint": sha256_file(ckpt / "model.safetensors"),
+                "lstm": sha256_file(Path(lstm["checkpoint"]) / "model.safetensors"),
                 "files": [sha256_file(Path(f)) for f in files],
                 "space": space.read_text(),
                 "options": dataclasses.asdict(opts),
             }
         )
         done = stages.get(f"sweep:{name}", key)
-        if done and "ablations" not in done:  # recorded by a version whose table had no seeds
+        if done and "lstm" not in done.get("ablations", {}):  # recorded by a version without those rows
             done = None
         if done:
             print(
@@ -213,7 +224,7 @@ def run_demo(
             )
         else:
             print(f"[3/3] sweep {name} ({i}/{len(jobs)}): {task.transformation}", flush=True)
-            r = sweep_task(task, Path(d), ckpt, opts, uri)
+            r = sweep_task(task, Path(d), ckpt, opts, uri, lstm_checkpoint=Path(lstm["checkpoint"]))
             done = {
                 "parent_run_id": r["parent_run_id"],
                 "metric": task.metrics[0],
@@ -231,8 +242,10 @@ def run_demo(
     # in the pretraining alone.
     if size.seeds > 1:
         print(f"The ablation rows' cells: mean ± std of the best dev metric over {size.seeds} seeds.\n")
-    print("| task | transformation | metric | best trial | its λ | no pretraining | full (λ 0.5) | λ = 0 |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+    print(
+        "| task | transformation | metric | best trial | its λ | no pretraining | full (λ 0.5) | λ = 0 | LSTM |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
 
     def cell(mean_std):
         mean, std = mean_std
@@ -242,9 +255,22 @@ def run_demo(
         a = r["ablations"]
         print(
             f"| {name} | {r['transformation']} | {r['metric']} | {r['best']:.3f} | {r['best_lm_coef']} | "
-            f"{cell(a['no_pretraining'])} | {cell(a['full'])} | {cell(a['no_aux_lm'])} |"
+            f"{cell(a['no_pretraining'])} | {cell(a['full'])} | {cell(a['no_aux_lm'])} | {cell(a['lstm'])} |"
         )
-    print(f"\ndone in {time.perf_counter() - t_start:.0f} s.")
+    # The paper's tables beside ours (gpt1 report): the built-in tasks are not the paper's, so
+    # they come under its "other tasks", with every ablation row.
+    from mlflow.tracking import MlflowClient
+
+    from tuning.report import report
+
+    stages.claim("report")
+    report(MlflowClient(uri), work / "report")
+    text = (work / "report" / "report.md").read_text()
+    # Its Table 5 and the demo's own tasks; the whole report (Tables 2-4, Figure 2, the ledger of
+    # deviations) is in the file.
+    print(f"\nFrom the report (gpt1 report), all of it in {work / 'report' / 'report.md'}:\n")
+    print(text[text.index("### Table 5") : text.index("### Figure 2")].rstrip() + "\n")
+    print(f"done in {time.perf_counter() - t_start:.0f} s.")
     what_next(uri, pre, results, work, corpus)
     return {"pretrain": pre, "sweeps": results, "uri": uri}
 

@@ -75,7 +75,10 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path):
         return client.search_runs([e.experiment_id]) if e else []
 
     assert len(runs("gpt1-prepare")) == 1
-    (pretrain,) = runs("gpt1-pretrain")
+    # Both networks pretrained on the same data: the Transformer, and the LSTM of Table 5's last row.
+    by_arch = {r.data.params["model_config.arch"]: r for r in runs("gpt1-pretrain")}
+    assert sorted(by_arch) == ["lstm", "transformer"] and len(runs("gpt1-pretrain")) == 2
+    pretrain = by_arch["transformer"]
     assert pretrain.data.tags["prepare_run_id"] == runs("gpt1-prepare")[0].info.run_id
     assert client.get_metric_history(pretrain.info.run_id, "loss")
     table = {}
@@ -83,7 +86,7 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path):
         rs = runs(f"gpt1-finetune-{name}")
         (parent,) = [r for r in rs if "mlflow.parentRunId" not in r.data.tags]
         children = [r for r in rs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-        assert len(children) == 5 and len(rs) == 6  # 2 trials (λ 0 and 0.5) + 3 ablation rows
+        assert len(children) == 6 and len(rs) == 7  # 2 trials (λ 0 and 0.5) + 4 ablation rows, LSTM's too
         assert sorted(
             float(c.data.params["lm_coef"]) for c in children if c.data.params["ablation"] == "search"
         )[:2] == [0.0, 0.5]
@@ -93,6 +96,9 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path):
         assert client.search_model_versions(f"name='gpt1-{name}'")
         table[name] = parent.data.metrics
         assert f"| {name} | {world.TASKS[name][0]} |" in out
+        # The report's other tasks: ours beside nothing of the paper's, the LSTM row among them.
+        lstm = 100 * parent.data.metrics["ablation_lstm_accuracy"]
+        assert f"| {name} | accuracy |" in out and f"{lstm:.1f} |" in out
     # The last lines: the venv's own mlflow and gpt1 (not on PATH here), each experiment's runs
     # view, where the models are.
     venv = Path(sys.executable).parent
@@ -106,10 +112,11 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path):
 
     # Again: every stage is recognised by its inputs and reused; no new runs.
     again = gpt1_demo(tmp_path, "--size", "ci")
-    assert "pretrain: reusing" in again and again.count("reusing MLflow run") == len(world.TASKS)
+    assert "pretrain the Transformer: reusing" in again and "pretrain the LSTM: reusing" in again
+    assert again.count("reusing MLflow run") == len(world.TASKS)
     assert "up to date" in again
-    assert len(runs("gpt1-pretrain")) == 1 and len(runs("gpt1-prepare")) == 1
-    assert all(len(runs(f"gpt1-finetune-{n}")) == 6 for n in world.TASKS)
+    assert len(runs("gpt1-pretrain")) == 2 and len(runs("gpt1-prepare")) == 1
+    assert all(len(runs(f"gpt1-finetune-{n}")) == 7 for n in world.TASKS)
 
 
 def test_demo_refuses_bad_arguments_before_any_work(tmp_path, capsys):

@@ -163,6 +163,15 @@ def test_sweep_logs_parent_and_trials_and_registers_the_best(
         ev.data.tags["finetune_run_id"] == best_run
         and ev.data.tags["pretrain_run_id"] == pretrain.info.run_id
     )
+    # gpt1 report reads this sweep: Table 5's rows for SST-2, the LSTM's among them, beside the paper's.
+    assert cli(["report", "--no-mlflow", "--out", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    for row, name, theirs in (
+        ("full", "Transformer w/ aux LM (full)", 91.3),
+        ("lstm", "LSTM w/ aux LM", 90.5),
+    ):
+        ours = 100 * parent.data.metrics[f"ablation_{row}_accuracy"]
+        assert f"| {name} | {ours:.1f} \\| {theirs} (1 of 8 tasks" in text, row
 
 
 def test_bad_input_is_refused_before_any_trial(

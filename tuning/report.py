@@ -114,6 +114,37 @@ def table5(sweeps: dict) -> tuple[list[str], dict]:
     return lines, averages
 
 
+def other_tasks(sweeps: dict) -> list[str]:
+    """The swept tasks none of the paper's tables has (your own, the demo's): ours alone, the best
+    trial and each ablation row."""
+    in_tables = {c.task for t in (paper.TABLE2, paper.TABLE3, paper.TABLE4) for c in t} | {
+        c.task for c in paper.TABLE5_COLUMNS
+    }
+    rows = list(paper.TABLE5_ROWS)
+    lines = []
+    for task, run in sorted(sweeps.items()):
+        if task in in_tables:
+            continue
+        m = run.data.metrics
+        best = [k for k in m if k.startswith("best_")]
+        if not best:
+            continue
+        metric = best[0].removeprefix("best_")
+        cells = [
+            cell(m.get(f"ablation_{r}_{metric}"), None, m.get(f"ablation_{r}_{metric}_std")) for r in rows
+        ]
+        lines.append(f"| {task} | {metric} | {cell(m[best[0]], None)} | " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    head = [
+        "### Other tasks (in none of the paper's tables)",
+        "",
+        "| task | metric | best trial | " + " | ".join(paper.TABLE5_ROWS[r][0] for r in rows) + " |",
+        "|---|---|---:|" + "---:|" * len(rows),
+    ]
+    return head + lines + [""]
+
+
 def zero_shot_runs(client) -> dict:
     """arch -> the newest pretraining run of that network with zero-shot curves."""
     exp = client.get_experiment_by_name("gpt1-pretrain")
@@ -198,6 +229,7 @@ def report(client, out: Path, experiments: list[str] | None = None, tags: dict |
     lines += ["", f"GLUE score: {NO_RUN} here (the GLUE server's) \\| {paper.GLUE_SCORE}", ""]
     t5, averages = table5(sweeps)
     lines += t5 + [""]
+    lines += other_tasks(sweeps)
     lines += ["### Figure 2", ""]
     lines += figure2(client, zero_shot_runs(client), out / "figure2.png")
     lines += [

@@ -1,0 +1,83 @@
+"""gpt1 report: the paper's tables beside ours, read from MLflow runs laid out as a sweep logs
+them, with the paper's numbers, the differences, mean ± std over seeds, and cells without runs."""
+
+from mlflow.tracking import MlflowClient
+
+from gpt1.cli import main
+from tuning import paper
+
+
+def sweep_parent(client, task: str, metrics: dict, status: str = "FINISHED") -> str:
+    """A finished sweep parent run of gpt1-finetune-<task>, with a trial under it."""
+    exp = client.get_experiment_by_name(f"gpt1-finetune-{task}")
+    exp = exp.experiment_id if exp else client.create_experiment(f"gpt1-finetune-{task}")
+    run = client.create_run(exp, tags={"task": task, "sweep_key": "k"}).info.run_id
+    for k, v in metrics.items():
+        client.log_metric(run, k, v)
+    trial = client.create_run(exp, tags={"task": task, "sweep_key": "k", "mlflow.parentRunId": run})
+    client.log_metric(trial.info.run_id, "best_accuracy", 0.99)  # a trial's: never read as the sweep's
+    client.set_terminated(trial.info.run_id)
+    client.set_terminated(run, status)
+    return run
+
+
+def table5_line(text: str, name: str) -> list[str]:
+    (line,) = [ln for ln in text.splitlines() if ln.startswith(f"| {name} |")]
+    return [c.strip() for c in line.strip("|").split(" | ")]
+
+
+def test_report_sets_table5_beside_the_paper_and_says_where_there_is_no_run(tmp_path, mlflow_uri, capsys):
+    client = MlflowClient(mlflow_uri)
+    sweep_parent(client, "sst-2", {"best_accuracy": 0.5, "ablation_full_accuracy": 0.1})  # older: not read
+    newest = sweep_parent(
+        client,
+        "sst-2",
+        {
+            "best_accuracy": 0.905,
+            "ablation_full_accuracy": 0.9,
+            "ablation_full_accuracy_std": 0.01,
+            "ablation_lstm_accuracy": 0.85,
+            "ablation_lstm_accuracy_std": 0.02,
+            "ablation_no_aux_lm_accuracy": 0.88,
+            "ablation_no_pretraining_accuracy": 0.7,
+        },
+    )
+    sweep_parent(
+        client, "cola", {"best_matthews": 0.3, "ablation_full_matthews": 0.25, "ablation_lstm_matthews": 0.2}
+    )
+    sweep_parent(client, "rte", {"best_accuracy": 0.6}, status="FAILED")  # unfinished: not read
+    assert main(["report", "--out", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert text.strip() in capsys.readouterr().out  # printed, as written
+    assert newest in text
+    # The paper's averages, 74.7 / 59.9 / 75.0 / 69.1, beside ours.
+    for row, (name, avg, cells) in paper.TABLE5_ROWS.items():
+        line = table5_line(text, name)
+        assert str(avg) in line[1], (row, line)
+    full = table5_line(text, "Transformer w/ aux LM (full)")
+    assert full[3] == "90.0 ± 1.0 \\| 91.3 \\| -1.3"  # SST-2: ours ± std | paper | Δ
+    assert full[2] == "25.0 \\| 45.4 \\| -20.4"  # CoLA, one seed
+    assert full[4].startswith("no run")  # MRPC: no sweep
+    # Part of a row: ours over the 2 tasks there, against the paper's over the same two.
+    assert full[1] == f"57.5 \\| {(45.4 + 91.3) / 2:.1f} (2 of 8 tasks; all 8: 74.7) \\| {57.5 - 68.35:+.1f}"
+    lstm = table5_line(text, "LSTM w/ aux LM")
+    assert lstm[3] == "85.0 ± 2.0 \\| 90.5 \\| -5.5"
+    no_pre = table5_line(text, "Transformer w/o pre-training")
+    assert no_pre[2].startswith("no run") and no_pre[3] == "70.0 \\| 84.0 \\| -14.0"
+    # Tables 2-4 from the best trial's metric; RTE's sweep never finished.
+    assert "| 90.5 \\| 91.3 \\| -0.8 |" in text and "no run \\| 56.0" in text
+    assert "Deliberate deviations" in text and "AdamW" in text  # the README's ledger
+    exp = client.get_experiment_by_name("gpt1-report")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.data.tags["sweep.sst-2"] == newest
+    assert "report.md" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_a_bad_tag_or_experiment_is_one_line(tmp_path, mlflow_uri, capsys):
+    for args, expected in (
+        (["--tag", "nokey"], "expected KEY=VALUE"),
+        (["--experiment", "nope"], "no such MLflow experiment"),
+    ):
+        assert main(["report", "--no-mlflow", "--out", str(tmp_path), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1, err
