@@ -137,3 +137,45 @@ def test_n_transfer_keeps_exactly_the_first_k_blocks(task_checkpoint, sst2):
     assert all(torch.equal(a[n], b[n]) for n in a)
     with pytest.raises(Exception, match="n_transfer 3: the checkpoint has 2 blocks"):
         build(get_task("sst-2"), pretrained, FinetuneConfig(n_transfer=3))
+
+
+def write_race(d, seed: int) -> None:
+    """A RACE directory: train, dev and test, each with middle/ and high/ articles (its own words)."""
+    import json
+    import random
+
+    from corpus_gen import WORDS
+
+    rng = random.Random(seed)
+    for split, n in (("train", 6), ("dev", 3), ("test", 3)):
+        for level in ("middle", "high"):
+            (d / split / level).mkdir(parents=True)
+            for k in range(n + (level == "high")):  # parts of unequal size: a plain mean would differ
+                doc = {
+                    "article": " ".join(rng.choice(WORDS) for _ in range(20)),
+                    "questions": [" ".join(rng.choice(WORDS) for _ in range(4)) for _ in range(2)],
+                    "options": [[rng.choice(WORDS) for _ in range(4)] for _ in range(2)],
+                    "answers": [rng.choice("ABCD") for _ in range(2)],
+                }
+                (d / split / level / f"{k}.txt").write_text(json.dumps(doc))
+
+
+def test_the_tables_other_columns_are_scored_at_the_best_evaluation(task_checkpoint, tmp_path):
+    """RACE: dev's middle and high parts, and the test split (its labels are public) whole and
+    in parts, each at the evaluation the run keeps; the parts weigh into the whole by their sizes."""
+    write_race(tmp_path / "race", 2)
+    seen = []
+    cfg = FinetuneConfig(lr=1e-3, batch_size=4, max_steps=4, eval_every=2)
+    best = finetune(get("race"), tmp_path / "race", task_checkpoint, cfg, report=lambda m, s: seen.append(m))
+    for name, n_middle, n_high in (("", 6, 8), ("test_", 6, 8)):
+        whole = best["accuracy"] if not name else best["test_accuracy"]
+        mixed = (n_middle * best[f"{name}middle_accuracy"] + n_high * best[f"{name}high_accuracy"]) / 14
+        assert whole == pytest.approx(mixed), name
+    # Only the evaluations that became the best were scored on the other sets.
+    kept = [m for m in seen if "test_accuracy" in m]
+    assert kept and kept[-1]["test_accuracy"] == best["test_accuracy"]
+    assert all(
+        m["accuracy"] > max(x["accuracy"] for x in seen[:i])
+        for i, m in enumerate(seen)
+        if i and "test_accuracy" in m
+    )

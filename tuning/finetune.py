@@ -235,10 +235,49 @@ def write_predictions(tm: TaskModel, data_dir, out, batch_size: int = 64) -> lis
     return written
 
 
+# Tasks whose test labels are public: the paper's Tables 2 and 3 report their test accuracy.
+PUBLIC_TEST_LABELS = ("snli", "scitail", "race", "story-cloze")
+# RACE's two parts, by the directory each article came from (Example.index "middle/...").
+RACE_LEVELS = ("middle", "high")
+
+
+def extra_sets(task: Task, data_dir) -> dict[str, list[Example]]:
+    """The labelled evaluations besides dev that the paper's tables report, where the data holds
+    them: MNLI's mismatched dev ("mismatched"), and the test split of a task whose test labels
+    are public ("test"). GLUE's own test splits have no labels and stay submission files."""
+    out = {}
+    for split, f in task.splits.items():
+        if split in ("train", "dev") or not (Path(data_dir) / f).exists():
+            continue
+        if split.startswith("test") and task.name not in PUBLIC_TEST_LABELS:
+            continue
+        out[split.removeprefix("dev_")] = task.load(data_dir, split)
+    return out
+
+
+# The names evaluate_extra gives its metrics, before _<metric>.
+EXTRA_NAMES = ("mismatched", "test", "test_mismatched", *RACE_LEVELS, *(f"test_{lv}" for lv in RACE_LEVELS))
+
+
+def is_extra(key: str, metrics) -> bool:
+    """Whether a result key is one of evaluate_extra's (test_accuracy, middle_accuracy, ...)."""
+    return any(key == f"{name}_{m}" for name in EXTRA_NAMES for m in metrics)
+
+
+def parts(examples: list[Example]) -> dict[str, list[int]]:
+    """RACE's middle and high school parts of a split (by each question's article directory)."""
+    groups = {
+        level: [i for i, e in enumerate(examples) if str(e.index).startswith(level + "/")]
+        for level in RACE_LEVELS
+    }
+    return {level: idx for level, idx in groups.items() if idx} if all(groups.values()) else {}
+
+
 def load_splits(task: Task, data_dir, max_train: int = 0) -> dict[str, list[Example]]:
-    """The train (its first max_train examples, if set) and dev splits of a task's directory.
-    A task released without a dev split (Story Cloze) holds out a fixed tenth of its training
-    examples (chosen by a seeded permutation) for model selection."""
+    """The train (its first max_train examples, if set) and dev splits of a task's directory,
+    and under "extra" the other labelled evaluations (extra_sets). A task released without a dev
+    split (Story Cloze) holds out a fixed tenth of its training examples (chosen by a seeded
+    permutation) for model selection."""
     train = task.load(data_dir, "train")
     if "dev" in task.splits:
         dev = task.load(data_dir, "dev")
@@ -246,7 +285,27 @@ def load_splits(task: Task, data_dir, max_train: int = 0) -> dict[str, list[Exam
         order = np.random.default_rng(0).permutation(len(train))
         n_dev = max(1, len(train) // 10)
         dev, train = [train[i] for i in sorted(order[:n_dev])], [train[i] for i in sorted(order[n_dev:])]
-    return {"train": train[:max_train] if max_train else train, "dev": dev}
+    return {
+        "train": train[:max_train] if max_train else train,
+        "dev": dev,
+        "extra": extra_sets(task, data_dir),
+    }
+
+
+def evaluate_extra(tm: TaskModel, sets: dict, batch_size: int = 64) -> dict[str, float]:
+    """The metrics of each (name, examples, encoded) set as <name>_<metric>, and of RACE's parts
+    as <name>_<level>_<metric> (dev's as <level>_<metric>)."""
+    out = {}
+    for name, (examples, encoded) in sets.items():
+        pred = predict(tm, encoded, batch_size)
+        gold = np.array([e.label for e in encoded])
+        prefix = "" if name == "dev" else f"{name}_"
+        if name != "dev":
+            out.update({f"{prefix}{m}": v for m, v in metriclib.compute(tm.task.metrics, pred, gold).items()})
+        for level, idx in parts(examples).items():
+            scores = metriclib.compute(tm.task.metrics, pred[idx], gold[idx])
+            out.update({f"{prefix}{level}_{m}": v for m, v in scores.items()})
+    return out
 
 
 def finetune(
@@ -278,6 +337,10 @@ def finetune(
     target = local_device(device)
     tm.model.to(target)
     train, dev = tm.encoder.encode(splits["train"]), tm.encoder.encode(splits["dev"])
+    # Scored at each new best (the model the run keeps): the paper's other columns of this task.
+    extra = {name: (exs, tm.encoder.encode(exs)) for name, exs in splits.get("extra", {}).items()}
+    if parts(splits["dev"]):
+        extra["dev"] = (splits["dev"], dev)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     eval_every = cfg.eval_every or steps_per_epoch
@@ -329,6 +392,7 @@ def finetune(
                     "total_steps": total,  # for the progress lines of whoever reports
                 }
                 if best is None or rank(result[key]) > rank(best[key]):
+                    result.update(evaluate_extra(tm, extra, cfg.eval_batch))
                     best = {**result, "step": step}
                     best_state = {k: v.detach().clone() for k, v in tm.model.state_dict().items()}
                     if out is not None:

@@ -71,11 +71,20 @@ def metric_of(run, column: paper.Column, prefix: str = "best") -> float | None:
 
 
 def results_table(title: str, table: dict, sweeps: dict) -> list[str]:
+    """One row: each column's test metric where the task's test labels are public and the sweep
+    scored them (marked "test"), else its dev metric."""
+    cells = []
+    for c, p in table.items():
+        test = metric_of(
+            sweeps.get(c.task), paper.Column(c.label, c.task, c.metric, f"test_{c.part}".rstrip("_"))
+        )
+        if test is not None:
+            cells.append(cell(test, p) + " (test)")
+        else:
+            cells.append(cell(metric_of(sweeps.get(c.task), c), p))
     lines = [f"### {title}", "", "| " + " | ".join(c.label for c in table) + " |"]
     lines.append("|" + "---:|" * len(table))
-    lines.append(
-        "| " + " | ".join(cell(metric_of(sweeps.get(c.task), c), p) for c, p in table.items()) + " |"
-    )
+    lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 

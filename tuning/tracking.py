@@ -147,8 +147,16 @@ def log_parent(client, pid: str, task, metric: str, rows, ablation_rows, best_re
                 client.log_metric(pid, f"ablation_{r['ablation']}_{metric}", r["mean"])
                 client.log_metric(pid, f"ablation_{r['ablation']}_{metric}_std", r["std"])
         log_json(client, pid, dict(best_result.config), tmp / "best_config.json")
-    best_value = max(best_result.metrics_dataframe[metric])
+    df = best_result.metrics_dataframe
+    best_value = max(df[metric])
     client.log_metric(pid, f"best_{metric}", best_value)
+    # The best evaluation's other columns (MNLI mismatched, RACE-m / -h, public test labels).
+    from tuning.finetune import is_extra
+
+    at_best = df.loc[df[metric].idxmax()]
+    for col in df.columns:
+        if is_extra(col, task.metrics) and finite(at_best[col]):
+            client.log_metric(pid, f"best_{col}", float(at_best[col]))
     client.set_tag(pid, "best_trial_run_id", runs[best_trial])
     with best_ckpt.as_directory() as d:
         version = register_best(client, task.name, runs[best_trial], Path(d))
@@ -276,14 +284,16 @@ class TrialRuns(tune.Callback):
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        from tuning.finetune import rank
+        from tuning.finetune import is_extra, rank
 
         # Only the evaluation's own metrics: Tune adds its bookkeeping (times, pids) to results.
         values = {k: result[k] for k in self.metrics if k in result}
+        # At a new best, finetune scores the task's other evaluations (test, mismatched, RACE's parts).
+        values.update({k: v for k, v in result.items() if is_extra(k, self.metrics)})
         step, key, seen = int(result["step"]), self.metrics[0], self.best.get(trial.trial_id)
         if key in values and (seen is None or rank(values[key]) > rank(seen)):
             self.best[trial.trial_id] = values[key]
-            values.update({f"best_{k}": values[k] for k in self.metrics if k in values}, best_step=step)
+            values.update({f"best_{k}": v for k, v in values.items()}, best_step=step)
         self.loggers[trial.trial_id].log(values, step)
         self.progress(trial, result, step, key)
 
