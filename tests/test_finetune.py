@@ -171,6 +171,7 @@ def test_the_tables_other_columns_are_scored_at_the_best_evaluation(task_checkpo
         whole = best["accuracy"] if not name else best["test_accuracy"]
         mixed = (n_middle * best[f"{name}middle_accuracy"] + n_high * best[f"{name}high_accuracy"]) / 14
         assert whole == pytest.approx(mixed), name
+    assert 0 <= best["train_accuracy"] <= 1  # a sample of train, for Figure 2 (left)
     # Only the evaluations that became the best were scored on the other sets.
     kept = [m for m in seen if "test_accuracy" in m]
     assert kept and kept[-1]["test_accuracy"] == best["test_accuracy"]

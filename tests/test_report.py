@@ -81,3 +81,28 @@ def test_a_bad_tag_or_experiment_is_one_line(tmp_path, mlflow_uri, capsys):
         assert main(["report", "--no-mlflow", "--out", str(tmp_path), *args]) == 2
         err = capsys.readouterr().err.strip()
         assert expected in err and len(err.splitlines()) == 1, err
+
+
+def test_figure2_draws_transferred_layers_and_both_networks_zero_shot_curves(tmp_path, mlflow_uri):
+    from tuning.report import report
+
+    client = MlflowClient(mlflow_uri)
+    parent = sweep_parent(client, "race", {"best_accuracy": 0.4})
+    exp = client.get_experiment_by_name("gpt1-finetune-race").experiment_id
+    for k in (0, 1, 2):
+        t = client.create_run(exp, tags={"mlflow.parentRunId": parent, "row": "trial"}).info.run_id
+        client.log_param(t, "n_transfer", k)
+        client.log_metric(t, "best_accuracy", 0.3 + k / 10)
+        client.log_metric(t, "best_train_accuracy", 0.35 + k / 10)
+    pre = client.create_experiment("gpt1-pretrain")
+    for arch in ("transformer", "lstm"):
+        run = client.create_run(pre).info.run_id
+        client.log_param(run, "model_config.arch", arch)
+        for step, value in ((100, 0.55), (200, 0.6)):
+            client.log_metric(run, "zero_shot_sst-2_accuracy", value, step=step)
+    found = report(client, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert (tmp_path / "figure2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Figure 2 (left): race, dev solid and train dashed." in text
+    assert "sst-2 (transformer" in text and "sst-2 (lstm" in text
+    assert found["sweeps"]["race"] == parent

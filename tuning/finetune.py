@@ -237,6 +237,7 @@ def write_predictions(tm: TaskModel, data_dir, out, batch_size: int = 64) -> lis
 
 # Tasks whose test labels are public: the paper's Tables 2 and 3 report their test accuracy.
 PUBLIC_TEST_LABELS = ("snli", "scitail", "race", "story-cloze")
+TRAIN_SAMPLE = 1000  # training examples scored at each new best, for the train metric
 # RACE's two parts, by the directory each article came from (Example.index "middle/...").
 RACE_LEVELS = ("middle", "high")
 
@@ -256,7 +257,14 @@ def extra_sets(task: Task, data_dir) -> dict[str, list[Example]]:
 
 
 # The names evaluate_extra gives its metrics, before _<metric>.
-EXTRA_NAMES = ("mismatched", "test", "test_mismatched", *RACE_LEVELS, *(f"test_{lv}" for lv in RACE_LEVELS))
+EXTRA_NAMES = (
+    "train",
+    "mismatched",
+    "test",
+    "test_mismatched",
+    *RACE_LEVELS,
+    *(f"test_{lv}" for lv in RACE_LEVELS),
+)
 
 
 def is_extra(key: str, metrics) -> bool:
@@ -302,7 +310,7 @@ def evaluate_extra(tm: TaskModel, sets: dict, batch_size: int = 64) -> dict[str,
         prefix = "" if name == "dev" else f"{name}_"
         if name != "dev":
             out.update({f"{prefix}{m}": v for m, v in metriclib.compute(tm.task.metrics, pred, gold).items()})
-        for level, idx in parts(examples).items():
+        for level, idx in (parts(examples) if name != "train" else {}).items():
             scores = metriclib.compute(tm.task.metrics, pred[idx], gold[idx])
             out.update({f"{prefix}{level}_{m}": v for m, v in scores.items()})
     return out
@@ -339,6 +347,9 @@ def finetune(
     train, dev = tm.encoder.encode(splits["train"]), tm.encoder.encode(splits["dev"])
     # Scored at each new best (the model the run keeps): the paper's other columns of this task.
     extra = {name: (exs, tm.encoder.encode(exs)) for name, exs in splits.get("extra", {}).items()}
+    # Figure 2 (left) draws train accuracy beside dev: a seeded sample of the training examples.
+    pick = np.random.default_rng(0).permutation(len(train))[:TRAIN_SAMPLE]
+    extra["train"] = ([splits["train"][i] for i in pick], [train[i] for i in pick])
     if parts(splits["dev"]):
         extra["dev"] = (splits["dev"], dev)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)

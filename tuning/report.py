@@ -4,10 +4,11 @@
 
 For each task, the newest finished sweep (a parent run of gpt1-finetune-<task>; --experiment and
 --tag choose among others) gives Tables 2-4 (its best trial's dev metric, best_<metric>) and
-Table 5 (its ablation rows, ablation_<row>_<metric> with _std over seeds). Figure 2 (right) is
-drawn from the newest pretraining run of each network that logged zero-shot curves
-(zero_shot_<task>_<metric>), each heuristic normalised between random guessing and the state of
-the art (tuning/paper.py): the Transformer solid, the LSTM dashed.
+Table 5 (its ablation rows, ablation_<row>_<metric> with _std over seeds). Figure 2: on the left,
+the train and dev metric of each trial of the newest sweep over n_transfer; on the right, the
+newest pretraining run of each network that logged zero-shot curves (zero_shot_<task>_<metric>),
+each heuristic normalised between random guessing and the state of the art (tuning/paper.py),
+the Transformer solid, the LSTM dashed.
 
 Every cell reads `ours ± std | paper | Δ` (percentages), or says that no run has it. The report
 ends with the ledger of this project's deliberate deviations from the paper and the released code.
@@ -166,15 +167,73 @@ def zero_shot_runs(client) -> dict:
     return out
 
 
-def figure2(client, runs: dict, path: Path) -> list[str]:
-    """Figure 2 (right): each heuristic's curve over pretraining updates, normalised between
-    random guessing (0) and the state of the art (1). Returns the lines that describe it."""
+def transfer_curves(client, experiments: list[str] | None = None) -> dict:
+    """task -> [(blocks transferred, best train metric, best dev metric, metric)] from the newest
+    finished sweep whose trials vary n_transfer (Figure 2, left)."""
+    names = experiments or [
+        e.name for e in client.search_experiments() if e.name.startswith("gpt1-finetune-")
+    ]
+    out: dict = {}
+    for name in names:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            continue
+        runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
+        for parent in (
+            r for r in runs if "mlflow.parentRunId" not in r.data.tags and "sweep_key" in r.data.tags
+        ):
+            if parent.info.status != "FINISHED" or parent.data.tags.get("task") in out:
+                continue
+            trials = [
+                r
+                for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+                and r.data.tags.get("row") == "trial"
+            ]
+            if len({t.data.params.get("n_transfer") for t in trials}) < 2:
+                continue
+            points = []
+            for t in trials:
+                best = [k for k in t.data.metrics if k.startswith("best_train_")]
+                if best:
+                    metric = best[0].removeprefix("best_train_")
+                    m = t.data.metrics
+                    points.append(
+                        (int(t.data.params["n_transfer"]), m[best[0]], m.get(f"best_{metric}"), metric)
+                    )
+            if points:
+                out[parent.data.tags["task"]] = sorted(points)
+    return out
+
+
+def figure2(client, runs: dict, curves: dict, path: Path) -> list[str]:
+    """Figure 2. Left: train and dev metric against the blocks transferred (-1: all of them).
+    Right: each heuristic's curve over pretraining updates, normalised between random guessing
+    (0) and the state of the art (1). Returns the lines that describe it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    said = []
+    for task, points in sorted(curves.items()):
+        xs = [p[0] for p in points]
+        (line,) = left.plot(xs, [p[2] for p in points], marker="o", label=f"{task} dev")
+        left.plot(
+            xs,
+            [p[1] for p in points],
+            marker="o",
+            linestyle="--",
+            color=line.get_color(),
+            label=f"{task} train",
+        )
+        left.set_ylabel(points[0][3])
+    said.append(
+        f"Figure 2 (left): {', '.join(sorted(curves))}, dev solid and train dashed."
+        if curves
+        else f"Figure 2 (left): {NO_RUN} (a sweep over n_transfer draws it)."
+    )
     drawn = []
     for arch, run in sorted(runs.items(), reverse=True):  # transformer first, then lstm
         for key in sorted(run.data.metrics):
@@ -183,22 +242,30 @@ def figure2(client, runs: dict, path: Path) -> list[str]:
                 continue
             lo, hi = RANDOM[m[1]], paper.ZERO_SHOT_SOTA[(m[1], m[2])]
             history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda p: p.step)
-            ax.plot(
+            right.plot(
                 [p.step for p in history],
                 [(p.value - lo) / (hi - lo) for p in history],
                 linestyle="--" if arch == "lstm" else "-",
                 label=f"{m[1]} ({arch})",
             )
             drawn.append(f"{m[1]} ({arch}, run {run.info.run_id})")
-    if not drawn:
+    said.append(
+        f"Figure 2 (right): Transformer solid, LSTM dashed: {', '.join(drawn)}."
+        if drawn
+        else f"Figure 2 (right): {NO_RUN} (pretrain with --set 'zero_shot=[...]' to draw it)."
+    )
+    if not (curves or drawn):
         plt.close(fig)
-        return [f"Figure 2 (right): {NO_RUN} (pretrain with --set 'zero_shot=[...]' to draw it)."]
-    ax.set_xlabel("pretraining updates")
-    ax.set_ylabel("zero-shot, normalised (0 random, 1 state of the art)")
-    ax.legend(fontsize=7)
+        return said
+    left.set_xlabel("blocks transferred (-1: all)")
+    right.set_xlabel("pretraining updates")
+    right.set_ylabel("zero-shot, normalised (0 random, 1 state of the art)")
+    for ax in (left, right):
+        if ax.lines:
+            ax.legend(fontsize=7)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
-    return [f"Figure 2 (right): `{path.name}`, Transformer solid, LSTM dashed: {', '.join(drawn)}."]
+    return [f"`{path.name}`:", "", *(f"- {line}" for line in said)]
 
 
 def deviations() -> list[str]:
@@ -240,10 +307,10 @@ def report(client, out: Path, experiments: list[str] | None = None, tags: dict |
     lines += t5 + [""]
     lines += other_tasks(sweeps)
     lines += ["### Figure 2", ""]
-    lines += figure2(client, zero_shot_runs(client), out / "figure2.png")
+    lines += figure2(
+        client, zero_shot_runs(client), transfer_curves(client, experiments), out / "figure2.png"
+    )
     lines += [
-        "Figure 2 (left), accuracy against transferred layers: see a sweep over `n_transfer` "
-        "(its parent run's `metric_vs_transferred_layers.png`).",
         "",
         "### Deliberate deviations from the paper and the released code",
         "",
