@@ -24,6 +24,10 @@ def export(args: argparse.Namespace) -> None:
     outdir.check_writable(dst)
     outdir.remove_orphans(dst)
     gpt = load_model(src)
+    if args.format == "hf" and gpt.config.arch != "transformer":
+        raise UserError(
+            f"{src}: holds an {gpt.config.arch}, which has no Hugging Face layout; export it as native"
+        )
     # Written beside the destination, then renamed: no half-written model directory is left.
     tmp = outdir.sibling(dst, "tmp")
     try:

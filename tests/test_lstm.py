@@ -130,3 +130,16 @@ def test_lstm_pretrains_through_ray_train_and_resumes_exactly(tmp_path, ray_sess
     assert out["metrics"]["step"] == STEPS
     assert [again[s] for s in range(21, STEPS + 1)] == [first[s] for s in range(21, STEPS + 1)]
     assert Path(ckpts[-1]).exists()
+
+
+def test_an_lstm_exports_natively_and_refuses_the_hugging_face_layout_in_one_line(lstm, tmp_path, capsys):
+    from gpt1.cli import main
+
+    lstm.save_pretrained(tmp_path / "src")
+    assert main(["export", str(tmp_path / "src"), str(tmp_path / "hf"), "--format", "hf"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        "has no Hugging Face layout" in err and len(err.splitlines()) == 1 and not (tmp_path / "hf").exists()
+    )
+    assert main(["export", str(tmp_path / "src"), str(tmp_path / "native")]) == 0
+    assert isinstance(from_pretrained(tmp_path / "native"), LSTMLM)
