@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     prog = f"gpt1 {args.command}"
-    if argv is not None or args.command not in ON_RAY or console.supervised():
+    # A plan starts no Ray: its output is the plan alone (--plan=json is one JSON object).
+    if argv is not None or args.command not in ON_RAY or console.supervised() or getattr(args, "plan", None):
         return run_reporting(prog, args.func, args)
     import datetime
 

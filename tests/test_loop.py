@@ -84,3 +84,22 @@ def test_a_resume_is_exact_whatever_the_processs_rng_did(spec, tmp_path):
     torch.rand(1000)  # whatever ran in this process before the resume
     again = run(spec, LocalSession("cpu", resume_from=ckpt), steps=10)
     assert again == first[20:30]
+
+
+def test_checkpoints_come_by_time_too_and_resume_exactly(spec, tmp_path):
+    import dataclasses
+
+    # Steps alone would checkpoint at the end only; a checkpoint_every_minutes already past at
+    # every log step adds one there, written off the training thread, and each resumes exactly.
+    cfg = dataclasses.replace(spec.pretrain, checkpoint_every=1000, checkpoint_every_minutes=1e-9)
+    timed = dataclasses.replace(spec, pretrain=cfg)
+    first = run(timed, LocalSession("cpu", run_dir=tmp_path))
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_*")) == [
+        f"checkpoint_{s:09d}" for s in (10, 20, 30, 40)
+    ]
+    again = run(timed, LocalSession("cpu", resume_from=tmp_path / "checkpoint_000000010"), steps=10)
+    assert again == first[10:20]
+    # checkpoint_every_minutes 0: by steps alone.
+    steps_only = dataclasses.replace(spec, pretrain=dataclasses.replace(cfg, checkpoint_every_minutes=0.0))
+    run(steps_only, LocalSession("cpu", run_dir=tmp_path / "steps"))
+    assert [p.name for p in (tmp_path / "steps").glob("checkpoint_*")] == ["checkpoint_000000040"]

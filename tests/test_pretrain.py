@@ -2,6 +2,7 @@
 worker, checks before any worker starts, and what the MLflow run holds."""
 
 import json
+import math
 import os
 import signal
 import threading
@@ -407,3 +408,80 @@ def test_a_run_is_planned_from_the_clusters_resources_without_ray(tmp_path):
         plan_run(cfg, gcfg, manifest, "ds", {"CPU": 8}, use_gpu=True, can_grow=True)
     with pytest.raises(ConfigError, match="nor an autoscaler"):
         plan_run(cfg, gcfg, manifest, "ds", {"CPU": 8}, use_gpu=True)
+
+
+def test_an_auto_batch_grows_with_the_workers_and_keeps_warm_up_tokens(tmp_path):
+    import dataclasses
+
+    from model import GPTConfig
+    from pipeline.train.config import scale_batch
+    from pipeline.train.pretrain import plan_run
+
+    gpt1 = load(PretrainConfig(), "gpt1", PRESETS_DIR)
+    auto = dataclasses.replace(gpt1, batch_tokens="auto")
+    on64 = scale_batch(auto, 64, 512)
+    # 64 workers x micro-batches of 8; lr by the square-root rule; warm-up keeps its 65.5 M tokens.
+    assert (on64.batch_size, on64.micro_batch, on64.batch_tokens) == (512, 8, None)
+    assert on64.lr == pytest.approx(2.5e-4 * 8**0.5)
+    assert on64.warmup_steps * on64.batch_size == 2000 * 64
+    linear = scale_batch(dataclasses.replace(auto, lr_scaling="linear"), 64, 512)
+    assert linear.lr == pytest.approx(2.5e-4 * 8)
+    # A number of tokens: the nearest multiple of workers x micro-batch.
+    assert scale_batch(dataclasses.replace(gpt1, batch_tokens=1_000_000), 16, 512).batch_size == 1920
+    # A resume resizes from the run's own batch, not from the workers it has now.
+    assert scale_batch(auto, 8, 512, batch=512) == on64
+    # Without batch_tokens the paper's 64 x 512 stays, on any worker count.
+    assert scale_batch(gpt1, 64, 512) is gpt1
+    manifest = {"splits": {"train": {"blocks": 64_000}}, "fingerprint": "f" * 64, "n_ctx": 512}
+    plan = plan_run(auto, GPTConfig(), manifest, "ds", {"GPU": 64}, 64, storage=str(tmp_path), use_gpu=True)
+    assert plan.cfg.batch_size == 512 and plan.steps_per_epoch == 125 and plan.asked == auto
+    # The same settings name the same run on 8 workers (a resume there keeps the 512).
+    assert plan_run(auto, GPTConfig(), manifest, "ds", {"GPU": 8}, 8, use_gpu=True).name == plan.name
+    budget = dataclasses.replace(auto, max_tokens=10**9)
+    assert plan_run(
+        budget, GPTConfig(), manifest, "ds", {"GPU": 8}, 8, use_gpu=True
+    ).total_steps == math.ceil(10**9 / (64 * 512))
+    with pytest.raises(ConfigError, match="batch_tokens 'big'"):
+        check_config(dataclasses.replace(gpt1, batch_tokens="big"), 8)
+    with pytest.raises(ConfigError, match="not with max_steps"):
+        check_config(dataclasses.replace(gpt1, max_tokens=10, max_steps=10), 8)
+
+
+def test_the_plan_needs_no_data_nor_ray_and_prints_one_json_object(capsys):
+    from gpt1.cli import main
+
+    def plan(*args: str) -> dict:
+        assert main(["pretrain", "--config", "gpt1", "--plan=json", *args]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    on8 = plan("--workers", "8", "--set", "batch_tokens=auto")
+    on64 = plan("--workers", "64", "--set", "batch_tokens=auto")
+    assert on64["tokens_per_step"] >= 4 * on8["tokens_per_step"]
+    for p in (on8, on64):
+        assert p["tokens_per_step"] == p["global_batch_sequences"] * 512
+        assert p["global_batch_sequences"] == p["workers"] * p["micro_batch"] * p["accumulation"]
+        assert {"est_step_ms", "est_tokens_per_s", "est_compute_ms", "est_allreduce_ms"} <= set(p)
+    # The paper's batch as given: 32,768 tokens on 64 workers, one sequence each.
+    paper = plan("--workers", "64")
+    assert (paper["tokens_per_step"], paper["micro_batch"], paper["lr"]) == (32_768, 1, 2.5e-4)
+    # The all-reduce across 8 nodes outweighs a 1-sequence compute: the review's finding.
+    assert paper["est_allreduce_ms"] > paper["est_compute_ms"]
+    # Half the bytes on the wire with bf16 gradients.
+    half = plan("--workers", "64", "--set", "grad_compression=bf16")
+    assert half["est_allreduce_ms"] == pytest.approx(paper["est_allreduce_ms"] / 2)
+    # A length from a token budget, hours and cost from it.
+    budget = plan("--workers", "16", "--set", "max_tokens=1000000000", "--accelerator", "H100")
+    assert budget["total_steps"] == math.ceil(1e9 / 32_768) and budget["est_hours"] > 0
+    assert budget["est_cost_usd"] > 0 and budget["est_node_type"] == "p5.48xlarge"
+    assert main(["pretrain", "--config", "gpt1", "--plan", "--workers", "4-8"]) == 0
+    out = capsys.readouterr().out
+    assert "4-8 (elastic)" in out and "estimates, not measurements" in out
+
+
+def test_worker_ranges_are_read_and_bad_ones_refused():
+    from pipeline.train.config import parse_workers
+
+    assert parse_workers("8") == (8, 8) and parse_workers("2-16") == (2, 16)
+    for bad in ("0", "8-4", "x", "1-", "-3"):
+        with pytest.raises(ConfigError, match=f"--workers {bad}: expected a count"):
+            parse_workers(bad)

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from model import GPT, from_pretrained
+from model.weights import write_weights
 from pipeline import outdir, remote
 from pipeline.data.packing import sha256_file
 from pipeline.data.tokenizer import RESERVED_TOKENS, load_tokenizer
@@ -35,26 +36,39 @@ STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 
 
-def save_checkpoint(
-    directory, gpt: GPT, optimizer: torch.optim.Optimizer, state: dict, tokenizer_path
-) -> None:
-    d = Path(directory)
-    gpt.save_pretrained(d)
-    shutil.copy(tokenizer_path, d / "tokenizer.json")
+def snapshot(gpt: GPT, optimizer: torch.optim.Optimizer) -> tuple:
+    """The model's and AdamW's tensors, copied into this process's memory: what write_checkpoint
+    writes, while training goes on and changes the originals."""
+    model = {k: v.detach().to("cpu", copy=True) for k, v in gpt.state_dict().items()}
     name_of = {id(p): n for n, p in gpt.named_parameters()}
-    tensors = {}
+    moments = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
             for key, value in optimizer.state.get(p, {}).items():
                 t = value if torch.is_tensor(value) else torch.tensor(value)
-                tensors[f"{name_of[id(p)]}/{key}"] = t.detach().cpu().contiguous()
-    save_file(tensors, str(d / OPTIMIZER_FILE))
+                moments[f"{name_of[id(p)]}/{key}"] = t.detach().to("cpu", copy=True).contiguous()
+    return gpt.config, model, moments
+
+
+def write_checkpoint(directory, snap: tuple, state: dict, tokenizer_path) -> None:
+    """Write a snapshot() as a checkpoint directory, trainer_state.json (with every file's hash) last."""
+    config, model, moments = snap
+    d = Path(directory)
+    write_weights(d, config, model)
+    shutil.copy(tokenizer_path, d / "tokenizer.json")
+    save_file(moments, str(d / OPTIMIZER_FILE))
     files = {
         p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(d.iterdir())
         if p.is_file() and p.name not in (STATE_FILE, outdir.MARKER_FILE)
     }
     (d / STATE_FILE).write_text(json.dumps({**state, "files": files}, indent=2, sort_keys=True) + "\n")
+
+
+def save_checkpoint(
+    directory, gpt: GPT, optimizer: torch.optim.Optimizer, state: dict, tokenizer_path
+) -> None:
+    write_checkpoint(directory, snapshot(gpt, optimizer), state, tokenizer_path)
 
 
 class DamagedCheckpoint(UserError):

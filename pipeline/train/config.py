@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -12,23 +14,31 @@ from pipeline import configio, errors
 class PretrainConfig:
     model: str = "tiny"  # model preset (model/config.py); vocab_size comes from the data's tokenizer
     model_overrides: dict = field(default_factory=dict)  # GPTConfig fields, e.g. {n_layer: 6}
-    batch_size: int = 64  # global batch, in sequences of n_ctx tokens
+    batch_size: int = 64  # global batch, in sequences of n_ctx tokens (the one lr and warm-up are for)
     micro_batch: int = 0  # most sequences per forward pass; 0 = batch_size / workers (see micro_batch())
+    # None: batch_size as given. "auto": workers x micro_batch sequences (one micro-batch per GPU
+    # a step); a number: about that many tokens a step. Either way lr and warm-up follow the
+    # batch (scale_batch): a run on 64 GPUs is not forced to one sequence a GPU.
+    batch_tokens: int | str | None = None
+    lr_scaling: str = "sqrt"  # how lr follows a resized batch: sqrt (Adam's rule) or linear
     lr: float = 2.5e-4
     schedule: str = "warmup_cosine"  # warmup_cosine, warmup_linear, warmup_constant (opt.py's)
-    warmup_steps: int = 2000
+    warmup_steps: int = 2000  # at batch_size; a resized batch keeps the warm-up's tokens
     epochs: int = 100
     max_steps: int = 0  # 0 = epochs x steps per epoch; the schedule spans max_steps
+    max_tokens: int = 0  # a token budget: max_steps from the batch's tokens (0 = none)
     max_minutes: float = 0.0  # a time budget: total steps set from the step rate measured early on (0 = none)
     weight_decay: float = 0.01
     grad_clip: float = 1.0  # max global grad norm; 0 = none
     seed: int = 0  # initial weights, block order, dropout
     dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU), bf16, fp32
-    compile: bool = False  # torch.compile the model
+    compile: bool | None = None  # torch.compile the model; None = on GPU only (+56% on an H200)
+    grad_compression: str = "none"  # "bf16": DDP all-reduces gradients in bf16 (half the bytes)
     log_every: int = 10
     eval_every: int = 500  # steps between evaluations on the val split (also at the end); 0 = never
     eval_blocks: int = 0  # val blocks per evaluation; 0 = all
     checkpoint_every: int = 1000  # steps between checkpoints (also at the end)
+    checkpoint_every_minutes: float = 30.0  # also one this long after the last (0 = steps only)
     keep_checkpoints: int = 3
     max_failures: int = 3  # worker failures to recover from before the run fails
     zero_shot: list = field(
@@ -46,6 +56,7 @@ NOT_IN_IDENTITY = (
     "eval_every",
     "eval_blocks",
     "checkpoint_every",
+    "checkpoint_every_minutes",
     "keep_checkpoints",
     "max_failures",
     "zero_shot",
@@ -68,6 +79,56 @@ def micro_batch(cfg: PretrainConfig, workers: int, recorded: int | None = None) 
             )
         return recorded
     return min(cap, cfg.batch_size // max(workers, 1))
+
+
+def scale_batch(cfg: PretrainConfig, workers: int, n_ctx: int, batch: int | None = None) -> PretrainConfig:
+    """The settings a run trains with where batch_tokens resizes its batch (cfg as given
+    otherwise): `batch` sequences (a resumed run's own), else workers x micro_batch ("auto") or
+    the multiple of micro_batch x workers nearest batch_tokens / n_ctx. With k = the new batch /
+    batch_size, the lr becomes lr x sqrt(k) (lr_scaling sqrt: the square-root rule for Adam,
+    Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms") or lr
+    x k (linear: Goyal et al. 2017, for SGD), and warm-up keeps its tokens: warmup_steps / k
+    steps. A pure function of the settings and the workers, so a resume finds the same run."""
+    if cfg.batch_tokens is None:
+        return cfg
+    if batch is None:
+        unit = cfg.micro_batch * workers
+        if cfg.batch_tokens == "auto":
+            batch = unit
+        else:
+            batch = max(1, round(cfg.batch_tokens / n_ctx / unit)) * unit
+    k = batch / cfg.batch_size
+    return dataclasses.replace(
+        cfg,
+        batch_tokens=None,  # applied: the settings are now the run's own
+        batch_size=batch,
+        lr=cfg.lr * (math.sqrt(k) if cfg.lr_scaling == "sqrt" else k),
+        warmup_steps=round(cfg.warmup_steps / k),
+    )
+
+
+def total_steps(cfg: PretrainConfig, steps_per_epoch: int, n_ctx: int) -> int:
+    """The steps the schedule spans: max_steps, else the token budget, else the epochs."""
+    if cfg.max_steps:
+        return cfg.max_steps
+    if cfg.max_tokens:
+        return math.ceil(cfg.max_tokens / (cfg.batch_size * n_ctx))
+    return cfg.epochs * steps_per_epoch
+
+
+def parse_workers(text: str) -> tuple[int, int]:
+    """--workers N (a fixed count) or MIN-MAX (elastic: Ray Train runs on as many as the cluster
+    has, and a lost node means fewer workers, not a wait) -> (min, max)."""
+    lo, sep, hi = str(text).partition("-")
+    try:
+        low, high = int(lo), int(hi) if sep else int(lo)
+    except ValueError:
+        low = high = 0
+    if low < 1 or high < low:
+        raise errors.ConfigError(
+            f"--workers {text}: expected a count (8) or a range MIN-MAX (4-8), at least 1"
+        )
+    return low, high
 
 
 # A run name is one path component under --storage (and Ray Train's name for the run): a
@@ -93,12 +154,27 @@ def check_config(cfg: PretrainConfig, workers: int) -> None:
     c = errors.ConfigError
     if workers < 1:
         raise c(f"--workers {workers}: expected at least 1")
-    micro = micro_batch(cfg, workers)
-    if cfg.batch_size < 1 or micro < 1 or cfg.batch_size % (micro * workers):
-        raise c(
-            f"batch_size {cfg.batch_size}: expected a multiple of micro_batch ({micro}) x workers "
-            f"({workers}), so that every worker runs the same number of micro-batches"
+    if cfg.batch_tokens is not None and not (
+        cfg.batch_tokens == "auto"
+        or (
+            isinstance(cfg.batch_tokens, int)
+            and not isinstance(cfg.batch_tokens, bool)
+            and cfg.batch_tokens > 0
         )
+    ):
+        raise c(f"batch_tokens {cfg.batch_tokens!r}: expected auto or a number of tokens per step")
+    if cfg.batch_tokens is not None and cfg.micro_batch < 1:
+        raise c("batch_tokens: also set micro_batch, the sequences each GPU runs per forward pass")
+    if cfg.lr_scaling not in ("sqrt", "linear"):
+        raise c(f"lr_scaling {cfg.lr_scaling!r}: expected sqrt or linear")
+    if cfg.compile not in (None, True, False):
+        raise c(f"compile {cfg.compile!r}: expected true, false or null (on GPU only)")
+    if cfg.grad_compression not in ("none", "bf16"):
+        raise c(f"grad_compression {cfg.grad_compression!r}: expected none or bf16")
+    if cfg.max_tokens < 0 or (cfg.max_tokens and cfg.max_steps):
+        raise c("max_tokens: expected >= 0, and not with max_steps (each sets the run's length)")
+    if cfg.checkpoint_every_minutes < 0:
+        raise c(f"checkpoint_every_minutes {cfg.checkpoint_every_minutes}: expected >= 0 (0 = by steps only)")
     if cfg.schedule not in ("warmup_cosine", "warmup_linear", "warmup_constant"):
         raise c(f"schedule {cfg.schedule!r}: expected warmup_cosine, warmup_linear or warmup_constant")
     if cfg.dtype not in ("auto", "bf16", "fp32"):
@@ -117,4 +193,11 @@ def check_config(cfg: PretrainConfig, workers: int) -> None:
         raise c("max_steps, warmup_steps, eval_every, eval_blocks and max_failures must be >= 0")
     if not isinstance(cfg.zero_shot, list) or cfg.zero_shot_examples < 0:
         raise c("zero_shot: expected a list of TASK=DIR (e.g. [sst-2=glue/SST-2]); zero_shot_examples: >= 0")
+    # A batch that batch_tokens resizes is checked once resized (scale_batch).
+    micro = micro_batch(cfg, workers)
+    if cfg.batch_tokens is None and (cfg.batch_size < 1 or micro < 1 or cfg.batch_size % (micro * workers)):
+        raise c(
+            f"batch_size {cfg.batch_size}: expected a multiple of micro_batch ({micro}) x workers "
+            f"({workers}), so that every worker runs the same number of micro-batches"
+        )
     configio.check_ranges(cfg, {"lr": (0.0, 1.0), "weight_decay": (0.0, 1.0), "grad_clip": (0.0, None)})

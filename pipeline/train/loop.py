@@ -1,12 +1,13 @@
 """The pretraining loop that every worker runs: objective L1 on packed blocks, data parallel.
 
-The global batch at step s is BlockOrder.batch(s), cut into micro-batches of `micro_batch`
-sequences. Worker r of W runs micro-batches r*A .. r*A + A-1 (A = accumulation steps), and
-micro-batch j of step s draws its dropout masks from a seed made of (seed, s, j). So the
-micro-batches, their masks and the summed gradient are the same whatever W is, and a resumed run
-retraces an uninterrupted one: bitwise on the same worker count, up to the order of
-floating-point sums on another. The micro-batch is fixed when a run starts (config.micro_batch),
-which bounds the worker counts it can resume on: batch_size / micro_batch at most.
+The global batch at step s is BlockOrder.batch(s), cut into M micro-batches of `micro_batch`
+sequences. Worker r of W runs micro-batches r, r + W, r + 2W, ... (M / W of them where W divides
+M, one more on some workers where it does not: elastic runs take any W up to M), and micro-batch
+j of step s draws its dropout masks from a seed made of (seed, s, j). Each micro-batch's
+gradient is weighted 1/M in the sum, so the micro-batches, their masks and the summed gradient
+are the same whatever W is, and a resumed run retraces an uninterrupted one: bitwise on the same
+worker count, up to the order of floating-point sums on another. The micro-batch is fixed when a
+run starts (config.micro_batch), which bounds the worker counts it can resume on: M at most.
 
 The loop talks to its surroundings through a Session: Ray Train's (pipeline/train/ray_train.py) or a
 plain process's (LocalSession, for the benchmarks).
@@ -23,6 +24,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +40,7 @@ from pipeline.data.dataset import BlockOrder, load_split, tokens_per_byte
 from pipeline.data.stage import local_copy
 from pipeline.errors import UserError, disk_error
 from pipeline.runtime import amp_dtype, autocast
-from pipeline.train.checkpoint import load_training_state, save_checkpoint
+from pipeline.train.checkpoint import load_training_state, snapshot, write_checkpoint
 from pipeline.train.config import PretrainConfig, micro_batch
 
 
@@ -149,13 +151,21 @@ class Pretraining:
         self.val_blocks = load_split(self.data, self.manifest, "val")
         self.n_val = min(len(self.val_blocks), cfg.eval_blocks or len(self.val_blocks))
         self.order = BlockOrder(cfg.seed, len(self.train_blocks), cfg.batch_size)
-        self.micro = micro_batch(cfg, self.world)  # the driver has fixed it for the run
-        self.accum = cfg.batch_size // (self.micro * self.world)
+        # The driver fixes the micro-batch for the run; an elastic run keeps it on any W.
+        self.micro = cfg.micro_batch or micro_batch(cfg, self.world)
+        self.n_micro = cfg.batch_size // self.micro
+        if self.world > self.n_micro:
+            raise StopRun(
+                f"{self.world} workers but {self.n_micro} micro-batches of {self.micro} a step: at most "
+                f"{self.n_micro} workers can share this run's batch"
+            )
+        self.mine = range(self.rank, self.n_micro, self.world)  # this worker's micro-batches
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.gpt = build(spec.model).to(self.device)  # the Transformer, or the LSTM
         self.opt = make_optimizer(self.gpt, cfg.lr, cfg.weight_decay)
         self.step, self.total = 0, spec.total_steps
+        self.pending = None  # a checkpoint being written (checkpoint, finish_checkpoint)
         # With a time budget, total is decided after the first steps (BUDGET_STEPS) and kept in
         # every checkpoint, so that a resumed run keeps the schedule it had.
         self.budget_open = cfg.max_minutes > 0
@@ -167,17 +177,23 @@ class Pretraining:
                     self.total, self.budget_open = state["total_steps"], False
         self.set_schedule()
         self.model = self.gpt
+        cuda = self.device.type == "cuda"
         if self.world > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(
-                self.gpt, device_ids=[self.device.index] if self.device.type == "cuda" else None
+                self.gpt, device_ids=[self.device.index] if cuda else None
             )
-        # Training runs through DDP (gradient all-reduce) and torch.compile where asked; the
-        # evaluation forward is the plain model: no backward to synchronise, no recompilation
-        # for its batch shapes.
-        self.train_forward = torch.compile(self.model) if cfg.compile else self.model
+            if cfg.grad_compression == "bf16":  # half the bytes on the wire; summed in fp32 again
+                from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+                self.model.register_comm_hook(dist.group.WORLD, default_hooks.bf16_compress_hook)
+        # Training runs through DDP (gradient all-reduce) and torch.compile where asked (by
+        # default on GPU: +56% tokens/s on an H200; on CPU it costs more to compile than it
+        # saves); the evaluation forward is the plain model: no backward to synchronise, no
+        # recompilation for its batch shapes.
+        compiled = cuda if cfg.compile is None else cfg.compile
+        self.train_forward = torch.compile(self.model) if compiled else self.model
         self.eval_forward = self.gpt
         self.amp_dtype = amp_dtype(self.device, cfg.dtype)
-        cuda = self.device.type == "cuda"
         # MFU is measured against this device's dense-matmul rate in the training dtype.
         self.ceiling = matmul_ceiling(self.device, self.amp_dtype, 4096 if cuda else 1024, 10 if cuda else 5)
         self.flops_per_token = self.gpt.flops_per_token(self.gpt.config.n_ctx)
@@ -229,17 +245,20 @@ class Pretraining:
         cfg, s = self.cfg, self.step
         ids = self.order.batch(s)
         loss_sum, waited = 0.0, 0.0
-        for a in range(self.accum):
-            j = self.rank * self.accum + a
+        # Each micro-batch's loss weighted W / M: DDP averages over the W workers, so the update
+        # is the mean over all M micro-batches however they are shared (M / W = the
+        # accumulation steps where W divides M).
+        share = self.n_micro / self.world
+        for a, j in enumerate(self.mine):
             t0 = time.perf_counter()
             x = self.batch(self.train_blocks[np.sort(ids[j * self.micro : (j + 1) * self.micro])])
             waited += time.perf_counter() - t0
             torch.manual_seed(micro_seed(cfg.seed, s, j))
             # DDP all-reduces the gradients on the last micro-batch only.
-            sync = self.world == 1 or a == self.accum - 1
+            sync = self.world == 1 or a == len(self.mine) - 1
             with contextlib.nullcontext() if sync else self.model.no_sync():
                 loss = self.l1(self.train_forward, x)
-                (loss / self.accum).backward()
+                (loss / share).backward()
             loss_sum += loss.detach()
         norm = torch.nn.utils.clip_grad_norm_(self.gpt.parameters(), cfg.grad_clip or float("inf"))
         self.lr = self.opt.param_groups[0]["lr"]  # this update's, for the log
@@ -247,7 +266,7 @@ class Pretraining:
         self.schedule.step()
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
-        return loss_sum / self.accum, norm, waited
+        return loss_sum / share, norm, waited
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -293,35 +312,58 @@ class Pretraining:
                 "warmup_steps, and start a new run (--name)"
             )
 
-    def checkpoint(self, metrics: dict) -> None:
+    def checkpoint(self, metrics: dict, wait: bool = False) -> None:
+        """Rank 0 copies the model and AdamW's state into memory (training stalls for that
+        alone) and writes, hashes and publishes the copy in a thread while training goes on.
+        Every rank reports it at the next log step (finish_checkpoint), or at once with wait."""
+        self.finish_checkpoint()
         name = f"checkpoint_{self.step:09d}"
-        failed = None
+        job = None
         if self.rank == 0:
-            with self.session.staging_dir(name) as d:
+            stack = contextlib.ExitStack()
+            d = stack.enter_context(self.session.staging_dir(name))
+            state = {
+                "step": self.step,
+                "total_steps": self.total,
+                "budget_decided": not self.budget_open,
+                "world_size": self.world,
+                "schedule": {"name": self.cfg.schedule, "warmup_steps": self.cfg.warmup_steps},
+                "pretrain": dataclasses.asdict(self.cfg),
+                "data_fingerprint": self.manifest["fingerprint"],
+                "tokenizer_sha256": self.manifest["tokenizer"]["sha256"],
+            }
+            snap, errors = snapshot(self.gpt, self.opt), []
+
+            def write() -> None:
                 try:
-                    save_checkpoint(
-                        d,
-                        self.gpt,
-                        self.opt,
-                        {
-                            "step": self.step,
-                            "total_steps": self.total,
-                            "budget_decided": not self.budget_open,
-                            "world_size": self.world,
-                            "schedule": {"name": self.cfg.schedule, "warmup_steps": self.cfg.warmup_steps},
-                            "pretrain": dataclasses.asdict(self.cfg),
-                            "data_fingerprint": self.manifest["fingerprint"],
-                            "tokenizer_sha256": self.manifest["tokenizer"]["sha256"],
-                        },
-                        self.data / "tokenizer.json",
-                    )
-                except Exception as err:  # safetensors reports a full disk as its own error type
-                    if disk_error(err) is None:
-                        raise
-                    failed = f"{disk_error(err)} while writing checkpoint {self.step:,} (in {d})"
-                self.session.report(metrics, None if failed else d, None if failed else name)
-        else:
+                    write_checkpoint(d, snap, state, self.data / "tokenizer.json")
+                except Exception as err:  # raised on the training thread (finish_checkpoint)
+                    errors.append(err)
+
+            thread = threading.Thread(target=write, name=f"gpt1-{name}", daemon=True)
+            thread.start()
+            job = (thread, errors, stack, d)
+        self.pending = (metrics, name, job)
+        if wait:
+            self.finish_checkpoint()
+
+    def finish_checkpoint(self) -> None:
+        """Report the checkpoint begun last, once written; every rank, at the same step."""
+        if self.pending is None:
+            return
+        (metrics, name, job), self.pending = self.pending, None
+        failed = None
+        if job is None:
             self.session.report(metrics)
+        else:
+            thread, errors, stack, d = job
+            with stack:
+                thread.join()
+                if errors:  # safetensors reports a full disk as its own error type
+                    if disk_error(errors[0]) is None:
+                        raise errors[0]
+                    failed = f"{disk_error(errors[0])} while writing checkpoint {int(name.rsplit('_', 1)[1]):,} (in {d})"
+                self.session.report(metrics, None if failed else d, None if failed else name)
         if self._any(failed is not None):
             raise StopRun(failed or "rank 0 could not write its checkpoint")
 
@@ -335,6 +377,7 @@ class Pretraining:
         t_start, step_start = time.perf_counter(), self.step
         t_log, losses, waited = time.perf_counter(), [], 0.0
         t_rate = None
+        t_saved = time.monotonic()  # checkpoint_every_minutes counts from here, then from each save
         while self.step < self.total:
             if self.budget_open and self.step - step_start == BUDGET_STEPS[0]:
                 t_rate = time.perf_counter()  # the first steps (compilation, caches) are not timed
@@ -347,11 +390,21 @@ class Pretraining:
             last = (loss, norm)
             waited += w
             s = self.step
+            by_time = False
             if s % cfg.log_every == 0 or s == total:
                 now = time.perf_counter()
-                mean = _all_reduce(torch.stack(losses).double().sum().reshape(1), self.world).item() / (
-                    len(losses) * self.world
+                self.finish_checkpoint()
+                # Whether a checkpoint is due by time is rank 0's clock's to say, carried to
+                # every rank in the loss sum's all-reduce: no collective of its own.
+                due = self.rank == 0 and 0 < cfg.checkpoint_every_minutes * 60 <= time.monotonic() - t_saved
+                sums = torch.stack(
+                    [
+                        torch.stack(losses).double().sum(),
+                        torch.tensor(float(due), device=self.device, dtype=torch.float64),
+                    ]
                 )
+                sums = _all_reduce(sums, self.world).tolist()
+                mean, by_time = sums[0] / (len(losses) * self.world), sums[1] > 0
                 self.stop_if_not_finite(mean, float(norm))
                 tps = tokens_per_step * len(losses) / (now - t_log)
                 metrics = {
@@ -400,9 +453,10 @@ class Pretraining:
                         )
                     if self.tracker:
                         self.tracker.log({**ev, **zs}, s)
-            if s % cfg.checkpoint_every == 0 or s == total:
+            if s % cfg.checkpoint_every == 0 or s == total or by_time:
                 self.stop_if_not_finite(float(last[0]), float(last[1]))
-                self.checkpoint({**metrics, "step": s})
+                self.checkpoint({**metrics, "step": s}, wait=s == total)
+                t_saved = time.monotonic()
         if self.rank == 0 and self.tracker:
             self.tracker.log_model(self.gpt, self.data / "tokenizer.json")
             if cfg.zero_shot:

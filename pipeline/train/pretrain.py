@@ -28,6 +28,7 @@ from pathlib import Path
 from model import GPTConfig
 from pipeline import configio, errors, remote
 from pipeline.data.dataset import BlockOrder, check_fits, check_tokenizer, open_dataset, read_dataset
+from pipeline.data.stage import stage_on_nodes
 from pipeline.runtime import add_wait_option, check_accelerator, check_device, check_wait, storage_path
 from pipeline.tracking import check_store, finish_run, start_pretrain_run, tracking_uri
 from pipeline.train.config import (
@@ -37,14 +38,18 @@ from pipeline.train.config import (
     check_run_name,
     default_run_name,
     micro_batch,
+    parse_workers,
+    scale_batch,
+    total_steps,
 )
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 RUN_FILE = "gpt1_run.json"  # in STORAGE/RUN: what the run was started with
 
 
-def model_config(cfg: PretrainConfig, manifest: dict, data) -> GPTConfig:
-    """The model preset with the overrides; vocab_size is the tokenizer's unless overridden."""
+def model_config(cfg: PretrainConfig, manifest: dict | None, data) -> GPTConfig:
+    """The model preset with the overrides; vocab_size is the tokenizer's unless overridden (the
+    preset's where there is no dataset: a plan)."""
     fields = {f.name for f in dataclasses.fields(GPTConfig)}
     unknown = sorted(set(cfg.model_overrides) - fields)
     if unknown:
@@ -52,12 +57,12 @@ def model_config(cfg: PretrainConfig, manifest: dict, data) -> GPTConfig:
             f"model_overrides: unknown key {unknown[0]!r}; valid keys are {', '.join(sorted(fields))}"
         )
     try:
-        gcfg = GPTConfig.preset(
-            cfg.model, **{"vocab_size": manifest["tokenizer"]["vocab_size"], **cfg.model_overrides}
-        )
+        vocab = {"vocab_size": manifest["tokenizer"]["vocab_size"]} if manifest else {}
+        gcfg = GPTConfig.preset(cfg.model, **{**vocab, **cfg.model_overrides})
     except (ValueError, TypeError) as err:
         raise errors.ConfigError(f"model {cfg.model!r}: {err}") from None
-    check_fits(manifest, data, gcfg.vocab_size, gcfg.n_ctx)
+    if manifest:
+        check_fits(manifest, data, gcfg.vocab_size, gcfg.n_ctx)
     return gcfg
 
 
@@ -120,10 +125,11 @@ def claim_run(run_path: str, ident: dict, old: dict | None) -> None:
 class RunPlan:
     """What a run is launched with, decided before any worker starts (plan_run)."""
 
-    cfg: PretrainConfig  # its micro_batch is fixed at launch, from the run's own record
+    cfg: PretrainConfig  # batch resized (scale_batch); its micro_batch fixed at launch, from the run's record
+    asked: PretrainConfig  # as given: a resumed run resizes its batch from its own record
     model: GPTConfig
     data: str
-    workers: int
+    workers: int  # the most; elastic between min_workers and workers where min_workers is set
     use_gpu: bool
     cpus_per_worker: int  # on CPU: the cores each worker's torch uses; on GPU: 1
     accelerator: str | None  # every worker on nodes of this accelerator type (A100, A10G, H100, ...)
@@ -131,6 +137,7 @@ class RunPlan:
     steps_per_epoch: int
     name: str
     storage: str
+    min_workers: int | None = None
 
     @property
     def run_path(self) -> str:
@@ -149,6 +156,7 @@ def plan_run(
     use_gpu: bool = False,
     can_grow: bool = False,
     accelerator: str | None = None,
+    min_workers: int | None = None,
 ) -> RunPlan:
     """The run's plan from its settings, its dataset's manifest and the cluster: its resources now
     (ray.cluster_resources()) and whether an autoscaler can add nodes. A pure function, so tests
@@ -164,12 +172,14 @@ def plan_run(
             )
         )
     check_config(cfg, workers)
+    asked, cfg = cfg, scale_batch(cfg, workers, gcfg.n_ctx)
+    check_config(cfg, workers)
     # On CPU, split the machine's cores between the workers; torch uses that many threads. On a
     # cluster that grows, a worker takes one core of the nodes the autoscaler adds.
     cpus = 1 if use_gpu or can_grow else max(int(resources.get("CPU", 1)) // workers, 1)
     kind, per_worker = ("GPU", 1) if use_gpu else ("CPU", cpus)
     have = int(resources.get(kind, 0))
-    if workers * per_worker > have and not can_grow:
+    if (min_workers or workers) * per_worker > have and not can_grow:
         # Ray would wait for the resources for ever, retrying every minute.
         raise errors.ConfigError(
             f"--workers {workers}: the cluster has {have} {kind}(s) and each worker takes {per_worker}, "
@@ -179,21 +189,128 @@ def plan_run(
         cfg.seed, manifest["splits"]["train"]["blocks"], cfg.batch_size
     ).steps_per_epoch
     # The default name comes from the settings as given, so that a resume on another worker
-    # count (another micro-batch for a new run) finds the same run.
-    asked = hashlib.sha256(json.dumps(identity(cfg, gcfg, manifest), sort_keys=True).encode()).hexdigest()[:8]
+    # count (another micro-batch or batch for a new run) finds the same run.
+    digest = hashlib.sha256(json.dumps(identity(asked, gcfg, manifest), sort_keys=True).encode()).hexdigest()
     return RunPlan(
         cfg=cfg,
+        asked=asked,
         model=gcfg,
         data=data,
         workers=workers,
         use_gpu=use_gpu,
         cpus_per_worker=cpus,
         accelerator=accelerator,
-        total_steps=cfg.max_steps or cfg.epochs * steps_per_epoch,
+        total_steps=total_steps(cfg, steps_per_epoch, gcfg.n_ctx),
         steps_per_epoch=steps_per_epoch,
-        name=name or default_run_name(data, cfg.model, asked),
+        name=name or default_run_name(data, cfg.model, digest[:8]),
         storage=storage_path(storage),
+        min_workers=min_workers,
     )
+
+
+PLAN_ACCELERATOR = "A100"  # --plan's node type where --accelerator is not given: p4d, the scale review's
+
+
+def run_plan(
+    asked: PretrainConfig,
+    gcfg: GPTConfig,
+    workers: int,
+    min_workers: int | None = None,
+    accelerator: str | None = None,
+    manifest: dict | None = None,
+) -> dict:
+    """`gpt1 pretrain --plan`: what a run on `workers` GPUs of `accelerator` would do and, by the
+    model in pipeline/train/estimate.py, cost. Plans for what is asked, not for this machine, so
+    it runs anywhere, Ray or not. The run's length needs the dataset's manifest, or max_steps or
+    max_tokens; without them the totals are None."""
+    import torch
+
+    from model import build
+    from pipeline.train.estimate import NODE_TYPES, estimate
+
+    check_config(asked, workers)
+    cfg = scale_batch(asked, workers, gcfg.n_ctx)
+    check_config(cfg, workers)
+    micro = micro_batch(cfg, workers)
+    accum = cfg.batch_size // (micro * workers)
+    tokens = cfg.batch_size * gcfg.n_ctx
+    spe = (
+        BlockOrder(cfg.seed, manifest["splits"]["train"]["blocks"], cfg.batch_size).steps_per_epoch
+        if manifest
+        else 0
+    )
+    total = total_steps(cfg, spe, gcfg.n_ctx) or None
+    with torch.device("meta"):  # the network's shape, without its memory
+        net = build(gcfg)
+    accelerator = accelerator or PLAN_ACCELERATOR
+    out = {
+        "workers": workers,
+        "min_workers": min_workers,
+        "micro_batch": micro,
+        "accumulation": accum,
+        "global_batch_sequences": cfg.batch_size,
+        "tokens_per_step": tokens,
+        "lr": cfg.lr,
+        "lr_scaling": asked.lr_scaling if asked.batch_tokens is not None else None,
+        "warmup_steps": cfg.warmup_steps,
+        "warmup_tokens": cfg.warmup_steps * tokens,
+        "total_steps": total,
+        "total_tokens": total * tokens if total else None,
+        "compile": True if cfg.compile is None else cfg.compile,
+        "grad_compression": cfg.grad_compression,
+        "accelerator": accelerator,
+        "n_params": net.num_params(),
+    }
+    if accelerator not in NODE_TYPES:
+        return {**out, "est_note": f"no estimate for {accelerator}: the model knows {', '.join(NODE_TYPES)}"}
+    return {
+        **out,
+        **estimate(
+            accelerator,
+            workers,
+            micro,
+            accum,
+            gcfg.n_ctx,
+            net.flops_per_token(gcfg.n_ctx),
+            net.num_params(),
+            2 if cfg.grad_compression == "bf16" else 4,
+            total,
+        ),
+    }
+
+
+def plan_lines(plan: dict) -> list[str]:
+    """The plan as a person reads it; every est_ figure says it is an estimate."""
+    w = f"{plan['min_workers']}-{plan['workers']} (elastic)" if plan["min_workers"] else str(plan["workers"])
+    lines = [
+        f"workers          {w}",
+        f"micro-batch      {plan['micro_batch']} sequences, {plan['accumulation']} accumulated per step",
+        f"global batch     {plan['global_batch_sequences']:,} sequences, {plan['tokens_per_step']:,} tokens",
+        f"lr               {plan['lr']:.3g}"
+        + (f" (scaled by the batch, {plan['lr_scaling']} rule)" if plan["lr_scaling"] else ""),
+        f"warm-up          {plan['warmup_steps']:,} steps, {plan['warmup_tokens']:,} tokens",
+        "length           "
+        + (
+            f"{plan['total_steps']:,} steps, {plan['total_tokens']:,} tokens"
+            if plan["total_steps"]
+            else "unknown: pass --data, or --set max_tokens=N or max_steps=N"
+        ),
+        f"compile          {'on (GPU)' if plan['compile'] else 'off'}; gradients all-reduced in "
+        + ("bf16" if plan["grad_compression"] == "bf16" else "fp32"),
+    ]
+    if "est_step_ms" not in plan:
+        return [*lines, plan["est_note"]]
+    lines += [
+        f"estimated on     {plan['est_nodes']} x {plan['est_node_type']} ({plan['accelerator']}), "
+        f"MFU {plan['est_mfu']:.0%} of peak",
+        f"estimated step   {plan['est_step_ms']:.1f} ms = compute {plan['est_compute_ms']:.1f} + "
+        f"all-reduce {plan['est_allreduce_ms']:.1f}; {plan['est_tokens_per_s']:,.0f} tokens/s",
+    ]
+    if plan["est_hours"] is not None:
+        lines.append(
+            f"estimated run    {plan['est_hours']:,.1f} hours, ${plan['est_cost_usd']:,.0f} on demand"
+        )
+    return [*lines, f"estimates, not measurements ({plan['est_sources']})"]
 
 
 @contextlib.contextmanager
@@ -224,6 +341,7 @@ def pretrain(
     track: bool = True,
     wait_minutes: float = 30,
     accelerator: str | None = None,
+    min_workers: int | None = None,
 ) -> dict:
     """Run (or resume) the stage: check every input, plan the run, launch it. Returns the final
     metrics, the newest checkpoint's path and the MLflow run id. Raises DataError / ConfigError
@@ -274,10 +392,15 @@ def pretrain(
         use_gpu,
         cluster.can_grow(),
         accelerator,
+        min_workers,
     )
     kind, each = ("GPU", 1) if plan.use_gpu else ("CPU", plan.cpus_per_worker)
-    what = f"--workers {plan.workers}"
-    cluster.wait_for(kind, plan.workers * each, plan.workers, what, wait_minutes, plan.accelerator)
+    need = plan.min_workers or plan.workers
+    what = f"--workers {f'{need}-' if plan.min_workers else ''}{plan.workers}"
+    cluster.wait_for(kind, need * each, need, what, wait_minutes, plan.accelerator)
+    # Before the workers start: a rank that waited in a collective for another node's download
+    # would time out on a large dataset.
+    stage_on_nodes(plan.data, kind)
     return launch(plan, manifest, uri)
 
 
@@ -306,6 +429,13 @@ def launch(plan: RunPlan, manifest: dict, uri: str | None) -> dict:
         outdir.check_writable(Path(run_path) / RUN_FILE)
     with run_lock(run_path):
         old = recorded_run(run_path)
+        if old and plan.asked.batch_tokens is not None:
+            # A resized batch is the run's own, whatever the workers now: the record's.
+            cfg = scale_batch(plan.asked, plan.workers, gcfg.n_ctx, batch=old["pretrain"]["batch_size"])
+            spe = BlockOrder(cfg.seed, manifest["splits"]["train"]["blocks"], cfg.batch_size).steps_per_epoch
+            plan = dataclasses.replace(
+                plan, cfg=cfg, steps_per_epoch=spe, total_steps=total_steps(cfg, spe, gcfg.n_ctx)
+            )
         recorded = old["pretrain"].get("micro_batch") if old else None
         cfg = dataclasses.replace(cfg, micro_batch=micro_batch(cfg, plan.workers, recorded))
         claim_run(run_path, identity(cfg, gcfg, manifest), old)
@@ -325,7 +455,8 @@ def launch(plan: RunPlan, manifest: dict, uri: str | None) -> dict:
         print(
             f"{at}: {gcfg.n_layer} x {gcfg.n_embd}, vocab {gcfg.vocab_size:,}, "
             f"{'at most ' if cfg.max_minutes else ''}{plan.total_steps:,} steps of {cfg.batch_size} x "
-            f"{gcfg.n_ctx} tokens ({plan.steps_per_epoch:,} per epoch) on {plan.workers} "
+            f"{gcfg.n_ctx} tokens ({plan.steps_per_epoch:,} per epoch) on "
+            f"{f'{plan.min_workers}-' if plan.min_workers else ''}{plan.workers} "
             f"{'GPU' if plan.use_gpu else 'CPU'} worker(s); checkpoints in {run_path}",
             flush=True,
         )
@@ -348,7 +479,10 @@ def launch(plan: RunPlan, manifest: dict, uri: str | None) -> dict:
             worker,
             train_loop_config={"spec": spec, "outcome": outcome},
             scaling_config=ScalingConfig(
-                num_workers=plan.workers,
+                # Elastic: Ray Train runs on as many as the cluster has between the two, and on
+                # fewer at once when a node is lost; the loop takes any count up to batch /
+                # micro-batch (loop.py).
+                num_workers=(plan.min_workers, plan.workers) if plan.min_workers else plan.workers,
                 use_gpu=plan.use_gpu,
                 resources_per_worker={"GPU": 1} if plan.use_gpu else {"CPU": plan.cpus_per_worker},
                 accelerator_type=plan.accelerator,
@@ -394,14 +528,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="tiny", help=f"a preset ({names}) or a YAML file of the keys below")
     p.add_argument(
         "--data",
-        required=True,
         help="a dataset made by `gpt1 prepare`: a directory, or a URI (s3://...) staged once per node",
     )
     p.add_argument(
         "--workers",
-        type=int,
         default=None,
-        help="data-parallel workers (default: one per GPU in the cluster, else 1)",
+        help="data-parallel workers: N, or MIN-MAX for elastic workers (a lost node means fewer "
+        "workers, not a wait); default: one per GPU in the cluster, else 1",
+    )
+    p.add_argument(
+        "--plan",
+        nargs="?",
+        const="text",
+        choices=["text", "json"],
+        help="print the run's plan (batch, lr, steps, and estimated time and cost on --accelerator, "
+        f"default {PLAN_ACCELERATOR}) and train nothing; --plan=json: one JSON object",
     )
     p.add_argument(
         "--name", help="run name; the same name resumes the run (default: from the data and config)"
@@ -426,12 +567,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
 
 
+def show_plan(args: argparse.Namespace, cfg: PretrainConfig, low: int | None, high: int | None) -> None:
+    manifest = None
+    if args.data:
+        manifest = read_dataset(
+            str(args.data).rstrip("/") if remote.is_remote(args.data) else remote.local_path(args.data)
+        )
+        gcfg = model_config(cfg, manifest, args.data)
+    else:
+        gcfg = model_config(cfg, None, None)
+    check_accelerator(args.accelerator)
+    plan = run_plan(cfg, gcfg, high or 1, low if low != high else None, args.accelerator, manifest)
+    print(json.dumps(plan, indent=2) if args.plan == "json" else "\n".join(plan_lines(plan)))
+
+
 def run(args: argparse.Namespace) -> None:
     cfg = configio.load(PretrainConfig(), args.config, PRESETS_DIR, args.set)
+    low, high = parse_workers(args.workers) if args.workers else (None, None)
+    if args.plan:
+        show_plan(args, cfg, low, high)
+        return
+    if not args.data:
+        raise errors.ConfigError("--data: required (a dataset made by `gpt1 prepare`), except with --plan")
     pretrain(
         args.data,
         cfg,
-        workers=args.workers,
+        workers=high,
+        min_workers=low if low != high else None,
         name=args.name,
         storage=args.storage,
         device=args.device,
