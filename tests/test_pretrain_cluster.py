@@ -5,6 +5,7 @@ uninterrupted one step by step; a shard altered on S3 is one line, exit 2."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -35,7 +36,9 @@ SETS = [
 ]
 
 
-def pretrain(cluster, data: str, name: str, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+def pretrain(
+    cluster, data: str, name: str, tmp_path: Path, workers: str = "2"
+) -> tuple[subprocess.Popen, Path]:
     # The nodes stage into their own GPT1_DATA_CACHE, the one this process gave them (conftest).
     env = {
         **os.environ,
@@ -60,7 +63,7 @@ def pretrain(cluster, data: str, name: str, tmp_path: Path) -> tuple[subprocess.
                 "--name",
                 name,
                 "--workers",
-                "2",
+                workers,
                 *sets,
             ],
             cwd=ROOT,
@@ -100,10 +103,10 @@ def raylet_of(cluster, pid: int):
     raise AssertionError(f"process {pid} belongs to no node of the cluster")
 
 
-def remove_a_worker_node(cluster, checkpoint: str) -> str:
+def remove_a_worker_node(cluster, checkpoint: str, replace: bool = True) -> str:
     """Once `checkpoint` is on S3, remove (without warning) a node that runs a training worker but
-    not the run's controller, and add a fresh one in its place. (Here, not in a thread: a node
-    starts only from the main thread.)"""
+    not the run's controller, and add a fresh one in its place unless not `replace`. (Here, not
+    in a thread: a node starts only from the main thread.)"""
     import psutil
 
     fs = pafs.FileSystem.from_uri("s3://gpt1-test")[0]
@@ -120,7 +123,8 @@ def remove_a_worker_node(cluster, checkpoint: str) -> str:
         n for n in (raylet_of(cluster, pid) for pid in procs["RayTrainWorker"]) if n.node_id not in keep
     )
     cluster.remove_node(victim, allow_graceful=False)
-    cluster.add_node(num_cpus=1, object_store_memory=200 << 20)
+    if replace:
+        cluster.add_node(num_cpus=1, object_store_memory=200 << 20)
     return victim.node_id
 
 
@@ -150,6 +154,20 @@ def test_a_run_on_a_cluster_survives_a_lost_node_and_retraces_itself_and_refuses
     assert removed not in {n.node_id for n in cluster.worker_nodes}
     # Exact: the same losses, step by step, as the run that lost nothing.
     assert losses(tmp_path, "lost") == whole
+
+    # Elastic workers (--workers 1-2): a node lost and none to replace it, the run goes on at
+    # once on the one worker left, and retraces the same run up to the order of float sums.
+    run = pretrain(cluster, "s3://gpt1-test/ds", "elastic", tmp_path, workers="1-2")
+    remove_a_worker_node(cluster, "gpt1-test/runs/elastic/checkpoint_000000020", replace=False)
+    out = finish(run)
+    assert "on 1-2 CPU worker(s)" in out and re.search(r"resuming at step \d+ of 60 on 1 worker\(s\)", out), (
+        out[-3000:]
+    )
+    elastic = losses(tmp_path, "elastic")
+    assert sorted(elastic) == sorted(whole)
+    assert [elastic[s] for s in sorted(whole)] == pytest.approx([whole[s] for s in sorted(whole)], rel=1e-4)
+    cluster.add_node(num_cpus=1, object_store_memory=200 << 20)
+    cluster.wait_for_nodes()
 
     # The same dataset with one shard altered on S3, at the same length (so no listing can tell):
     # caught while staging, one line, exit 2.

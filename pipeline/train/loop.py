@@ -373,7 +373,7 @@ class Pretraining:
         tokens_per_step = cfg.batch_size * self.gpt.config.n_ctx
         metrics: dict = {}
         if self.rank == 0 and self.step:
-            say(f"resuming at step {self.step:,} of {self.total:,}")
+            say(f"resuming at step {self.step:,} of {self.total:,} on {self.world} worker(s)")
         t_start, step_start = time.perf_counter(), self.step
         t_log, losses, waited = time.perf_counter(), [], 0.0
         t_rate = None
