@@ -137,3 +137,16 @@ def released_vocabulary(d):
         + "\n"
     )
     return d
+
+
+def write_cola(d, n: int, seed: int) -> None:
+    """A CoLA directory in the GLUE layout (headerless: source, label, mark, sentence); the
+    acceptable sentences keep their word order, the others are reversed."""
+    rng = random.Random(seed)
+    for split in ("train", "dev"):
+        rows = []
+        for _ in range(n):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(3, 8))]
+            ok = rng.random() < 0.6
+            rows.append(f"src\t{int(ok)}\t{'' if ok else '*'}\t{' '.join(words if ok else words[::-1])}")
+        (d / f"{split}.tsv").write_text("\n".join(rows) + "\n")

@@ -369,20 +369,48 @@ def test_max_concurrent_limits_the_trials_running_at_once(ray_session, tmp_path)
     def trainable(config):
         start = time.time()
         time.sleep(1.5)
-        tune.report({"accuracy": config["x"], "start": start, "end": time.time()})
+        tune.report({"objective": config["x"], "start": start, "end": time.time()})
 
-    grid = run_tuner(
-        "limit",
-        tune.with_resources(trainable, {"CPU": 1}),
-        {"x": tune.uniform(0, 1)},
-        3,
-        "accuracy",
-        None,
-        str(tmp_path),
-        [],
-        1,
-        0,
-    )
+    points = [{"x": x} for x in (0.1, 0.5, 0.9)]
+    grid = run_tuner("limit", tune.with_resources(trainable, {"CPU": 1}), points, None, str(tmp_path), [], 1)
     spans = sorted((r.metrics["start"], r.metrics["end"]) for r in grid)
     assert len(spans) == 3
     assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), spans
+
+
+@pytest.mark.slow
+def test_two_tasks_sweep_in_one_tune_run_on_fractions_of_a_cpu(
+    task_checkpoint, tmp_path, mlflow_uri, ray_session, monkeypatch, capsys
+):
+    """--task glue: every task's trials in one Tune run (and so one experiment directory), each
+    task under its own parent run, ranked and registered by its own metric; trials of half a CPU."""
+    from corpus_gen import write_cola, write_sst2
+
+    monkeypatch.chdir(tmp_path)
+    glue = tmp_path / "glue"
+    (glue / "SST-2").mkdir(parents=True)
+    write_sst2(glue / "SST-2", n_train=64, n_dev=32)
+    (glue / "CoLA").mkdir()
+    write_cola(glue / "CoLA", 48, seed=1)
+    (tmp_path / "space.yaml").write_text("lr: {loguniform: [1.0e-3, 3.0e-3]}\nbatch_size: 16\nmax_steps: 4\n")
+    args = ["--task", "glue", "--data", str(glue), "--checkpoint", str(task_checkpoint), "--samples", "2"]
+    args += [
+        "--space",
+        str(tmp_path / "space.yaml"),
+        "--cpus-per-trial",
+        "0.5",
+        "--storage",
+        str(tmp_path / "runs"),
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "2 task(s) in one Tune run" in out and "each with {'CPU': 0.5}" in out, out
+    assert sorted(p.name.rsplit("-", 2)[0] for p in (tmp_path / "runs").iterdir()) == ["sweep-cola+sst-2"]
+    client = MlflowClient(mlflow_uri)
+    for task, metric in (("cola", "matthews"), ("sst-2", "accuracy")):
+        runs = client.search_runs([client.get_experiment_by_name(f"gpt1-finetune-{task}").experiment_id])
+        (parent,) = [r for r in runs if "best_trial_run_id" in r.data.tags]
+        trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert len(trials) == 2 and {t.data.params["task"] for t in trials} == {task}
+        assert f"best_{metric}" in parent.data.metrics
+        assert client.get_model_version(f"gpt1-{task}", "1").run_id == parent.data.tags["best_trial_run_id"]

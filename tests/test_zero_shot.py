@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from corpus_gen import WORDS, reviews, write_sst2
+from corpus_gen import WORDS, reviews, write_cola, write_sst2
 
 from model import GPT
 from pipeline.data.tasks import TaskError, get
@@ -110,17 +110,6 @@ def test_one_token_answers_are_read_from_one_pass_a_sentence(tmp_path):
         with torch.no_grad():
             want = gpt(torch.tensor([ctx]))[0, -1].log_softmax(-1)[[positive[0], negative[0]]].numpy()
         np.testing.assert_allclose(row, want, rtol=1e-4, atol=1e-5)
-
-
-def write_cola(d, n: int, seed: int) -> None:
-    rng = random.Random(seed)
-    for split in ("train", "dev"):
-        rows = []
-        for _ in range(n):
-            words = [rng.choice(WORDS) for _ in range(rng.randint(3, 8))]
-            ok = rng.random() < 0.6
-            rows.append(f"src\t{int(ok)}\t{'' if ok else '*'}\t{' '.join(words if ok else words[::-1])}")
-        (d / f"{split}.tsv").write_text("\n".join(rows) + "\n")
 
 
 def test_cola_thresholds_the_mean_log_probability_on_train(lm, tmp_path):

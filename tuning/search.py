@@ -6,10 +6,13 @@
     gpt1 sweep --task glue --data GLUE_DIR --checkpoint CKPT ...     every GLUE task under GLUE_DIR
 
 The search space is tuning/configs/<task>.yaml (default.yaml where a task has none) or --space;
---set fixes a key. ASHA stops the trials that trail at each rung of evaluations (one evaluation
-per epoch, or every eval_every steps). The checkpoint's weights go into Ray's object store once,
-and so do the task's examples, read and checked before any trial starts. Each trial takes one GPU
-on a cluster with GPUs, or a share of the CPUs.
+--set fixes a key. ASHA stops the trials that trail at each rung of evaluations, each task's
+apart (one evaluation per epoch, or every --eval-every steps: 1,000 by default where an epoch is
+over 2,000 steps). The checkpoint's weights go into Ray's object store once, and so do the tasks'
+examples, read and checked before any trial starts. Each trial takes --gpus-per-trial of a GPU
+(a fraction shares one) on a cluster with GPUs, or --cpus-per-trial cores. All the tasks' trials
+run in one Tune run, their ablation rows in another, so no GPU idles while a task's last trials
+end. A trial uploads its model only where it beats the task's best so far in the sweep.
 
 --ablations adds the paper's rows, at the best trial's settings (the defaults, with --samples 0):
 full (λ = 0.5), no auxiliary LM (λ = 0) and no pretraining (random weights, at the best trial's
@@ -47,7 +50,10 @@ class SweepOptions:
     sets: list[str] = field(default_factory=list)  # KEY=VALUE: keys fixed over the whole sweep
     ablations: bool = False  # add the paper's rows: full, λ = 0, no pretraining
     seeds: int = 1  # each ablation row with this many seeds (0, 1, ...): mean ± std in the tables
-    max_concurrent: int = 0  # trials at a time; 0 = one per GPU, or CPUs / 2
+    max_concurrent: int = 0  # trials at a time; 0 = as many as gpus_per_trial / cpus_per_trial allow
+    gpus_per_trial: float = 1.0  # a fraction shares a GPU: 0.5 runs two trials on each
+    cpus_per_trial: float = 0.0  # on CPU (fractions allowed); 0 = 2, or the CPUs / max_concurrent
+    eval_every: int = -1  # steps between a trial's evaluations (ASHA's rungs); -1 = auto (run_length)
     grace_period: int = 1  # ASHA: evaluations before a trial can be stopped
     reduction_factor: int = 2  # ASHA: 1 / fraction of trials kept at each rung
     seed: int = 0  # the search space's draws, and the trials' seed unless a --set fixes it
@@ -80,10 +86,14 @@ GLUE_DIRS = {
 }
 
 
-def trial(config: dict, *, task, splits, pretrained, lstm, device: str, threads: int) -> None:
-    """One Tune trial: a fine-tuning run that reports every evaluation, with the model whenever
-    it is the trial's best so far (so the best trial's best model can be registered). The lstm
-    row fine-tunes `lstm`, the pretrained LSTM, in place of the Transformer."""
+def trial(config: dict, *, tasks, pretrained, lstm, best, device: str, threads: int) -> None:
+    """One Tune trial: a fine-tuning run of config["task"] (one of `tasks`: name -> (task, its
+    splits)) that reports every evaluation, with `objective` (the task's dev metric, NaN ranked
+    last) for the scheduler. Its model goes with a report only where the evaluation beats every
+    earlier one of the task in the sweep (`best`, a SweepBest actor): the best trial's best model
+    is then among the uploads, and a model no better than one already kept is never uploaded. The
+    lstm row fine-tunes `lstm`, the pretrained LSTM, in place of the Transformer."""
+    import ray
     import torch
     from ray import tune
 
@@ -91,24 +101,29 @@ def trial(config: dict, *, task, splits, pretrained, lstm, device: str, threads:
 
     if threads:
         torch.set_num_threads(threads)
+    task, splits = tasks[config["task"]]
     ablation = config.get("ablation")
     cfg = configio.apply(
-        FinetuneConfig(), {k: v for k, v in config.items() if k != "ablation"}, "trial config"
+        FinetuneConfig(), {k: v for k, v in config.items() if k not in ("ablation", "task")}, "trial config"
     )
     if ablation == "lstm":  # the whole LSTM: transferring some layers is the Transformer's ablation
         pretrained, cfg = lstm, dataclasses.replace(cfg, n_transfer=-1)
-    key, best = task.metrics[0], None
+    key, mine = task.metrics[0], None
     with tempfile.TemporaryDirectory(prefix="gpt1-trial-") as tmp:
         out = Path(tmp) / "model"
 
         def report(metrics: dict, step: int) -> None:
-            nonlocal best
+            nonlocal mine
+            metrics = {**metrics, "step": step, "objective": rank(metrics[key])}
             # finetune's own rule for a new best, when it has just saved the model to out
-            if best is None or rank(metrics[key]) > rank(best):
-                best = metrics[key]
-                tune.report({**metrics, "step": step}, checkpoint=tune.Checkpoint.from_directory(str(out)))
+            if (mine is None or rank(metrics[key]) > rank(mine)) and ray.get(
+                best.offer.remote(task.name, rank(metrics[key]))
+            ):
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(out)))
             else:
-                tune.report({**metrics, "step": step})
+                tune.report(metrics)
+            if mine is None or rank(metrics[key]) > rank(mine):
+                mine = metrics[key]
 
         finetune(
             task,
@@ -123,50 +138,70 @@ def trial(config: dict, *, task, splits, pretrained, lstm, device: str, threads:
 
 
 def resources(device: str, opts: SweepOptions) -> tuple[dict, int]:
-    """(resources per trial, concurrent trials) for a device already chosen (cuda or cpu): a GPU
-    per trial, as many at a time as the cluster has GPUs; else the CPUs split between the trials,
-    so that they never oversubscribe the cores. On a cluster with an autoscaler, the first trial's
-    node is asked for and waited for; the autoscaler adds the others' as the trials ask for them."""
+    """(resources per trial, concurrent trials) for a device already chosen (cuda or cpu):
+    gpus_per_trial of a GPU a trial (a fraction shares one), as many at a time as the cluster's
+    GPUs hold; else cpus_per_trial cores, or the CPUs split between max_concurrent trials, so that
+    they never oversubscribe the cores. On a cluster with an autoscaler, the first trial's node
+    is asked for and waited for; the autoscaler adds the others' as the trials ask for them."""
     import ray
 
     from pipeline import cluster
 
     have = ray.cluster_resources()
-    gpus, cpus, grows = int(have.get("GPU", 0)), int(have.get("CPU", 0)), cluster.can_grow()
+    gpus, cpus, grows = have.get("GPU", 0), int(have.get("CPU", 0)), cluster.can_grow()
     if device == "cuda":
-        concurrent = opts.max_concurrent or gpus or (max(opts.samples, 1) if grows else 0)
+        fits = int(gpus / opts.gpus_per_trial + 1e-9)
+        concurrent = opts.max_concurrent or fits or (max(opts.samples, 1) if grows else 0)
         if not concurrent:
             raise errors.ConfigError(
                 "--device cuda: the cluster has no GPUs, nor an autoscaler to add them; use --device cpu or auto"
             )
-        per_trial = {"GPU": 1, "CPU": 1}
+        per_trial = {"GPU": opts.gpus_per_trial, "CPU": 1}
     else:
         # Two cores a trial by default: a trial's matrix products use them well, and the rest of
         # the machine stays free for other trials (and Ray's own work).
-        concurrent = opts.max_concurrent or max(1, cpus // 2)
+        each = opts.cpus_per_trial or (max(1, cpus // opts.max_concurrent) if opts.max_concurrent else 2)
+        concurrent = opts.max_concurrent or max(1, int(cpus / each + 1e-9))
         # A trial runs on one node: never more cores than the largest node has.
         widest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
-        per_trial = {"CPU": max(1, min(cpus // concurrent, int(widest)))}
+        per_trial = {"CPU": min(each, max(int(widest), 1))}
     kind = "GPU" if device == "cuda" else "CPU"
     cluster.wait_for(kind, per_trial[kind], 1, "the sweep's trials", opts.wait_minutes)
     return per_trial, concurrent
 
 
+def draw(space: dict, samples: int, seed: int) -> list[dict]:
+    """`samples` configs drawn from a search space (each with every value of its grids), as Tune
+    draws them: a pure function of (space, samples, seed)."""
+    import numpy as np
+    from ray.tune.search.variant_generator import generate_variants
+
+    state = np.random.RandomState(seed)
+    return [spec for _ in range(samples) for _, spec in generate_variants(space, random_state=state)]
+
+
+def interleave(per_task: list[list[dict]]) -> list[dict]:
+    """Every task's configs, taken in turn: each task's first trials start first, so that none
+    waits for another's to end."""
+    out = []
+    for i in range(max(map(len, per_task), default=0)):
+        out += [configs[i] for configs in per_task if i < len(configs)]
+    return out
+
+
 def run_tuner(
     name: str,
     trainable,
-    space: dict,
-    samples: int,
-    metric: str,
+    points: list[dict],
     scheduler,
     storage: str,
     callbacks: list,
     concurrent: int,
-    seed: int,
 ):
-    """Tune's experiment storage/name: run, or, where one of that name was cut off (its driver
-    killed), restored from its own experiment state and run to its end: the trials that ended are
-    not run again."""
+    """Tune's experiment storage/name over the trials' configs (`points`, drawn beforehand, of
+    one task or several): run, or, where one of that name was cut off (its driver killed),
+    restored from its own experiment state and run to its end: the trials that ended are not
+    run again. Trials are judged on `objective`, each task's dev metric."""
     import os
 
     from ray import tune
@@ -186,17 +221,21 @@ def run_tuner(
         # MLflow runs are the dead driver's: this driver's own take their place.
         tuner._local_tuner.get_run_config().callbacks = callbacks
         return tuner.fit()
+    # Every key a constant, each trial's values from its point: configs of several tasks (each
+    # with its own space) in one run. The limit goes to the generator itself: Tune ignores
+    # max_concurrent_trials beside a search_alg like this one.
+    keys = sorted({k for p in points for k in p})
     tuner = tune.Tuner(
         trainable,
-        param_space=space,
+        param_space={k: points[0].get(k) for k in keys},
         tune_config=tune.TuneConfig(
-            metric=metric,
+            metric="objective",
             mode="max",
-            num_samples=samples,
+            num_samples=len(points),
             scheduler=scheduler,
-            # Seeded draws: the same command samples the same trials. The limit goes to the
-            # generator itself: Tune ignores max_concurrent_trials beside a search_alg like this one.
-            search_alg=BasicVariantGenerator(random_state=seed, max_concurrent=concurrent),
+            search_alg=BasicVariantGenerator(
+                points_to_evaluate=[{k: p.get(k) for k in keys} for p in points], max_concurrent=concurrent
+            ),
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -207,7 +246,7 @@ def run_tuner(
             verbose=1 if os.environ.get("GPT1_VERBOSE") else 0,
             # Each trial keeps only its best model (the one reported with the highest metric).
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order="max"
+                num_to_keep=1, checkpoint_score_attribute="objective", checkpoint_score_order="max"
             ),
         ),
     )
@@ -234,26 +273,48 @@ def rows_of(grid, metric: str, keys: list[str], runs: dict[str, str]) -> list[di
     return rows
 
 
+@dataclass
+class TaskSweep:
+    """One task's part of a sweep: its inputs, its search space and its MLflow parent run."""
+
+    task: object
+    data_dir: Path
+    splits: dict
+    space: dict
+    varying: list  # the keys its space varies: trials are named by them (lr=2.1e-4 λ=0.5)
+    pid: str  # its parent run
+    stamp: str  # its parent run's, which names its Tune experiments
+    callback: object  # its TrialRuns
+    rows: list = field(default_factory=list)
+    ablation_rows: list = field(default_factory=list)
+    best_result: object = None
+    best_config: dict = field(default_factory=dict)
+
+
 def sweep_task(
-    task,
-    data_dir: Path,
-    checkpoint: Path,
-    opts: SweepOptions,
-    uri: str,
-    where: str | None = None,
-    lstm_checkpoint: Path | None = None,
-) -> dict:
-    """Sweep one task; returns the parent run id, the best row and the ablation rows. `where` is
-    the checkpoint's own address (an s3:// URI, say) where `checkpoint` is a copy of it;
-    lstm_checkpoint, a local copy of opts.lstm_checkpoint."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: str, where=None, lstm_checkpoint=None
+):
+    """One task's sweep (sweep_tasks of one)."""
+    return sweep_tasks([(task, data_dir)], checkpoint, opts, uri, where, lstm_checkpoint)[task.name]
+
+
+def run_length(task, splits: dict, space: dict, opts: SweepOptions) -> dict:
+    """The space with eval_every set for ASHA's rungs: --eval-every where given; by default, where
+    an epoch is over 2,000 steps at the paper's batch of 32 (MNLI, QQP, QNLI, SNLI), every 1,000
+    steps, so that trailing trials stop within the first epoch; else the space's own."""
+    if opts.eval_every >= 0:
+        return {**space, "eval_every": opts.eval_every}
+    if space.get("eval_every") == 0 and len(splits["train"]) > 2_000 * 32:
+        return {**space, "eval_every": 1_000}
+    return space
+
+
+def start_task(task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: str, where, lstm_checkpoint):
+    """A task's inputs read and checked, its parent run started (or found, for a resumed sweep)."""
     from ray.tune.search.sample import Domain
 
-    from pipeline.runtime import storage_path
-    from pipeline.tracking import finish_run
     from tuning import tracking
-    from tuning.finetune import Pretrained, check_config, load_splits
+    from tuning.finetune import check_config, load_splits
     from tuning.space import describe, load_space
 
     # --seed is the sweep's seed: its draws', and every trial's default (the space or a --set may fix another).
@@ -261,23 +322,12 @@ def sweep_task(
     space = load_space(defaults, task.name, opts.space, opts.sets, check=check_config)
     max_train = space["max_train"] if isinstance(space["max_train"], int) else 0
     splits = load_splits(task, data_dir, max_train)  # bad input ends here, before any trial
-    pretrained = Pretrained.load(checkpoint)
-    lstm = Pretrained.load(lstm_checkpoint) if lstm_checkpoint else None
-    if lstm is not None and lstm.config.get("arch") != "lstm":
-        raise errors.ConfigError(
-            f"--lstm-checkpoint {opts.lstm_checkpoint}: holds a {lstm.config.get('arch', 'transformer')}; "
-            "expected a pretrained LSTM (gpt1 pretrain --config lstm)"
-        )
-    device = opts.device  # chosen once for the whole sweep (_sweep)
-    per_trial, concurrent = resources(device, opts)
-    metric = task.metrics[0]
-    rows_of_table = table_rows(opts)
+    space = run_length(task, splits, space, opts)
     files = {
         s: data_dir / f
         for s, f in task.splits.items()
         if (data_dir / f).is_file() and not s.startswith("test")
     }
-
     stamp = f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
     # What makes two sweeps the same sweep, besides their inputs: a rerun of a command whose
     # driver was killed resumes it (its parent run and Tune's experiments), not a second one.
@@ -290,7 +340,8 @@ def sweep_task(
         **{
             k: v
             for k, v in dataclasses.asdict(opts).items()
-            if k not in ("max_concurrent", "storage", "device", "wait_minutes")
+            if k
+            not in ("max_concurrent", "storage", "device", "wait_minutes", "gpus_per_trial", "cpus_per_trial")
         },
     }
     client, exp, pid, tags, parent_name, resumed = tracking.start_parent(
@@ -304,18 +355,11 @@ def sweep_task(
         settings,
     )
     stamp = parent_name.rsplit(f"sweep-{task.name}-", 1)[-1]  # a resumed sweep's own
+    varying = [k for k, v in space.items() if isinstance(v, (dict, Domain))]
     grids = math.prod(
         len(v["grid_search"]) for v in space.values() if isinstance(v, dict) and "grid_search" in v
     )
-    print(
-        f"sweep {task.name}: {opts.samples * grids} trial(s) over {describe(space) or 'a fixed config'}"
-        f"{f' + {len(rows_of_table)} ablation rows' if opts.ablations else ''}; {len(splits['train']):,} train / "
-        f"{len(splits['dev']):,} dev examples; {concurrent} at a time, each with {per_trial}; "
-        f"MLflow parent run {pid}{' (resumed)' if resumed else ''}",
-        flush=True,
-    )
-    # Trials are named by the keys the space varies (lr=2.1e-4 λ=0.5 ep=3), ablation rows by row and seed.
-    varying = [k for k, v in space.items() if isinstance(v, (dict, Domain))]
+    rows_of_table = table_rows(opts)
     total = opts.samples * grids + (len(rows_of_table) * opts.seeds if opts.ablations else 0)
     row_tags = {}
     if lstm_checkpoint is not None:
@@ -326,91 +370,164 @@ def sweep_task(
     callback = tracking.TrialRuns(
         uri, exp, pid, tags, [*task.metrics, "train_loss", "epoch"], varying, total, row_tags=row_tags
     )
-    # with_parameters puts each object into Ray's object store once; every trial reads it there.
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            trial,
-            task=task,
-            splits=splits,
-            pretrained=pretrained,
-            lstm=lstm,
-            device=device,
-            threads=0 if device == "cuda" else per_trial["CPU"],
-        ),
-        per_trial,
+    print(
+        f"sweep {task.name}: {opts.samples * grids} trial(s) over {describe(space) or 'a fixed config'}"
+        f"{f' + {len(rows_of_table)} ablation rows' if opts.ablations else ''}; {len(splits['train']):,} train / "
+        f"{len(splits['dev']):,} dev examples"
+        + (f"; evaluated every {space['eval_every']:,} steps" if space.get("eval_every") else "")
+        + f"; MLflow parent run {pid}{' (resumed)' if resumed else ''}",
+        flush=True,
     )
-    storage = storage_path(opts.storage)
-    keys = ["lr", "batch_size", "epochs", "warmup", "clf_dropout", "lm_coef", "n_transfer"]
-    status = "FAILED"
+    return TaskSweep(task, data_dir, splits, space, varying, pid, stamp, callback)
+
+
+def ablation_points(ts: TaskSweep, opts: SweepOptions) -> list[dict]:
+    """The paper's rows for a task at its best trial's settings (each row's λ, seeds N, N+1, ...)."""
+    from ray import tune
+
+    rows_of_table = table_rows(opts)
+    base = {**dataclasses.asdict(FinetuneConfig()), **ts.best_config, "task": ts.task.name}
+    base_lm = base["lm_coef"]
+    ab_space = {
+        **base,
+        "ablation": tune.grid_search(list(rows_of_table)),
+        "lm_coef": tune.sample_from(
+            lambda config: (
+                base_lm if rows_of_table[config["ablation"]] is None else rows_of_table[config["ablation"]]
+            )
+        ),
+    }
+    if opts.seeds > 1:  # the seed of the weights drawn, the data order and the dropout masks
+        ab_space["seed"] = tune.grid_search(list(range(base["seed"], base["seed"] + opts.seeds)))
+    return draw(ab_space, 1, opts.seed)
+
+
+def best_of(results: list, metric: str):
+    """The result whose best evaluation is the highest (NaN last), as Tune's scope="all" picks it."""
+    from tuning.finetune import rank
+
+    def top(r) -> float:
+        df = r.metrics_dataframe
+        return -math.inf if df is None or metric not in df else max(map(rank, df[metric]))
+
+    return max(results, key=top)
+
+
+def sweep_tasks(
+    jobs: list,
+    checkpoint: Path,
+    opts: SweepOptions,
+    uri: str,
+    where: str | None = None,
+    lstm_checkpoint: Path | None = None,
+) -> dict:
+    """Sweep the tasks of `jobs` ((task, its directory) pairs) in one Tune run, their ablation
+    rows in another, so that no GPU idles while a task's last trials end; returns each task's
+    parent run id, best row and ablation rows. `where` is the checkpoint's own address (an s3://
+    URI, say) where `checkpoint` is a copy of it; lstm_checkpoint, a local copy of
+    opts.lstm_checkpoint."""
+    import ray
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+    from ray.tune.search.sample import Domain
+
+    from pipeline.runtime import storage_path
+    from pipeline.tracking import finish_run
+    from tuning import tracking
+    from tuning.finetune import Pretrained
+    from tuning.schedule import PerTaskASHA, SweepBest
+
+    pretrained = Pretrained.load(checkpoint)
+    lstm = Pretrained.load(lstm_checkpoint) if lstm_checkpoint else None
+    if lstm is not None and lstm.config.get("arch") != "lstm":
+        raise errors.ConfigError(
+            f"--lstm-checkpoint {opts.lstm_checkpoint}: holds a {lstm.config.get('arch', 'transformer')}; "
+            "expected a pretrained LSTM (gpt1 pretrain --config lstm)"
+        )
+    device = opts.device  # chosen once for the whole sweep (_sweep)
+    per_trial, concurrent = resources(device, opts)
+    sweeps = {}
+    statuses = {}
     try:
-        # Without trials, the ablations run at the defaults and the fixed keys.
-        rows, best_result = [], None
-        best_config = {k: v for k, v in space.items() if not isinstance(v, (dict, Domain))}
+        for task, data_dir in jobs:
+            ts = start_task(task, data_dir, checkpoint, opts, uri, where, lstm_checkpoint)
+            sweeps[task.name], statuses[task.name] = ts, "FAILED"
+        print(
+            f"{len(sweeps)} task(s) in one Tune run: {concurrent} trial(s) at a time, each with {per_trial}"
+        )
+        by_task = tracking.ByTask({name: ts.callback for name, ts in sweeps.items()})
+        best = ray.remote(num_cpus=0)(SweepBest).remote()
+        # with_parameters puts each object into Ray's object store once; every trial reads it there.
+        trainable = tune.with_resources(
+            tune.with_parameters(
+                trial,
+                tasks={name: (ts.task, ts.splits) for name, ts in sweeps.items()},
+                pretrained=pretrained,
+                lstm=lstm,
+                best=best,
+                device=device,
+                threads=0 if device == "cuda" else max(1, int(per_trial["CPU"])),
+            ),
+            per_trial,
+        )
+        storage = storage_path(opts.storage)
+        first = next(iter(sweeps.values()))
+        names = "+".join(sweeps)
+        keys = ["lr", "batch_size", "epochs", "warmup", "clf_dropout", "lm_coef", "n_transfer"]
         if opts.samples:
-            asha = ASHAScheduler(
-                time_attr="training_iteration",
-                grace_period=opts.grace_period,
-                reduction_factor=opts.reduction_factor,
-                max_t=10_000,
+            points = interleave(
+                [
+                    [{**c, "task": name} for c in draw(ts.space, opts.samples, opts.seed)]
+                    for name, ts in sweeps.items()
+                ]
             )
+            scheduler = PerTaskASHA(opts.grace_period, opts.reduction_factor)
             grid = run_tuner(
-                f"sweep-{task.name}-{stamp}",
-                trainable,
-                space,
-                opts.samples,
-                metric,
-                asha,
-                storage,
-                [callback],
-                concurrent,
-                opts.seed,
+                f"sweep-{names}-{first.stamp}", trainable, points, scheduler, storage, [by_task], concurrent
             )
-            rows = rows_of(grid, metric, keys, callback.runs)
-            best_result = grid.get_best_result(metric=metric, mode="max", scope="all")
-            best_config = dict(best_result.config)
-        ablation_rows = []
+        for name, ts in sweeps.items():
+            # Without trials, the ablations run at the defaults and the fixed keys.
+            ts.best_config = {k: v for k, v in ts.space.items() if not isinstance(v, (dict, Domain))}
+            if opts.samples:
+                mine = [r for r in grid if r.config.get("task") == name]
+                ts.rows = rows_of(mine, ts.task.metrics[0], keys, ts.callback.runs)
+                ts.best_result = best_of(mine, ts.task.metrics[0])
+                ts.best_config = {k: v for k, v in ts.best_result.config.items() if k != "task"}
         if opts.ablations:
-            base = {**dataclasses.asdict(FinetuneConfig()), **best_config}
-            base_lm = base["lm_coef"]
-            ab_space = {
-                **base,
-                "ablation": tune.grid_search(list(rows_of_table)),
-                "lm_coef": tune.sample_from(
-                    lambda config: (
-                        base_lm
-                        if rows_of_table[config["ablation"]] is None
-                        else rows_of_table[config["ablation"]]
-                    )
-                ),
-            }
-            if opts.seeds > 1:  # the seed of the weights drawn, the data order and the dropout masks
-                ab_space["seed"] = tune.grid_search(list(range(base["seed"], base["seed"] + opts.seeds)))
+            points = interleave([ablation_points(ts, opts) for ts in sweeps.values()])
             ab = run_tuner(
-                f"ablations-{task.name}-{stamp}",
-                trainable,
-                ab_space,
-                1,
-                metric,
-                None,
-                storage,
-                [callback],
-                concurrent,
-                opts.seed,
+                f"ablations-{names}-{first.stamp}", trainable, points, None, storage, [by_task], concurrent
             )
-            ablation_rows = rows_of(ab, metric, ["ablation", "seed", *keys], callback.runs)
-            if best_result is None:
-                best_result = ab.get_best_result(metric=metric, mode="max", scope="all")
-        out = tracking.log_parent(client, pid, task, metric, rows, ablation_rows, best_result, callback.runs)
-        status = "FINISHED"
+            for name, ts in sweeps.items():
+                mine = [r for r in ab if r.config.get("task") == name]
+                metric = ts.task.metrics[0]
+                ts.ablation_rows = rows_of(mine, metric, ["ablation", "seed", *keys], ts.callback.runs)
+                if ts.best_result is None:
+                    ts.best_result = best_of(mine, metric)
+        out = {}
+        for name, ts in sweeps.items():
+            out[name] = tracking.log_parent(
+                MlflowClient(uri),
+                ts.pid,
+                ts.task,
+                ts.task.metrics[0],
+                ts.rows,
+                ts.ablation_rows,
+                ts.best_result,
+                ts.callback.runs,
+            )
+            statuses[name] = "FINISHED"
         return out
     except KeyboardInterrupt:
-        status = "KILLED"
+        statuses = {name: "KILLED" for name in statuses}
+        pids = ", ".join(ts.pid for ts in sweeps.values())
         raise errors.Interrupted(
-            f"sweep {task.name} interrupted; the trials so far are in MLflow under parent "
-            f"run {pid} (marked KILLED); the same command resumes the sweep"
+            f"sweep {'+'.join(sweeps) or 'of ' + str(len(jobs)) + ' task(s)'} interrupted; the trials so far "
+            f"are in MLflow under parent run(s) {pids} (marked KILLED); the same command resumes the sweep"
         ) from None
     finally:
-        finish_run(uri, pid, status)
+        for name, status in statuses.items():
+            finish_run(uri, sweeps[name].pid, status)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -440,7 +557,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--seeds", type=int, default=1, help="run each ablation row with N seeds; the tables give mean ± std"
     )
     p.add_argument(
-        "--max-concurrent", type=int, default=0, help="trials at a time (default: one per GPU, or CPUs / 2)"
+        "--max-concurrent",
+        type=int,
+        default=0,
+        help="trials at a time (default: as many as the GPUs hold at --gpus-per-trial, or CPUs / 2)",
+    )
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=1.0,
+        help="GPUs a trial takes; a fraction shares one (0.25: four 117 M-parameter trials a GPU)",
+    )
+    p.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        default=0.0,
+        help="on CPU: cores a trial takes, fractions allowed (default 2)",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=-1,
+        help="steps between a trial's evaluations, ASHA's rungs (default: 1,000 where an epoch is over "
+        "2,000 steps, else each epoch)",
     )
     p.add_argument(
         "--grace-period", type=int, default=1, help="ASHA: evaluations before a trial can be stopped"
@@ -494,6 +633,14 @@ def sweep(task_name: str, data, checkpoint, opts: SweepOptions) -> dict[str, dic
         raise errors.ConfigError("--samples: expected at least 1 (or 0 with --ablations)")
     if opts.seeds < 1:
         raise errors.ConfigError(f"--seeds {opts.seeds}: expected at least 1")
+    if not 0 < opts.gpus_per_trial <= 1 and opts.gpus_per_trial != int(opts.gpus_per_trial):
+        raise errors.ConfigError(
+            f"--gpus-per-trial {opts.gpus_per_trial}: expected a fraction of one GPU (0.5) or a whole number"
+        )
+    if opts.gpus_per_trial <= 0 or opts.cpus_per_trial < 0 or opts.eval_every < -1:
+        raise errors.ConfigError(
+            "--gpus-per-trial: expected > 0; --cpus-per-trial: >= 0; --eval-every: >= 0 (or -1, auto)"
+        )
     if opts.lstm_checkpoint and not opts.ablations:
         raise errors.ConfigError("--lstm-checkpoint adds a row to the ablations: add --ablations")
     check_device(opts.device)
@@ -541,7 +688,7 @@ def _sweep(
     ray_init()
     errors.sigterm_as_interrupt()  # again: ray.init put its own handler in place
     opts = dataclasses.replace(opts, device="cuda" if cluster.wants_gpus(opts.device) else "cpu")
-    return {task.name: sweep_task(task, d, checkpoint, opts, uri, where, lstm) for task, d in jobs}
+    return sweep_tasks(jobs, checkpoint, opts, uri, where, lstm)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -553,6 +700,9 @@ def run(args: argparse.Namespace) -> None:
         sets=args.set,
         ablations=args.ablations,
         max_concurrent=args.max_concurrent,
+        gpus_per_trial=args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial,
+        eval_every=args.eval_every,
         grace_period=args.grace_period,
         reduction_factor=args.reduction_factor,
         seed=args.seed,

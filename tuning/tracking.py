@@ -327,6 +327,29 @@ class TrialRuns(tune.Callback):
             self.say(trial, f"failed; its error is in {trial.local_path}")
 
 
+class ByTask(tune.Callback):
+    """Each trial's events to its task's TrialRuns (trial.config["task"]): one Tune run of
+    several tasks, each logged under its own parent run."""
+
+    def __init__(self, runs: dict[str, "TrialRuns"]):
+        self.by_task = runs
+
+    def of(self, trial) -> "TrialRuns":
+        return self.by_task[trial.config["task"]]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.of(trial).on_trial_start(iteration, trials, trial, **info)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.of(trial).on_trial_result(iteration, trials, trial, result, **info)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.of(trial).on_trial_complete(iteration, trials, trial, **info)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.of(trial).on_trial_error(iteration, trials, trial, **info)
+
+
 def time_since(start: float) -> str:
     import time
 
