@@ -54,6 +54,9 @@ def test_gpu_cluster_has_what_the_runbook_relies_on():
         if v["node_config"]["InstanceType"].startswith(("p4d", "p5")):
             assert v["node_config"]["Placement"]["GroupName"]
             assert {n["InterfaceType"] for n in v["node_config"]["NetworkInterfaces"]} == {"efa"}
+            # The dataset cache on the node's instance-store NVMe, in the container too.
+            assert "GPT1_DATA_CACHE=/mnt/nvme/gpt1-data" in " ".join(v["docker"]["worker_run_options"])
+            assert "/mnt/nvme" in " ".join(v["initialization_commands"])
     start = " ".join(config["head_start_ray_commands"] + config["worker_start_ray_commands"])
     assert start.count("RAY_AUTH_MODE=token") == 2 and "--dashboard-host=127.0.0.1" in start
     assert start.count("MLFLOW_TRACKING_URI=") == 2 and start.count("GPT1_STORAGE=s3://") == 2
