@@ -20,6 +20,9 @@ directory. Sections:
 4. fine-tuning: `tuning.finetune.finetune` on a learnable task of each input transformation
    (gpt1/world.py), from the loop's checkpoint, in bf16: the loss is finite and falls.
 5. generation: tokens/s of `model.generate` for a batch of prompts.
+6. gradient all-reduce: DDP's step time for gpt1's gradients, fp32 against bf16 compression
+   (`grad_compression: bf16`), over every GPU of the machine (NCCL); with one GPU, the cost of
+   the compression alone (cast to bf16 and back), since a world of one all-reduces nothing.
 
 Correctness checks say ok or FAIL (and the exit status is 1 on a FAIL); speed targets say met or
 missed, with the figure.
@@ -423,6 +426,75 @@ def generation(device: torch.device, z: Sizes) -> None:
     )
 
 
+def _allreduce_rank(rank: int, world: int, port: int, preset: str, steps: int, out) -> None:
+    """One rank of section 6: DDP steps of a GPT's backward with and without the bf16 hook."""
+    import os
+
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("nccl", rank=rank, world_size=world)
+    torch.cuda.set_device(rank)
+    times = {}
+    for hook in (None, default_hooks.bf16_compress_hook):
+        gpt = GPT(GPTConfig.preset(preset)).cuda(rank)
+        ddp = torch.nn.parallel.DistributedDataParallel(gpt, device_ids=[rank])
+        if hook:
+            ddp.register_comm_hook(dist.group.WORLD, hook)
+        x = torch.randint(gpt.config.vocab_size, (1, gpt.config.n_ctx), device=f"cuda:{rank}")
+        spans = []
+        for k in range(steps + 3):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with torch.autocast("cuda", torch.bfloat16):
+                ddp(x).float().mean().backward()
+            torch.cuda.synchronize()
+            if k >= 3:
+                spans.append(time.perf_counter() - t0)
+        times["bf16" if hook else "fp32"] = statistics.median(spans)
+    if rank == 0:
+        out.put(times)
+    dist.destroy_process_group()
+
+
+def allreduce(device: torch.device, z: Sizes) -> None:
+    world = torch.cuda.device_count() if device.type == "cuda" else 0
+    if world < 2:
+        # A world of one all-reduces nothing: what compression costs here is the cast alone.
+        n = GPTConfig.preset(z.preset).n_params()
+        g = torch.randn(n, device=device)
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(10):
+            g.to(torch.bfloat16).to(torch.float32)
+        sync(device)
+        row(
+            "6 all-reduce",
+            f"bf16 compression of {z.preset}'s {n / 1e6:.1f} M gradients on one device (cast and back)",
+            f"{(time.perf_counter() - t0) / 10 * 1e3:.2f} ms a step; the all-reduce itself needs 2+ GPUs: not measured",
+        )
+        return
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    mp.start_processes(
+        _allreduce_rank, args=(world, port, z.preset, 10, out), nprocs=world, start_method="spawn"
+    )
+    t = out.get()
+    row(
+        "6 all-reduce",
+        f"DDP backward of {z.preset} at T = n_ctx, batch 1 a GPU, over {world} GPUs (NCCL): fp32 vs bf16 hook",
+        f"fp32 {t['fp32'] * 1e3:.1f} ms, bf16 {t['bf16'] * 1e3:.1f} ms a step ({t['fp32'] / t['bf16']:.2f}x)",
+    )
+
+
 def guarded(section: str, fn, *args):
     """fn(*args); an exception is a FAIL row naming it (its traceback on stderr), and None."""
     import traceback
@@ -445,7 +517,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="fewer timed steps and no torch.compile")
-    p.add_argument("--sections", default="1,2,3,4,5", help="which sections to run (default all)")
+    p.add_argument("--sections", default="1,2,3,4,5,6", help="which sections to run (default all)")
     a = p.parse_args()
     device = torch.device(a.device)
     if device.type == "cuda":
@@ -472,6 +544,8 @@ def main() -> int:
             guarded("4 fine-tuning", finetuning, device, work, ckpt, z)
         if "5" in run:
             guarded("5 generation", generation, device, z)
+        if "6" in run:
+            guarded("6 all-reduce", allreduce, device, z)
     print(f"\n{name}, torch {torch.__version__}, {time.perf_counter() - t_start:.0f} s\n")
     print("| section | check | result | target | verdict |")
     print("|---|---|---|---|---|")

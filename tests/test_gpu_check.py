@@ -22,7 +22,7 @@ def test_gpu_check_runs_without_ray_or_mlflow():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = proc.stdout[proc.stdout.index("| section | check |") :]
     rows = [line.split(" | ") for line in table.splitlines()[2:]]
-    assert {r[0].lstrip("| ")[0] for r in rows} == {"1", "2", "3", "4", "5"}
+    assert {r[0].lstrip("| ")[0] for r in rows} == {"1", "2", "3", "4", "5", "6"}
     assert not [r for r in rows if "FAIL" in r[-1]]
     resume = next(r for r in rows if "resume at step" in r[1])
     assert "largest loss difference 0.00e+00" in resume[2]
