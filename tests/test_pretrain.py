@@ -437,6 +437,15 @@ def test_an_auto_batch_grows_with_the_workers_and_keeps_warm_up_tokens(tmp_path)
     assert plan.cfg.batch_size == 512 and plan.steps_per_epoch == 125 and plan.asked == auto
     # The same settings name the same run on 8 workers (a resume there keeps the 512).
     assert plan_run(auto, GPTConfig(), manifest, "ds", {"GPU": 8}, 8, use_gpu=True).name == plan.name
+    # Resumed on 8 workers, the run keeps its 512 sequences and micro-batches of 8 (accumulating 8).
+    from pipeline.train.pretrain import identity, settle
+
+    started = settle(plan, manifest, None)
+    old = {"pretrain": identity(started.cfg, GPTConfig(), manifest)["pretrain"]}
+    on8 = plan_run(auto, GPTConfig(), manifest, "ds", {"GPU": 8}, 8, use_gpu=True)
+    resumed = settle(on8, manifest, old)
+    assert (resumed.cfg.batch_size, resumed.cfg.micro_batch, resumed.steps_per_epoch) == (512, 8, 125)
+    assert identity(resumed.cfg, GPTConfig(), manifest) == identity(started.cfg, GPTConfig(), manifest)
     budget = dataclasses.replace(auto, max_tokens=10**9)
     assert plan_run(
         budget, GPTConfig(), manifest, "ds", {"GPU": 8}, 8, use_gpu=True

@@ -404,6 +404,23 @@ def pretrain(
     return launch(plan, manifest, uri)
 
 
+def settle(plan: RunPlan, manifest: dict, old: dict | None) -> RunPlan:
+    """The plan with the batch and micro-batch the run trains with: a new run's, or, for a run
+    already started (`old`, its record), its own, whatever the workers now: a resized batch and
+    the micro-batches (so the dropout masks) stay; only the accumulation follows the workers."""
+    cfg = plan.cfg
+    if old and plan.asked.batch_tokens is not None:
+        cfg = scale_batch(plan.asked, plan.workers, plan.model.n_ctx, batch=old["pretrain"]["batch_size"])
+        spe = BlockOrder(cfg.seed, manifest["splits"]["train"]["blocks"], cfg.batch_size).steps_per_epoch
+        plan = dataclasses.replace(
+            plan, steps_per_epoch=spe, total_steps=total_steps(cfg, spe, plan.model.n_ctx)
+        )
+    recorded = old["pretrain"].get("micro_batch") if old else None
+    return dataclasses.replace(
+        plan, cfg=dataclasses.replace(cfg, micro_batch=micro_batch(cfg, plan.workers, recorded))
+    )
+
+
 def launch(plan: RunPlan, manifest: dict, uri: str | None) -> dict:
     """Hold the run, record it, and run it on Ray Train; the result as pretrain returns it."""
     import ray
@@ -429,15 +446,8 @@ def launch(plan: RunPlan, manifest: dict, uri: str | None) -> dict:
         outdir.check_writable(Path(run_path) / RUN_FILE)
     with run_lock(run_path):
         old = recorded_run(run_path)
-        if old and plan.asked.batch_tokens is not None:
-            # A resized batch is the run's own, whatever the workers now: the record's.
-            cfg = scale_batch(plan.asked, plan.workers, gcfg.n_ctx, batch=old["pretrain"]["batch_size"])
-            spe = BlockOrder(cfg.seed, manifest["splits"]["train"]["blocks"], cfg.batch_size).steps_per_epoch
-            plan = dataclasses.replace(
-                plan, cfg=cfg, steps_per_epoch=spe, total_steps=total_steps(cfg, spe, gcfg.n_ctx)
-            )
-        recorded = old["pretrain"].get("micro_batch") if old else None
-        cfg = dataclasses.replace(cfg, micro_batch=micro_batch(cfg, plan.workers, recorded))
+        plan = settle(plan, manifest, old)
+        cfg = plan.cfg
         claim_run(run_path, identity(cfg, gcfg, manifest), old)
         remove_orphan_staging(run_path)
         repair_ray_index(run_path)
