@@ -404,6 +404,19 @@ def pretrain(
     return launch(plan, manifest, uri)
 
 
+STAGE_RATE = 50e6  # bytes/s: the slowest staging a collective's timeout allows for
+
+
+def collective_timeout(data: str, manifest: dict) -> int:
+    """Seconds a rank waits in a collective: Ray Train's 30 minutes, plus, for a dataset on
+    object storage, the time a node that joins mid-run (a replacement, or an elastic run growing)
+    takes to stage it at STAGE_RATE, while the other ranks wait for it at the first collective."""
+    if not remote.is_remote(data):
+        return 1800
+    size = sum(s["tokens"] for s in manifest["shards"].values()) * (4 if manifest["dtype"] == "uint32" else 2)
+    return 1800 + int(size / STAGE_RATE)
+
+
 def settle(plan: RunPlan, manifest: dict, old: dict | None) -> RunPlan:
     """The plan with the batch and micro-batch the run trains with: a new run's, or, for a run
     already started (`old`, its record), its own, whatever the workers now: a resized batch and
@@ -425,7 +438,7 @@ def launch(plan: RunPlan, manifest: dict, uri: str | None) -> dict:
     """Hold the run, record it, and run it on Ray Train; the result as pretrain returns it."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from pipeline.train.checkpoint import latest_checkpoint
@@ -488,6 +501,7 @@ def launch(plan: RunPlan, manifest: dict, uri: str | None) -> dict:
         trainer = TorchTrainer(
             worker,
             train_loop_config={"spec": spec, "outcome": outcome},
+            torch_config=TorchConfig(timeout_s=collective_timeout(plan.data, manifest)),
             scaling_config=ScalingConfig(
                 # Elastic: Ray Train runs on as many as the cluster has between the two, and on
                 # fewer at once when a node is lost; the loop takes any count up to batch /
