@@ -436,6 +436,33 @@ def save(tm: TaskModel, out) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def load_task_model(d: Path, device: str = "cpu") -> TaskModel:
+    """A directory that finetune wrote (is_finetune_output), in evaluation mode on device: the
+    network, its head, and the task's transformation and labels from task.json."""
+    from safetensors.torch import load_file
+
+    from model import from_pretrained
+    from pipeline.data.tokenizer import load_tokenizer
+    from tuning.inputs import task_of
+
+    d = Path(d)
+    if not is_finetune_output(d):
+        raise errors.UserError(
+            f"{d}: not a fine-tuned model (expected task.json and head.safetensors beside the "
+            "model, as gpt1 finetune and gpt1 sweep write them)"
+        )
+    task = task_of(d)
+    gpt, tok = from_pretrained(d), load_tokenizer(d / "tokenizer.json")
+    n_ctx = json.loads((d / "task.json").read_text()).get("n_ctx", gpt.config.n_ctx)
+    encoder = Encoder(tok, task.transformation, n_ctx, gpt.config.vocab_size)
+    head = TaskHead(
+        gpt.config.n_embd, task.transformation, n_labels=max(len(task.labels), 1), regression=task.regression
+    )
+    head.load_state_dict(load_file(str(d / "head.safetensors")))
+    model = GPTForTask(gpt, head, encoder.extract).to(device).eval()
+    return TaskModel(model, encoder, task)
+
+
 def _write_model(tm: TaskModel, tmp: Path) -> None:
     from safetensors.torch import save_file
 

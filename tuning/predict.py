@@ -1,0 +1,349 @@
+"""Stage: a fine-tuned model's predictions on new rows, on Ray Data.
+
+    gpt1 predict --model M --input PATH [PATH ...] --out PATH [--columns A,B]
+                 [--on-bad-row error|skip|fail] [--actors N] [--gpus-per-actor G]
+
+M is a fine-tuned model directory (gpt1 finetune's --out, a sweep's registered model), an MLflow
+model URI (models:/gpt1-sst-2/3, models:/gpt1-sst-2@champion, runs:/<id>/model) or a URI on
+object storage. The inputs are TSV, CSV (each with a header line), JSON Lines or Parquet, by
+their extension, local or on object storage; their columns are the task's fields
+(tuning/inputs.py: sentence; premise, hypothesis; sentence1, sentence2; context, candidates) or
+those --columns names. Ray Data reads them; a pool of actors, each loading the model once (a
+GPU, or a fraction of one, each where the cluster has GPUs; CPUs otherwise), encodes every row
+with the task's transformation exactly as fine-tuning did (tuning/encode.py) and runs the model.
+
+The output (Parquet, JSON Lines, CSV or TSV by --out's extension) keeps every input column, in
+input order, one row per input row, and adds `label` (the label; for regression the score; for
+multiple choice the chosen candidate's index) and the probabilities: a `p_<label>` column per
+class, or a `probabilities` list per candidate. A row the transformation cannot read (a missing
+or empty field) gets its reason in an `error` column (--on-bad-row error, the default), is left
+out and counted (skip), or stops the run with its file and line (fail). The output is written
+beside its place and moved there whole: nothing half-written is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from pipeline import errors, remote
+
+FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+BATCH = 64  # rows an actor encodes and runs at a time
+
+
+def format_of(path: str, option: str) -> str:
+    suffix = Path(str(path).rstrip("/")).suffix.lower()
+    if suffix not in FORMATS:
+        raise errors.ConfigError(
+            f"{option} {path}: expected a .tsv, .csv, .jsonl (or .json, JSON Lines) or .parquet file"
+        )
+    return FORMATS[suffix]
+
+
+@contextlib.contextmanager
+def model_dir(spec: str):
+    """The model as a local directory: itself, a copy from object storage, or an MLflow model."""
+    if str(spec).startswith(("models:/", "runs:/")):
+        import mlflow
+
+        from pipeline.tracking import tracking_uri
+
+        mlflow.set_tracking_uri(tracking_uri())
+        with tempfile.TemporaryDirectory(prefix="gpt1-model-") as tmp:
+            try:
+                path = mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=tmp)
+            except Exception as err:  # MLflow's errors for an unknown name, version or alias
+                raise errors.ConfigError(f"--model {spec}: {str(err).splitlines()[0]}") from None
+            yield Path(path)
+        return
+    with remote.fetched(spec, "a fine-tuned model directory") as d:
+        yield d
+
+
+def read(paths: list[str]):
+    """The inputs as one Ray Dataset, every CSV / TSV cell as text (no number guessed from a
+    sentence)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import ray.data
+
+    kinds = {format_of(p, "--input") for p in paths}
+    if len(kinds) > 1:
+        raise errors.ConfigError(
+            f"--input: {', '.join(sorted(kinds))} files together; give one kind at a time"
+        )
+    (kind,) = kinds
+    if kind == "parquet":
+        return ray.data.read_parquet(paths)
+    if kind == "jsonl":
+        return ray.data.read_json(paths, lines=True)
+    fs, first = remote.filesystem(paths[0])
+    with fs.open_input_stream(first) as f:
+        header = f.read(1 << 20).split(b"\n", 1)[0].decode("utf-8").rstrip("\r")
+    names = header.split("\t" if kind == "tsv" else ",")
+    return ray.data.read_csv(
+        paths,
+        parse_options=pacsv.ParseOptions(
+            delimiter="\t" if kind == "tsv" else ",", quote_char=False if kind == "tsv" else '"'
+        ),
+        convert_options=pacsv.ConvertOptions(column_types={n.strip('"'): pa.string() for n in names}),
+    )
+
+
+class Predictor:
+    """A Ray Data actor: the model loaded once, then every batch of rows it is handed."""
+
+    def __init__(self, files, fields: tuple[str, ...], device: str):
+        import ray
+
+        from tuning.finetune import load_task_model
+
+        files = ray.get(files) if isinstance(files, ray.ObjectRef) else files
+        self.tmp = tempfile.TemporaryDirectory(prefix="gpt1-predictor-")
+        for name, data in files.items():
+            (Path(self.tmp.name) / name).write_bytes(data)
+        self.tm = load_task_model(Path(self.tmp.name), device)
+        self.fields, self.device = fields, device
+
+    def __call__(self, batch):
+        import torch
+
+        from pipeline.runtime import autocast
+        from tuning.encode import collate
+        from tuning.inputs import BadRow, example_of, predictions
+
+        task = self.tm.task
+        rows = batch.to_dict("records")
+        examples, error = {}, [None] * len(rows)
+        for i, row in enumerate(rows):
+            try:
+                examples[i] = example_of(row, task.transformation, self.fields)
+            except BadRow as err:
+                error[i] = str(err)
+        label, probs = [None] * len(rows), [None] * len(rows)
+        good = sorted(examples)
+        encoded = self.tm.encoder.encode([examples[i] for i in good])
+        with torch.no_grad():
+            for k in range(0, len(good), BATCH):
+                chunk = encoded[k : k + BATCH]
+                if task.transformation == "multiple_choice":  # candidates per row may differ in number
+                    groups = [[e] for e in chunk]
+                else:
+                    groups = [chunk]
+                out = []
+                for group in groups:
+                    ids, mask, _ = collate(group, task.regression)
+                    with autocast(torch.device(self.device)):
+                        logits = self.tm.model(ids.to(self.device), mask.to(self.device)).logits
+                    out += predictions(task, logits.float().cpu())
+                for i, p in zip(good[k : k + BATCH], out):
+                    label[i], probs[i] = p.label, p.probabilities
+        batch = batch.copy()
+        batch["label"] = label
+        if task.transformation == "multiple_choice":
+            batch["probabilities"] = probs
+        elif not task.regression:
+            for c, name in enumerate(task.labels):
+                batch[f"p_{name}"] = [None if p is None else p[c] for p in probs]
+        batch["error"] = error
+        return batch
+
+
+def write(batches, out: Path, kind: str, on_bad_row: str, inputs: list[str]) -> tuple[int, int, list[str]]:
+    """The predicted batches (pandas, in input order) into `out`, a local file: (rows written,
+    rows skipped, where the first bad rows were). For --on-bad-row fail, the first bad row ends
+    it with its file and line (a UserError)."""
+    header = 1 if format_of(inputs[0], "--input") in ("csv", "tsv") else 0  # the line after the header
+
+    def where_is(row: int) -> str:  # row: 1-based, over the inputs in the order given
+        return (
+            f"{inputs[0]}: line {row + header}"
+            if len(inputs) == 1
+            else f"--input row {row} (the files in order)"
+        )
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    written = skipped = read = 0
+    where: list[str] = []
+    writer = None
+    with open(out, "wb") as f:
+        for df in batches:
+            bad = df["error"].notna()
+            for row, reason in zip(df.index[bad], df["error"][bad]):
+                at = where_is(read + 1 + list(df.index).index(row))
+                if on_bad_row == "fail":
+                    raise errors.UserError(
+                        f"{at}: {reason}; fix the row, or pass --on-bad-row error (an error column) or skip"
+                    )
+                if len(where) < 3:
+                    where.append(f"{at} ({reason})")
+            read += len(df)
+            if on_bad_row == "skip":
+                skipped += int(bad.sum())
+                df = df[~bad].drop(columns=["error"])
+            written += len(df)
+            if kind == "parquet":
+                table = pa.Table.from_pandas(df, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(f, table.schema)
+                writer.write_table(table.cast(writer.schema))
+            elif kind == "jsonl":
+                text = df.to_json(orient="records", lines=True, force_ascii=False) if len(df) else ""
+                f.write((text if text.endswith("\n") or not text else text + "\n").encode())
+            else:
+                for col in ("probabilities",):
+                    if col in df:
+                        df[col] = [None if v is None else json.dumps(list(v)) for v in df[col]]
+                sep = "\t" if kind == "tsv" else ","
+                f.write(df.to_csv(sep=sep, index=False, header=written == len(df)).encode())
+        if writer is not None:
+            writer.close()
+    return written, skipped, where
+
+
+def _input_error(err: Exception) -> bool:
+    """Whether pyarrow (inside Ray Data) refused an input's text: a row of the wrong width, a
+    line that is not JSON."""
+    text = str(err)
+    return any(k in text for k in ("CSV parse error", "JSON parse error", "straddling object", "Expected"))
+
+
+def predict(
+    model: str,
+    inputs: list[str],
+    out: str,
+    columns: list[str] | None = None,
+    on_bad_row: str = "error",
+    actors: int = 0,
+    gpus_per_actor: float = 1.0,
+) -> dict:
+    """Run the stage; returns rows written and skipped and the output's path."""
+    import ray
+
+    from pipeline import cluster, outdir
+    from pipeline.runtime import ray_init
+    from tuning.finetune import is_finetune_output
+    from tuning.inputs import fields_of, task_of
+
+    if on_bad_row not in ("error", "skip", "fail"):
+        raise errors.ConfigError(f"--on-bad-row {on_bad_row}: expected error, skip or fail")
+    kind = format_of(out, "--out")
+    for p in inputs:
+        format_of(p, "--input")
+    if not remote.is_remote(out):
+        outdir.check_writable(remote.local_path(out))
+    with model_dir(model) as d:
+        if not is_finetune_output(d):
+            raise errors.ConfigError(
+                f"--model {model}: not a fine-tuned model (no task.json and head.safetensors); "
+                "expected gpt1 finetune's --out or a sweep's registered model"
+            )
+        task = task_of(d)
+        try:
+            fields = fields_of(task.transformation, columns)
+        except ValueError as err:
+            raise errors.ConfigError(str(err)) from None
+        files = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
+    ray_init()
+    ray.data.DataContext.get_current().execution_options.preserve_order = True  # output in input order
+    gpus = cluster.wants_gpus("auto")
+    n = actors or (max(1, int(ray.cluster_resources().get("GPU", 0) / gpus_per_actor)) if gpus else 1)
+    ds = read(inputs).map_batches(
+        Predictor,
+        fn_constructor_kwargs={
+            "files": ray.put(files),
+            "fields": fields,
+            "device": "cuda" if gpus else "cpu",
+        },
+        batch_size=BATCH * 4,
+        batch_format="pandas",
+        concurrency=n,
+        **({"num_gpus": gpus_per_actor} if gpus else {"num_cpus": 1}),
+    )
+    print(
+        f"predict: {task.name} ({task.transformation}) on {', '.join(inputs)}, fields "
+        f"{', '.join(fields)}; {n} {'GPU' if gpus else 'CPU'} actor(s)",
+        flush=True,
+    )
+    # Written beside its place (a local --out) or in a temporary directory (object storage),
+    # then moved or uploaded whole: a failed run leaves nothing half-written at --out.
+    with tempfile.TemporaryDirectory(prefix="gpt1-predict-") as tmp:
+        final = None if remote.is_remote(out) else remote.local_path(out)
+        local = Path(tmp) / "out" if final is None else final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        try:
+            written, skipped, where = write(
+                ds.iter_batches(batch_format="pandas"), local, kind, on_bad_row, inputs
+            )
+            if final is None:
+                import pyarrow.fs as pafs
+
+                fs, path = pafs.FileSystem.from_uri(str(out))
+                pafs.copy_files(
+                    str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
+                )
+            else:
+                os.replace(local, final)
+        except Exception as err:
+            if isinstance(err, errors.UserError) or not _input_error(err):
+                raise
+            raise errors.UserError(f"--input: {str(err).splitlines()[0]}") from None
+        finally:
+            if final is not None:
+                local.unlink(missing_ok=True)
+    bad = len(where)
+    line = f"predict: {written:,} row(s) to {out}"
+    if skipped:
+        line += f"; {skipped:,} malformed row(s) skipped, first at {where[0]}"
+    elif bad:
+        line += f"; malformed row(s) marked in the error column, first at {where[0]}"
+    print(line, flush=True)
+    return {"rows": written, "skipped": skipped, "out": str(out)}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a fine-tuned model directory, models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model, or s3://",
+    )
+    p.add_argument(
+        "--input", nargs="+", required=True, help="TSV, CSV, JSON Lines or Parquet files, local or s3://"
+    )
+    p.add_argument(
+        "--out", required=True, help="the output file: .parquet, .jsonl, .csv or .tsv, local or s3://"
+    )
+    p.add_argument(
+        "--columns", help="the input's columns for the task's fields, in order (default: their names)"
+    )
+    p.add_argument(
+        "--on-bad-row",
+        default="error",
+        choices=["error", "skip", "fail"],
+        help="a row the task cannot read: its reason in an error column (default), left out and "
+        "counted, or the end of the run with its line",
+    )
+    p.add_argument("--actors", type=int, default=0, help="model replicas (default: one per GPU, else 1)")
+    p.add_argument("--gpus-per-actor", type=float, default=1.0, help="a fraction shares a GPU")
+
+
+def run(args: argparse.Namespace) -> None:
+    predict(
+        args.model,
+        args.input,
+        args.out,
+        columns=args.columns.split(",") if args.columns else None,
+        on_bad_row=args.on_bad_row,
+        actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return errors.stage_main("predict", __doc__, add_arguments, run, argv)
