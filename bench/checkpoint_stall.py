@@ -70,13 +70,14 @@ def worker(config: dict) -> None:
                 time.sleep(config["gap"])  # training goes on meanwhile
                 t1 = time.perf_counter()
                 writer.join()
+                size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
                 session.report({"step": k + 1}, d, name)
                 stalled += time.perf_counter() - t1
             else:
                 save_checkpoint(d, gpt, opt, {**state, "step": k + 1}, tokenizer)
+                size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
                 session.report({"step": k + 1}, d, name)
                 stalled = time.perf_counter() - t0
-            size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
         print(f"BENCH {k} {stalled:.3f} {size}", flush=True)
         if not config["snapshot"]:
             time.sleep(config["gap"])  # training goes on meanwhile
