@@ -35,6 +35,7 @@ ELSEWHERE = {
     "ray start --head": "tests/test_pretrain_job.py starts a head and submits this job",
     "export RAY_AUTH_MODE=token": "tests/test_pretrain_job.py",
     "ray job submit": "tests/test_pretrain_job.py",
+    "gpt1 predict": "tests/test_predict.py runs predict on a fine-tuned model, a models:/ URI and S3",
     "--checkpoint openai-gpt": "downloads the released GPT-1 from the Hugging Face Hub: no network in CI",
 }
 # Options appended to a command that starts so, to fit two CPU cores.
