@@ -7,6 +7,7 @@ however often its worker reports, and a restarted trial keeps its run.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -159,7 +160,15 @@ def log_parent(client, pid: str, task, metric: str, rows, ablation_rows, best_re
             client.log_metric(pid, f"best_{col}", float(at_best[col]))
     client.set_tag(pid, "best_trial_run_id", runs[best_trial])
     with best_ckpt.as_directory() as d:
-        version = register_best(client, task.name, runs[best_trial], Path(d))
+        version = register_best(
+            client,
+            task,
+            runs[best_trial],
+            Path(d),
+            metric,
+            float(best_value),
+            ablation_summary(ablation_rows, metric) if ablation_rows else (),
+        )
     client.set_tag(pid, "registered_model", f"gpt1-{task.name}/{version}")
     print(
         f"sweep {task.name}: best dev {metric} {best_value:.4f} (trial {best_trial}); registered "
@@ -445,26 +454,83 @@ def plot(rows: list[dict], metric: str, path: Path, title: str) -> Path:
     return path
 
 
-def register_best(client, task: str, run_id: str, model_dir: Path) -> str:
-    """The best trial's model as an artifact of its run, and a new version of gpt1-<task>. The
-    run is tagged with the model's weights' sha256: where the model goes, an evaluation of it
-    finds its run by that (pipeline.tracking.checkpoint_lineage)."""
+CHAMPION = "champion"  # the alias on the registered version with the best dev metric so far
+
+
+def register_best(
+    client, task, run_id: str, model_dir: Path, metric: str = "", value: float = math.nan, ablations=()
+) -> str:
+    """The best trial's model as an artifact of its run, with its model card (tuning/card.py) as
+    README.md and as the version's description, and a new version of gpt1-<task>. The version
+    takes the alias `champion` where its dev metric beats the current champion's (or there is
+    none), and the line says which. The run is tagged with the model's weights' sha256: where
+    the model goes, an evaluation of it finds its run by that (pipeline.tracking.checkpoint_lineage)."""
+    import shutil
+
     from mlflow.exceptions import MlflowException
 
+    from pipeline.data.tasks import get
     from pipeline.tracking import weights_sha256
+    from tuning.card import model_card
+    from tuning.finetune import rank
+    from tuning.inputs import task_of
+    from tuning.report import deviations
 
-    name = f"gpt1-{task}"
-    client.log_artifacts(run_id, str(model_dir), "model")
-    client.set_tag(run_id, "model_sha256", weights_sha256(Path(model_dir)))
+    task = get(task) if isinstance(task, str) else task
+    name = f"gpt1-{task.name}"
     try:
         client.create_registered_model(
-            name, description=f"GPT-1 fine-tuned on {task}: the best trial of each sweep"
+            name, description=f"GPT-1 fine-tuned on {task.name}: the best trial of each sweep"
         )
     except MlflowException as err:
         if "already exists" not in str(err).lower() and "RESOURCE_ALREADY_EXISTS" not in str(err):
             raise
+    tags = dict(client.get_run(run_id).data.tags)
+    if tags.get("pretrain_run_id"):  # the dataset and prepare run it was pretrained from
+        with contextlib.suppress(MlflowException):
+            pre = client.get_run(tags["pretrain_run_id"]).data.tags
+            tags.update({k: pre[k] for k in ("dataset", "data_fingerprint", "prepare_run_id") if k in pre})
     version = client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id)
-    return version.version
+    card = model_card(
+        name,
+        version.version,
+        task_of(model_dir) if (Path(model_dir) / "task.json").exists() else task,
+        metric or task.metrics[0],
+        value,
+        run_id,
+        tags,
+        list(ablations),
+        deviations(),
+    )
+    with tempfile.TemporaryDirectory(prefix="gpt1-card-") as tmp:
+        # The model directory and its card, logged as one artifact directory.
+        local = Path(tmp) / "model"
+        shutil.copytree(model_dir, local)
+        (local / "README.md").write_text(card)
+        client.log_artifacts(run_id, str(local), "model")
+    client.set_tag(run_id, "model_sha256", weights_sha256(Path(model_dir)))
+    client.update_model_version(name, version.version, description=card)
+    key = f"dev_{metric or task.metrics[0]}"
+    if math.isfinite(value):
+        client.set_model_version_tag(name, version.version, key, str(value))
+    try:
+        champ = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        champ = None
+    held = float(champ.tags.get(key, "nan")) if champ else math.nan
+    if champ is None or rank(value) > rank(held):
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+        was = f" (was version {champ.version}, {held:.4f})" if champ else ""
+        print(
+            f"{name} version {version.version} is the {CHAMPION}: dev {key[4:]} {value:.4f}{was}", flush=True
+        )
+    else:
+        print(
+            f"{name} version {version.version} (dev {key[4:]} {value:.4f}) does not beat the {CHAMPION}, "
+            f"version {champ.version} ({held:.4f}): the alias stays",
+            flush=True,
+        )
+    return str(version.version)
 
 
 def finite(x) -> bool:

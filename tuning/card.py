@@ -1,0 +1,92 @@
+"""A registered model's card: what it is, how good, where it came from, and how to feed it. Written
+as README.md beside the model and as the MLflow model version's description, by the sweep that
+registers it.
+
+It holds the task, the dev metric (with the ablation rows' mean ± std over their seeds), the
+lineage (corpus -> dataset -> pretrain run -> trial, from the runs' tags), the input fields
+`gpt1 predict` reads, and the deliberate deviations from the released code (the
+README's ledger, as `gpt1 report` ends with).
+"""
+
+from __future__ import annotations
+
+from tuning.inputs import FIELDS
+
+# The lineage a card lists, by the tag that holds each link, in the order the data flowed.
+LINEAGE = (
+    ("prepare run (its manifest.json names the corpus)", "prepare_run_id"),
+    ("dataset", "dataset"),
+    ("dataset fingerprint", "data_fingerprint"),
+    ("pretrain run", "pretrain_run_id"),
+    ("checkpoint", "checkpoint"),
+    ("checkpoint sha256", "checkpoint_sha256"),
+    ("tokenizer sha256", "tokenizer_sha256"),
+)
+
+
+def model_card(
+    name: str,
+    version: str,
+    task,
+    metric: str,
+    value: float,
+    trial_run_id: str,
+    tags: dict,
+    ablations: list[dict],
+    deviations: list[str],
+) -> str:
+    """The card as markdown. `tags`: the trial run's (and its pretrain run's) lineage tags;
+    `ablations`: ablation_summary's rows (ablation, mean, std, seeds)."""
+    fields = FIELDS[task.transformation]
+    lines = [
+        f"# {name} version {version}",
+        "",
+        f"GPT-1 (Radford et al. 2018) fine-tuned on **{task.name}** ({task.transformation}), the best "
+        f"trial of its sweep: dev {metric} **{value:.4f}**.",
+        "",
+        "## Lineage",
+        "",
+        *[f"- {what}: `{tags[key]}`" for what, key in LINEAGE if tags.get(key)],
+        f"- trial run: `{trial_run_id}`",
+        *[
+            f"- data sha256 ({k.split('.', 1)[1]}): `{v}`"
+            for k, v in sorted(tags.items())
+            if k.startswith("data_sha256.")
+        ],
+    ]
+    if ablations:
+        lines += [
+            "",
+            f"## Ablations (dev {metric}, mean ± std over seeds)",
+            "",
+            "| row | mean | std | seeds |",
+            "|---|---:|---:|---:|",
+            *[f"| {r['ablation']} | {r['mean']:.4f} | {r['std']:.4f} | {r['seeds']} |" for r in ablations],
+        ]
+    example = (
+        {"context": "...", "candidates": ["...", "..."]}
+        if task.transformation == "multiple_choice"
+        else {f: "..." for f in fields}
+    )
+    lines += [
+        "",
+        "## Input",
+        "",
+        f"Each row `gpt1 predict` reads (a table's, one row an example) holds the fields "
+        f"{', '.join(f'`{f}`' for f in fields)}, e.g. `{example}`; the model encodes them with the "
+        f"paper's {task.transformation} transformation, exactly as it was fine-tuned.",
+        "",
+        "```bash",
+        f"gpt1 predict --model models:/{name}/{version} --input rows.parquet --out labels.parquet",
+        "```",
+        "",
+        "Labels: " + (", ".join(f"`{x}`" for x in task.labels) if task.labels else "a score (regression)")
+        if task.transformation != "multiple_choice"
+        else "Label: the index of the chosen candidate.",
+        "",
+        "## Known deviations from the released code",
+        "",
+        *[f"- {d}" for d in deviations],
+        "",
+    ]
+    return "\n".join(lines)
