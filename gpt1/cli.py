@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.data import prepare
     from pipeline.eval import evaluate, generate
     from pipeline.train import pretrain
-    from tuning import finetune, predict, report
+    from tuning import finetune, predict, report, serve
     from tuning import search as sweep
 
     # Each stage's module brings its own options (add_arguments), entry (run) and --help text.
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("evaluate", evaluate, "a checkpoint's loss, perplexity and bits per byte on a corpus"),
         ("generate", generate, "continue a prompt with any checkpoint"),
         ("predict", predict, "a fine-tuned model's predictions on new rows (Ray Data)"),
+        ("serve", serve, "a model behind an HTTP endpoint on Ray Serve (/predict, /generate)"),
         ("report", report, "the paper's tables and Figure 2, ours beside the paper's, from MLflow"),
         ("demo", demo, "the whole pipeline on built-in data (or yours), locally"),
     ):
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # The verbs that start Ray: their console shows the project's lines, and a log file holds Ray's too.
-ON_RAY = ("prepare", "pretrain", "sweep", "predict", "demo")
+ON_RAY = ("prepare", "pretrain", "sweep", "predict", "serve", "demo")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,8 @@ ELSEWHERE = {
     "ray start --head": "tests/test_pretrain_job.py starts a head and submits this job",
     "export RAY_AUTH_MODE=token": "tests/test_pretrain_job.py",
     "ray job submit": "tests/test_pretrain_job.py",
+    "gpt1 serve": "tests/test_serve.py serves a fine-tuned model and a language model on loopback",
+    "curl -s -X POST http://127.0.0.1:8000/predict": "tests/test_serve.py sends these requests",
     "gpt1 predict": "tests/test_predict.py runs predict on a fine-tuned model, a models:/ URI and S3",
     "--checkpoint openai-gpt": "downloads the released GPT-1 from the Hugging Face Hub: no network in CI",
 }

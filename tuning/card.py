@@ -4,7 +4,7 @@ registers it.
 
 It holds the task, the dev metric (with the ablation rows' mean ± std over their seeds), the
 lineage (corpus -> dataset -> pretrain run -> trial, from the runs' tags), the input fields
-`gpt1 predict` reads, and the deliberate deviations from the released code (the
+`gpt1 predict` and `gpt1 serve` read, and the deliberate deviations from the released code (the
 README's ledger, as `gpt1 report` ends with).
 """
 
@@ -72,12 +72,13 @@ def model_card(
         "",
         "## Input",
         "",
-        f"Each row `gpt1 predict` reads (a table's, one row an example) holds the fields "
+        f"Each row (a table's for `gpt1 predict`, a request's JSON for `gpt1 serve`) holds the fields "
         f"{', '.join(f'`{f}`' for f in fields)}, e.g. `{example}`; the model encodes them with the "
         f"paper's {task.transformation} transformation, exactly as it was fine-tuned.",
         "",
         "```bash",
         f"gpt1 predict --model models:/{name}/{version} --input rows.parquet --out labels.parquet",
+        f"gpt1 serve --model models:/{name}/{version} --port 8000",
         "```",
         "",
         "Labels: " + (", ".join(f"`{x}`" for x in task.labels) if task.labels else "a score (regression)")

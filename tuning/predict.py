@@ -111,47 +111,54 @@ class Predictor:
         self.fields, self.device = fields, device
 
     def __call__(self, batch):
-        import torch
-
-        from pipeline.runtime import autocast
-        from tuning.encode import collate
-        from tuning.inputs import BadRow, example_of, predictions
-
         task = self.tm.task
-        rows = batch.to_dict("records")
-        examples, error = {}, [None] * len(rows)
-        for i, row in enumerate(rows):
-            try:
-                examples[i] = example_of(row, task.transformation, self.fields)
-            except BadRow as err:
-                error[i] = str(err)
-        label, probs = [None] * len(rows), [None] * len(rows)
-        good = sorted(examples)
-        encoded = self.tm.encoder.encode([examples[i] for i in good])
-        with torch.no_grad():
-            for k in range(0, len(good), BATCH):
-                chunk = encoded[k : k + BATCH]
-                if task.transformation == "multiple_choice":  # candidates per row may differ in number
-                    groups = [[e] for e in chunk]
-                else:
-                    groups = [chunk]
-                out = []
-                for group in groups:
-                    ids, mask, _ = collate(group, task.regression)
-                    with autocast(torch.device(self.device)):
-                        logits = self.tm.model(ids.to(self.device), mask.to(self.device)).logits
-                    out += predictions(task, logits.float().cpu())
-                for i, p in zip(good[k : k + BATCH], out):
-                    label[i], probs[i] = p.label, p.probabilities
+        out = label_rows(self.tm, batch.to_dict("records"), self.fields, self.device)
         batch = batch.copy()
-        batch["label"] = label
+        batch["label"] = [None if p is None else p.label for p, _ in out]
+        probs = [None if p is None else p.probabilities for p, _ in out]
         if task.transformation == "multiple_choice":
             batch["probabilities"] = probs
         elif not task.regression:
             for c, name in enumerate(task.labels):
                 batch[f"p_{name}"] = [None if p is None else p[c] for p in probs]
-        batch["error"] = error
+        batch["error"] = [e for _, e in out]
         return batch
+
+
+def label_rows(tm, rows: list[dict], fields: tuple[str, ...], device: str) -> list[tuple]:
+    """(Prediction, None) for each row the task's transformation reads, (None, why) for each it
+    cannot: the rows encoded as fine-tuning encoded its examples, run BATCH at a time. Shared by
+    predict's actors and serve's replicas."""
+    import torch
+
+    from pipeline.runtime import autocast
+    from tuning.encode import collate
+    from tuning.inputs import BadRow, example_of, predictions
+
+    task = tm.task
+    out: list[tuple] = [(None, None)] * len(rows)
+    examples = {}
+    for i, row in enumerate(rows):
+        try:
+            examples[i] = example_of(row, task.transformation, fields)
+        except BadRow as err:
+            out[i] = (None, str(err))
+    good = sorted(examples)
+    encoded = tm.encoder.encode([examples[i] for i in good])
+    with torch.no_grad():
+        for k in range(0, len(good), BATCH):
+            chunk = encoded[k : k + BATCH]
+            # A batch holds examples of one shape: multiple-choice rows may differ in candidates.
+            groups = [[e] for e in chunk] if task.transformation == "multiple_choice" else [chunk]
+            got = []
+            for group in groups:
+                ids, mask, _ = collate(group, task.regression)
+                with autocast(torch.device(device)):
+                    logits = tm.model(ids.to(device), mask.to(device)).logits
+                got += predictions(task, logits.float().cpu())
+            for i, p in zip(good[k : k + BATCH], got):
+                out[i] = (p, None)
+    return out
 
 
 def write(batches, out: Path, kind: str, on_bad_row: str, inputs: list[str]) -> tuple[int, int, list[str]]:

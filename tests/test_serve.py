@@ -1,0 +1,121 @@
+"""gpt1 serve: a fine-tuned model answers a real HTTP client on loopback (one row, a list, bad
+JSON and a missing field as 400 with one line), a language model answers /generate, and the
+process stops cleanly on SIGTERM."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pipeline.data.tasks import get
+from tuning.finetune import FinetuneConfig, finetune, load_task_model, predict
+
+pytestmark = pytest.mark.slow  # Ray Serve: a minute
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(port: int, path: str, body=None, raw: bytes | None = None) -> tuple[int, object]:
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data, method="POST" if data else "GET"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            text = r.read().decode()
+            return r.status, json.loads(text) if r.headers.get_content_type() == "application/json" else text
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+class Server:
+    """`gpt1 serve` in a process of its own, stopped (SIGTERM) when the block ends."""
+
+    def __init__(self, model, tmp_path: Path):
+        self.port, self.log = free_port(), tmp_path / f"serve-{time.monotonic_ns()}.log"
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        with open(self.log, "w") as f:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gpt1.cli", "serve", "--model", str(model), "--port", str(self.port)],
+                cwd=tmp_path,
+                env=env,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+            )
+
+    def __enter__(self):
+        deadline = time.time() + 180
+        while True:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            try:
+                if call(self.port, "/healthz") == (200, "ok\n"):
+                    return self
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert time.time() < deadline, self.log.read_text()[-3000:]
+            time.sleep(1)
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.returncode = self.proc.wait(timeout=90)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(task_checkpoint, sst2, tmp_path_factory):
+    out = tmp_path_factory.mktemp("serve") / "model"
+    finetune(
+        get("sst-2"), sst2, task_checkpoint, FinetuneConfig(lr=2e-3, batch_size=16, max_steps=30), out=out
+    )
+    return out
+
+
+def test_serve_answers_http_clients_and_stops_on_sigterm(fine_tuned, task_checkpoint, sst2, tmp_path):
+    dev = get("sst-2").load(sst2, "dev")[:6]
+    tm = load_task_model(fine_tuned)
+    want = [tm.task.labels[int(i)] for i in predict(tm, tm.encoder.encode(dev))]
+    with Server(fine_tuned, tmp_path) as server:
+        status, one = call(server.port, "/predict", {"sentence": dev[0].text[0]})
+        assert (
+            status == 200
+            and one["label"] == want[0]
+            and sum(one["probabilities"]) == pytest.approx(1, abs=1e-5)
+        )
+        status, many = call(server.port, "/predict", [{"sentence": e.text[0]} for e in dev])
+        assert status == 200 and [r["label"] for r in many] == want  # the model's own labels
+        status, text = call(server.port, "/predict", raw=b'{"sentence": ')
+        assert status == 400 and text.startswith("the body is not JSON") and text.count("\n") == 1
+        status, text = call(server.port, "/predict", [{"sentence": "fine"}, {"text": "x"}])
+        assert (status, text) == (400, "row 1: no 'sentence'\n")
+        assert call(server.port, "/generate", {"prompt": "the"})[0] == 400
+    assert server.returncode == 0 and "serve: stopped" in server.log.read_text()
+
+    # A language model: /generate, with gpt1 generate's options.
+    with Server(task_checkpoint, tmp_path) as server:
+        status, out = call(
+            server.port, "/generate", {"prompt": "the film", "max_new_tokens": 5, "num_samples": 2}
+        )
+        assert status == 200 and len(out["texts"]) == 2
+        assert call(server.port, "/generate", {"prompt": "x", "beams": 3}) == (
+            400,
+            "unknown key 'beams'; expected max_new_tokens, num_samples, prompt, seed, temperature, top_k, top_p\n",
+        )
+    assert server.returncode == 0
