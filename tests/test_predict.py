@@ -96,6 +96,27 @@ def test_predict_gives_the_models_own_labels_in_input_order(fine_tuned, sst2, tm
     err = capsys.readouterr().err.strip()
     assert err.startswith("predict: ") and "in.tsv: line 9: 'sentence' is empty" in err, err
     assert not (tmp_path / "f.parquet").exists() and not list(tmp_path.glob(".f.parquet*"))
+    # A row of the wrong width is no row of the task at all: one line, exit 2, nothing written.
+    lines = (tmp_path / "in.tsv").read_text().splitlines()
+    (tmp_path / "wide.tsv").write_text("\n".join([*lines[:5], lines[5] + "\textra", *lines[6:]]) + "\n")
+    assert (
+        main(
+            [
+                "--model",
+                str(fine_tuned),
+                "--input",
+                str(tmp_path / "wide.tsv"),
+                "--out",
+                str(tmp_path / "w.csv"),
+            ]
+        )
+        == 2
+    )
+    ours = [x for x in capsys.readouterr().err.splitlines() if x.startswith("predict: ")]  # Ray's log aside
+    assert len(ours) == 1 and ours[0].endswith(
+        "wide.tsv: a row does not have its header's fields; expected as many in every row (tabs in a .tsv)"
+    ), ours
+    assert not (tmp_path / "w.csv").exists()
 
 
 def test_predict_reads_a_registered_model_and_s3(fine_tuned, sst2, tmp_path, ray_session, mlflow_uri, s3):

@@ -215,11 +215,28 @@ def write(batches, out: Path, kind: str, on_bad_row: str, inputs: list[str]) -> 
     return written, skipped, where
 
 
-def _input_error(err: Exception) -> bool:
-    """Whether pyarrow (inside Ray Data) refused an input's text: a row of the wrong width, a
-    line that is not JSON."""
-    text = str(err)
-    return any(k in text for k in ("CSV parse error", "JSON parse error", "straddling object", "Expected"))
+def _input_error(err: BaseException) -> str | None:
+    """The one line that says why pyarrow (inside a Ray Data read) refused an input's text (a
+    row of the wrong width, a line that is not JSON), or None where err is something else."""
+    import re
+
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:  # Ray's wrapper, Ray Data's, then pyarrow's
+        seen.add(id(err))
+        chain.append(str(err))
+        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+    text = "\n".join(chain)
+    found = re.search(r"((?:CSV|JSON) parse error[^\n]*)", text)
+    if found:
+        return found[1].strip()
+    found = re.search(r"Failed to read (CSV|JSON) file: (\S+?)\.?\s", text)
+    if not found:
+        return None
+    if found[1] == "JSON":
+        return f"{found[2]}: not JSON Lines; expected one JSON object a line"
+    return (
+        f"{found[2]}: a row does not have its header's fields; expected as many in every row (tabs in a .tsv)"
+    )
 
 
 def predict(
@@ -298,9 +315,10 @@ def predict(
             else:
                 os.replace(local, final)
         except Exception as err:
-            if isinstance(err, errors.UserError) or not _input_error(err):
+            line = None if isinstance(err, errors.UserError) else _input_error(err)
+            if line is None:
                 raise
-            raise errors.UserError(f"--input: {str(err).splitlines()[0]}") from None
+            raise errors.UserError(f"--input: {line}") from None
         finally:
             if final is not None:
                 local.unlink(missing_ok=True)
