@@ -452,8 +452,8 @@ def test_an_auto_batch_grows_with_the_workers_and_keeps_warm_up_tokens(tmp_path)
     ).total_steps == math.ceil(10**9 / (64 * 512))
     with pytest.raises(ConfigError, match="batch_tokens 'big'"):
         check_config(dataclasses.replace(gpt1, batch_tokens="big"), 8)
-    with pytest.raises(ConfigError, match="not with max_steps"):
-        check_config(dataclasses.replace(gpt1, max_tokens=10, max_steps=10), 8)
+    with pytest.raises(ConfigError, match="max_tokens -1: expected >= 0"):
+        check_config(dataclasses.replace(gpt1, max_tokens=-1), 8)
 
 
 def test_the_plan_needs_no_data_nor_ray_and_prints_one_json_object(capsys):

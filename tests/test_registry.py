@@ -54,8 +54,10 @@ def test_the_champion_moves_only_on_a_better_metric_and_every_version_has_its_ca
     # The same card as README.md beside the registered model.
     import mlflow
 
-    mlflow.set_tracking_uri(mlflow_uri)
     local = mlflow.artifacts.download_artifacts(
-        artifact_uri="models:/gpt1-sst-2@champion", dst_path=str(tmp_path / "dl")
+        artifact_uri="models:/gpt1-sst-2@champion",
+        dst_path=str(tmp_path / "dl"),
+        tracking_uri=mlflow_uri,
+        registry_uri=mlflow_uri,
     )
     assert (Path(local) / "README.md").read_text() == card

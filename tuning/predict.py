@@ -53,10 +53,13 @@ def model_dir(spec: str):
 
         from pipeline.tracking import tracking_uri
 
-        mlflow.set_tracking_uri(tracking_uri())
+        # The store named per call: mlflow.set_tracking_uri would change it for the whole process.
+        uri = tracking_uri()
         with tempfile.TemporaryDirectory(prefix="gpt1-model-") as tmp:
             try:
-                path = mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=tmp)
+                path = mlflow.artifacts.download_artifacts(
+                    artifact_uri=spec, dst_path=tmp, tracking_uri=uri, registry_uri=uri
+                )
             except Exception as err:  # MLflow's errors for an unknown name, version or alias
                 raise errors.ConfigError(f"--model {spec}: {str(err).splitlines()[0]}") from None
             yield Path(path)

@@ -403,14 +403,16 @@ def ablation_points(ts: TaskSweep, opts: SweepOptions) -> list[dict]:
 
 
 def best_of(results: list, metric: str):
-    """The result whose best evaluation is the highest (NaN last), as Tune's scope="all" picks it."""
+    """The result whose best evaluation is the highest (NaN last), as Tune's scope="all" picks it,
+    among those that kept a model: a trial uploads its model only where it beats the task's best
+    so far (SweepBest), so of trials that tie at the top, the first to reach it holds the model."""
     from tuning.finetune import rank
 
     def top(r) -> float:
         df = r.metrics_dataframe
         return -math.inf if df is None or metric not in df else max(map(rank, df[metric]))
 
-    return max(results, key=top)
+    return max([r for r in results if r.best_checkpoints] or results, key=top)
 
 
 def sweep_tasks(

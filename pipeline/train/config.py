@@ -26,7 +26,7 @@ class PretrainConfig:
     warmup_steps: int = 2000  # at batch_size; a resized batch keeps the warm-up's tokens
     epochs: int = 100
     max_steps: int = 0  # 0 = epochs x steps per epoch; the schedule spans max_steps
-    max_tokens: int = 0  # a token budget: max_steps from the batch's tokens (0 = none)
+    max_tokens: int = 0  # a token budget: the steps from the batch's tokens (0 = none; max_steps wins)
     max_minutes: float = 0.0  # a time budget: total steps set from the step rate measured early on (0 = none)
     weight_decay: float = 0.01
     grad_clip: float = 1.0  # max global grad norm; 0 = none
@@ -171,8 +171,8 @@ def check_config(cfg: PretrainConfig, workers: int) -> None:
         raise c(f"compile {cfg.compile!r}: expected true, false or null (on GPU only)")
     if cfg.grad_compression not in ("none", "bf16"):
         raise c(f"grad_compression {cfg.grad_compression!r}: expected none or bf16")
-    if cfg.max_tokens < 0 or (cfg.max_tokens and cfg.max_steps):
-        raise c("max_tokens: expected >= 0, and not with max_steps (each sets the run's length)")
+    if cfg.max_tokens < 0:
+        raise c(f"max_tokens {cfg.max_tokens}: expected >= 0 (0 = no token budget)")
     if cfg.checkpoint_every_minutes < 0:
         raise c(f"checkpoint_every_minutes {cfg.checkpoint_every_minutes}: expected >= 0 (0 = by steps only)")
     if cfg.schedule not in ("warmup_cosine", "warmup_linear", "warmup_constant"):
