@@ -34,6 +34,7 @@ from pipeline import errors, remote
 
 FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 BATCH = 64  # rows an actor encodes and runs at a time
+READ_CPUS = 0.5  # what each read task of the inputs reserves
 
 
 def format_of(path: str, option: str) -> str:
@@ -82,15 +83,16 @@ def read(paths: list[str]):
         )
     (kind,) = kinds
     if kind == "parquet":
-        return ray.data.read_parquet(paths)
+        return ray.data.read_parquet(paths, num_cpus=READ_CPUS)
     if kind == "jsonl":
-        return ray.data.read_json(paths, lines=True)
+        return ray.data.read_json(paths, lines=True, num_cpus=READ_CPUS)
     fs, first = remote.filesystem(paths[0])
     with fs.open_input_stream(first) as f:
         header = f.read(1 << 20).split(b"\n", 1)[0].decode("utf-8").rstrip("\r")
     names = header.split("\t" if kind == "tsv" else ",")
     return ray.data.read_csv(
         paths,
+        num_cpus=READ_CPUS,
         parse_options=pacsv.ParseOptions(
             delimiter="\t" if kind == "tsv" else ",", quote_char=False if kind == "tsv" else '"'
         ),
@@ -281,7 +283,13 @@ def predict(
     ray_init()
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # output in input order
     gpus = cluster.wants_gpus("auto")
+    cpus = ray.cluster_resources().get("CPU", 1)
     n = actors or (max(1, int(ray.cluster_resources().get("GPU", 0) / gpus_per_actor)) if gpus else 1)
+    # CPU actors leave half a core to the reads that feed them: actors holding every core would
+    # wait for ever on reads that cannot be scheduled (--actors 2 on a 2-core machine).
+    per_actor = (
+        {"num_gpus": gpus_per_actor} if gpus else {"num_cpus": min(1.0, max(cpus - READ_CPUS, 0.1) / n)}
+    )
     ds = read(inputs).map_batches(
         Predictor,
         fn_constructor_kwargs={
@@ -292,7 +300,7 @@ def predict(
         batch_size=BATCH * 4,
         batch_format="pandas",
         concurrency=n,
-        **({"num_gpus": gpus_per_actor} if gpus else {"num_cpus": 1}),
+        **per_actor,
     )
     print(
         f"predict: {task.name} ({task.transformation}) on {', '.join(inputs)}, fields "
