@@ -362,11 +362,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--on-bad-row",
         default="error",
         choices=["error", "skip", "fail"],
-        help="a row the task cannot read: its reason in an error column (default), left out and "
-        "counted, or the end of the run with its line",
+        help="a row the task cannot read: its reason in an error column (default: error), left out "
+        "and counted (skip), or the end of the run with its line (fail)",
     )
     p.add_argument("--actors", type=int, default=0, help="model replicas (default: one per GPU, else 1)")
-    p.add_argument("--gpus-per-actor", type=float, default=1.0, help="a fraction shares a GPU")
+    p.add_argument("--gpus-per-actor", type=float, default=1.0, help="a fraction shares a GPU (default 1)")
 
 
 def run(args: argparse.Namespace) -> None:

@@ -568,7 +568,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--gpus-per-trial",
         type=float,
         default=1.0,
-        help="GPUs a trial takes; a fraction shares one (0.25: four 117 M-parameter trials a GPU)",
+        help="GPUs a trial takes (default 1); a fraction shares one (0.25: four 117 M-parameter trials a GPU)",
     )
     p.add_argument(
         "--cpus-per-trial",

@@ -206,12 +206,22 @@ def run(args: argparse.Namespace) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="as gpt1 predict takes it, or a language-model checkpoint")
-    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--min-replicas", type=int, default=1)
-    p.add_argument("--max-replicas", type=int, default=1, help="autoscale up to this many replicas")
-    p.add_argument("--max-batch-size", type=int, default=16, help="requests batched into one forward pass")
-    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on (default 127.0.0.1; 0.0.0.0: every interface)",
+    )
+    p.add_argument("--port", type=int, default=8000, help="the HTTP port (default 8000)")
+    p.add_argument("--min-replicas", type=int, default=1, help="replicas at least (default 1)")
+    p.add_argument(
+        "--max-replicas", type=int, default=1, help="autoscale up to this many replicas (default 1)"
+    )
+    p.add_argument(
+        "--max-batch-size", type=int, default=16, help="requests batched into one forward pass (default 16)"
+    )
+    p.add_argument(
+        "--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default 5)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
