@@ -104,7 +104,7 @@ def main() -> None:
                 "--max-batch-size",
                 str(batch),
             ],
-            cwd=work,
+            cwd=ROOT,  # not the work directory: its model/ folder would shadow the package
             stdout=log,
             stderr=subprocess.STDOUT,
             env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},

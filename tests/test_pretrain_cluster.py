@@ -6,6 +6,7 @@ uninterrupted one step by step; a shard altered on S3 is one line, exit 2."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -106,7 +107,11 @@ def raylet_of(cluster, pid: int):
 def remove_a_worker_node(cluster, checkpoint: str, replace: bool = True) -> str:
     """Once `checkpoint` is on S3, remove (without warning) a node that runs a training worker but
     not the run's controller, and add a fresh one in its place unless not `replace`. (Here, not
-    in a thread: a node starts only from the main thread.)"""
+    in a thread: a node starts only from the main thread.)
+
+    The workers are frozen (SIGSTOP) from the moment the checkpoint is seen until the node is
+    gone: a run of a few seconds could otherwise finish before the removal, and the test would
+    see no loss at all."""
     import psutil
 
     fs = pafs.FileSystem.from_uri("s3://gpt1-test")[0]
@@ -118,11 +123,18 @@ def remove_a_worker_node(cluster, checkpoint: str, replace: bool = True) -> str:
         name: [p.pid for p in psutil.process_iter(["cmdline"]) if name in " ".join(p.info["cmdline"] or [])]
         for name in ("RayTrainWorker", "TrainController")
     }
-    keep = {raylet_of(cluster, pid).node_id for pid in procs["TrainController"]}
-    victim = next(
-        n for n in (raylet_of(cluster, pid) for pid in procs["RayTrainWorker"]) if n.node_id not in keep
-    )
-    cluster.remove_node(victim, allow_graceful=False)
+    for pid in procs["RayTrainWorker"]:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        keep = {raylet_of(cluster, pid).node_id for pid in procs["TrainController"]}
+        victim = next(
+            n for n in (raylet_of(cluster, pid) for pid in procs["RayTrainWorker"]) if n.node_id not in keep
+        )
+        cluster.remove_node(victim, allow_graceful=False)
+    finally:
+        for pid in procs["RayTrainWorker"]:
+            if psutil.pid_exists(pid):
+                os.kill(pid, signal.SIGCONT)
     if replace:
         cluster.add_node(num_cpus=1, object_store_memory=200 << 20)
     return victim.node_id
@@ -150,7 +162,8 @@ def test_a_run_on_a_cluster_survives_a_lost_node_and_retraces_itself_and_refuses
 
     run = pretrain(cluster, "s3://gpt1-test/ds", "lost", tmp_path)
     removed = remove_a_worker_node(cluster, "gpt1-test/runs/lost/checkpoint_000000020")
-    finish(run)
+    out = finish(run)
+    assert re.search(r"resuming at step \d+ of 60 on 2 worker\(s\)", out), out[-3000:]
     assert removed not in {n.node_id for n in cluster.worker_nodes}
     # Exact: the same losses, step by step, as the run that lost nothing.
     assert losses(tmp_path, "lost") == whole

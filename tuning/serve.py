@@ -159,8 +159,14 @@ def application(files, device: str, opts: argparse.Namespace):
         else {"num_replicas": opts.min_replicas}
     )
     gpus = 1 if device == "cuda" else 0
+    # A replica holds at most max_ongoing_requests at once (Serve's default is 5), so a batch can
+    # fill only if that is at least max_batch_size; twice it, so one batch fills while one runs.
     deployment = serve.deployment(
-        endpoint(), name="gpt1", ray_actor_options={"num_gpus": gpus, "num_cpus": 1}, **scaling
+        endpoint(),
+        name="gpt1",
+        ray_actor_options={"num_gpus": gpus, "num_cpus": 1},
+        max_ongoing_requests=max(5, 2 * opts.max_batch_size),
+        **scaling,
     )
     return deployment.bind(files, device, opts.max_batch_size, opts.batch_wait_ms / 1000)
 

@@ -47,19 +47,33 @@ class RaySession:
 
     @contextlib.contextmanager
     def resume_dir(self):
-        """Ray's newest checkpoint of this run (after a worker was replaced), or else the newest
-        complete one the driver found in run_path, whichever is newer."""
+        """The newest of: Ray's newest checkpoint of this run (after a worker was replaced), the
+        one the driver found in run_path at the start, and the newest complete one in run_path
+        now. Ray knows of a checkpoint only once its controller has collected the report, so a
+        node lost just after a save would otherwise cost every step since the last one Ray
+        collected (all of them, early in a run). Rank 0 chooses; every rank loads its choice."""
         import ray.train
+        import torch.distributed as dist
 
-        ckpt, path = ray.train.get_checkpoint(), self.resume_from
-        if ckpt is not None and (path is None or Path(ckpt.path).name >= Path(path).name):
+        from pipeline.train.checkpoint import latest_checkpoint
+
+        ckpt, choice = ray.train.get_checkpoint(), None
+        if self.rank == 0:
+            found = latest_checkpoint(self.run_path)
+            paths = [p for p in (ckpt and ckpt.path, self.resume_from, found and found[0]) if p]
+            choice = max(paths, key=lambda p: Path(p).name, default=None)
+        if self.world_size > 1:
+            box = [choice]
+            dist.broadcast_object_list(box, 0)
+            choice = box[0]
+        if choice is None:
+            yield None
+        elif ckpt is not None and Path(ckpt.path).name == Path(choice).name:
             with ckpt.as_directory() as d:
                 yield Path(d)
-        elif path is not None:
-            with ray.train.Checkpoint(path).as_directory() as d:
-                yield Path(d)
         else:
-            yield None
+            with ray.train.Checkpoint(choice).as_directory() as d:
+                yield Path(d)
 
     @contextlib.contextmanager
     def staging_dir(self, name: str):
