@@ -12,6 +12,7 @@ data/reviews, held-out/*.txt) is generated; and sizes are shrunk by options appe
 import gzip
 import json
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -136,7 +137,9 @@ def filled_in(line: str, work: Path) -> str:
         line = line.replace("runs/NAME/checkpoint_000001000", ckpt).replace(
             "--checkpoint CKPT", f"--checkpoint {ckpt}"
         )
-    return f"{line} {extra}".strip()
+    # Before a trailing comment, or bash would take the options for part of it.
+    command, comment = (re.split(r"\s+(?=#\s)", line, maxsplit=1) + [""])[:2]
+    return f"{command} {extra} {comment}".strip()
 
 
 def check_mlflow_ui(line: str, work: Path, env: dict) -> None:
@@ -217,5 +220,8 @@ def test_the_readme_commands_run_in_a_fresh_directory_as_written(tmp_path, s3):
         ("reviews", "classification"),
     ):
         assert f"| {task} | {transformation} |" in demo, demo[-3000:]
+    # The options that shrink a line reach the command, a trailing comment or not.
+    (glue,) = [out for command, out in ran.items() if " sweep --task glue " in command]
+    assert "sweep sst-2: 1 trial(s)" in glue and "sweep rte: 1 trial(s)" in glue, glue[-3000:]
     (evaluation,) = [out for command, out in ran.items() if " evaluate " in command]
     assert "bits per byte" in evaluation, evaluation[-2000:]
