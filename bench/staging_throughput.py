@@ -3,7 +3,7 @@ with 8 streams of ranged reads, side by side in one run, against a local S3 serv
 on 127.0.0.1). Each round stages the same dataset afresh into an empty directory, the stream
 counts alternating; every copy is verified against the manifest's sha256s as in a real run.
 
-    python bench/staging_throughput.py [--shards 4] [--shard-mb 64] [--rounds 3]
+    python bench/staging_throughput.py [--shards 16] [--shard-mb 64] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main() -> None:
     from pipeline.data.stage import _download
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shards", type=int, default=4)
+    p.add_argument("--shards", type=int, default=16)
     p.add_argument("--shard-mb", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--streams", type=int, nargs="+", default=[1, 8])

@@ -14,8 +14,10 @@ The cache is GPT1_DATA_CACHE, else ~/.cache/gpt1/data, one directory per dataset
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -24,7 +26,15 @@ from pipeline import remote
 from pipeline.data.dataset import cache_key, machine_lock, read_dataset, verification_cache, verify_once
 from pipeline.data.manifest import DataError, manifest_json
 
-_PIECE = 1 << 24  # bytes per read while staging
+# Bytes per ranged GET while staging. A GET costs a round trip before its first byte (tens of ms
+# on S3), so pieces are as large as keeps every stream busy: a whole shard of prepare's default
+# 64 MiB, down to 8 MiB (AWS's suggested range size) when the dataset is too small to give each
+# stream two pieces.
+_PIECE_MAX, _PIECE_MIN = 64 << 20, 8 << 20
+
+
+def piece_size(total: int, streams: int) -> int:
+    return max(_PIECE_MIN, min(_PIECE_MAX, -(-total // (2 * streams))))
 
 
 def local_copy(uri: str) -> tuple[Path, dict]:
@@ -44,7 +54,7 @@ def local_copy(uri: str) -> tuple[Path, dict]:
 
 
 def _download(uri: str, manifest: dict, dest: Path, streams: int | None = None) -> None:
-    """Every file of the dataset at uri into dest, in pieces of _PIECE bytes fetched by `streams`
+    """Every file of the dataset at uri into dest, in pieces (piece_size) fetched by `streams`
     ranged reads at once (GPT1_STAGE_STREAMS, default 8): one S3 stream is bound by its round
     trips, not by the pipe. Each file is hashed once whole, and renamed into place only when its
     sha256 is the manifest's."""
@@ -61,6 +71,7 @@ def _download(uri: str, manifest: dict, dest: Path, streams: int | None = None) 
     # Staged by an earlier attempt: renamed into place only once verified, so kept.
     todo = {name: path for name, path in paths.items() if not path.exists()}
     infos = fs.get_file_info([f"{base}/{name}" for name in todo])
+    piece = piece_size(sum(info.size for info in infos if info.type == pafs.FileType.File), streams)
     pieces, parts = [], {}
     for (name, path), info in zip(todo.items(), infos):
         if info.type != pafs.FileType.File:
@@ -69,12 +80,23 @@ def _download(uri: str, manifest: dict, dest: Path, streams: int | None = None) 
         parts[name] = tmp = path.with_name(path.name + f".part-{os.getpid()}")
         with open(tmp, "wb") as out:
             out.truncate(info.size)
-        pieces += [(name, tmp, at, min(_PIECE, info.size - at)) for at in range(0, info.size, _PIECE)]
+        # An empty file still has one piece, so that the stream landing it hashes it.
+        pieces += [(name, tmp, at, min(piece, info.size - at)) for at in range(0, info.size or 1, piece)]
 
-    def fetch(piece) -> None:
+    # One handle per file, opened (one HEAD request) by the first piece that needs it: ReadAt on
+    # an S3 handle is a stateless ranged GET, so the streams share it. A file is hashed by the
+    # stream that lands its last piece, while the others keep downloading.
+    lock = threading.Lock()
+    handles: dict[str, pafs.NativeFile] = {}
+    left = collections.Counter(name for name, *_ in pieces)
+
+    def fetch(piece) -> str | None:
         name, tmp, at, size = piece
-        with fs.open_input_file(f"{base}/{name}") as src:
-            data = src.read_at(size, at)
+        with lock:
+            if name not in handles:
+                handles[name] = fs.open_input_file(f"{base}/{name}")
+            src = handles[name]
+        data = src.read_at(size, at) if size else b""
         if len(data) != size:
             raise DataError(f"{uri}/{name}: shorter than when it was listed (it was changed); try again")
         fd = os.open(tmp, os.O_WRONLY)
@@ -82,22 +104,30 @@ def _download(uri: str, manifest: dict, dest: Path, streams: int | None = None) 
             os.pwrite(fd, data, at)
         finally:
             os.close(fd)
+        with lock:
+            left[name] -= 1
+            if left[name]:
+                return None
+            handles.pop(name).close()
+        return verify(name)
 
     def verify(name: str) -> str | None:
         h = hashlib.sha256()
         with open(parts[name], "rb") as f:
-            while data := f.read(_PIECE):
+            while data := f.read(_PIECE_MIN):
                 h.update(data)
         return None if h.hexdigest() == want[name] else name
 
     try:
         with ThreadPoolExecutor(streams) as pool:
-            list(pool.map(fetch, pieces))
-            bad = [name for name in pool.map(verify, parts) if name]
+            bad = [name for name in pool.map(fetch, pieces) if name]
     except BaseException:
         for tmp in parts.values():
             tmp.unlink(missing_ok=True)
         raise
+    finally:
+        for src in handles.values():
+            src.close()
     if bad:
         for tmp in parts.values():
             tmp.unlink(missing_ok=True)
