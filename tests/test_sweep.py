@@ -364,7 +364,7 @@ def test_max_concurrent_limits_the_trials_running_at_once(ray_session, tmp_path)
 
     from ray import tune
 
-    from tuning.search import run_tuner
+    from tuning.trials import run_tuner
 
     def trainable(config):
         start = time.time()
