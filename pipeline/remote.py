@@ -166,8 +166,22 @@ def lease(fs: pafs.FileSystem, base: str, uri: str, what: str, ttl: float = 120.
         )
 
     def write():
-        with fs.open_output_stream(path) as f:
-            f.write(json.dumps({**me, "time": time.time()}).encode())
+        body = json.dumps({**me, "time": time.time()}).encode()
+        if not isinstance(fs, pafs.LocalFileSystem):
+            with fs.open_output_stream(path) as f:  # an object store's put replaces the object whole
+                f.write(body)
+            return
+        # Two writers that open one local file at once interleave their bytes, and a torn lease
+        # reads as nobody's, so both went on. Written beside it and renamed over it, a lease is
+        # always one writer's whole (a rename replaces atomically).
+        tmp = f"{path}.{me['token']}"
+        try:
+            with fs.open_output_stream(tmp) as f:
+                f.write(body)
+            fs.move(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                fs.delete_file(tmp)
 
     if (other := held_by()) is not None:
         refuse(other)
@@ -189,7 +203,7 @@ def lease(fs: pafs.FileSystem, base: str, uri: str, what: str, ttl: float = 120.
     finally:
         stop.set()
         renewer.join()
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):
             if read_json(fs, path).get("token") == me["token"]:
                 fs.delete_file(path)
 
