@@ -161,12 +161,16 @@ def wait_for(
     placed = group.ready()
     deadline, last = time.monotonic() + minutes * 60, None
     try:
-        while not ray.wait([placed], timeout=poll_s)[0]:
+        # Said at once, before the first wait: a fast autoscaler may bring the nodes within one
+        # poll, and the user should still see that this command asked for them.
+        while True:
             _, nodes = starting(autoscaler_report(), kind)
             line = f"waiting for {count:g} {kinds} for {what}: {have:g} up, {nodes} node(s) starting"
             if line != last:
                 say(line, flush=True)
                 last = line
+            if ray.wait([placed], timeout=poll_s)[0]:
+                break
             if time.monotonic() > deadline:
                 raise errors.NotEnoughResources(
                     f"{what}: after {minutes:g} minute(s) the cluster has {have:g} of the {count:g} {kinds} "
