@@ -53,22 +53,41 @@ def _sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-# What the demo may write under WORKDIR, besides stages.json. A stages.json written before the
-# demo listed its entries is taken to have written those of them that exist.
+# What the demo may write under WORKDIR, besides stages.json.
 ENTRIES = ("builtin", "data", "runs", "report")
+# The mark of a stages.json the demo wrote. A stages.json without it (a user's file of that name,
+# or one from a demo too old to record what it wrote) vouches for nothing: the demo refuses it
+# rather than guess which entries beside it are its own.
+STAGES_FORMAT = "gpt1-demo-stages/2"
+
+
+def is_demo_stages(path: Path) -> bool:
+    try:
+        done = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return (
+        isinstance(done, dict)
+        and done.get("format") == STAGES_FORMAT
+        and isinstance(done.get("written"), list)
+    )
 
 
 class Stages:
     """WORKDIR/stages.json: each finished stage's result, under the sha256 of its inputs, and the
     entries of WORKDIR that the demo created (under "written"): the only ones --fresh removes,
-    and the only dataset it replaces."""
+    and the only dataset it replaces. A stages.json the demo did not write is refused."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.done = json.loads(path.read_text()) if path.exists() else {}
-        if path.exists() and "written" not in self.done:
-            self.done["written"] = [n for n in ENTRIES if (path.parent / n).exists()]
-        self.done.setdefault("written", [])
+        if path.exists() and not is_demo_stages(path):
+            raise errors.ConfigError(
+                f"{path}: was not written by gpt1 demo (no {STAGES_FORMAT!r} format mark); "
+                "nothing beside it is taken for the demo's: choose another --workdir"
+            )
+        self.done = (
+            json.loads(path.read_text()) if path.exists() else {"format": STAGES_FORMAT, "written": []}
+        )
 
     @property
     def written(self) -> list[Path]:
@@ -322,7 +341,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="default",
         help="default (about 8 minutes on 2 cores) or ci (every stage shrunk)",
     )
-    p.add_argument("--fresh", action="store_true", help="delete WORKDIR first: run every stage again")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="remove what an earlier demo wrote in WORKDIR (only that), then run every stage again",
+    )
     p.add_argument(
         "--corpus", nargs="+", help="your unlabeled text (files, globs, directories), instead of the built-in"
     )
@@ -347,7 +370,7 @@ def fresh(work: Path, inputs: list[Path]) -> None:
     from pipeline import outdir
 
     # Only a demo's own directory is touched: --workdir ~ --fresh must not empty a home.
-    outdir.check_replaceable(work, "a demo directory", lambda d: (d / "stages.json").is_file(), True)
+    outdir.check_replaceable(work, "a demo directory", lambda d: is_demo_stages(d / "stages.json"), True)
     if not (work / "stages.json").exists():
         return  # empty
     stages = Stages(work / "stages.json")

@@ -1,7 +1,8 @@
 """Errors and how a command ends: the UserError family as one line and exit status 2; object
 storage that stopped answering, a cluster that did not grow in time, and a lost Ray instance as
 one line and status 1;
-Ctrl-C and SIGTERM as one line and status 130; anything else (a bug) with its traceback and
+Ctrl-C and SIGTERM as one line and status 130 and 143 (128 + the signal, as a shell reports it);
+anything else (a bug) with its traceback and
 status 1."""
 
 from __future__ import annotations
@@ -153,11 +154,28 @@ def model_input(what: str):
         raise UserError(f"{what}: {err}" if what and not str(err).startswith(what) else str(err)) from None
 
 
+# The signal that stopped this command, where one did: its exit status is 128 + it (130 for
+# Ctrl-C, 143 for SIGTERM), as a shell would report a process the signal killed.
+_stopped_by: list[int] = []
+
+
+def note_signal(signum: int) -> None:
+    """Record that signum asked this command to stop (a handler that stops cleanly calls it)."""
+    _stopped_by.append(signum)
+
+
+def interrupt_status() -> int:
+    import signal
+
+    return 128 + (_stopped_by[0] if _stopped_by else signal.SIGINT)
+
+
 def sigterm_as_interrupt() -> None:
     """SIGTERM (a scheduler's stop, `kill`) ends a command as Ctrl-C does: cleanly, one line."""
     import signal
 
     def handler(signum, frame):
+        note_signal(signum)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
@@ -165,7 +183,7 @@ def sigterm_as_interrupt() -> None:
 
 def run_reporting(prog: str, func, args) -> int:
     """Run a command; a user's mistake ends as one line naming the input and exit status 2, with
-    no traceback; Ctrl-C and SIGTERM as one line and status 130. Shared by the `gpt1`
+    no traceback; Ctrl-C and SIGTERM as one line and status 130 or 143. Shared by the `gpt1`
     subcommands and the stage scripts, so both behave alike."""
     import signal
     import threading
@@ -174,11 +192,12 @@ def run_reporting(prog: str, func, args) -> int:
     old = signal.getsignal(signal.SIGTERM)
     if main:
         sigterm_as_interrupt()
+    _stopped_by.clear()
     try:
         func(args)
     except (Interrupted, KeyboardInterrupt) as err:
         print(f"{prog}: {str(err) or 'interrupted'}", file=sys.stderr)
-        return 130
+        return interrupt_status()
     except Exception as err:
         cause = user_error(err)
         if cause is None:

@@ -93,18 +93,36 @@ def test_demo_checks_its_arguments_before_fresh_touches_anything(tmp_path, capsy
 
 
 def test_demo_fresh_removes_only_the_entries_it_wrote_and_never_an_input(tmp_path, capsys, monkeypatch):
-    from gpt1.demo import fresh
+    from gpt1.demo import STAGES_FORMAT, fresh
 
     work = tmp_path / "work"
     for d in ("data", "runs", "builtin", "mine"):
         (work / d).mkdir(parents=True)
         (work / d / "f").write_text(d)
-    (work / "stages.json").write_text(json.dumps({"written": ["data", "runs"]}))
+    (work / "stages.json").write_text(json.dumps({"format": STAGES_FORMAT, "written": ["data", "runs"]}))
     with pytest.raises(Exception, match="holds .*an input of this command"):
         fresh(work, [work / "runs" / "corpus.txt"])
     assert sorted(p.name for p in work.iterdir()) == ["builtin", "data", "mine", "runs", "stages.json"]
     fresh(work, [work / "mine" / "corpus.txt"])
     assert sorted(p.name for p in work.iterdir()) == ["builtin", "mine"]  # builtin/ was not the demo's
+
+
+@pytest.mark.parametrize("stages", ["{}", '{"written": ["data", "runs"]}', "not json", '{"format": "other"}'])
+def test_demo_fresh_deletes_nothing_beside_a_stages_json_it_did_not_write(tmp_path, capsys, stages):
+    work = tmp_path / "d"
+    for d, f in (("data", "thesis.txt"), ("runs", "exp1.log"), ("builtin", "b"), ("report", "r.md")):
+        (work / d).mkdir(parents=True)
+        (work / d / f).write_text("the only copy")
+    (work / "stages.json").write_text(stages)
+    before = sorted(str(p.relative_to(work)) for p in work.rglob("*"))
+    assert gpt1(["demo", "--workdir", str(work), "--fresh", "--size", "ci"]) == 2
+    one_line(capsys, "is not a demo directory")
+    assert sorted(str(p.relative_to(work)) for p in work.rglob("*")) == before
+    # Without --fresh the demo refuses it too, rather than write over it or claim what is beside it.
+    assert gpt1(["demo", "--workdir", str(work), "--size", "ci"]) == 2
+    one_line(capsys, "was not written by gpt1 demo")
+    assert sorted(str(p.relative_to(work)) for p in work.rglob("*")) == before
+    assert (work / "stages.json").read_text() == stages
 
 
 def test_staging_cleanup_leaves_a_users_hidden_folder_alone(task_checkpoint, tmp_path, capsys):

@@ -2,6 +2,7 @@
 them, with the paper's numbers, the differences, mean ± std over seeds, and cells without runs."""
 
 from mlflow.tracking import MlflowClient
+from test_faults_inputs import one_line
 
 from gpt1.cli import main
 from tuning import paper
@@ -78,9 +79,67 @@ def test_a_bad_tag_or_experiment_is_one_line(tmp_path, mlflow_uri, capsys):
         (["--tag", "nokey"], "expected KEY=VALUE"),
         (["--experiment", "nope"], "no such MLflow experiment"),
     ):
-        assert main(["report", "--no-mlflow", "--out", str(tmp_path), *args]) == 2
+        assert main(["report", "--no-mlflow", "--out", str(tmp_path / "r"), *args]) == 2
         err = capsys.readouterr().err.strip()
         assert expected in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "r").exists()  # nothing left behind
+    # A tag value holding a quote is matched as text, never read as the filter's syntax.
+    client = MlflowClient(mlflow_uri)
+    run = sweep_parent(client, "sst-2", {"best_accuracy": 0.8})
+    client.set_tag(run, "note", "it's")
+    assert main(["report", "--no-mlflow", "--out", str(tmp_path / "q"), "--tag", "note=it's"]) == 0
+    assert run in (tmp_path / "q" / "report.md").read_text()
+    assert main(["report", "--no-mlflow", "--out", str(tmp_path / "q2"), "--tag", "note=it\"s'"]) == 2
+    assert "both ' and \"" in capsys.readouterr().err
+
+
+def test_report_writes_only_its_own_files_and_uploads_only_them(tmp_path, mlflow_uri, capsys, monkeypatch):
+    client = MlflowClient(mlflow_uri)
+    sweep_parent(client, "sst-2", {"best_accuracy": 0.9})
+    home = tmp_path / "home"
+    (home / "report" / ".ssh").mkdir(parents=True)
+    (home / "report" / ".ssh" / "id_rsa").write_text("PRIVATE KEY")
+    (home / "notes").mkdir()
+    (home / "notes" / "report.md").write_text("my thesis notes")
+    (home / "afile").write_text("x")
+    monkeypatch.chdir(home)
+    before = sorted(str(p) for p in home.rglob("*"))
+    for out, words in (
+        (".", "is the working directory"),
+        (str(home), "is the working directory"),
+        ("report", ".ssh"),  # the default's name, a user's folder
+        ("notes", "not one gpt1 report wrote"),
+        ("afile", "is not a directory"),
+        (str(tmp_path / "mlartifacts" / "x"), "inside MLflow's artifact store"),
+    ):
+        assert main(["report", "--out", out]) == 2, out
+        one_line(capsys, words)
+    assert sorted(str(p) for p in home.rglob("*")) == before
+    assert (home / "notes" / "report.md").read_text() == "my thesis notes"
+    assert client.get_experiment_by_name("gpt1-report") is None  # no run, nothing uploaded
+    # Its own directory, twice: the second replaces the first's report; only its files are logged.
+    assert main(["report", "--out", "mine"]) == 0
+    assert main(["report", "--out", "mine"]) == 0
+    exp = client.get_experiment_by_name("gpt1-report")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    for r in runs:
+        assert {a.path for a in client.list_artifacts(r.info.run_id)} == {"report.md"}
+
+
+def test_a_damaged_n_transfer_parameter_is_one_line_naming_its_run(tmp_path, mlflow_uri, capsys):
+    client = MlflowClient(mlflow_uri)
+    parent = sweep_parent(client, "race", {"best_accuracy": 0.4})
+    exp = client.get_experiment_by_name("gpt1-finetune-race").experiment_id
+    trials = []
+    for k in ("0", "all"):
+        t = client.create_run(exp, tags={"mlflow.parentRunId": parent, "row": "trial"}).info.run_id
+        client.log_param(t, "n_transfer", k)
+        client.log_metric(t, "best_train_accuracy", 0.35)
+        trials.append(t)
+    assert main(["report", "--out", str(tmp_path / "r")]) == 2
+    one_line(capsys, trials[1], "n_transfer")
+    assert not (tmp_path / "r").exists()
 
 
 def test_figure2_draws_transferred_layers_and_both_networks_zero_shot_curves(tmp_path, mlflow_uri):

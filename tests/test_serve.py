@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -29,10 +30,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def call(port: int, path: str, body=None, raw: bytes | None = None) -> tuple[int, object]:
+def call(
+    port: int, path: str, body=None, raw: bytes | None = None, token: str | None = None
+) -> tuple[int, object]:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     req = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", data=data, method="POST" if data else "GET"
+        f"http://127.0.0.1:{port}{path}",
+        data=data,
+        method="POST" if data else "GET",
+        headers={"Authorization": f"Bearer {token}"} if token else {},
     )
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
@@ -45,12 +51,13 @@ def call(port: int, path: str, body=None, raw: bytes | None = None) -> tuple[int
 class Server:
     """`gpt1 serve` in a process of its own, stopped (SIGTERM) when the block ends."""
 
-    def __init__(self, model, tmp_path: Path):
+    def __init__(self, model, tmp_path: Path, *extra: str):
         self.port, self.log = free_port(), tmp_path / f"serve-{time.monotonic_ns()}.log"
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         with open(self.log, "w") as f:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gpt1.cli", "serve", "--model", str(model), "--port", str(self.port)],
+                [sys.executable, "-m", "gpt1.cli", "serve", "--model", str(model), "--port", str(self.port)]
+                + list(extra),
                 cwd=tmp_path,
                 env=env,
                 stdout=f,
@@ -89,24 +96,53 @@ def fine_tuned(task_checkpoint, sst2, tmp_path_factory):
 
 
 def test_serve_answers_http_clients_and_stops_on_sigterm(fine_tuned, task_checkpoint, sst2, tmp_path):
+    from functools import partial
+
+    from tuning.serve import MAX_BODY_BYTES, MAX_ROWS
+
     dev = get("sst-2").load(sst2, "dev")[:6]
     tm = load_task_model(fine_tuned)
     want = [tm.task.labels[int(i)] for i in predict(tm, tm.encoder.encode(dev))]
-    with Server(fine_tuned, tmp_path) as server:
-        status, one = call(server.port, "/predict", {"sentence": dev[0].text[0]})
+    with Server(fine_tuned, tmp_path, "--token", "s3cret") as server:
+        assert call(server.port, "/predict", {"sentence": "fine"})[0] == 401  # no token
+        assert call(server.port, "/predict", {"sentence": "fine"}, token="wrong")[0] == 401
+        ask = partial(call, token="s3cret")  # every request below carries the token
+        status, one = ask(server.port, "/predict", {"sentence": dev[0].text[0]})
         assert (
             status == 200
             and one["label"] == want[0]
             and sum(one["probabilities"]) == pytest.approx(1, abs=1e-5)
         )
-        status, many = call(server.port, "/predict", [{"sentence": e.text[0]} for e in dev])
+        status, many = ask(server.port, "/predict", [{"sentence": e.text[0]} for e in dev])
         assert status == 200 and [r["label"] for r in many] == want  # the model's own labels
-        status, text = call(server.port, "/predict", raw=b'{"sentence": ')
+        status, text = ask(server.port, "/predict", raw=b'{"sentence": ')
         assert status == 400 and text.startswith("the body is not JSON") and text.count("\n") == 1
-        status, text = call(server.port, "/predict", [{"sentence": "fine"}, {"text": "x"}])
+        status, text = ask(server.port, "/predict", [{"sentence": "fine"}, {"text": "x"}])
         assert (status, text) == (400, "row 1: no 'sentence'\n")
-        assert call(server.port, "/generate", {"prompt": "the"})[0] == 400
-    assert server.returncode == 0 and "serve: stopped" in server.log.read_text()
+        assert ask(server.port, "/generate", {"prompt": "the"})[0] == 400
+        # Text of control characters only is empty, not a sentence to label.
+        assert ask(server.port, "/predict", {"sentence": "\u0000\u0001 "}) == (
+            400,
+            "'sentence' is empty (blank, or control characters only)\n",
+        )
+        # One client's bad row fails its own request only, never the batch it shares with others.
+        good = {"sentence": dev[0].text[0]}
+        bodies = [good] * 24 + [{"sentence": "\ud800"}] + [good] * 24
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            answers = list(pool.map(lambda b: ask(server.port, "/predict", b), bodies))
+        assert answers[24][0] == 400 and "lone surrogate" in answers[24][1], answers[24]
+        others = answers[:24] + answers[25:]
+        assert all(a[0] == 200 and a[1]["label"] == one["label"] for a in others), [
+            a for a in others if a[0] != 200
+        ][:3]
+        # Every request is bounded: rows, and the body's bytes.
+        status, text = ask(server.port, "/predict", [good] * (MAX_ROWS + 1))
+        assert status == 413 and f"at most {MAX_ROWS}" in text
+        status, text = ask(server.port, "/predict", {"sentence": "x" * (MAX_BODY_BYTES + 1)})
+        assert status == 413 and "larger than" in text
+        assert ask(server.port, "/predict", raw=b"[" * 100_000)[0] == 400  # nested too deeply
+        assert call(server.port, "/healthz") == (200, "ok\n")  # a load balancer's, no token
+    assert server.returncode == 143 and "serve: stopped" in server.log.read_text()
 
     # A language model: /generate, with gpt1 generate's options.
     with Server(task_checkpoint, tmp_path) as server:
@@ -118,4 +154,16 @@ def test_serve_answers_http_clients_and_stops_on_sigterm(fine_tuned, task_checkp
             400,
             "unknown key 'beams'; expected max_new_tokens, num_samples, prompt, seed, temperature, top_k, top_p\n",
         )
-    assert server.returncode == 0
+        # gpt1 generate's checks, and a bound on the tokens one request asks for.
+        for bad, words in (
+            ({"temperature": -1}, "temperature -1.0: expected a finite number >= 0"),
+            ({"temperature": "nan"}, "temperature: 'nan' is not a number"),
+            ({"top_p": 2}, "top_p 2: expected a probability in (0, 1]"),
+            ({"top_k": -1}, "top_k -1: expected at least 1"),
+            ({"max_new_tokens": -5}, "max_new_tokens and num_samples: expected at least 1"),
+            ({"num_samples": 0}, "max_new_tokens and num_samples: expected at least 1"),
+            ({"max_new_tokens": 1000, "num_samples": 1500}, "at most 4,096 tokens a request"),
+        ):
+            status, text = call(server.port, "/generate", {"prompt": "the", **bad})
+            assert status == 400 and words in text and text.count("\n") == 1, (bad, status, text)
+    assert server.returncode == 143

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,21 +50,34 @@ def fields_of(transformation: str, columns: list[str] | None = None) -> tuple[st
     return want
 
 
+def visible(c: str) -> bool:
+    """Whether c is text a model reads: not a space and not a control, format or unassigned
+    character (which normalisation drops, leaving a row of them nothing to classify)."""
+    return not c.isspace() and unicodedata.category(c)[0] != "C"
+
+
 def _text(row: dict, field: str) -> str:
     value = row.get(field)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         raise BadRow(f"no {field!r}")
     if not isinstance(value, str):
         raise BadRow(f"{field!r} is a {type(value).__name__}, expected text")
-    if not value.strip():
-        raise BadRow(f"{field!r} is empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:  # a lone surrogate, as JSON's "\\ud800" gives
+        raise BadRow(f"{field!r} is not valid Unicode (character {err.start} is a lone surrogate)") from None
+    if not any(visible(c) for c in value):
+        raise BadRow(f"{field!r} is empty (blank, or control characters only)")
     if len(value) > MAX_TEXT_CHARS:
         raise BadRow(f"{field!r} holds {len(value):,} characters, more than {MAX_TEXT_CHARS:,}")
     return value
 
 
-def example_of(row: dict, transformation: str, fields: tuple[str, ...]) -> Example:
-    """The Example of one row; BadRow where a field is missing or not what it should be."""
+def example_of(
+    row: dict, transformation: str, fields: tuple[str, ...], n_choices: int | None = None
+) -> Example:
+    """The Example of one row; BadRow where a field is missing or not what it should be (for
+    multiple choice, n_choices candidates where the model was trained on that many)."""
     if transformation != "multiple_choice":
         return Example(tuple(_text(row, f) for f in fields), None, "")
     context, candidates = _text(row, fields[0]), row.get(fields[1])
@@ -76,6 +90,10 @@ def example_of(row: dict, transformation: str, fields: tuple[str, ...]) -> Examp
         candidates = candidates.tolist()
     if not isinstance(candidates, list) or len(candidates) < 2:
         raise BadRow(f"{fields[1]!r}: expected a list of at least two candidate texts")
+    if n_choices and len(candidates) != n_choices:
+        raise BadRow(
+            f"{fields[1]!r} holds {len(candidates)} candidates; the model was fine-tuned on {n_choices}"
+        )
     texts = tuple(_text({f"{fields[1]}[{i}]": c}, f"{fields[1]}[{i}]") for i, c in enumerate(candidates))
     return Example((context,), None, "", texts)
 

@@ -69,6 +69,38 @@ def model_dir(spec: str):
         yield d
 
 
+@contextlib.contextmanager
+def damaged_model(what: str):
+    """Loading a model directory: what a damaged one raises (truncated weights, a corrupt
+    task.json or config.json, a head of the wrong shape) as one UserError naming what."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except errors.UserError:
+        raise
+    except (ValueError, KeyError, TypeError, OSError, RuntimeError, SafetensorError) as err:
+        first = (str(err).splitlines() or [""])[0][:200]
+        raise errors.UserError(
+            f"{what}: a damaged model directory ({type(err).__name__}: {first}); copy or export it again"
+        ) from None
+
+
+def check_model(d: Path, what: str) -> None:
+    """Load the model once in this process, before Ray starts: a damaged one is one line naming
+    --model, not a replica's traceback naming its temporary copy."""
+    from tuning.finetune import is_finetune_output, load_task_model
+
+    if is_finetune_output(d):
+        with damaged_model(what):
+            load_task_model(d, "cpu")
+    else:
+        from pipeline.train.checkpoint import load_model_and_tokenizer
+
+        with damaged_model(what):
+            load_model_and_tokenizer(d)
+
+
 def read(paths: list[str]):
     """The inputs as one Ray Dataset, every CSV / TSV cell as text (no number guessed from a
     sentence)."""
@@ -141,15 +173,27 @@ def label_rows(tm, rows: list[dict], fields: tuple[str, ...], device: str) -> li
     from tuning.inputs import BadRow, example_of, predictions
 
     task = tm.task
+    n_choices = len(task.labels) if task.transformation == "multiple_choice" else None
     out: list[tuple] = [(None, None)] * len(rows)
     examples = {}
     for i, row in enumerate(rows):
         try:
-            examples[i] = example_of(row, task.transformation, fields)
+            examples[i] = example_of(row, task.transformation, fields, n_choices)
         except BadRow as err:
             out[i] = (None, str(err))
     good = sorted(examples)
-    encoded = tm.encoder.encode([examples[i] for i in good])
+    try:
+        encoded = tm.encoder.encode([examples[i] for i in good])
+    except (ValueError, UnicodeError, TypeError):
+        # One row the tokenizer cannot take fails only itself: encode them one at a time.
+        encoded, kept = [], []
+        for i in good:
+            try:
+                encoded += tm.encoder.encode([examples[i]])
+                kept.append(i)
+            except (ValueError, UnicodeError, TypeError) as err:
+                out[i] = (None, f"cannot be encoded ({str(err).splitlines()[0][:200]})")
+        good = kept
     with torch.no_grad():
         for k in range(0, len(good), BATCH):
             chunk = encoded[k : k + BATCH]
@@ -274,6 +318,7 @@ def predict(
                 f"--model {model}: not a fine-tuned model (no task.json and head.safetensors); "
                 "expected gpt1 finetune's --out or a sweep's registered model"
             )
+        check_model(d, f"--model {model}")
         task = task_of(d)
         try:
             fields = fields_of(task.transformation, columns)

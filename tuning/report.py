@@ -45,7 +45,7 @@ def newest_sweeps(client, experiments: list[str] | None = None, tags: dict | Non
         ids.append(exp.experiment_id)
     if not ids:
         return {}
-    filters = ["attributes.status = 'FINISHED'", *(f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items())]
+    filters = ["attributes.status = 'FINISHED'", *(filter_value(k, v) for k, v in (tags or {}).items())]
     newest: dict = {}
     for run in client.search_runs(ids, " and ".join(filters), order_by=["attributes.start_time DESC"]):
         t = run.data.tags
@@ -198,12 +198,38 @@ def transfer_curves(client, experiments: list[str] | None = None) -> dict:
                 if best:
                     metric = best[0].removeprefix("best_train_")
                     m = t.data.metrics
-                    points.append(
-                        (int(t.data.params["n_transfer"]), m[best[0]], m.get(f"best_{metric}"), metric)
-                    )
+                    points.append((n_transfer(t), m[best[0]], m.get(f"best_{metric}"), metric))
             if points:
                 out[parent.data.tags["task"]] = sorted(points)
     return out
+
+
+def n_transfer(trial) -> int:
+    """A trial's n_transfer parameter: a damaged one (edited by hand, logged by another tool) is
+    one line naming the run, not a traceback."""
+    value = trial.data.params.get("n_transfer", "")
+    try:
+        return int(value)
+    except ValueError:
+        raise errors.ConfigError(
+            f"MLflow run {trial.info.run_id}: its n_transfer parameter is {value!r}, not a whole number; "
+            "delete the run or read other experiments with --experiment"
+        ) from None
+
+
+def filter_value(key: str, value: str) -> str:
+    """`tags.`key` = 'value'` for MLflow's search filter, quoted so that a quote in the value is
+    matched, never read as the filter's syntax."""
+    if "`" in key:
+        raise errors.ConfigError(f"--tag {key}={value}: a tag name cannot hold a backquote")
+    if "'" not in value:
+        return f"tags.`{key}` = '{value}'"
+    if '"' not in value:
+        return f'tags.`{key}` = "{value}"'
+    raise errors.ConfigError(
+        f"--tag {key}={value}: MLflow's filter cannot match a value holding both ' and \"; "
+        "choose a tag without one of them"
+    )
 
 
 def figure2(client, runs: dict, curves: dict, path: Path) -> list[str]:
@@ -281,12 +307,65 @@ def deviations() -> list[str]:
     return [line[2:] for line in m[1].splitlines()]
 
 
+# The only files a report writes, and so the only ones --out may already hold (an earlier
+# report's) and the only ones logged to MLflow.
+FILES = ("report.md", "figure2.png")
+TITLE = "# GPT-1: this reproduction beside the paper"
+
+
+def check_out(out: Path, uri: str) -> None:
+    """Raise ConfigError unless out is a new directory or one holding only an earlier report:
+    never the working directory or one above it, never inside the MLflow store's artifacts, never
+    a folder of the user's (whose report.md, .ssh or anything else the report would replace or
+    upload)."""
+    from pipeline.tracking import artifact_root
+
+    here = out.absolute().resolve()
+    if here == Path.cwd().resolve() or here in Path.cwd().resolve().parents:
+        raise errors.ConfigError(
+            f"--out {out}: is the working directory or holds it; the report needs a directory of its own, "
+            "e.g. --out report"
+        )
+    root = artifact_root(uri)
+    if root and root.startswith("file://"):
+        store = Path(root.removeprefix("file://")).resolve()
+        if here == store or store in here.parents or here in store.parents:
+            raise errors.ConfigError(
+                f"--out {out}: is inside MLflow's artifact store ({store}) or holds it; choose a directory "
+                "outside it"
+            )
+    if not out.exists():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise errors.ConfigError(f"--out {out}: exists and is not a directory; choose a new directory")
+    names = sorted(p.name for p in out.iterdir())
+    others = [n for n in names if n not in FILES or not (out / n).is_file() or (out / n).is_symlink()]
+    if others:
+        raise errors.ConfigError(
+            f"--out {out}: holds {', '.join(others[:3])}{' and more' if len(others) > 3 else ''}, which no "
+            "report wrote; it is never replaced or uploaded: choose a new directory"
+        )
+    if "report.md" in names and not _is_report(out / "report.md"):
+        raise errors.ConfigError(
+            f"--out {out}: its report.md is not one gpt1 report wrote; it is never replaced: "
+            "choose a new directory"
+        )
+
+
+def _is_report(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\n") == TITLE
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def report(client, out: Path, experiments: list[str] | None = None, tags: dict | None = None) -> dict:
-    """Write report.md (and figure2.png where there are curves) into out; returns what it found."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write report.md (and figure2.png where there are curves) into out, replacing an earlier
+    report's (check_out says out may be written); returns what it found and the files written."""
     sweeps = newest_sweeps(client, experiments, tags)
     lines = [
-        "# GPT-1: this reproduction beside the paper",
+        TITLE,
         "",
         "Each cell: ours (± std over seeds, where a row has seeds) \\| the paper's \\| the difference, in "
         "percentage points. Ours are dev metrics; the paper's Tables 2-4 are test metrics where the test "
@@ -307,9 +386,11 @@ def report(client, out: Path, experiments: list[str] | None = None, tags: dict |
     lines += t5 + [""]
     lines += other_tasks(sweeps)
     lines += ["### Figure 2", ""]
-    lines += figure2(
-        client, zero_shot_runs(client), transfer_curves(client, experiments), out / "figure2.png"
-    )
+    # Everything is read before anything is written: a bad run or experiment leaves nothing behind.
+    runs, curves = zero_shot_runs(client), transfer_curves(client, experiments)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "figure2.png").unlink(missing_ok=True)  # an earlier report's, which this one may not draw
+    lines += figure2(client, runs, curves, out / "figure2.png")
     lines += [
         "",
         "### Deliberate deviations from the paper and the released code",
@@ -318,7 +399,11 @@ def report(client, out: Path, experiments: list[str] | None = None, tags: dict |
         "",
     ]
     (out / "report.md").write_text("\n".join(lines))
-    return {"sweeps": {t: r.info.run_id for t, r in sweeps.items()}, "table5_averages": averages}
+    return {
+        "sweeps": {t: r.info.run_id for t, r in sweeps.items()},
+        "table5_averages": averages,
+        "files": [out / n for n in FILES if (out / n).is_file()],
+    }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -353,17 +438,23 @@ def run(args: argparse.Namespace) -> None:
             raise errors.ConfigError(f"--tag {spec}: expected KEY=VALUE, e.g. --tag task=sst-2")
         tags[key] = value
     uri = tracking_uri()
+    out = Path(args.out)
+    check_out(out, uri)
     check_store(uri)
     client = MlflowClient(uri)
-    out = Path(args.out)
     found = report(client, out, args.experiment, tags)
     print((out / "report.md").read_text())
     if not args.no_mlflow:
         rid = client.create_run(experiment_id(client, EXPERIMENT), run_name="report").info.run_id
-        for t, r in found["sweeps"].items():
-            client.set_tag(rid, f"sweep.{t}", r)
-        client.log_artifacts(rid, str(out))
-        finish_run(uri, rid)
+        status = "FAILED"
+        try:
+            for t, r in found["sweeps"].items():
+                client.set_tag(rid, f"sweep.{t}", r)
+            for path in found["files"]:  # by name: nothing else in --out is ever uploaded
+                client.log_artifact(rid, str(path))
+            status = "FINISHED"
+        finally:
+            finish_run(uri, rid, status)
         print(f"MLflow run {rid} (experiment {EXPERIMENT})")
 
 

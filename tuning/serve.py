@@ -17,14 +17,24 @@ models:/NAME@champion, runs:/ID/model, s3://), or a language-model checkpoint.
 Requests are batched across clients (`@serve.batch`, --max-batch-size, --batch-wait-ms) and
 encoded with the task's transformation exactly as fine-tuning did (tuning/predict.label_rows).
 Replicas autoscale between --min-replicas and --max-replicas. A body that is not JSON, or a row
-without a field the task reads, is HTTP 400 with one line saying which. Ctrl-C or SIGTERM stops
-the application and the process cleanly.
+without a field the task reads, is HTTP 400 with one line saying which; a bad row fails only its
+own request, never the batch it shares with other clients. Every request is bounded: its body
+(MAX_BODY_BYTES, 413), its rows (MAX_ROWS, 413), a multiple-choice row's candidates (the count
+the model was fine-tuned on), and /generate's max_new_tokens x num_samples (MAX_GENERATED_TOKENS).
+The model runs on a thread of its own, so /healthz answers while a batch runs.
+
+Listening beyond loopback (--host 0.0.0.0) needs a bearer token (--token, or GPT1_SERVE_TOKEN):
+every route but /healthz then wants `Authorization: Bearer TOKEN` (401 without it). Ctrl-C or
+SIGTERM stops the application and the process cleanly, with status 130 or 143.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
+import re
 import signal
 import threading
 from pathlib import Path
@@ -32,6 +42,60 @@ from pathlib import Path
 from pipeline import errors
 
 GENERATE_KEYS = {"prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "num_samples"}
+# The bounds of one request: what one client may ask of a replica that others share.
+MAX_BODY_BYTES = 1 << 20
+MAX_ROWS = 256
+MAX_GENERATED_TOKENS = 4096  # max_new_tokens x num_samples
+TOKEN_ENV = "GPT1_SERVE_TOKEN"
+
+
+def generate_options(body: dict) -> argparse.Namespace:
+    """/generate's body as `gpt1 generate`'s options, with its checks (pipeline/eval/generate.py):
+    a ConfigError whose line names the key."""
+    from pipeline.eval.generate import check
+
+    def number(key: str, default, whole: bool):
+        value = body.get(key, default)
+        if value is None and default is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+            raise errors.ConfigError(f"{key}: {value!r} is not {'a whole number' if whole else 'a number'}")
+        return value
+
+    opts = argparse.Namespace(
+        max_new_tokens=number("max_new_tokens", 64, True),
+        temperature=float(number("temperature", 1.0, False)),
+        top_k=number("top_k", None, True),
+        top_p=number("top_p", None, False),
+        seed=number("seed", 0, True),
+        num_samples=number("num_samples", 1, True),
+    )
+    try:
+        check(opts)
+    except errors.ConfigError as err:  # its words name the command's flags: name the JSON keys
+        raise errors.ConfigError(re.sub(r"--([a-z-]+)", lambda m: m[1].replace("-", "_"), str(err))) from None
+    if opts.max_new_tokens * opts.num_samples > MAX_GENERATED_TOKENS:
+        raise errors.ConfigError(
+            f"max_new_tokens x num_samples is {opts.max_new_tokens * opts.num_samples:,}; "
+            f"at most {MAX_GENERATED_TOKENS:,} tokens a request"
+        )
+    return opts
+
+
+def token_digest(token: str | None) -> str | None:
+    """What a replica is handed of the token: its sha256, never the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest() if token else None
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _reply(status: int, body):
@@ -56,8 +120,11 @@ def endpoint():
     class Endpoint:
         """A replica: the model loaded once; /predict rows batched across requests."""
 
-        def __init__(self, files, device: str, max_batch_size: int, batch_wait_s: float):
+        def __init__(
+            self, files, device: str, max_batch_size: int, batch_wait_s: float, token_sha: str | None = None
+        ):
             import tempfile
+            from concurrent.futures import ThreadPoolExecutor
 
             import ray
 
@@ -68,7 +135,10 @@ def endpoint():
             d = Path(self.tmp.name)
             for name, data in files.items():
                 (d / name).write_bytes(data)
-            self.device = device
+            self.device, self.token_sha = device, token_sha
+            # The model's work runs here, one batch at a time, off the event loop that answers
+            # /healthz and takes the next requests.
+            self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="gpt1-model")
             self.predict_batch.set_max_batch_size(max_batch_size)
             self.predict_batch.set_batch_wait_timeout_s(batch_wait_s)
             self.tm = self.gpt = None
@@ -85,22 +155,57 @@ def endpoint():
 
         @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
         async def predict_batch(self, rows: list[dict]) -> list[tuple]:
-            return label_rows(self.tm, rows, self.fields, self.device)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self.model_thread, label_rows, self.tm, rows, self.fields, self.device
+            )
+
+        def authorized(self, request) -> bool:
+            import hmac
+
+            if self.token_sha is None:
+                return True
+            given = request.headers.get("authorization", "")
+            scheme, _, token = given.partition(" ")
+            return scheme.lower() == "bearer" and hmac.compare_digest(
+                token_digest(token.strip()) or "", self.token_sha
+            )
+
+        async def body_of(self, request) -> bytes | None:
+            """The body, or None once it is larger than MAX_BODY_BYTES (read no further)."""
+            length = request.headers.get("content-length", "")
+            if length.isdigit() and int(length) > MAX_BODY_BYTES:
+                return None
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    return None
+            return bytes(body)
 
         async def __call__(self, request):
             path = request.url.path.rstrip("/") or "/"
             if path == "/healthz" and request.method == "GET":
                 return _reply(200, "ok")
+            if not self.authorized(request):
+                return _reply(401, "expected the header Authorization: Bearer TOKEN (gpt1 serve's --token)")
             if request.method != "POST" or path not in ("/predict", "/generate"):
                 return _reply(
                     404, f"{request.method} {path}: expected GET /healthz, POST /predict or POST /generate"
                 )
+            raw = await self.body_of(request)
+            if raw is None:
+                return _reply(
+                    413, f"the body is larger than {MAX_BODY_BYTES:,} bytes; send fewer rows a request"
+                )
             try:
-                body = json.loads(await request.body())
+                body = json.loads(raw)
             except (ValueError, UnicodeDecodeError) as err:
                 return _reply(400, f"the body is not JSON ({str(err).splitlines()[0]})")
+            except RecursionError:
+                return _reply(400, "the body is not JSON this server reads (nested too deeply)")
             if path == "/generate":
-                return self.generate(body)
+                return await self.generate(body)
             if self.tm is None:
                 return _reply(400, "this model is a language model, not a fine-tuned one: POST /generate")
             rows = body if isinstance(body, list) else [body]
@@ -109,6 +214,8 @@ def endpoint():
                     400,
                     f"expected a JSON object of the task's fields ({', '.join(self.fields)}) or a list of them",
                 )
+            if len(rows) > MAX_ROWS:
+                return _reply(413, f"{len(rows):,} rows; at most {MAX_ROWS} a request")
             answers = await asyncio.gather(*(self.predict_batch(r) for r in rows))
             bad = next(((i, e) for i, (_, e) in enumerate(answers) if e), None)
             if bad:
@@ -119,7 +226,7 @@ def endpoint():
             ]
             return _reply(200, out if isinstance(body, list) else out[0])
 
-        def generate(self, body):
+        async def generate(self, body):
             from pipeline.eval.generate import continuations
 
             if self.gpt is None:
@@ -130,19 +237,18 @@ def endpoint():
             if unknown:
                 return _reply(400, f"unknown key {unknown[0]!r}; expected {', '.join(sorted(GENERATE_KEYS))}")
             try:
-                texts = continuations(
-                    self.gpt,
-                    self.tok,
-                    body["prompt"],
-                    int(body.get("max_new_tokens", 64)),
-                    float(body.get("temperature", 1.0)),
-                    body.get("top_k"),
-                    body.get("top_p"),
-                    int(body.get("seed", 0)),
-                    int(body.get("num_samples", 1)),
-                    self.device,
+                body["prompt"].encode("utf-8")
+                o = generate_options(body)
+            except UnicodeEncodeError as err:
+                return _reply(400, f"prompt is not valid Unicode (character {err.start} is a lone surrogate)")
+            except errors.ConfigError as err:
+                return _reply(400, str(err))
+            args = (body["prompt"], o.max_new_tokens, o.temperature, o.top_k, o.top_p, o.seed, o.num_samples)
+            try:
+                texts = await asyncio.get_running_loop().run_in_executor(
+                    self.model_thread, continuations, self.gpt, self.tok, *args, self.device
                 )
-            except (errors.UserError, ValueError, TypeError) as err:
+            except errors.UserError as err:
                 return _reply(400, str(err).splitlines()[0])
             return _reply(200, {"texts": [t for t, _ in texts]})
 
@@ -168,7 +274,9 @@ def application(files, device: str, opts: argparse.Namespace):
         max_ongoing_requests=max(5, 2 * opts.max_batch_size),
         **scaling,
     )
-    return deployment.bind(files, device, opts.max_batch_size, opts.batch_wait_ms / 1000)
+    return deployment.bind(
+        files, device, opts.max_batch_size, opts.batch_wait_ms / 1000, token_digest(opts.token)
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -176,12 +284,14 @@ def run(args: argparse.Namespace) -> None:
 
     from pipeline import cluster
     from pipeline.runtime import ray_init
-    from tuning.predict import model_dir
+    from tuning.predict import check_model, model_dir
 
     if not 1 <= args.min_replicas <= args.max_replicas or args.max_batch_size < 1 or args.batch_wait_ms < 0:
         raise errors.ConfigError(
             "--min-replicas / --max-replicas: expected 1 <= MIN <= MAX; --max-batch-size >= 1; --batch-wait-ms >= 0"
         )
+    args.token = args.token or os.environ.get(TOKEN_ENV) or None
+    check_listen(args.host, args.port, args.token)
     try:
         from ray import serve
     except ImportError as err:
@@ -191,12 +301,18 @@ def run(args: argparse.Namespace) -> None:
     with model_dir(args.model) as d:
         if not (d / "config.json").is_file():
             raise errors.ConfigError(f"--model {args.model}: holds no model (config.json)")
+        check_model(d, f"--model {args.model}")
         files = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
     ray_init()
     device = "cuda" if cluster.wants_gpus("auto") else "cpu"
     stop = threading.Event()
+
+    def stopping(signum, frame):
+        errors.note_signal(signum)  # exit 130 or 143 once stopped, as a shell reports it
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop.set())
+        signal.signal(sig, stopping)
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(application(ray.put(files), device, args), name="gpt1", route_prefix="/", blocking=False)
     print(
@@ -207,7 +323,33 @@ def run(args: argparse.Namespace) -> None:
         stop.wait()
     finally:
         serve.shutdown()
-        print("serve: stopped", flush=True)
+    raise errors.Interrupted("stopped")
+
+
+def check_listen(host: str, port: int, token: str | None) -> None:
+    """Before Ray starts: a port that exists and is free, and a token wherever others can reach it."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise errors.ConfigError(f"--port {port}: expected a port from 1 to 65535")
+    if not is_loopback(host) and not token:
+        raise errors.ConfigError(
+            f"--host {host}: listening beyond this machine needs a bearer token; pass --token or set "
+            f"{TOKEN_ENV} (clients then send Authorization: Bearer TOKEN), or use --host 127.0.0.1"
+        )
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise errors.ConfigError(f"--host {host}: not an address of this machine ({err.strerror})") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server binds it
+        try:
+            sock.bind(addr)
+        except OSError as err:
+            raise errors.ConfigError(
+                f"--port {port}: cannot listen on {host}:{port} ({err.strerror}); choose another --port"
+            ) from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -215,9 +357,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--host",
         default="127.0.0.1",
-        help="the address to listen on (default 127.0.0.1; 0.0.0.0: every interface)",
+        help="the address to listen on (default 127.0.0.1; 0.0.0.0: every interface, with --token)",
     )
     p.add_argument("--port", type=int, default=8000, help="the HTTP port (default 8000)")
+    p.add_argument(
+        "--token",
+        help=f"a bearer token every request but /healthz must carry; needed beyond loopback "
+        f"(default: ${TOKEN_ENV}, else none)",
+    )
     p.add_argument("--min-replicas", type=int, default=1, help="replicas at least (default 1)")
     p.add_argument(
         "--max-replicas", type=int, default=1, help="autoscale up to this many replicas (default 1)"

@@ -246,6 +246,7 @@ def fit(trainer):
     def register(controller) -> None:  # Ray Train's hook, called from fit() on the main thread
         def abort(signum, frame):
             signals.append(signum)
+            errors.note_signal(signum)
             if len(signals) > 1:  # a second Ctrl-C: stop waiting for the abort
                 raise KeyboardInterrupt
             controller.abort.remote()
