@@ -66,8 +66,10 @@ def _text(row: dict, field: str) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError as err:  # a lone surrogate, as JSON's "\\ud800" gives
         raise BadRow(f"{field!r} is not valid Unicode (character {err.start} is a lone surrogate)") from None
+    if not value.strip():
+        raise BadRow(f"{field!r} is empty")
     if not any(visible(c) for c in value):
-        raise BadRow(f"{field!r} is empty (blank, or control characters only)")
+        raise BadRow(f"{field!r} is empty (control characters only)")
     if len(value) > MAX_TEXT_CHARS:
         raise BadRow(f"{field!r} holds {len(value):,} characters, more than {MAX_TEXT_CHARS:,}")
     return value

@@ -1,6 +1,6 @@
 """Stage: a fine-tuned model's predictions on new rows, on Ray Data.
 
-    gpt1 predict --model M --input PATH [PATH ...] --out PATH [--columns A,B]
+    gpt1 predict --model M --input PATH [PATH ...] --out PATH [--overwrite] [--columns A,B]
                  [--on-bad-row error|skip|fail] [--actors N] [--gpus-per-actor G]
 
 M is a fine-tuned model directory (gpt1 finetune's --out, a sweep's registered model), an MLflow
@@ -18,7 +18,9 @@ multiple choice the chosen candidate's index) and the probabilities: a `p_<label
 class, or a `probabilities` list per candidate. A row the transformation cannot read (a missing
 or empty field) gets its reason in an `error` column (--on-bad-row error, the default), is left
 out and counted (skip), or stops the run with its file and line (fail). The output is written
-beside its place and moved there whole: nothing half-written is left.
+beside its place and moved there whole: nothing half-written is left. An existing --out is
+replaced only with --overwrite, and never when it is an input. Inputs may be gzipped (.csv.gz);
+the files, their columns and the model are checked before Ray starts.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -38,12 +41,92 @@ READ_CPUS = 0.5  # what each read task of the inputs reserves
 
 
 def format_of(path: str, option: str) -> str:
-    suffix = Path(str(path).rstrip("/")).suffix.lower()
+    """The format a path's extension names; an input's may end in .gz (read as Ray Data reads it)."""
+    name = Path(str(path).rstrip("/")).name.lower()
+    if option == "--input" and name.endswith(".gz") and not name.endswith(".parquet.gz"):
+        name = name.removesuffix(".gz")
+    suffix = Path(name).suffix
     if suffix not in FORMATS:
         raise errors.ConfigError(
             f"{option} {path}: expected a .tsv, .csv, .jsonl (or .json, JSON Lines) or .parquet file"
+            + (" (inputs may end in .gz)" if option == "--input" else "")
         )
     return FORMATS[suffix]
+
+
+def expand_inputs(paths: list[str]) -> list[str]:
+    """The input files, each checked to exist before any work: a glob is expanded (one matching
+    nothing is refused), a file or object that is not there is one line naming it."""
+    import glob
+
+    out = []
+    for spec in paths:
+        if not remote.is_remote(spec) and glob.has_magic(spec):
+            found = sorted(p for p in glob.glob(spec) if Path(p).is_file())
+            if not found:
+                raise errors.ConfigError(f"--input {spec}: matches no file")
+            out += found
+            continue
+        fs, path = remote.filesystem(spec)
+        try:
+            info = fs.get_file_info(path)
+        except OSError as err:
+            raise (errors.storage_error(err) or err) from None
+        if info.type == pafs_type().NotFound:
+            raise errors.ConfigError(f"--input {spec}: no such file")
+        out.append(spec)
+    return out
+
+
+def pafs_type():
+    import pyarrow.fs as pafs
+
+    return pafs.FileType
+
+
+def first_record(path: str, kind: str) -> list[str]:
+    """The column names of an input's first record (its header, first JSON object or schema),
+    checked to be readable: an empty file, bytes that are not UTF-8 or a first line that is not
+    JSON are one line naming the file and line."""
+    fs, p = remote.filesystem(path)
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            with fs.open_input_file(p) as f:
+                return list(pq.read_schema(f).names)
+        except Exception as err:  # pyarrow: ArrowInvalid for a file that is not Parquet
+            raise errors.ConfigError(
+                f"--input {path}: not a Parquet file ({str(err).splitlines()[0]})"
+            ) from None
+    compression = "gzip" if p.lower().endswith(".gz") else None
+    with fs.open_input_stream(p, compression=compression) as f:
+        head = f.read(1 << 20)
+    lines = head.split(b"\n")
+    number = next((i for i, line in enumerate(lines) if line.strip()), None) if kind == "jsonl" else 0
+    if number is None or not head.strip():
+        raise errors.ConfigError(
+            f"--input {path}: is empty; expected {'a header line' if kind != 'jsonl' else 'rows'}"
+        )
+    line = lines[number].rstrip(b"\r")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise errors.ConfigError(
+            f"{path}: line {number + 1}: byte 0x{line[err.start]:02x} at column {err.start + 1} is not UTF-8; "
+            "save the file as UTF-8"
+        ) from None
+    if kind != "jsonl":
+        return [n.strip('"') for n in text.split("\t" if kind == "tsv" else ",")]
+    try:
+        row = json.loads(text)
+    except ValueError:
+        row = None
+    if not isinstance(row, dict):
+        raise errors.ConfigError(
+            f"{path}: line {number + 1}: not a JSON object; expected one JSON object a line"
+        )
+    return list(row)
 
 
 @contextlib.contextmanager
@@ -67,6 +150,52 @@ def model_dir(spec: str):
         return
     with remote.fetched(spec, "a fine-tuned model directory") as d:
         yield d
+
+
+def check_out(out: str, inputs: list[str], overwrite: bool) -> None:
+    """--out may be new, or (with --overwrite) a file; never an input, a directory or a place
+    whose directory or bucket is not there. A local parent is made; a dead run's staging
+    directory beside it is removed."""
+    from pipeline import outdir
+
+    if remote.is_remote(out):
+        if any(str(out).rstrip("/") == str(i).rstrip("/") for i in inputs):
+            raise errors.ConfigError(
+                f"--out {out}: is one of the --input files; write the predictions elsewhere"
+            )
+        fs, path = remote.filesystem(out)
+        bucket = path.split("/", 1)[0]
+        try:
+            found, there = fs.get_file_info(bucket), fs.get_file_info(path)
+        except OSError as err:
+            raise (errors.storage_error(err) or err) from None
+        if found.type == pafs_type().NotFound:
+            raise errors.ConfigError(f"--out {out}: no bucket {bucket!r}; create it, or fix the URI")
+        if there.type == pafs_type().Directory:
+            raise errors.ConfigError(
+                f"--out {out}: is a directory; name a file (.parquet, .jsonl, .csv, .tsv)"
+            )
+        if there.type == pafs_type().File and not overwrite:
+            raise errors.ConfigError(f"--out {out}: already exists; pass --overwrite to replace it")
+        return
+    final = remote.local_path(out)
+    for spec in inputs:
+        if not remote.is_remote(spec):
+            src = remote.local_path(spec).resolve()
+            if final.resolve() == src or src in final.resolve().parents:
+                raise errors.ConfigError(
+                    f"--out {out}: is (or lies in) the --input {spec}; write the predictions elsewhere"
+                )
+    if final.is_dir():
+        raise errors.ConfigError(f"--out {out}: is a directory; name a file (.parquet, .jsonl, .csv, .tsv)")
+    if final.exists() and not overwrite:
+        raise errors.ConfigError(f"--out {out}: already exists; pass --overwrite to replace it")
+    outdir.check_writable(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise errors.ConfigError(f"--out {out}: cannot make {final.parent} ({err.strerror})") from None
+    outdir.remove_orphans(final)
 
 
 @contextlib.contextmanager
@@ -118,17 +247,14 @@ def read(paths: list[str]):
         return ray.data.read_parquet(paths, num_cpus=READ_CPUS)
     if kind == "jsonl":
         return ray.data.read_json(paths, lines=True, num_cpus=READ_CPUS)
-    fs, first = remote.filesystem(paths[0])
-    with fs.open_input_stream(first) as f:
-        header = f.read(1 << 20).split(b"\n", 1)[0].decode("utf-8").rstrip("\r")
-    names = header.split("\t" if kind == "tsv" else ",")
+    names = first_record(paths[0], kind)
     return ray.data.read_csv(
         paths,
         num_cpus=READ_CPUS,
         parse_options=pacsv.ParseOptions(
             delimiter="\t" if kind == "tsv" else ",", quote_char=False if kind == "tsv" else '"'
         ),
-        convert_options=pacsv.ConvertOptions(column_types={n.strip('"'): pa.string() for n in names}),
+        convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}),
     )
 
 
@@ -159,7 +285,23 @@ class Predictor:
             for c, name in enumerate(task.labels):
                 batch[f"p_{name}"] = [None if p is None else p[c] for p in probs]
         batch["error"] = [e for _, e in out]
-        return batch
+        return as_text_where_mixed(batch)
+
+
+def as_text_where_mixed(batch):
+    """A JSON Lines column of mixed values (5, null, ["a"], "text") as text, each value as its
+    JSON: Arrow has no type for such a column, and Ray Data's fallback (pickled Python objects)
+    reaches the writer as values that pandas' JSON writer crashes on (a segfault)."""
+    for col in batch.columns:
+        values = batch[col]
+        if values.dtype != object:
+            continue
+        kinds = {type(v) for v in values if v is not None and not (isinstance(v, float) and v != v)}
+        if len(kinds) > 1:
+            batch[col] = [
+                v if v is None or isinstance(v, str) else json.dumps(v, default=str) for v in values
+            ]
+    return batch
 
 
 def label_rows(tm, rows: list[dict], fields: tuple[str, ...], device: str) -> list[tuple]:
@@ -229,6 +371,7 @@ def write(batches, out: Path, kind: str, on_bad_row: str, inputs: list[str]) -> 
     written = skipped = read = 0
     where: list[str] = []
     writer = None
+    header_written = False
     with open(out, "wb") as f:
         for df in batches:
             bad = df["error"].notna()
@@ -258,7 +401,8 @@ def write(batches, out: Path, kind: str, on_bad_row: str, inputs: list[str]) -> 
                     if col in df:
                         df[col] = [None if v is None else json.dumps(list(v)) for v in df[col]]
                 sep = "\t" if kind == "tsv" else ","
-                f.write(df.to_csv(sep=sep, index=False, header=written == len(df)).encode())
+                f.write(df.to_csv(sep=sep, index=False, header=not header_written).encode())
+                header_written = True  # once, even where every row of the first batch was skipped
         if writer is not None:
             writer.close()
     return written, skipped, where
@@ -275,17 +419,60 @@ def _input_error(err: BaseException) -> str | None:
         chain.append(str(err))
         err = getattr(err, "cause", None) or err.__cause__ or err.__context__
     text = "\n".join(chain)
-    found = re.search(r"((?:CSV|JSON) parse error[^\n]*)", text)
-    if found:
-        return found[1].strip()
-    found = re.search(r"Failed to read (CSV|JSON) file: (\S+?)\.?\s", text)
-    if not found:
-        return None
-    if found[1] == "JSON":
-        return f"{found[2]}: not JSON Lines; expected one JSON object a line"
-    return (
-        f"{found[2]}: a row does not have its header's fields; expected as many in every row (tabs in a .tsv)"
+    file = re.search(r"Failed to read (CSV|JSON) file: (\S+?)\.?\s", text)
+    # pyarrow's own words, which say what is wrong (and for JSON, in which row).
+    found = re.search(
+        r"((?:CSV|JSON) parse error[^\n]*|In CSV column[^\n]*|Empty CSV file|straddling object[^\n]*)", text
     )
+    if not (file or found):
+        return None
+    where = f"{file[2]}: " if file else ""
+    if found is None and file:
+        found = re.search(r"(.+)", pyarrow_says(file[2], file[1].lower()) or "")
+    if found is None:
+        return (
+            f"{where}not JSON Lines; expected one JSON object a line"
+            if file[1] == "JSON"
+            else f"{where}a row does not have its header's fields; expected as many in every row (tabs in a .tsv)"
+        )
+    said = found[1].strip()
+    if "straddl" in said:
+        said = "a line longer than the reader's 1 MiB block (pyarrow: " + said + ")"
+    elif "invalid UTF8" in said:
+        said += "; save the file as UTF-8"
+    elif "Expected" in said and "columns" in said:
+        said = f"a row does not have its header's fields ({said}); expected as many in every row (tabs in a .tsv)"
+    return where + said
+
+
+def pyarrow_says(path: str, kind: str) -> str | None:
+    """What pyarrow itself says of an input Ray Data could not read (Ray's error keeps only the
+    file's name): the file read again here, streaming, up to its first error."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+
+    try:
+        fs, p = remote.filesystem(path)
+        compression = "gzip" if p.lower().endswith(".gz") else None
+        with fs.open_input_stream(p, compression=compression) as f:
+            if kind == "json":
+                pajson.read_json(f)
+            else:
+                names = first_record(path, format_of(path, "--input"))
+                sep = "\t" if format_of(path, "--input") == "tsv" else ","
+                reader = pacsv.open_csv(
+                    f,
+                    parse_options=pacsv.ParseOptions(delimiter=sep, quote_char=False if sep == "\t" else '"'),
+                    convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}),
+                )
+                for _ in reader:
+                    pass
+    except (pa.ArrowInvalid, errors.UserError) as err:
+        return (str(err).splitlines() or [""])[0]
+    except Exception:
+        return None
+    return None
 
 
 def predict(
@@ -296,8 +483,10 @@ def predict(
     on_bad_row: str = "error",
     actors: int = 0,
     gpus_per_actor: float = 1.0,
+    overwrite: bool = False,
 ) -> dict:
-    """Run the stage; returns rows written and skipped and the output's path."""
+    """Run the stage; returns rows written and skipped and the output's path. Every input is
+    checked here, before Ray starts: the files, their columns, the model, the output's place."""
     import ray
 
     from pipeline import cluster, outdir
@@ -307,11 +496,16 @@ def predict(
 
     if on_bad_row not in ("error", "skip", "fail"):
         raise errors.ConfigError(f"--on-bad-row {on_bad_row}: expected error, skip or fail")
+    if actors < 0 or not gpus_per_actor > 0:
+        raise errors.ConfigError(
+            f"--actors {actors} / --gpus-per-actor {gpus_per_actor}: expected --actors >= 0 (0: one per GPU, "
+            "else 1) and --gpus-per-actor > 0"
+        )
     kind = format_of(out, "--out")
     for p in inputs:
         format_of(p, "--input")
-    if not remote.is_remote(out):
-        outdir.check_writable(remote.local_path(out))
+    inputs = expand_inputs(inputs)
+    check_out(out, inputs, overwrite)
     with model_dir(model) as d:
         if not is_finetune_output(d):
             raise errors.ConfigError(
@@ -325,6 +519,14 @@ def predict(
         except ValueError as err:
             raise errors.ConfigError(str(err)) from None
         files = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
+    for path in inputs:
+        names = first_record(path, format_of(path, "--input"))
+        missing = [f for f in fields if f not in names]
+        if missing:
+            raise errors.ConfigError(
+                f"--input {path}: has no column {missing[0]!r} (its columns: {', '.join(names[:8])}); "
+                f"a {task.transformation} model reads {', '.join(fields)}: rename them, or name yours with --columns"
+            )
     ray_init()
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # output in input order
     gpus = cluster.wants_gpus("auto")
@@ -352,11 +554,13 @@ def predict(
         f"{', '.join(fields)}; {n} {'GPU' if gpus else 'CPU'} actor(s)",
         flush=True,
     )
-    # Written beside its place (a local --out) or in a temporary directory (object storage),
-    # then moved or uploaded whole: a failed run leaves nothing half-written at --out.
+    # Written in a marked staging directory beside its place (a local --out; one a killed run
+    # leaves is removed by the next, outdir.remove_orphans) or in a temporary directory (object
+    # storage), then moved or uploaded whole: a failed run leaves nothing half-written at --out.
     with tempfile.TemporaryDirectory(prefix="gpt1-predict-") as tmp:
         final = None if remote.is_remote(out) else remote.local_path(out)
-        local = Path(tmp) / "out" if final is None else final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        staging = Path(tmp) if final is None else outdir.sibling(final, "predict")
+        local = staging / "out"
         try:
             written, skipped, where = write(
                 ds.iter_batches(batch_format="pandas"), local, kind, on_bad_row, inputs
@@ -377,7 +581,7 @@ def predict(
             raise errors.UserError(f"--input: {line}") from None
         finally:
             if final is not None:
-                local.unlink(missing_ok=True)
+                shutil.rmtree(staging, ignore_errors=True)
     bad = len(where)
     line = f"predict: {written:,} row(s) to {out}"
     if skipped:
@@ -410,6 +614,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a row the task cannot read: its reason in an error column (default: error), left out "
         "and counted (skip), or the end of the run with its line (fail)",
     )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--actors", type=int, default=0, help="model replicas (default: one per GPU, else 1)")
     p.add_argument("--gpus-per-actor", type=float, default=1.0, help="a fraction shares a GPU (default 1)")
 
@@ -423,6 +628,7 @@ def run(args: argparse.Namespace) -> None:
         on_bad_row=args.on_bad_row,
         actors=args.actors,
         gpus_per_actor=args.gpus_per_actor,
+        overwrite=args.overwrite,
     )
 
 
