@@ -113,9 +113,8 @@ def test_predict_gives_the_models_own_labels_in_input_order(fine_tuned, sst2, tm
         == 2
     )
     ours = [x for x in capsys.readouterr().err.splitlines() if x.startswith("predict: ")]  # Ray's log aside
-    assert len(ours) == 1 and ours[0].endswith(
-        "wide.tsv: a row does not have its header's fields; expected as many in every row (tabs in a .tsv)"
-    ), ours
+    assert len(ours) == 1 and "wide.tsv: a row does not have its header's fields" in ours[0], ours
+    assert "Expected 2 columns, got 3" in ours[0]  # pyarrow's own words: which row it was
     assert not (tmp_path / "w.csv").exists()
 
 

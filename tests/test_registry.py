@@ -61,3 +61,32 @@ def test_the_champion_moves_only_on_a_better_metric_and_every_version_has_its_ca
         registry_uri=mlflow_uri,
     )
     assert (Path(local) / "README.md").read_text() == card
+
+
+def test_two_sweeps_finishing_together_leave_the_better_model_champion(
+    fine_tuned, mlflow_uri, tmp_path, monkeypatch
+):
+    """The alias is a compare-and-set: whatever order two registrations interleave in, the better
+    version holds it at the end (the probe saw 0.1 left as champion over 0.9)."""
+    import threading
+
+    monkeypatch.chdir(tmp_path)
+    client = MlflowClient(mlflow_uri)
+    exp = client.create_experiment("gpt1-finetune-sst-2")
+    for rnd in range(3):
+        start = threading.Barrier(2)
+        versions = {}
+
+        def finish(value: float):
+            own = MlflowClient(mlflow_uri)  # each sweep its own client, as two processes would have
+            run = own.create_run(exp).info.run_id
+            start.wait()
+            versions[value] = register_best(own, get("sst-2"), run, fine_tuned, "accuracy", value)
+
+        threads = [threading.Thread(target=finish, args=(v,)) for v in (0.1 + rnd / 100, 0.9 + rnd / 100)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        champion = client.get_model_version_by_alias("gpt1-sst-2", CHAMPION)
+        assert str(champion.version) == versions[0.9 + rnd / 100], (rnd, versions)

@@ -406,3 +406,18 @@ def test_gpt1_evaluate_scores_every_wsc_schema_and_story_cloze_is_labelled_ours(
     from pipeline.eval.zero_shot import source
 
     assert source("story-cloze") == "this project's addition" and source("race") == "paper"
+
+
+def test_a_dprd_or_wsc_file_that_is_not_utf8_is_one_line_naming_the_byte(task_checkpoint, tmp_path, capsys):
+    from test_faults_inputs import one_line
+
+    from gpt1.cli import main as gpt1
+
+    (tmp_path / "test.c.txt").write_bytes("Tom told Jos\xe9 he won\nhe\nTom,Jos\xe9\nTom\n".encode("latin-1"))
+    (tmp_path / "WSCollection.xml").write_bytes(
+        "<collection><schema>caf\xe9</schema></collection>".encode("latin-1")
+    )
+    for name, f in (("dprd", "test.c.txt"), ("wsc", "WSCollection.xml")):
+        args = ["evaluate", "--checkpoint", str(task_checkpoint), "--zero-shot", f"{name}={tmp_path / f}"]
+        assert gpt1(args) == 2
+        one_line(capsys, f"{f}:1: byte 0xe9 at column", "not UTF-8")

@@ -472,7 +472,6 @@ def register_best(
     from pipeline.data.tasks import get
     from pipeline.tracking import weights_sha256
     from tuning.card import model_card
-    from tuning.finetune import rank
     from tuning.inputs import task_of
     from tuning.report import deviations
 
@@ -518,19 +517,39 @@ def register_best(
     except MlflowException:
         champ = None
     held = float(champ.tags.get(key, "nan")) if champ else math.nan
-    if champ is None or rank(value) > rank(held):
-        client.set_registered_model_alias(name, CHAMPION, version.version)
+    best = crown_best(client, name, key)
+    if best == str(version.version):
         was = f" (was version {champ.version}, {held:.4f})" if champ else ""
         print(
             f"{name} version {version.version} is the {CHAMPION}: dev {key[4:]} {value:.4f}{was}", flush=True
         )
     else:
+        best_value = float(client.get_model_version(name, best).tags.get(key, "nan"))
         print(
             f"{name} version {version.version} (dev {key[4:]} {value:.4f}) does not beat the {CHAMPION}, "
-            f"version {champ.version} ({held:.4f}): the alias stays",
+            f"version {best} ({best_value:.4f}): the alias stays",
             flush=True,
         )
     return str(version.version)
+
+
+def crown_best(client, name: str, key: str, tries: int = 20) -> str:
+    """Set the champion alias of registered model `name` to its best version by the tag `key`
+    (the earliest among equals), and return that version. A compare-and-set without a lock: it
+    reads every version, sets the alias, then reads again and corrects it where another writer
+    (a sweep finishing at the same moment) tagged a better version meanwhile. Whoever sets last
+    reads after its set, so the alias ends on the best version either writer saw."""
+    from tuning.finetune import rank
+
+    chosen = None
+    for _ in range(tries):
+        versions = client.search_model_versions(f"name='{name}'")
+        best = max(versions, key=lambda v: (rank(float(v.tags.get(key, "nan"))), -int(v.version)))
+        if str(best.version) == chosen:
+            return chosen
+        client.set_registered_model_alias(name, CHAMPION, best.version)
+        chosen = str(best.version)
+    return str(chosen)
 
 
 def finite(x) -> bool:

@@ -43,6 +43,9 @@ def read_wsc(path) -> list[Schema]:
         path = path / "WSCollection.xml"
     if not path.is_file():
         raise TaskError(f"{path}: no such file; expected WSCollection.xml (the Winograd Schema collection)")
+    head = path.read_bytes()[:200]
+    if b"encoding=" not in head.split(b"?>", 1)[0] or b"utf-8" in head.lower().split(b"?>", 1)[0]:
+        utf8_text(path)  # XML without another declared encoding is UTF-8: a stray byte is named
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as err:
@@ -77,6 +80,21 @@ def read_wsc(path) -> list[Schema]:
     return out
 
 
+def utf8_text(path: Path) -> str:
+    """A file's text, or a TaskError naming the first byte that is not UTF-8 (a Latin-1 copy,
+    say), with its line and column."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise TaskError(
+            f"{path}:{line}: byte 0x{data[err.start]:02x} at column {column} is not UTF-8; "
+            "convert the file to UTF-8 (iconv -f latin1 -t utf-8)"
+        ) from None
+
+
 def read_dprd(path) -> list[Schema]:
     path = Path(path)
     if path.is_dir():
@@ -85,7 +103,7 @@ def read_dprd(path) -> list[Schema]:
         raise TaskError(
             f"{path}: no such file; expected Rahman & Ng's DPRD test.c.txt (or a directory holding it)"
         )
-    lines = path.read_text(encoding="utf-8").replace("\r\n", "\n").split("\n")
+    lines = utf8_text(path).replace("\r\n", "\n").split("\n")
     out, record, first = [], [], 0
     for i, line in enumerate([*lines, ""], 1):
         if line.strip():
