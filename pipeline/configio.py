@@ -36,6 +36,33 @@ def check_ranges(cfg, ranges: dict[str, tuple[float | None, float | None]], wher
                 )
 
 
+# The suffixes users write token counts and sizes with: 10B tokens, 500M, 64K.
+SUFFIXES = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
+
+
+def whole_number(value: Any) -> int | None:
+    """value as users write whole numbers: an int, an integral float or its text (1e10, 2.5e9),
+    with underscores (10_000_000_000) or a suffix (10B, 1.5M, 64K, 2T); None if it is none of them.
+    Text is read exactly (1e25 is 10^25, not the float nearest it)."""
+    from decimal import Decimal, InvalidOperation
+
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        value = repr(value)
+    if not isinstance(value, str):
+        return None
+    text = value.strip().replace("_", "")
+    scale = SUFFIXES.get(text[-1:].lower(), 1) if text else 1
+    try:
+        number = Decimal(text[:-1] if scale != 1 else text) * scale
+    except InvalidOperation:
+        return None
+    return int(number) if number.is_finite() and number == number.to_integral_value() else None
+
+
 def _coerce(cls, key: str, value: Any, where: str) -> Any:
     field = {f.name: f for f in dataclasses.fields(cls)}[key]
     if field.default is not dataclasses.MISSING:
@@ -50,8 +77,12 @@ def _coerce(cls, key: str, value: Any, where: str) -> Any:
         if isinstance(value, bool):
             return value
     elif isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        whole = whole_number(value)
+        if whole is not None:
+            return whole
+        raise ConfigError(
+            f"{where}: {key} must be a whole number (e.g. 10000000000, 1e10, 10_000_000_000 or 10B), got {value!r}"
+        )
     elif isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)

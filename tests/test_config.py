@@ -28,8 +28,9 @@ def test_yaml_then_sets(tmp_path):
     "sets, message",
     [
         (["stpes=3"], "unknown key 'stpes'; valid keys are lr, steps, name, compile"),
-        (["steps=many"], "steps must be a int, got 'many'"),
-        (["steps=1.5"], "steps must be a int"),
+        (["steps=many"], "steps must be a whole number .*, got 'many'"),
+        (["steps=1.5"], "steps must be a whole number"),
+        (["steps=1.5e0"], "steps must be a whole number"),
         (["compile=1"], "compile must be a bool"),
         (["lr"], "expected key=value"),
     ],
@@ -37,6 +38,30 @@ def test_yaml_then_sets(tmp_path):
 def test_bad_overrides(sets, message):
     with pytest.raises(ConfigError, match=message):
         load(Cfg(), sets=sets)
+
+
+@pytest.mark.parametrize(
+    "written", ["1e10", "1.0e10", "10_000_000_000", "10B", "10b", "0.01T", "10000000000"]
+)
+def test_whole_numbers_are_read_as_users_write_them(written):
+    assert load(Cfg(), sets=[f"steps={written}"]).steps == 10_000_000_000
+
+
+def test_pretrain_settings_beyond_the_physical_world_or_the_network_are_refused():
+    from pipeline.train.config import PretrainConfig, check_config
+    from pipeline.train.pretrain import model_config
+
+    check_config(load(PretrainConfig(), sets=["max_tokens=1e15"]), 1)  # 10^15: the largest taken
+    with pytest.raises(ConfigError, match=r"max_tokens 10,000,000,000,000,000,000,000,000: expected 0"):
+        check_config(load(PretrainConfig(), sets=["max_tokens=1e25"]), 1)
+    with pytest.raises(
+        ConfigError, match=r"--workers 1000: more workers than the batch's 32 sequences"
+    ) as err:
+        check_config(load(PretrainConfig(), sets=["batch_size=32"]), 1000)
+    assert "(0)" not in str(err.value)  # never an internal 0 for "automatic"
+    cfg = load(PretrainConfig(), sets=["model=lstm-tiny", "model_overrides={n_head: 7}"])
+    with pytest.raises(ConfigError, match="n_head 7: the lstm-tiny preset is an LSTM"):
+        model_config(cfg, None, None)
 
 
 def test_bad_files(tmp_path):

@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 
 from pipeline import configio, errors
 
+# The largest token budget taken: beyond it a number is a typo, not a plan (a 10^25 budget once
+# trained with an 18-digit-hour ETA).
+MAX_TOKENS = 10**15
+
 
 @dataclass
 class PretrainConfig:
@@ -171,8 +175,11 @@ def check_config(cfg: PretrainConfig, workers: int) -> None:
         raise c(f"compile {cfg.compile!r}: expected true, false or null (on GPU only)")
     if cfg.grad_compression not in ("none", "bf16"):
         raise c(f"grad_compression {cfg.grad_compression!r}: expected none or bf16")
-    if cfg.max_tokens < 0:
-        raise c(f"max_tokens {cfg.max_tokens}: expected >= 0 (0 = no token budget)")
+    if not 0 <= cfg.max_tokens <= MAX_TOKENS:
+        raise c(
+            f"max_tokens {cfg.max_tokens:,}: expected 0 (no token budget) to {MAX_TOKENS:,} (10^15, some "
+            "10,000x the largest corpora trained on)"
+        )
     if cfg.checkpoint_every_minutes < 0:
         raise c(f"checkpoint_every_minutes {cfg.checkpoint_every_minutes}: expected >= 0 (0 = by steps only)")
     if cfg.schedule not in ("warmup_cosine", "warmup_linear", "warmup_constant"):
@@ -195,6 +202,12 @@ def check_config(cfg: PretrainConfig, workers: int) -> None:
         raise c("zero_shot: expected a list of TASK=DIR (e.g. [sst-2=glue/SST-2]); zero_shot_examples: >= 0")
     # A batch that batch_tokens resizes is checked once resized (scale_batch).
     micro = micro_batch(cfg, workers)
+    if cfg.batch_tokens is None and cfg.batch_size >= 1 and micro < 1:
+        raise c(
+            f"--workers {workers}: more workers than the batch's {cfg.batch_size} sequences, and each worker "
+            f"needs at least one a step; use at most {cfg.batch_size} workers, or raise batch_size "
+            "(or --set batch_tokens=auto)"
+        )
     if cfg.batch_tokens is None and (cfg.batch_size < 1 or micro < 1 or cfg.batch_size % (micro * workers)):
         raise c(
             f"batch_size {cfg.batch_size}: expected a multiple of micro_batch ({micro}) x workers "

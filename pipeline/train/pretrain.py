@@ -61,6 +61,11 @@ def model_config(cfg: PretrainConfig, manifest: dict | None, data) -> GPTConfig:
         gcfg = GPTConfig.preset(cfg.model, **{**vocab, **cfg.model_overrides})
     except (ValueError, TypeError) as err:
         raise errors.ConfigError(f"model {cfg.model!r}: {err}") from None
+    if gcfg.arch == "lstm" and "n_head" in cfg.model_overrides:
+        raise errors.ConfigError(
+            f"model_overrides: n_head {cfg.model_overrides['n_head']!r}: the {cfg.model} preset is an LSTM, "
+            "which has no attention heads; leave n_head out (its width is lstm_units)"
+        )
     if manifest:
         check_fits(manifest, data, gcfg.vocab_size, gcfg.n_ctx)
     return gcfg
