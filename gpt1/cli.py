@@ -114,11 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     # A plan starts no Ray: its output is the plan alone (--plan=json is one JSON object).
     if argv is not None or args.command not in ON_RAY or console.supervised() or getattr(args, "plan", None):
         return run_reporting(prog, args.func, args)
-    import datetime
-
     where = Path(args.workdir) if args.command == "demo" else Path.cwd()
-    log = where / "logs" / f"{args.command}-{datetime.datetime.now():%Y%m%d-%H%M%S}.log"
-    return console.supervise(sys.argv[1:], log.absolute(), verbose=args.verbose)
+    return console.supervise(
+        sys.argv[1:], console.new_log(where / "logs", args.command), verbose=args.verbose
+    )
 
 
 if __name__ == "__main__":

@@ -124,6 +124,24 @@ def supervised() -> bool:
     return bool(os.environ.get("GPT1_SUPERVISED"))
 
 
+def new_log(logs: Path, command: str) -> Path:
+    """A log file of this command's own under logs: COMMAND-YYYYmmdd-HHMMSS-PID.log, created here
+    (exclusively), so that two commands started in the same second, or under a clock set back,
+    never write into one file."""
+    import datetime
+
+    logs.mkdir(parents=True, exist_ok=True)
+    stem = f"{command}-{datetime.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}"
+    for n in range(1000):
+        path = logs / (f"{stem}.log" if n == 0 else f"{stem}-{n}.log")
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return path.absolute()
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{logs}: no free log name for {stem}")
+
+
 def supervise(argv: list[str], log: Path, verbose: bool = False) -> int:
     """Run `gpt1 argv` in a child with its console filtered and logged; its exit status, or 1
     with one line where its Ray instance was lost."""

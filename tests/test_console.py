@@ -4,6 +4,7 @@ prints them: Ray's own go to the log only; the project's, and any bug's tracebac
 import io
 import os
 import threading
+from pathlib import Path
 
 from pipeline import console
 
@@ -105,3 +106,23 @@ def test_progress_prints_at_most_every_interval_and_closes_what_it_reads(capsys)
     next(it)
     it.close()
     assert closed == [True, True]
+
+
+def test_every_command_gets_a_log_file_of_its_own_even_in_the_same_second(tmp_path):
+    import subprocess
+    import sys
+
+    from pipeline.console import new_log
+
+    # In one process (the clock read twice within a second), and in four at once.
+    mine = {new_log(tmp_path / "logs", "predict") for _ in range(3)}
+    code = "import sys; from pathlib import Path; from pipeline.console import new_log; print(new_log(Path(sys.argv[1]), 'predict'))"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path / "logs")], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    theirs = {Path(p.communicate()[0].strip()) for p in procs}
+    assert len(mine) == 3 and len(theirs) == 4 and not mine & theirs
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == sorted(p.name for p in mine | theirs)
