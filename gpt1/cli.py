@@ -105,7 +105,21 @@ ON_RAY = ("prepare", "pretrain", "sweep", "predict", "serve", "demo")
 def main(argv: list[str] | None = None) -> int:
     """The `gpt1` command. Called without argv, it is the process's own command line, and a verb
     that starts Ray runs in a child whose console this process filters and logs
-    (pipeline/console.py); with argv (a test calling in), the verb runs here, its output as it is."""
+    (pipeline/console.py); with argv (a test calling in), the verb runs here, its output as it is.
+    Ctrl-C or SIGTERM while it starts up (importing torch, say) ends as the command would: one
+    line, 130 or 143."""
+    from pipeline import errors
+
+    if argv is None:  # the process's own command: a test calling in keeps its own handlers
+        errors.sigterm_as_interrupt()
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("gpt1: interrupted", file=sys.stderr)
+        return errors.interrupt_status()
+
+
+def _main(argv: list[str] | None) -> int:
     from pipeline import console
     from pipeline.errors import run_reporting
 

@@ -162,8 +162,11 @@ def supervise(argv: list[str], log: Path, verbose: bool = False) -> int:
         preexec_fn=_die_with_parent,
     )
 
+    forwarded: list[int] = []
+
     def forward(signum, frame):
         if child.poll() is None:
+            forwarded.append(signum)
             child.send_signal(signum)
 
     # A signal this process ignores (SIGINT in a script's background job) stays ignored: the child
@@ -191,7 +194,11 @@ def supervise(argv: list[str], log: Path, verbose: bool = False) -> int:
             signal.signal(s, handler)
     if code < 0:
         code = 128 - code
-    if code not in (0, 2, 130) and lost and not _said_one_line(log):
+    if forwarded and code not in (0, 2):
+        # Stopped as asked: whatever its exit (Ray's own shutdown may crash once interrupted),
+        # the status says which signal stopped it, as a shell would.
+        code = 128 + forwarded[0]
+    if code not in (0, 2, 130, 143) and lost and not _said_one_line(log):
         from pipeline.errors import lost_ray_line
 
         print(lost_ray_line(f"gpt1 {argv[0]}", lost[0]), file=sys.stderr)

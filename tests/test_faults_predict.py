@@ -126,4 +126,62 @@ def test_predict_keeps_mixed_and_skipped_rows_whole(fine_tuned, tmp_path, ray_se
         )
         == 2
     )
-    one_line(capsys, "bad.csv", "invalid UTF8")
+    one_line(capsys, "bad.csv: line 3:", "invalid UTF8")
+    # A line longer than pyarrow's read block: its line, not "a row does not have its header's fields".
+    (tmp_path / "long.csv").write_text("sentence\nfine\n" + "x" * (2 << 20) + "\n")
+    assert (
+        gpt1(
+            [
+                "predict",
+                "--model",
+                str(fine_tuned),
+                "--input",
+                str(tmp_path / "long.csv"),
+                "--out",
+                str(tmp_path / "l.csv"),
+            ]
+        )
+        == 2
+    )
+    one_line(capsys, "long.csv: line 3:", "longer than the reader's 1 MiB block")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, delay", [("SIGINT", 0.5), ("SIGINT", 3), ("SIGTERM", 3)])
+def test_a_signal_while_predict_starts_up_is_one_line_and_its_status(fine_tuned, tmp_path, sig, delay):
+    """Ctrl-C while torch is imported, or while Ray starts: one line, 130 (143 for SIGTERM), no
+    traceback, whatever Ray's own shutdown does."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "in.csv").write_text("sentence\ngood film\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gpt1.cli",
+            "predict",
+            "--model",
+            str(fine_tuned),
+            "--input",
+            "in.csv",
+            "--out",
+            "o.csv",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    time.sleep(delay)
+    proc.send_signal(getattr(signal, sig))
+    out, _ = proc.communicate(timeout=180)
+    if "row(s) to" in out:
+        pytest.skip("predict finished before the signal came")
+    assert proc.returncode == 128 + getattr(signal, sig), out[-3000:]
+    assert "Traceback" not in out and out.strip().splitlines()[-1].endswith("interrupted"), out[-3000:]

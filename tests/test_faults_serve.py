@@ -71,3 +71,46 @@ def test_serve_and_predict_say_a_damaged_model_in_one_line(task_checkpoint, tmp_
     with pytest.raises(Exception) as err:
         check_model(model, f"--model {model}")
     assert type(err.value).__name__ == "UserError" and "\n" not in str(err.value)
+
+
+def test_a_row_is_checked_alone_candidates_count_surrogates_and_control_characters():
+    from tuning.inputs import BadRow, example_of
+
+    fields = ("context", "candidates")
+    example_of({"context": "c", "candidates": ["a", "b", "c", "d"]}, "multiple_choice", fields, 4)
+    for n in (2, 8):  # a model fine-tuned on 4 candidates never answers label 6
+        with pytest.raises(BadRow, match=f"holds {n} candidates; the model was fine-tuned on 4"):
+            example_of({"context": "c", "candidates": list("abcdefgh"[:n])}, "multiple_choice", fields, 4)
+    with pytest.raises(BadRow, match="not valid Unicode"):
+        example_of({"sentence": "ok \ud800"}, "classification", ("sentence",))
+    with pytest.raises(BadRow, match=r"is empty \(control characters only\)"):
+        example_of({"sentence": "\u0000\u200b\u0007"}, "classification", ("sentence",))
+
+
+def test_one_row_the_tokenizer_refuses_fails_alone(task_checkpoint, sst2, tmp_path):
+    """label_rows encodes the rows together; where that fails, one at a time, so that the row at
+    fault gets its reason and the others their labels."""
+    from pipeline.data.tasks import get
+    from tuning.finetune import FinetuneConfig, finetune, load_task_model
+    from tuning.predict import label_rows
+
+    finetune(
+        get("sst-2"), sst2, task_checkpoint, FinetuneConfig(batch_size=16, max_steps=1), out=tmp_path / "m"
+    )
+    tm = load_task_model(tmp_path / "m")
+    real = tm.encoder.encode
+
+    def picky(examples):
+        if any("poison" in e.text[0] for e in examples):
+            raise ValueError("the tokenizer refused it")
+        return real(examples)
+
+    tm.encoder.encode = picky
+    out = label_rows(
+        tm,
+        [{"sentence": "good film"}, {"sentence": "poison"}, {"sentence": "bad film"}],
+        ("sentence",),
+        "cpu",
+    )
+    assert out[0][0] is not None and out[2][0] is not None
+    assert out[1] == (None, "cannot be encoded (the tokenizer refused it)")

@@ -113,8 +113,9 @@ def test_predict_gives_the_models_own_labels_in_input_order(fine_tuned, sst2, tm
         == 2
     )
     ours = [x for x in capsys.readouterr().err.splitlines() if x.startswith("predict: ")]  # Ray's log aside
-    assert len(ours) == 1 and "wide.tsv: a row does not have its header's fields" in ours[0], ours
-    assert "Expected 2 columns, got 3" in ours[0]  # pyarrow's own words: which row it was
+    # The line (the header is line 1, the widened row lines[5] line 6), and pyarrow's own words.
+    assert len(ours) == 1 and "wide.tsv: line 6: a row does not have its header's fields" in ours[0], ours
+    assert "Expected 2 columns, got 3" in ours[0]
     assert not (tmp_path / "w.csv").exists()
 
 

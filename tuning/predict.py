@@ -436,6 +436,9 @@ def _input_error(err: BaseException) -> str | None:
             else f"{where}a row does not have its header's fields; expected as many in every row (tabs in a .tsv)"
         )
     said = found[1].strip()
+    line = re.match(r"line \d+: ", said)
+    if line:  # pyarrow_says found the line: it goes with the file's name
+        where, said = where + line[0], said[line.end() :]
     if "straddl" in said:
         said = "a line longer than the reader's 1 MiB block (pyarrow: " + said + ")"
     elif "invalid UTF8" in said:
@@ -469,10 +472,42 @@ def pyarrow_says(path: str, kind: str) -> str | None:
                 for _ in reader:
                     pass
     except (pa.ArrowInvalid, errors.UserError) as err:
-        return (str(err).splitlines() or [""])[0]
+        said = (str(err).splitlines() or [""])[0]
+        line = _line_of(path, said)
+        return f"line {line}: {said}" if line else said
     except Exception:
         return None
     return None
+
+
+def _line_of(path: str, said: str) -> int | None:
+    """The line of path that pyarrow's error `said` is about, where it can be found by reading the
+    file again: the first that is not UTF-8, longer than a read block, or the row it quotes."""
+    quoted = said.split(": ", 2)[-1].encode() if "Expected" in said and "columns, got" in said else None
+    if not (quoted or "invalid UTF8" in said or "straddl" in said):
+        return None
+    fs, p = remote.filesystem(path)
+    with fs.open_input_stream(p, compression="gzip" if p.lower().endswith(".gz") else None) as f:
+        number, rest = 0, b""
+        while True:
+            chunk = f.read(1 << 20)
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop() if chunk else b""
+            for line in lines:
+                number += 1
+                if quoted is not None and line.rstrip(b"\r") == quoted:
+                    return number
+                if "straddl" in said and len(line) >= 1 << 20:
+                    return number
+                if "invalid UTF8" in said:
+                    try:
+                        line.decode("utf-8")
+                    except UnicodeDecodeError:
+                        return number
+            if "straddl" in said and len(rest) >= 1 << 20:
+                return number + 1
+            if not chunk:
+                return None
 
 
 def predict(
