@@ -1,7 +1,8 @@
 """Stage configuration: a dataclass of defaults, a preset name or YAML file, and --set overrides.
 
 Unknown keys are errors that list the valid ones; values are parsed as YAML scalars and checked
-against the type of the field's default.
+against the type of the field's default. A whole-number setting takes what users write: 1e10,
+10_000_000_000 or 10B (K, M, B, T).
 """
 
 from __future__ import annotations

@@ -233,6 +233,23 @@ def test_an_interrupt_without_words_still_says_what_happened(capsys):
     assert capsys.readouterr().err.strip() == "gpt1 generate: interrupted"
 
 
+def test_sigterm_ends_a_command_with_143_and_ctrl_c_with_130(capsys):
+    import signal
+
+    from pipeline.errors import note_signal, run_reporting
+
+    def stopped_by(signum):
+        def run(args):
+            note_signal(signum)  # as the command's handler records it
+            raise KeyboardInterrupt
+
+        return run
+
+    assert run_reporting("gpt1 serve", stopped_by(signal.SIGTERM), None) == 143
+    assert run_reporting("gpt1 serve", stopped_by(signal.SIGINT), None) == 130
+    assert capsys.readouterr().err.count("gpt1 serve: interrupted") == 2
+
+
 def test_the_mlflow_hint_offers_no_mlflow_only_where_the_command_has_it(tmp_path):
     from pipeline.errors import UserError
     from pipeline.tracking import check_store

@@ -185,3 +185,37 @@ def test_a_signal_while_predict_starts_up_is_one_line_and_its_status(fine_tuned,
         pytest.skip("predict finished before the signal came")
     assert proc.returncode == 128 + getattr(signal, sig), out[-3000:]
     assert "Traceback" not in out and out.strip().splitlines()[-1].endswith("interrupted"), out[-3000:]
+
+
+@pytest.mark.slow
+def test_predict_checks_objects_and_buckets_before_any_work(fine_tuned, tmp_path, s3, capsys):
+    import pyarrow.fs as pafs
+
+    fs = pafs.FileSystem.from_uri("s3://gpt1-test")[0]
+    with fs.open_output_stream("gpt1-test/in.csv") as f:
+        f.write(b"sentence\ngood film\n")
+    with fs.open_output_stream("gpt1-test/old.csv") as f:
+        f.write(b"earlier predictions\n")
+    model = ["predict", "--model", str(fine_tuned)]
+    for args, words in (
+        (
+            ["--input", "s3://gpt1-test/missing.csv", "--out", str(tmp_path / "o.csv")],
+            "missing.csv: no such file",
+        ),
+        (
+            ["--input", "s3://gpt1-test/in.csv", "--out", "s3://no-such-bucket/o.csv"],
+            "no bucket 'no-such-bucket'",
+        ),
+        (
+            ["--input", "s3://gpt1-test/in.csv", "--out", "s3://gpt1-test/old.csv"],
+            "already exists; pass --overwrite",
+        ),
+        (
+            ["--input", "s3://gpt1-test/in.csv", "--out", "s3://gpt1-test/in.csv", "--overwrite"],
+            "is one of the --input",
+        ),
+    ):
+        assert gpt1([*model, *args]) == 2, args
+        one_line(capsys, words)
+    with fs.open_input_stream("gpt1-test/old.csv") as f:
+        assert f.read() == b"earlier predictions\n"

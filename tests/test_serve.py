@@ -142,6 +142,15 @@ def test_serve_answers_http_clients_and_stops_on_sigterm(fine_tuned, task_checkp
         assert status == 413 and "larger than" in text
         assert ask(server.port, "/predict", raw=b"[" * 100_000)[0] == 400  # nested too deeply
         assert call(server.port, "/healthz") == (200, "ok\n")  # a load balancer's, no token
+        # The model runs off the event loop: /healthz answers while batches are being labelled.
+        long = {"sentence": " ".join(["a fine and moving film"] * 12)}
+        with ThreadPoolExecutor(8) as pool:
+            busy = [pool.submit(ask, server.port, "/predict", [long] * MAX_ROWS) for _ in range(6)]
+            time.sleep(0.2)
+            health = call(server.port, "/healthz")
+            pending = sum(not b.done() for b in busy)
+            assert all(b.result()[0] == 200 for b in busy)
+        assert health == (200, "ok\n") and pending > 0, pending
     assert server.returncode == 143 and "serve: stopped" in server.log.read_text()
 
     # A language model: /generate, with gpt1 generate's options.
