@@ -83,7 +83,8 @@ class Stages:
         if path.exists() and not is_demo_stages(path):
             raise errors.ConfigError(
                 f"{path}: was not written by gpt1 demo (no {STAGES_FORMAT!r} format mark); "
-                "nothing beside it is taken for the demo's: choose another --workdir"
+                "nothing beside it is taken for the demo's: choose another --workdir (a directory an "
+                "older demo wrote: delete it yourself)"
             )
         self.done = (
             json.loads(path.read_text()) if path.exists() else {"format": STAGES_FORMAT, "written": []}
@@ -169,7 +170,7 @@ def run_demo(
         corpus, tasks = builtin_data(work, size, stages)
         jobs = {name: (from_directory(name, d), d) for name, d in tasks.items()}
 
-    print(f"[1/3] prepare: {len(corpus)} corpus file(s) -> {work / 'data'}", flush=True)
+    print(f"[1/4] prepare: {len(corpus)} corpus file(s) -> {work / 'data'}", flush=True)
     pcfg = configio.load(PretrainConfig(), str(PRESETS_DIR / "demo.yaml"))
     n_ctx = pcfg.model_overrides["n_ctx"]
     ray_init()
@@ -189,10 +190,11 @@ def run_demo(
         key = _sha({"data": manifest["fingerprint"], "config": dataclasses.asdict(cfg)})
         stage = "pretrain" if preset == "demo" else f"pretrain:{preset}"
         pre = stages.get(stage, key)
+        n = "[2/4]" if preset == "demo" else "[3/4]"  # the Transformer, then the LSTM
         if pre and Path(pre["checkpoint"]).is_dir():
-            print(f"[2/3] pretrain {what}: reusing {pre['checkpoint']} (same data and config)", flush=True)
+            print(f"{n} pretrain {what}: reusing {pre['checkpoint']} (same data and config)", flush=True)
             return pre
-        print(f"[2/3] pretrain {what}: {size.steps:,} steps of the {preset} preset on Ray Train", flush=True)
+        print(f"{n} pretrain {what}: {size.steps:,} steps of the {preset} preset on Ray Train", flush=True)
         stages.claim("runs")
         out = pretrain(work / "data", cfg, workers=1, storage=str(work / "runs"))
         pre = {
@@ -238,11 +240,11 @@ def run_demo(
             done = None
         if done:
             print(
-                f"[3/3] sweep {name} ({i}/{len(jobs)}): reusing MLflow run {done['parent_run_id']}",
+                f"[4/4] sweep {name} ({i}/{len(jobs)}): reusing MLflow run {done['parent_run_id']}",
                 flush=True,
             )
         else:
-            print(f"[3/3] sweep {name} ({i}/{len(jobs)}): {task.transformation}", flush=True)
+            print(f"[4/4] sweep {name} ({i}/{len(jobs)}): {task.transformation}", flush=True)
             r = sweep_task(task, Path(d), ckpt, opts, uri, lstm_checkpoint=Path(lstm["checkpoint"]))
             done = {
                 "parent_run_id": r["parent_run_id"],
@@ -298,17 +300,13 @@ def what_next(uri: str, pre: dict, results: dict, work: Path, corpus: list[str])
     """The demo's last lines: where its models are, and the commands that look at them. The
     commands name this environment's own scripts, which need not be on PATH."""
     import shlex
-    import sys
 
     from mlflow.tracking import MlflowClient
 
+    from pipeline.console import script as command
     from pipeline.tracking import TRAINING_VIEW
 
     client = MlflowClient(uri)
-    scripts = Path(sys.executable).parent
-
-    def command(name: str) -> str:
-        return shlex.quote(str(scripts / name)) if (scripts / name).exists() else name
 
     print("\nThe runs, in the MLflow UI:")
     print(f"    {command('mlflow')} ui --backend-store-uri {uri}")

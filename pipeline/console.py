@@ -124,6 +124,15 @@ def supervised() -> bool:
     return bool(os.environ.get("GPT1_SUPERVISED"))
 
 
+def script(name: str) -> str:
+    """A command of this environment (gpt1, mlflow) as a closing hint should print it: its path
+    beside this Python where it is installed there (a venv need not be on PATH), else its name."""
+    import shlex
+
+    path = Path(sys.executable).parent / name
+    return shlex.quote(str(path)) if path.exists() else name
+
+
 def new_log(logs: Path, command: str) -> Path:
     """A log file of this command's own under logs: COMMAND-YYYYmmdd-HHMMSS-PID.log, created here
     (exclusively), so that two commands started in the same second, or under a clock set back,

@@ -378,7 +378,7 @@ def finetune(
                 loss = tm.model(ids.to(target), mask.to(target), labels.to(target), lm_coef=cfg.lm_coef).l3
             if not torch.isfinite(loss):  # stop before a diverged model can be kept
                 raise errors.UserError(
-                    f"the training loss became {float(loss)} at step {step + 1:,}; lower lr (now {cfg.lr:g})"
+                    f"the training loss became {loss.item()} at step {step + 1:,}; lower lr (now {cfg.lr:g})"
                 )
             loss.backward()
             if cfg.grad_clip:
@@ -392,7 +392,7 @@ def finetune(
                 last_line = now
                 print(
                     f"step {step:,}/{total:,} (epoch {step / steps_per_epoch:.2f} of {total / steps_per_epoch:.2f}): "
-                    f"loss {float(loss):.4f}, ETA {eta((total - step) * (now - started) / step)}",
+                    f"loss {loss.item():.4f}, ETA {eta((total - step) * (now - started) / step)}",
                     flush=True,
                 )
             if step % eval_every == 0 or step == total:

@@ -553,12 +553,14 @@ def run(args: argparse.Namespace) -> None:
     print("|---|---|---:|---:|---|")
     for name, r in results.items():
         print(f"| {name} | {r['metric']} | {r['best']:.4f} | {len(r['rows'])} | {r['parent_run_id']} |")
+    from pipeline.console import script
+
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):  # a tracking server: its own UI
         print(f"\ncompare them: {uri.rstrip('/')}/#/experiments{TRAINING_VIEW}")
     else:
         print(
-            f"\ncompare them: mlflow ui --backend-store-uri {uri}, then "
+            f"\ncompare them: {script('mlflow')} ui --backend-store-uri {uri}, then "
             f"http://127.0.0.1:5000/#/experiments{TRAINING_VIEW}"
         )
 

@@ -148,7 +148,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(WSCollection.xml) or dprd (DPRD's test.c.txt); story-cloze is this project's addition",
     )
     p.add_argument(
-        "--max-examples", type=int, default=0, help="zero-shot: the first N examples of each split (0: all)"
+        "--max-examples",
+        type=int,
+        default=0,
+        help="zero-shot: a seeded sample of N examples of each split (0: all)",
     )
     p.add_argument("--stride", type=int, help="tokens the window moves each time (default n_ctx / 2)")
     p.add_argument("--format", default="auto", help="auto (by extension), text, jsonl or parquet")
