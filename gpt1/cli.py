@@ -42,7 +42,28 @@ def export(args: argparse.Namespace) -> None:
     print(f"wrote {args.format} weights ({gpt.num_params():,} parameters) to {dst}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Each stage's verb: the module that brings its options (add_arguments), entry (run) and --help
+# text, and its one line in `gpt1 --help`. A module is imported only for the verb being run (or
+# asked about): `gpt1 --help` and a verb's --help import neither torch nor Ray for the others.
+VERBS = {
+    "prepare": ("pipeline.data.prepare", "corpus -> tokenizer and packed token shards (Ray Data)"),
+    "pretrain": ("pipeline.train.pretrain", "prepared dataset -> pretrained GPT (Ray Train)"),
+    "finetune": ("tuning.finetune", "pretrained checkpoint + task -> fine-tuned model (L3 = L2 + λ·L1)"),
+    "sweep": ("tuning.search", "Ray Tune sweep of the fine-tuning settings and λ, per task"),
+    "evaluate": ("pipeline.eval.evaluate", "a checkpoint's loss, perplexity and bits per byte on a corpus"),
+    "generate": ("pipeline.eval.generate", "continue a prompt with any checkpoint"),
+    "predict": ("tuning.predict", "a fine-tuned model's predictions on new rows (Ray Data)"),
+    "serve": ("tuning.serve", "a model behind an HTTP endpoint on Ray Serve (/predict, /generate)"),
+    "report": ("tuning.report", "the paper's tables and Figure 2, ours beside the paper's, from MLflow"),
+    "demo": ("gpt1.demo", "the whole pipeline on built-in data (or yours), locally"),
+}
+
+
+def build_parser(verbs=None) -> argparse.ArgumentParser:
+    """The `gpt1` parser: every verb with its options (verbs None), or only those named in verbs
+    (the others listed by name and help line, their modules not imported)."""
+    import importlib
+
     from pipeline.errors import HelpFormatter
 
     p = argparse.ArgumentParser(prog="gpt1", description="GPT-1 pre-training and fine-tuning on Ray")
@@ -66,26 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.set_defaults(func=export)
 
-    from gpt1 import demo
-    from pipeline.data import prepare
-    from pipeline.eval import evaluate, generate
-    from pipeline.train import pretrain
-    from tuning import finetune, predict, report, serve
-    from tuning import search as sweep
-
-    # Each stage's module brings its own options (add_arguments), entry (run) and --help text.
-    for name, module, help_ in (
-        ("prepare", prepare, "corpus -> tokenizer and packed token shards (Ray Data)"),
-        ("pretrain", pretrain, "prepared dataset -> pretrained GPT (Ray Train)"),
-        ("finetune", finetune, "pretrained checkpoint + task -> fine-tuned model (L3 = L2 + λ·L1)"),
-        ("sweep", sweep, "Ray Tune sweep of the fine-tuning settings and λ, per task"),
-        ("evaluate", evaluate, "a checkpoint's loss, perplexity and bits per byte on a corpus"),
-        ("generate", generate, "continue a prompt with any checkpoint"),
-        ("predict", predict, "a fine-tuned model's predictions on new rows (Ray Data)"),
-        ("serve", serve, "a model behind an HTTP endpoint on Ray Serve (/predict, /generate)"),
-        ("report", report, "the paper's tables and Figure 2, ours beside the paper's, from MLflow"),
-        ("demo", demo, "the whole pipeline on built-in data (or yours), locally"),
-    ):
+    for name, (path, help_) in VERBS.items():
+        if verbs is not None and name not in verbs:
+            sub.add_parser(name, help=help_, add_help=False)
+            continue
+        module = importlib.import_module(path)
         sp = sub.add_parser(name, help=help_, description=module.__doc__, formatter_class=HelpFormatter)
         module.add_arguments(sp)
         if name in ON_RAY:
@@ -96,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
             )
         sp.set_defaults(func=module.run)
     return p
+
+
+def verb_of(argv: list[str]) -> str | None:
+    """The verb a command line names: its first word that is not an option."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 # The verbs that start Ray: their console shows the project's lines, and a log file holds Ray's too.
@@ -123,7 +134,8 @@ def _main(argv: list[str] | None) -> int:
     from pipeline import console
     from pipeline.errors import run_reporting
 
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = build_parser({verb_of(words)}).parse_args(argv)
     prog = f"gpt1 {args.command}"
     # A plan starts no Ray: its output is the plan alone (--plan=json is one JSON object).
     if argv is not None or args.command not in ON_RAY or console.supervised() or getattr(args, "plan", None):
