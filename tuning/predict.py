@@ -522,13 +522,6 @@ def predict(
 ) -> dict:
     """Run the stage; returns rows written and skipped and the output's path. Every input is
     checked here, before Ray starts: the files, their columns, the model, the output's place."""
-    import ray
-
-    from pipeline import cluster, outdir
-    from pipeline.runtime import ray_init
-    from tuning.finetune import is_finetune_output
-    from tuning.inputs import fields_of, task_of
-
     if on_bad_row not in ("error", "skip", "fail"):
         raise errors.ConfigError(f"--on-bad-row {on_bad_row}: expected error, skip or fail")
     if actors < 0 or not gpus_per_actor > 0:
@@ -541,6 +534,14 @@ def predict(
         format_of(p, "--input")
     inputs = expand_inputs(inputs)
     check_out(out, inputs, overwrite)
+    # Only now torch and Ray: a missing file or a bad --out is refused without their start-up.
+    import ray
+
+    from pipeline import cluster, outdir
+    from pipeline.runtime import ray_init
+    from tuning.finetune import is_finetune_output
+    from tuning.inputs import fields_of, task_of
+
     with model_dir(model) as d:
         if not is_finetune_output(d):
             raise errors.ConfigError(

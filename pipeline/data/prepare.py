@@ -137,15 +137,15 @@ def prepare(
         out = remote_store.local_path(out)
     _check(cfg)
     check_wait(wait_minutes)
-    if track:  # the store is checked before the work, not after it
-        from pipeline.tracking import check_store, tracking_uri
-
-        check_store(tracking_uri())
-    files = resolve_inputs(corpus, cfg.format)
+    files = resolve_inputs(corpus, cfg.format)  # first: a missing file is refused without MLflow's start-up
     n_val = 0
     if val_corpus:
         val = resolve_inputs(val_corpus, cfg.format)
         files, n_val = files + val, len(val)
+    if track:  # the store is checked before the work, not after it
+        from pipeline.tracking import check_store, tracking_uri
+
+        check_store(tracking_uri())
     val_files = frozenset(range(len(files) - n_val, len(files)))
     if cfg.tokenizer == "train":
         tok, source = None, f"train:{cfg.n_merges}"
