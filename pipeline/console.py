@@ -163,7 +163,10 @@ def supervise(argv: list[str], log: Path, verbose: bool = False) -> int:
         "PYTHONUNBUFFERED": "1",
     }
     child = subprocess.Popen(
-        [sys.executable, "-m", "gpt1.cli", *argv],
+        # -P: the working directory is not put first on the child's import path, so a user's own
+        # folder named like a package of ours (`model/`, `gpt1 export`'s usual output) is not
+        # imported in its place (Python 3.11's flag; 3.10 has no such folder guard).
+        [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-m", "gpt1.cli", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,

@@ -187,3 +187,24 @@ def test_a_corpus_directory_with_link_loops_reads_each_real_file_once(tmp_path, 
     err = capsys.readouterr().err
     for skipped in ("sub/loop", "self.txt", "again.txt"):
         assert f"skipping {d / skipped}" in err, err
+
+
+@pytest.mark.slow
+def test_a_users_folder_named_model_is_not_imported_as_the_package(tmp_path):
+    """`gpt1 export CKPT model` is a natural name; the command run from beside that folder must
+    still import its own `model` package, not the user's directory."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "in.csv").write_text("sentence\nfine\n")
+    gpt1_script = Path(sys.executable).parent / "gpt1"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [str(gpt1_script), "predict", "--model", "model", "--input", "in.csv", "--out", "o.csv"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "ImportError" not in done.stderr and "not a fine-tuned model" in done.stderr, done.stderr[-3000:]
