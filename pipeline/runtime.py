@@ -15,9 +15,26 @@ def ray_init() -> None:
 
     if ray.is_initialized():
         return
+    import signal
+    import threading
+
     address = os.environ.get("RAY_ADDRESS") or "local"
+    main = threading.current_thread() is threading.main_thread()
+    ours = signal.getsignal(signal.SIGTERM) if main else None
     try:
         ray.init(address=address, logging_level=logging.WARNING)
+        # ray.init sets a SIGTERM handler of its own (sys.exit, silent, before any cleanup); the
+        # command's own (errors.sigterm_as_interrupt: one line, the same exit as Ctrl-C's, 143)
+        # stays in charge.
+        if main and ours is not None:
+            signal.signal(signal.SIGTERM, ours)
+    except SystemExit as err:  # SIGTERM while ray.init ran, ended by its handler: stop as ours would
+        if err.code != signal.SIGTERM:
+            raise
+        from pipeline.errors import note_signal
+
+        note_signal(signal.SIGTERM)
+        raise KeyboardInterrupt from None
     except ConnectionError as err:
         from pipeline.errors import UserError
 
