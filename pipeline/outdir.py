@@ -87,13 +87,20 @@ def mark(d: Path) -> None:
 
 
 def alive(pid: int) -> bool:
+    """Whether process pid runs. A zombie does not: a writer killed with its parent (kill -9 of a
+    supervised command) stays one until something reaps it, and holds nothing meanwhile."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        # /proc/PID/stat: "PID (COMM) STATE ...", COMM may hold spaces and parentheses.
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): os.kill's answer stands
+    return state not in ("Z", "X")
 
 
 def orphaned(p: Path) -> bool:

@@ -177,3 +177,19 @@ def test_commands_started_at_once_on_a_new_sqlite_store_all_log(tmp_path):
         len(MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()]))
         == 4
     )
+
+
+def test_a_writer_that_died_unreaped_holds_nothing():
+    """A supervised command killed with kill -9 takes its child with it; the child stays a zombie
+    until something reaps it, and its lease or lock must not be taken for a live writer's."""
+    import os
+    import subprocess
+    import time
+
+    from pipeline.outdir import alive
+
+    child = subprocess.Popen(["sleep", "0.1"])
+    time.sleep(0.5)  # ended, not yet reaped: a zombie
+    assert not alive(child.pid)
+    child.wait()
+    assert not alive(child.pid) and alive(os.getpid())
