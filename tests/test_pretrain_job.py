@@ -85,6 +85,16 @@ def test_ray_job_submit_to_a_local_head(head, tmp_path):
     env = {**env, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": address}
 
     def submit(*args: str) -> subprocess.CompletedProcess:
+        # A head just started may not have its job agent up yet ("No available agent to submit
+        # job, please try again later"): Ray's own advice, taken a few times.
+        for _ in range(12):
+            done = submit_once(*args)
+            if done.returncode == 0 or "No available agent" not in done.stderr:
+                return done
+            time.sleep(5)
+        return done
+
+    def submit_once(*args: str) -> subprocess.CompletedProcess:
         runtime_env = '{"env_vars": {"MLFLOW_TRACKING_URI": "%s"}}' % uri
         return subprocess.run(
             [
