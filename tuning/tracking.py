@@ -539,15 +539,25 @@ def crown_best(client, name: str, key: str, tries: int = 20) -> str:
     reads every version, sets the alias, then reads again and corrects it where another writer
     (a sweep finishing at the same moment) tagged a better version meanwhile. Whoever sets last
     reads after its set, so the alias ends on the best version either writer saw."""
+    from mlflow.exceptions import MlflowException
+
     from tuning.finetune import rank
 
     chosen = None
-    for _ in range(tries):
+    for attempt in range(tries):
         versions = client.search_model_versions(f"name='{name}'")
         best = max(versions, key=lambda v: (rank(float(v.tags.get(key, "nan"))), -int(v.version)))
         if str(best.version) == chosen:
             return chosen
-        client.set_registered_model_alias(name, CHAMPION, best.version)
+        try:
+            client.set_registered_model_alias(name, CHAMPION, best.version)
+        except MlflowException:
+            # Two writers creating the first alias at once: the store's unique key refuses the
+            # second insert. The other writer's alias now exists, so read again and correct it.
+            if attempt == tries - 1:
+                raise
+            chosen = None
+            continue
         chosen = str(best.version)
     return str(chosen)
 
