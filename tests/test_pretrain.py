@@ -111,7 +111,7 @@ def reference(data, tmp_path_factory, ray_session, sst2):
             name="reference",
             storage=str(d / "runs"),
         )
-        return {**out, "losses": losses(out["run_id"]), "uri": uri, "dir": d}
+        return {**out, "losses": losses(out["run_id"]), "uri": uri, "dir": d, "sst2": sst2}
     finally:
         os.chdir(cwd)
         if old is None:
@@ -253,6 +253,34 @@ def test_a_time_budget_sets_the_steps_once_and_a_resume_keeps_them(data, workdir
     assert [again[s] for s in range(resumed + 1, total + 1)] == [
         first[s] for s in range(resumed + 1, total + 1)
     ]
+
+
+def test_a_finished_run_run_again_says_so_before_ray_starts(reference, data):
+    """Its record and newest checkpoint say it is done: the same command answers at once, with
+    the run's MLflow run and metrics, and neither starts Ray nor touches the MLflow run."""
+    import subprocess
+    import sys
+
+    args = ["--config", "tiny", "--data", str(data), "--name", "reference"]
+    args += ["--storage", str(reference["dir"] / "runs"), *sum((["--set", s] for s in SETS), [])]
+    args += ["--set", f"zero_shot=[sst-2={reference['sst2']}]", "--set", "zero_shot_examples=40"]
+    code = (
+        "import sys; from pipeline.train.pretrain import main; code = main(sys.argv[1:]); "
+        "print('ray imported' if 'ray' in sys.modules else 'no ray'); sys.exit(code)"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": reference["uri"]}
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=reference["dir"]
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"run reference is complete: step {STEPS} of {STEPS}, nothing to do" in out.stdout, out.stdout
+    assert reference["checkpoint"] in out.stdout and f"MLflow run {reference['run_id']}" in out.stdout
+    assert out.stdout.strip().endswith("no ray"), out.stdout
+    # In-process, pretrain() returns what it returned when it finished.
+    again = pretrain(
+        data, config(), workers=2, name="reference", storage=str(reference["dir"] / "runs"), track=False
+    )
+    assert again["checkpoint"] == reference["checkpoint"] and again["metrics"]["step"] == STEPS
 
 
 def test_resuming_with_other_settings_is_refused(reference, data, workdir, capsys):

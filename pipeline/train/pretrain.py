@@ -354,11 +354,6 @@ def pretrain(
     non-finite loss, a full disk), and Interrupted on Ctrl-C or SIGTERM, naming the checkpoint
     that the same command resumes from. On a cluster with an autoscaler, waits up to wait_minutes
     for the workers' nodes."""
-    import ray
-
-    from pipeline import cluster
-    from pipeline.runtime import ray_init
-
     if name is not None:
         check_run_name(name)
     # Object storage: the manifest and a listing here (sizes only); every node's first worker
@@ -383,6 +378,14 @@ def pretrain(
     if uri:  # the store is checked before the work, not after it
         check_store(uri)
     check_wait(wait_minutes)
+    done = completed_run(cfg, gcfg, manifest, str(data), name, storage, uri)
+    if done:
+        return done
+    import ray
+
+    from pipeline import cluster
+    from pipeline.runtime import ray_init
+
     ray_init()
     use_gpu = cluster.wants_gpus("cuda" if accelerator and device == "auto" else device)
     plan = plan_run(
@@ -407,6 +410,54 @@ def pretrain(
     # would time out on a large dataset.
     stage_on_nodes(plan.data, kind)
     return launch(plan, manifest, uri)
+
+
+def completed_run(
+    cfg: PretrainConfig,
+    gcfg: GPTConfig,
+    manifest: dict,
+    data: str,
+    name: str | None,
+    storage: str | None,
+    uri: str | None,
+) -> dict | None:
+    """A run already trained to its last step, found from its record and its newest checkpoint
+    alone, before Ray starts: pretrain's result for it, or None where there is work left. A
+    time-limited run counts only once its budget is decided (loop.py); a record that differs from
+    these settings is the ConfigError a resume would raise."""
+    from pipeline.train.checkpoint import STATE_FILE, latest_checkpoint
+
+    digest = hashlib.sha256(json.dumps(identity(cfg, gcfg, manifest), sort_keys=True).encode()).hexdigest()
+    name = name or default_run_name(data, cfg.model, digest[:8])
+    run_path = f"{storage_path(storage)}/{name}"
+    old = recorded_run(run_path)
+    newest = latest_checkpoint(run_path) if old else None
+    if not newest:
+        return None
+    fs, path = remote.filesystem(newest[0])
+    state = remote.read_json(fs, f"{path}/{STATE_FILE}")
+    if state["step"] < state["total_steps"] or not state.get("budget_decided", True):
+        return None
+    # The settings the run trained with, as launch() settles them: its own batch and micro-batch.
+    ran = scale_batch(cfg, 1, gcfg.n_ctx, batch=old["pretrain"]["batch_size"])
+    ran = dataclasses.replace(ran, micro_batch=old["pretrain"].get("micro_batch", ran.micro_batch))
+    claim_run(run_path, identity(ran, gcfg, manifest), old)
+    metrics, run_id = {"step": state["step"]}, None
+    if uri:
+        from mlflow.tracking import MlflowClient
+
+        from pipeline.tracking import PRETRAIN_EXPERIMENT, find_run
+
+        found = find_run(MlflowClient(uri), PRETRAIN_EXPERIMENT, "run_path", run_path)
+        if found is not None:
+            run_id = found.info.run_id
+            metrics.update({k: v for k, v in found.data.metrics.items() if k.startswith("val_")})
+    print(
+        f"run {name} is complete: step {state['step']:,} of {state['total_steps']:,}, nothing to do; "
+        f"newest checkpoint {newest[0]}" + (f"; MLflow run {run_id}" if run_id else ""),
+        flush=True,
+    )
+    return {"metrics": metrics, "checkpoint": newest[0], "run_id": run_id, "name": name, "run_path": run_path}
 
 
 STAGE_RATE = 50e6  # bytes/s: the slowest staging a collective's timeout allows for
