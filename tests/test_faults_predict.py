@@ -170,6 +170,7 @@ def test_a_signal_while_predict_starts_up_is_one_line_and_its_status(fine_tuned,
             "in.csv",
             "--out",
             "o.csv",
+            "--ray",  # in this process, two rows would be done before the signal
         ],
         cwd=tmp_path,
         env=env,
@@ -219,3 +220,28 @@ def test_predict_checks_objects_and_buckets_before_any_work(fine_tuned, tmp_path
         one_line(capsys, words)
     with fs.open_input_stream("gpt1-test/old.csv") as f:
         assert f.read() == b"earlier predictions\n"
+
+
+def test_the_scan_counts_rows_and_finds_blank_lines_outside_quotes(tmp_path):
+    """A blank line inside a quoted CSV field is text of its row; one outside is passed over by
+    the reader, so the scan names it; the rows it counts are the rows the reader gives."""
+    import pyarrow.csv as pacsv
+
+    from tuning.rows import batches, csv_options, scan
+
+    csv = tmp_path / "q.csv"
+    csv.write_text('id,sentence\n1,"a field\n\nover lines"\n\n2,"say ""hi"""\n3,plain\n\n')
+    found = scan(str(csv), "csv")
+    assert (found.rows, found.blank) == (3, [5, 8])
+    parse, convert = csv_options("csv", ["id", "sentence"])
+    assert pacsv.read_csv(csv, parse_options=parse, convert_options=convert).num_rows == found.rows
+    got = pd.concat(list(batches([str(csv)], "csv", lambda p: ["id", "sentence"], 2)))
+    assert list(got["sentence"]) == ["a field\n\nover lines", 'say "hi"', "plain"]
+    with gzip.open(tmp_path / "j.jsonl.gz", "wt") as f:
+        f.write('{"sentence": "a"}\n   \n{"sentence": "b"}')
+    found = scan(str(tmp_path / "j.jsonl.gz"), "jsonl")
+    assert (found.rows, found.blank) == (2, [2])
+    got = pd.concat(list(batches([str(tmp_path / "j.jsonl.gz")], "jsonl", None, 1)))
+    assert list(got["sentence"]) == ["a", "b"]
+    (tmp_path / "t.tsv").write_text('sentence\n"quoted\n\n')  # a TSV has no quoting
+    assert scan(str(tmp_path / "t.tsv"), "tsv").blank == [3]

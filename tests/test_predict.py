@@ -1,5 +1,5 @@
-"""gpt1 predict: a fine-tuned model's labels on new rows through Ray Data, as its own evaluation
-gives them, in input order, with malformed rows marked, skipped or refused; from a registered
+"""gpt1 predict: a fine-tuned model's labels on new rows, in this process and through Ray Data,
+as its own evaluation gives them, in input order, with malformed rows marked, skipped or refused; from a registered
 model and to and from S3."""
 
 import json
@@ -29,14 +29,23 @@ def own_labels(model_dir, examples) -> list[str]:
     return [tm.task.labels[int(i)] for i in predict(tm, tm.encoder.encode(examples))]
 
 
-def test_predict_gives_the_models_own_labels_in_input_order(fine_tuned, sst2, tmp_path, ray_session, capsys):
+@pytest.mark.parametrize("where", ["in-process", "--ray"])
+def test_predict_gives_the_models_own_labels_in_input_order(
+    fine_tuned, sst2, tmp_path, ray_session, capsys, where
+):
+    """The same rows, labels, errors and lines whether the rows run in this process (a small
+    input) or on Ray Data's actors."""
+    ray = [where] if where == "--ray" else []
     dev = get("sst-2").load(sst2, "dev")[:40]
     rows = [{"id": f"r{i:03d}", "sentence": e.text[0]} for i, e in enumerate(dev)]
     rows[7]["sentence"] = ""  # malformed: an empty field
     pd.DataFrame(rows).to_csv(tmp_path / "in.tsv", sep="\t", index=False)
+    lines = (tmp_path / "in.tsv").read_text().splitlines()
+    (tmp_path / "in.tsv").write_text("\n".join([*lines[:4], "", *lines[4:]]) + "\n")  # a blank line 5
     assert (
         main(
             [
+                *ray,
                 "--model",
                 str(fine_tuned),
                 "--input",
@@ -54,12 +63,16 @@ def test_predict_gives_the_models_own_labels_in_input_order(fine_tuned, sst2, tm
     assert out[7]["label"] is None and out[7]["error"] == "'sentence' is empty"
     for r in out[:3]:
         assert r["p_0"] + r["p_1"] == pytest.approx(1.0, abs=1e-5) and r["error"] is None
-    assert "first at " in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "first at " in said and "in.tsv: line 10" in said, said  # the header, 8 rows, the blank line
+    assert "1 blank line(s) in the input, not rows, left out: first " in said and "in.tsv: line 5" in said
+    assert ("in this process" in said) == (where == "in-process"), said
 
     # skip: left out and counted; fail: one line naming the file and line, nothing written.
     assert (
         main(
             [
+                *ray,
                 "--model",
                 str(fine_tuned),
                 "--input",
@@ -81,6 +94,7 @@ def test_predict_gives_the_models_own_labels_in_input_order(fine_tuned, sst2, tm
     assert (
         main(
             [
+                *ray,
                 "--model",
                 str(fine_tuned),
                 "--input",
@@ -94,7 +108,7 @@ def test_predict_gives_the_models_own_labels_in_input_order(fine_tuned, sst2, tm
         == 2
     )
     err = capsys.readouterr().err.strip()
-    assert err.startswith("predict: ") and "in.tsv: line 9: 'sentence' is empty" in err, err
+    assert err.startswith("predict: ") and "in.tsv: line 10: 'sentence' is empty" in err, err
     assert not (tmp_path / "f.parquet").exists() and not list(tmp_path.glob(".f.parquet*"))
     # A row of the wrong width is no row of the task at all: one line, exit 2, nothing written.
     lines = (tmp_path / "in.tsv").read_text().splitlines()
@@ -102,6 +116,7 @@ def test_predict_gives_the_models_own_labels_in_input_order(fine_tuned, sst2, tm
     assert (
         main(
             [
+                *ray,
                 "--model",
                 str(fine_tuned),
                 "--input",

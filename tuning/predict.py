@@ -1,20 +1,23 @@
-"""Stage: a fine-tuned model's predictions on new rows, on Ray Data.
+"""Stage: a fine-tuned model's predictions on new rows, in this process or on Ray Data.
 
     gpt1 predict --model M --input PATH [PATH ...] --out PATH [--overwrite] [--columns A,B]
-                 [--on-bad-row error|skip|fail] [--actors N] [--gpus-per-actor G]
+                 [--on-bad-row error|skip|fail] [--ray] [--actors N] [--gpus-per-actor G]
 
 M is a fine-tuned model directory (gpt1 finetune's --out, a sweep's registered model), an MLflow
 model URI (models:/gpt1-sst-2/3, models:/gpt1-sst-2@champion, runs:/<id>/model) or a URI on
 object storage. The inputs are TSV, CSV (each with a header line), JSON Lines or Parquet, by
 their extension, local or on object storage; their columns are the task's fields
 (tuning/inputs.py: sentence; premise, hypothesis; sentence1, sentence2; context, candidates) or
-those --columns names. Ray Data reads them; a pool of actors, each loading the model once (a
-GPU, or a fraction of one, each where the cluster has GPUs; CPUs otherwise), encodes every row
-with the task's transformation exactly as fine-tuning did (tuning/encode.py) and runs the model.
+those --columns names. Up to IN_PROCESS_ROWS rows (5,000) run in this process, on its GPU if it
+has one; more, or --ray, on Ray Data: its reads, and a pool of actors, each loading the model
+once (a GPU, or a fraction of one, each where the cluster has GPUs; CPUs otherwise). Either way
+every row is encoded with the task's transformation exactly as fine-tuning did
+(tuning/encode.py) and run through the same model code (label_rows).
 
 The output (Parquet, JSON Lines, CSV or TSV by --out's extension) keeps every input column, in
-input order, one row per input row, and adds `label` (the label; for regression the score; for
-multiple choice the chosen candidate's index) and the probabilities: a `p_<label>` column per
+input order, one row per input row (a blank line is no row: the readers pass over it, and the
+closing line counts them and names the first), and adds `label` (the label; for regression the
+score; for multiple choice the chosen candidate's index) and the probabilities: a `p_<label>` column per
 class, or a `probabilities` list per candidate. A row the transformation cannot read (a missing
 or empty field) gets its reason in an `error` column (--on-bad-row error, the default), is left
 out and counted (skip), or stops the run with its file and line (fail). The output is written
@@ -38,6 +41,9 @@ from pipeline import errors, remote
 FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 BATCH = 64  # rows an actor encodes and runs at a time
 READ_CPUS = 0.5  # what each read task of the inputs reserves
+# Rows up to which predict runs in this process: below it, Ray's and the actors' start-up (tens of
+# seconds here) costs more than the rows; on a cluster, --ray spreads even a small input.
+IN_PROCESS_ROWS = 5000
 
 
 def format_of(path: str, option: str) -> str:
@@ -230,43 +236,31 @@ def check_model(d: Path, what: str) -> None:
             load_model_and_tokenizer(d)
 
 
-def read(paths: list[str]):
-    """The inputs as one Ray Dataset, every CSV / TSV cell as text (no number guessed from a
-    sentence)."""
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
+def read(paths: list[str], kind: str):
+    """The inputs as one Ray Dataset, read as tuning/rows reads them in this process."""
     import ray.data
 
-    kinds = {format_of(p, "--input") for p in paths}
-    if len(kinds) > 1:
-        raise errors.ConfigError(
-            f"--input: {', '.join(sorted(kinds))} files together; give one kind at a time"
-        )
-    (kind,) = kinds
+    from tuning.rows import csv_options
+
     if kind == "parquet":
         return ray.data.read_parquet(paths, num_cpus=READ_CPUS)
     if kind == "jsonl":
         return ray.data.read_json(paths, lines=True, num_cpus=READ_CPUS)
-    names = first_record(paths[0], kind)
-    return ray.data.read_csv(
-        paths,
-        num_cpus=READ_CPUS,
-        parse_options=pacsv.ParseOptions(
-            delimiter="\t" if kind == "tsv" else ",", quote_char=False if kind == "tsv" else '"'
-        ),
-        convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}),
-    )
+    parse, convert = csv_options(kind, first_record(paths[0], kind))
+    return ray.data.read_csv(paths, num_cpus=READ_CPUS, parse_options=parse, convert_options=convert)
 
 
 class Predictor:
-    """A Ray Data actor: the model loaded once, then every batch of rows it is handed."""
+    """The model loaded once, then every batch of rows it is handed: a Ray Data actor, or called
+    in this process for a small input."""
 
     def __init__(self, files, fields: tuple[str, ...], device: str):
-        import ray
-
         from tuning.finetune import load_task_model
 
-        files = ray.get(files) if isinstance(files, ray.ObjectRef) else files
+        if not isinstance(files, dict):  # on Ray: the model's files as one object in its store
+            import ray
+
+            files = ray.get(files)
         self.tmp = tempfile.TemporaryDirectory(prefix="gpt1-predictor-")
         for name, data in files.items():
             (Path(self.tmp.name) / name).write_bytes(data)
@@ -352,18 +346,29 @@ def label_rows(tm, rows: list[dict], fields: tuple[str, ...], device: str) -> li
     return out
 
 
-def write(batches, out: Path, kind: str, on_bad_row: str, inputs: list[str]) -> tuple[int, int, list[str]]:
+def write(
+    batches, out: Path, kind: str, on_bad_row: str, inputs: list[str], scans: list | None = None
+) -> tuple[int, int, list[str]]:
     """The predicted batches (pandas, in input order) into `out`, a local file: (rows written,
     rows skipped, where the first bad rows were). For --on-bad-row fail, the first bad row ends
-    it with its file and line (a UserError)."""
+    it with its file and line (a UserError). scans (tuning/rows.scan, one per input) place a row
+    in its file, past the blank lines the reader passed over."""
     header = 1 if format_of(inputs[0], "--input") in ("csv", "tsv") else 0  # the line after the header
 
     def where_is(row: int) -> str:  # row: 1-based, over the inputs in the order given
-        return (
-            f"{inputs[0]}: line {row + header}"
-            if len(inputs) == 1
-            else f"--input row {row} (the files in order)"
-        )
+        if scans is None:
+            return (
+                f"{inputs[0]}: line {row + header}"
+                if len(inputs) == 1
+                else f"--input row {row} (the files in order)"
+            )
+        i = 0
+        while i < len(scans) - 1 and row > scans[i].rows:
+            row, i = row - scans[i].rows, i + 1
+        line = row + header
+        for b in scans[i].blank:
+            line += b <= line
+        return f"{inputs[i]}: line {line}"
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -409,10 +414,15 @@ def write(batches, out: Path, kind: str, on_bad_row: str, inputs: list[str]) -> 
 
 
 def _input_error(err: BaseException) -> str | None:
-    """The one line that says why pyarrow (inside a Ray Data read) refused an input's text (a
-    row of the wrong width, a line that is not JSON), or None where err is something else."""
+    """The one line that says why pyarrow (inside a Ray Data read, or in this process) refused
+    an input's text (a row of the wrong width, a line that is not JSON), or None where err is
+    something else."""
     import re
 
+    from tuning.rows import RowsError
+
+    if isinstance(err, RowsError):
+        return explain(err.path, err.kind, None)
     chain, seen = [], set()
     while err is not None and id(err) not in seen:  # Ray's wrapper, Ray Data's, then pyarrow's
         seen.add(id(err))
@@ -426,16 +436,24 @@ def _input_error(err: BaseException) -> str | None:
     )
     if not (file or found):
         return None
-    where = f"{file[2]}: " if file else ""
-    if found is None and file:
-        found = re.search(r"(.+)", pyarrow_says(file[2], file[1].lower()) or "")
-    if found is None:
+    return explain(file[2] if file else None, file[1] if file else None, found[1] if found else None)
+
+
+def explain(path: str | None, kind: str | None, said: str | None) -> str:
+    """The line for a refused input: `said`, pyarrow's words, or where they are not at hand the
+    file read again by pyarrow here (pyarrow_says), which also finds the line."""
+    import re
+
+    where = f"{path}: " if path else ""
+    if said is None and path:
+        said = (pyarrow_says(path, kind.lower()) or "").split("\n")[0] or None
+    if said is None:
         return (
             f"{where}not JSON Lines; expected one JSON object a line"
-            if file[1] == "JSON"
+            if kind == "JSON"
             else f"{where}a row does not have its header's fields; expected as many in every row (tabs in a .tsv)"
         )
-    said = found[1].strip()
+    said = said.strip()
     line = re.match(r"line \d+: ", said)
     if line:  # pyarrow_says found the line: it goes with the file's name
         where, said = where + line[0], said[line.end() :]
@@ -455,6 +473,8 @@ def pyarrow_says(path: str, kind: str) -> str | None:
     import pyarrow.csv as pacsv
     import pyarrow.json as pajson
 
+    from tuning.rows import csv_options
+
     try:
         fs, p = remote.filesystem(path)
         compression = "gzip" if p.lower().endswith(".gz") else None
@@ -462,14 +482,9 @@ def pyarrow_says(path: str, kind: str) -> str | None:
             if kind == "json":
                 pajson.read_json(f)
             else:
-                names = first_record(path, format_of(path, "--input"))
-                sep = "\t" if format_of(path, "--input") == "tsv" else ","
-                reader = pacsv.open_csv(
-                    f,
-                    parse_options=pacsv.ParseOptions(delimiter=sep, quote_char=False if sep == "\t" else '"'),
-                    convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}),
-                )
-                for _ in reader:
+                kind = format_of(path, "--input")
+                parse, convert = csv_options(kind, first_record(path, kind))
+                for _ in pacsv.open_csv(f, parse_options=parse, convert_options=convert):
                     pass
     except (pa.ArrowInvalid, errors.UserError) as err:
         said = (str(err).splitlines() or [""])[0]
@@ -519,9 +534,12 @@ def predict(
     actors: int = 0,
     gpus_per_actor: float = 1.0,
     overwrite: bool = False,
+    use_ray: bool = False,
 ) -> dict:
-    """Run the stage; returns rows written and skipped and the output's path. Every input is
-    checked here, before Ray starts: the files, their columns, the model, the output's place."""
+    """Run the stage; returns rows written and skipped, blank lines passed over, and the output's
+    path. Every input is checked here, before Ray starts: the files, their columns, the model,
+    the output's place. Up to IN_PROCESS_ROWS rows run in this process (the same reading,
+    encoding and model as the actors'), more (or use_ray, or actors) on Ray Data."""
     if on_bad_row not in ("error", "skip", "fail"):
         raise errors.ConfigError(f"--on-bad-row {on_bad_row}: expected error, skip or fail")
     if actors < 0 or not gpus_per_actor > 0:
@@ -530,17 +548,20 @@ def predict(
             "else 1) and --gpus-per-actor > 0"
         )
     kind = format_of(out, "--out")
-    for p in inputs:
-        format_of(p, "--input")
+    kinds = {format_of(p, "--input") for p in inputs}
+    if len(kinds) > 1:
+        raise errors.ConfigError(
+            f"--input: {', '.join(sorted(kinds))} files together; give one kind at a time"
+        )
+    (kind_in,) = kinds
     inputs = expand_inputs(inputs)
     check_out(out, inputs, overwrite)
-    # Only now torch and Ray: a missing file or a bad --out is refused without their start-up.
-    import ray
-
-    from pipeline import cluster, outdir
-    from pipeline.runtime import ray_init
+    # Only now torch (and Ray, for a large input): a missing file or a bad --out is refused
+    # without their start-up.
+    from pipeline import outdir
     from tuning.finetune import is_finetune_output
     from tuning.inputs import fields_of, task_of
+    from tuning.rows import batches, scan
 
     with model_dir(model) as d:
         if not is_finetune_output(d):
@@ -563,31 +584,51 @@ def predict(
                 f"--input {path}: has no column {missing[0]!r} (its columns: {', '.join(names[:8])}); "
                 f"a {task.transformation} model reads {', '.join(fields)}: rename them, or name yours with --columns"
             )
-    ray_init()
-    ray.data.DataContext.get_current().execution_options.preserve_order = True  # output in input order
-    gpus = cluster.wants_gpus("auto")
-    cpus = ray.cluster_resources().get("CPU", 1)
-    n = actors or (max(1, int(ray.cluster_resources().get("GPU", 0) / gpus_per_actor)) if gpus else 1)
-    # CPU actors leave half a core to the reads that feed them: actors holding every core would
-    # wait for ever on reads that cannot be scheduled (--actors 2 on a 2-core machine).
-    per_actor = (
-        {"num_gpus": gpus_per_actor} if gpus else {"num_cpus": min(1.0, max(cpus - READ_CPUS, 0.1) / n)}
-    )
-    ds = read(inputs).map_batches(
-        Predictor,
-        fn_constructor_kwargs={
-            "files": ray.put(files),
-            "fields": fields,
-            "device": "cuda" if gpus else "cpu",
-        },
-        batch_size=BATCH * 4,
-        batch_format="pandas",
-        concurrency=n,
-        **per_actor,
-    )
+    # One pass over the inputs: their rows decide where the work runs, and their blank lines,
+    # which the readers pass over, are counted and said rather than lost in silence.
+    scans = [scan(p, kind_in) for p in inputs]
+    rows = sum(s.rows for s in scans)
+    if not use_ray and not actors and rows <= IN_PROCESS_ROWS:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        predictor = Predictor(files, fields, device)
+        source = (
+            predictor(df) for df in batches(inputs, kind_in, lambda p: first_record(p, kind_in), BATCH * 4)
+        )
+        how = f"in this process on {device.upper()} ({rows:,} rows; over {IN_PROCESS_ROWS:,}, or with --ray, on Ray Data)"
+    else:
+        import ray
+
+        from pipeline import cluster
+        from pipeline.runtime import ray_init
+
+        ray_init()
+        ray.data.DataContext.get_current().execution_options.preserve_order = True  # output in input order
+        gpus = cluster.wants_gpus("auto")
+        cpus = ray.cluster_resources().get("CPU", 1)
+        n = actors or (max(1, int(ray.cluster_resources().get("GPU", 0) / gpus_per_actor)) if gpus else 1)
+        # CPU actors leave half a core to the reads that feed them: actors holding every core would
+        # wait for ever on reads that cannot be scheduled (--actors 2 on a 2-core machine).
+        per_actor = (
+            {"num_gpus": gpus_per_actor} if gpus else {"num_cpus": min(1.0, max(cpus - READ_CPUS, 0.1) / n)}
+        )
+        ds = read(inputs, kind_in).map_batches(
+            Predictor,
+            fn_constructor_kwargs={
+                "files": ray.put(files),
+                "fields": fields,
+                "device": "cuda" if gpus else "cpu",
+            },
+            batch_size=BATCH * 4,
+            batch_format="pandas",
+            concurrency=n,
+            **per_actor,
+        )
+        source = ds.iter_batches(batch_format="pandas")
+        how = f"{n} {'GPU' if gpus else 'CPU'} actor(s) on Ray Data ({rows:,} rows)"
     print(
-        f"predict: {task.name} ({task.transformation}) on {', '.join(inputs)}, fields "
-        f"{', '.join(fields)}; {n} {'GPU' if gpus else 'CPU'} actor(s)",
+        f"predict: {task.name} ({task.transformation}) on {', '.join(inputs)}, fields {', '.join(fields)}; {how}",
         flush=True,
     )
     # Written in a marked staging directory beside its place (a local --out; one a killed run
@@ -598,9 +639,7 @@ def predict(
         staging = Path(tmp) if final is None else outdir.sibling(final, "predict")
         local = staging / "out"
         try:
-            written, skipped, where = write(
-                ds.iter_batches(batch_format="pandas"), local, kind, on_bad_row, inputs
-            )
+            written, skipped, where = write(source, local, kind, on_bad_row, inputs, scans)
             if final is None:
                 import pyarrow.fs as pafs
 
@@ -624,8 +663,11 @@ def predict(
         line += f"; {skipped:,} malformed row(s) skipped, first at {where[0]}"
     elif bad:
         line += f"; malformed row(s) marked in the error column, first at {where[0]}"
+    blank = [(p, b) for p, sc in zip(inputs, scans) for b in sc.blank]
+    if blank:
+        line += f"; {len(blank):,} blank line(s) in the input, not rows, left out: first {blank[0][0]}: line {blank[0][1]}"
     print(line, flush=True)
-    return {"rows": written, "skipped": skipped, "out": str(out)}
+    return {"rows": written, "skipped": skipped, "blank": len(blank), "out": str(out)}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -651,7 +693,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "and counted (skip), or the end of the run with its line (fail)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--actors", type=int, default=0, help="model replicas (default: one per GPU, else 1)")
+    p.add_argument(
+        "--ray",
+        action="store_true",
+        help=f"run on Ray Data whatever the input's size (default: in this process up to {IN_PROCESS_ROWS:,} rows)",
+    )
+    p.add_argument(
+        "--actors",
+        type=int,
+        default=0,
+        help="model replicas on Ray Data (default: one per GPU, else 1; implies --ray)",
+    )
     p.add_argument("--gpus-per-actor", type=float, default=1.0, help="a fraction shares a GPU (default 1)")
 
 
@@ -665,6 +717,7 @@ def run(args: argparse.Namespace) -> None:
         actors=args.actors,
         gpus_per_actor=args.gpus_per_actor,
         overwrite=args.overwrite,
+        use_ray=args.ray,
     )
 
 
