@@ -9,7 +9,8 @@ from pathlib import Path
 
 
 def export(args: argparse.Namespace) -> None:
-    """Convert a model directory (native, Hugging Face or original OpenAI) to native or hf."""
+    """Convert a model directory (native, Hugging Face or original OpenAI) to native or hf; a
+    fine-tuned model keeps its task head and task."""
     from pipeline import outdir
     from pipeline.data.tokenizer import holds_released_vocabulary, load_tokenizer, save_tokenizer
     from pipeline.errors import UserError
@@ -36,10 +37,19 @@ def export(args: argparse.Namespace) -> None:
             save_tokenizer(load_tokenizer(src), tmp / "tokenizer.json")
         elif (src / "tokenizer.json").exists():
             shutil.copy(src / "tokenizer.json", tmp / "tokenizer.json")
+        # A fine-tuned model's task head, its task and its card go with it, in either layout
+        # (model.from_pretrained reads both): without them predict and serve refuse the copy.
+        kept = [n for n in FINETUNED_FILES if (src / n).is_file()]
+        for name in kept:
+            shutil.copy(src / name, tmp / name)
         outdir.swap_into_place(tmp, dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"wrote {args.format} weights ({gpt.num_params():,} parameters) to {dst}")
+    head = " with its task head (head.safetensors, task.json)" if "head.safetensors" in kept else ""
+    print(f"wrote {args.format} weights ({gpt.num_params():,} parameters){head} to {dst}")
+
+
+FINETUNED_FILES = ("head.safetensors", "task.json", "README.md")  # tuning/finetune.py writes the first two
 
 
 # Each stage's verb: the module that brings its options (add_arguments), entry (run) and --help

@@ -39,7 +39,7 @@ ELSEWHERE = {
     "gpt1 serve": "tests/test_serve.py serves a fine-tuned model and a language model on loopback",
     "curl -s -X POST http://127.0.0.1:8000/predict": "tests/test_serve.py sends these requests",
     "gpt1 predict": "tests/test_predict.py runs predict on a fine-tuned model, a models:/ URI and S3",
-    "--checkpoint openai-gpt": "downloads the released GPT-1 from the Hugging Face Hub: no network in CI",
+    "--checkpoint openai-community/openai-gpt": "downloads the released GPT-1 from the Hugging Face Hub: no network in CI",
 }
 # Options appended to a command that starts so, to fit two CPU cores.
 SHRINK = {

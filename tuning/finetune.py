@@ -30,6 +30,7 @@ from pipeline.console import eta
 from pipeline.data.tasks import Example, Task
 from pipeline.data.tokenizer import DELIMITER, EXTRACT, START
 from pipeline.eval import metrics as metriclib
+from pipeline.model_source import CHECKPOINT_HELP
 from pipeline.runtime import autocast, check_device, local_device
 from tuning.encode import Encoder, collate
 
@@ -494,7 +495,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a task name (sst-2, rte, mnli, race, ...), or any name for a --data directory holding a task.yaml",
     )
     p.add_argument("--data", required=True, help="the task's directory, as its release lays it out")
-    p.add_argument("--checkpoint", required=True, help="a model directory with tokenizer.json")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--out", help="where the best model goes (default: finetuned-<task>)")
     p.add_argument(
         "--overwrite",
@@ -515,13 +516,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from pipeline.data.tasks import from_directory
+    from pipeline.model_source import local_model
 
     cfg = configio.load(FinetuneConfig(), args.config, sets=args.set)
     task = from_directory(args.task, args.data)
     out = Path(args.out or f"finetuned-{task.name}")
     check_config(cfg)
     check_out(out, args.checkpoint, args.overwrite)
+    with local_model(args.checkpoint) as (checkpoint, _):
+        check_out(out, checkpoint, args.overwrite)
+        _run(args, task, cfg, out, checkpoint)
 
+
+def _run(args: argparse.Namespace, task, cfg: FinetuneConfig, out: Path, checkpoint: Path) -> None:
     def show(m: dict, step: int) -> None:
         print(
             f"step {step:,} (epoch {m['epoch']:.2f}): "
@@ -532,7 +539,7 @@ def run(args: argparse.Namespace) -> None:
     best = finetune(
         task,
         args.data,
-        args.checkpoint,
+        checkpoint,
         cfg,
         args.from_scratch,
         report=show,

@@ -137,24 +137,11 @@ def first_record(path: str, kind: str) -> list[str]:
 
 @contextlib.contextmanager
 def model_dir(spec: str):
-    """The model as a local directory: itself, a copy from object storage, or an MLflow model."""
-    if str(spec).startswith(("models:/", "runs:/")):
-        import mlflow
+    """The model as a local directory (pipeline/model_source.py: a directory, an MLflow model, a
+    copy from object storage)."""
+    from pipeline.model_source import local_model
 
-        from pipeline.tracking import tracking_uri
-
-        # The store named per call: mlflow.set_tracking_uri would change it for the whole process.
-        uri = tracking_uri()
-        with tempfile.TemporaryDirectory(prefix="gpt1-model-") as tmp:
-            try:
-                path = mlflow.artifacts.download_artifacts(
-                    artifact_uri=spec, dst_path=tmp, tracking_uri=uri, registry_uri=uri
-                )
-            except Exception as err:  # MLflow's errors for an unknown name, version or alias
-                raise errors.ConfigError(f"--model {spec}: {str(err).splitlines()[0]}") from None
-            yield Path(path)
-        return
-    with remote.fetched(spec, "a fine-tuned model directory") as d:
+    with local_model(spec, "--model", "a fine-tuned model directory") as (d, _):
         yield d
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import configio, errors, remote
+from pipeline.model_source import CHECKPOINT_HELP, local_model
 from pipeline.runtime import add_wait_option, check_device, check_wait
 from tuning.finetune import FinetuneConfig
 from tuning.trials import best_of, draw, interleave, rows_of, run_tuner, trial
@@ -379,8 +380,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint",
         required=True,
-        help="a model directory with tokenizer.json (a pretraining checkpoint), or a pretraining run's "
-        "directory (its newest checkpoint); local or s3://",
+        help=CHECKPOINT_HELP,
     )
     p.add_argument("--samples", type=int, default=8, help="trials drawn from the search space (default 8)")
     p.add_argument("--space", help="a search-space YAML (default: tuning/configs/<task>.yaml)")
@@ -448,18 +448,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_wait_option(p)
 
 
-def newest_of_run(checkpoint) -> str:
-    """--checkpoint as given, or, where it names a pretraining run (a directory or a URI holding
-    checkpoint_NNNNNNNNN directories), the run's newest complete checkpoint."""
-    from pipeline.train.checkpoint import latest_checkpoint
-
-    newest = latest_checkpoint(str(checkpoint).rstrip("/"))
-    if newest is None:
-        return checkpoint
-    print(f"--checkpoint {checkpoint}: a pretraining run; its newest checkpoint is {newest[0]}", flush=True)
-    return newest[0]
-
-
 def sweep(task_name: str, data, checkpoint, opts: SweepOptions) -> dict[str, dict]:
     """Sweep a task (or, for task_name glue, every GLUE task under data); returns each task's
     sweep_task result. Every input and every search space is checked before Ray, MLflow or
@@ -480,16 +468,18 @@ def sweep(task_name: str, data, checkpoint, opts: SweepOptions) -> dict[str, dic
         raise errors.ConfigError("--lstm-checkpoint adds a row to the ablations: add --ablations")
     check_device(opts.device)
     check_wait(opts.wait_minutes)
-    checkpoint = newest_of_run(checkpoint)
-    # On object storage, each is copied to this machine once; the trials read them from Ray's
-    # object store, so no node needs a shared file system.
-    lstm = newest_of_run(opts.lstm_checkpoint) if opts.lstm_checkpoint else None
+    # On object storage (or MLflow, or the hub), each is copied to this machine once; the trials
+    # read them from Ray's object store, so no node needs a shared file system.
+    lstm = opts.lstm_checkpoint
     with (
         remote.fetched(data, "a task's directory") as data,
-        remote.fetched(checkpoint, "a model directory") as local_checkpoint,
-        remote.fetched(lstm, "a model directory") if lstm else contextlib.nullcontext() as local_lstm,
+        local_model(checkpoint) as (local_checkpoint, where),
+        local_model(lstm, "--lstm-checkpoint") if lstm else contextlib.nullcontext((None, None)) as (
+            local_lstm,
+            _,
+        ),
     ):
-        return _sweep(task_name, data, local_checkpoint, str(checkpoint).rstrip("/"), opts, local_lstm)
+        return _sweep(task_name, data, local_checkpoint, where, opts, local_lstm)
 
 
 def _sweep(

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 from pipeline import errors
+from pipeline.model_source import CHECKPOINT_HELP
 
 EXPERIMENT = "gpt1-evaluate"
 
@@ -135,7 +137,7 @@ def evaluate(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a model directory with its tokenizer (any format)")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument(
         "--corpus", nargs="+", default=[], help="files, globs, directories or URIs, as prepare reads"
     )
@@ -191,6 +193,7 @@ def log(result: dict | None, zero_shot: list[dict], checkpoint, corpus: list[str
 
 def run(args: argparse.Namespace) -> None:
     from pipeline.eval.zero_shot import parse_tasks
+    from pipeline.model_source import local_model
     from pipeline.runtime import local_device
     from pipeline.tracking import check_store, tracking_uri
 
@@ -202,9 +205,16 @@ def run(args: argparse.Namespace) -> None:
     if not args.no_mlflow:
         check_store(tracking_uri())
     device = str(local_device(args.device))
+    with local_model(args.checkpoint) as (checkpoint, where):
+        r, results = _run(args, tasks, checkpoint, device)
+    if not args.no_mlflow:
+        print(f"MLflow run {log(r, results, where, args.corpus)} (experiment {EXPERIMENT})")
+
+
+def _run(args: argparse.Namespace, tasks: list, checkpoint: Path, device: str) -> tuple[dict | None, list]:
     r = None
     if args.corpus:
-        r = evaluate(args.checkpoint, args.corpus, args.stride, args.format, args.text_split, device)
+        r = evaluate(checkpoint, args.corpus, args.stride, args.format, args.text_split, device)
         print(
             f"{r['documents']:,} documents, {r['tokens']:,} tokens ({r['tokens_scored']:,} scored, windows of "
             f"{r['n_ctx']} moving {r['stride']}), {r['bytes']:,} bytes: loss {r['loss']:.4f} nats, "
@@ -215,7 +225,7 @@ def run(args: argparse.Namespace) -> None:
         from pipeline.eval.zero_shot import Scorer, run_task
         from pipeline.train.checkpoint import load_model_and_tokenizer
 
-        gpt, tok = load_model_and_tokenizer(args.checkpoint)
+        gpt, tok = load_model_and_tokenizer(checkpoint)
         scorer = Scorer(gpt.to(device), tok, device)
         print("| task | split | examples | metric | zero-shot | majority class | random | heuristic |")
         print("|---|---|---:|---|---:|---:|---:|---|")
@@ -227,8 +237,7 @@ def run(args: argparse.Namespace) -> None:
                 f"{z['majority']:.4f} | {z['random']:.4f} | {z['source']} |",
                 flush=True,
             )
-    if not args.no_mlflow:
-        print(f"MLflow run {log(r, results, args.checkpoint, args.corpus)} (experiment {EXPERIMENT})")
+    return r, results
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,10 +19,11 @@ import sys
 from pathlib import Path
 
 from pipeline import errors
+from pipeline.model_source import CHECKPOINT_HELP
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a model directory with its tokenizer")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="the text to continue")
     src.add_argument("--prompt-file", help="a UTF-8 file holding the text to continue")
@@ -112,6 +113,7 @@ def continuations(
 
 
 def run(args: argparse.Namespace) -> None:
+    from pipeline.model_source import local_model
     from pipeline.runtime import local_device
     from pipeline.train.checkpoint import load_model_and_tokenizer
 
@@ -124,7 +126,8 @@ def run(args: argparse.Namespace) -> None:
             raise errors.UserError(
                 f"--prompt-file {args.prompt_file}: cannot read it as UTF-8 text ({err})"
             ) from None
-    gpt, tok = load_model_and_tokenizer(args.checkpoint)
+    with local_model(args.checkpoint) as (d, _):
+        gpt, tok = load_model_and_tokenizer(d)
     device = str(local_device(args.device))
     texts = continuations(
         gpt,
