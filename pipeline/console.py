@@ -38,6 +38,8 @@ _RAY_LOG = [
     # indented, as a dead raylet's last lines are forwarded
     rb"\s*\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [DIWE] \d+ \d+\]",
     rb"\s+\[state-dump\]",
+    # Ray Serve's loggers, the replicas' access lines among them ("INFO 2026-12-06 15:12:07,793 serve 5544 -- ...")
+    rb"(DEBUG|INFO|WARNING) \d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ",
     # Ray Train's controller and workers, in their plain format
     rb"(Requesting resources|Attempting to start training worker group|Started training worker group"
     rb"|Setting up process group|Reporting training result|Checkpoint successfully created at"

@@ -184,7 +184,19 @@ def endpoint():
             return bytes(body)
 
         async def __call__(self, request):
-            path = request.url.path.rstrip("/") or "/"
+            """The answer, and its access line naming the real route (Serve's own would name
+            the application's prefix, /, for every route): in Serve's log, hence the log file."""
+            import logging
+            import time
+
+            start, path = time.perf_counter(), request.url.path.rstrip("/") or "/"
+            response = await self.answer(request, path)
+            logging.getLogger("ray.serve").info(
+                f"{request.method} {path} {response.status_code} {(time.perf_counter() - start) * 1000:.1f}ms"
+            )
+            return response
+
+        async def answer(self, request, path: str):
             if path == "/healthz" and request.method == "GET":
                 return _reply(200, "ok")
             if not self.authorized(request):
@@ -272,6 +284,7 @@ def application(files, device: str, opts: argparse.Namespace):
         name="gpt1",
         ray_actor_options={"num_gpus": gpus, "num_cpus": 1},
         max_ongoing_requests=max(5, 2 * opts.max_batch_size),
+        logging_config={"enable_access_log": False},  # the replica writes its own (Endpoint.__call__)
         **scaling,
     )
     return deployment.bind(
