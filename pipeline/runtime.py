@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 
 def ray_init() -> None:
@@ -18,11 +19,25 @@ def ray_init() -> None:
     import signal
     import threading
 
+    global _pinned
+    if _pinned and os.environ.get("RAY_ADDRESS") == _pinned:  # our own earlier instance, shut down since
+        del os.environ["RAY_ADDRESS"]
     address = os.environ.get("RAY_ADDRESS") or "local"
     main = threading.current_thread() is threading.main_thread()
     ours = signal.getsignal(signal.SIGTERM) if main else None
+    # The workers import the project from its own directory before the working directory that
+    # Ray puts first on their path: a user's folder named `model` there would shadow the package.
+    job = ray.job_config.JobConfig(_py_driver_sys_path=[str(Path(__file__).resolve().parent.parent)])
+    if address == "local":
+        # A new instance's address, chosen now and pinned for every process it starts (they inherit
+        # this environment): Ray's own helpers in them (Train's placement-group cleaner, the state
+        # API) would otherwise look for "the" local instance and fail, with a traceback in the log,
+        # wherever another one runs on the machine (`ray start`, another command).
+        port = free_port()
+        _pinned = os.environ["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
+        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING, job_config=job)
         # ray.init sets a SIGTERM handler of its own (sys.exit, silent, before any cleanup); the
         # command's own (errors.sigterm_as_interrupt: one line, the same exit as Ctrl-C's, 143)
         # stays in charge.
@@ -38,6 +53,8 @@ def ray_init() -> None:
     except ConnectionError as err:
         from pipeline.errors import UserError
 
+        if address == "local":
+            raise
         auth = os.environ.get("RAY_AUTH_MODE")
         hint = (
             "a cluster started with `ray start` (Ray 2.60) asks for its token: set RAY_AUTH_MODE=token "
@@ -49,8 +66,21 @@ def ray_init() -> None:
             f"RAY_ADDRESS={address}: could not join the cluster ({str(err).splitlines()[0]}); "
             f"{hint}; unset RAY_ADDRESS to start a local instance instead"
         ) from None
+    finally:
+        os.environ.pop("RAY_GCS_SERVER_PORT", None)
     where = ray.get_runtime_context().gcs_address
     print(f"Ray: {'a new local instance' if address == 'local' else 'the cluster'} at {where}", flush=True)
+
+
+_pinned: str | None = None  # the RAY_ADDRESS ray_init set for the instance it started
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
 
 
 def storage_path(storage: str | None) -> str:

@@ -404,6 +404,36 @@ def test_a_command_says_which_ray_it_joined(corpus, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_run_beside_another_ray_and_a_folder_named_model_is_clean(corpus, tmp_path, ray_session):
+    """This test process's own Ray instance is "another local Ray" to the command's: Ray's helpers
+    in the command's processes (Train's placement-group cleaner) find theirs by the address the
+    command pins, with no "Found multiple active Ray instances" traceback; and its workers import
+    the project's `model` package, not a user's folder of that name in the working directory."""
+    from pipeline.data.prepare import PrepareConfig, prepare
+
+    prepare([str(corpus / "a.txt")], tmp_path / "ds", PrepareConfig(n_merges=50, n_ctx=64), track=False)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "notes.txt").write_text("a user's folder")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    sets = sum((["--set", s] for s in ("max_steps=2", "batch_size=2", "micro_batch=2", "eval_blocks=1")), [])
+    out = subprocess.run(
+        # The installed script, as a user runs it (python -m would put the working directory first).
+        [Path(sys.executable).parent / "gpt1", "pretrain", "--data", "ds", "--no-mlflow", *sets],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (log,) = (tmp_path / "logs").glob("pretrain-*.log")
+    assert out.returncode == 0, log.read_text()[-3000:]
+    assert "done at step 2" in out.stdout
+    assert "Found multiple active Ray instances" not in log.read_text()
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+@pytest.mark.slow
 def test_a_damaged_dataset_is_named_and_replaced_only_with_overwrite(corpus, tmp_path, capsys, ray_session):
     out = tmp_path / "ds"
     out.mkdir()
