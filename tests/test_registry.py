@@ -1,6 +1,7 @@
 """The registry: each registered version carries its model card, and the alias `champion` moves
 to a new version only when its dev metric beats the champion's."""
 
+import json
 import math
 from pathlib import Path
 
@@ -51,6 +52,17 @@ def test_the_champion_moves_only_on_a_better_metric_and_every_version_has_its_ca
     assert "- dataset: `s3://b/ds`" in card and "prepare run" in card and "data sha256 (train): `ab`" in card
     assert "| full | 0.8100 | 0.0200 | 3 |" in card and "`sentence`" in card
     assert "## Known deviations from the released code" in card
+    # The best trial's score beside its settings' spread over seeds; an example curl can send;
+    # the ledger as one Markdown list (items and their indented continuation lines).
+    assert (
+        "dev accuracy **0.9000**, chosen on that same dev set. Its settings over 3 seeds: 0.8100 ± 0.0200"
+        in card
+    )
+    curl = next(line for line in card.splitlines() if line.startswith("curl "))
+    assert json.loads(curl.split(" -d '", 1)[1].rstrip("'")) == {"sentence": "the sentence"}
+    ledger = card.split("## Known deviations from the released code\n\n", 1)[1].strip().splitlines()
+    assert ledger[0].startswith("- AdamW") and all(x.startswith(("- ", "  ")) for x in ledger), ledger[:4]
+    assert not any(x.startswith("- - ") for x in ledger)
     # The same card as README.md beside the registered model.
     import mlflow
 

@@ -10,6 +10,8 @@ README's ledger, as `gpt1 report` ends with).
 
 from __future__ import annotations
 
+import json
+
 from tuning.inputs import FIELDS
 
 # The lineage a card lists, by the tag that holds each link, in the order the data flowed.
@@ -38,11 +40,19 @@ def model_card(
     """The card as markdown. `tags`: the trial run's (and its pretrain run's) lineage tags;
     `ablations`: ablation_summary's rows (ablation, mean, std, seeds)."""
     fields = FIELDS[task.transformation]
+    # The best trial's score is selected on the dev set it is measured on: its settings' spread
+    # over seeds (the ablations' full row) says how much of it is luck.
+    full = next((r for r in ablations if r["ablation"] == "full"), None)
+    spread = (
+        f" Its settings over {full['seeds']} seeds: {full['mean']:.4f} ± {full['std']:.4f} (mean ± std)."
+        if full
+        else ""
+    )
     lines = [
         f"# {name} version {version}",
         "",
         f"GPT-1 (Radford et al. 2018) fine-tuned on **{task.name}** ({task.transformation}), the best "
-        f"trial of its sweep: dev {metric} **{value:.4f}**.",
+        f"trial of its sweep: dev {metric} **{value:.4f}**, chosen on that same dev set.{spread}",
         "",
         "## Lineage",
         "",
@@ -63,10 +73,10 @@ def model_card(
             "|---|---:|---:|---:|",
             *[f"| {r['ablation']} | {r['mean']:.4f} | {r['std']:.4f} | {r['seeds']} |" for r in ablations],
         ]
-    example = (
-        {"context": "...", "candidates": ["...", "..."]}
+    example = json.dumps(
+        {"context": "the story so far", "candidates": ["one ending", "another ending"]}
         if task.transformation == "multiple_choice"
-        else {f: "..." for f in fields}
+        else {f: f"the {f}" for f in fields}
     )
     lines += [
         "",
@@ -79,6 +89,7 @@ def model_card(
         "```bash",
         f"gpt1 predict --model models:/{name}/{version} --input rows.parquet --out labels.parquet",
         f"gpt1 serve --model models:/{name}/{version} --port 8000",
+        f"curl -s -X POST http://127.0.0.1:8000/predict -d '{example}'",
         "```",
         "",
         "Labels: " + (", ".join(f"`{x}`" for x in task.labels) if task.labels else "a score (regression)")
@@ -87,7 +98,7 @@ def model_card(
         "",
         "## Known deviations from the released code",
         "",
-        *[f"- {d}" for d in deviations],
+        *deviations,  # the README's list as it stands: items and their indented continuations
         "",
     ]
     return "\n".join(lines)
