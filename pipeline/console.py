@@ -98,6 +98,22 @@ def eta(seconds: float) -> str:
     return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
 
 
+def size(n_bytes: float) -> str:
+    """A size in the unit that fits it, three figures at most: 812 B, 45.1 KB, 1.24 GB."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n_bytes) < 999.5 or unit == "TB":
+            return (
+                f"{n_bytes:.3g} {unit}" if unit != "B" and abs(n_bytes) < 999.5 else f"{n_bytes:,.0f} {unit}"
+            )
+        n_bytes /= 1000
+    raise AssertionError("unreachable")
+
+
+def rate(n_bytes: float, seconds: float) -> str:
+    """Bytes over seconds as size() writes them, per second (a small corpus: 45.1 KB/s, not 0.00 MB/s)."""
+    return f"{size(n_bytes / seconds)}/s" if seconds > 0 else "? B/s"
+
+
 def progress(items, total: int, what: str, size=lambda item: 1, every: float = 30.0):
     """Yield from items, printing `what: k/total (p%), ETA` at most every `every` seconds, where
     size(item) says how many of the total an item is: a long stage is never silent, a short one

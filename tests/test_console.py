@@ -88,6 +88,18 @@ def test_progress_times_read_as_a_person_would():
     assert console.eta(65) == "1m05s" and console.eta(7300) == "2h01m" and console.eta(float("inf")) == "?"
 
 
+def test_sizes_and_rates_take_the_unit_that_fits():
+    assert [console.size(n) for n in (812, 45_100, 999_400, 999_600, 1.24e9, 3e15)] == [
+        "812 B",
+        "45.1 KB",
+        "999 KB",
+        "1 MB",
+        "1.24 GB",
+        "3,000 TB",
+    ]
+    assert console.rate(18_028, 12.2) == "1.48 KB/s" and console.rate(5, 0) == "? B/s"
+
+
 def test_progress_prints_at_most_every_interval_and_closes_what_it_reads(capsys):
     closed = []
 

@@ -195,12 +195,12 @@ def prepare(
             raise
         elapsed, cpu = time.time() - t0, time.process_time() - cpu0
         s = manifest["splits"]
-        mb = sum(f.size for f in files) / 1e6
+        read = sum(f.size for f in files)
         print(
             f"prepared {out}: {s['train']['documents'] + s['val']['documents']:,} documents, "
             f"{s['train']['tokens'] + s['val']['tokens']:,} tokens ({s['train']['blocks']:,} train / "
-            f"{s['val']['blocks']:,} val blocks of {cfg.n_ctx + 1}) from {mb:,.1f} MB in {elapsed:,.1f} s "
-            f"({mb / elapsed:,.2f} MB/s); the driver used {cpu:,.1f} s of CPU ({cpu / elapsed:.0%} of one core)"
+            f"{s['val']['blocks']:,} val blocks of {cfg.n_ctx + 1}) from {console.size(read)} in {elapsed:,.1f} s "
+            f"({console.rate(read, elapsed)}); the driver used {cpu:,.1f} s of CPU ({cpu / elapsed:.0%} of one core)"
         )
         if s["val"]["blocks"] == 0 and (
             cfg.val_fraction > 0 or n_val
