@@ -13,7 +13,8 @@ A re-run reuses every stage whose inputs are unchanged: the dataset (prepare's f
 pretrained checkpoint and each task's sweep (recorded in WORKDIR/stages.json by the sha256 of
 their inputs). --fresh deletes what an earlier demo wrote in WORKDIR (the entries stages.json
 lists, and nothing else: never WORKDIR itself, never an input of the same command) and starts
-over; the MLflow store keeps the old runs.
+over; the MLflow store keeps the old runs. That store is WORKDIR/mlflow.db (MLFLOW_TRACKING_URI
+still names another), so the demo's runs never mix with the user's own.
 --task NAME=PATH takes a registered task's directory (sst-2=glue/SST-2) or a directory with a
 task.yaml (transformation, text_columns, label_column, labels, files).
 """
@@ -126,7 +127,12 @@ def builtin_data(work: Path, size: Size, stages: Stages) -> tuple[list[str], dic
         check_replaceable(d, "the demo's built-in data", lambda p: (p / "corpus.txt").is_file(), True)
     d.mkdir(parents=True, exist_ok=True)
     corpus = world.write_corpus(d / "corpus.txt", size.docs)
+    # Text of the same world the model never trains on (another seed): what `evaluate` should read.
+    world.write_corpus(d / HELD_OUT, max(size.docs // 20, 50), seed=1)
     return [str(corpus)], {n: world.write_task(n, d / n, size.train, size.dev) for n in world.TASKS}
+
+
+HELD_OUT = "held-out.txt"  # in WORKDIR/builtin
 
 
 def parse_tasks(pairs: list[str]) -> dict[str, Path]:
@@ -162,12 +168,14 @@ def run_demo(
     from pipeline.tracking import check_store
 
     uri = tracking_uri()
+    stages = Stages(work / "stages.json")  # a stages.json it did not write is refused before any write
+    work.mkdir(parents=True, exist_ok=True)  # the demo's own store is created in it
     check_store(uri, skippable=False)
-    work.mkdir(parents=True, exist_ok=True)
-    stages = Stages(work / "stages.json")
     stages.save()
+    held_out = None
     if not tasks:
         corpus, tasks = builtin_data(work, size, stages)
+        held_out = work / "builtin" / HELD_OUT
         jobs = {name: (from_directory(name, d), d) for name, d in tasks.items()}
 
     print(f"[1/4] prepare: {len(corpus)} corpus file(s) -> {work / 'data'}", flush=True)
@@ -292,13 +300,14 @@ def run_demo(
     print(f"\nFrom the report (gpt1 report), all of it in {work / 'report' / 'report.md'}:\n")
     print(text[text.index("### Table 5") : text.index("### Figure 2")].rstrip() + "\n")
     print(f"done in {time.perf_counter() - t_start:.0f} s.")
-    what_next(uri, pre, results, work, corpus)
+    what_next(uri, pre, results, work, held_out)
     return {"pretrain": pre, "sweeps": results, "uri": uri}
 
 
-def what_next(uri: str, pre: dict, results: dict, work: Path, corpus: list[str]) -> None:
+def what_next(uri: str, pre: dict, results: dict, work: Path, held_out: Path | None) -> None:
     """The demo's last lines: where its models are, and the commands that look at them. The
-    commands name this environment's own scripts, which need not be on PATH."""
+    commands name this environment's own scripts, which need not be on PATH. evaluate reads
+    held-out text: the built-in data's, or, for a corpus of the user's, text they set aside."""
     import shlex
 
     from mlflow.tracking import MlflowClient
@@ -326,7 +335,9 @@ def what_next(uri: str, pre: dict, results: dict, work: Path, corpus: list[str])
     gpt1 = command("gpt1")
     print("\nTry the pretrained model:")
     print(f"    {gpt1} generate --checkpoint {shlex.quote(str(ckpt))} --prompt 'the'")
-    print(f"    {gpt1} evaluate --checkpoint {shlex.quote(str(ckpt))} --corpus {shlex.quote(str(corpus[0]))}")
+    text = shlex.quote(str(held_out)) if held_out else "HELD_OUT.txt"
+    print(f"    {gpt1} evaluate --checkpoint {shlex.quote(str(ckpt))} --corpus {text}", end="")
+    print("" if held_out else "   (text of yours the model did not train on)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -385,9 +396,24 @@ def fresh(work: Path, inputs: list[Path]) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from pipeline.tracking import tracking_uri
+    import os
 
     work = Path(args.workdir).absolute()
+    # The demo's runs in a store of its own, under WORKDIR (MLFLOW_TRACKING_URI still wins): in the
+    # working directory's ./mlflow.db they would mix with the user's, and its report with theirs.
+    # Set for the demo's time, so every process it starts (Ray's workers, Tune's trials) inherits it.
+    given = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = given or f"sqlite:///{work / 'mlflow.db'}"
+    try:
+        _run(args, work)
+    finally:
+        if given is None:
+            del os.environ["MLFLOW_TRACKING_URI"]
+
+
+def _run(args: argparse.Namespace, work: Path) -> None:
+    from pipeline.tracking import tracking_uri
+
     # Every argument is checked before anything is touched.
     tasks = parse_tasks(args.task)
     check_inputs(args.corpus, tasks)

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def gpt1_demo(cwd: Path, *args: str) -> str:
     """`gpt1 demo ...` as a user runs it: its own process, its own local Ray instance, MLflow's
-    default store (./mlflow.db). Returns its console (stdout, then stderr); fails the test on a
+    own store (WORKDIR/mlflow.db). Returns its console (stdout, then stderr); fails the test on a
     non-zero exit."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     proc = subprocess.run(
@@ -62,7 +62,8 @@ def test_builtin_tasks_train_and_dev_use_disjoint_words(tmp_path):
 @pytest.mark.slow
 def test_demo_runs_every_stage_and_reuses_them(tmp_path):
     out = gpt1_demo(tmp_path, "--size", "ci")
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'demo' / 'mlflow.db'}")  # its own store
+    assert not (tmp_path / "mlflow.db").exists()
     # The console is the project's own lines; Ray's (Tune's tables, Data's progress, the workers'
     # reports) are in the log file it names.
     assert "Traceback" not in out and len(out.splitlines()) < 150, out
@@ -109,6 +110,11 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path):
     assert f"pretrained: {pretrain_checkpoint(tmp_path)}" in out
     assert all(f"fine-tuned on {n}: models:/gpt1-{n}/1" in out for n in world.TASKS)
     assert f"{venv / 'gpt1'} generate --checkpoint" in out
+    held_out = tmp_path / "demo" / "builtin" / "held-out.txt"
+    assert (
+        f"--corpus {held_out}" in out
+        and held_out.read_text() not in (tmp_path / "demo" / "builtin" / "corpus.txt").read_text()
+    )
 
     # Again: every stage is recognised by its inputs and reused; no new runs.
     again = gpt1_demo(tmp_path, "--size", "ci")
