@@ -19,9 +19,6 @@ def ray_init() -> None:
     import signal
     import threading
 
-    global _pinned
-    if _pinned and os.environ.get("RAY_ADDRESS") == _pinned:  # our own earlier instance, shut down since
-        del os.environ["RAY_ADDRESS"]
     address = os.environ.get("RAY_ADDRESS") or "local"
     main = threading.current_thread() is threading.main_thread()
     ours = signal.getsignal(signal.SIGTERM) if main else None
@@ -29,12 +26,13 @@ def ray_init() -> None:
     # Ray puts first on their path: a user's folder named `model` there would shadow the package.
     job = ray.job_config.JobConfig(_py_driver_sys_path=[str(Path(__file__).resolve().parent.parent)])
     if address == "local":
-        # A new instance's address, chosen now and pinned for every process it starts (they inherit
-        # this environment): Ray's own helpers in them (Train's placement-group cleaner, the state
-        # API) would otherwise look for "the" local instance and fail, with a traceback in the log,
-        # wherever another one runs on the machine (`ray start`, another command).
+        # A new instance's address, chosen now and pinned for every process it starts: they
+        # inherit the environment of ray.init's moment. Ray's own helpers in them (Train's
+        # placement-group cleaner, the state API) would otherwise look for "the" local instance
+        # and fail, with a traceback in the log, wherever another one runs on the machine (`ray
+        # start`, another command). This process's own environment is left as it was.
         port = free_port()
-        _pinned = os.environ["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
+        os.environ["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
         os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
         ray.init(address=address, logging_level=logging.WARNING, job_config=job)
@@ -67,12 +65,11 @@ def ray_init() -> None:
             f"{hint}; unset RAY_ADDRESS to start a local instance instead"
         ) from None
     finally:
-        os.environ.pop("RAY_GCS_SERVER_PORT", None)
+        if address == "local":
+            os.environ.pop("RAY_GCS_SERVER_PORT", None)
+            os.environ.pop("RAY_ADDRESS", None)
     where = ray.get_runtime_context().gcs_address
     print(f"Ray: {'a new local instance' if address == 'local' else 'the cluster'} at {where}", flush=True)
-
-
-_pinned: str | None = None  # the RAY_ADDRESS ray_init set for the instance it started
 
 
 def free_port() -> int:

@@ -488,7 +488,7 @@ def test_the_plan_needs_no_data_nor_ray_and_prints_one_json_object(capsys):
     from gpt1.cli import main
 
     def plan(*args: str) -> dict:
-        assert main(["pretrain", "--config", "gpt1", "--plan=json", *args]) == 0
+        assert main(["pretrain", "--config", "gpt1", "--plan=json", "--device", "cuda", *args]) == 0
         return json.loads(capsys.readouterr().out)
 
     on8 = plan("--workers", "8", "--set", "batch_tokens=auto")
@@ -510,9 +510,17 @@ def test_the_plan_needs_no_data_nor_ray_and_prints_one_json_object(capsys):
     budget = plan("--workers", "16", "--set", "max_tokens=1000000000", "--accelerator", "H100")
     assert budget["total_steps"] == math.ceil(1e9 / 32_768) and budget["est_hours"] > 0
     assert budget["est_cost_usd"] > 0 and budget["est_node_type"] == "p5.48xlarge"
-    assert main(["pretrain", "--config", "gpt1", "--plan", "--workers", "4-8"]) == 0
+    assert main(["pretrain", "--config", "gpt1", "--plan", "--workers", "4-8", "--device", "cuda"]) == 0
     out = capsys.readouterr().out
     assert "4-8 (elastic)" in out and "estimates, not measurements" in out
+    assert "workers run on   A100 GPUs" in out and "compile          on;" in out
+    # This machine has no GPU and joins no cluster: the plan is for its CPU workers, not an A100's.
+    assert main(["pretrain", "--config", "tiny", "--plan", "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "workers run on   CPU\n" in out and "compile          off;" in out and "A100" not in out.split("(")[0]
+    )
+    assert "on CPU workers: no time or cost estimate" in out and "MFU" not in out
 
 
 def test_worker_ranges_are_read_and_bad_ones_refused():

@@ -223,11 +223,12 @@ def run_plan(
     min_workers: int | None = None,
     accelerator: str | None = None,
     manifest: dict | None = None,
+    use_gpu: bool = True,
 ) -> dict:
-    """`gpt1 pretrain --plan`: what a run on `workers` GPUs of `accelerator` would do and, by the
-    model in pipeline/train/estimate.py, cost. Plans for what is asked, not for this machine, so
-    it runs anywhere, Ray or not. The run's length needs the dataset's manifest, or max_steps or
-    max_tokens; without them the totals are None."""
+    """`gpt1 pretrain --plan`: what a run on `workers` GPUs of `accelerator` (or, without use_gpu,
+    CPU workers) would do and, by the model in pipeline/train/estimate.py, cost (GPUs only). The
+    run's length needs the dataset's manifest, or max_steps or max_tokens; without them the
+    totals are None."""
     import torch
 
     from model import build
@@ -247,7 +248,7 @@ def run_plan(
     total = total_steps(cfg, spe, gcfg.n_ctx) or None
     with torch.device("meta"):  # the network's shape, without its memory
         net = build(gcfg)
-    accelerator = accelerator or PLAN_ACCELERATOR
+    accelerator = (accelerator or PLAN_ACCELERATOR) if use_gpu else "CPU"
     out = {
         "workers": workers,
         "min_workers": min_workers,
@@ -261,11 +262,17 @@ def run_plan(
         "warmup_tokens": cfg.warmup_steps * tokens,
         "total_steps": total,
         "total_tokens": total * tokens if total else None,
-        "compile": True if cfg.compile is None else cfg.compile,
+        "compile": use_gpu if cfg.compile is None else cfg.compile,  # loop.py: by default on GPU only
         "grad_compression": cfg.grad_compression,
         "accelerator": accelerator,
         "n_params": net.num_params(),
     }
+    if not use_gpu:
+        return {
+            **out,
+            "est_note": "on CPU workers: no time or cost estimate (the model knows GPU nodes: "
+            f"{', '.join(NODE_TYPES)}); pass --accelerator or --device cuda to plan a GPU cluster",
+        }
     if accelerator not in NODE_TYPES:
         return {**out, "est_note": f"no estimate for {accelerator}: the model knows {', '.join(NODE_TYPES)}"}
     return {
@@ -300,7 +307,8 @@ def plan_lines(plan: dict) -> list[str]:
             if plan["total_steps"]
             else "unknown: pass --data, or --set max_tokens=N or max_steps=N"
         ),
-        f"compile          {'on (GPU)' if plan['compile'] else 'off'}; gradients all-reduced in "
+        f"workers run on   {plan['accelerator']}{'' if plan['accelerator'] == 'CPU' else ' GPUs'}",
+        f"compile          {'on' if plan['compile'] else 'off'}; gradients all-reduced in "
         + ("bf16" if plan["grad_compression"] == "bf16" else "fp32"),
     ]
     if "est_step_ms" not in plan:
@@ -657,8 +665,26 @@ def show_plan(args: argparse.Namespace, cfg: PretrainConfig, low: int | None, hi
     else:
         gcfg = model_config(cfg, None, None)
     check_accelerator(args.accelerator)
-    plan = run_plan(cfg, gcfg, high or 1, low if low != high else None, args.accelerator, manifest)
+    check_device(args.device)
+    plan = run_plan(
+        cfg, gcfg, high or 1, low if low != high else None, args.accelerator, manifest, plans_gpus(args)
+    )
     print(json.dumps(plan, indent=2) if args.plan == "json" else "\n".join(plan_lines(plan)))
+
+
+def plans_gpus(args: argparse.Namespace) -> bool:
+    """Whether --plan plans GPU workers: the machine the command would run on. --accelerator or
+    --device cuda say so; with --device auto, this machine's GPU does, or a cluster (RAY_ADDRESS),
+    whose GPUs --plan cannot see without joining it."""
+    import os
+
+    if args.accelerator or args.device == "cuda":
+        return True
+    if args.device == "cpu":
+        return False
+    import torch
+
+    return torch.cuda.is_available() or bool(os.environ.get("RAY_ADDRESS"))
 
 
 def run(args: argparse.Namespace) -> None:
