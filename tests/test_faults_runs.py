@@ -308,7 +308,8 @@ def test_a_lost_raylet_is_one_line_and_the_same_command_resumes(data, tmp_path):
     done = latest_checkpoint(str(storage / "r"))[1]
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resuming run r from step {done:,}" in again.stdout, again.stdout[-2000:]
+    said = f"resuming run r from step {done:,}" if done < 120 else "run r is complete: step 120 of 120"
+    assert said in again.stdout, again.stdout[-2000:]  # (a fast machine may finish before the kill lands)
 
 
 @pytest.mark.slow

@@ -450,6 +450,9 @@ def completed_run(
     ran = scale_batch(cfg, 1, gcfg.n_ctx, batch=old["pretrain"]["batch_size"])
     ran = dataclasses.replace(ran, micro_batch=old["pretrain"].get("micro_batch", ran.micro_batch))
     claim_run(run_path, identity(ran, gcfg, manifest), old)
+    from pipeline.train.ray_train import remove_orphan_staging
+
+    remove_orphan_staging(run_path)  # a killed writer's leftovers go, as a resume removes them
     metrics, run_id = {"step": state["step"]}, None
     if uri:
         from mlflow.tracking import MlflowClient
