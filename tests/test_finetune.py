@@ -9,7 +9,8 @@ from corpus_gen import reviews
 
 from model import GPT
 from pipeline.data.tasks import get
-from tuning.finetune import FinetuneConfig, finetune, main
+from tuning.finetune import FinetuneConfig, finetune
+from tuning.finetune_cli import main
 
 
 def test_finetune_beats_the_majority_class_and_keeps_the_best(task_checkpoint, sst2, tmp_path):

@@ -104,7 +104,7 @@ def test_the_layout_reader_sees_real_imports():
     g = graph()
     assert "model.gpt" in g["model.weights"] or "model.config" in g["model.weights"]
     assert "pipeline.train.config" in g["pipeline.train.loop"]
-    assert "tuning.finetune" in g["gpt1.cli"] and "pipeline.data.prepare" in g["gpt1.cli"]
+    assert "tuning.finetune_cli" in g["gpt1.cli"] and "pipeline.data.prepare" in g["gpt1.cli"]
     assert imports_of("pipeline.pretrain", modules()["pipeline.pretrain"], set(g)) == {
         "pipeline.train.pretrain"
     }

@@ -26,7 +26,7 @@ warmup: 0.05
 
 @pytest.mark.slow
 def test_sweep_logs_parent_and_trials_and_registers_the_best(
-    task_checkpoint, lstm_checkpoint, sst2, tmp_path, mlflow_uri, ray_session, monkeypatch
+    task_checkpoint, lstm_checkpoint, sst2, tmp_path, mlflow_uri, ray_session, monkeypatch, capsys
 ):
     monkeypatch.chdir(tmp_path)
     client = MlflowClient(mlflow_uri)
@@ -135,6 +135,17 @@ def test_sweep_logs_parent_and_trials_and_registers_the_best(
         best_config["lm_coef"],
     ]
     assert all(float(ablations[a]["lr"]) == pytest.approx(best_config["lr"]) for a in ablations)
+    # The parent's row carries its trials' columns, with the best trial's values; the closing
+    # lines link the trials and the chart of the metric over λ and lr, in the training view.
+    assert parent.data.params["lr"] == str(best_config["lr"]) and parent.data.params["lm_coef"] == str(
+        best_config["lm_coef"]
+    )
+    searched = max(best_of[c.info.run_id] for c in children if c.data.params["ablation"] == "search")
+    assert parent.data.metrics["accuracy"] == searched and parent.data.tags["row"] == "best of the sweep"
+    out = capsys.readouterr().out
+    chart = f"/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}/artifactPath/metric_vs_lambda_and_lr.png?workflowType=machine_learning"
+    assert f"sst-2: dev accuracy over λ and lr http://127.0.0.1:5000{chart}" in out, out[-2000:]
+    assert f"sst-2: its trials http://127.0.0.1:5000/#/experiments/{exp.experiment_id}?workflowType=" in out
     # Mean ± std over the seeds, in the summary table and the parent's metrics.
     summary = {r["ablation"]: r for r in csv.DictReader(open(f"{d}/ablations_summary.csv"))}
     for a in ablations:
@@ -243,7 +254,7 @@ def test_the_released_model_in_hugging_face_layout_fine_tunes_and_sweeps(
     from corpus_gen import released_vocabulary
 
     from pipeline.data.tokenizer import RESERVED_TOKENS, load_tokenizer
-    from tuning.finetune import main as finetune_main
+    from tuning.finetune_cli import main as finetune_main
 
     monkeypatch.chdir(tmp_path)
     vocab_dir = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "gpt1-vocab"

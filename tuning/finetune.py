@@ -1,7 +1,6 @@
 """Stage 3, fine-tune: a pretrained checkpoint + a labeled task -> a task model, minimising
-L3 = L2 + λ·L1 over the task's input transformation.
-
-    gpt1 finetune --task T --data DIR --checkpoint CKPT [--out DIR] [--from-scratch] [--set key=value ...]
+L3 = L2 + λ·L1 over the task's input transformation (the loop, its evaluation, the task model's
+saving and loading). The command is tuning/finetune_cli.py; the settings, tuning/finetune_config.py.
 
 The paper's defaults: lr 6.25e-5, batch 32, 3 epochs, linear warm-up over 0.2% of the updates then
 linear decay, classifier dropout 0.1, λ = 0.5. The dev split is evaluated every epoch (or every
@@ -10,7 +9,6 @@ linear decay, classifier dropout 0.1, λ = 0.5. The dev split is evaluated every
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -25,39 +23,14 @@ from tokenizers import Tokenizer
 
 from model import GPT, GPTConfig, GPTForTask, TaskHead, make_optimizer, make_schedule
 from model import build as build_network
-from pipeline import configio, errors
+from pipeline import errors
 from pipeline.console import eta
 from pipeline.data.tasks import Example, Task
 from pipeline.data.tokenizer import DELIMITER, EXTRACT, START
 from pipeline.eval import metrics as metriclib
-from pipeline.model_source import CHECKPOINT_HELP
 from pipeline.runtime import autocast, check_device, local_device
 from tuning.encode import Encoder, collate
-
-
-@dataclass
-class FinetuneConfig:
-    lr: float = 6.25e-5
-    batch_size: int = 32
-    epochs: int = 3
-    max_steps: int = 0  # 0 = epochs over the training split
-    warmup: float = 0.002  # fraction of the updates, linear warm-up then linear decay
-    lm_coef: float = 0.5  # λ; 0 is the paper's "no auxiliary LM" ablation
-    clf_dropout: float = 0.1
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    eval_every: int = 0  # steps between dev evaluations; 0 = once per epoch
-    eval_batch: int = 64
-    max_train: int = 0  # use the first N training examples; 0 = all
-    n_ctx: int = 0  # 0 = the model's
-    seed: int = 0
-    # Draw the start, delimiter and extract tokens' embedding rows afresh from N(0, 0.02), as the
-    # released code does: pretraining never trained them. A checkpoint without those rows (the
-    # released model, in any layout) always gets them drawn.
-    reinit_special: bool = True
-    # Figure 2, left: how many of the checkpoint's blocks to transfer (with the embeddings), the
-    # rest drawn afresh as pretraining initialises them. -1 = all of them.
-    n_transfer: int = -1
+from tuning.finetune_config import FinetuneConfig, check_config, check_out, is_finetune_output  # noqa: F401
 
 
 @dataclass
@@ -90,51 +63,6 @@ class TaskModel:
     model: GPTForTask
     encoder: Encoder
     task: Task
-
-
-def check_config(cfg: FinetuneConfig) -> None:
-    """Every numeric key in its range, before any work."""
-    c = errors.ConfigError
-    for key in ("batch_size", "epochs", "eval_batch"):
-        if getattr(cfg, key) < 1:
-            raise c(f"{key} {getattr(cfg, key)}: expected at least 1")
-    for key in ("max_steps", "eval_every", "max_train", "n_ctx"):
-        if getattr(cfg, key) < 0:
-            raise c(f"{key} {getattr(cfg, key)}: expected >= 0")
-    if cfg.n_transfer < -1:
-        raise c(f"n_transfer {cfg.n_transfer}: expected 0 to n_layer blocks, or -1 for all")
-    configio.check_ranges(
-        cfg,
-        {
-            "lr": (0.0, 1.0),
-            "warmup": (0.0, 1.0),
-            "lm_coef": (0.0, None),
-            "clf_dropout": (0.0, 0.99),
-            "weight_decay": (0.0, 1.0),
-            "grad_clip": (0.0, None),
-        },
-    )
-
-
-def is_finetune_output(d: Path) -> bool:
-    """A directory that finetune wrote: its model plus head.safetensors and task.json."""
-    return (d / "task.json").is_file() and (d / "head.safetensors").is_file()
-
-
-def check_out(out: Path, checkpoint, overwrite: bool) -> None:
-    """--out may be new, empty, or (with --overwrite) an earlier finetune output; never the
-    checkpoint being read, a directory inside it, or one that holds it."""
-    from pipeline import outdir
-
-    out, ckpt = out.absolute(), Path(checkpoint).absolute()
-    if out == ckpt or ckpt in out.parents or out in ckpt.parents:
-        raise errors.ConfigError(
-            f"--out {out}: is (or holds, or lies in) the --checkpoint being read; "
-            "write the fine-tuned model elsewhere"
-        )
-    outdir.check_replaceable(out, "a fine-tuned model", is_finetune_output, overwrite)
-    outdir.check_writable(out)
-    outdir.remove_orphans(out)
 
 
 def build(task: Task, pretrained: Pretrained, cfg: FinetuneConfig, from_scratch: bool = False) -> TaskModel:
@@ -486,72 +414,3 @@ def _write_model(tm: TaskModel, tmp: Path) -> None:
         )
         + "\n"
     )
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--task",
-        required=True,
-        help="a task name (sst-2, rte, mnli, race, ...), or any name for a --data directory holding a task.yaml",
-    )
-    p.add_argument("--data", required=True, help="the task's directory, as its release lays it out")
-    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
-    p.add_argument("--out", help="where the best model goes (default: finetuned-<task>)")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an earlier fine-tuned model at --out (nothing else is ever replaced)",
-    )
-    p.add_argument(
-        "--from-scratch", action="store_true", help="random weights: the 'no pretraining' ablation"
-    )
-    p.add_argument("--device", default="auto", help="auto (a GPU where there is one), cpu or cuda")
-    p.add_argument("--config", help="YAML file of the keys below")
-    configio.add_set_option(
-        p,
-        FinetuneConfig,
-        seed="the new rows and the head drawn, the order of the examples and the dropout masks",
-    )
-
-
-def run(args: argparse.Namespace) -> None:
-    from pipeline.data.tasks import from_directory
-    from pipeline.model_source import local_model
-
-    cfg = configio.load(FinetuneConfig(), args.config, sets=args.set)
-    task = from_directory(args.task, args.data)
-    out = Path(args.out or f"finetuned-{task.name}")
-    check_config(cfg)
-    check_out(out, args.checkpoint, args.overwrite)
-    with local_model(args.checkpoint) as (checkpoint, _):
-        check_out(out, checkpoint, args.overwrite)
-        _run(args, task, cfg, out, checkpoint)
-
-
-def _run(args: argparse.Namespace, task, cfg: FinetuneConfig, out: Path, checkpoint: Path) -> None:
-    def show(m: dict, step: int) -> None:
-        print(
-            f"step {step:,} (epoch {m['epoch']:.2f}): "
-            + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k not in ("epoch", "total_steps")),
-            flush=True,
-        )
-
-    best = finetune(
-        task,
-        args.data,
-        checkpoint,
-        cfg,
-        args.from_scratch,
-        report=show,
-        out=out,
-        device=args.device,
-        progress_every=30,
-    )
-    print(
-        f"best {task.metrics[0]} {best[task.metrics[0]]:.4f} at step {best['step']:,}; "
-        f"{best['train_truncated']:,} train and {best['dev_truncated']:,} dev segments truncated; model in {out}"
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    return errors.stage_main("finetune", __doc__, add_arguments, run, argv)

@@ -546,12 +546,21 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.console import script
 
     uri = tracking_uri()
-    if uri.startswith(("http://", "https://")):  # a tracking server: its own UI
-        print(f"\ncompare them: {uri.rstrip('/')}/#/experiments{TRAINING_VIEW}")
-    else:
+    server = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    if server == "http://127.0.0.1:5000":  # a tracking server has its own UI; a file store needs one
+        print(f"\nthe MLflow UI: {script('mlflow')} ui --backend-store-uri {uri}")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    for name, r in results.items():
+        exp = client.get_run(r["parent_run_id"]).info.experiment_id
+        runs = f"{server}/#/experiments/{exp}"
+        # The trials side by side (each row's lr, λ and dev metric as columns), and the sweep's
+        # own chart of the dev metric over λ and lr.
+        print(f"{name}: its trials {runs}{TRAINING_VIEW}")
         print(
-            f"\ncompare them: {script('mlflow')} ui --backend-store-uri {uri}, then "
-            f"http://127.0.0.1:5000/#/experiments{TRAINING_VIEW}"
+            f"{name}: dev {r['metric']} over λ and lr "
+            f"{runs}/runs/{r['parent_run_id']}/artifactPath/metric_vs_lambda_and_lr.png{TRAINING_VIEW}"
         )
 
 

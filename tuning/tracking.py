@@ -151,6 +151,18 @@ def log_parent(client, pid: str, task, metric: str, rows, ablation_rows, best_re
     df = best_result.metrics_dataframe
     best_value = max(df[metric])
     client.log_metric(pid, f"best_{metric}", best_value)
+    # The parent's row in the runs table shows what its trials' rows do, with the best trial's
+    # values: its settings (lr, λ = lm_coef, ...) as the same params, the dev metric under the
+    # same key. A resumed sweep's parent keeps the params it already has (MLflow's are immutable).
+    from mlflow.entities import Param
+
+    client.log_metric(pid, metric, best_value)
+    have = client.get_run(pid).data.params
+    best = {"ablation": "best of the sweep", **dict(best_result.config)}
+    new = [Param(k, str(v)) for k, v in best.items() if k not in have]
+    if new:
+        client.log_batch(pid, params=new)
+    client.set_tag(pid, "row", "best of the sweep")
     # The best evaluation's other columns (MNLI mismatched, RACE-m / -h, public test labels).
     from tuning.finetune import is_extra
 
