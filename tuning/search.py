@@ -38,7 +38,7 @@ from pathlib import Path
 from pipeline import configio, errors, remote
 from pipeline.model_source import CHECKPOINT_HELP, local_model
 from pipeline.runtime import add_wait_option, check_device, check_wait
-from tuning.finetune import FinetuneConfig
+from tuning.finetune_config import FinetuneConfig
 from tuning.trials import best_of, draw, interleave, rows_of, run_tuner, trial
 
 

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from pipeline import configio
-from tuning.finetune import FinetuneConfig
+from tuning.finetune_config import FinetuneConfig
 
 
 def trial(config: dict, *, tasks, pretrained, lstm, best, device: str, threads: int) -> None:
