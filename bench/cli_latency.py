@@ -30,6 +30,7 @@ CASES = [
     ("gpt1 predict --help", ["predict", "--help"], 0),
     ("gpt1 pretrain --help", ["pretrain", "--help"], 0),
     ("gpt1 finetune --help", ["finetune", "--help"], 0),
+    ("gpt1 sweep --help", ["sweep", "--help"], 0),
     ("prepare: a missing corpus file", ["prepare", "--corpus", "missing.txt", "--out", "data"], 2),
     ("pretrain: --set lr=abc", ["pretrain", "--data", "data", "--set", "lr=abc"], 2),
     ("pretrain --plan: --workers 0", ["pretrain", "--plan", "--workers", "0"], 2),
