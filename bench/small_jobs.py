@@ -112,19 +112,15 @@ def main() -> None:
                 "--set",
                 "n_merges=300",
             )
-            for name, tree in (("old", old), ("new", new)):  # each tree's own finished run
-                gpt1(
-                    tree,
-                    work,
-                    "pretrain",
-                    "--data",
-                    "data",
-                    "--storage",
-                    f"runs-{name}",
-                    "--name",
-                    "r",
-                    *TINY,
+
+            def pretrain(tree: Path) -> float:  # each tree's own run, in its own storage
+                storage = f"runs-{'old' if tree == old else 'new'}"
+                return gpt1(
+                    tree, work, "pretrain", "--data", "data", "--storage", storage, "--name", "r", *TINY
                 )
+
+            for tree in (old, new):  # finished first, untimed
+                pretrain(tree)
             gpt1(
                 new,
                 work,
@@ -150,18 +146,7 @@ def main() -> None:
             cases = [
                 (
                     "a finished pretraining run, run again",
-                    lambda tree, k: gpt1(
-                        tree,
-                        work,
-                        "pretrain",
-                        "--data",
-                        "data",
-                        "--storage",
-                        f"runs-{'old' if tree == old else 'new'}",
-                        "--name",
-                        "r",
-                        *TINY,
-                    ),
+                    lambda tree, k: pretrain(tree),
                 ),
                 (
                     "serve: start to the first 200 on /healthz",
