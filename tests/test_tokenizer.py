@@ -59,6 +59,26 @@ def write_release(tok, d: Path) -> None:
     (d / "vocab_40000.bpe").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
 
 
+def as_python_reads(literal: str) -> str:
+    """A string literal of the release's source, as its Python read it: escapes applied, the ones
+    Python does not know (`\\?`, `\\+`) kept with their backslash."""
+    import ast
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "invalid escape sequence": the release's, on purpose here
+        return ast.literal_eval(literal)
+
+
+# text_utils.py's three patterns, character for character as the release wrote them: non-raw
+# strings, so its `\\+` reaches the regex as `\+` (a plus sign) and backslashes are never split off.
+RELEASE_PUNCT = as_python_reads(
+    r"""'''(-+|~+|!+|"+|;+|\?+|\++|,+|\)+|\(+|\\+|\/+|\*+|\[+|\]+|}+|{+|\|+|_+)'''"""
+)
+RELEASE_NEWLINE = as_python_reads(r"""'\s*\n\s*'""")
+RELEASE_SPACES = as_python_reads(r"""'[^\S\n]+'""")
+
+
 class Reference:
     """The released encoder (text_utils.py of openai/finetune-transformer-lm), written again here
     from its published steps, as the yardstick: ftfy, text_standardize, spaCy's English tokenizer,
@@ -77,11 +97,9 @@ class Reference:
     def standardize(text: str) -> str:
         for a, b in (("\u2014", "-"), ("\u2013", "-"), ("\u2015", "-"), ("\u2026", "..."), ("\u00b4", "'")):
             text = text.replace(a, b)
-        text = re.sub(
-            r"""(-+|~+|!+|"+|;+|\?+|\++|,+|\)+|\(+|\\+|\/+|\*+|\[+|\]+|}+|{+|\|+|_+)""", r" \1 ", text
-        )
-        text = re.sub(r"\s*\n\s*", " \n ", text)
-        return re.sub(r"[^\S\n]+", " ", text).strip()
+        text = re.sub(RELEASE_PUNCT, r" \1 ", text)
+        text = re.sub(RELEASE_NEWLINE, " \n ", text)
+        return re.sub(RELEASE_SPACES, " ", text).strip()
 
     def bpe(self, token: str) -> list[str]:
         word = list(token[:-1]) + [token[-1] + "</w>"]
@@ -134,13 +152,21 @@ COMPAT = [
 ]
 
 
+# Backslashes, paths and URLs, never seen in training: the release leaves a backslash where it is.
+PATHS = [
+    "C:\\Users\\me\\file.txt and \\\\server\\share\\a b.doc",
+    "a regex like \\d+\\s*\\\\ or \\n in a string; c++ and a+b; 1\\2",
+    "https://example.com/path\\to?q=a+b&x=\\y and ~/dir/sub\\file",
+]
+
+
 def test_released_format_ids_equal_the_released_encoder(tmp_path):
     from pipeline.data.text import normalize
 
     write_release(train_tokenizer(english(2000, 0) + HARD + COMPAT, n_merges=300), tmp_path)
     tok, ref = gpt1_tokenizer(tmp_path), Reference(tmp_path)
     assert is_gpt1_encoder(tok) and len(ref.encoder) > 300
-    texts = english(200, 1) + HARD + COMPAT + ["x" * 50]
+    texts = english(200, 1) + HARD + COMPAT + PATHS + ["x" * 50]
     assert encode_texts(tok, texts) == [ref(t) for t in texts]
     # As prepare and fine-tuning call it: the project's normalisation first, then the encoder.
     assert encode_texts(tok, [normalize(t) for t in texts]) == [ref(t) for t in texts]

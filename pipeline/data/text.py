@@ -54,8 +54,11 @@ def normalize(text: str, lowercase: bool = False) -> str:
 
 # text_standardize's rules: dashes and the ellipsis character replaced, runs of these punctuation
 # characters set apart by spaces, whitespace around a newline made " \n ", other whitespace one space.
+# Backslashes are not among them: the release writes its pattern in a non-raw string, where the
+# `\\+` meant for runs of backslashes becomes `\+`, a plus sign, which the `\++` before it already
+# takes. So the release never sets a backslash apart, and neither does this.
 _DASHES = str.maketrans({"\u2014": "-", "\u2013": "-", "\u2015": "-", "\u00b4": "'"})
-_PUNCT_RUN = re.compile(r"""(-+|~+|!+|"+|;+|\?+|\++|,+|\)+|\(+|\\+|/+|\*+|\[+|\]+|}+|{+|\|+|_+)""")
+_PUNCT_RUN = re.compile(r"""(-+|~+|!+|"+|;+|\?+|\++|,+|\)+|\(+|/+|\*+|\[+|\]+|}+|{+|\|+|_+)""")
 _AROUND_NEWLINE = re.compile(r"\s*\n\s*")
 _SPACES = re.compile(r"[^\S\n]+")
 
