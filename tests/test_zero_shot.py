@@ -3,6 +3,7 @@ unpadded forward pass per example) for a tiny model; the tasks it defines none f
 
 import json
 import random
+import re
 import threading
 
 import numpy as np
@@ -340,7 +341,7 @@ def test_wsc_and_dprd_pick_the_candidate_that_makes_the_rest_likelier(lm, tmp_pa
     gpt, tok = lm
     rows = schemas(9, 4)
     (tmp_path / "WSCollection.xml").write_text(WSC_XML.format("\n".join(SCHEMA.format(**r) for r in rows)))
-    # DPRD: sentence, pronoun, candidates, answer; the pronoun after both candidates.
+    # DPRD: sentence, pronoun, candidates, answer.
     (tmp_path / "dprd").mkdir()
     records = [
         f"{r['a']} and {r['b']} met {r['before']} it {r['after']}\nit\n{r['a']},{r['b']}\n"
@@ -350,16 +351,22 @@ def test_wsc_and_dprd_pick_the_candidate_that_makes_the_rest_likelier(lm, tmp_pa
     (tmp_path / "dprd" / "test.c.txt").write_text("\n".join(records))
     start = [tok.token_to_id(END_OF_DOCUMENT)]
     gold = np.array([0 if r["right"].startswith("A") else 1 for r in rows])
-    for name, path, before in (
-        ("wsc", tmp_path / "WSCollection.xml", lambda r: r["before"]),
-        ("dprd", tmp_path / "dprd", lambda r: f"{r['a']} and {r['b']} met {r['before']}"),
+
+    def dprd_split(r) -> tuple[str, str]:  # the first "it" is the one replaced (the data set's card)
+        sentence = f"{r['a']} and {r['b']} met {r['before']} it {r['after']}"
+        hit = re.search(r"(?<!\w)it(?!\w)", sentence, flags=re.IGNORECASE)
+        return sentence[: hit.start()].strip(), sentence[hit.end() :].strip()
+
+    for name, path, split in (
+        ("wsc", tmp_path / "WSCollection.xml", lambda r: (r["before"], r["after"])),
+        ("dprd", tmp_path / "dprd", dprd_split),
     ):
         r = run_task(name, path, Scorer(gpt, tok, batch=3))
         pred = [
             int(
                 np.argmax(
                     [
-                        logp(gpt, start + ids(tok, f"{before(row)} {c}"), ids(tok, row["after"])).mean()
+                        logp(gpt, start + ids(tok, f"{split(row)[0]} {c}"), ids(tok, split(row)[1])).mean()
                         for c in (row["a"], row["b"])
                     ]
                 )
@@ -391,6 +398,17 @@ def test_a_malformed_winograd_file_is_refused_with_its_record(tmp_path):
     (tmp_path / "d.txt").write_text("the cat sat\nit\ncat,mat\ncat\n")
     with pytest.raises(TaskError, match="the pronoun 'it' is not in the sentence"):
         read_dprd(tmp_path / "d.txt")
+
+
+def test_dprd_resolves_a_repeated_pronouns_first_occurrence(tmp_path):
+    """The data set's card: where the sentence repeats the pronoun, the first one is meant."""
+    from pipeline.data.winograd import read_dprd
+
+    (tmp_path / "d.txt").write_text(
+        "Tom said he would beat Jerry because he was faster\nhe\nTom,Jerry\nTom\n"
+    )
+    (schema,) = read_dprd(tmp_path / "d.txt")
+    assert (schema.before, schema.after) == ("Tom said", "would beat Jerry because he was faster")
 
 
 def test_gpt1_evaluate_scores_every_wsc_schema_and_story_cloze_is_labelled_ours(

@@ -124,7 +124,7 @@ def read_dprd(path) -> list[Schema]:
             raise TaskError(f"{where}: candidates {cands!r}; expected two or more, separated by commas")
         if answer not in candidates:
             raise TaskError(f"{where}: answer {answer!r} is not one of the candidates {list(candidates)}")
-        before, after = split_at_pronoun(sentence, pronoun, candidates, where)
+        before, after = split_at_pronoun(sentence, pronoun, where)
         out.append(Schema(before, after, candidates, candidates.index(answer)))
         record = []
     if not out:
@@ -132,16 +132,13 @@ def read_dprd(path) -> list[Schema]:
     return out
 
 
-def split_at_pronoun(sentence: str, pronoun: str, candidates, where: str) -> tuple[str, str]:
-    """The sentence before and after its definite pronoun: the first whole-word occurrence after
-    every candidate has been mentioned (the pronoun refers back to them), else the last one."""
-    hits = list(re.finditer(rf"(?<!\w){re.escape(pronoun)}(?!\w)", sentence, flags=re.IGNORECASE))
-    if not hits:
+def split_at_pronoun(sentence: str, pronoun: str, where: str) -> tuple[str, str]:
+    """The sentence before and after its definite pronoun: its first whole-word occurrence, as the
+    data set's card says of a pronoun the sentence repeats ("Tom said he would beat Jerry because
+    he ..." resolves the first "he")."""
+    hit = re.search(rf"(?<!\w){re.escape(pronoun)}(?!\w)", sentence, flags=re.IGNORECASE)
+    if hit is None:
         raise TaskError(f"{where}: the pronoun {pronoun!r} is not in the sentence")
-    lowered = sentence.lower()
-    mentioned = [lowered.find(c.lower()) for c in candidates]
-    start = max(m + len(c) for m, c in zip(mentioned, candidates)) if min(mentioned) >= 0 else 0
-    hit = next((h for h in hits if h.start() >= start), hits[-1])
     return sentence[: hit.start()].strip(), sentence[hit.end() :].strip()
 
 
