@@ -106,6 +106,7 @@ def test_sweep_logs_parent_and_trials_and_registers_the_best(
         "results.csv",
         "results.md",
         "metric_vs_lambda_and_lr.png",
+        "parallel_lr_lambda_metric.png",
         "best_config.json",
         "ablations.csv",
         "ablations.md",
@@ -145,6 +146,8 @@ def test_sweep_logs_parent_and_trials_and_registers_the_best(
     out = capsys.readouterr().out
     chart = f"/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}/artifactPath/metric_vs_lambda_and_lr.png?workflowType=machine_learning"
     assert f"sst-2: dev accuracy over λ and lr http://127.0.0.1:5000{chart}" in out, out[-2000:]
+    parallel = chart.replace("metric_vs_lambda_and_lr.png", "parallel_lr_lambda_metric.png")
+    assert f"sst-2: lr, λ and dev accuracy, trial by trial http://127.0.0.1:5000{parallel}" in out
     assert f"sst-2: its trials http://127.0.0.1:5000/#/experiments/{exp.experiment_id}?workflowType=" in out
     # Mean ± std over the seeds, in the summary table and the parent's metrics.
     summary = {r["ablation"]: r for r in csv.DictReader(open(f"{d}/ablations_summary.csv"))}

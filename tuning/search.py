@@ -518,6 +518,7 @@ def _sweep(
 
 def run(args: argparse.Namespace) -> None:
     from pipeline.tracking import TRAINING_VIEW, tracking_uri
+    from tuning.tracking import PARALLEL
 
     opts = SweepOptions(
         samples=args.samples,
@@ -558,10 +559,9 @@ def run(args: argparse.Namespace) -> None:
         # The trials side by side (each row's lr, λ and dev metric as columns), and the sweep's
         # own chart of the dev metric over λ and lr.
         print(f"{name}: its trials {runs}{TRAINING_VIEW}")
-        print(
-            f"{name}: dev {r['metric']} over λ and lr "
-            f"{runs}/runs/{r['parent_run_id']}/artifactPath/metric_vs_lambda_and_lr.png{TRAINING_VIEW}"
-        )
+        charts = f"{runs}/runs/{r['parent_run_id']}/artifactPath"
+        print(f"{name}: lr, λ and dev {r['metric']}, trial by trial {charts}/{PARALLEL}{TRAINING_VIEW}")
+        print(f"{name}: dev {r['metric']} over λ and lr {charts}/metric_vs_lambda_and_lr.png{TRAINING_VIEW}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,6 +126,14 @@ def log_parent(client, pid: str, task, metric: str, rows, ablation_rows, best_re
                     )
                 ),
             )
+            scored = [r for r in rows if finite(r[metric])]
+            if scored:
+                client.log_artifact(
+                    pid,
+                    str(
+                        plot_parallel(scored, metric, tmp / PARALLEL, f"{task.name}: lr, λ and dev {metric}")
+                    ),
+                )
             if len({r.get("n_transfer") for r in rows}) > 1:  # Figure 2 (left)
                 client.log_artifact(
                     pid,
@@ -460,6 +468,45 @@ def plot(rows: list[dict], metric: str, path: Path, title: str) -> Path:
     axes[1].set_xscale("log")
     axes[0].set_ylabel(f"best dev {metric}")
     fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+PARALLEL = "parallel_lr_lambda_metric.png"  # the parent's parallel-coordinates chart
+
+
+def plot_parallel(rows: list[dict], metric: str, path: Path, title: str) -> Path:
+    """Parallel coordinates of the trials: lr (log scale), λ and the best dev metric, one line per
+    trial coloured by its metric, each axis spanning its own range, labelled with its ends. What
+    MLflow's Compare would show once its axes are chosen by hand."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes = [("lr", "learning rate", True), ("lm_coef", "λ", False), (metric, f"best dev {metric}", False)]
+    columns = []
+    for key, _, log in axes:
+        values = [math.log10(r[key]) if log else float(r[key]) for r in rows]
+        low, high = min(values), max(values)
+        columns.append(([(v - low) / (high - low) if high > low else 0.5 for v in values], low, high, log))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    worst, best = min(r[metric] for r in rows), max(r[metric] for r in rows)
+    cmap = plt.get_cmap("viridis")
+    for i, r in enumerate(rows):
+        shade = (r[metric] - worst) / (best - worst) if best > worst else 1.0
+        ax.plot(range(len(axes)), [c[0][i] for c in columns], color=cmap(shade), marker="o", alpha=0.8)
+    for x, ((_, label, _), (_, low, high, log)) in enumerate(zip(axes, columns)):
+        ax.axvline(x, color="0.6", lw=0.8)
+        ends = [10**low, 10**high] if log else [low, high]
+        ax.text(x, -0.08, f"{ends[0]:.3g}", ha="center", va="top", fontsize=8)
+        ax.text(x, 1.08, f"{ends[1]:.3g}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(axes)), [label for _, label, _ in axes])
+    ax.set_yticks([])
+    ax.set_ylim(-0.2, 1.2)
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
