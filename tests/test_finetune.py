@@ -90,6 +90,41 @@ def test_cli_errors_are_one_line(task_checkpoint, tmp_path, capsys):
     assert code == 2 and "unknown task 'nope'" in capsys.readouterr().err
 
 
+def test_a_standalone_finetune_is_logged_to_mlflow_as_a_trial_is(
+    task_checkpoint, sst2, tmp_path, mlflow_uri, monkeypatch, capsys
+):
+    """Its settings, every evaluation's metrics, best_<metric>, the model and its lineage; the run
+    FINISHED. With --no-mlflow, nothing."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.data.packing import sha256_file
+    from pipeline.tracking import weights_sha256
+
+    monkeypatch.chdir(tmp_path)
+    args = ["--task", "sst-2", "--data", str(sst2), "--checkpoint", str(task_checkpoint)]
+    sets = ["--set", "max_steps=4", "--set", "eval_every=2", "--set", "batch_size=8"]
+    assert main([*args, "--out", str(tmp_path / "ft"), *sets]) == 0
+    client = MlflowClient(mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("gpt1-finetune-sst-2").experiment_id])
+    assert f"MLflow run {run.info.run_id}" in capsys.readouterr().out
+    assert (
+        run.info.status == "FINISHED"
+        and run.data.params["max_steps"] == "4"
+        and run.data.params["lm_coef"] == "0.5"
+    )
+    history = client.get_metric_history(run.info.run_id, "accuracy")
+    assert sorted(m.step for m in history) == [2, 4]
+    assert run.data.metrics["best_accuracy"] == max(m.value for m in history)
+    assert run.data.tags["checkpoint_sha256"] == sha256_file(task_checkpoint / "model.safetensors")
+    assert run.data.tags["data_sha256.train"] == sha256_file(sst2 / "train.tsv")
+    assert run.data.tags["model_sha256"] == weights_sha256(tmp_path / "ft")
+    assert {"model/task.json", "model/head.safetensors"} <= {
+        a.path for a in client.list_artifacts(run.info.run_id, "model")
+    }
+    assert main([*args, "--out", str(tmp_path / "ft2"), *sets, "--no-mlflow"]) == 0
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
 @pytest.mark.parametrize("values, best_step", [((math.nan, 0.25, math.nan), 2), ((math.nan,) * 3, 1)])
 def test_a_nan_metric_ranks_last_and_never_crashes(
     values, best_step, task_checkpoint, sst2, tmp_path, monkeypatch

@@ -11,6 +11,7 @@ linear decay, classifier dropout 0.1, λ = 0.5. The dev split is evaluated every
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from pipeline import configio, errors
@@ -37,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto", help="auto (a GPU where there is one), cpu or cuda")
     p.add_argument("--config", help="YAML file of the keys below")
+    p.add_argument("--no-mlflow", action="store_true", help="log nothing to MLflow")
     configio.add_set_option(
         p,
         FinetuneConfig,
@@ -53,13 +55,33 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out or f"finetuned-{task.name}")
     check_config(cfg)
     check_out(out, args.checkpoint, args.overwrite)
-    with local_model(args.checkpoint) as (checkpoint, _):
+    uri = None
+    if not args.no_mlflow:
+        from pipeline.tracking import check_store, tracking_uri
+
+        uri = tracking_uri()
+        check_store(uri)  # before the work, not after it
+    with local_model(args.checkpoint) as (checkpoint, where):
         check_out(out, checkpoint, args.overwrite)
-        _run(args, task, cfg, out, checkpoint)
+        _run(args, task, cfg, out, checkpoint, where, uri)
 
 
-def _run(args: argparse.Namespace, task, cfg: FinetuneConfig, out: Path, checkpoint: Path) -> None:
+def _run(
+    args: argparse.Namespace,
+    task,
+    cfg: FinetuneConfig,
+    out: Path,
+    checkpoint: Path,
+    where: str,
+    uri: str | None,
+) -> None:
     from tuning.finetune import finetune  # torch: only once the arguments are known good
+
+    run = None
+    if uri:
+        from tuning.tracking import FinetuneRun
+
+        run = FinetuneRun.start(uri, task, Path(args.data), checkpoint, where, cfg, out)
 
     def show(m: dict, step: int) -> None:
         print(
@@ -67,21 +89,27 @@ def _run(args: argparse.Namespace, task, cfg: FinetuneConfig, out: Path, checkpo
             + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k not in ("epoch", "total_steps")),
             flush=True,
         )
+        if run:
+            run.log(m, step)
 
-    best = finetune(
-        task,
-        args.data,
-        checkpoint,
-        cfg,
-        args.from_scratch,
-        report=show,
-        out=out,
-        device=args.device,
-        progress_every=30,
-    )
+    with run or contextlib.nullcontext():
+        best = finetune(
+            task,
+            args.data,
+            checkpoint,
+            cfg,
+            args.from_scratch,
+            report=show,
+            out=out,
+            device=args.device,
+            progress_every=30,
+        )
+        if run:
+            run.finish(best, task.metrics[0])
     print(
         f"best {task.metrics[0]} {best[task.metrics[0]]:.4f} at step {best['step']:,}; "
         f"{best['train_truncated']:,} train and {best['dev_truncated']:,} dev segments truncated; model in {out}"
+        + (f"; MLflow run {run.run_id}" if run else "")
     )
 
 

@@ -32,6 +32,62 @@ def lineage(client, checkpoint: Path, files: dict[str, Path], where: str | None 
     return tags
 
 
+class FinetuneRun:
+    """A standalone `gpt1 finetune`'s run in gpt1-finetune-<task>, logged as a sweep's trial is:
+    its settings as params, every evaluation's metrics by step, best_<metric> and best_step, the
+    model as an artifact (its weights' sha256 as a tag, so an evaluation of any copy finds the
+    run), and the lineage of the checkpoint and the data files. As a context manager, the run ends
+    FINISHED, or KILLED on Ctrl-C / SIGTERM, or FAILED."""
+
+    def __init__(self, uri: str, run_id: str, out: Path):
+        from pipeline.tracking import RunLogger
+
+        self.logger, self.run_id, self.out = RunLogger(uri, run_id), run_id, out
+        self.client = self.logger.client
+
+    @classmethod
+    def start(cls, uri: str, task, data: Path, checkpoint: Path, where: str, cfg, out: Path) -> FinetuneRun:
+        import dataclasses
+
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        from pipeline.tracking import experiment_id
+
+        client = MlflowClient(uri)
+        exp = experiment_id(client, f"gpt1-finetune-{task.name}")
+        files = {
+            s: data / f for s, f in task.splits.items() if (data / f).is_file() and not s.startswith("test")
+        }
+        tags = {**lineage(client, checkpoint, files, where), "task": task.name, "row": "gpt1 finetune"}
+        run = client.create_run(exp, run_name=f"finetune {Path(out).name}", tags=tags)
+        params = dataclasses.asdict(cfg)
+        client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        return cls(uri, run.info.run_id, Path(out))
+
+    def log(self, metrics: dict, step: int) -> None:
+        self.logger.log({k: v for k, v in metrics.items() if finite(v)}, step)
+
+    def finish(self, best: dict, metric: str) -> None:
+        from pipeline.tracking import weights_sha256
+
+        self.client.log_metric(self.run_id, f"best_{metric}", float(best[metric]))
+        self.client.log_metric(self.run_id, "best_step", float(best["step"]))
+        self.client.log_artifacts(self.run_id, str(self.out), "model")
+        self.client.set_tag(self.run_id, "model_sha256", weights_sha256(self.out))
+
+    def __enter__(self) -> FinetuneRun:
+        return self
+
+    def __exit__(self, kind, err, tb) -> None:
+        from pipeline import errors
+
+        stopped = kind is not None and issubclass(kind, (KeyboardInterrupt, errors.Interrupted))
+        self.client.set_terminated(
+            self.run_id, "FINISHED" if kind is None else "KILLED" if stopped else "FAILED"
+        )
+
+
 def start_parent(
     uri: str,
     task: str,
