@@ -254,3 +254,20 @@ def test_metrics_against_hand_computed_values():
     # ranks of y with a tie: [1, 2.5, 4, 2.5]; pearson of [1,2,3,4] and those
     assert metrics.spearman(x, y) == pytest.approx(metrics.pearson([1, 2, 3, 4], [1, 2.5, 4, 2.5]))
     assert metrics.spearman(x, y) == pytest.approx(3.0 / (5 * 4.5) ** 0.5)
+
+
+def test_story_cloze_holds_out_a_fifth_of_its_stories_as_the_release_does(tmp_path):
+    """No dev split in the release's files: its protocol, 374 of the 1,871 validation stories
+    held out for model selection, is a fifth; the same stories each time."""
+    from tuning.finetune import load_splits
+
+    header = (
+        "InputStoryid,InputSentence1,InputSentence2,InputSentence3,InputSentence4,"
+        "RandomFifthSentenceQuiz1,RandomFifthSentenceQuiz2,AnswerRightEnding"
+    )
+    rows = [f"s{i},a{i}.,b.,c.,d.,e.,f.,{1 + i % 2}" for i in range(20)]
+    write(tmp_path / "cloze_test_val__spring2016.csv", [header, *rows])
+    a, b = (load_splits(get("story-cloze"), tmp_path) for _ in range(2))
+    assert (len(a["train"]), len(a["dev"])) == (16, 4)
+    assert {e.index for e in a["dev"]} == {e.index for e in b["dev"]}
+    assert not {e.index for e in a["dev"]} & {e.index for e in a["train"]}
