@@ -4,7 +4,8 @@ Input shapes by transformation (T = tokens per sequence):
   classification, entailment   [B, T]     one sequence: start text (delim text) extract
   similarity                   [B, 2, T]  both orders, A-delim-B and B-delim-A; states summed
   multiple_choice              [B, K, T]  one sequence per candidate; softmax over the K scores
-A regression head (STS-B) is a similarity head with one real-valued output.
+A regression head (STS-B) is a similarity head with one real-valued output, or, with soft_classes,
+one per integer score, its prediction the expected score (the released code's STS-B target).
 """
 
 from __future__ import annotations
@@ -39,15 +40,18 @@ class TaskHead(nn.Module):
         n_labels: int = 2,
         clf_pdrop: float = 0.1,
         regression: bool = False,
+        soft_classes: int = 0,
     ):
         super().__init__()
         if transformation not in TRANSFORMATIONS:
             raise ValueError(f"unknown transformation {transformation!r}; expected one of {TRANSFORMATIONS}")
         self.transformation = transformation
         self.regression = regression
-        # Multiple choice scores each candidate with one linear output; regression has one output.
-        self.scalar = transformation == "multiple_choice" or regression
-        n_out = 1 if self.scalar else n_labels
+        self.soft_classes = soft_classes if regression else 0
+        # Multiple choice scores each candidate with one linear output; regression has one output
+        # (or one per integer score, soft_classes).
+        self.scalar = transformation == "multiple_choice" or (regression and not self.soft_classes)
+        n_out = 1 if self.scalar else self.soft_classes or n_labels
         self.dropout = Dropout(clf_pdrop)
         self.linear = nn.Linear(n_embd, n_out)
         nn.init.normal_(self.linear.weight, std=0.02)
@@ -65,6 +69,15 @@ class TaskHead(nn.Module):
             states = self.dropout(states)
         out = self.linear(states)
         return out.squeeze(-1) if self.scalar else out
+
+    def score(self, out: torch.Tensor) -> torch.Tensor:
+        """What the task reads from forward's output: itself, or with soft_classes the expected
+        integer score [B] of its distribution."""
+        if not self.soft_classes:
+            return out
+        return out.float().softmax(-1) @ torch.arange(
+            self.soft_classes, dtype=torch.float32, device=out.device
+        )
 
 
 @dataclass
@@ -97,10 +110,11 @@ class GPTForTask(nn.Module):
         flat_mask = None if attention_mask is None else attention_mask.reshape(-1, T)
         h = self.gpt.hidden_states(flat_ids, flat_mask)
         states = extract_states(h, flat_ids, self.extract_token)
-        logits = self.head(states.view(*input_ids.shape[:-1], -1))
+        raw = self.head(states.view(*input_ids.shape[:-1], -1))
+        logits = self.head.score(raw)
         if labels is None:
             return TaskOutput(logits)
-        l2 = task_loss(logits, labels, self.head.regression)
+        l2 = task_loss(raw, labels, self.head.regression, self.head.soft_classes)
         # L1 costs a full-vocabulary projection; skip it when λ = 0.
         l1 = lm_loss(self.gpt.lm_logits(h), flat_ids, flat_mask) if lm_coef else None
         return TaskOutput(logits, l1, l2, combined_loss(l2, l1, lm_coef))

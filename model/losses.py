@@ -33,8 +33,23 @@ def lm_loss(
     return ((losses * m).sum(1) / m.sum(1).clamp(min=1)).mean()
 
 
-def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool = False) -> torch.Tensor:
-    """L2: cross-entropy over classes (or candidates, for multiple choice); MSE for regression."""
+def soft_label(scores: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Real-valued scores as distributions over the integer scores 0..n_classes-1 (Tai, Socher
+    and Manning's encoding, which the released code uses for STS-B): 3.4 is 0.6 on 3 and 0.4 on 4."""
+    low = scores.float().floor().clamp(0, n_classes - 1)
+    frac = scores.float() - low
+    target = torch.zeros(scores.shape[0], n_classes, device=scores.device)
+    target.scatter_(1, low.long()[:, None], (1 - frac)[:, None])
+    return target.scatter_add_(1, (low + 1).clamp(max=n_classes - 1).long()[:, None], frac[:, None])
+
+
+def task_loss(
+    logits: torch.Tensor, labels: torch.Tensor, regression: bool = False, soft_classes: int = 0
+) -> torch.Tensor:
+    """L2: cross-entropy over classes (or candidates, for multiple choice); for regression MSE, or
+    with soft_classes the cross-entropy against soft_label's distribution (logits [B, soft_classes])."""
+    if regression and soft_classes:
+        return -(soft_label(labels, soft_classes) * logits.float().log_softmax(-1)).sum(-1).mean()
     if regression:
         return F.mse_loss(logits.float(), labels.float())
     return F.cross_entropy(logits.float(), labels)

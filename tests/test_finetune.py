@@ -217,3 +217,28 @@ def test_the_tables_other_columns_are_scored_at_the_best_evaluation(task_checkpo
         for i, m in enumerate(seen)
         if i and "test_accuracy" in m
     )
+
+
+def test_a_soft_target_regression_model_saves_and_loads_as_it_predicts(task_checkpoint, tmp_path):
+    """regression_target soft (the release's STS-B target): six outputs, the expected score read
+    out, and a saved model that predict and serve load with the same head."""
+    import json
+
+    from pipeline.data.tasks import Example
+    from tuning.finetune import Pretrained, build, load_task_model, predict, save
+
+    tm = build(get("sts-b"), Pretrained.load(task_checkpoint), FinetuneConfig(regression_target="soft"))
+    assert tm.model.head.soft_classes == 6 and tm.model.head.linear.out_features == 6
+    save(tm, tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "task.json").read_text())["soft_classes"] == 6
+    again = load_task_model(tmp_path / "m")
+    pairs = [
+        Example(("a good film", "a fine film"), 4.2, "0"),
+        Example(("it rained", "the cat sat"), 0.4, "1"),
+    ]
+    a, b = predict(tm, tm.encoder.encode(pairs)), predict(again, again.encoder.encode(pairs))
+    assert list(a) == pytest.approx(list(b)) and all(0 <= x <= 5 for x in a)
+    with pytest.raises(Exception, match="regression_target 'kl': expected mse or soft"):
+        from tuning.finetune_config import check_config
+
+        check_config(FinetuneConfig(regression_target="kl"))

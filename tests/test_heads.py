@@ -91,6 +91,41 @@ def test_regression_head_for_stsb():
     torch.testing.assert_close(out.l2, ((out.logits - torch.tensor([0.5, 2.0, 4.0])) ** 2).mean())
 
 
+def test_the_releases_soft_stsb_target_and_its_expected_score():
+    """regression_target soft: Tai et al.'s encoding of a score over the integer scores 0-5, as
+    the released code's stsb_label_encoding writes it; the prediction is the expected score."""
+    import math
+
+    from model.losses import soft_label
+
+    def release(y: float, n: int = 6) -> list[float]:  # its loop, as its utils.py states it
+        return [
+            y - math.floor(y)
+            if i == math.floor(y) + 1
+            else math.floor(y) - y + 1
+            if i == math.floor(y)
+            else 0.0
+            for i in range(n)
+        ]
+
+    scores = torch.tensor([0.0, 3.4, 4.75, 5.0])
+    torch.testing.assert_close(soft_label(scores, 6), torch.tensor([release(float(y)) for y in scores]))
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig.preset("tiny"))
+    m = GPTForTask(
+        gpt, TaskHead(gpt.config.n_embd, "similarity", regression=True, soft_classes=6), EXTRACT
+    ).eval()
+    seen = []
+    m.head.register_forward_hook(lambda module, args, output: seen.append(output))
+    ids, mask = batch([seq([1, 2], [3]), seq([3], [1, 2])])
+    labels = torch.tensor([0.5, 2.0, 4.0])
+    out = m(ids[None].repeat(3, 1, 1), mask[None].repeat(3, 1, 1), labels=labels, lm_coef=0)
+    (raw,) = seen  # the head's six logits per example
+    assert raw.shape == (3, 6) and out.logits.shape == (3,)
+    torch.testing.assert_close(out.logits, raw.softmax(-1) @ torch.arange(6.0))
+    torch.testing.assert_close(out.l2, -(soft_label(labels, 6) * raw.log_softmax(-1)).sum(-1).mean())
+
+
 def test_l3_is_l2_plus_lambda_l1():
     m = task("classification")
     ids, mask = batch([seq([1, 2, 3]), seq([4, 5, 6, 7, 8, 9])])

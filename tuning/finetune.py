@@ -86,6 +86,7 @@ def build(task: Task, pretrained: Pretrained, cfg: FinetuneConfig, from_scratch:
         n_labels=max(len(task.labels), 1),
         clf_pdrop=cfg.clf_dropout,
         regression=task.regression,
+        soft_classes=SOFT_CLASSES if cfg.regression_target == "soft" else 0,
     )
     return TaskModel(GPTForTask(gpt, head, encoder.extract), encoder, task)
 
@@ -209,6 +210,8 @@ def parts(examples: list[Example]) -> dict[str, list[int]]:
     }
     return {level: idx for level, idx in groups.items() if idx} if all(groups.values()) else {}
 
+
+SOFT_CLASSES = 6  # regression_target soft: STS-B's integer scores 0-5, as the release encodes them
 
 # The release's protocol for Story Cloze, which has no training set: it trains on the 1,871
 # validation stories but 374 (20%) held out for model selection (datasets.py, n_valid=374).
@@ -390,7 +393,11 @@ def load_task_model(d: Path, device: str = "cpu") -> TaskModel:
     n_ctx = json.loads((d / "task.json").read_text()).get("n_ctx", gpt.config.n_ctx)
     encoder = Encoder(tok, task.transformation, n_ctx, gpt.config.vocab_size)
     head = TaskHead(
-        gpt.config.n_embd, task.transformation, n_labels=max(len(task.labels), 1), regression=task.regression
+        gpt.config.n_embd,
+        task.transformation,
+        n_labels=max(len(task.labels), 1),
+        regression=task.regression,
+        soft_classes=json.loads((d / "task.json").read_text()).get("soft_classes", 0),
     )
     head.load_state_dict(load_file(str(d / "head.safetensors")))
     model = GPTForTask(gpt, head, encoder.extract).to(device).eval()
@@ -413,6 +420,7 @@ def _write_model(tm: TaskModel, tmp: Path) -> None:
                 "transformation": tm.task.transformation,
                 "labels": list(tm.task.labels),
                 "regression": tm.task.regression,
+                "soft_classes": tm.model.head.soft_classes,
                 "n_ctx": tm.encoder.n_ctx,
             },
             indent=2,

@@ -38,6 +38,9 @@ class FinetuneConfig:
     # Figure 2, left: how many of the checkpoint's blocks to transfer (with the embeddings), the
     # rest drawn afresh as pretraining initialises them. -1 = all of them.
     n_transfer: int = -1
+    # A regression task's target: mse (one output), or soft (the released code's STS-B target: a
+    # distribution over the integer scores 0-5, Tai et al.'s encoding; the prediction its mean).
+    regression_target: str = "mse"
 
 
 def check_config(cfg: FinetuneConfig) -> None:
@@ -49,6 +52,8 @@ def check_config(cfg: FinetuneConfig) -> None:
     for key in ("max_steps", "eval_every", "max_train", "n_ctx"):
         if getattr(cfg, key) < 0:
             raise c(f"{key} {getattr(cfg, key)}: expected >= 0")
+    if cfg.regression_target not in ("mse", "soft"):
+        raise c(f"regression_target {cfg.regression_target!r}: expected mse or soft")
     if cfg.n_transfer < -1:
         raise c(f"n_transfer {cfg.n_transfer}: expected 0 to n_layer blocks, or -1 for all")
     configio.check_ranges(
