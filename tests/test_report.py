@@ -169,4 +169,6 @@ def test_figure2_draws_transferred_layers_and_both_networks_zero_shot_curves(tmp
     assert (tmp_path / "figure2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Figure 2 (left): race, dev solid and train dashed." in text
     assert "sst-2 (transformer" in text and "sst-2 (lstm" in text
+    # The bounds of the normalisation, and where the upper one comes from.
+    assert "sst-2 0.5 to 0.932 (Table 4's sparse byte mLSTM)" in text
     assert found["sweeps"]["race"] == parent

@@ -284,12 +284,24 @@ def figure2(client, runs: dict, curves: dict, path: Path) -> list[str]:
         if drawn
         else f"Figure 2 (right): {NO_RUN} (pretrain with --set 'zero_shot=[...]' to draw it)."
     )
+    tasks = sorted({d.split(" (", 1)[0] for d in drawn})
+    if tasks:  # the bounds each curve is normalised by, and where the upper one comes from
+        said.append(
+            "Normalised from random guessing (0) to the best earlier result (1): "
+            + "; ".join(
+                f"{t} {RANDOM[t]:.3g} to {hi:.3g} ({paper.ZERO_SHOT_SOTA_FROM[t]})"
+                for t in tasks
+                for (task, _), hi in paper.ZERO_SHOT_SOTA.items()
+                if task == t
+            )
+            + "."
+        )
     if not (curves or drawn):
         plt.close(fig)
         return said
     left.set_xlabel("blocks transferred (-1: all)")
     right.set_xlabel("pretraining updates")
-    right.set_ylabel("zero-shot, normalised (0 random, 1 state of the art)")
+    right.set_ylabel("zero-shot, normalised (0 random, 1 best earlier result)")
     for ax in (left, right):
         if ax.lines:
             ax.legend(fontsize=7)
