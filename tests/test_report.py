@@ -1,6 +1,7 @@
 """gpt1 report: the paper's tables beside ours, read from MLflow runs laid out as a sweep logs
 them, with the paper's numbers, the differences, mean ± std over seeds, and cells without runs."""
 
+import pytest
 from mlflow.tracking import MlflowClient
 from test_faults_inputs import one_line
 
@@ -172,3 +173,55 @@ def test_figure2_draws_transferred_layers_and_both_networks_zero_shot_curves(tmp
     # The bounds of the normalisation, and where the upper one comes from.
     assert "sst-2 0.5 to 0.932 (Table 4's sparse byte mLSTM)" in text
     assert found["sweeps"]["race"] == parent
+
+
+def test_table5_sets_mnlis_matched_and_mismatched_mean_beside_the_papers(tmp_path, mlflow_uri):
+    """The paper's MNLI cell (81.8) is the mean of its matched and mismatched scores: ours is too,
+    where the sweep scored both, each seed's mean then their mean ± std."""
+    from tuning.report import report
+    from tuning.tracking import ablation_summary, matched_and_mismatched
+
+    rows = [
+        {"ablation": "full", "seed": 0, "accuracy": 0.80, "mismatched_accuracy": 0.78},
+        {"ablation": "full", "seed": 1, "accuracy": 0.82, "mismatched_accuracy": 0.76},
+    ]
+    both = matched_and_mismatched(rows, "accuracy")
+    assert [r["matched_mismatched_accuracy"] for r in both] == pytest.approx([0.79, 0.79])
+    (summary,) = ablation_summary(both, "matched_mismatched_accuracy")
+    assert (summary["mean"], summary["std"]) == pytest.approx((0.79, 0.0))
+    assert matched_and_mismatched([{"ablation": "full", "accuracy": 0.8}], "accuracy") == []  # not MNLI
+    client = MlflowClient(mlflow_uri)
+    sweep_parent(
+        client,
+        "mnli",
+        {
+            "best_accuracy": 0.81,
+            "ablation_full_accuracy": 0.81,
+            "ablation_full_matched_mismatched_accuracy": 0.79,
+            "ablation_full_matched_mismatched_accuracy_std": 0.01,
+            "ablation_no_aux_lm_accuracy": 0.78,  # matched alone: the sweep scored no mismatched
+        },
+    )
+    report(client, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert table5_line(text, "Transformer w/ aux LM (full)")[7] == "79.0 ± 1.0 \\| 81.8 \\| -2.8"
+    assert table5_line(text, "Transformer w/o aux LM")[7] == "78.0 \\| 81.1 \\| -3.1"
+
+
+def test_a_results_table_holds_every_rows_columns(tmp_path):
+    """A trial never scored has none of the extra columns (MNLI's mismatched, test labels) that
+    the others carry: the table has them all, its cells empty."""
+    import csv
+
+    from tuning.tracking import results_table
+
+    rows = [
+        {"trial": "a", "accuracy": float("nan")},
+        {"trial": "b", "accuracy": 0.8, "mismatched_accuracy": 0.7},
+    ]
+    csv_path, md = results_table(rows, tmp_path / "results")
+    assert list(csv.DictReader(open(csv_path))) == [
+        {"trial": "a", "accuracy": "nan", "mismatched_accuracy": ""},
+        {"trial": "b", "accuracy": "0.8", "mismatched_accuracy": "0.7"},
+    ]
+    assert md.read_text().splitlines()[0] == "| trial | accuracy | mismatched_accuracy |"

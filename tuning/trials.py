@@ -154,11 +154,16 @@ def run_tuner(
 
 
 def rows_of(grid, metric: str, keys: list[str], runs: dict[str, str]) -> list[dict]:
-    """One row per trial: its run, settings, best dev metric, evaluations and end."""
+    """One row per trial: its run, settings, best dev metric (and the task's other evaluations at
+    that best: MNLI's mismatched, RACE's parts, public test labels), evaluations and end."""
+    from tuning.finetune import is_extra
+
     rows = []
     for r in grid:
         df = r.metrics_dataframe
-        best = df[metric].max() if df is not None and metric in df else float("nan")
+        scored = df is not None and metric in df and df[metric].notna().any()
+        best = df[metric].max() if scored else float("nan")
+        at_best = df.loc[df[metric].idxmax()] if scored else {}
         trial_id = r.metrics.get("trial_id") if r.metrics else None
         rows.append(
             {
@@ -166,6 +171,7 @@ def rows_of(grid, metric: str, keys: list[str], runs: dict[str, str]) -> list[di
                 "run_id": runs.get(trial_id, ""),
                 **{k: r.config.get(k) for k in keys},
                 metric: float(best),
+                **{c: float(at_best[c]) for c in (df.columns if scored else ()) if is_extra(c, [metric])},
                 "evaluations": 0 if df is None else len(df),
                 "status": "error" if r.error else "done",
             }
