@@ -225,3 +225,14 @@ def test_a_results_table_holds_every_rows_columns(tmp_path):
         {"trial": "b", "accuracy": "0.8", "mismatched_accuracy": "0.7"},
     ]
     assert md.read_text().splitlines()[0] == "| trial | accuracy | mismatched_accuracy |"
+
+
+def test_a_public_test_split_is_reported_with_the_dev_score_beside_it(tmp_path, mlflow_uri):
+    """Where a task's test labels are public and the sweep scored them, the report gives the test
+    score of the model chosen on dev, and that dev score beside it."""
+    from tuning.report import report
+
+    client = MlflowClient(mlflow_uri)
+    sweep_parent(client, "snli", {"best_accuracy": 0.88, "best_test_accuracy": 0.87})
+    report(client, tmp_path)
+    assert "87.0 \\| 89.9 \\| -2.9 (test; dev 88.0)" in (tmp_path / "report.md").read_text()

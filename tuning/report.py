@@ -73,16 +73,18 @@ def metric_of(run, column: paper.Column, prefix: str = "best") -> float | None:
 
 def results_table(title: str, table: dict, sweeps: dict) -> list[str]:
     """One row: each column's test metric where the task's test labels are public and the sweep
-    scored them (marked "test"), else its dev metric."""
+    scored them (the model chosen on dev, marked "test", its dev metric beside it), else its dev
+    metric."""
     cells = []
     for c, p in table.items():
         test = metric_of(
             sweeps.get(c.task), paper.Column(c.label, c.task, c.metric, f"test_{c.part}".rstrip("_"))
         )
+        dev = metric_of(sweeps.get(c.task), c)
         if test is not None:
-            cells.append(cell(test, p) + " (test)")
+            cells.append(cell(test, p) + " (test" + (f"; dev {100 * dev:.1f})" if dev is not None else ")"))
         else:
-            cells.append(cell(metric_of(sweeps.get(c.task), c), p))
+            cells.append(cell(dev, p))
     lines = [f"### {title}", "", "| " + " | ".join(c.label for c in table) + " |"]
     lines.append("|" + "---:|" * len(table))
     lines.append("| " + " | ".join(cells) + " |")
