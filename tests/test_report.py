@@ -235,4 +235,6 @@ def test_a_public_test_split_is_reported_with_the_dev_score_beside_it(tmp_path, 
     client = MlflowClient(mlflow_uri)
     sweep_parent(client, "snli", {"best_accuracy": 0.88, "best_test_accuracy": 0.87})
     report(client, tmp_path)
-    assert "87.0 \\| 89.9 \\| -2.9 (test; dev 88.0)" in (tmp_path / "report.md").read_text()
+    text = (tmp_path / "report.md").read_text()
+    assert "87.0 \\| 89.9 \\| -2.9 (test; dev 88.0)" in text
+    assert "Ours: the best trial's dev score, the trial chosen on that same dev set" in text

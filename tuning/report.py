@@ -85,7 +85,14 @@ def results_table(title: str, table: dict, sweeps: dict) -> list[str]:
             cells.append(cell(test, p) + " (test" + (f"; dev {100 * dev:.1f})" if dev is not None else ")"))
         else:
             cells.append(cell(dev, p))
-    lines = [f"### {title}", "", "| " + " | ".join(c.label for c in table) + " |"]
+    lines = [
+        f"### {title}",
+        "",
+        "Ours: the best trial's dev score, the trial chosen on that same dev set; marked test, the"
+        " test score of that trial's model (the dev score beside it).",
+        "",
+        "| " + " | ".join(c.label for c in table) + " |",
+    ]
     lines.append("|" + "---:|" * len(table))
     lines.append("| " + " | ".join(cells) + " |")
     return lines
