@@ -73,4 +73,6 @@ def test_checkpoints_on_s3_are_complete_and_the_run_resumes(s3, tmp_path):
     assert latest_checkpoint("s3://gpt1-test/runs/r")[1] == 20
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming run r from step 20" in again.stdout, again.stdout[-2000:]
+    # The run had ended at step 20: it says so, from that checkpoint, the cut-off one passed over.
+    said = "run r is complete: step 20 of 20, nothing to do; newest checkpoint s3://gpt1-test/runs/r/checkpoint_000000020"
+    assert said in again.stdout, again.stdout[-2000:]
