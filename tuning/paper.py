@@ -60,6 +60,9 @@ TABLE5_COLUMNS = (
     Column("QNLI (acc)", "qnli", "accuracy"),
     Column("RTE (acc)", "rte", "accuracy"),
 )
+# The sweep's key for MNLI's dev metric averaged over matched and mismatched, as Table 5's cell is
+# (ablation_<row>_matched_mismatched_accuracy on a sweep's parent).
+MEAN_M_MM = "matched_mismatched"
 TABLE5_ROWS = {
     # row: (the paper's name, its Avg. Score, its eight cells in TABLE5_COLUMNS order)
     "full": ("Transformer w/ aux LM (full)", 74.7, (45.4, 91.3, 82.3, 82.0, 70.3, 81.8, 88.1, 56.0)),

@@ -102,8 +102,6 @@ def table5(sweeps: dict) -> tuple[list[str], dict]:
     """Table 5's rows, each task's cell the row's mean ± std over seeds, and the average over the
     tasks that have one, beside the paper's average over the same tasks. Returns the lines and
     {row: (our average, the paper's over the same tasks, tasks)}."""
-    from tuning.tracking import MEAN_M_MM
-
     cols = paper.TABLE5_COLUMNS
     lines = [
         "### Table 5: ablations",
@@ -125,9 +123,9 @@ def table5(sweeps: dict) -> tuple[list[str], dict]:
             if (
                 c.task == "mnli"
                 and run is not None
-                and f"ablation_{row}_{MEAN_M_MM}_{c.metric}" in run.data.metrics
+                and f"ablation_{row}_{paper.MEAN_M_MM}_{c.metric}" in run.data.metrics
             ):
-                key = f"ablation_{row}_{MEAN_M_MM}_{c.metric}"  # as the paper's cell: m and mm averaged
+                key = f"ablation_{row}_{paper.MEAN_M_MM}_{c.metric}"  # as the paper's cell: m and mm averaged
             value = run.data.metrics.get(key) if run is not None else None
             std = run.data.metrics.get(f"{key}_std") if run is not None else None
             out.append(cell(value, p, std))

@@ -17,6 +17,7 @@ from pathlib import Path
 from ray import tune
 
 from pipeline.data.packing import sha256_file
+from tuning.paper import MEAN_M_MM
 
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 
@@ -266,9 +267,6 @@ def log_parent(client, pid: str, task, metric: str, rows, ablation_rows, best_re
         "ablation_summary": ablation_summary(ablation_rows, metric) if ablation_rows else [],
         "model_version": version,
     }
-
-
-MEAN_M_MM = "matched_mismatched"  # MNLI's metric averaged over its matched and mismatched dev sets
 
 
 def matched_and_mismatched(rows: list[dict], metric: str) -> list[dict]:
