@@ -10,6 +10,10 @@ from dataclasses import dataclass
 GPT1_BPE_VOCAB = 40478
 N_SPECIAL = 3
 ARCHS = ("transformer", "lstm")
+# Inside the model the token table is padded to a multiple of this many rows (40,481 -> 40,576),
+# so that the LM head's matmul, a quarter of gpt1's FLOPs, runs on aligned tiles. The padded rows
+# are never read (model/vocab.py): files, logits and losses keep vocab_size rows.
+VOCAB_MULTIPLE = 128
 
 
 @dataclass
@@ -43,6 +47,10 @@ class GPTConfig:
             raise ValueError(f"arch {self.arch!r}: expected one of {', '.join(ARCHS)}")
         if self.arch == "transformer" and self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+
+    @property
+    def padded_vocab(self) -> int:
+        return -(-self.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
     @property
     def n_inner(self) -> int:

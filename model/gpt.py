@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from .config import GPTConfig
 from .dropout import Dropout
 from .kvcache import KVCache
+from .losses import linear_cross_entropy
+from .vocab import keep_real_rows, pad_rows, padded_table, real_logits, zero_padding
 
 
 class CausalSelfAttention(nn.Module):
@@ -107,11 +109,13 @@ class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.config = cfg
-        self.tokens_embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.tokens_embed = padded_table(cfg)  # padded_vocab rows; files hold vocab_size (vocab.py)
         self.positions_embed = nn.Embedding(cfg.n_ctx, cfg.n_embd)
         self.drop = Dropout(cfg.embd_pdrop)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.apply(self._init_weights)
+        zero_padding(self)
+        keep_real_rows(self)
 
     def _init_weights(self, module: nn.Module) -> None:
         # N(0, 0.02) for every weight matrix and embedding, zero biases, LayerNorm (1, 0).
@@ -147,17 +151,25 @@ class GPT(nn.Module):
         return x
 
     def lm_logits(self, h: torch.Tensor) -> torch.Tensor:
-        # The output layer is the token embedding itself (tied), as in the paper.
-        return F.linear(h, self.tokens_embed.weight)
+        # The output layer is the token embedding itself (tied), as in the paper; the padding
+        # rows' logits are cut off (model/vocab.py).
+        return real_logits(F.linear(h, self.tokens_embed.weight), self.config.vocab_size)
 
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        targets: torch.Tensor | None = None,
+        reduction: str = "mean",
     ) -> torch.Tensor:
-        """[B, T] int64 -> [B, T, vocab] language-model logits."""
-        return self.lm_logits(self.hidden_states(input_ids, attention_mask, cache))
+        """[B, T] int64 -> [B, T, vocab] language-model logits; or, given [B, T] next-token
+        targets, L1 itself (their mean, or sum, cross-entropy), computed in chunks so that the
+        [B, T, vocab] logits never exist at once, inside whatever compiles the forward."""
+        h = self.hidden_states(input_ids, attention_mask, cache)
+        if targets is not None:
+            return linear_cross_entropy(h, self.tokens_embed.weight, targets, self.config.vocab_size, reduction)
+        return self.lm_logits(h)
 
     def reinit_blocks(self, first: int) -> None:
         """Draw blocks first.. afresh, as a new GPT draws them (the embeddings and the blocks
@@ -169,22 +181,28 @@ class GPT(nn.Module):
 
     def draw_token_rows(self, ids: list[int], generator: torch.Generator | None = None) -> None:
         """Fresh embedding rows for the token ids, from N(0, 0.02), as the released code draws
-        its special tokens' rows (_start_, _delimiter_, _classify_). Ids past the end of the table
-        grow it, and vocab_size with it: a released checkpoint has 40,478 rows and no specials."""
+        its special tokens' rows (_start_, _delimiter_, _classify_). Ids past vocab_size grow it
+        (and the table, where its padding has no room): a released checkpoint has 40,478 rows and
+        no specials."""
         w = self.tokens_embed.weight
-        n = max(max(ids) + 1, w.shape[0])
-        if n > w.shape[0]:
-            grown = nn.Embedding(n, w.shape[1], device=w.device, dtype=w.dtype)
-            with torch.no_grad():
-                grown.weight[: w.shape[0]] = w
-            self.tokens_embed = grown
+        n = max(max(ids) + 1, self.config.vocab_size)
+        if n > self.config.vocab_size:
             self.config = dataclasses.replace(self.config, vocab_size=n)
+            if self.config.padded_vocab > w.shape[0]:
+                grown = nn.Embedding(self.config.padded_vocab, w.shape[1], device=w.device, dtype=w.dtype)
+                with torch.no_grad():
+                    grown.weight.copy_(pad_rows(w.detach(), self.config.padded_vocab))
+                self.tokens_embed = grown
         rows = torch.randn(len(ids), w.shape[1], generator=generator) * self.config.initializer_range
         with torch.no_grad():
             self.tokens_embed.weight[torch.tensor(ids)] = rows.to(self.tokens_embed.weight)
 
+    def padding_params(self) -> int:
+        """The token table's padding rows: in memory, never in a file or a count."""
+        return (self.tokens_embed.weight.shape[0] - self.config.vocab_size) * self.config.n_embd
+
     def num_params(self, non_embedding: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())
+        n = sum(p.numel() for p in self.parameters()) - self.padding_params()
         return n - self.positions_embed.weight.numel() if non_embedding else n
 
     def flops_per_token(self, T: int | None = None) -> float:

@@ -33,6 +33,80 @@ def lm_loss(
     return ((losses * m).sum(1) / m.sum(1).clamp(min=1)).mean()
 
 
+# Tokens whose logits one chunk of linear_cross_entropy holds: 8,192 x 40,576 fp32 logits are
+# 1.3 GB, where a whole 64 x 512 batch's would be 5.3 GB (and as much again for their gradient).
+CHUNK_TOKENS = 8192
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum_i w_i CE(h_i W[:V]^T, y_i), a chunk of rows at a time. Each chunk's gradient is taken
+    at once (softmax minus one-hot, times w_i) and multiplied into dh and dW, so no chunk's logits
+    outlive it: the backward pass only scales what the forward pass kept."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, row_weights, vocab: int, chunk: int, grads: bool):
+        device = h.device.type
+        # Under autocast the matmuls run in its dtype (bf16 on a GPU), as F.linear would; the
+        # softmax, the loss and dW's sum stay in fp32.
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+        ctx.weight_dtype = weight.dtype
+        with torch.autocast(device, enabled=False):
+            w = weight[:vocab].to(dtype)
+            # Under no_grad (an evaluation) needs_input_grad still says True: `grads` says whether
+            # a backward pass can come.
+            dh = torch.empty_like(h) if grads and ctx.needs_input_grad[0] else None
+            dw = torch.zeros_like(weight, dtype=torch.float32) if grads and ctx.needs_input_grad[1] else None
+            total = torch.zeros((), dtype=torch.float32, device=h.device)
+            for s in range(0, h.shape[0], chunk):
+                hc, yc, wc = h[s : s + chunk].to(dtype), targets[s : s + chunk], row_weights[s : s + chunk]
+                logits = (hc @ w.t()).float()
+                lse = logits.logsumexp(-1)
+                total += ((lse - logits.gather(1, yc[:, None])[:, 0]) * wc).sum()
+                if dh is not None or dw is not None:  # none under no_grad: an evaluation
+                    g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                    g[torch.arange(len(yc), device=g.device), yc] -= 1
+                    g = g.mul_(wc[:, None]).to(dtype)
+                    if dh is not None:
+                        dh[s : s + chunk] = (g @ w).to(h.dtype)
+                    if dw is not None:
+                        dw[:vocab] += (g.t() @ hc).float()
+        ctx.save_for_backward(dh, dw)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        dh, dw = ctx.saved_tensors
+        return (
+            None if dh is None else dh * grad.to(dh.dtype),
+            None if dw is None else (dw * grad).to(ctx.weight_dtype),
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def linear_cross_entropy(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    vocab: int,
+    reduction: str = "mean",
+    chunk: int = CHUNK_TOKENS,
+) -> torch.Tensor:
+    """L1 from [B, T, d] final states and the tied [>= vocab, d] output table: the cross-entropy
+    of h W[:vocab]^T against [B, T] targets, their mean (or sum), equal to lm_loss on the full
+    logits. The logits exist a chunk of tokens at a time, never as the whole [B, T, vocab]."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction {reduction!r}: expected mean or sum")
+    flat, y = h.reshape(-1, h.size(-1)), targets.reshape(-1)
+    scale = 1.0 / y.numel() if reduction == "mean" else 1.0
+    row_weights = torch.full(y.shape, scale, dtype=torch.float32, device=h.device)
+    grads = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
+    return _LinearCrossEntropy.apply(flat, weight, y, row_weights, vocab, chunk, grads)
+
+
 def soft_label(scores: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Real-valued scores as distributions over the integer scores 0..n_classes-1 (Tai, Socher
     and Manning's encoding, which the released code uses for STS-B): 3.4 is 0.6 on 3 and 0.4 on 4."""

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from .config import GPTConfig
 from .dropout import Dropout
 from .gpt import GPT
+from .losses import linear_cross_entropy
+from .vocab import keep_real_rows, padded_table, real_logits, zero_padding
 
 
 class LSTMState:
@@ -45,12 +47,14 @@ class LSTMLM(nn.Module):
         if cfg.arch != "lstm":
             raise ValueError(f"arch {cfg.arch!r}: LSTMLM builds arch 'lstm'")
         self.config = cfg
-        self.tokens_embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.tokens_embed = padded_table(cfg)  # padded_vocab rows, as the Transformer's (vocab.py)
         self.drop = Dropout(cfg.embd_pdrop)
         self.lstm = nn.LSTM(cfg.n_embd, cfg.lstm_units, num_layers=cfg.n_layer, batch_first=True)
         self.out_drop = Dropout(cfg.resid_pdrop)
         self.proj = nn.Linear(cfg.lstm_units, cfg.n_embd)
         self._init_weights()
+        zero_padding(self)
+        keep_real_rows(self)
 
     def _init_weights(self) -> None:
         # N(0, 0.02) for the embedding and projection, as the Transformer's; the LSTM keeps torch's
@@ -95,15 +99,22 @@ class LSTMLM(nn.Module):
         return self.proj(self.out_drop(y))
 
     def lm_logits(self, h: torch.Tensor) -> torch.Tensor:
-        return F.linear(h, self.tokens_embed.weight)  # tied, as the Transformer's
+        # Tied, as the Transformer's, with the padding rows' logits cut off.
+        return real_logits(F.linear(h, self.tokens_embed.weight), self.config.vocab_size)
 
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cache: LSTMState | None = None,
+        targets: torch.Tensor | None = None,
+        reduction: str = "mean",
     ) -> torch.Tensor:
-        return self.lm_logits(self.hidden_states(input_ids, attention_mask, cache))
+        """Logits, or given next-token targets L1, as GPT.forward."""
+        h = self.hidden_states(input_ids, attention_mask, cache)
+        if targets is not None:
+            return linear_cross_entropy(h, self.tokens_embed.weight, targets, self.config.vocab_size, reduction)
+        return self.lm_logits(h)
 
     def make_cache(self) -> LSTMState:
         return LSTMState()
@@ -113,10 +124,11 @@ class LSTMLM(nn.Module):
 
     # The same growth and N(0, 0.02) draw of the special tokens' rows, and the same sampling.
     draw_token_rows = GPT.draw_token_rows
+    padding_params = GPT.padding_params
     generate = GPT.generate
 
     def num_params(self, non_embedding: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters())
+        return sum(p.numel() for p in self.parameters()) - self.padding_params()
 
     def flops_per_token(self, T: int | None = None) -> float:
         """6N: every parameter takes part in one multiply-add per token, forward, and two back

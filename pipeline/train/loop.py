@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from model import GPTConfig, build, lm_loss, make_optimizer, make_schedule
+from model import GPTConfig, build, make_optimizer, make_schedule
 from model.flops import matmul_ceiling
 from pipeline.console import eta
 from pipeline.data.dataset import BlockOrder, load_split, tokens_per_byte
@@ -234,10 +234,11 @@ class Pretraining:
         return x.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else x
 
     def l1(self, forward, x: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """L1 on blocks of n_ctx + 1 tokens: the first n_ctx predict the last n_ctx."""
+        """L1 on blocks of n_ctx + 1 tokens: the first n_ctx predict the last n_ctx. The loss is
+        taken inside the network's forward (chunked: no [B, T, vocab] logits), so that it runs in
+        the compiled region with the rest."""
         with autocast(self.device, self.cfg.dtype):
-            logits = forward(x[:, :-1])
-        return lm_loss(logits, x, reduction=reduction)
+            return forward(x[:, :-1], targets=x[:, 1:], reduction=reduction)
 
     def train_step(self) -> tuple[float, float, float]:
         """One update of the global batch; returns (this worker's mean loss, grad norm, seconds
