@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from .dropout import Dropout
 from .gpt import GPT
-from .losses import combined_loss, lm_loss, task_loss
+from .losses import combined_loss, linear_cross_entropy, task_loss
 from .lstm import LSTMLM
 
 TRANSFORMATIONS = ("classification", "entailment", "similarity", "multiple_choice")
@@ -115,6 +115,10 @@ class GPTForTask(nn.Module):
         if labels is None:
             return TaskOutput(logits)
         l2 = task_loss(raw, labels, self.head.regression, self.head.soft_classes)
-        # L1 costs a full-vocabulary projection; skip it when λ = 0.
-        l1 = lm_loss(self.gpt.lm_logits(h), flat_ids, flat_mask) if lm_coef else None
+        # L1 costs a full-vocabulary projection (in chunks: no [N, T, vocab] logits); skip it when λ = 0.
+        l1 = None
+        if lm_coef:
+            weight, vocab = self.gpt.tokens_embed.weight, self.gpt.config.vocab_size
+            mask = None if flat_mask is None else flat_mask[:, 1:]
+            l1 = linear_cross_entropy(h[:, :-1], weight, flat_ids[:, 1:], vocab, target_mask=mask)
         return TaskOutput(logits, l1, l2, combined_loss(l2, l1, lm_coef))

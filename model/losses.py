@@ -94,15 +94,21 @@ def linear_cross_entropy(
     vocab: int,
     reduction: str = "mean",
     chunk: int = CHUNK_TOKENS,
+    target_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L1 from [B, T, d] final states and the tied [>= vocab, d] output table: the cross-entropy
-    of h W[:vocab]^T against [B, T] targets, their mean (or sum), equal to lm_loss on the full
-    logits. The logits exist a chunk of tokens at a time, never as the whole [B, T, vocab]."""
+    of h W[:vocab]^T against [B, T] targets, equal to lm_loss on the full logits: their mean (or
+    sum), or with a [B, T] 0/1 target_mask each sequence's mean over its real targets, then the
+    mean over sequences. The logits exist a chunk of tokens at a time, never as [B, T, vocab]."""
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction {reduction!r}: expected mean or sum")
     flat, y = h.reshape(-1, h.size(-1)), targets.reshape(-1)
-    scale = 1.0 / y.numel() if reduction == "mean" else 1.0
-    row_weights = torch.full(y.shape, scale, dtype=torch.float32, device=h.device)
+    if target_mask is not None:
+        m = target_mask.float()
+        row_weights = (m / m.sum(1, keepdim=True).clamp(min=1) / m.shape[0]).reshape(-1)
+    else:
+        scale = 1.0 / y.numel() if reduction == "mean" else 1.0
+        row_weights = torch.full(y.shape, scale, dtype=torch.float32, device=h.device)
     grads = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
     return _LinearCrossEntropy.apply(flat, weight, y, row_weights, vocab, chunk, grads)
 

@@ -122,3 +122,26 @@ def test_reserved_strings_in_text_are_text(tok, tmp_path, released):
             # the transformation's own delimiter: none for one segment, one between two
             assert inner.count(d) == (transformation != "classification"), transformation
             assert len(inner) > 10, transformation  # the reserved strings became ordinary pieces
+
+
+@pytest.mark.parametrize("transformation", ["classification", "similarity", "multiple_choice"])
+def test_batches_padded_to_a_length_bucket_give_the_longest_padded_results(transformation):
+    from model import GPT, GPTConfig, GPTForTask, TaskHead
+    from tuning.encode import Encoded
+
+    torch.manual_seed(0)
+    cfg = GPTConfig.preset("tiny", vocab_size=515, n_ctx=100)  # 100: the last bucket is n_ctx itself
+    net = GPTForTask(GPT(cfg), TaskHead(cfg.n_embd, transformation), extract_token=514).eval()
+    S = {"classification": 1, "similarity": 2, "multiple_choice": 3}[transformation]
+    for lengths in ((5, 9, 13), (70, 3, 41), (98, 2, 60)):
+        batch = [
+            Encoded([[*torch.randint(0, 500, (n - 1 + s,)).tolist(), 514] for s in range(S)], b % 2, 0)
+            for b, n in enumerate(lengths)
+        ]
+        x, mask, y = collate(batch)
+        bx, bmask, by = collate(batch, n_ctx=cfg.n_ctx)
+        assert bx.shape[-1] == min(-(-x.shape[-1] // 64) * 64, 100)
+        assert torch.equal(bx[..., : x.shape[-1]], x) and not bmask[..., x.shape[-1] :].any()
+        a, b = net(x, mask, y), net(bx, bmask, by)
+        for got, want in ((b.logits, a.logits), (b.l1, a.l1), (b.l2, a.l2)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -119,3 +119,18 @@ def test_the_chunked_l1_under_bf16_autocast_matches_the_full_logits_loss():
         chunked = net(x[:, :-1], targets=x[:, 1:])
     assert chunked.dtype == torch.float32
     torch.testing.assert_close(chunked, full, rtol=1e-3, atol=1e-3)
+
+
+def test_the_task_models_l1_equals_the_masked_full_logits_loss():
+    from model import GPTForTask, TaskHead
+
+    torch.manual_seed(6)
+    gpt = GPT(CFG).eval()
+    task = GPTForTask(gpt, TaskHead(CFG.n_embd, "classification"), extract_token=514).eval()
+    x = torch.randint(0, 500, (3, 12))
+    mask = torch.ones_like(x)
+    for row, n in enumerate((12, 7, 4)):  # right padding of differing lengths
+        x[row, n - 1] = 514
+        mask[row, n:] = 0
+    out = task(x, mask, labels=torch.tensor([0, 1, 0]), lm_coef=0.5)
+    torch.testing.assert_close(out.l1, lm_loss(gpt(x, mask), x, mask), rtol=1e-6, atol=1e-6)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from tokenizers import Tokenizer
 
+from model.gpt import bucket_length
 from pipeline.data.tasks import Example, TaskError
 from pipeline.data.text import normalize
 from pipeline.data.tokenizer import DELIMITER, EXTRACT, START, encode_texts
@@ -93,10 +94,13 @@ class Encoder:
         return Encoded(seqs, ex.label, int(cut or room < 0))
 
 
-def collate(batch: list[Encoded], regression: bool = False):
+def collate(batch: list[Encoded], regression: bool = False, n_ctx: int | None = None):
     """[B, S, T] ids (S = sequences per example; squeezed to [B, T] when 1), the 0/1 padding
-    mask, and the labels. Padding is on the right, to the longest sequence of the batch."""
+    mask, and the labels. Padding is on the right: given the model's n_ctx, to the longest
+    sequence's length bucket (model.gpt.bucket_length: shapes that repeat), else to the longest."""
     T = max(len(s) for e in batch for s in e.sequences)
+    if n_ctx is not None:
+        T = bucket_length(T, n_ctx)
     S = len(batch[0].sequences)
     ids = torch.zeros(len(batch), S, T, dtype=torch.long)
     mask = torch.zeros(len(batch), S, T, dtype=torch.long)

@@ -116,7 +116,7 @@ def predict(tm: TaskModel, encoded, batch_size: int = 64) -> np.ndarray:
     tm.model.eval()
     device, out = _device(tm), []
     for i in range(0, len(encoded), batch_size):
-        ids, mask, _ = collate(encoded[i : i + batch_size], tm.task.regression)
+        ids, mask, _ = collate(encoded[i : i + batch_size], tm.task.regression, tm.encoder.n_ctx)
         with autocast(device):  # bf16 on a GPU, as in pretraining
             logits = tm.model(ids.to(device), mask.to(device)).logits.float().cpu()
         out.append(logits.numpy() if tm.task.regression else logits.argmax(-1).numpy())
@@ -310,7 +310,8 @@ def finetune(
         for i in range(0, len(order), cfg.batch_size):
             if step >= total:
                 break
-            ids, mask, labels = collate([train[j] for j in order[i : i + cfg.batch_size]], task.regression)
+            batch = [train[j] for j in order[i : i + cfg.batch_size]]
+            ids, mask, labels = collate(batch, task.regression, tm.encoder.n_ctx)
             with autocast(target):
                 loss = tm.model(ids.to(target), mask.to(target), labels.to(target), lm_coef=cfg.lm_coef).l3
             if not torch.isfinite(loss):  # stop before a diverged model can be kept

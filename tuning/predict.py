@@ -324,7 +324,7 @@ def label_rows(tm, rows: list[dict], fields: tuple[str, ...], device: str) -> li
             groups = [[e] for e in chunk] if task.transformation == "multiple_choice" else [chunk]
             got = []
             for group in groups:
-                ids, mask, _ = collate(group, task.regression)
+                ids, mask, _ = collate(group, task.regression, tm.encoder.n_ctx)
                 with autocast(torch.device(device)):
                     logits = tm.model(ids.to(device), mask.to(device)).logits
                 got += predictions(task, logits.float().cpu())

@@ -175,15 +175,19 @@ class Scorer:
 
     def _forward(self, seqs: list[list[int]], positions):
         """(i, the float logits at positions(i) of seqs[i]) for every sequence, in batches of like
-        lengths (right-padded; the causal mask keeps padding out of every real position)."""
+        lengths (right-padded to their length bucket; the causal mask keeps padding out of every
+        real position)."""
         import torch
+
+        from model.gpt import bucket_length
 
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         self.gpt.eval()
         with torch.no_grad():
             for b in range(0, len(order), self.batch):
                 group = order[b : b + self.batch]
-                x = torch.zeros(len(group), max(len(seqs[i]) for i in group), dtype=torch.long)
+                longest = max(len(seqs[i]) for i in group)
+                x = torch.zeros(len(group), bucket_length(longest, self.gpt.config.n_ctx), dtype=torch.long)
                 for row, i in enumerate(group):
                     x[row, : len(seqs[i])] = self._tensor(seqs[i])
                 logits = self.gpt(x.to(self.device))
