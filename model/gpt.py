@@ -34,23 +34,17 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        past = 0
         if cache is not None:
-            if cache.layers[layer] is not None:
-                past = cache.layers[layer][0].size(2)
-                k, v = torch.cat([cache.layers[layer][0], k], 2), torch.cat([cache.layers[layer][1], v], 2)
-            cache.layers[layer] = (k, v)
-        if past and T > 1:
-            raise ValueError("a KVCache takes the prompt at once, then one token at a time")
+            # The whole preallocated buffers, masked to the filled slots (attn_mask, from the cache).
+            k, v = cache.store(layer, k, v)
         # SDPA scales by 1/sqrt(d_head) as the released code does, and dispatches to the flash
-        # or memory-efficient kernel (with fused dropout on GPUs) where the device has one. A
-        # single new token after the cached ones may see all of them: no mask.
+        # or memory-efficient kernel (with fused dropout on GPUs) where the device has one.
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=attn_mask,
-            is_causal=attn_mask is None and not past,
+            is_causal=attn_mask is None,
             dropout_p=self.attn_pdrop if self.training else 0.0,
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
@@ -151,7 +145,7 @@ class GPT(nn.Module):
             raise ValueError("a KVCache is for unpadded decoding: pass no attention_mask with it")
         if attention_mask is None:
             positions = torch.arange(past, past + T, device=input_ids.device)
-            attn_mask = None
+            attn_mask = None if cache is None else cache.mask(T, input_ids.device)
         else:
             # Positions count real tokens only, so left padding does not shift them.
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -159,6 +153,8 @@ class GPT(nn.Module):
         x = self.drop(self.tokens_embed(input_ids) + self.positions_embed(positions))
         for i, block in enumerate(self.h):
             x = block(x, attn_mask, cache, i)
+        if cache is not None:
+            cache.advance(T)
         return x
 
     def lm_logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -251,4 +247,4 @@ class GPT(nn.Module):
         return assign_weights(gpt, sd, directory)
 
     def make_cache(self) -> KVCache:
-        return KVCache(self.config.n_layer)
+        return KVCache(self.config.n_layer, self.config.n_ctx)

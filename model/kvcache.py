@@ -6,13 +6,36 @@ import torch
 
 
 class KVCache:
-    """The keys and values of the tokens seen so far, one (k, v) pair per layer, so that decoding
-    runs each new token alone instead of the whole sequence again. A cache takes a prompt at
-    once, then one token at a time."""
+    """The keys and values of the tokens seen so far, so that decoding runs each new token alone
+    instead of the whole sequence again. Each layer's are preallocated at [B, H, n_ctx, d_head]
+    when the first tokens come, and every step attends over all n_ctx slots with a mask of those
+    filled: a decode step has the same shapes at every length, so an attention kernel plans once
+    (and a CUDA graph or compiled step could be reused) instead of once per length."""
 
-    def __init__(self, n_layer: int):
-        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
+    def __init__(self, n_layer: int, n_ctx: int):
+        self.n_ctx = n_ctx
+        self.length = 0  # tokens held
+        self.keys: list[torch.Tensor | None] = [None] * n_layer
+        self.values: list[torch.Tensor | None] = [None] * n_layer
 
-    @property
-    def length(self) -> int:
-        return 0 if self.layers[0] is None else self.layers[0][0].size(2)
+    def mask(self, T: int, device) -> torch.Tensor:
+        """[T, n_ctx] boolean (True = may attend) for T new tokens after the ones held: each sees
+        the held tokens, the new ones up to itself, and no empty slot."""
+        slots = torch.arange(self.n_ctx, device=device)
+        return slots[None, :] <= self.length + torch.arange(T, device=device)[:, None]
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new tokens' [B, H, T, d_head] keys and values after those held; returns the
+        layer's whole buffers."""
+        if self.keys[layer] is None:
+            B, H, _, D = k.shape
+            self.keys[layer] = k.new_zeros(B, H, self.n_ctx, D)
+            self.values[layer] = v.new_zeros(B, H, self.n_ctx, D)
+        T = k.size(2)
+        self.keys[layer][:, :, self.length : self.length + T] = k
+        self.values[layer][:, :, self.length : self.length + T] = v
+        return self.keys[layer], self.values[layer]
+
+    def advance(self, T: int) -> None:
+        """Every layer has stored T more tokens."""
+        self.length += T

@@ -67,15 +67,19 @@ def test_the_kv_cache_gives_the_recomputed_tokens_and_logits(tiny, ids):
             prompt, 12, generator=torch.Generator().manual_seed(3), use_cache=False, **sampling
         )
         assert torch.equal(with_cache, without), sampling
-    # The logits themselves: the prompt at once, then one token at a time, as one pass computes them.
+    # The logits themselves: the prompt at once, then one token at a time (or a few), as one
+    # pass computes them; every step on the same preallocated buffers.
     tiny.eval()
-    full = tiny(ids[:, :9])
-    cache = KVCache(tiny.config.n_layer)
+    full = tiny(ids[:, :12])
+    cache = KVCache(tiny.config.n_layer, tiny.config.n_ctx)
     steps = [tiny(ids[:, :5], cache=cache)] + [tiny(ids[:, t : t + 1], cache=cache) for t in range(5, 9)]
+    buffers = cache.keys[0]
+    steps.append(tiny(ids[:, 9:12], cache=cache))
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
-    assert cache.length == 9
-    with pytest.raises(ValueError, match="one token at a time"):
-        tiny(ids[:, 9:11], cache=cache)
+    assert cache.length == 12 and cache.keys[0] is buffers
+    assert buffers.shape == (ids.size(0), tiny.config.n_head, tiny.config.n_ctx, 16)
+    with pytest.raises(ValueError, match="exceeds n_ctx"):
+        tiny(ids[:, :1].repeat(1, tiny.config.n_ctx - 11), cache=cache)
 
 
 def test_gpt1_generate_prints_seeded_samples(task_checkpoint, capsys):
