@@ -175,7 +175,9 @@ class GPT(nn.Module):
         [B, T, vocab] logits never exist at once, inside whatever compiles the forward."""
         h = self.hidden_states(input_ids, attention_mask, cache)
         if targets is not None:
-            return linear_cross_entropy(h, self.tokens_embed.weight, targets, self.config.vocab_size, reduction)
+            return linear_cross_entropy(
+                h, self.tokens_embed.weight, targets, self.config.vocab_size, reduction
+            )
         return self.lm_logits(h)
 
     def reinit_blocks(self, first: int) -> None:

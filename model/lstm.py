@@ -113,7 +113,9 @@ class LSTMLM(nn.Module):
         """Logits, or given next-token targets L1, as GPT.forward."""
         h = self.hidden_states(input_ids, attention_mask, cache)
         if targets is not None:
-            return linear_cross_entropy(h, self.tokens_embed.weight, targets, self.config.vocab_size, reduction)
+            return linear_cross_entropy(
+                h, self.tokens_embed.weight, targets, self.config.vocab_size, reduction
+            )
         return self.lm_logits(h)
 
     def make_cache(self) -> LSTMState:

@@ -78,11 +78,15 @@ def _coerce(cls, key: str, value: Any, where: str) -> Any:
         if isinstance(value, bool):
             return value
     elif isinstance(default, int):
+        if value == "auto" and "str" in str(field.type):  # a number, or auto (micro_batch)
+            return value
         whole = whole_number(value)
         if whole is not None:
             return whole
+        also = " or auto" if "str" in str(field.type) else ""
         raise ConfigError(
-            f"{where}: {key} must be a whole number (e.g. 10000000000, 1e10, 10_000_000_000 or 10B), got {value!r}"
+            f"{where}: {key} must be a whole number (e.g. 10000000000, 1e10, 10_000_000_000 or 10B){also}, "
+            f"got {value!r}"
         )
     elif isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):

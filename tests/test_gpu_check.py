@@ -22,8 +22,14 @@ def test_gpu_check_runs_without_ray_or_mlflow():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = proc.stdout[proc.stdout.index("| section | check |") :]
     rows = [line.split(" | ") for line in table.splitlines()[2:]]
-    assert {r[0].lstrip("| ")[0] for r in rows} == {"1", "2", "3", "4", "5", "6"}
+    assert {r[0].lstrip("| ")[0] for r in rows} == set("123456789")
     assert not [r for r in rows if "FAIL" in r[-1]]
     resume = next(r for r in rows if "resume at step" in r[1])
     assert "largest loss difference 0.00e+00" in resume[2]
-    assert sum("fine-tuning" in r[0] for r in rows) == 4  # one per input transformation
+    assert sum(r[0] == "| 4 fine-tuning" for r in rows) == 4  # one per input transformation
+    # gpt1's table ran at each micro-batch, the DDP path kept the plain path's losses, generation
+    # gave the same tokens with and without the cache, and bucketed fine-tuning ran.
+    assert sum("micro-batch" in r[1] and "tok/s" in r[2] for r in rows) == 2
+    assert any("DDP on 1 rank" in r[1] and r[-1].strip(" |") == "ok" for r in rows)
+    assert sum("the cache's tokens equal" in r[1] and "True" in r[2] for r in rows) == 2
+    assert any("64-token buckets" in r[1] for r in rows)

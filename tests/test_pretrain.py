@@ -523,6 +523,70 @@ def test_the_plan_needs_no_data_nor_ray_and_prints_one_json_object(capsys):
     assert "on CPU workers: no time or cost estimate" in out and "MFU" not in out
 
 
+def test_an_auto_micro_batch_is_the_largest_that_fits_and_a_resume_keeps_it(tmp_path, capsys):
+    import dataclasses
+
+    from model import GPTConfig
+    from pipeline.train import memory
+    from pipeline.train.pretrain import identity, plan_run, settle
+
+    # What is tried: the divisors of each worker's share of a fixed batch, or powers of two
+    # where batch_tokens sizes the batch from the micro-batch; the largest before the first
+    # size that does not fit wins.
+    assert memory.sizes(24, False) == [1, 2, 3, 4, 6, 8, 12, 24]
+    assert memory.sizes(1, True) == [1, 2, 4, 8, 16, 32, 64]
+    assert memory.largest_fitting([1, 2, 4, 8], lambda m: m * 3 <= 16) == 4
+    tried = []
+    assert memory.largest_fitting([1, 2, 4, 8], lambda m: tried.append(m) or m != 2) == 1
+    assert tried == [1, 2]  # memory rises with the size: no larger size is tried after a failure
+    assert memory.largest_fitting([4, 8], lambda m: False) is None
+
+    gpt1 = load(PretrainConfig(), "gpt1", PRESETS_DIR)
+    auto = dataclasses.replace(gpt1, micro_batch="auto", batch_tokens="auto")
+    check_config(auto, 64)  # auto passes the checks made before anything is measured
+    with pytest.raises(ConfigError, match="micro_batch 'big': expected a number of sequences"):
+        check_config(dataclasses.replace(gpt1, micro_batch="big"), 8)
+    manifest = {"splits": {"train": {"blocks": 64_000}}, "fingerprint": "f" * 64, "n_ctx": 512}
+    # Measured 32 on the GPU: batch_tokens=auto makes the batch 64 x 32 sequences.
+    plan = plan_run(auto, GPTConfig(), manifest, "ds", {"GPU": 64}, 64, use_gpu=True, fitted_micro=32)
+    assert (plan.cfg.micro_batch, plan.cfg.batch_size, plan.asked.micro_batch) == (32, 2048, "auto")
+    # The same settings name the same run whatever was measured; the record keeps the number.
+    assert plan_run(auto, GPTConfig(), manifest, "ds", {"GPU": 8}, 8, use_gpu=True).name == plan.name
+    started = settle(plan, manifest, None)
+    old = {"pretrain": identity(started.cfg, GPTConfig(), manifest)["pretrain"]}
+    assert old["pretrain"]["micro_batch"] == 32
+    on8 = plan_run(auto, GPTConfig(), manifest, "ds", {"GPU": 8}, 8, use_gpu=True, fitted_micro=32)
+    resumed = settle(on8, manifest, old)
+    assert (resumed.cfg.micro_batch, resumed.cfg.batch_size) == (32, 2048)
+    # Without a GPU to measure on, auto is each worker's share of the batch.
+    fixed = dataclasses.replace(gpt1, micro_batch="auto")
+    assert plan_run(fixed, GPTConfig(), manifest, "ds", {"CPU": 8}, 4).cfg.micro_batch == 16
+    # --plan sizes it by the memory model and says so; the A10G's 24 GiB fits fewer than an H100's 80.
+    from gpt1.cli import main
+
+    def plan_of(*args: str) -> dict:
+        assert main(["pretrain", "--config", "gpt1", "--plan=json", *args]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    small = dataclasses.replace(GPTConfig(), n_ctx=512)
+    from pipeline.train.estimate import activation_bytes, est_micro_batch
+
+    assert activation_bytes(512, 768, 12) == 34 * 512 * 768 * 12
+    big_model = dataclasses.replace(small, n_layer=48, n_embd=1600, n_head=25)
+    assert est_micro_batch("A10G", big_model, 1_500_000_000, memory.sizes(1, True)) < est_micro_batch(
+        "H100", big_model, 1_500_000_000, memory.sizes(1, True)
+    )
+    h100 = plan_of("--workers", "8", "--accelerator", "H100", "--set", "micro_batch=auto")
+    assert h100["micro_batch"] == 8 and h100["micro_batch_estimated"]  # the share of 64 on 8 GPUs
+    grown = plan_of(
+        "--workers", "8", "--accelerator", "H100", "--set", "micro_batch=auto", "--set", "batch_tokens=auto"
+    )
+    assert grown["global_batch_sequences"] == 8 * grown["micro_batch"] and grown["micro_batch"] > 8
+    # The paper's batch on 64 GPUs: one sequence each, and the plan says what that costs.
+    assert main(["pretrain", "--config", "gpt1", "--plan", "--workers", "64", "--accelerator", "H100"]) == 0
+    assert "1 sequence(s) a GPU a step" in capsys.readouterr().out
+
+
 def test_worker_ranges_are_read_and_bad_ones_refused():
     from pipeline.train.config import parse_workers
 

@@ -19,7 +19,9 @@ class PretrainConfig:
     model: str = "tiny"  # model preset (model/config.py); vocab_size comes from the data's tokenizer
     model_overrides: dict = field(default_factory=dict)  # GPTConfig fields, e.g. {n_layer: 6}
     batch_size: int = 64  # global batch, in sequences of n_ctx tokens (the one lr and warm-up are for)
-    micro_batch: int = 0  # most sequences per forward pass; 0 = batch_size / workers (see micro_batch())
+    # Most sequences per forward pass: a number; 0 = batch_size / workers (see micro_batch()); or
+    # "auto": the largest that fits the GPU, measured at the start (train/memory.py) and recorded.
+    micro_batch: int | str = 0
     # None: batch_size as given. "auto": workers x micro_batch sequences (one micro-batch per GPU
     # a step); a number: about that many tokens a step. Either way lr and warm-up follow the
     # batch (scale_batch): a run on 64 GPUs is not forced to one sequence a GPU.
@@ -73,7 +75,8 @@ def micro_batch(cfg: PretrainConfig, workers: int, recorded: int | None = None) 
     own dropout masks, and a resume on another worker count retraces the run only with the same
     micro-batches. At the start: micro_batch, or less where the workers need it (the gpt1
     preset's 8 becomes 4 on 16 workers, 1 on 64); on a resume: the run's own (`recorded`)."""
-    cap = cfg.micro_batch or cfg.batch_size // max(workers, 1)
+    # auto, before it is measured (or where there is no GPU to measure): the share, as 0.
+    cap = (0 if cfg.micro_batch == "auto" else cfg.micro_batch) or cfg.batch_size // max(workers, 1)
     if recorded and recorded <= cap:
         if cfg.batch_size % (recorded * workers):
             raise errors.ConfigError(
@@ -167,7 +170,14 @@ def check_config(cfg: PretrainConfig, workers: int) -> None:
         )
     ):
         raise c(f"batch_tokens {cfg.batch_tokens!r}: expected auto or a number of tokens per step")
-    if cfg.batch_tokens is not None and cfg.micro_batch < 1:
+    if cfg.micro_batch != "auto" and (
+        not isinstance(cfg.micro_batch, int) or isinstance(cfg.micro_batch, bool) or cfg.micro_batch < 0
+    ):
+        raise c(
+            f"micro_batch {cfg.micro_batch!r}: expected a number of sequences, 0 (the batch / workers) "
+            "or auto (the most that fit the GPU, measured at the start)"
+        )
+    if cfg.batch_tokens is not None and cfg.micro_batch != "auto" and cfg.micro_batch < 1:
         raise c("batch_tokens: also set micro_batch, the sequences each GPU runs per forward pass")
     if cfg.lr_scaling not in ("sqrt", "linear"):
         raise c(f"lr_scaling {cfg.lr_scaling!r}: expected sqrt or linear")
@@ -201,6 +211,13 @@ def check_config(cfg: PretrainConfig, workers: int) -> None:
     if not isinstance(cfg.zero_shot, list) or cfg.zero_shot_examples < 0:
         raise c("zero_shot: expected a list of TASK=DIR (e.g. [sst-2=glue/SST-2]); zero_shot_examples: >= 0")
     # A batch that batch_tokens resizes is checked once resized (scale_batch).
+    check_split(cfg, workers)
+    configio.check_ranges(cfg, {"lr": (0.0, 1.0), "weight_decay": (0.0, 1.0), "grad_clip": (0.0, None)})
+
+
+def check_split(cfg: PretrainConfig, workers: int) -> None:
+    """Every worker runs whole micro-batches, the same number of them."""
+    c = errors.ConfigError
     micro = micro_batch(cfg, workers)
     if cfg.batch_tokens is None and cfg.batch_size >= 1 and micro < 1:
         raise c(
@@ -213,4 +230,3 @@ def check_config(cfg: PretrainConfig, workers: int) -> None:
             f"batch_size {cfg.batch_size}: expected a multiple of micro_batch ({micro}) x workers "
             f"({workers}), so that every worker runs the same number of micro-batches"
         )
-    configio.check_ranges(cfg, {"lr": (0.0, 1.0), "weight_decay": (0.0, 1.0), "grad_clip": (0.0, None)})

@@ -6,10 +6,14 @@ model. Every number here is an estimate, never a measurement of the run.
     step      = compute + all-reduce
 
 The step adds the two: DDP overlaps part of the all-reduce with the backward, so the estimate is
-an upper bound where the all-reduce is short and close where it dominates. MFU is the one
-measured on an H200 (bench/RESULTS.md, `python bench/gpu_check.py`: model.GPT gpt1, T = 512,
-micro-batch 16, compiled, 373,301 tokens/s), taken as a fraction of the card's datasheet peak and
-assumed for every card; smaller micro-batches run below it (kernel launches bound them).
+an upper bound where the all-reduce is short and close where it dominates. MFU comes from the
+measured curve MEASURED_TOKENS_PER_S (tokens/s by micro-batch, bench/gpu_check.py on an H200),
+at the measured micro-batch nearest the plan's, taken as a fraction of the card's datasheet peak
+and assumed for every card. The curve has one point so far (micro-batch 16); the check's
+micro-batch table adds the others when it runs on a GPU.
+
+A plan with micro_batch auto sizes it by est_micro_batch, a memory model (the run itself measures
+it on its GPU at the start, pipeline/train/memory.py).
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# bench/RESULTS.md, bench/gpu_check.py on an H200: gpt1 (T = 512, micro-batch 16), compiled.
-MEASURED_TOKENS_PER_S = 373_301
+# bench/RESULTS.md, bench/gpu_check.py on an H200: gpt1 (T = 512), compiled; micro-batch -> tokens/s.
+MEASURED_TOKENS_PER_S = {16: 373_301}
 MEASURED_PEAK = 989e12  # the H200's dense bf16 datasheet peak, FLOP/s
 
 
@@ -32,6 +36,7 @@ class NodeType:
     bus_bw: dict  # nodes -> NCCL all-reduce bus bandwidth, GB/s (the largest key for more nodes)
     dollars_per_hour: float  # per node, on-demand, us-east-1
     sources: str
+    memory_gib: float = 80.0  # per GPU
 
     def bandwidth(self, nodes: int) -> float:
         return self.bus_bw[max(k for k in self.bus_bw if k <= nodes)] * 1e9
@@ -47,6 +52,7 @@ NODE_TYPES = {
         "peak: NVIDIA A10 datasheet (A10G is AWS's A10); bus bandwidth: estimated, not a cited "
         "measurement: PCIe Gen4 within a node, 60% of the 40 Gbps network across nodes (p4d's "
         "measured ratio); price: AWS on-demand list",
+        24.0,
     ),
     "A100": NodeType(
         "p4d.24xlarge",
@@ -57,6 +63,7 @@ NODE_TYPES = {
         "peak: NVIDIA A100 datasheet; bus bandwidth: nccl-tests all_reduce_perf on p4d with EFA "
         "(1 / 2 / 4 nodes), from the public record as gathered in this project's scale review; "
         "price: AWS on-demand list before its 2025 cut",
+        40.0,  # p4d.24xlarge: A100 40 GB
     ),
     "H100": NodeType(
         "p5.48xlarge",
@@ -71,9 +78,40 @@ NODE_TYPES = {
 }
 
 
-def mfu_at_peak(flops_per_token: float) -> float:
-    """The measured H200 run's tokens/s as a fraction of its datasheet peak."""
-    return MEASURED_TOKENS_PER_S * flops_per_token / MEASURED_PEAK
+def measured_at(micro_batch: int) -> int:
+    """The measured micro-batch nearest this one (on a log scale)."""
+    return min(MEASURED_TOKENS_PER_S, key=lambda m: abs(math.log2(m) - math.log2(max(micro_batch, 1))))
+
+
+def mfu_at_peak(flops_per_token: float, micro_batch: int = 16) -> float:
+    """The measured H200 tokens/s at the nearest measured micro-batch, as a fraction of its
+    datasheet peak."""
+    return MEASURED_TOKENS_PER_S[measured_at(micro_batch)] * flops_per_token / MEASURED_PEAK
+
+
+# Optimizer-held bytes per parameter: fp32 weight, gradient, and Adam's two moments.
+STATE_BYTES = 16
+HEADROOM = 0.85  # as pipeline/train/memory.py leaves for DDP's buckets, NCCL and fragmentation
+
+
+def activation_bytes(n_ctx: int, n_embd: int, n_layer: int) -> float:
+    """Bytes one sequence keeps for the backward pass in 16-bit training with a fused attention
+    kernel (no T x T scores kept): 34 T d a layer, Korthikanti et al. (2022), "Reducing Activation
+    Recomputation in Large Transformer Models", section 4.1."""
+    return 34 * n_ctx * n_embd * n_layer
+
+
+def est_micro_batch(accelerator: str, gcfg, n_params: int, candidates: list[int]) -> int:
+    """The largest candidate micro-batch the memory model fits on one GPU of the node type: the
+    optimizer state and one chunk of L1's fp32 logits and their gradient (model/losses.py), then
+    the activations per sequence."""
+    from model.losses import CHUNK_TOKENS
+
+    room = HEADROOM * NODE_TYPES[accelerator].memory_gib * 2**30
+    room -= STATE_BYTES * n_params + 2 * 4 * CHUNK_TOKENS * gcfg.padded_vocab
+    per = activation_bytes(gcfg.n_ctx, gcfg.n_embd, gcfg.n_layer)
+    fits = [m for m in candidates if m * per <= room]
+    return max(fits) if fits else candidates[0]
 
 
 def estimate(
@@ -90,7 +128,7 @@ def estimate(
     """The est_* keys of a plan: per step and, where the run's length is known, in all."""
     node = NODE_TYPES[accelerator]
     nodes = math.ceil(workers / node.gpus)
-    mfu = mfu_at_peak(flops_per_token)
+    mfu = mfu_at_peak(flops_per_token, micro_batch)
     compute = micro_batch * accumulation * n_ctx * flops_per_token / (mfu * node.peak)
     ring = 2 * (workers - 1) / workers * n_params * grad_bytes / node.bandwidth(nodes) if workers > 1 else 0.0
     step = compute + ring
@@ -98,6 +136,7 @@ def estimate(
         "est_node_type": node.instance,
         "est_nodes": nodes,
         "est_mfu": mfu,
+        "est_mfu_measured_at_micro_batch": measured_at(micro_batch),
         "est_compute_ms": compute * 1e3,
         "est_allreduce_ms": ring * 1e3,
         "est_step_ms": step * 1e3,

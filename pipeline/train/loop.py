@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from model import GPTConfig, build, make_optimizer, make_schedule
-from model.flops import matmul_ceiling
+from model.flops import datasheet_peak, device_ceiling
 from pipeline.console import eta
 from pipeline.data.dataset import BlockOrder, load_split, tokens_per_byte
 from pipeline.data.stage import local_copy
@@ -71,12 +71,13 @@ class StopRun(Exception):
 class LocalSession:
     """One process, no Ray: for the benchmarks and the GPU check. With run_dir, checkpoints are
     kept there as checkpoint_N (written beside it, renamed in whole); with resume_from, the loop
-    starts from that checkpoint."""
+    starts from that checkpoint; with ddp, it trains through DDP on a process group of one."""
 
     rank, world_size = 0, 1
 
-    def __init__(self, device: str = "cpu", run_dir=None, resume_from=None):
+    def __init__(self, device: str = "cpu", run_dir=None, resume_from=None, ddp: bool = False):
         self.device = torch.device(device)
+        self.ddp = ddp  # train through DDP (a process group of one must be initialised)
         self.run_dir = Path(run_dir) if run_dir else None
         self.resume_from = resume_from
 
@@ -178,9 +179,11 @@ class Pretraining:
         self.set_schedule()
         self.model = self.gpt
         cuda = self.device.type == "cuda"
-        if self.world > 1:
+        # DDP wherever gradients are shared; a session may ask for it on a world of one (the GPU
+        # check runs the multi-GPU path, bf16 hook and accumulation included, in one process).
+        if self.world > 1 or getattr(session, "ddp", False):
             self.model = torch.nn.parallel.DistributedDataParallel(
-                self.gpt, device_ids=[self.device.index] if cuda else None
+                self.gpt, device_ids=[torch.cuda.current_device()] if cuda else None
             )
             if cfg.grad_compression == "bf16":  # half the bytes on the wire; summed in fp32 again
                 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
@@ -195,7 +198,9 @@ class Pretraining:
         self.eval_forward = self.gpt
         self.amp_dtype = amp_dtype(self.device, cfg.dtype)
         # MFU is measured against this device's dense-matmul rate in the training dtype.
-        self.ceiling = matmul_ceiling(self.device, self.amp_dtype, 4096 if cuda else 1024, 10 if cuda else 5)
+        self.ceiling = device_ceiling(self.device, self.amp_dtype)
+        # and against the card's datasheet bf16 peak, as llm.c and nanoGPT report it (GPUs it knows).
+        self.peak = datasheet_peak(torch.cuda.get_device_name(self.device)) if cuda else None
         self.flops_per_token = self.gpt.flops_per_token(self.gpt.config.n_ctx)
 
     def set_schedule(self) -> None:
@@ -256,7 +261,7 @@ class Pretraining:
             waited += time.perf_counter() - t0
             torch.manual_seed(micro_seed(cfg.seed, s, j))
             # DDP all-reduces the gradients on the last micro-batch only.
-            sync = self.world == 1 or a == len(self.mine) - 1
+            sync = self.model is self.gpt or a == len(self.mine) - 1
             with contextlib.nullcontext() if sync else self.model.no_sync():
                 loss = self.l1(self.train_forward, x)
                 (loss / share).backward()
@@ -414,6 +419,11 @@ class Pretraining:
                     "grad_norm": float(norm),
                     "tokens_per_s": tps,
                     "mfu": tps * self.flops_per_token / (self.ceiling * self.world),
+                    **(
+                        {"mfu_datasheet": tps * self.flops_per_token / (self.peak * self.world)}
+                        if self.peak
+                        else {}
+                    ),
                     "data_wait": waited / (now - t_log),
                     "epoch": s / self.order.steps_per_epoch,
                     "elapsed_s": now - t_start,

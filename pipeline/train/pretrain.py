@@ -162,10 +162,12 @@ def plan_run(
     can_grow: bool = False,
     accelerator: str | None = None,
     min_workers: int | None = None,
+    fitted_micro: int | None = None,
 ) -> RunPlan:
     """The run's plan from its settings, its dataset's manifest and the cluster: its resources now
-    (ray.cluster_resources()) and whether an autoscaler can add nodes. A pure function, so tests
-    call it without Ray. Raises ConfigError where the cluster cannot run it."""
+    (ray.cluster_resources()) and whether an autoscaler can add nodes; with micro_batch auto, the
+    micro-batch measured on a GPU (fitted_micro; without one, each worker's share). A pure
+    function, so tests call it without Ray. Raises ConfigError where the cluster cannot run it."""
     workers = workers or (int(resources.get("GPU", 0)) if use_gpu else 1)
     if workers == 0:  # an autoscaling cluster whose GPU nodes are not up yet
         raise errors.ConfigError(
@@ -177,7 +179,7 @@ def plan_run(
             )
         )
     check_config(cfg, workers)
-    asked, cfg = cfg, scale_batch(cfg, workers, gcfg.n_ctx)
+    asked, cfg = cfg, scale_batch(with_micro(cfg, workers, fitted_micro), workers, gcfg.n_ctx)
     check_config(cfg, workers)
     # On CPU, split the machine's cores between the workers; torch uses that many threads. On a
     # cluster that grows, a worker takes one core of the nodes the autoscaler adds.
@@ -213,7 +215,16 @@ def plan_run(
     )
 
 
-PLAN_ACCELERATOR = "A100"  # --plan's node type where --accelerator is not given: p4d, the scale review's
+def with_micro(cfg: PretrainConfig, workers: int, fitted: int | None) -> PretrainConfig:
+    """cfg with micro_batch auto replaced by the size measured on the GPU (`fitted`), or, with
+    none measured, by each worker's share of the batch (as micro_batch 0)."""
+    if cfg.micro_batch != "auto":
+        return cfg
+    return dataclasses.replace(cfg, micro_batch=fitted or max(cfg.batch_size // workers, 1))
+
+
+PLAN_ACCELERATOR = "A100"
+SMALL_MICRO = 8  # below this many sequences a GPU, a plan says the GPUs will wait on launches  # --plan's node type where --accelerator is not given: p4d, the scale review's
 
 
 def run_plan(
@@ -232,10 +243,19 @@ def run_plan(
     import torch
 
     from model import build
-    from pipeline.train.estimate import NODE_TYPES, estimate
+    from pipeline.train import memory
+    from pipeline.train.estimate import NODE_TYPES, est_micro_batch, estimate
 
     check_config(asked, workers)
-    cfg = scale_batch(asked, workers, gcfg.n_ctx)
+    with torch.device("meta"):  # the network's shape, without its memory
+        net = build(gcfg)
+    accelerator = (accelerator or PLAN_ACCELERATOR) if use_gpu else "CPU"
+    fitted = None
+    if asked.micro_batch == "auto" and accelerator in NODE_TYPES:
+        share = max(asked.batch_size // workers, 1)
+        sizes = memory.sizes(share, asked.batch_tokens is not None)
+        fitted = est_micro_batch(accelerator, gcfg, net.num_params(), sizes)
+    cfg = scale_batch(with_micro(asked, workers, fitted), workers, gcfg.n_ctx)
     check_config(cfg, workers)
     micro = micro_batch(cfg, workers)
     accum = cfg.batch_size // (micro * workers)
@@ -246,13 +266,12 @@ def run_plan(
         else 0
     )
     total = total_steps(cfg, spe, gcfg.n_ctx) or None
-    with torch.device("meta"):  # the network's shape, without its memory
-        net = build(gcfg)
-    accelerator = (accelerator or PLAN_ACCELERATOR) if use_gpu else "CPU"
     out = {
         "workers": workers,
         "min_workers": min_workers,
         "micro_batch": micro,
+        # auto: the memory model's size here; the run measures its own on the GPU at the start.
+        "micro_batch_estimated": fitted is not None,
         "accumulation": accum,
         "global_batch_sequences": cfg.batch_size,
         "tokens_per_step": tokens,
@@ -291,12 +310,40 @@ def run_plan(
     }
 
 
+def measured_micro(plan: RunPlan) -> int:
+    """micro_batch auto: the run's own where it is recorded (a resume keeps its micro-batches),
+    else the largest that fits, measured by a task on one of the run's GPUs (train/memory.py)."""
+    import ray
+
+    from pipeline.train import memory
+
+    old = recorded_run(plan.run_path)
+    if old and isinstance(old["pretrain"].get("micro_batch"), int) and old["pretrain"]["micro_batch"] > 0:
+        return old["pretrain"]["micro_batch"]
+    share = max(plan.asked.batch_size // plan.workers, 1)
+    sizes = memory.sizes(share, plan.asked.batch_tokens is not None)
+    probe = ray.remote(num_gpus=1, accelerator_type=plan.accelerator)(memory.fit_micro_batch)
+    got = ray.get(probe.remote(plan.model, plan.asked, sizes))
+    peaks = ", ".join(f"{m}: {p:.1f}" for m, p in got["peak_gib"].items())
+    print(
+        f"micro_batch auto: {got['micro_batch']} sequences a GPU, the most of {sizes} that fit "
+        f"{memory.HEADROOM:.0%} of its {got['total_gib']:.0f} GiB (peak GiB by size: {peaks})",
+        flush=True,
+    )
+    return got["micro_batch"]
+
+
 def plan_lines(plan: dict) -> list[str]:
     """The plan as a person reads it; every est_ figure says it is an estimate."""
     w = f"{plan['min_workers']}-{plan['workers']} (elastic)" if plan["min_workers"] else str(plan["workers"])
     lines = [
         f"workers          {w}",
-        f"micro-batch      {plan['micro_batch']} sequences, {plan['accumulation']} accumulated per step",
+        f"micro-batch      {plan['micro_batch']} sequences, {plan['accumulation']} accumulated per step"
+        + (
+            " (auto: by a memory model here; the run measures it on its GPU)"
+            if plan["micro_batch_estimated"]
+            else ""
+        ),
         f"global batch     {plan['global_batch_sequences']:,} sequences, {plan['tokens_per_step']:,} tokens",
         f"lr               {plan['lr']:.3g}"
         + (f" (scaled by the batch, {plan['lr_scaling']} rule)" if plan["lr_scaling"] else ""),
@@ -311,11 +358,17 @@ def plan_lines(plan: dict) -> list[str]:
         f"compile          {'on' if plan['compile'] else 'off'}; gradients all-reduced in "
         + ("bf16" if plan["grad_compression"] == "bf16" else "fp32"),
     ]
+    if plan["accelerator"] != "CPU" and plan["micro_batch"] < SMALL_MICRO:
+        lines.append(
+            f"note             {plan['micro_batch']} sequence(s) a GPU a step: kernel launches, not "
+            "matmuls, bound such a step; --set batch_tokens=auto (or a larger batch_size) keeps each GPU busy"
+        )
     if "est_step_ms" not in plan:
         return [*lines, plan["est_note"]]
     lines += [
         f"estimated on     {plan['est_nodes']} x {plan['est_node_type']} ({plan['accelerator']}), "
-        f"MFU {plan['est_mfu']:.0%} of peak",
+        f"MFU {plan['est_mfu']:.0%} of peak (as measured at micro-batch "
+        f"{plan['est_mfu_measured_at_micro_batch']})",
         f"estimated step   {plan['est_step_ms']:.1f} ms = compute {plan['est_compute_ms']:.1f} + "
         f"all-reduce {plan['est_allreduce_ms']:.1f}; {plan['est_tokens_per_s']:,.0f} tokens/s",
     ]
@@ -414,6 +467,23 @@ def pretrain(
     need = plan.min_workers or plan.workers
     what = f"--workers {f'{need}-' if plan.min_workers else ''}{plan.workers}"
     cluster.wait_for(kind, need * each, need, what, wait_minutes, plan.accelerator)
+    if cfg.micro_batch == "auto" and plan.use_gpu:
+        fitted = measured_micro(plan)
+        plan = plan_run(
+            cfg,
+            gcfg,
+            manifest,
+            str(data),
+            ray.cluster_resources(),
+            plan.workers,
+            plan.name,
+            storage,
+            use_gpu,
+            cluster.can_grow(),
+            accelerator,
+            min_workers,
+            fitted,
+        )
     # Before the workers start: a rank that waited in a collective for another node's download
     # would time out on a large dataset.
     stage_on_nodes(plan.data, kind)
