@@ -14,6 +14,15 @@ ARCHS = ("transformer", "lstm")
 # so that the LM head's matmul, a quarter of gpt1's FLOPs, runs on aligned tiles. The padded rows
 # are never read (model/vocab.py): files, logits and losses keep vocab_size rows.
 VOCAB_MULTIPLE = 128
+# Batches of inputs of varying length are padded to a multiple of this many tokens, and a KV
+# cache is read in spans of it, so kernels, their plans and compiled graphs meet a few shapes
+# again and again, not a new one every batch or token. Right padding changes no real output.
+LENGTH_BUCKET = 64
+
+
+def bucket_length(longest: int, n_ctx: int) -> int:
+    """The length a batch whose longest sequence has `longest` tokens is padded to."""
+    return min(-(-longest // LENGTH_BUCKET) * LENGTH_BUCKET, max(longest, n_ctx))
 
 
 @dataclass

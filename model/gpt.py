@@ -82,17 +82,6 @@ class Block(nn.Module):
         return self.ln_2(h + self.mlp(h))
 
 
-# Batches of inputs of varying length are padded to a multiple of this many tokens, so kernels,
-# their plans and compiled graphs meet a few shapes again and again, not a new one every batch.
-# Padding on the right changes no real position's output.
-LENGTH_BUCKET = 64
-
-
-def bucket_length(longest: int, n_ctx: int) -> int:
-    """The length a batch whose longest sequence has `longest` tokens is padded to."""
-    return min(-(-longest // LENGTH_BUCKET) * LENGTH_BUCKET, max(longest, n_ctx))
-
-
 def padding_attn_mask(attention_mask: torch.Tensor) -> torch.Tensor | None:
     """Boolean [B, 1, T, T] mask (True = may attend) for a [B, T] 0/1 padding mask.
 

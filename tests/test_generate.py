@@ -76,7 +76,7 @@ def test_the_kv_cache_gives_the_recomputed_tokens_and_logits(tiny, ids):
     buffers = cache.keys[0]
     steps.append(tiny(ids[:, 9:12], cache=cache))
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
-    assert cache.length == 12 and cache.keys[0] is buffers
+    assert cache.length == 12 and cache.keys[0] is buffers  # written in place, never grown
     assert buffers.shape == (ids.size(0), tiny.config.n_head, tiny.config.n_ctx, 16)
     with pytest.raises(ValueError, match="exceeds n_ctx"):
         tiny(ids[:, :1].repeat(1, tiny.config.n_ctx - 11), cache=cache)
@@ -180,3 +180,17 @@ def test_generate_bad_input_is_one_line(task_checkpoint, tmp_path, capsys):
     refused(["--checkpoint", str(bare), "--prompt", "hello"], "holds no tokenizer")
     refused(["--checkpoint", str(tmp_path / "nope"), "--prompt", "hello"], "no such model directory")
     refused(["--checkpoint", str(task_checkpoint), "--prompt", "hi", "--top-p", "1.5"], "--top-p 1.5")
+
+
+def test_decode_steps_meet_one_shape_per_64_tokens():
+    from model import KVCache
+
+    cache = KVCache(n_layer=1, n_ctx=200)
+    shapes = set()
+    for length in range(0, 199):
+        cache.length = length
+        shapes.add(tuple(cache.mask(1, "cpu").shape))
+    assert shapes == {(1, 64), (1, 128), (1, 192), (1, 200)}  # not 199 shapes, one per length
+    cache.length = 70
+    m = cache.mask(3, "cpu")  # 3 new tokens: each sees the 70 held and the new ones up to itself
+    assert m.shape == (3, 128) and m.sum(1).tolist() == [71, 72, 73]

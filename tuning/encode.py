@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from tokenizers import Tokenizer
 
-from model.gpt import bucket_length
+from model.config import bucket_length
 from pipeline.data.tasks import Example, TaskError
 from pipeline.data.text import normalize
 from pipeline.data.tokenizer import DELIMITER, EXTRACT, START, encode_texts

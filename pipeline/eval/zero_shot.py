@@ -179,7 +179,7 @@ class Scorer:
         real position)."""
         import torch
 
-        from model.gpt import bucket_length
+        from model.config import bucket_length
 
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         self.gpt.eval()
