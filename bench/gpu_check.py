@@ -376,6 +376,50 @@ def attention(device: torch.device, ckpt: Path, z: Sizes) -> None:
             f"a fused kernel where torch allows one ({', '.join(allowed) or 'none here'})",
             verdict,
         )
+    backend_times(device, GPTConfig.preset(z.table_preset), z)
+
+
+def backend_times(device: torch.device, cfg: GPTConfig, z: Sizes) -> None:
+    """Each SDPA backend this device has, timed on the two shapes that matter: a T = n_ctx
+    training step (forward and backward, causal, the paper's dropout) and a decode step (one
+    query against a cache span, a mask of the filled slots): the measurement a choice of backend
+    would rest on."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    F = torch.nn.functional
+    dt = amp_dtype(device, "auto")
+    B, H, T, hd = 8, cfg.n_head, cfg.n_ctx, cfg.n_embd // cfg.n_head
+    q, k, v = (torch.randn(B, H, T, hd, device=device, dtype=dt, requires_grad=True) for _ in range(3))
+    q1 = torch.randn(B, H, 1, hd, device=device, dtype=dt)
+    filled = torch.arange(T, device=device)[None, :] <= T // 2
+
+    def train():
+        F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=cfg.attn_pdrop).sum().backward()
+
+    def decode():
+        with torch.no_grad():
+            F.scaled_dot_product_attention(q1, k, v, attn_mask=filled)
+
+    for shape, fn in ((f"training step {B} x {T}, dropout {cfg.attn_pdrop}", train), ("decode step", decode)):
+        timings = []
+        for name, backend in (
+            ("flash", SDPBackend.FLASH_ATTENTION),
+            ("memory-efficient", SDPBackend.EFFICIENT_ATTENTION),
+            ("cuDNN", SDPBackend.CUDNN_ATTENTION),
+            ("math", SDPBackend.MATH),
+        ):
+            try:
+                with sdpa_kernel([backend]):
+                    fn()  # warm-up (and a cuDNN plan)
+                    sync(device)
+                    t0 = time.perf_counter()
+                    for _ in range(z.steps):
+                        fn()
+                    sync(device)
+                timings.append(f"{name} {(time.perf_counter() - t0) / z.steps * 1e3:.3f} ms")
+            except RuntimeError:
+                timings.append(f"{name} unavailable")
+        row("3 attention", f"SDPA backends, {cfg.n_head} heads, {shape}", "; ".join(timings))
 
 
 # 4. Fine-tuning -------------------------------------------------------------------------------
