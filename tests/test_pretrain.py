@@ -234,11 +234,22 @@ def test_interrupted_run_resumes_on_another_worker_count(reference, data, workdi
 def test_a_time_budget_sets_the_steps_once_and_a_resume_keeps_them(data, workdir):
     import shutil
 
-    budget = ("max_steps=0", "epochs=1000", "max_minutes=0.2", "checkpoint_every=20", "keep_checkpoints=3")
+    from pipeline.train.pretrain import recorded_run
+
+    # micro_batch auto on CPU workers: no GPU memory to size by, so the worker's share (8).
+    budget = (
+        "max_steps=0",
+        "epochs=1000",
+        "max_minutes=0.2",
+        "checkpoint_every=20",
+        "keep_checkpoints=3",
+        "micro_batch=auto",
+    )
     out = pretrain(data, config(*budget), workers=1, name="budget")
     total = out["metrics"]["step"]
     first = losses(out["run_id"])
     run = workdir / "runs" / "budget"
+    assert recorded_run(str(run))["pretrain"]["micro_batch"] == 8  # the number, not "auto"
     ckpts = sorted(run.glob("checkpoint_0*"))
     state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
     assert state["total_steps"] == total and state["budget_decided"] and 60 < total < 10_000
