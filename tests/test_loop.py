@@ -103,3 +103,45 @@ def test_checkpoints_come_by_time_too_and_resume_exactly(spec, tmp_path):
     steps_only = dataclasses.replace(spec, pretrain=dataclasses.replace(cfg, checkpoint_every_minutes=0.0))
     run(steps_only, LocalSession("cpu", run_dir=tmp_path / "steps"))
     assert [p.name for p in (tmp_path / "steps").glob("checkpoint_*")] == ["checkpoint_000000040"]
+
+
+def test_a_named_attention_backend_trains_or_is_refused_in_one_line(spec):
+    import dataclasses
+
+    from pipeline.train.loop import StopRun
+
+    def with_attention(name: str) -> LoopSpec:
+        return dataclasses.replace(spec, pretrain=dataclasses.replace(spec.pretrain, attention=name))
+
+    # The math kernel is torch's own composition: the same losses as auto's dispatch on a CPU.
+    assert run(with_attention("math"), LocalSession("cpu"), steps=3) == run(
+        spec, LocalSession("cpu"), steps=3
+    )
+    # A CPU has no flash kernel for training with dropout: one line before the first step.
+    with pytest.raises(StopRun, match="attention flash: this cpu has no such kernel .*use attention=auto"):
+        Pretraining(with_attention("flash"), LocalSession("cpu"))
+
+
+def test_the_ddp_path_on_one_rank_gives_the_plain_paths_losses(spec):
+    """DDP, with accumulation over two micro-batches, on a process group of one (gloo here; the
+    GPU check runs it on NCCL with the bf16 hook): the multi-GPU code path keeps the losses."""
+    import dataclasses
+    import socket
+
+    import torch.distributed as dist
+
+    accumulated = dataclasses.replace(spec, pretrain=dataclasses.replace(spec.pretrain, micro_batch=4))
+    plain = run(accumulated, LocalSession("cpu"), steps=4)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        loop = Logged(accumulated, LocalSession("cpu", ddp=True))
+        assert isinstance(loop.model, torch.nn.parallel.DistributedDataParallel) and loop.n_micro == 2
+        loop.kept = []
+        for _ in range(4):
+            loop.train_step()
+    finally:
+        dist.destroy_process_group()
+    assert loop.kept == plain

@@ -39,6 +39,11 @@ class PretrainConfig:
     seed: int = 0  # initial weights, block order, dropout
     dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU), bf16, fp32
     compile: bool | None = None  # torch.compile the model; None = on GPU only (+56% on an H200)
+    # torch.compile's mode (default, max-autotune, max-autotune-no-cudagraphs, reduce-overhead),
+    # and the SDPA backend training attends with (auto: torch's dispatch; flash, efficient,
+    # cudnn, math): both kept as settings so that bench/gpu_check.py's timings can choose them.
+    compile_mode: str = "default"
+    attention: str = "auto"
     grad_compression: str = "none"  # "bf16": DDP all-reduces gradients in bf16 (half the bytes)
     log_every: int = 10
     eval_every: int = 500  # steps between evaluations on the val split (also at the end); 0 = never
@@ -55,9 +60,14 @@ class PretrainConfig:
     )
 
 
+COMPILE_MODES = ("default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead")
+ATTENTION = ("auto", "flash", "efficient", "cudnn", "math")
+
 # Keys that change how a run is watched or kept, never its results: a run resumed with other
 # values of these is the same run.
 NOT_IN_IDENTITY = (
+    "compile_mode",  # how fast, not what: the same run up to float rounding
+    "attention",
     "log_every",
     "eval_every",
     "eval_blocks",
@@ -183,6 +193,10 @@ def check_config(cfg: PretrainConfig, workers: int) -> None:
         raise c(f"lr_scaling {cfg.lr_scaling!r}: expected sqrt or linear")
     if cfg.compile not in (None, True, False):
         raise c(f"compile {cfg.compile!r}: expected true, false or null (on GPU only)")
+    if cfg.compile_mode not in COMPILE_MODES:
+        raise c(f"compile_mode {cfg.compile_mode!r}: expected one of {', '.join(COMPILE_MODES)}")
+    if cfg.attention not in ATTENTION:
+        raise c(f"attention {cfg.attention!r}: expected one of {', '.join(ATTENTION)}")
     if cfg.grad_compression not in ("none", "bf16"):
         raise c(f"grad_compression {cfg.grad_compression!r}: expected none or bf16")
     if not 0 <= cfg.max_tokens <= MAX_TOKENS:

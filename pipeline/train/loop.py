@@ -26,12 +26,14 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from model import GPTConfig, build, make_optimizer, make_schedule
 from model.flops import datasheet_peak, device_ceiling
@@ -118,6 +120,23 @@ def _all_reduce(t: torch.Tensor, world_size: int) -> torch.Tensor:
     return t
 
 
+def attention_backend(name: str):
+    """The SDPA backend a setting names, for the forward (and so the backward) of L1; auto:
+    torch's own dispatch."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(
+        {
+            "flash": SDPBackend.FLASH_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION,
+            "cudnn": SDPBackend.CUDNN_ATTENTION,
+            "math": SDPBackend.MATH,
+        }[name]
+    )
+
+
 def say(line: str) -> None:
     # To the process's own stdout: Ray Train patches print() in its workers to go both there
     # and to a logger, which would show every line twice.
@@ -194,14 +213,36 @@ class Pretraining:
         # saves); the evaluation forward is the plain model: no backward to synchronise, no
         # recompilation for its batch shapes.
         compiled = cuda if cfg.compile is None else cfg.compile
-        self.train_forward = torch.compile(self.model) if compiled else self.model
+        mode = None if cfg.compile_mode == "default" else cfg.compile_mode
+        self.train_forward = torch.compile(self.model, mode=mode) if compiled else self.model
         self.eval_forward = self.gpt
         self.amp_dtype = amp_dtype(self.device, cfg.dtype)
+        if cfg.attention != "auto" and spec.model.arch == "transformer":
+            self.check_attention()
         # MFU is measured against this device's dense-matmul rate in the training dtype.
         self.ceiling = device_ceiling(self.device, self.amp_dtype)
         # and against the card's datasheet bf16 peak, as llm.c and nanoGPT report it (GPUs it knows).
         self.peak = datasheet_peak(torch.cuda.get_device_name(self.device)) if cuda else None
         self.flops_per_token = self.gpt.flops_per_token(self.gpt.config.n_ctx)
+
+    def check_attention(self) -> None:
+        """A backend named by the attention setting must have a kernel here for this model's
+        heads, dtype and dropout: one line now, not a crash at the first step."""
+        m = self.spec.model
+        q = torch.randn(1, m.n_head, 8, m.n_embd // m.n_head, device=self.device, dtype=self.amp_dtype)
+        q.requires_grad_(True)
+        try:
+            with attention_backend(self.cfg.attention), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's reasons come as warnings; the line says it
+                F.scaled_dot_product_attention(
+                    q, q, q, is_causal=True, dropout_p=m.attn_pdrop
+                ).sum().backward()
+        except RuntimeError:
+            raise StopRun(
+                f"attention {self.cfg.attention}: this {self.device.type} has no such kernel for "
+                f"{m.n_head} heads of {m.n_embd // m.n_head} in {self.amp_dtype} with dropout "
+                f"{m.attn_pdrop}; use attention=auto"
+            ) from None
 
     def set_schedule(self) -> None:
         # The lr is a pure function of (step, total): a resumed run picks the schedule up at its step.
@@ -242,7 +283,7 @@ class Pretraining:
         """L1 on blocks of n_ctx + 1 tokens: the first n_ctx predict the last n_ctx. The loss is
         taken inside the network's forward (chunked: no [B, T, vocab] logits), so that it runs in
         the compiled region with the rest."""
-        with autocast(self.device, self.cfg.dtype):
+        with autocast(self.device, self.cfg.dtype), attention_backend(self.cfg.attention):
             return forward(x[:, :-1], targets=x[:, 1:], reduction=reduction)
 
     def train_step(self) -> tuple[float, float, float]:
