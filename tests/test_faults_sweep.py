@@ -89,5 +89,13 @@ def test_a_killed_sweep_resumes_with_one_parent_and_no_trial_run_twice(task_chec
     trial_ids = [r.data.tags["trial_id"] for r in finished]
     assert len(trial_ids) == 4 == len(set(trial_ids)) and done_before <= set(trial_ids)
     assert children("KILLED")  # the trial the kill cut off, marked so and run again in a new run
-    # The one sweep's table names the four trials.
-    assert len(parents[0].data.tags["best_trial_run_id"]) > 0
+    # The one sweep's table names the four trials, each with its finished run, and the best
+    # trial's run is one of them.
+    import csv
+
+    table = client.download_artifacts(parents[0].info.run_id, "results.csv", str(tmp_path))
+    with open(table) as f:
+        listed = list(csv.DictReader(f))
+    assert sorted(r["trial"] for r in listed) == sorted(trial_ids)
+    assert {r["run_id"] for r in listed} == {r.info.run_id for r in finished}
+    assert parents[0].data.tags["best_trial_run_id"] in {r.info.run_id for r in finished}

@@ -130,17 +130,31 @@ def test_a_nan_metric_ranks_last_and_never_crashes(
     values, best_step, task_checkpoint, sst2, tmp_path, monkeypatch
 ):
     """A dev metric of NaN is a best only until a number comes; all NaN, the first evaluation's
-    model is kept; either way the best model is written."""
+    model is kept; either way the best model is the one written."""
+    import torch
+    from safetensors.torch import load_file
+
     import tuning.finetune as ft
 
-    it = iter(values)
-    # The dev evaluation's metric alone (the other sets scored at a best keep theirs).
-    monkeypatch.setattr(ft, "evaluate", lambda tm, encoded, batch_size=64: {"accuracy": next(it)})
+    it, heads = iter(values), []
+
+    def evaluate(tm, encoded, batch_size=64):
+        # The dev evaluation's metric alone (the other sets scored at a best keep theirs), and the
+        # head the model had when it was evaluated.
+        heads.append({k: v.detach().clone() for k, v in tm.model.head.state_dict().items()})
+        return {"accuracy": next(it)}
+
+    monkeypatch.setattr(ft, "evaluate", evaluate)
     cfg = FinetuneConfig(lr=2e-3, batch_size=32, max_steps=3, eval_every=1)
     best = finetune(get("sst-2"), sst2, task_checkpoint, cfg, out=tmp_path / "best")
-    assert best["step"] == best_step
-    assert best["accuracy"] == values[best_step - 1] or math.isnan(values[best_step - 1])
-    assert (tmp_path / "best" / "head.safetensors").exists()
+    assert best["step"] == best_step and len(heads) == 3
+    want = values[best_step - 1]
+    assert best["accuracy"] == want if not math.isnan(want) else math.isnan(best["accuracy"])
+    written = load_file(str(tmp_path / "best" / "head.safetensors"))
+    kept = heads[best_step - 1]
+    assert written.keys() and all(torch.equal(written[k], kept[k]) for k in written)
+    # and not any other evaluation's head: the steps moved it (lr 2e-3)
+    assert all(not torch.equal(written["linear.weight"], h["linear.weight"]) for h in heads if h is not kept)
 
 
 def test_n_transfer_keeps_exactly_the_first_k_blocks(task_checkpoint, sst2):
@@ -203,12 +217,28 @@ def test_the_tables_other_columns_are_scored_at_the_best_evaluation(task_checkpo
     write_race(tmp_path / "race", 2)
     seen = []
     cfg = FinetuneConfig(lr=1e-3, batch_size=4, max_steps=4, eval_every=2)
-    best = finetune(get("race"), tmp_path / "race", task_checkpoint, cfg, report=lambda m, s: seen.append(m))
+    best = finetune(
+        get("race"),
+        tmp_path / "race",
+        task_checkpoint,
+        cfg,
+        report=lambda m, s: seen.append(m),
+        out=tmp_path / "out",
+    )
     for name, n_middle, n_high in (("", 6, 8), ("test_", 6, 8)):
         whole = best["accuracy"] if not name else best["test_accuracy"]
         mixed = (n_middle * best[f"{name}middle_accuracy"] + n_high * best[f"{name}high_accuracy"]) / 14
         assert whole == pytest.approx(mixed), name
-    assert 0 <= best["train_accuracy"] <= 1  # a sample of train, for Figure 2 (left)
+    # A sample of train, for Figure 2 (left), scored with the model the run keeps: the saved
+    # model's accuracy on those same examples.
+    import numpy as np
+
+    from tuning.finetune import TRAIN_SAMPLE, evaluate, load_splits, load_task_model
+
+    kept_model = load_task_model(tmp_path / "out", "cpu")
+    train = kept_model.encoder.encode(load_splits(get("race"), tmp_path / "race")["train"])
+    pick = np.random.default_rng(0).permutation(len(train))[:TRAIN_SAMPLE]
+    assert best["train_accuracy"] == pytest.approx(evaluate(kept_model, [train[i] for i in pick])["accuracy"])
     # Only the evaluations that became the best were scored on the other sets.
     kept = [m for m in seen if "test_accuracy" in m]
     assert kept and kept[-1]["test_accuracy"] == best["test_accuracy"]

@@ -155,3 +155,14 @@ def test_only_the_storage_module_tells_local_paths_from_uris():
         if re.search(r"""["']://["']\s+(not\s+)?in\b""", line)
     ]
     assert not forked, forked
+
+
+def test_every_module_is_named_in_architecture_md():
+    """A new module gets its line in ARCHITECTURE.md: a reader looks there first."""
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    missing = [
+        str(path.relative_to(ROOT))
+        for path in modules().values()
+        if path.stem != "__init__" and f"`{path.stem}`" not in text and f"{path.stem}.py" not in text
+    ]
+    assert not missing, "modules ARCHITECTURE.md does not name: " + ", ".join(missing)
