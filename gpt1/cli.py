@@ -147,8 +147,9 @@ def _main(argv: list[str] | None) -> int:
     words = sys.argv[1:] if argv is None else argv
     args = build_parser({verb_of(words)}).parse_args(argv)
     prog = f"gpt1 {args.command}"
-    # A plan starts no Ray: its output is the plan alone (--plan=json is one JSON object).
-    if argv is not None or args.command not in ON_RAY or console.supervised() or getattr(args, "plan", None):
+    # A plan or a printed config starts no Ray: its output is the plan or the YAML alone.
+    quick = getattr(args, "plan", None) or getattr(args, "print_config", False)
+    if argv is not None or args.command not in ON_RAY or console.supervised() or quick:
         return run_reporting(prog, args.func, args)
     where = Path(args.workdir) if args.command == "demo" else Path.cwd()
     return console.supervise(

@@ -116,6 +116,50 @@ def apply(cfg: C, values: dict[str, Any], where: str) -> C:
     return dataclasses.replace(cfg, **{k: _coerce(type(cfg), k, v, where) for k, v in values.items()})
 
 
+def field_comments(cls) -> dict[str, str]:
+    """Each field's meaning as its dataclass's source writes it: the comment on the field's line,
+    else the comment lines right above it. The comments are the one place a setting is explained;
+    --help reads them from there."""
+    import ast
+    import inspect
+    import io
+    import tokenize
+
+    source = inspect.getsource(cls)
+    comments: dict[int, str] = {}  # line -> its comment's text
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    lines = source.splitlines()
+    out = {}
+    for node in ast.parse(source).body[0].body:
+        if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
+            continue
+        # A trailing comment anywhere in the field's lines (a default may span several).
+        text = " ".join(comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments)
+        above, n = [], node.lineno - 1
+        while n in comments and lines[n - 1].strip().startswith("#"):
+            above.insert(0, comments[n])
+            n -= 1
+        out[node.target.id] = text or " ".join(above)
+    return out
+
+
+def describe(cls) -> str:
+    """The --set keys of cls, one a line: name, type, default and meaning."""
+    meaning = field_comments(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        rows.append(f"  {f.name} ({f.type}, default {default!r}): {meaning.get(f.name) or '-'}")
+    return "\n".join(rows)
+
+
+def dump(cfg) -> str:
+    """cfg fully resolved, as the YAML a --config file would hold."""
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+
+
 def add_set_option(p, cls, what: str = "override a key", seed: str | None = None) -> None:
     """The --set KEY=VALUE option of a command whose settings are the dataclass cls, and, where
     seed says what the seed decides, --seed N: a spelling of --set seed=N, so that --seed means
@@ -125,8 +169,15 @@ def add_set_option(p, cls, what: str = "override a key", seed: str | None = None
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"{what}; keys: {', '.join(f.name for f in dataclasses.fields(cls))}",
+        help=f"{what}; the keys are listed below",
     )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the settings as resolved (defaults, then --config, then --set) as YAML, and stop",
+    )
+    keys = f"--set keys (KEY=VALUE; a --config YAML file takes the same keys):\n{describe(cls)}"
+    p.epilog = f"{p.epilog}\n\n{keys}" if p.epilog else keys
     if seed:
         default = next(f.default for f in dataclasses.fields(cls) if f.name == "seed")
         p.add_argument(

@@ -254,7 +254,10 @@ def _relay(pipe, fd: int, out, lock: threading.Lock, verbose: bool, lost: list[s
     def emit(text: bytes) -> None:
         view = memoryview(text + b"\n")
         while view:
-            view = view[os.write(fd, view) :]
+            try:
+                view = view[os.write(fd, view) :]
+            except BrokenPipeError:  # the console's reader has gone (`| head`): the log file keeps it all
+                return
 
     for line in iter(pipe.readline, b""):
         line = line.rstrip(b"\n")

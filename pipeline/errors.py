@@ -195,6 +195,11 @@ def run_reporting(prog: str, func, args) -> int:
     _stopped_by.clear()
     try:
         func(args)
+    except BrokenPipeError:
+        # The reader of our output has gone (`| head`): stop as a pipe's writer does, quietly, and
+        # keep the interpreter's own flush at exit from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (Interrupted, KeyboardInterrupt) as err:
         print(f"{prog}: {str(err) or 'interrupted'}", file=sys.stderr)
         return interrupt_status()

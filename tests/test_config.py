@@ -188,3 +188,38 @@ def test_seed_means_the_runs_seed_on_every_verb_that_draws():
     sweep = ["sweep", "--task", "sst-2", "--data", "d", "--checkpoint", "c"]
     assert parser.parse_args([*sweep, "--seed", "7"]).seed == 7
     assert parser.parse_args(["generate", "--checkpoint", "c", "--prompt", "p", "--seed", "7"]).seed == 7
+
+
+def test_help_lists_every_set_key_with_its_type_default_and_meaning():
+    import dataclasses
+
+    from gpt1.cli import build_parser
+    from pipeline.data.prepare import PrepareConfig
+    from pipeline.train.config import PretrainConfig
+    from tuning.finetune_config import FinetuneConfig
+
+    verbs = next(a for a in build_parser()._actions if a.choices and "pretrain" in a.choices).choices
+    for verb, cls in (("prepare", PrepareConfig), ("pretrain", PretrainConfig), ("finetune", FinetuneConfig)):
+        text = verbs[verb].format_help()
+        for f in dataclasses.fields(cls):
+            line = next((ln for ln in text.splitlines() if ln.startswith(f"  {f.name} (")), None)
+            assert line, f"gpt1 {verb} --help: no line for --set {f.name}"
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            # its type, its default, and a meaning (read from the dataclass's own comment)
+            assert f"({f.type}, default {default!r}): " in line and not line.endswith(": -"), line
+
+
+def test_print_config_shows_the_settings_resolved_and_loads_back(tmp_path, capsys):
+    from gpt1.cli import main
+    from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig
+
+    sets = ["--set", "micro_batch=auto", "--set", "lr=1e-4"]
+    assert main(["pretrain", "--config", "gpt1", *sets, "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "micro_batch: auto\n" in printed and "lr: 0.0001\n" in printed and "warmup_steps: 2000\n" in printed
+    )
+    (tmp_path / "resolved.yaml").write_text(printed)
+    # Every key is there: loaded as a --config, it is the same settings.
+    want = load(PretrainConfig(), "gpt1", PRESETS_DIR, ["micro_batch=auto", "lr=1e-4"])
+    assert load(PretrainConfig(), str(tmp_path / "resolved.yaml")) == want

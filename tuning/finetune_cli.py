@@ -51,6 +51,9 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.model_source import local_model
 
     cfg = configio.load(FinetuneConfig(), args.config, sets=args.set)
+    if args.print_config:
+        print(configio.dump(cfg), end="")
+        return
     task = from_directory(args.task, args.data)
     out = Path(args.out or f"finetuned-{task.name}")
     check_config(cfg)

@@ -17,20 +17,20 @@ from pipeline import configio, errors
 
 @dataclass
 class FinetuneConfig:
-    lr: float = 6.25e-5
-    batch_size: int = 32
-    epochs: int = 3
+    lr: float = 6.25e-5  # the paper's fine-tuning learning rate
+    batch_size: int = 32  # examples an update (the paper's 32)
+    epochs: int = 3  # passes over the training split (the paper's 3)
     max_steps: int = 0  # 0 = epochs over the training split
     warmup: float = 0.002  # fraction of the updates, linear warm-up then linear decay
     lm_coef: float = 0.5  # λ; 0 is the paper's "no auxiliary LM" ablation
-    clf_dropout: float = 0.1
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
+    clf_dropout: float = 0.1  # dropout on the extract token's state, before the task head
+    weight_decay: float = 0.01  # decoupled, on all weights but biases and gains
+    grad_clip: float = 1.0  # max global gradient norm; 0 = none
     eval_every: int = 0  # steps between dev evaluations; 0 = once per epoch
-    eval_batch: int = 64
+    eval_batch: int = 64  # examples a forward pass when evaluating
     max_train: int = 0  # use the first N training examples; 0 = all
     n_ctx: int = 0  # 0 = the model's
-    seed: int = 0
+    seed: int = 0  # the head's init, the special rows, dropout and the example order
     # Draw the start, delimiter and extract tokens' embedding rows afresh from N(0, 0.02), as the
     # released code does: pretraining never trained them. A checkpoint without those rows (the
     # released model, in any layout) always gets them drawn.

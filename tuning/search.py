@@ -520,6 +520,9 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.tracking import TRAINING_VIEW, tracking_uri
     from tuning.tracking import PARALLEL
 
+    if args.print_config:  # the fixed keys every trial starts from; the space draws the rest
+        print(configio.dump(configio.load(FinetuneConfig(), sets=args.set)), end="")
+        return
     opts = SweepOptions(
         samples=args.samples,
         space=args.space,

@@ -80,9 +80,9 @@ class PrepareConfig:
     lowercase: bool = False  # GPT-1's own vocabulary lower-cases in its normaliser anyway
     tokenizer: str = "train"  # "train", or a tokenizer.json / released-vocabulary directory
     n_merges: int = 40000  # BPE merges when training, as in the paper
-    n_ctx: int = 512
+    n_ctx: int = 512  # tokens a training block predicts: the model's context
     val_fraction: float = 0.01  # of documents, chosen by a hash of (seed, the document's text)
-    seed: int = 0
+    seed: int = 0  # which documents are held out as val
     shard_mb: int = 64  # token shard size
     chunk_mb: int = 4  # byte range of a file that one task reads: small enough to balance the workers
     parallelism: int = 0  # tokenizing workers; 0 = one per CPU, or as many as an autoscaling cluster adds
@@ -554,6 +554,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     cfg = configio.load(PrepareConfig(), args.config, sets=args.set)
+    if args.print_config:
+        print(configio.dump(cfg), end="")
+        return
     prepare(
         args.corpus,
         args.out,

@@ -27,30 +27,32 @@ class PretrainConfig:
     # batch (scale_batch): a run on 64 GPUs is not forced to one sequence a GPU.
     batch_tokens: int | str | None = None
     lr_scaling: str = "sqrt"  # how lr follows a resized batch: sqrt (Adam's rule) or linear
-    lr: float = 2.5e-4
+    lr: float = 2.5e-4  # Adam's peak learning rate (the paper's 2.5e-4)
     schedule: str = "warmup_cosine"  # warmup_cosine, warmup_linear, warmup_constant (opt.py's)
     warmup_steps: int = 2000  # at batch_size; a resized batch keeps the warm-up's tokens
-    epochs: int = 100
+    epochs: int = 100  # passes over the train split, where neither max_steps nor max_tokens is set
     max_steps: int = 0  # 0 = epochs x steps per epoch; the schedule spans max_steps
     max_tokens: int = 0  # a token budget: the steps from the batch's tokens (0 = none; max_steps wins)
     max_minutes: float = 0.0  # a time budget: total steps set from the step rate measured early on (0 = none)
-    weight_decay: float = 0.01
+    weight_decay: float = 0.01  # the paper's modified L2 (decoupled), on all weights but biases and gains
     grad_clip: float = 1.0  # max global grad norm; 0 = none
     seed: int = 0  # initial weights, block order, dropout
     dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU), bf16, fp32
     compile: bool | None = None  # torch.compile the model; None = on GPU only (+56% on an H200)
-    # torch.compile's mode (default, max-autotune, max-autotune-no-cudagraphs, reduce-overhead),
-    # and the SDPA backend training attends with (auto: torch's dispatch; flash, efficient,
-    # cudnn, math): both kept as settings so that bench/gpu_check.py's timings can choose them.
-    compile_mode: str = "default"
-    attention: str = "auto"
+    # Both below are settings so that bench/gpu_check.py's timings can choose them.
+    compile_mode: str = (
+        "default"  # torch.compile's mode: default, max-autotune(-no-cudagraphs), reduce-overhead
+    )
+    attention: str = (
+        "auto"  # the SDPA kernel of training: auto (torch's choice), flash, efficient, cudnn, math
+    )
     grad_compression: str = "none"  # "bf16": DDP all-reduces gradients in bf16 (half the bytes)
-    log_every: int = 10
+    log_every: int = 10  # steps between the console's and MLflow's training metrics
     eval_every: int = 500  # steps between evaluations on the val split (also at the end); 0 = never
     eval_blocks: int = 0  # val blocks per evaluation; 0 = all
     checkpoint_every: int = 1000  # steps between checkpoints (also at the end)
     checkpoint_every_minutes: float = 30.0  # also one this long after the last (0 = steps only)
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = 3  # the newest checkpoints kept; older ones are deleted
     max_failures: int = 3  # worker failures to recover from before the run fails
     zero_shot: list = field(
         default_factory=list

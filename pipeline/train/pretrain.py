@@ -762,6 +762,9 @@ def plans_gpus(args: argparse.Namespace) -> bool:
 
 def run(args: argparse.Namespace) -> None:
     cfg = configio.load(PretrainConfig(), args.config, PRESETS_DIR, args.set)
+    if args.print_config:
+        print(configio.dump(cfg), end="")
+        return
     low, high = parse_workers(args.workers) if args.workers else (None, None)
     if args.plan:
         show_plan(args, cfg, low, high)
