@@ -97,7 +97,8 @@ def main() -> None:
     from pipeline.data.dataset import open_dataset
     from pipeline.data.prepare import PrepareConfig, prepare
     from pipeline.data.tasks import get
-    from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, model_config
+    from pipeline.train.plan import model_config
+    from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig
     from tuning.search import SweepOptions, sweep_task
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="sst2-"))

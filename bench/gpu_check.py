@@ -208,7 +208,7 @@ def real_loop(device: torch.device, work: Path, z: Sizes) -> Path:
     from pipeline.data.dataset import open_dataset
     from pipeline.train.config import PretrainConfig
     from pipeline.train.loop import LocalSession, LoopSpec, Pretraining
-    from pipeline.train.pretrain import model_config
+    from pipeline.train.plan import model_config
 
     class Recorded(Pretraining):
         """The loop as it is, with each step's loss kept (on the device: no extra sync)."""
@@ -590,7 +590,7 @@ def gpt1_loop(device: torch.device, work: Path, z: Sizes) -> None:
     from pipeline.train import memory
     from pipeline.train.config import PretrainConfig
     from pipeline.train.loop import LocalSession, LoopSpec, Pretraining
-    from pipeline.train.pretrain import model_config
+    from pipeline.train.plan import model_config
 
     cuda = device.type == "cuda"
     n_ctx = GPTConfig.preset(z.table_preset).n_ctx
@@ -684,7 +684,7 @@ def ddp_path(device: torch.device, work: Path, z: Sizes) -> None:
     from pipeline.data.dataset import open_dataset
     from pipeline.train.config import PretrainConfig
     from pipeline.train.loop import LocalSession, LoopSpec, Pretraining
-    from pipeline.train.pretrain import model_config
+    from pipeline.train.plan import model_config
 
     cuda = device.type == "cuda"
     data = work / "data"  # section 2's dataset, made again if section 2 did not run

@@ -21,7 +21,8 @@ def main() -> None:
     from pipeline.configio import load
     from pipeline.train.config import PretrainConfig
     from pipeline.train.estimate import NODE_TYPES
-    from pipeline.train.pretrain import PRESETS_DIR, model_config, run_plan
+    from pipeline.train.plan import model_config, run_plan
+    from pipeline.train.pretrain import PRESETS_DIR
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, default=10_000_000_000)

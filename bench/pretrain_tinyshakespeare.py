@@ -35,7 +35,8 @@ import torch  # noqa: E402
 from pipeline.configio import load  # noqa: E402
 from pipeline.data.dataset import open_dataset  # noqa: E402
 from pipeline.data.prepare import PrepareConfig, prepare  # noqa: E402
-from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, model_config, pretrain  # noqa: E402
+from pipeline.train.plan import model_config  # noqa: E402
+from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, pretrain  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "corpus" / "tinyshakespeare.txt"
 

@@ -33,7 +33,8 @@ from pipeline.data.dataset import open_dataset  # noqa: E402
 from pipeline.data.prepare import PrepareConfig, prepare  # noqa: E402
 from pipeline.tracking import RunLogger  # noqa: E402
 from pipeline.train.loop import LocalSession, LoopSpec, train_loop  # noqa: E402
-from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, model_config, pretrain  # noqa: E402
+from pipeline.train.plan import model_config  # noqa: E402
+from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, pretrain  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "corpus" / "tinyshakespeare.txt"
 

@@ -1,4 +1,4 @@
-"""`python pipeline/pretrain.py` runs stage 2, pretrain (its code: pipeline/train/pretrain.py).
+"""`python pipeline/pretrain.py` runs stage 2, pretrain (its code: pipeline/train/pretrain_cli.py).
 
 `ray job submit ... -- python pipeline/pretrain.py` runs this file.
 No module imports this file; it only runs the stage.
@@ -11,6 +11,6 @@ if __name__ == "__main__":
     # The repository, not this file's folder, goes first on the path: `pipeline.*` and `model.*`
     # import from there, and nothing in this folder shadows a top-level module.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
-    from pipeline.train.pretrain import main
+    from pipeline.train.pretrain_cli import main
 
     sys.exit(main())

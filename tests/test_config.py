@@ -49,7 +49,7 @@ def test_whole_numbers_are_read_as_users_write_them(written):
 
 def test_pretrain_settings_beyond_the_physical_world_or_the_network_are_refused():
     from pipeline.train.config import PretrainConfig, check_config
-    from pipeline.train.pretrain import model_config
+    from pipeline.train.plan import model_config
 
     check_config(load(PretrainConfig(), sets=["max_tokens=1e15"]), 1)  # 10^15: the largest taken
     with pytest.raises(ConfigError, match=r"max_tokens 10,000,000,000,000,000,000,000,000: expected 0"):

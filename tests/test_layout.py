@@ -12,7 +12,7 @@ ROOMS = ["model", "pipeline", "tuning", "gpt1"]  # from the bottom floor up
 # their stage's main, whose code lives in a module that anything may import.
 ENTRY_FILES = {
     "pipeline.prepare": "pipeline.data.prepare",
-    "pipeline.pretrain": "pipeline.train.pretrain",
+    "pipeline.pretrain": "pipeline.train.pretrain_cli",
     "tuning.sweep": "tuning.search",
 }
 
@@ -106,7 +106,7 @@ def test_the_layout_reader_sees_real_imports():
     assert "pipeline.train.config" in g["pipeline.train.loop"]
     assert "tuning.finetune_cli" in g["gpt1.cli"] and "pipeline.data.prepare" in g["gpt1.cli"]
     assert imports_of("pipeline.pretrain", modules()["pipeline.pretrain"], set(g)) == {
-        "pipeline.train.pretrain"
+        "pipeline.train.pretrain_cli"
     }
 
 

@@ -14,7 +14,7 @@ from pipeline.data.prepare import PrepareConfig, prepare
 from pipeline.train.checkpoint import OPTIMIZER_FILE
 from pipeline.train.config import PretrainConfig
 from pipeline.train.loop import LocalSession, LoopSpec, Pretraining
-from pipeline.train.pretrain import model_config
+from pipeline.train.plan import model_config
 
 STEPS, WARMUP, PEAK = 40, 8, 1e-3
 

@@ -20,7 +20,8 @@ from pipeline.data.prepare import PrepareConfig, prepare
 from pipeline.data.tokenizer import load_tokenizer
 from pipeline.errors import ConfigError
 from pipeline.train.config import check_config, micro_batch
-from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, main, pretrain
+from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, pretrain
+from pipeline.train.pretrain_cli import main
 
 STEPS = 90
 # 2 x 32, n_ctx 64; micro-batches of 2 so that 1 and 2 workers run the same micro-batches.
@@ -234,7 +235,7 @@ def test_interrupted_run_resumes_on_another_worker_count(reference, data, workdi
 def test_a_time_budget_sets_the_steps_once_and_a_resume_keeps_them(data, workdir):
     import shutil
 
-    from pipeline.train.pretrain import recorded_run
+    from pipeline.train.record import recorded_run
 
     # micro_batch auto on CPU workers: no GPU memory to size by, so the worker's share (8).
     budget = (
@@ -276,7 +277,7 @@ def test_a_finished_run_run_again_says_so_before_ray_starts(reference, data):
     args += ["--storage", str(reference["dir"] / "runs"), *sum((["--set", s] for s in SETS), [])]
     args += ["--set", f"zero_shot=[sst-2={reference['sst2']}]", "--set", "zero_shot_examples=40"]
     code = (
-        "import sys; from pipeline.train.pretrain import main; code = main(sys.argv[1:]); "
+        "import sys; from pipeline.train.pretrain_cli import main; code = main(sys.argv[1:]); "
         "print('ray imported' if 'ray' in sys.modules else 'no ray'); sys.exit(code)"
     )
     env = {**os.environ, "MLFLOW_TRACKING_URI": reference["uri"]}
@@ -420,7 +421,7 @@ def test_wide_runs_take_smaller_micro_batches_and_a_run_keeps_its_own():
 
 def test_a_run_is_planned_from_the_clusters_resources_without_ray(tmp_path):
     from model import GPTConfig
-    from pipeline.train.pretrain import plan_run
+    from pipeline.train.plan import plan_run
 
     cfg = load(PretrainConfig(), "gpt1", PRESETS_DIR)
     gcfg = GPTConfig()
@@ -454,7 +455,7 @@ def test_an_auto_batch_grows_with_the_workers_and_keeps_warm_up_tokens(tmp_path)
 
     from model import GPTConfig
     from pipeline.train.config import scale_batch
-    from pipeline.train.pretrain import plan_run
+    from pipeline.train.plan import plan_run
 
     gpt1 = load(PretrainConfig(), "gpt1", PRESETS_DIR)
     auto = dataclasses.replace(gpt1, batch_tokens="auto")
@@ -477,7 +478,8 @@ def test_an_auto_batch_grows_with_the_workers_and_keeps_warm_up_tokens(tmp_path)
     # The same settings name the same run on 8 workers (a resume there keeps the 512).
     assert plan_run(auto, GPTConfig(), manifest, "ds", {"GPU": 8}, 8, use_gpu=True).name == plan.name
     # Resumed on 8 workers, the run keeps its 512 sequences and micro-batches of 8 (accumulating 8).
-    from pipeline.train.pretrain import identity, settle
+    from pipeline.train.plan import settle
+    from pipeline.train.record import identity
 
     started = settle(plan, manifest, None)
     old = {"pretrain": identity(started.cfg, GPTConfig(), manifest)["pretrain"]}
@@ -539,7 +541,8 @@ def test_an_auto_micro_batch_is_the_largest_that_fits_and_a_resume_keeps_it(tmp_
 
     from model import GPTConfig
     from pipeline.train import memory
-    from pipeline.train.pretrain import identity, plan_run, settle
+    from pipeline.train.plan import plan_run, settle
+    from pipeline.train.record import identity
 
     # What is tried: the divisors of each worker's share of a fixed batch, or powers of two
     # where batch_tokens sizes the batch from the micro-batch; the largest before the first

@@ -35,7 +35,7 @@ def largest_fitting(candidates: list[int], fits) -> int | None:
 
 def fit_micro_batch(model_config, pretrain_config, candidates: list[int]) -> dict:
     """On this process's GPU: {"micro_batch": the largest fitting size, "peak_gib": {size: peak
-    memory}, "total_gib": the card's}. Runs as a Ray task on a GPU node (pretrain.py) and in
+    memory}, "total_gib": the card's}. Runs as a Ray task on a GPU node (plan.py) and in
     bench/gpu_check.py."""
     import torch
 
