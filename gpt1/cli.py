@@ -56,7 +56,7 @@ FINETUNED_FILES = ("head.safetensors", "task.json", "README.md")  # tuning/finet
 # text, and its one line in `gpt1 --help`. A module is imported only for the verb being run (or
 # asked about): `gpt1 --help` and a verb's --help import neither torch nor Ray for the others.
 VERBS = {
-    "prepare": ("pipeline.data.prepare", "corpus -> tokenizer and packed token shards (Ray Data)"),
+    "prepare": ("pipeline.data.prepare_cli", "corpus -> tokenizer and packed token shards (Ray Data)"),
     "pretrain": ("pipeline.train.pretrain_cli", "prepared dataset -> pretrained GPT (Ray Train)"),
     "finetune": ("tuning.finetune_cli", "pretrained checkpoint + task -> fine-tuned model (L3 = L2 + λ·L1)"),
     "sweep": ("tuning.search", "Ray Tune sweep of the fine-tuning settings and λ, per task"),

@@ -235,7 +235,10 @@ def test_the_tables_other_columns_are_scored_at_the_best_evaluation(task_checkpo
 
     from tuning.finetune import TRAIN_SAMPLE, evaluate, load_splits, load_task_model
 
-    kept_model = load_task_model(tmp_path / "out", "cpu")
+    import dataclasses
+
+    # The saved model, with the task's metrics (task.json names the task, not its metrics).
+    kept_model = dataclasses.replace(load_task_model(tmp_path / "out", "cpu"), task=get("race"))
     train = kept_model.encoder.encode(load_splits(get("race"), tmp_path / "race")["train"])
     pick = np.random.default_rng(0).permutation(len(train))[:TRAIN_SAMPLE]
     assert best["train_accuracy"] == pytest.approx(evaluate(kept_model, [train[i] for i in pick])["accuracy"])

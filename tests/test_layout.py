@@ -11,7 +11,7 @@ ROOMS = ["model", "pipeline", "tuning", "gpt1"]  # from the bottom floor up
 # The stages' scripts (`python pipeline/pretrain.py`, what `ray job submit` runs): they only run
 # their stage's main, whose code lives in a module that anything may import.
 ENTRY_FILES = {
-    "pipeline.prepare": "pipeline.data.prepare",
+    "pipeline.prepare": "pipeline.data.prepare_cli",
     "pipeline.pretrain": "pipeline.train.pretrain_cli",
     "tuning.sweep": "tuning.search",
 }
@@ -104,7 +104,7 @@ def test_the_layout_reader_sees_real_imports():
     g = graph()
     assert "model.gpt" in g["model.weights"] or "model.config" in g["model.weights"]
     assert "pipeline.train.config" in g["pipeline.train.loop"]
-    assert "tuning.finetune_cli" in g["gpt1.cli"] and "pipeline.data.prepare" in g["gpt1.cli"]
+    assert "tuning.finetune_cli" in g["gpt1.cli"] and "pipeline.data.prepare_cli" in g["gpt1.cli"]
     assert imports_of("pipeline.pretrain", modules()["pipeline.pretrain"], set(g)) == {
         "pipeline.train.pretrain_cli"
     }

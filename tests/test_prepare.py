@@ -15,7 +15,8 @@ import pytest
 from corpus_gen import documents
 
 from pipeline.data.dataset import load_split
-from pipeline.data.prepare import PrepareConfig, main, prepare
+from pipeline.data.prepare import PrepareConfig, prepare
+from pipeline.data.prepare_cli import main
 from pipeline.data.tokenizer import END_OF_DOCUMENT, load_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent

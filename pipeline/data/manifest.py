@@ -13,13 +13,19 @@ tokens_not_in_a_block, empty_documents); replaced_bytes (bytes that were not UTF
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import TypedDict
 
 import numpy as np
+import pyarrow.fs as pafs
 
-from pipeline.data.corpus import CorpusError
+from pipeline import remote
+from pipeline.data.corpus import CorpusError, input_digest
+from pipeline.data.packing import SPLITS, n_blocks
+from pipeline.data.tokenizer import END_OF_DOCUMENT, n_merges
 from pipeline.errors import UserError
 
 # 2: the reserved tokens are in the tokenizer's vocabulary (text that holds them is ordinary text),
@@ -201,3 +207,123 @@ def check_shards(fs, base: str, label: str, manifest: dict) -> None:
                 f"{label}/manifest.json: splits.{split}.tokens is {manifest['splits'][split]['tokens']:,} "
                 f"but its shards hold {tokens:,} tokens{_DAMAGED}"
             )
+
+
+# Options that change how the work is spread, never the output: left out of the fingerprint.
+NOT_IN_FINGERPRINT = ("parallelism", "chunk_mb", "batch_docs", "max_replaced_fraction")
+
+
+def options_of(cfg) -> dict:
+    """prepare's options that change the output (a PrepareConfig's, less NOT_IN_FINGERPRINT)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_FINGERPRINT}
+
+
+def fingerprint(inputs: list, cfg, tokenizer_source: str, n_val_files: int) -> str:
+    """The sha256 that names a dataset: of the inputs (their digests; for the source key, their
+    names, sizes and times), the options that change the output, and the tokenizer's source."""
+    blob = json.dumps(
+        {
+            "format_version": FORMAT_VERSION,
+            "inputs": inputs,
+            "val_inputs": n_val_files,
+            "options": options_of(cfg),
+            "tokenizer": tokenizer_source,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def build_manifest(
+    cfg,
+    files,
+    val_files,
+    rows: list[dict],
+    tok,
+    source: str,
+    source_key: str,
+    dtype,
+    shard_tokens: int,
+    shards,
+) -> Manifest:
+    """The manifest of a dataset prepare has written: from the options (cfg), the input files
+    (the val split's indices in val_files), the work items' summaries (rows), the tokenizer and
+    its source, and each shard's (tokens, sha256) by name."""
+    digests: dict[int, list[bytes]] = {}
+    for r in rows:
+        digests.setdefault(r["file"], []).append(r["pieces"])
+    inputs = [
+        {
+            "uri": f.uri,
+            "sha256_pieces": input_digest(digests.get(i, [])),
+            "bytes": f.size,
+            "mtime_ns": f.mtime_ns,
+            "format": f.format,
+            "gzip": f.gz,
+            **({"split": "val" if i in val_files else "train"} if val_files else {}),
+        }
+        for i, f in enumerate(files)
+    ]
+    splits = {}
+    for split in SPLITS:
+        tokens = sum(r[f"tokens_{split}"] for r in rows)
+        blocks = n_blocks(tokens, cfg.n_ctx)
+        splits[split] = {
+            "documents": sum(r[f"documents_{split}"] for r in rows),
+            "tokens": tokens,
+            "bytes": sum(r[f"bytes_{split}"] for r in rows),
+            "blocks": blocks,
+            "tokens_not_in_a_block": max(tokens - 1 - blocks * cfg.n_ctx, 0),
+            "empty_documents": sum(r[f"empty_{split}"] for r in rows),
+        }
+    tok_text = tok.to_str()
+    return {
+        "format_version": FORMAT_VERSION,
+        "fingerprint": fingerprint([i["sha256_pieces"] for i in inputs], cfg, source, len(val_files)),
+        "source_key": source_key,
+        "inputs": inputs,
+        "options": options_of(cfg),
+        "tokenizer": {
+            "sha256": hashlib.sha256(tok_text.encode("utf-8")).hexdigest(),
+            "vocab_size": tok.get_vocab_size(with_added_tokens=True),
+            "n_merges": n_merges(tok),
+            "end_of_document": tok.token_to_id(END_OF_DOCUMENT),
+            "source": cfg.tokenizer,
+        },
+        "n_ctx": cfg.n_ctx,
+        "seed": cfg.seed,
+        "dtype": str(dtype),
+        "shard_tokens": shard_tokens,
+        "splits": splits,
+        "replaced_bytes": sum(r["n_replaced"] for r in rows),  # bytes that were not UTF-8, each now U+FFFD
+        "shards": {name: {"tokens": n, "sha256": sha} for name, (n, sha) in shards.items()},
+    }
+
+
+def existing_manifest(fs, base: str, out, overwrite: bool) -> dict | None:
+    """The manifest of the dataset already at out (a local directory where fs is None, else
+    base on fs), None where there is none. A damaged one is an error, unless --overwrite is to
+    replace it anyway (then {})."""
+    if fs is None:
+        if not (Path(out) / "manifest.json").exists():
+            return None
+        try:
+            return read_manifest(Path(out))
+        except CorpusError:
+            if not overwrite:
+                raise
+            return {}
+    if fs.get_file_info(f"{base}/manifest.json").type != pafs.FileType.File:
+        return None
+    try:
+        manifest = remote.read_json(fs, f"{base}/manifest.json")
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+        return manifest
+    except (ValueError, UnicodeDecodeError) as err:
+        if not overwrite:
+            raise CorpusError(
+                f"{out}/manifest.json: not a readable manifest ({err}); the dataset is damaged: "
+                "prepare it again with --overwrite"
+            ) from None
+        return {}

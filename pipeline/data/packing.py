@@ -42,6 +42,9 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+SPLITS = ("train", "val")  # a dataset's two token streams, each under its own directory
+
+
 def shard_name(split: str, k: int) -> str:
     return f"{split}/shard-{k:05d}.bin"
 

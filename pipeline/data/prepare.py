@@ -1,36 +1,20 @@
-"""Stage 1, prepare: an unlabeled corpus -> a tokenizer and token shards read by offset.
+"""Stage 1's driver: an unlabeled corpus -> a tokenizer and token shards read by offset (the command
+is prepare_cli.py, which says what the stage guarantees).
 
-    gpt1 prepare --corpus PATH_OR_URI... --out DIR_OR_URI [--config YAML] [--set key=value ...]
-    python pipeline/prepare.py ...     the same options, as a `ray job submit` entrypoint
-
-The driver coordinates; the workers read and write. Ray Data workers read the inputs in byte-range
-chunks (hashing them as they read), normalise and tokenize them, and each writes its work item's
-token stream, split by split, as a part file under the output; the driver receives only counts,
-lengths and hashes. Ray tasks then cut the parts into the dataset's shards, each assembled from
-the byte ranges it covers and hashed as it is written (pipeline/data/packing.py). The driver
-writes tokenizer.json and, last, manifest.json: a directory or prefix without one is not a
-dataset. The output is the same, byte for byte, whatever the parallelism and the chunk size.
-
-What the workers run is pipeline/data/work.py; this module plans, schedules and commits.
-
-The output is a local directory (written under a temporary name and renamed into place) or any
-pyarrow filesystem URI (s3://, gs://, file://), written in place with the manifest last; a re-run
-clears what an interrupted one left there.
+The driver coordinates; the workers read and write (work.py, run by items.py). It plans the work
+items, learns or loads the tokenizer, has the items tokenized into part files, cuts those into
+shards, and writes tokenizer.json and, last, the manifest (manifest.py builds it); it holds the
+output (a lock, or a lease on object storage) while it does, and clears what a failed run wrote.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
-import hashlib
-import json
 import re
 import shutil
 import sys
 import tempfile
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,30 +29,32 @@ from pipeline.data.corpus import (
     ReadOptions,
     file_digest,
     filesystem,
-    input_digest,
     plan_chunks,
     resolve_inputs,
 )
-from pipeline.data.manifest import FORMAT_VERSION, Manifest, is_dataset, manifest_json, read_manifest
-from pipeline.data.packing import n_blocks, plan_shards, shard_name, token_dtype
+from pipeline.data.items import in_process, on_ray_data, word_counts
+from pipeline.data.manifest import (
+    Manifest,
+    build_manifest,
+    existing_manifest,
+    fingerprint,
+    is_dataset,
+    manifest_json,
+)
+from pipeline.data.packing import SPLITS, plan_shards, shard_name, token_dtype
 from pipeline.data.tokenizer import (
-    END_OF_DOCUMENT,
     load_tokenizer,
-    n_merges,
     tokenizer_from_counts,
     tokenizer_sha256,
 )
 from pipeline.data.work import (
-    ERROR_MARK,
-    SPLITS,
     WORK,
-    CountWords,
     Tokenize,
     part_name,
     row_error,
     write_shard_task,
 )
-from pipeline.runtime import add_wait_option, check_wait, ray_init
+from pipeline.runtime import check_wait, ray_init
 
 
 @dataclass
@@ -88,28 +74,6 @@ class PrepareConfig:
     parallelism: int = 0  # tokenizing workers; 0 = one per CPU, or as many as an autoscaling cluster adds
     batch_docs: int = 2048  # documents per encode_batch call and per write of a part file
     max_replaced_fraction: float = 0.01  # a file with a larger share of bytes that are not UTF-8 is refused
-
-
-# Options that change how the work is spread, never the output: left out of the fingerprint.
-_NOT_IN_FINGERPRINT = ("parallelism", "chunk_mb", "batch_docs", "max_replaced_fraction")
-
-
-def _options(cfg: PrepareConfig) -> dict:
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
-
-
-def _key(inputs: list, cfg: PrepareConfig, tokenizer_source: str, n_val_files: int) -> str:
-    blob = json.dumps(
-        {
-            "format_version": FORMAT_VERSION,
-            "inputs": inputs,
-            "val_inputs": n_val_files,
-            "options": _options(cfg),
-            "tokenizer": tokenizer_source,
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def prepare(
@@ -156,11 +120,15 @@ def prepare(
             tok = load_tokenizer(t)
         source = tokenizer_sha256(tok)
     # What a re-run compares before reading a byte: the inputs' names, sizes and times.
-    source_key = _key([[f.uri, f.size, f.mtime_ns] for f in files], cfg, source, n_val)
+    source_key = fingerprint([[f.uri, f.size, f.mtime_ns] for f in files], cfg, source, n_val)
     # One prepare of an output at a time: a second is refused while the first lives, so that it
     # never replaces (or mixes into) the first's dataset.
     with remote_store.lease(fs, base, out, "prepare") if remote else outdir.writer_lock(out, "prepare"):
-        existing = _remote_manifest(fs, base, out, overwrite) if remote else _local_manifest(out, overwrite)
+        existing = (
+            existing_manifest(fs, base, out, overwrite)
+            if remote
+            else existing_manifest(None, "", out, overwrite)
+        )
         if existing is not None and (
             existing.get("source_key") == source_key or _same_contents(existing, files, cfg, source, n_val)
         ):
@@ -229,7 +197,7 @@ def _same_contents(
     listed = [(i.get("uri"), i.get("bytes")) for i in existing.get("inputs", [])]
     if listed != [(f.uri, f.size) for f in files]:
         return False
-    return existing.get("fingerprint") == _key([file_digest(f) for f in files], cfg, source, n_val)
+    return existing.get("fingerprint") == fingerprint([file_digest(f) for f in files], cfg, source, n_val)
 
 
 def _work(files, cfg, val_files, tok, source, source_key, fs, base, out_uri, local, meta: Path) -> Manifest:
@@ -243,11 +211,11 @@ def _work(files, cfg, val_files, tok, source, source_key, fs, base, out_uri, loc
     ]
     common = dict(files=files, cfg=cfg, val_files=val_files)
     if tok is None:
-        tok = tokenizer_from_counts(_word_counts(common, items, cfg, local), n_merges=cfg.n_merges)
+        tok = tokenizer_from_counts(word_counts(common, items, cfg, local), n_merges=cfg.n_merges)
     vocab = tok.get_vocab_size(with_added_tokens=True)
     dtype = token_dtype(vocab)
     tok_text = tok.to_str()
-    run_items = _in_process if local else _on_ray_data
+    run_items = in_process if local else on_ray_data
     batches = run_items(
         Tokenize, {**common, "tokenizer_json": tok_text, "out": out_uri, "dtype": dtype.str}, items, cfg
     )
@@ -273,60 +241,13 @@ def _work(files, cfg, val_files, tok, source, source_key, fs, base, out_uri, loc
     if fs.get_file_info(f"{base}/{WORK}").type == pafs.FileType.Directory:  # a local one, or a marker
         fs.delete_dir(f"{base}/{WORK}")
 
-    digests: dict[int, list[bytes]] = {}
-    for r in rows:
-        digests.setdefault(r["file"], []).append(r["pieces"])
-    inputs = [
-        {
-            "uri": f.uri,
-            "sha256_pieces": input_digest(digests.get(i, [])),
-            "bytes": f.size,
-            "mtime_ns": f.mtime_ns,
-            "format": f.format,
-            "gzip": f.gz,
-            **({"split": "val" if i in val_files else "train"} if val_files else {}),
-        }
-        for i, f in enumerate(files)
-    ]
-    splits = {}
-    for split in SPLITS:
-        tokens = sum(r[f"tokens_{split}"] for r in rows)
-        blocks = n_blocks(tokens, cfg.n_ctx)
-        splits[split] = {
-            "documents": sum(r[f"documents_{split}"] for r in rows),
-            "tokens": tokens,
-            "bytes": sum(r[f"bytes_{split}"] for r in rows),
-            "blocks": blocks,
-            "tokens_not_in_a_block": max(tokens - 1 - blocks * cfg.n_ctx, 0),
-            "empty_documents": sum(r[f"empty_{split}"] for r in rows),
-        }
     (meta / "tokenizer.json").write_text(tok_text, encoding="utf-8")
-    manifest: Manifest = {
-        "format_version": FORMAT_VERSION,
-        "fingerprint": _key([i["sha256_pieces"] for i in inputs], cfg, source, len(val_files)),
-        "source_key": source_key,
-        "inputs": inputs,
-        "options": _options(cfg),
-        "tokenizer": {
-            "sha256": hashlib.sha256(tok_text.encode("utf-8")).hexdigest(),
-            "vocab_size": vocab,
-            "n_merges": n_merges(tok),
-            "end_of_document": tok.token_to_id(END_OF_DOCUMENT),
-            "source": cfg.tokenizer,
-        },
-        "n_ctx": cfg.n_ctx,
-        "seed": cfg.seed,
-        "dtype": str(dtype),
-        "shard_tokens": shard_tokens,
-        "splits": splits,
-        "replaced_bytes": sum(
-            r["n_replaced"] for r in rows
-        ),  # bytes that were not UTF-8, each replaced by U+FFFD
-        "shards": {
-            name: {"tokens": sum(n for _, _, n in pieces) // dtype.itemsize, "sha256": sha}
-            for (name, pieces), sha in zip(jobs, shas)
-        },
+    shards = {
+        name: (sum(n for _, _, n in pieces) // dtype.itemsize, sha) for (name, pieces), sha in zip(jobs, shas)
     }
+    manifest = build_manifest(
+        cfg, files, val_files, rows, tok, source, source_key, dtype, shard_tokens, shards
+    )
     (meta / "manifest.json").write_text(manifest_json(manifest))
     for name in ("tokenizer.json", "manifest.json"):  # the manifest last: now it is a dataset
         pafs.copy_files(
@@ -389,37 +310,6 @@ def _clear(fs, base: str) -> None:
         remote_store.delete(fs, base, names, first="manifest.json")
 
 
-def _local_manifest(out: Path, overwrite: bool) -> dict | None:
-    """The manifest of the dataset at out, None if there is none; a damaged one is an error,
-    unless --overwrite is to replace it anyway."""
-    if not (out / "manifest.json").exists():
-        return None
-    try:
-        return read_manifest(out)
-    except CorpusError:
-        if not overwrite:
-            raise
-        return {}
-
-
-def _remote_manifest(fs, base: str, out: str, overwrite: bool) -> dict | None:
-    """The same for a dataset on object storage."""
-    if fs.get_file_info(f"{base}/manifest.json").type != pafs.FileType.File:
-        return None
-    try:
-        manifest = remote_store.read_json(fs, f"{base}/manifest.json")
-        if not isinstance(manifest, dict):
-            raise ValueError("not a JSON object")
-        return manifest
-    except (ValueError, UnicodeDecodeError) as err:
-        if not overwrite:
-            raise CorpusError(
-                f"{out}/manifest.json: not a readable manifest ({err}); the dataset is damaged: "
-                "prepare it again with --overwrite"
-            ) from None
-        return {}
-
-
 # What prepare writes under its output, and nothing else: a prefix that holds other files is
 # never cleared. (shard-*.parquet: format 2's, replaced with --overwrite.)
 _DATASET_FILES = (
@@ -446,72 +336,6 @@ def _remote_leftovers(fs, base: str, out: str, existing: dict | None, overwrite:
     return [n for n in names if n != remote_store.LEASE]
 
 
-def _on_ray_data(worker_cls, kwargs: dict, items: list[dict], cfg: PrepareConfig, merge=None):
-    """worker_cls's output for every work item, in input order, from a pool of Ray Data actors
-    (or, with merge, what merge makes of that Dataset)."""
-    import ray
-
-    ray_init()
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
-    if cfg.parallelism or not cluster.can_grow():
-        # A pool of fixed size. More workers than CPUs, where asked for, share them.
-        workers = min(cfg.parallelism or cpus, len(items))
-        pool, num_cpus = ray.data.ActorPoolStrategy(size=workers), min(1.0, cpus / workers)
-    else:
-        # A pool that grows with the cluster: Ray Data adds workers while work waits, and the
-        # autoscaler adds CPU nodes for them.
-        pool, num_cpus = ray.data.ActorPoolStrategy(min_size=1, max_size=len(items)), 1.0
-    # Each worker tokenizes with one thread: the parallelism is Ray's, not tokenizers'.
-    env = {"env_vars": {"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}}
-    out = ds.map_batches(
-        worker_cls,
-        batch_size=1,
-        fn_constructor_kwargs=kwargs,
-        num_cpus=num_cpus,
-        compute=pool,
-        runtime_env=env,
-    )
-    if merge is not None:
-        out = merge(out)
-    fmt = "pyarrow" if worker_cls is Tokenize else "numpy"
-    # Closed on the way out, also when a bad input or a full disk stops the reader: Ray Data then
-    # shuts its executor down now, not later in a background thread of another command.
-    with contextlib.closing(iter(out.iter_batches(batch_size=None, batch_format=fmt))) as batches:
-        yield from batches
-
-
-def _word_counts(kwargs: dict, items: list[dict], cfg: PrepareConfig, local: bool) -> Counter:
-    """Each distinct word of the training split with its count over the whole corpus. On Ray,
-    the work items' tables are merged by a groupby across the cluster; the driver receives the
-    merged table only."""
-    if local:
-        batches = (
-            {"word": b["word"], "sum(count)": b["count"]} for b in _in_process(CountWords, kwargs, items, cfg)
-        )
-    else:
-        batches = _on_ray_data(
-            CountWords, kwargs, items, cfg, merge=lambda ds: ds.groupby("word").sum("count")
-        )
-    counts: Counter = Counter()
-    with contextlib.closing(iter(batches)) as it:
-        for b in it:
-            for word, c in zip(b["word"], b["sum(count)"]):
-                if word.startswith(ERROR_MARK):
-                    raise row_error(word[len(ERROR_MARK) :])
-                counts[word] += int(c)
-    return counts
-
-
-def _in_process(worker_cls, kwargs: dict, items: list[dict], cfg: PrepareConfig):
-    """The same, one work item after another in this process: no Ray."""
-    work = worker_cls(**kwargs)
-    for item in items:
-        yield from work({k: [v] for k, v in item.items()})
-
-
 def _check(cfg: PrepareConfig) -> None:
     if not 0.0 <= cfg.val_fraction < 1.0:
         raise errors.ConfigError(f"val_fraction {cfg.val_fraction}: expected 0 <= val_fraction < 1")
@@ -520,53 +344,3 @@ def _check(cfg: PrepareConfig) -> None:
     configio.check_ranges(cfg, {"max_replaced_fraction": (0.0, 1.0)})
     if cfg.text_split not in ("blank_line", "file"):
         raise errors.ConfigError(f"text_split {cfg.text_split!r}: expected 'blank_line' or 'file'")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--corpus",
-        nargs="+",
-        required=True,
-        metavar="PATH",
-        help="files, globs, directories or URIs (s3://, gs://, ...); .gz is read too",
-    )
-    p.add_argument(
-        "--val-corpus",
-        nargs="+",
-        metavar="PATH",
-        help="held-out inputs that make up the val split (instead of val_fraction of the documents)",
-    )
-    p.add_argument(
-        "--out",
-        required=True,
-        help="dataset directory to create, or an object-storage URI (s3://bucket/prefix)",
-    )
-    p.add_argument("--config", help="YAML file of PrepareConfig keys")
-    configio.add_set_option(p, PrepareConfig, seed="which documents are held out as val")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing, different dataset (a directory that is not a dataset is never replaced)",
-    )
-    add_wait_option(p)
-    p.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
-
-
-def run(args: argparse.Namespace) -> None:
-    cfg = configio.load(PrepareConfig(), args.config, sets=args.set)
-    if args.print_config:
-        print(configio.dump(cfg), end="")
-        return
-    prepare(
-        args.corpus,
-        args.out,
-        cfg,
-        overwrite=args.overwrite,
-        track=not args.no_mlflow,
-        val_corpus=args.val_corpus,
-        wait_minutes=args.wait_minutes,
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    return errors.stage_main("prepare", __doc__, add_arguments, run, argv)

@@ -1,7 +1,7 @@
 """What the prepare workers run: a work item's documents read, split, counted or tokenized, and
 its token streams written as part files; and the task that cuts the parts into shards.
 
-Each runs on a Ray worker (pipeline/data/prepare.py is the driver that plans and schedules them)
+Each runs on a Ray worker (pipeline/data/prepare.py is the driver that plans them, items.py schedules them)
 or, without Ray, one after another in the driver's process. A bad input or a full disk found
 here travels back as a row holding its one line, not as a task failure: Ray would print the
 worker's traceback, and the user should see the line. `cfg` is the stage's PrepareConfig.
@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from pipeline import errors
 from pipeline.data.corpus import CorpusError, ReadOptions, filesystem, read_documents
-from pipeline.data.packing import to_bytes, write_shard
+from pipeline.data.packing import SPLITS, to_bytes, write_shard
 from pipeline.data.tokenizer import END_OF_DOCUMENT, encode_texts, word_counts
 
 MAX_PIECE_CHARS = 100_000  # longer documents are tokenized in pieces cut at whitespace
@@ -25,7 +25,6 @@ MAX_PIECE_CHARS = 100_000  # longer documents are tokenized in pieces cut at whi
 # ints) cost ~100 bytes a token, so a call's memory is bounded by this, not by a document's length.
 ENCODE_CHARS = 1 << 20
 WORK = "_work"  # the part files, under the output until the shards are made from them
-SPLITS = ("train", "val")
 
 
 def is_val(seed: int, text: str, fraction: float) -> bool:
