@@ -283,7 +283,7 @@ def real_loop(device: torch.device, work: Path, z: Sizes) -> Path:
         b.train_step()
     again = [float(x) for x in b.kept]
     before = losses[z.resume_at : z.resume_at + z.compare]
-    diff = max(abs(x - y) for x, y in zip(before, again))
+    diff = max(abs(x - y) for x, y in zip(before, again, strict=True))
     first_same = again[0] == before[0]
     # On a CPU the resumed run must be bit-identical. On a GPU the forward pass of the first step
     # after the resume is deterministic too, but some backward kernels add with atomics in an
@@ -446,7 +446,12 @@ def finetuning(device: torch.device, work: Path, ckpt: Path, z: Sizes) -> None:
         )
         t0 = time.perf_counter()
         best = finetune(
-            task, d, ckpt, cfg, report=lambda m, step: seen.append(m["train_loss"]), device=device.type
+            task,
+            d,
+            ckpt,
+            cfg,
+            report=lambda m, step, seen=seen: seen.append(m["train_loss"]),
+            device=device.type,
         )
         seconds = time.perf_counter() - t0
         k = max(len(seen) // 3, 1)
@@ -727,7 +732,7 @@ def ddp_path(device: torch.device, work: Path, z: Sizes) -> None:
     finally:
         dist.destroy_process_group()
     (plain, tps_plain), (shared, tps_ddp) = runs[False], runs[True]
-    diff = max(abs(a - b) for a, b in zip(plain, shared))
+    diff = max(abs(a - b) for a, b in zip(plain, shared, strict=True))
     ok = all(math.isfinite(x) for x in shared) and shared[0] == plain[0] and diff < 0.05
     row(
         "8 DDP path",

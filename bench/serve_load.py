@@ -90,7 +90,7 @@ def main() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        log = open(work / f"serve-{batch}.log", "w")
+        log = open(work / f"serve-{batch}.log", "w")  # noqa: SIM115 (the server's, closed once it stops)
         proc = subprocess.Popen(
             [
                 sys.executable,

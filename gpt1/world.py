@@ -181,11 +181,16 @@ MOOD = {
 }
 SHOWS = ["play", "film", "show", "concert", "book", "dinner", "party", "lecture", "game", "trip"]
 PLACES = ["by the road", "near the house", "in the garden", "at the market", "on the farm", "by the lake"]
-FILLER = (
-    "it was a day like any other . the sun rose late . we walked to the village . "
-    "the wind came from the west . nobody said much . later it rained . "
-    "the old man told a story . the children went home ."
-).split(" . ")
+FILLER = [
+    "it was a day like any other",
+    "the sun rose late",
+    "we walked to the village",
+    "the wind came from the west",
+    "nobody said much",
+    "later it rained",
+    "the old man told a story",
+    "the children went home .",
+]
 
 
 def _split(members: list[str]) -> tuple[list[str], list[str]]:

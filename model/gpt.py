@@ -225,7 +225,7 @@ class GPT(nn.Module):
         write_weights(directory, self.config, self.state_dict(), format=format)
 
     @classmethod
-    def from_pretrained(cls, directory, **overrides) -> "GPT":
+    def from_pretrained(cls, directory, **overrides) -> GPT:
         """A native, Hugging Face or original-OpenAI model directory (model/weights.py) that
         holds a Transformer; model.from_pretrained takes either network."""
         from .weights import assign_weights, read_checked

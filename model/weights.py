@@ -229,7 +229,7 @@ def _load_openai(d: Path, **overrides) -> tuple[GPTConfig, dict[str, torch.Tenso
         raise ValueError(
             f"{d}: the .npy files hold {flat.numel()} values, params_shapes.json expects {sum(sizes)}"
         )
-    arrays = [a.reshape(s) for a, s in zip(flat.split(sizes), shapes)]
+    arrays = [a.reshape(s) for a, s in zip(flat.split(sizes), shapes, strict=True)]
     positions, tokens, blocks = arrays[0], arrays[1], arrays[2:]
     if len(blocks) % len(_OPENAI_BLOCK):
         raise ValueError(f"{d / 'params_shapes.json'}: {len(shapes)} arrays is not 2 + 12 per layer")
@@ -259,6 +259,6 @@ def _load_openai(d: Path, **overrides) -> tuple[GPTConfig, dict[str, torch.Tenso
         "positions_embed.weight": positions[: cfg.n_ctx],
     }
     for i in range(cfg.n_layer):
-        for name, a in zip(_OPENAI_BLOCK, blocks[i * 12 : (i + 1) * 12]):
+        for name, a in zip(_OPENAI_BLOCK, blocks[i * 12 : (i + 1) * 12], strict=True):
             sd[f"h.{i}.{name}"] = a.squeeze(0).t() if _CONV1D.search("." + name) else a
     return cfg, _float32(sd)

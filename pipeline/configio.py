@@ -102,9 +102,8 @@ def _coerce(cls, key: str, value: Any, where: str) -> Any:
     elif isinstance(default, (list, tuple)):
         if isinstance(value, (list, tuple)):
             return type(default)(value)
-    elif isinstance(default, dict):
-        if isinstance(value, dict):
-            return value
+    elif isinstance(default, dict) and isinstance(value, dict):
+        return value
     raise ConfigError(f"{where}: {key} must be a {type(default).__name__}, got {value!r}")
 
 

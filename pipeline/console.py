@@ -20,6 +20,7 @@ placement-group cleaner, ...) are Ray's, tracebacks included: they are in the lo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -241,10 +242,9 @@ def _die_with_parent() -> None:
     import ctypes
 
     PR_SET_PDEATHSIG = 1
-    try:
+    # Not Linux: a killed parent leaves the child to finish.
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: a killed parent leaves the child to finish
-        pass
 
 
 def _relay(pipe, fd: int, out, lock: threading.Lock, verbose: bool, lost: list[str]) -> None:

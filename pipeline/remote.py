@@ -14,8 +14,8 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow.fs as pafs
 
@@ -88,10 +88,8 @@ def delete(fs: pafs.FileSystem, base: str, names: list[str], first: str | None =
     """Delete base/name for each name, `first` before the others: once it is gone, what is left
     is no longer taken for a complete directory."""
     for name in sorted(names, key=lambda n: n != first):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             fs.delete_file(f"{base}/{name}")
-        except FileNotFoundError:
-            pass
 
 
 def upload(local: Path, fs: pafs.FileSystem, base: str, last: str) -> None:
@@ -136,7 +134,7 @@ def lease(fs: pafs.FileSystem, base: str, uri: str, what: str, ttl: float = 120.
     me = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
 
     def held_by() -> dict | None:
-        for attempt in range(5):
+        for _ in range(5):
             try:
                 other = read_json(fs, path)
                 break

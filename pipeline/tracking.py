@@ -88,7 +88,7 @@ def _create_store(uri: str, path: Path) -> None:
                 raise orig from None
             raise
         finally:
-            for lg, level in zip(loggers, levels):
+            for lg, level in zip(loggers, levels, strict=True):
                 lg.setLevel(level)
 
 

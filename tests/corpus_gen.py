@@ -2,13 +2,105 @@
 
 import random
 
-WORDS = (
-    "the of and to a in that it was he for on are as with his they at be this from have or "
-    "by one had not but what all were when we there can an your which their said if do will "
-    "each about how up out them then she many some so these would other into has more her two "
-    "like him see time could no make than first been its who now people my made over did down "
-    "only way find use may water long little very after words called just where most know"
-).split()
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "a",
+    "in",
+    "that",
+    "it",
+    "was",
+    "he",
+    "for",
+    "on",
+    "are",
+    "as",
+    "with",
+    "his",
+    "they",
+    "at",
+    "be",
+    "this",
+    "from",
+    "have",
+    "or",
+    "by",
+    "one",
+    "had",
+    "not",
+    "but",
+    "what",
+    "all",
+    "were",
+    "when",
+    "we",
+    "there",
+    "can",
+    "an",
+    "your",
+    "which",
+    "their",
+    "said",
+    "if",
+    "do",
+    "will",
+    "each",
+    "about",
+    "how",
+    "up",
+    "out",
+    "them",
+    "then",
+    "she",
+    "many",
+    "some",
+    "so",
+    "these",
+    "would",
+    "other",
+    "into",
+    "has",
+    "more",
+    "her",
+    "two",
+    "like",
+    "him",
+    "see",
+    "time",
+    "could",
+    "no",
+    "make",
+    "than",
+    "first",
+    "been",
+    "its",
+    "who",
+    "now",
+    "people",
+    "my",
+    "made",
+    "over",
+    "did",
+    "down",
+    "only",
+    "way",
+    "find",
+    "use",
+    "may",
+    "water",
+    "long",
+    "little",
+    "very",
+    "after",
+    "words",
+    "called",
+    "just",
+    "where",
+    "most",
+    "know",
+]
 
 
 def documents(n: int, seed: int = 0, min_words: int = 5, max_words: int = 60) -> list[str]:
@@ -18,7 +110,7 @@ def documents(n: int, seed: int = 0, min_words: int = 5, max_words: int = 60) ->
         words = [rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))]
         # sentences over one or more lines, never an empty line inside a document
         text, line = [], []
-        for i, w in enumerate(words):
+        for w in words:
             line.append(w)
             if rng.random() < 0.1:
                 text.append(" ".join(line).capitalize() + ".")

@@ -81,7 +81,7 @@ def test_multiple_choice_cuts_the_document_alone_and_counts_each_example_once(to
     q, longest = ids(tok, question), max(len(ids(tok, a)) for a in answers)
     kept = n_ctx - 3 - len(q) - longest
     assert e.truncated == 1 and len(e.sequences) == 4
-    for seq, a in zip(e.sequences, answers):
+    for seq, a in zip(e.sequences, answers, strict=True):
         assert seq == [s, *ids(tok, article)[:kept], *q, d, *ids(tok, a), x]
         assert len(seq) <= n_ctx
     # Story Cloze's layout (a story and its endings): the same rule; nothing cut when it fits.

@@ -63,9 +63,8 @@ def test_a_lease_nobody_renews_is_taken_over_and_a_fresh_one_is_not(tmp_path):
     fs, base = pafs.LocalFileSystem(), str(tmp_path)
     other = {"host": "another-machine", "pid": 1, "token": "t"}
     (tmp_path / LEASE).write_text(json.dumps({**other, "time": time.time()}))
-    with pytest.raises(UserError, match="another-machine"):
-        with lease(fs, base, "prefix", "prepare", ttl=60.0):
-            pass
+    with pytest.raises(UserError, match="another-machine"), lease(fs, base, "prefix", "prepare", ttl=60.0):
+        pass
     (tmp_path / LEASE).write_text(json.dumps({**other, "time": time.time() - 61}))
     with lease(fs, base, "prefix", "prepare", ttl=60.0):
         held = json.loads((tmp_path / LEASE).read_text())

@@ -38,7 +38,7 @@ def test_finetune_beats_the_majority_class_and_keeps_the_best(task_checkpoint, s
     truth = [int("great" in s.split()) for s, _ in reviews(50, 3)]
     pred = [int(line.split("\t")[1]) for line in lines[1:]]
     assert [line.split("\t")[0] for line in lines[1:]] == [str(i) for i in range(50)]
-    assert sum(p == t for p, t in zip(pred, truth)) / 50 > 0.7
+    assert sum(p == t for p, t in zip(pred, truth, strict=True)) / 50 > 0.7
 
 
 def trained_weights(task_checkpoint, sst2, out, lm_coef, from_scratch=False):
@@ -231,11 +231,11 @@ def test_the_tables_other_columns_are_scored_at_the_best_evaluation(task_checkpo
         assert whole == pytest.approx(mixed), name
     # A sample of train, for Figure 2 (left), scored with the model the run keeps: the saved
     # model's accuracy on those same examples.
+    import dataclasses
+
     import numpy as np
 
     from tuning.finetune import TRAIN_SAMPLE, evaluate, load_splits, load_task_model
-
-    import dataclasses
 
     # The saved model, with the task's metrics (task.json names the task, not its metrics).
     kept_model = dataclasses.replace(load_task_model(tmp_path / "out", "cpu"), task=get("race"))

@@ -67,8 +67,8 @@ def test_the_logged_lr_follows_the_papers_schedule(spec, tmp_path):
     assert lr[0] == 0.0  # the first update
     assert lr[WARMUP // 2] == pytest.approx(PEAK / 2)  # half the peak halfway through warm-up
     assert lr[WARMUP] == pytest.approx(PEAK)  # the peak at warmup_steps
-    assert all(a < b for a, b in zip(lr[:WARMUP], lr[1 : WARMUP + 1]))  # linear up
-    assert all(a > b for a, b in zip(lr[WARMUP:], lr[WARMUP + 1 :]))  # then down
+    assert all(a < b for a, b in zip(lr[:WARMUP], lr[1 : WARMUP + 1], strict=True))  # linear up
+    assert all(a > b for a, b in zip(lr[WARMUP:], lr[WARMUP + 1 :], strict=False))  # then down
     # Cosine over the whole run (as the released opt.py has it), to 0 at the end.
     for k in range(WARMUP + 1, STEPS):
         assert lr[k] == pytest.approx(PEAK * 0.5 * (1 + math.cos(math.pi * k / STEPS)))
@@ -158,7 +158,12 @@ def test_learning_at_a_fixed_step_holds_its_recorded_value(spec):
     import dataclasses
 
     cfg = dataclasses.replace(
-        spec.pretrain, max_steps=300, warmup_steps=20, seed=0, checkpoint_every=10**6, checkpoint_every_minutes=0
+        spec.pretrain,
+        max_steps=300,
+        warmup_steps=20,
+        seed=0,
+        checkpoint_every=10**6,
+        checkpoint_every_minutes=0,
     )
     loop = Pretraining(dataclasses.replace(spec, pretrain=cfg, total_steps=300), LocalSession("cpu"))
     for _ in range(300):

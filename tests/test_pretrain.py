@@ -208,7 +208,8 @@ def test_killed_worker_recovers_and_retraces_the_run(reference, data, workdir):
 @pytest.mark.slow
 def test_interrupted_run_resumes_on_another_worker_count(reference, data, workdir):
     killed = kill_a_worker_once(workdir / "runs" / "cut" / "checkpoint_000000030")
-    with pytest.raises(Exception):
+    # Ray Train's failure, whose class has moved between Ray versions: what matters is what follows.
+    with pytest.raises(Exception):  # noqa: B017
         pretrain(data, config("max_failures=0"), workers=2, name="cut")
     assert killed
     done = sorted(Path(workdir / "runs" / "cut").glob("checkpoint_0*"))

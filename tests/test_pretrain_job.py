@@ -1,6 +1,7 @@
 """`ray job submit ... -- python pipeline/pretrain.py` against a head started by `ray start --head`,
 as the README tells users to run it (token authentication on, RAY_AUTH_MODE=token)."""
 
+import json
 import os
 import shutil
 import signal
@@ -95,7 +96,7 @@ def test_ray_job_submit_to_a_local_head(head, tmp_path):
         return done
 
     def submit_once(*args: str) -> subprocess.CompletedProcess:
-        runtime_env = '{"env_vars": {"MLFLOW_TRACKING_URI": "%s"}}' % uri
+        runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": uri}})
         return subprocess.run(
             [
                 str(BIN / "ray"),

@@ -96,7 +96,7 @@ def write_inputs(work: Path) -> None:
     (glue / "RTE").mkdir()
     for split, n, seed in (("train", 120, 50), ("dev", 60, 51)):
         rows = ["index\tsentence1\tsentence2\tlabel"]
-        for i, ((a, ya), (b, yb)) in enumerate(zip(reviews(n, seed), reviews(n, seed + 100))):
+        for i, ((a, ya), (b, yb)) in enumerate(zip(reviews(n, seed), reviews(n, seed + 100), strict=True)):
             rows.append(f"{i}\t{a}\t{b}\t{'entailment' if ya == yb else 'not_entailment'}")
         (glue / "RTE" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
     reviews_dir = work / "data" / "reviews"

@@ -91,7 +91,7 @@ def test_two_sweeps_finishing_together_leave_the_better_model_champion(
         start = threading.Barrier(2)
         versions, failures = {}, []
 
-        def finish(value: float):
+        def finish(value: float, start=start, versions=versions, failures=failures):
             own = MlflowClient(mlflow_uri)  # each sweep its own client, as two processes would have
             run = own.create_run(exp).info.run_id
             start.wait()

@@ -58,7 +58,7 @@ def test_report_sets_table5_beside_the_paper_and_says_where_there_is_no_run(tmp_
     assert "name no split" in text and "chose on the same dev sets" in text
     assert paper.TABLE5_ROWS["full"][2][5] == round((82.1 + 81.4) / 2, 1)  # MNLI: the mean of m and mm
     # The paper's averages, 74.7 / 59.9 / 75.0 / 69.1, beside ours.
-    for row, (name, avg, cells) in paper.TABLE5_ROWS.items():
+    for row, (name, avg, _cells) in paper.TABLE5_ROWS.items():
         line = table5_line(text, name)
         assert str(avg) in line[1], (row, line)
     full = table5_line(text, "Transformer w/ aux LM (full)")
@@ -220,7 +220,7 @@ def test_a_results_table_holds_every_rows_columns(tmp_path):
         {"trial": "b", "accuracy": 0.8, "mismatched_accuracy": 0.7},
     ]
     csv_path, md = results_table(rows, tmp_path / "results")
-    assert list(csv.DictReader(open(csv_path))) == [
+    assert list(csv.DictReader(csv_path.read_text().splitlines())) == [
         {"trial": "a", "accuracy": "nan", "mismatched_accuracy": ""},
         {"trial": "b", "accuracy": "0.8", "mismatched_accuracy": "0.7"},
     ]

@@ -11,6 +11,7 @@ one. The only substitutions: the bucket is the moto bucket, $ADDR the local dash
 (SHRINK); the runbook's text is what a user types.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -124,7 +125,7 @@ def check_aws(argv: list[str]) -> None:
     shape = model.operation_model(name).input_shape
     members = {re.sub(r"(?<!^)(?=[A-Z])", "-", m).lower(): m for m in shape.members}
     given = set()
-    for flag, _ in zip(rest[::2], rest[1::2]):
+    for flag, _ in zip(rest[::2], rest[1::2], strict=False):
         assert flag.startswith("--") and flag[2:] in members, (flag, argv)
         given.add(members[flag[2:]])
     assert set(shape.required_members) <= given, argv
@@ -214,10 +215,8 @@ def start(argv: list[str], env: dict, log: Path) -> subprocess.Popen:
 
 def stop(proc: subprocess.Popen) -> None:
     """The process and everything it started (its own process group)."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait(timeout=60)
 
 

@@ -2,8 +2,8 @@
 registered, the ablation rows, lineage tags; bad input refused before any trial starts."""
 
 import csv
-import io
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,23 +112,23 @@ def test_sweep_logs_parent_and_trials_and_registers_the_best(
         "ablations.md",
     } <= arts
     d = client.download_artifacts(parent.info.run_id, "", str(tmp_path / "parent"))
-    rows = list(csv.DictReader(io.StringIO(open(f"{d}/results.csv").read())))
+    rows = list(csv.DictReader(Path(f"{d}/results.csv").read_text().splitlines()))
     assert len(rows) == 2
     for row in rows:
         assert float(row["accuracy"]) == pytest.approx(best_of[row["run_id"]])
         assert row["lm_coef"] in ("0.0", "0.5")
-    assert open(f"{d}/metric_vs_lambda_and_lr.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    assert "| trial |" in open(f"{d}/results.md").read()
+    assert Path(f"{d}/metric_vs_lambda_and_lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| trial |" in Path(f"{d}/results.md").read_text()
 
     # The ablation rows at the best settings: full (λ 0.5), no auxiliary LM (λ 0), and no
     # pretraining at the best trial's own λ.
-    every_seed = list(csv.DictReader(open(f"{d}/ablations.csv")))
+    every_seed = list(csv.DictReader(Path(f"{d}/ablations.csv").read_text().splitlines()))
     assert sorted((r["ablation"], r["seed"]) for r in every_seed) == [
         (a, k) for a in ("full", "lstm", "no_aux_lm", "no_pretraining") for k in ("0", "1")
     ]
     ablations = {r["ablation"]: r for r in every_seed if r["seed"] == "0"}
     assert set(ablations) == {"full", "lstm", "no_aux_lm", "no_pretraining"}
-    best_config = json.load(open(f"{d}/best_config.json"))
+    best_config = json.loads(Path(f"{d}/best_config.json").read_text())
     assert [float(ablations[a]["lm_coef"]) for a in ("full", "lstm", "no_aux_lm", "no_pretraining")] == [
         0.5,
         0.5,
@@ -150,7 +150,9 @@ def test_sweep_logs_parent_and_trials_and_registers_the_best(
     assert f"sst-2: lr, λ and dev accuracy, trial by trial http://127.0.0.1:5000{parallel}" in out
     assert f"sst-2: its trials http://127.0.0.1:5000/#/experiments/{exp.experiment_id}?workflowType=" in out
     # Mean ± std over the seeds, in the summary table and the parent's metrics.
-    summary = {r["ablation"]: r for r in csv.DictReader(open(f"{d}/ablations_summary.csv"))}
+    summary = {
+        r["ablation"]: r for r in csv.DictReader(Path(f"{d}/ablations_summary.csv").read_text().splitlines())
+    }
     for a in ablations:
         values = [float(r["accuracy"]) for r in every_seed if r["ablation"] == a]
         assert parent.data.metrics[f"ablation_{a}_accuracy"] == pytest.approx(sum(values) / 2)
@@ -168,7 +170,7 @@ def test_sweep_logs_parent_and_trials_and_registers_the_best(
     assert best_of[best_run] == pytest.approx(parent.data.metrics["best_accuracy"])
     m = client.download_artifacts(best_run, "model", str(tmp_path / "best"))
     assert GPT.from_pretrained(m).config.n_layer == 2
-    assert json.load(open(f"{m}/task.json"))["task"] == "sst-2"
+    assert json.loads(Path(f"{m}/task.json").read_text())["task"] == "sst-2"
     # Evaluating the registered model finds its trial and, through it, the pretrain run.
     (tmp_path / "text.txt").write_text("the film was good and the music was fine\n\nthe plot was thin\n")
     assert cli(["evaluate", "--checkpoint", m, "--corpus", str(tmp_path / "text.txt")]) == 0
@@ -389,7 +391,7 @@ def test_max_concurrent_limits_the_trials_running_at_once(ray_session, tmp_path)
     grid = run_tuner("limit", tune.with_resources(trainable, {"CPU": 1}), points, None, str(tmp_path), [], 1)
     spans = sorted((r.metrics["start"], r.metrics["end"]) for r in grid)
     assert len(spans) == 3
-    assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), spans
+    assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:], strict=False)), spans
 
 
 @pytest.mark.slow

@@ -25,10 +25,34 @@ SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 SHARED_VOCAB = SHARED / "gpt1-vocab"
 SHAKESPEARE = SHARED / "corpus" / "tinyshakespeare.txt"
 
-WORDS = (
-    "the quick brown fox jumps over a lazy dog while seven wizards quietly hex "
-    "judges' jackets; \"Hello,\" said Mr. O'Neil -- at 10:30 on 2018-06-11 (really!)"
-).split()
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "seven",
+    "wizards",
+    "quietly",
+    "hex",
+    "judges'",
+    "jackets;",
+    '"Hello,"',
+    "said",
+    "Mr.",
+    "O'Neil",
+    "--",
+    "at",
+    "10:30",
+    "on",
+    "2018-06-11",
+    "(really!)",
+]
 
 
 def _lexicon(n: int = 3000) -> list[str]:
@@ -104,7 +128,7 @@ class Reference:
     def bpe(self, token: str) -> list[str]:
         word = list(token[:-1]) + [token[-1] + "</w>"]
         while len(word) > 1:
-            pairs = set(zip(word, word[1:]))
+            pairs = set(zip(word, word[1:], strict=False))
             best = min(pairs, key=lambda pair: self.ranks.get(pair, math.inf))
             if best not in self.ranks:
                 break
@@ -231,7 +255,7 @@ def test_real_sentences_get_the_released_encoders_ids():
     lines = [line for line in SHAKESPEARE.read_text(encoding="utf-8").splitlines() if line.strip()]
     tok, ref = gpt1_tokenizer(SHARED_VOCAB), Reference(SHARED_VOCAB)
     ours = encode_texts(tok, [normalize(t) for t in lines])
-    same = sum(a == ref(t) for a, t in zip(ours, lines))
+    same = sum(a == ref(t) for a, t in zip(ours, lines, strict=True))
     print(f"identical ids on {same:,} of {len(lines):,} lines ({same / len(lines):.4%})")
     assert same / len(lines) >= 0.999
 
@@ -296,7 +320,7 @@ def naive_bpe(word_counts: dict[str, int], n_merges: int, min_frequency: int = 2
     while len(merges) < n_merges:
         counts: dict = {}
         for w, syms in words.items():
-            for pair in zip(syms, syms[1:]):
+            for pair in zip(syms, syms[1:], strict=False):
                 counts[pair] = counts.get(pair, 0) + word_counts[w]
         if not counts:
             break

@@ -35,7 +35,7 @@ def test_native_round_trip_is_bit_exact(tmp_path, ids):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     back = GPT.from_pretrained(tmp_path).eval()
     assert back.config == gpt.config
-    for (k, a), (k2, b) in zip(gpt.state_dict().items(), back.state_dict().items()):
+    for (k, a), (k2, b) in zip(gpt.state_dict().items(), back.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b), k
     assert torch.equal(gpt(ids), back(ids))
 

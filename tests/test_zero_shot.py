@@ -38,9 +38,12 @@ def logp(gpt, context: list[int], continuation: list[int]) -> np.ndarray:
 
 def test_the_scorer_batches_and_pads_without_changing_a_log_probability(lm):
     gpt, tok = lm
-    pairs = [(ids(tok, s), ids(tok, w)) for (s, _), w in zip(reviews(11, 4), ["positive", "negative"] * 6)]
+    pairs = [
+        (ids(tok, s), ids(tok, w))
+        for (s, _), w in zip(reviews(11, 4), ["positive", "negative"] * 6, strict=False)
+    ]
     got = Scorer(gpt, tok, batch=4).logprobs(pairs)
-    for (c, w), lp in zip(pairs, got):
+    for (c, w), lp in zip(pairs, got, strict=True):
         np.testing.assert_allclose(lp, logp(gpt, c, w), rtol=1e-4, atol=1e-5)
     # A context too long for n_ctx keeps its last tokens.
     long = sum((ids(tok, s) for s, _ in reviews(30, 5)), [])
@@ -107,7 +110,7 @@ def test_one_token_answers_are_read_from_one_pass_a_sentence(tmp_path):
     # A context longer than n_ctx keeps its last n_ctx tokens.
     long = sum((ids(tok, s) for s, _ in reviews(30, 5)), [])
     got = Scorer(gpt, tok).next_token([long, long[:5]], [positive[0], negative[0]])
-    for row, ctx in zip(got, [long[-gpt.config.n_ctx :], long[:5]]):
+    for row, ctx in zip(got, [long[-gpt.config.n_ctx :], long[:5]], strict=True):
         with torch.no_grad():
             want = gpt(torch.tensor([ctx]))[0, -1].log_softmax(-1)[[positive[0], negative[0]]].numpy()
         np.testing.assert_allclose(row, want, rtol=1e-4, atol=1e-5)
@@ -233,7 +236,7 @@ def test_spread_over_ranks_each_scores_its_share_and_all_get_the_same_result(lm,
         for world in (2, 3):
             scorers = []
 
-            def one_rank(**spread):
+            def one_rank(name=name, d=d, scorers=scorers, **spread):
                 scorers.append(Counting(gpt, tok, batch=4, **spread))
                 return run_task(name, d, scorers[-1])
 

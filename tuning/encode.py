@@ -61,11 +61,11 @@ class Encoder:
         texts = sorted({t for layout in layouts for seq in layout for t in seq})
         # The same normalisation and the same text-to-ids path as prepare's: a sentence gets the
         # same ids in a fine-tuning input as in the pretraining corpus.
-        ids = dict(zip(texts, encode_texts(self.tok, [normalize(t) for t in texts])))
+        ids = dict(zip(texts, encode_texts(self.tok, [normalize(t) for t in texts]), strict=True))
         if self.transformation == "multiple_choice":
-            return [self._choices(ex, layout, ids) for ex, layout in zip(examples, layouts)]
+            return [self._choices(ex, layout, ids) for ex, layout in zip(examples, layouts, strict=True)]
         out = []
-        for ex, layout in zip(examples, layouts):
+        for ex, layout in zip(examples, layouts, strict=True):
             seqs, cut = [], 0
             for seq in layout:
                 budget = (self.n_ctx - len(seq) - 1) // len(seq)  # start, delimiters, extract

@@ -66,7 +66,7 @@ def write_predictions(tm: TaskModel, data_dir, out, batch_size: int = 64) -> lis
         path = Path(out) / f"{name}.tsv"
         rows = [
             f"{e.index}\t{p:.3f}" if tm.task.regression else f"{e.index}\t{tm.task.labels[int(p)]}"
-            for e, p in zip(examples, pred)
+            for e, p in zip(examples, pred, strict=True)
         ]
         path.write_text("index\tprediction\n" + "\n".join(rows) + "\n")
         written.append(path)

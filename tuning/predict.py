@@ -328,7 +328,7 @@ def label_rows(tm, rows: list[dict], fields: tuple[str, ...], device: str) -> li
                 with autocast(torch.device(device)):
                     logits = tm.model(ids.to(device), mask.to(device)).logits
                 got += predictions(task, logits.float().cpu())
-            for i, p in zip(good[k : k + BATCH], got):
+            for i, p in zip(good[k : k + BATCH], got, strict=True):
                 out[i] = (p, None)
     return out
 
@@ -367,7 +367,7 @@ def write(
     with open(out, "wb") as f:
         for df in batches:
             bad = df["error"].notna()
-            for row, reason in zip(df.index[bad], df["error"][bad]):
+            for row, reason in zip(df.index[bad], df["error"][bad], strict=True):
                 at = where_is(read + 1 + list(df.index).index(row))
                 if on_bad_row == "fail":
                     raise errors.UserError(
@@ -650,7 +650,7 @@ def predict(
         line += f"; {skipped:,} malformed row(s) skipped, first at {where[0]}"
     elif bad:
         line += f"; malformed row(s) marked in the error column, first at {where[0]}"
-    blank = [(p, b) for p, sc in zip(inputs, scans) for b in sc.blank]
+    blank = [(p, b) for p, sc in zip(inputs, scans, strict=True) for b in sc.blank]
     if blank:
         line += f"; {len(blank):,} blank line(s) in the input, not rows, left out: first {blank[0][0]}: line {blank[0][1]}"
     print(line, flush=True)

@@ -117,7 +117,7 @@ def table5(sweeps: dict) -> tuple[list[str], dict]:
     averages = {}
     for row, (name, paper_avg, cells) in paper.TABLE5_ROWS.items():
         ours, theirs, out = [], [], []
-        for c, p in zip(cols, cells):
+        for c, p in zip(cols, cells, strict=True):
             run = sweeps.get(c.task)
             key = f"ablation_{row}_{c.metric}"
             if (

@@ -108,7 +108,7 @@ def _reply(status: int, body):
     )
 
 
-def endpoint():
+def endpoint():  # noqa: C901 (the sum of the replica class's methods, each well under the bound)
     """The Ray Serve replica class, made here so that Ray Serve (an optional extra) is imported
     only by `gpt1 serve` itself."""
     import asyncio

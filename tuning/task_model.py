@@ -35,7 +35,7 @@ class Pretrained:
     tokenizer: str
 
     @classmethod
-    def load(cls, checkpoint) -> "Pretrained":
+    def load(cls, checkpoint) -> Pretrained:
         """From any model directory that GPT.from_pretrained and load_tokenizer read; a training
         checkpoint's files (its tokenizer too) must be the ones its trainer_state.json lists."""
         from pipeline.train.checkpoint import load_model_and_tokenizer

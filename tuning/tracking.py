@@ -431,10 +431,10 @@ class ByTask(tune.Callback):
     """Each trial's events to its task's TrialRuns (trial.config["task"]): one Tune run of
     several tasks, each logged under its own parent run."""
 
-    def __init__(self, runs: dict[str, "TrialRuns"]):
+    def __init__(self, runs: dict[str, TrialRuns]):
         self.by_task = runs
 
-    def of(self, trial) -> "TrialRuns":
+    def of(self, trial) -> TrialRuns:
         return self.by_task[trial.config["task"]]
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -570,7 +570,7 @@ def plot_parallel(rows: list[dict], metric: str, path: Path, title: str) -> Path
     for i, r in enumerate(rows):
         shade = (r[metric] - worst) / (best - worst) if best > worst else 1.0
         ax.plot(range(len(axes)), [c[0][i] for c in columns], color=cmap(shade), marker="o", alpha=0.8)
-    for x, ((_, label, _), (_, low, high, log)) in enumerate(zip(axes, columns)):
+    for x, ((_, _label, _), (_, low, high, log)) in enumerate(zip(axes, columns, strict=True)):
         ax.axvline(x, color="0.6", lw=0.8)
         ends = [10**low, 10**high] if log else [low, high]
         ax.text(x, -0.08, f"{ends[0]:.3g}", ha="center", va="top", fontsize=8)

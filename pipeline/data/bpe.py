@@ -43,7 +43,7 @@ def learn_bpe(
         i = len(words)
         words.append(seq)
         counts.append(c)
-        for pair in zip(seq, seq[1:]):
+        for pair in zip(seq, seq[1:], strict=False):
             pair_count[pair] += c
             where[pair].append(i)
 

@@ -439,7 +439,7 @@ def read_documents(
                 _Hashed(s, 0, -1, pieces).finish()
         return
     hashed = _Hashed(raw_stream(), start, end, pieces) if pieces is not None else None
-    main = (gzip.open(hashed) if f.gz else hashed) if hashed is not None else opener()
+    main = (gzip.open(hashed) if f.gz else hashed) if hashed is not None else opener()  # noqa: SIM115 (closed below)
     # A gzip stream leaves the raw one it reads open: closed here too.
     with hashed if hashed is not None else contextlib.nullcontext(), main as stream:
         try:
@@ -495,11 +495,7 @@ def _parquet_docs(fs, f: InputFile, opts: ReadOptions) -> Iterator[tuple[int, st
     import pyarrow.parquet as pq
 
     try:
-        source = (
-            fs.open_input_file(f.path)
-            if not f.gz
-            else pa.BufferReader(gzip.open(fs.open_input_stream(f.path, compression=None)).read())
-        )
+        source = fs.open_input_file(f.path) if not f.gz else pa.BufferReader(_gunzipped(fs, f.path))
         pf = pq.ParquetFile(source)
     except (pa.ArrowInvalid, OSError) as err:
         raise CorpusError(f"{f.uri}: not a Parquet file ({str(err).splitlines()[0]})") from None
@@ -515,3 +511,9 @@ def _parquet_docs(fs, f: InputFile, opts: ReadOptions) -> Iterator[tuple[int, st
             if value is not None:
                 yield row, normalize(value, opts.lowercase), len(value.encode("utf-8")), 0
             row += 1
+
+
+def _gunzipped(fs, path: str) -> bytes:
+    """A gzipped file's bytes, its streams closed (Parquet wants the whole file to seek in)."""
+    with fs.open_input_stream(path, compression=None) as raw, gzip.open(raw) as g:
+        return g.read()

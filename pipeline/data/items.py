@@ -65,7 +65,7 @@ def word_counts(kwargs: dict, items: list[dict], cfg, local: bool) -> Counter:
     counts: Counter = Counter()
     with contextlib.closing(iter(batches)) as it:
         for b in it:
-            for word, c in zip(b["word"], b["sum(count)"]):
+            for word, c in zip(b["word"], b["sum(count)"], strict=True):
                 if word.startswith(ERROR_MARK):
                     raise row_error(word[len(ERROR_MARK) :])
                 counts[word] += int(c)

@@ -243,7 +243,8 @@ def _work(files, cfg, val_files, tok, source, source_key, fs, base, out_uri, loc
 
     (meta / "tokenizer.json").write_text(tok_text, encoding="utf-8")
     shards = {
-        name: (sum(n for _, _, n in pieces) // dtype.itemsize, sha) for (name, pieces), sha in zip(jobs, shas)
+        name: (sum(n for _, _, n in pieces) // dtype.itemsize, sha)
+        for (name, pieces), sha in zip(jobs, shas, strict=True)
     }
     manifest = build_manifest(
         cfg, files, val_files, rows, tok, source, source_key, dtype, shard_tokens, shards
@@ -275,7 +276,7 @@ def _check_summaries(rows: list[dict], files: list[InputFile], cfg: PrepareConfi
     per_file = np.zeros((len(files), 2), np.int64)  # bytes replaced, bytes read
     for r in rows:
         per_file[r["file"]] += (r["n_replaced"], r["n_bytes"])
-    for f, (bad, total) in zip(files, per_file):
+    for f, (bad, total) in zip(files, per_file, strict=True):
         if total and bad / total > cfg.max_replaced_fraction:
             raise CorpusError(
                 f"{f.uri}: {bad:,} of its {total:,} bytes ({bad / total:.1%}) are not UTF-8; is it "

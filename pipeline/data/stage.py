@@ -73,7 +73,7 @@ def _download(uri: str, manifest: dict, dest: Path, streams: int | None = None) 
     infos = fs.get_file_info([f"{base}/{name}" for name in todo])
     piece = piece_size(sum(info.size for info in infos if info.type == pafs.FileType.File), streams)
     pieces, parts = [], {}
-    for (name, path), info in zip(todo.items(), infos):
+    for (name, path), info in zip(todo.items(), infos, strict=True):
         if info.type != pafs.FileType.File:
             raise DataError(f"{uri}/{name}: missing, though the manifest lists it; prepare the dataset again")
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from pipeline.data.text import normalize
 from pipeline.errors import UserError
@@ -51,7 +51,7 @@ class Task:
     labels: tuple[str, ...]  # the label strings of the files, in index order; () for regression
     metrics: tuple[str, ...]
     splits: dict  # split name -> file name (or directory, for RACE)
-    read: Callable[["Task", Path, str], list[Example]] = field(repr=False, compare=False, default=None)
+    read: Callable[[Task, Path, str], list[Example]] = field(repr=False, compare=False, default=None)
 
     @property
     def regression(self) -> bool:
@@ -143,7 +143,7 @@ def read_with_header(
             where = f"{path}:{n}"
             if len(fields) != len(header):
                 raise TaskError(f"{where}: {len(fields)} fields; the header has {len(header)}")
-            text = tuple(_text(fields[c], where, name) for c, name in zip(cols, text_columns))
+            text = tuple(_text(fields[c], where, name) for c, name in zip(cols, text_columns, strict=True))
             label = None if lab is None else _label(task, fields[lab].strip(), where)
             out.append(Example(text, label, fields[idx] if idx is not None else str(len(out))))
         return out
@@ -165,7 +165,7 @@ def read_by_position(title: str, layout: tuple[str, ...], text_columns: tuple[st
                     f"{where}: {len(fields)} tab-separated fields; {title}'s {split} rows have "
                     f"{n_fields} ({', '.join(layout)}) and no header"
                 )
-            text = tuple(_text(fields[i], where, name) for i, name in zip(cols, text_columns))
+            text = tuple(_text(fields[i], where, name) for i, name in zip(cols, text_columns, strict=True))
             out.append(Example(text, _label(task, fields[layout.index(label_column)], where), str(len(out))))
         return out
 
@@ -271,7 +271,7 @@ def read_race(task: Task, path: Path, split: str) -> list[Example]:
             )
         article = _text(doc["article"], str(p), "article")
         for q, (question, options, answer) in enumerate(
-            zip(doc["questions"], doc["options"], doc["answers"])
+            zip(doc["questions"], doc["options"], doc["answers"], strict=False)
         ):
             where = f"{p} (question {q + 1})"
             if len(options) != 4:

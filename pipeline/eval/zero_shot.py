@@ -233,7 +233,7 @@ def multiple_choice(scorer: Scorer, examples) -> np.ndarray:
             owners.append((i, j))
     best = np.full(len(examples), -1)
     top = np.full(len(examples), -math.inf)
-    for (i, j), lp in zip(owners, scorer.logprobs(pairs)):
+    for (i, j), lp in zip(owners, scorer.logprobs(pairs), strict=True):
         if lp.size and lp.mean() > top[i]:
             top[i], best[i] = lp.mean(), j
     return best
@@ -250,7 +250,7 @@ def winograd(scorer: Scorer, schemas) -> np.ndarray:
             owners.append((i, j))
     best = np.full(len(schemas), -1)
     top = np.full(len(schemas), -math.inf)
-    for (i, j), lp in zip(owners, scorer.logprobs(pairs)):
+    for (i, j), lp in zip(owners, scorer.logprobs(pairs), strict=True):
         if lp.size and lp.mean() > top[i]:
             top[i], best[i] = lp.mean(), j
     return best

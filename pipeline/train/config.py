@@ -112,10 +112,8 @@ def scale_batch(cfg: PretrainConfig, workers: int, n_ctx: int, batch: int | None
         return cfg
     if batch is None:
         unit = cfg.micro_batch * workers
-        if cfg.batch_tokens == "auto":
-            batch = unit
-        else:
-            batch = max(1, round(cfg.batch_tokens / n_ctx / unit)) * unit
+        auto = cfg.batch_tokens == "auto"
+        batch = unit if auto else max(1, round(cfg.batch_tokens / n_ctx / unit)) * unit
     k = batch / cfg.batch_size
     return dataclasses.replace(
         cfg,
