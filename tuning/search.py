@@ -191,7 +191,7 @@ def start_task(task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: 
             not in ("max_concurrent", "storage", "device", "wait_minutes", "gpus_per_trial", "cpus_per_trial")
         },
     }
-    client, exp, pid, tags, parent_name, resumed = tracking.start_parent(
+    parent = tracking.start_parent(
         uri,
         task.name,
         f"sweep-{task.name}-{stamp}",
@@ -201,7 +201,7 @@ def start_task(task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: 
         where,
         settings,
     )
-    stamp = parent_name.rsplit(f"sweep-{task.name}-", 1)[-1]  # a resumed sweep's own
+    stamp = parent.name.rsplit(f"sweep-{task.name}-", 1)[-1]  # a resumed sweep's own
     varying = [k for k, v in space.items() if isinstance(v, (dict, Domain))]
     grids = math.prod(
         len(v["grid_search"]) for v in space.values() if isinstance(v, dict) and "grid_search" in v
@@ -212,20 +212,30 @@ def start_task(task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: 
     if lstm_checkpoint is not None:
         from pipeline.tracking import checkpoint_lineage
 
-        data_tags = {k: v for k, v in tags.items() if k.startswith("data_sha256.")}
-        row_tags["lstm"] = {**data_tags, **checkpoint_lineage(client, lstm_checkpoint, opts.lstm_checkpoint)}
+        data_tags = {k: v for k, v in parent.lineage.items() if k.startswith("data_sha256.")}
+        row_tags["lstm"] = {
+            **data_tags,
+            **checkpoint_lineage(parent.client, lstm_checkpoint, opts.lstm_checkpoint),
+        }
     callback = tracking.TrialRuns(
-        uri, exp, pid, tags, [*task.metrics, "train_loss", "epoch"], varying, total, row_tags=row_tags
+        uri,
+        parent.experiment,
+        parent.run_id,
+        parent.lineage,
+        [*task.metrics, "train_loss", "epoch"],
+        varying,
+        total,
+        row_tags=row_tags,
     )
     print(
         f"sweep {task.name}: {opts.samples * grids} trial(s) over {describe(space) or 'a fixed config'}"
         f"{f' + {len(rows_of_table)} ablation rows' if opts.ablations else ''}; {len(splits['train']):,} train / "
         f"{len(splits['dev']):,} dev examples"
         + (f"; evaluated every {space['eval_every']:,} steps" if space.get("eval_every") else "")
-        + f"; MLflow parent run {pid}{' (resumed)' if resumed else ''}",
+        + f"; MLflow parent run {parent.run_id}{' (resumed)' if parent.resumed else ''}",
         flush=True,
     )
-    return TaskSweep(task, data_dir, splits, space, varying, pid, stamp, callback)
+    return TaskSweep(task, data_dir, splits, space, varying, parent.run_id, stamp, callback)
 
 
 def ablation_points(ts: TaskSweep, opts: SweepOptions) -> list[dict]:

@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from ray import tune
@@ -89,6 +90,18 @@ class FinetuneRun:
         )
 
 
+@dataclass(frozen=True)
+class Parent:
+    """A sweep's parent run, as start_parent found or made it."""
+
+    client: object  # the MlflowClient it was made with
+    experiment: str  # the experiment id, gpt1-finetune-<task>
+    run_id: str
+    lineage: dict[str, str]  # the checkpoint's and the data's tags, which every trial run carries
+    name: str  # a resumed sweep's own, so its Tune experiments are found again
+    resumed: bool
+
+
 def start_parent(
     uri: str,
     task: str,
@@ -98,13 +111,13 @@ def start_parent(
     tags: dict[str, str],
     where: str | None = None,
     settings: dict | None = None,
-):
+) -> Parent:
     """The sweep's parent run in gpt1-finetune-<task>, tagged with its lineage and a key of its
     inputs and settings (sweep_key). Where an earlier sweep with the same key never finished (its
     driver was killed, or interrupted), that parent is taken up again instead: its name, and so
     its Tune experiments, are the resumed sweep's, and its trial runs left RUNNING are marked
     KILLED. A parent still RUNNING under a live driver of this machine is another sweep: refused.
-    Returns (client, experiment id, parent run id, lineage tags, the parent's name, resumed)."""
+    """
     import hashlib
     import json
     import os
@@ -155,11 +168,11 @@ def start_parent(
         client.update_run(pid, status="RUNNING")
         for k, v in driver.items():
             client.set_tag(pid, k, v)
-        return client, exp, pid, lineage_tags, old.info.run_name, True
+        return Parent(client, exp, pid, lineage_tags, old.info.run_name, True)
     parent = client.create_run(
         exp, run_name=name, tags={**lineage_tags, "task": task, "sweep_key": key, **driver, **tags}
     )
-    return client, exp, parent.info.run_id, lineage_tags, name, False
+    return Parent(client, exp, parent.info.run_id, lineage_tags, name, False)
 
 
 def log_parent(client, pid: str, task, metric: str, rows, ablation_rows, best_result, runs) -> dict:
