@@ -1,4 +1,4 @@
-"""The `gpt1` command. Stages are added as subcommands as they land (see README.md)."""
+"""The `gpt1` command: each stage a subcommand (README.md, and docs/ for each one's reference)."""
 
 from __future__ import annotations
 

@@ -27,6 +27,12 @@ from test_runbook import runbook_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+# The reference pages the README links, in the order a user reads them: their commands run after
+# the README's, in this order, as the README's sections did when they held them.
+DOCS = [
+    ROOT / "docs" / f"{p}.md"
+    for p in ("prepare", "pretrain", "finetune", "sweep", "serve", "paper", "evaluate", "faults")
+]
 VENV = Path(sys.executable).parent.parent
 
 # Commands run by another test, or that CI cannot run, and why.
@@ -54,7 +60,15 @@ BUCKET = "gpt1-test"  # the s3 fixture's
 
 
 def readme_commands() -> list[str]:
-    return runbook_lines(README.read_text())
+    return [line for page in (README, *DOCS) for line in runbook_lines(page.read_text())]
+
+
+def test_the_readme_is_short_and_links_every_reference_page():
+    text = README.read_text()
+    assert len(text.splitlines()) < 200
+    for page in DOCS:
+        assert f"](docs/{page.name})" in text, page.name
+    assert sorted((ROOT / "docs").glob("*.md")) == sorted([*DOCS, ROOT / "docs" / "whats-here.md"])
 
 
 def elsewhere(line: str) -> str | None:

@@ -73,7 +73,7 @@ def test_report_sets_table5_beside_the_paper_and_says_where_there_is_no_run(tmp_
     assert no_pre[2].startswith("no run") and no_pre[3] == "70.0 \\| 84.0 \\| -14.0"
     # Tables 2-4 from the best trial's metric; RTE's sweep never finished.
     assert "| 90.5 \\| 91.3 \\| -0.8 |" in text and "no run \\| 56.0" in text
-    assert "Deliberate deviations" in text and "AdamW" in text  # the README's ledger
+    assert "Deliberate deviations" in text and "AdamW" in text  # docs/finetune.md's ledger
     exp = client.get_experiment_by_name("gpt1-report")
     (run,) = client.search_runs([exp.experiment_id])
     assert run.data.tags["sweep.sst-2"] == newest

@@ -5,7 +5,7 @@ registers it.
 It holds the task, the dev metric (with the ablation rows' mean ± std over their seeds), the
 lineage (corpus -> dataset -> pretrain run -> trial, from the runs' tags), the input fields
 `gpt1 predict` and `gpt1 serve` read, and the deliberate deviations from the released code (the
-README's ledger, as `gpt1 report` ends with).
+ledger in docs/finetune.md, as `gpt1 report` ends with).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def model_card(
         "",
         "## Known deviations from the released code",
         "",
-        *deviations,  # the README's list as it stands: items and their indented continuations
+        *deviations,  # docs/finetune.md's list as it stands: items and their indented continuations
         "",
     ]
     return "\n".join(lines)

@@ -328,15 +328,15 @@ def figure2(client, runs: dict, curves: dict, path: Path) -> list[str]:
 
 
 def deviations() -> list[str]:
-    """The README's list of deliberate differences from the released code: one ledger, kept in
-    one place."""
-    readme = Path(__file__).resolve().parent.parent / "README.md"
-    if not readme.is_file():
-        return ["See the project's README.md, 'Where this differs from the released code'."]
-    text = readme.read_text(encoding="utf-8")
+    """The list of deliberate differences from the released code in docs/finetune.md: one
+    ledger, kept in one place."""
+    ledger = Path(__file__).resolve().parent.parent / "docs" / "finetune.md"
+    if not ledger.is_file():
+        return ["See the project's docs/finetune.md, 'Where this differs from the released code'."]
+    text = ledger.read_text(encoding="utf-8")
     m = re.search(r"- Where this differs from the released code[^\n]*\n((?:  .*\n)+)", text)
     if not m:
-        return ["See the project's README.md, 'Where this differs from the released code'."]
+        return ["See the project's docs/finetune.md, 'Where this differs from the released code'."]
     return [line[2:] for line in m[1].splitlines()]
 
 
