@@ -159,6 +159,25 @@ def dump(cfg) -> str:
     return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
 
 
+_TYPES = {"int": int, "float": float, "str": str, "str | None": str, "int | None": int}
+
+
+def add_field_options(p, cls, names: list[str], metavars: dict[str, str] | None = None) -> None:
+    """--name-with-dashes for each named field of the dataclass cls: its type, its default and
+    its help (the field's comment) from the dataclass itself, the one place they are written. A
+    bool field is a flag, off unless given."""
+    meaning = field_comments(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in names:
+        f = fields[name]
+        flag = "--" + name.replace("_", "-")
+        if f.type == "bool":
+            p.add_argument(flag, action="store_true", default=f.default, help=meaning[name])
+        else:
+            metavar = (metavars or {}).get(name)
+            p.add_argument(flag, type=_TYPES[f.type], default=f.default, metavar=metavar, help=meaning[name])
+
+
 def add_set_option(p, cls, what: str = "override a key", seed: str | None = None) -> None:
     """The --set KEY=VALUE option of a command whose settings are the dataclass cls, and, where
     seed says what the seed decides, --seed N: a spelling of --set seed=N, so that --seed means

@@ -223,3 +223,18 @@ def test_print_config_shows_the_settings_resolved_and_loads_back(tmp_path, capsy
     # Every key is there: loaded as a --config, it is the same settings.
     want = load(PretrainConfig(), "gpt1", PRESETS_DIR, ["micro_batch=auto", "lr=1e-4"])
     assert load(PretrainConfig(), str(tmp_path / "resolved.yaml")) == want
+
+
+def test_the_sweeps_options_are_its_dataclass_fields_with_their_defaults():
+    import dataclasses
+
+    from gpt1.cli import build_parser
+    from tuning.search import OPTIONS, SweepOptions
+
+    args = build_parser().parse_args(["sweep", "--task", "sst-2", "--data", "d", "--checkpoint", "c"])
+    given = {name: getattr(args, name) for name in OPTIONS}
+    assert given == {f.name: f.default for f in dataclasses.fields(SweepOptions) if f.name in OPTIONS}
+    args = build_parser().parse_args(
+        ["sweep", "--task", "t", "--data", "d", "--checkpoint", "c", "--gpus-per-trial", "0.25", "--ablations"]
+    )
+    assert args.gpus_per_trial == 0.25 and args.ablations is True

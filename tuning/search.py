@@ -64,6 +64,23 @@ class SweepOptions:
     lstm_checkpoint: str | None = None  # a pretrained LSTM: adds Table 5's lstm row to the ablations
 
 
+# The options `gpt1 sweep` makes from SweepOptions' fields (configio.add_field_options).
+OPTIONS = [
+    "samples",
+    "space",
+    "ablations",
+    "seeds",
+    "max_concurrent",
+    "gpus_per_trial",
+    "cpus_per_trial",
+    "eval_every",
+    "grace_period",
+    "reduction_factor",
+    "storage",
+    "device",
+    "lstm_checkpoint",
+]
+
 # The paper's ablation rows: the λ each sets in the base config (None: the base config's own).
 ABLATIONS = {"full": 0.5, "no_aux_lm": 0.0, "no_pretraining": None}
 LSTM_ROW = {"lstm": 0.5}  # Table 5's LSTM row fine-tunes with the auxiliary LM, as the full row
@@ -392,68 +409,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         required=True,
         help=CHECKPOINT_HELP,
     )
-    p.add_argument("--samples", type=int, default=8, help="trials drawn from the search space (default 8)")
-    p.add_argument("--space", help="a search-space YAML (default: tuning/configs/<task>.yaml)")
     configio.add_set_option(p, FinetuneConfig, "fix a key")
-    p.add_argument(
-        "--ablations", action="store_true", help="add the paper's rows: full, λ = 0, no pretraining"
-    )
-    p.add_argument(
-        "--seeds", type=int, default=1, help="run each ablation row with N seeds; the tables give mean ± std"
-    )
-    p.add_argument(
-        "--max-concurrent",
-        type=int,
-        default=0,
-        help="trials at a time (default: as many as the GPUs hold at --gpus-per-trial, or CPUs / 2)",
-    )
-    p.add_argument(
-        "--gpus-per-trial",
-        type=float,
-        default=1.0,
-        help="GPUs a trial takes (default 1); a fraction shares one (0.25: four 117 M-parameter trials a GPU)",
-    )
-    p.add_argument(
-        "--cpus-per-trial",
-        type=float,
-        default=0.0,
-        help="on CPU: cores a trial takes, fractions allowed (default 2)",
-    )
-    p.add_argument(
-        "--eval-every",
-        type=int,
-        default=-1,
-        help="steps between a trial's evaluations, ASHA's rungs (default: 1,000 where an epoch is over "
-        "2,000 steps, else each epoch)",
-    )
-    p.add_argument(
-        "--grace-period", type=int, default=1, help="ASHA: evaluations before a trial can be stopped"
-    )
-    p.add_argument(
-        "--reduction-factor", type=int, default=2, help="ASHA: 1 / fraction of trials kept at each rung"
-    )
+    # The sweep's own options, from SweepOptions: names, types, defaults and help in one place.
+    configio.add_field_options(p, SweepOptions, OPTIONS, metavars={"lstm_checkpoint": "CKPT"})
     p.add_argument(
         "--seed",
         type=int,
-        default=0,
+        default=SweepOptions.seed,
         metavar="N",
-        help="the run's seed (default: 0): the search space's draws, and every trial's (ablation rows: "
-        "N, N+1, ...); a --set seed=M fixes the trials' alone",
-    )
-    p.add_argument(
-        "--storage",
-        help="Ray Tune storage: a directory, NFS, or s3://... (default: $GPT1_STORAGE, else ./runs)",
-    )
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="auto (GPUs where the cluster has them or its autoscaler adds them), cpu, or cuda (never CPU)",
-    )
-    p.add_argument(
-        "--lstm-checkpoint",
-        metavar="CKPT",
-        help="a pretrained LSTM (gpt1 pretrain --config lstm), or its run's directory: adds Table 5's "
-        "lstm row to --ablations",
+        help=f"the run's seed (default: {SweepOptions.seed}): the search space's draws, and every trial's "
+        "(ablation rows: N, N+1, ...); a --set seed=M fixes the trials' alone",
     )
     add_wait_option(p)
 
@@ -534,22 +499,10 @@ def run(args: argparse.Namespace) -> None:
         print(configio.dump(configio.load(FinetuneConfig(), sets=args.set)), end="")
         return
     opts = SweepOptions(
-        samples=args.samples,
-        space=args.space,
+        **{name: getattr(args, name) for name in OPTIONS},
         sets=args.set,
-        ablations=args.ablations,
-        max_concurrent=args.max_concurrent,
-        gpus_per_trial=args.gpus_per_trial,
-        cpus_per_trial=args.cpus_per_trial,
-        eval_every=args.eval_every,
-        grace_period=args.grace_period,
-        reduction_factor=args.reduction_factor,
         seed=args.seed,
-        storage=args.storage,
-        device=args.device,
-        seeds=args.seeds,
         wait_minutes=args.wait_minutes,
-        lstm_checkpoint=args.lstm_checkpoint,
     )
     results = sweep(args.task, args.data, args.checkpoint, opts)
     print()
