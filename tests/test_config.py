@@ -235,6 +235,17 @@ def test_the_sweeps_options_are_its_dataclass_fields_with_their_defaults():
     given = {name: getattr(args, name) for name in OPTIONS}
     assert given == {f.name: f.default for f in dataclasses.fields(SweepOptions) if f.name in OPTIONS}
     args = build_parser().parse_args(
-        ["sweep", "--task", "t", "--data", "d", "--checkpoint", "c", "--gpus-per-trial", "0.25", "--ablations"]
+        [
+            "sweep",
+            "--task",
+            "t",
+            "--data",
+            "d",
+            "--checkpoint",
+            "c",
+            "--gpus-per-trial",
+            "0.25",
+            "--ablations",
+        ]
     )
     assert args.gpus_per_trial == 0.25 and args.ablations is True
