@@ -94,41 +94,31 @@ def pretrain(
 
     ray_init()
     use_gpu = cluster.wants_gpus("cuda" if accelerator and device == "auto" else device)
-    plan = plan_run(
-        cfg,
-        gcfg,
-        manifest,
-        str(data),
-        ray.cluster_resources(),
-        workers,
-        name,
-        storage,
-        use_gpu,
-        cluster.can_grow(),
-        accelerator,
-        min_workers,
-    )
-    kind, each = ("GPU", 1) if plan.use_gpu else ("CPU", plan.cpus_per_worker)
-    need = plan.min_workers or plan.workers
-    what = f"--workers {f'{need}-' if plan.min_workers else ''}{plan.workers}"
-    cluster.wait_for(kind, need * each, need, what, wait_minutes, plan.accelerator)
-    if cfg.micro_batch == "auto" and plan.use_gpu:
-        fitted = measured_micro(plan)
-        plan = plan_run(
+
+    def planned(fitted_micro: int | None = None, name: str | None = name, workers: int | None = workers):
+        return plan_run(
             cfg,
             gcfg,
             manifest,
             str(data),
             ray.cluster_resources(),
-            plan.workers,
-            plan.name,
+            workers,
+            name,
             storage,
             use_gpu,
             cluster.can_grow(),
             accelerator,
             min_workers,
-            fitted,
+            fitted_micro,
         )
+
+    plan = planned()
+    kind, each = ("GPU", 1) if plan.use_gpu else ("CPU", plan.cpus_per_worker)
+    need = plan.min_workers or plan.workers
+    what = f"--workers {f'{need}-' if plan.min_workers else ''}{plan.workers}"
+    cluster.wait_for(kind, need * each, need, what, wait_minutes, plan.accelerator)
+    if cfg.micro_batch == "auto" and plan.use_gpu:  # measured on one of the GPUs just waited for
+        plan = planned(measured_micro(plan), plan.name, plan.workers)
     # Before the workers start: a rank that waited in a collective for another node's download
     # would time out on a large dataset.
     stage_on_nodes(plan.data, kind)
