@@ -90,7 +90,7 @@ def run_mode(
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.train.checkpoint import latest_checkpoint
+    from pipeline.model_dir import latest_checkpoint
 
     storage = run_path.rsplit("/", 1)[0]
     t0 = time.perf_counter()

@@ -36,7 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 from pipeline.data.dataset import load_split, open_dataset  # noqa: E402
 from pipeline.data.tasks import get  # noqa: E402
 from pipeline.eval.zero_shot import Scorer, run_task, sst2  # noqa: E402
-from pipeline.train.checkpoint import load_model_and_tokenizer  # noqa: E402
+from pipeline.model_dir import load_model_and_tokenizer  # noqa: E402
 
 
 def median_time(fn, rounds: int) -> tuple[float, object]:

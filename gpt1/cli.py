@@ -14,7 +14,7 @@ def export(args: argparse.Namespace) -> None:
     from pipeline import outdir
     from pipeline.data.tokenizer import holds_released_vocabulary, load_tokenizer, save_tokenizer
     from pipeline.errors import UserError
-    from pipeline.train.checkpoint import load_model
+    from pipeline.model_dir import load_model
 
     src, dst = Path(args.src).absolute(), Path(args.dst).absolute()
     if src == dst or src in dst.parents or dst in src.parents:

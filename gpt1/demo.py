@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import configio, errors
+from pipeline import configio, env, errors
 
 
 @dataclass(frozen=True)
@@ -150,9 +150,9 @@ def parse_tasks(pairs: list[str]) -> dict[str, Path]:
 def run_demo(
     work: Path, size: Size, corpus: list[str] | None = None, tasks: dict[str, Path] | None = None
 ) -> dict:
-    from pipeline.data.packing import sha256_file
     from pipeline.data.prepare import PrepareConfig, prepare
     from pipeline.data.tasks import from_directory
+    from pipeline.files import sha256_file
     from pipeline.runtime import ray_init
     from pipeline.tracking import tracking_uri
     from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, pretrain
@@ -402,7 +402,7 @@ def run(args: argparse.Namespace) -> None:
     # The demo's runs in a store of its own, under WORKDIR (MLFLOW_TRACKING_URI still wins): in the
     # working directory's ./mlflow.db they would mix with the user's, and its report with theirs.
     # Set for the demo's time, so every process it starts (Ray's workers, Tune's trials) inherits it.
-    given = os.environ.get("MLFLOW_TRACKING_URI")
+    given = env.tracking_uri()
     os.environ["MLFLOW_TRACKING_URI"] = given or f"sqlite:///{work / 'mlflow.db'}"
     try:
         _run(args, work)

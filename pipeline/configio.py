@@ -179,41 +179,55 @@ def add_field_options(p, cls, names: list[str], metavars: dict[str, str] | None 
 
 
 def add_set_option(p, cls, what: str = "override a key", seed: str | None = None) -> None:
-    """The --set KEY=VALUE option of a command whose settings are the dataclass cls, and, where
-    seed says what the seed decides, --seed N: a spelling of --set seed=N, so that --seed means
-    the same on every verb (the run's seed, of which every random draw is a function)."""
+    """The --set KEY=VALUE option of a command whose settings are the dataclass cls, and, for each
+    key, --key-with-dashes VALUE: a spelling of --set key=value, appended to the same list in
+    the order given (the last one wins), so that both are read, checked and printed by one
+    mechanism. A key whose spelling the command already uses for an option of its own keeps
+    that option. Where seed says what the seed decides, --seed N is shown in --help (the run's
+    seed, of which every random draw is a function, on every verb)."""
     p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"{what}; the keys are listed below",
+        help=f"{what}; the keys are listed below, each also an option: --max-steps 30 is --set max_steps=30",
     )
     p.add_argument(
         "--print-config",
         action="store_true",
         help="print the settings as resolved (defaults, then --config, then --set) as YAML, and stop",
     )
-    keys = f"--set keys (KEY=VALUE; a --config YAML file takes the same keys):\n{describe(cls)}"
+    keys = (
+        f"--set keys (KEY=VALUE, or --KEY VALUE; a --config YAML file takes the same keys):\n{describe(cls)}"
+    )
     p.epilog = f"{p.epilog}\n\n{keys}" if p.epilog else keys
-    if seed:
-        default = next(f.default for f in dataclasses.fields(cls) if f.name == "seed")
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        if flag in p._option_string_actions:
+            continue
+        shown = f.name == "seed" and seed
         p.add_argument(
-            "--seed",
-            type=int,
+            flag,
             dest="set",
-            metavar="N",
-            action=_SeedAsSet,
+            metavar="N" if shown else "VALUE",
+            action=_KeyAsSet,
+            key=f.name,
             default=argparse.SUPPRESS,  # --set's own default stands
-            help=f"the run's seed (default: {default}): {seed}; the same as --set seed=N",
+            help=f"the run's seed (default: {f.default}): {seed}; the same as --set seed=N"
+            if shown
+            else argparse.SUPPRESS,  # listed once, with the --set keys below
         )
 
 
-class _SeedAsSet(argparse.Action):
-    """--seed N appended to the --set list as seed=N, in the order given (the last one wins)."""
+class _KeyAsSet(argparse.Action):
+    """--key VALUE appended to the --set list as key=VALUE, in the order given."""
+
+    def __init__(self, *args, key: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.key = key
 
     def __call__(self, parser, namespace, value, option_string=None):
-        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), f"seed={value}"])
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), f"{self.key}={value}"])
 
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:

@@ -29,6 +29,8 @@ import sys
 import threading
 from pathlib import Path
 
+from pipeline import env
+
 _ANSI = re.compile(rb"\x1b\[[0-9;]*m")
 # "(RayTrainWorker pid=123)", "(trial pid=123, ip=10.0.0.2)", "(MapWorker(MapBatches(Tokenize)) pid=1)"
 _WORKER = re.compile(rb"^\((?P<who>[^\s()]+(?:\([^\n]*?\))?)(?: pid=\d+)?(?:, ip=[\d.]+)?\)(?: |$)")
@@ -140,7 +142,7 @@ def progress(items, total: int, what: str, size=lambda item: 1, every: float = 3
 
 def supervised() -> bool:
     """Whether this process is a supervised command (its console filtered by its parent)."""
-    return bool(os.environ.get("GPT1_SUPERVISED"))
+    return env.supervised()
 
 
 def script(name: str) -> str:
@@ -175,12 +177,7 @@ def supervise(argv: list[str], log: Path, verbose: bool = False) -> int:
     with one line where its Ray instance was lost."""
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"the whole output, Ray's included: {log}", flush=True)
-    env = {
-        **os.environ,
-        "GPT1_SUPERVISED": "1",
-        "GPT1_VERBOSE": "1" if verbose else "",
-        "PYTHONUNBUFFERED": "1",
-    }
+    child_env = {**os.environ, **env.for_child(verbose), "PYTHONUNBUFFERED": "1"}
     child = subprocess.Popen(
         # -P: the working directory is not put first on the child's import path, so a user's own
         # folder named like a package of ours (`model/`, `gpt1 export`'s usual output) is not
@@ -188,7 +185,7 @@ def supervise(argv: list[str], log: Path, verbose: bool = False) -> int:
         [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-m", "gpt1.cli", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=env,
+        env=child_env,
         start_new_session=True,
         preexec_fn=_die_with_parent,
     )

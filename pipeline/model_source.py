@@ -41,9 +41,10 @@ def newest_of_run(spec: str, option: str = "--checkpoint") -> str:
     checkpoint_NNNNNNNNN directories), the run's newest complete checkpoint, said in a line."""
     from pipeline import remote
 
-    if not remote.is_remote(spec) and not any(Path(spec).glob("checkpoint_[0-9]*")):
+    run = remote.Location.of(spec).local
+    if run is not None and not any(run.glob("checkpoint_[0-9]*")):
         return spec  # a model directory, or nothing: torch is not needed to say so
-    from pipeline.train.checkpoint import latest_checkpoint
+    from pipeline.model_dir import latest_checkpoint
 
     newest = latest_checkpoint(str(spec).rstrip("/"))
     if newest is None:
@@ -55,7 +56,8 @@ def newest_of_run(spec: str, option: str = "--checkpoint") -> str:
 def is_hub_id(spec: str) -> bool:
     from pipeline import remote
 
-    return not remote.is_remote(spec) and not Path(spec).exists() and bool(_HUB_ID.fullmatch(str(spec)))
+    here = remote.Location.of(spec).local
+    return here is not None and not here.exists() and bool(_HUB_ID.fullmatch(str(spec)))
 
 
 @contextlib.contextmanager

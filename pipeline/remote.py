@@ -1,7 +1,11 @@
-"""Directories on object storage (s3://, gs://, ...), where nothing can be renamed into place: a
-directory is uploaded with one file last, whose presence says the rest is there (a dataset's
-manifest.json, a checkpoint's trainer_state.json), and what a prefix held before is checked and
-cleared by name, never wholesale."""
+"""Where files live: a path on this machine or a URI on object storage (s3://, gs://, ...), as one
+type, Location, so that a caller joins, reads, lists, locks and publishes without asking which it
+is. This module alone decides which it is.
+
+On object storage nothing can be renamed into place: a directory is uploaded with one file last,
+whose presence says the rest is there (a dataset's manifest.json, a checkpoint's
+trainer_state.json), and what a prefix held before is checked and cleared by name, never
+wholesale. A local directory is written beside its place and renamed into it (pipeline/outdir.py)."""
 
 from __future__ import annotations
 
@@ -9,15 +13,21 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import socket
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import pyarrow.fs as pafs
+
+from pipeline import outdir
+from pipeline.errors import ConfigError, UserError
 
 
 def is_remote(spec) -> bool:
@@ -40,8 +50,6 @@ def filesystem(spec, error: type[Exception] | None = None) -> tuple[pafs.FileSys
     try:
         return pafs.FileSystem.from_uri(str(spec))
     except Exception as err:  # pyarrow raises ArrowInvalid / OSError for unknown schemes
-        from pipeline.errors import UserError
-
         raise (error or UserError)(f"{spec}: cannot open this URI ({str(err).splitlines()[0]})") from None
 
 
@@ -50,12 +58,114 @@ def scheme(spec) -> str:
     return str(spec).split("://", 1)[0] + "://" if is_remote(spec) else ""
 
 
+@dataclass(frozen=True)
+class Location:
+    """A file or directory: an absolute path on this machine, or a URI on object storage (no
+    trailing slash). Location.of takes what a user typed (a relative path, file://, s3://...).
+    `error` is the UserError subclass a URI that cannot be opened raises."""
+
+    uri: str
+    error: type[Exception] | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, spec: str | Path | Location, error: type[Exception] | None = None) -> Location:
+        if isinstance(spec, Location):
+            return spec
+        s = str(spec)
+        return cls(s.rstrip("/") if is_remote(s) else str(local_path(s)), error)
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def __truediv__(self, name: str) -> Location:
+        return Location(f"{self.uri}/{name}", self.error)
+
+    @property
+    def local(self) -> Path | None:
+        """Where it is on this machine; None for object storage, whose files are read through fs."""
+        return None if "://" in self.uri else Path(self.uri)
+
+    @cached_property
+    def _fs(self) -> tuple[pafs.FileSystem, str]:
+        return filesystem(self.uri, self.error)
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        return self._fs[0]
+
+    @property
+    def path(self) -> str:
+        """Its path on fs (for object storage: bucket/key, without the scheme)."""
+        return self._fs[1]
+
+    def of_path(self, path: str) -> str:
+        """A path on fs under it (a listing's, or Ray's, which drops the scheme) as a URI again."""
+        return scheme(self.uri) + path.split("://", 1)[-1]
+
+    def kind(self) -> pafs.FileType:
+        return self.fs.get_file_info(self.path).type
+
+    def exists(self) -> bool:
+        return self.kind() != pafs.FileType.NotFound
+
+    def is_file(self) -> bool:
+        return self.kind() == pafs.FileType.File
+
+    def is_dir(self) -> bool:
+        return self.kind() == pafs.FileType.Directory
+
+    def read_bytes(self) -> bytes:
+        with self.fs.open_input_stream(self.path) as f:
+            return f.read()
+
+    def files(self) -> list[str]:
+        """Paths relative to it of every file under it (none where it does not exist)."""
+        return files_under(self.fs, self.path)
+
+    def delete(self, names: list[str], first: str | None = None) -> None:
+        """Delete each name under it, `first` before the others (see delete)."""
+        delete(self.fs, self.path, names, first)
+
+    def hold(self, what: str) -> contextlib.AbstractContextManager:
+        """One writer (a `what`: "prepare", ...) at a time while the block runs; a second is refused
+        in one line. Locally an flock (a killed writer leaves nothing stuck); on object storage,
+        which has none, a lease (see lease)."""
+        if self.local is None:
+            return lease(self.fs, self.path, self.uri, what)
+        return outdir.writer_lock(self.local, what)
+
+    @contextlib.contextmanager
+    def writing(self, tag: str) -> Iterator[Path]:
+        """A local path at which to write the file it names, put in its place when the block ends
+        without an error: from a marked directory beside it (one a killed writer leaves is
+        removed by the next, outdir.remove_orphans), or, for object storage, uploaded whole from a
+        temporary directory. A block that fails leaves nothing at the location."""
+        if self.local is None:
+            with tempfile.TemporaryDirectory(prefix=f"gpt1-{tag}-") as tmp:
+                yield Path(tmp) / "out"
+                pafs.copy_files(
+                    str(Path(tmp) / "out"),
+                    self.path,
+                    source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=self.fs,
+                )
+            return
+        staging = outdir.sibling(self.local, tag)
+        try:
+            yield staging / "out"
+            os.replace(staging / "out", self.local)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def fetched(self, what: str) -> contextlib.AbstractContextManager[Path]:
+        """A local directory (or file) with what it holds (see fetched)."""
+        return fetched(self.uri, what)
+
+
 def inside(root: Path, name: str, source: str) -> Path:
     """root/name, where name is someone else's text (an object's key, a name in a manifest):
     refused unless it resolves to a path under root, so that '..', an absolute name or a link
     never carries a write out of the directory it is meant for."""
-    from pipeline.errors import UserError
-
     root = Path(root).resolve()
     dest = (root / name).resolve()
     if root not in dest.parents:
@@ -96,10 +206,8 @@ def upload(local: Path, fs: pafs.FileSystem, base: str, last: str) -> None:
     """Copy the files under local to base, `last` after all others (a staging directory's marker
     file is not copied). If a copy fails, what was copied is deleted again (best effort) and the
     error raised."""
-    from pipeline.outdir import MARKER_FILE
-
     files = sorted(
-        (p for p in local.rglob("*") if p.is_file() and p.name != MARKER_FILE),
+        (p for p in local.rglob("*") if p.is_file() and p.name != outdir.MARKER_FILE),
         key=lambda p: (p.name == last, p.as_posix()),
     )
     done: list[str] = []
@@ -128,8 +236,6 @@ def lease(fs: pafs.FileSystem, base: str, uri: str, what: str, ttl: float = 120.
     process of this machine; a lease its writer stopped renewing (killed, machine lost) is taken
     over. Two writers that start at the same moment both write theirs, wait, and read it back:
     the one whose token is not there steps back."""
-    from pipeline.errors import UserError
-
     path = f"{base}/{LEASE}"
     me = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
 
@@ -149,9 +255,9 @@ def lease(fs: pafs.FileSystem, base: str, uri: str, what: str, ttl: float = 120.
         if not isinstance(other, dict) or other.get("token") == me["token"]:
             return None
         here = other.get("host") == me["host"] and isinstance(other.get("pid"), int)
-        from pipeline.outdir import alive
-
-        if (here and alive(other["pid"])) or (not here and time.time() - float(other.get("time", 0)) < ttl):
+        if (here and outdir.alive(other["pid"])) or (
+            not here and time.time() - float(other.get("time", 0)) < ttl
+        ):
             return other
         return None
 
@@ -218,12 +324,11 @@ def fetched(spec, what: str) -> Iterator[Path]:
     storage, a temporary copy of it, or of every file under it (deleted when the block ends). For
     inputs that one process reads whole, such as a sweep's checkpoint and task files or prepare's
     tokenizer; a dataset is staged per node instead (pipeline/data/stage.py)."""
-    from pipeline.errors import ConfigError
-
-    if not is_remote(spec):
-        yield local_path(spec)
+    loc = Location.of(spec)
+    if loc.local is not None:
+        yield loc.local
         return
-    uri = str(spec).rstrip("/")
+    uri = str(loc)
     try:
         fs, base = pafs.FileSystem.from_uri(uri)
     except Exception as err:  # pyarrow raises ArrowInvalid / OSError for unknown schemes

@@ -6,6 +6,8 @@ import logging
 import os
 from pathlib import Path
 
+from pipeline import env
+
 
 def ray_init() -> None:
     """Join the cluster that RAY_ADDRESS names (a `ray job submit` job has it set), else start a
@@ -19,7 +21,7 @@ def ray_init() -> None:
     import signal
     import threading
 
-    address = os.environ.get("RAY_ADDRESS") or "local"
+    address = env.ray_address() or "local"
     main = threading.current_thread() is threading.main_thread()
     ours = signal.getsignal(signal.SIGTERM) if main else None
     # The workers import the project from its own directory before the working directory that
@@ -53,7 +55,7 @@ def ray_init() -> None:
 
         if address == "local":
             raise
-        auth = os.environ.get("RAY_AUTH_MODE")
+        auth = env.ray_auth_mode()
         hint = (
             "a cluster started with `ray start` (Ray 2.60) asks for its token: set RAY_AUTH_MODE=token "
             "(with RAY_AUTH_TOKEN, or the head's ~/.ray/auth_token copied here)"
@@ -84,8 +86,8 @@ def storage_path(storage: str | None) -> str:
     """--storage, else GPT1_STORAGE (a cluster sets it for every job: s3://...), else ./runs."""
     from pipeline import remote
 
-    storage = storage or os.environ.get("GPT1_STORAGE") or "runs"
-    return storage.rstrip("/") if remote.is_remote(storage) else str(remote.local_path(storage))
+    storage = storage or env.storage() or "runs"
+    return str(remote.Location.of(storage))
 
 
 def add_wait_option(p) -> None:

@@ -4,13 +4,14 @@ root, and what prepare and pretrain log."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
+
+from pipeline import env
 
 
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI if set, else sqlite:///mlflow.db in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    return env.tracking_uri() or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def check_store(uri: str, skippable: bool = True) -> None:
@@ -70,7 +71,7 @@ def _create_store(uri: str, path: Path) -> None:
 
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    from pipeline.data.dataset import machine_lock
+    from pipeline.files import machine_lock
     from pipeline.outdir import lock_file_of
 
     # MLflow and alembic announce each table and migration at INFO: quiet here, as a command's
@@ -219,7 +220,7 @@ def weights_sha256(ckpt: Path) -> str:
     for the original OpenAI release, of its params_<i>.npy files' own sha256s, in order."""
     import hashlib
 
-    from pipeline.data.packing import sha256_file
+    from pipeline.files import sha256_file
 
     if (ckpt / "model.safetensors").exists():
         return sha256_file(ckpt / "model.safetensors")
@@ -235,7 +236,7 @@ def checkpoint_lineage(client, checkpoint: Path, where: str | None = None) -> di
     the trial whose model it registers, and that trial's pretrain run comes with it."""
     import json
 
-    from pipeline.data.packing import sha256_file
+    from pipeline.files import sha256_file
 
     ckpt = Path(checkpoint).absolute()
     where = where or str(ckpt)
@@ -334,13 +335,7 @@ def _dataset_file(data, name: str) -> bytes:
     """A file of a dataset directory or object-storage prefix."""
     from pipeline import remote
 
-    if remote.is_remote(data):
-        import pyarrow.fs as pafs
-
-        fs, base = pafs.FileSystem.from_uri(str(data))
-        with fs.open_input_stream(f"{base}/{name}") as f:
-            return f.read()
-    return (Path(data) / name).read_bytes()
+    return (remote.Location.of(data) / name).read_bytes()
 
 
 class RunLogger:

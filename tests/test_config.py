@@ -1,5 +1,6 @@
 """pipeline.configio and pipeline.errors: defaults, preset or YAML file, --set overrides, clear errors."""
 
+import argparse
 from dataclasses import dataclass
 
 import pytest
@@ -159,6 +160,9 @@ def test_every_verbs_help_gives_each_option_a_line_and_its_default():
             if not action.option_strings or action.option_strings == ["-h", "--help"]:
                 continue
             flag = action.option_strings[-1]
+            if action.help == argparse.SUPPRESS:  # --KEY VALUE, a spelling of --set KEY=VALUE
+                assert f"\n  {action.key} " in parser.epilog, f"gpt1 {name} {flag}: its key is not listed"
+                continue
             assert action.help, f"gpt1 {name} {flag}: no help line"
             shown = any(action.default is v for v in (None, False)) or action.default == []
             if not shown:  # a value the user gets without asking: --help must say which
@@ -188,6 +192,35 @@ def test_seed_means_the_runs_seed_on_every_verb_that_draws():
     sweep = ["sweep", "--task", "sst-2", "--data", "d", "--checkpoint", "c"]
     assert parser.parse_args([*sweep, "--seed", "7"]).seed == 7
     assert parser.parse_args(["generate", "--checkpoint", "c", "--prompt", "p", "--seed", "7"]).seed == 7
+
+
+def test_every_set_key_is_also_an_option_read_by_the_same_mechanism():
+    """--max-steps 30 is --set max_steps=30: one list, in the order given, the last one winning,
+    checked by the same code (a bad value is the same line either way). A verb's own option of
+    the same name keeps its meaning (the sweep's --eval-every and --seed)."""
+    from gpt1.cli import build_parser
+    from pipeline.train.config import PretrainConfig
+    from pipeline.train.pretrain_cli import PRESETS_DIR
+
+    parser = build_parser()
+    args = parser.parse_args(
+        ["pretrain", "--data", "d", "--max-steps", "30", "--set", "lr=1e-3", "--lr", "2e-3"]
+    )
+    assert args.set == ["max_steps=30", "lr=1e-3", "lr=2e-3"]
+    cfg = load(PretrainConfig(), args.config, PRESETS_DIR, args.set)
+    assert (cfg.max_steps, cfg.lr) == (30, 2e-3)
+    for spelling in (["--max-steps", "many"], ["--set", "max_steps=many"]):
+        args = parser.parse_args(["pretrain", "--data", "d", *spelling])
+        with pytest.raises(ConfigError, match="max_steps"):
+            load(PretrainConfig(), args.config, PRESETS_DIR, args.set)
+    args = parser.parse_args(
+        ["finetune", "--task", "sst-2", "--data", "d", "--checkpoint", "c", "--lm-coef", "0"]
+    )
+    assert args.set == ["lm_coef=0"]
+    sweep = parser.parse_args(
+        ["sweep", "--task", "sst-2", "--data", "d", "--checkpoint", "c", "--eval-every", "5", "--epochs", "1"]
+    )
+    assert sweep.eval_every == 5 and sweep.set == ["epochs=1"]
 
 
 def test_help_lists_every_set_key_with_its_type_default_and_meaning():

@@ -19,7 +19,7 @@ from test_faults_inputs import one_line, tmpfs
 
 from gpt1.cli import main as gpt1
 from pipeline.data.prepare import PrepareConfig, prepare
-from pipeline.train.checkpoint import STATE_FILE, latest_checkpoint
+from pipeline.model_dir import STATE_FILE, latest_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 SETS = [
@@ -215,7 +215,7 @@ def test_a_non_finite_loss_stops_the_run_and_saves_nothing_after_it(data, tmp_pa
     import torch
     from safetensors.torch import load_file, save_file
 
-    from pipeline.data.packing import sha256_file
+    from pipeline.files import sha256_file
 
     storage = tmp_path / "s"
     assert gpt1(args(data, storage)) == 0

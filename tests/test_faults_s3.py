@@ -11,7 +11,7 @@ import pytest
 from corpus_gen import documents
 
 from pipeline.data.prepare import PrepareConfig, prepare
-from pipeline.train.checkpoint import latest_checkpoint
+from pipeline.model_dir import latest_checkpoint
 
 pytestmark = pytest.mark.slow  # a cluster, an S3 server or a Ray job: minutes
 

@@ -97,7 +97,7 @@ def test_a_standalone_finetune_is_logged_to_mlflow_as_a_trial_is(
     FINISHED. With --no-mlflow, nothing."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.data.packing import sha256_file
+    from pipeline.files import sha256_file
     from pipeline.tracking import weights_sha256
 
     monkeypatch.chdir(tmp_path)

@@ -77,6 +77,54 @@ def test_every_import_points_down():
     assert not up, "imports that point up a floor: " + "; ".join(up)
 
 
+# Inside a room, its parts from the bottom up: an import points to a lower row only. A part is a
+# module, or a sub-package taken whole (pipeline/data, pipeline/eval, pipeline/train). A new
+# module takes the row its imports put it in.
+FLOORS = {
+    "pipeline": [
+        {"errors", "env", "files"},  # no imports of ours
+        {"outdir", "configio", "console", "cluster"},
+        {"remote"},  # Location: a path here or on object storage
+        {"runtime", "tracking"},
+        {"data"},
+        {"model_dir"},  # a model directory read back (below the verbs that read one)
+        {"model_source"},
+        {"eval"},
+        {"train"},  # the training loop evaluates (eval), never the other way
+        {"prepare", "pretrain"},  # the stages' scripts
+    ],
+    "tuning": [
+        {"encode", "finetune_config", "inputs", "paper", "rows", "schedule", "space"},
+        {"card", "report", "task_model"},
+        {"evaluation"},
+        {"finetune"},
+        {"predict", "tracking", "trials"},
+        {"finetune_cli", "search", "serve"},
+        {"sweep"},
+    ],
+}
+
+
+def part(name: str) -> tuple[str, str] | None:
+    """(room, part) of a module below a room's package, None for the package itself."""
+    pieces = name.split(".")
+    return (pieces[0], pieces[1]) if len(pieces) > 1 and pieces[0] in FLOORS else None
+
+
+def test_inside_pipeline_and_tuning_every_import_points_down():
+    floor = {(r, p): i for r, rows in FLOORS.items() for i, row in enumerate(rows) for p in row}
+    placed = {part(n) for n in modules()} - {None}
+    assert placed <= set(floor), f"parts without a row in FLOORS: {sorted(placed - set(floor))}"
+    up = sorted(
+        f"{a} -> {b}"
+        for a, targets in graph().items()
+        for b in targets
+        if part(a) and part(b) and part(a)[0] == part(b)[0] and part(a) != part(b)
+        if floor[part(b)] >= floor[part(a)]
+    )
+    assert not up, "imports that point sideways or up inside a room: " + "; ".join(up)
+
+
 def test_no_import_circles():
     g = graph()
     # Package __init__ files re-export their modules; an import of the package is an import of them.
@@ -143,7 +191,7 @@ def test_every_module_says_its_job():
 
 
 def test_only_the_storage_module_tells_local_paths_from_uris():
-    """pipeline/remote.py decides what is object storage (is_remote, filesystem): a `"://" in`
+    """pipeline/remote.py decides what is object storage (Location, filesystem): a `"://" in`
     test elsewhere would fork that rule (file:// is local everywhere)."""
     import re
 
@@ -155,6 +203,35 @@ def test_only_the_storage_module_tells_local_paths_from_uris():
         if re.search(r"""["']://["']\s+(not\s+)?in\b""", line)
     ]
     assert not forked, forked
+    # Callers hold a Location and ask it what they need (a file's bytes, a listing, a lock), not
+    # which side it is on: the one question lives in the storage module.
+    asking = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in modules().values()
+        if path.relative_to(ROOT).as_posix() != "pipeline/remote.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if "is_remote(" in line
+    ]
+    assert not asking, asking
+
+
+def test_only_the_env_module_reads_environment_variables_and_the_docs_list_each():
+    """pipeline/env.py names every variable the project reads; a read elsewhere would be a
+    setting nobody can find."""
+    import re
+
+    from pipeline import env
+
+    reads = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in modules().values()
+        if path.relative_to(ROOT).as_posix() != "pipeline/env.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"os\.environ\.get\(|os\.getenv\(|(?<!del )os\.environ\[[^]]+\](?!\s*=)", line)
+    ]
+    assert not reads, reads
+    listed = (ROOT / "docs" / "whats-here.md").read_text()
+    assert all(f"`{name}`" in listed for name in env.VARIABLES), listed
 
 
 def test_every_module_is_named_in_architecture_md():

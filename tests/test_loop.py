@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from gpt1 import world
 from pipeline.data.dataset import open_dataset
 from pipeline.data.prepare import PrepareConfig, prepare
-from pipeline.train.checkpoint import OPTIMIZER_FILE
+from pipeline.model_dir import OPTIMIZER_FILE
 from pipeline.train.config import PretrainConfig
 from pipeline.train.loop import LocalSession, LoopSpec, Pretraining
 from pipeline.train.plan import model_config

@@ -14,8 +14,8 @@ import pytest
 from corpus_gen import documents
 
 from pipeline.data.corpus import CorpusError
-from pipeline.data.packing import sha256_file
 from pipeline.data.prepare import PrepareConfig, prepare
+from pipeline.files import sha256_file
 
 pytestmark = pytest.mark.slow  # a cluster, an S3 server or a Ray job: minutes
 

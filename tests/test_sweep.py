@@ -11,8 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from gpt1.cli import main as cli
 from model import GPT, GPTConfig
-from pipeline.data.packing import sha256_file
 from pipeline.data.tokenizer import train_tokenizer
+from pipeline.files import sha256_file
 from tuning.search import main
 
 SPACE = """

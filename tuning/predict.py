@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -67,7 +65,7 @@ def expand_inputs(paths: list[str]) -> list[str]:
 
     out = []
     for spec in paths:
-        if not remote.is_remote(spec) and glob.has_magic(spec):
+        if remote.Location.of(spec).local is not None and glob.has_magic(spec):
             found = sorted(p for p in glob.glob(spec) if Path(p).is_file())
             if not found:
                 raise errors.ConfigError(f"--input {spec}: matches no file")
@@ -151,7 +149,8 @@ def check_out(out: str, inputs: list[str], overwrite: bool) -> None:
     directory beside it is removed."""
     from pipeline import outdir
 
-    if remote.is_remote(out):
+    final = remote.Location.of(out).local
+    if final is None:  # object storage: the bucket must be there, and nothing is made
         if any(str(out).rstrip("/") == str(i).rstrip("/") for i in inputs):
             raise errors.ConfigError(
                 f"--out {out}: is one of the --input files; write the predictions elsewhere"
@@ -171,10 +170,10 @@ def check_out(out: str, inputs: list[str], overwrite: bool) -> None:
         if there.type == pafs_type().File and not overwrite:
             raise errors.ConfigError(f"--out {out}: already exists; pass --overwrite to replace it")
         return
-    final = remote.local_path(out)
     for spec in inputs:
-        if not remote.is_remote(spec):
-            src = remote.local_path(spec).resolve()
+        src = remote.Location.of(spec).local
+        if src is not None:
+            src = src.resolve()
             if final.resolve() == src or src in final.resolve().parents:
                 raise errors.ConfigError(
                     f"--out {out}: is (or lies in) the --input {spec}; write the predictions elsewhere"
@@ -217,7 +216,7 @@ def check_model(d: Path, what: str) -> None:
         with damaged_model(what):
             load_task_model(d, "cpu")
     else:
-        from pipeline.train.checkpoint import load_model_and_tokenizer
+        from pipeline.model_dir import load_model_and_tokenizer
 
         with damaged_model(what):
             load_model_and_tokenizer(d)
@@ -545,7 +544,6 @@ def predict(
     check_out(out, inputs, overwrite)
     # Only now torch (and Ray, for a large input): a missing file or a bad --out is refused
     # without their start-up.
-    from pipeline import outdir
     from tuning.finetune import is_finetune_output
     from tuning.inputs import fields_of, task_of
     from tuning.rows import batches, scan
@@ -618,32 +616,16 @@ def predict(
         f"predict: {task.name} ({task.transformation}) on {', '.join(inputs)}, fields {', '.join(fields)}; {how}",
         flush=True,
     )
-    # Written in a marked staging directory beside its place (a local --out; one a killed run
-    # leaves is removed by the next, outdir.remove_orphans) or in a temporary directory (object
-    # storage), then moved or uploaded whole: a failed run leaves nothing half-written at --out.
-    with tempfile.TemporaryDirectory(prefix="gpt1-predict-") as tmp:
-        final = None if remote.is_remote(out) else remote.local_path(out)
-        staging = Path(tmp) if final is None else outdir.sibling(final, "predict")
-        local = staging / "out"
-        try:
+    # Written beside its place, or in a temporary directory for object storage, and moved or
+    # uploaded whole: a failed run leaves nothing half-written at --out.
+    try:
+        with remote.Location.of(out).writing("predict") as local:
             written, skipped, where = write(source, local, kind, on_bad_row, inputs, scans)
-            if final is None:
-                import pyarrow.fs as pafs
-
-                fs, path = pafs.FileSystem.from_uri(str(out))
-                pafs.copy_files(
-                    str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
-                )
-            else:
-                os.replace(local, final)
-        except Exception as err:
-            line = None if isinstance(err, errors.UserError) else _input_error(err)
-            if line is None:
-                raise
-            raise errors.UserError(f"--input: {line}") from None
-        finally:
-            if final is not None:
-                shutil.rmtree(staging, ignore_errors=True)
+    except Exception as err:
+        line = None if isinstance(err, errors.UserError) else _input_error(err)
+        if line is None:
+            raise
+        raise errors.UserError(f"--input: {line}") from None
     bad = len(where)
     line = f"predict: {written:,} row(s) to {out}"
     if skipped:

@@ -409,7 +409,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         required=True,
         help=CHECKPOINT_HELP,
     )
-    configio.add_set_option(p, FinetuneConfig, "fix a key")
     # The sweep's own options, from SweepOptions: names, types, defaults and help in one place.
     configio.add_field_options(p, SweepOptions, OPTIONS, metavars={"lstm_checkpoint": "CKPT"})
     p.add_argument(
@@ -420,6 +419,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"the run's seed (default: {SweepOptions.seed}): the search space's draws, and every trial's "
         "(ablation rows: N, N+1, ...); a --set seed=M fixes the trials' alone",
     )
+    # Then the fine-tuning keys it fixes for every trial: --set KEY=VALUE, or --KEY VALUE where the
+    # sweep has no option of that name (its own --seed and --eval-every stand).
+    configio.add_set_option(p, FinetuneConfig, "fix a key")
     add_wait_option(p)
 
 

@@ -33,13 +33,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import re
 import signal
 import threading
 from pathlib import Path
 
-from pipeline import errors
+from pipeline import env, errors
 
 GENERATE_KEYS = {"prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "num_samples"}
 # The bounds of one request: what one client may ask of a replica that others share.
@@ -148,7 +147,7 @@ def endpoint():  # noqa: C901 (the sum of the replica class's methods, each well
                 self.tm = load_task_model(d, device)
                 self.fields = fields_of(self.tm.task.transformation)
             else:
-                from pipeline.train.checkpoint import load_model_and_tokenizer
+                from pipeline.model_dir import load_model_and_tokenizer
 
                 self.gpt, self.tok = load_model_and_tokenizer(d)
                 self.gpt = self.gpt.to(device).eval()
@@ -303,7 +302,7 @@ def run(args: argparse.Namespace) -> None:
         raise errors.ConfigError(
             "--min-replicas / --max-replicas: expected 1 <= MIN <= MAX; --max-batch-size >= 1; --batch-wait-ms >= 0"
         )
-    args.token = args.token or os.environ.get(TOKEN_ENV) or None
+    args.token = args.token or env.serve_token()
     check_listen(args.host, args.port, args.token)
     try:
         from ray import serve

@@ -38,7 +38,7 @@ class Pretrained:
     def load(cls, checkpoint) -> Pretrained:
         """From any model directory that GPT.from_pretrained and load_tokenizer read; a training
         checkpoint's files (its tokenizer too) must be the ones its trainer_state.json lists."""
-        from pipeline.train.checkpoint import load_model_and_tokenizer
+        from pipeline.model_dir import load_model_and_tokenizer
 
         gpt, tok = load_model_and_tokenizer(checkpoint)
         return cls(gpt.config.to_dict(), {k: v.numpy() for k, v in gpt.state_dict().items()}, tok.to_str())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ray import tune
 
-from pipeline.data.packing import sha256_file
+from pipeline.files import sha256_file
 from tuning.paper import MEAN_M_MM
 
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by

@@ -15,7 +15,7 @@ import math
 import tempfile
 from pathlib import Path
 
-from pipeline import configio
+from pipeline import configio, env
 from tuning.finetune_config import FinetuneConfig
 
 
@@ -143,7 +143,7 @@ def run_tuner(
             callbacks=callbacks,
             # Tune's status tables only where asked for (gpt1 --verbose): the trials' own lines
             # (TrialRuns) say what a user follows.
-            verbose=1 if os.environ.get("GPT1_VERBOSE") else 0,
+            verbose=1 if env.verbose() else 0,
             # Each trial keeps only its best model (the one reported with the highest metric).
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute="objective", checkpoint_score_order="max"

@@ -8,55 +8,33 @@ uninterrupted one would have.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
-import pyarrow.fs as pafs
 
-from pipeline import remote
+from pipeline import env, remote
 from pipeline.data.manifest import FORMAT_VERSION, DataError, check_fields, check_shards, read_manifest
-from pipeline.data.packing import StreamReader, sha256_file
+from pipeline.data.packing import StreamReader
 from pipeline.data.tokenizer import load_tokenizer, tokenizer_sha256
 from pipeline.errors import UserError
+from pipeline.files import machine_lock, sha256_file
 
 
 def read_dataset(where) -> dict:
     """The manifest of a prepared dataset, a directory or an object-storage URI, checked against
     what is there: its format, its fields, and every shard present with its length (one listing).
     No shard is hashed here: see verify_once and pipeline/data/stage.py."""
-    uri = str(where)
-    if remote.is_remote(uri):
-        label = uri.rstrip("/")
-        try:
-            fs, base = pafs.FileSystem.from_uri(label)
-        except Exception as err:  # pyarrow raises ArrowInvalid / OSError for unknown schemes
-            raise DataError(f"{label}: cannot open this URI ({str(err).splitlines()[0]})") from None
-        if fs.get_file_info(f"{base}/manifest.json").type != pafs.FileType.File:
-            raise DataError(
-                f"{label}: not a prepared dataset (no manifest.json); make one with `gpt1 prepare`"
-            )
-        try:
-            manifest = remote.read_json(fs, f"{base}/manifest.json")
-        except (ValueError, UnicodeDecodeError) as err:
-            raise DataError(
-                f"{label}/manifest.json: not a readable manifest ({err}); prepare the dataset again"
-            ) from None
-        if not isinstance(manifest, dict):
-            raise DataError(f"{label}/manifest.json: expected a JSON object; prepare the dataset again")
-    else:
-        d = remote.local_path(uri)
-        fs, base, label = pafs.LocalFileSystem(), str(d), str(d)
-        if not (d / "manifest.json").exists():
-            raise DataError(f"{d}: not a prepared dataset (no manifest.json); make one with `gpt1 prepare`")
-        try:
-            manifest = read_manifest(d)
-        except UserError as err:
-            raise DataError(str(err)) from None
+    loc = remote.Location.of(where, DataError)
+    if not (loc / "manifest.json").is_file():
+        raise DataError(f"{loc}: not a prepared dataset (no manifest.json); make one with `gpt1 prepare`")
+    try:
+        manifest = read_manifest(loc)
+    except UserError as err:
+        raise DataError(str(err)) from None
+    fs, base, label = loc.fs, loc.path, str(loc)
     where = f"{label}/manifest.json"
     version = manifest.get("format_version")
     if isinstance(version, int) and version < FORMAT_VERSION:
@@ -74,16 +52,18 @@ def read_dataset(where) -> dict:
     return manifest
 
 
-def open_dataset(path, verify: bool = True) -> dict:
-    """The manifest of a prepared dataset directory, after checking that the directory still
-    holds what the manifest says: with verify, every shard's sha256 (once per machine, see
-    verify_once) and the tokenizer's."""
-    d = Path(path)
-    manifest = read_dataset(d)
+def open_dataset(where, verify: bool = True) -> dict:
+    """The manifest of a prepared dataset (a directory or a URI), after checking that it still
+    holds what the manifest says: with verify, the tokenizer's sha256 and, for a directory, every
+    shard's (once per machine, see verify_once); a dataset on object storage is verified by each
+    node as it stages it (pipeline/data/stage.py)."""
+    loc = remote.Location.of(where)
+    manifest = read_dataset(loc)
     if not verify:
         return manifest
-    verify_once(d, manifest)
-    check_tokenizer(d, manifest)
+    if loc.local is not None:
+        verify_once(loc.local, manifest)
+    check_tokenizer(loc, manifest)
     return manifest
 
 
@@ -105,19 +85,7 @@ def check_tokenizer(where, manifest: dict) -> None:
 
 def verification_cache() -> Path:
     """GPT1_DATA_CACHE, else ~/.cache/gpt1/data: what this machine has verified and staged."""
-    return Path(os.environ.get("GPT1_DATA_CACHE") or Path.home() / ".cache" / "gpt1" / "data")
-
-
-@contextlib.contextmanager
-def machine_lock(path: Path):
-    """One process of the machine at a time, for as long as the block runs (an flock: a killed
-    holder leaves nothing stuck)."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
+    return env.data_cache()
 
 
 def cache_key(where: str, manifest: dict) -> str:

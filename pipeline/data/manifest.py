@@ -93,11 +93,11 @@ def is_dataset(d: Path) -> bool:
     return (d / "manifest.json").is_file()
 
 
-def read_manifest(d: Path) -> Manifest:
-    """manifest.json of a dataset directory, or one line saying why it cannot be read."""
-    path = Path(d) / "manifest.json"
+def read_manifest(where) -> Manifest:
+    """manifest.json of a dataset (a directory or a URI), or one line saying why it cannot be read."""
+    path = remote.Location.of(where) / "manifest.json"
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_bytes())
     except json.JSONDecodeError as err:
         raise CorpusError(
             f"{path}: not valid JSON ({err.msg} at line {err.lineno}); the dataset is "
@@ -181,7 +181,6 @@ def check_shards(fs, base: str, label: str, manifest: dict) -> None:
     """The shards under base (any pyarrow filesystem) are the manifest's, each as long as it says,
     and together as long as their split's stream: a cheap check (one listing, sizes only) of a
     missing, truncated or extra file."""
-    import pyarrow.fs as pafs
 
     width = np.dtype(manifest["dtype"]).itemsize
     for split in ("train", "val"):
@@ -300,30 +299,14 @@ def build_manifest(
     }
 
 
-def existing_manifest(fs, base: str, out, overwrite: bool) -> dict | None:
-    """The manifest of the dataset already at out (a local directory where fs is None, else
-    base on fs), None where there is none. A damaged one is an error, unless --overwrite is to
-    replace it anyway (then {})."""
-    if fs is None:
-        if not (Path(out) / "manifest.json").exists():
-            return None
-        try:
-            return read_manifest(Path(out))
-        except CorpusError:
-            if not overwrite:
-                raise
-            return {}
-    if fs.get_file_info(f"{base}/manifest.json").type != pafs.FileType.File:
+def existing_manifest(out: remote.Location, overwrite: bool) -> dict | None:
+    """The manifest of the dataset already at out, None where there is none. A damaged one is an
+    error, unless --overwrite is to replace it anyway (then {})."""
+    if not (out / "manifest.json").is_file():
         return None
     try:
-        manifest = remote.read_json(fs, f"{base}/manifest.json")
-        if not isinstance(manifest, dict):
-            raise ValueError("not a JSON object")
-        return manifest
-    except (ValueError, UnicodeDecodeError) as err:
+        return read_manifest(out)
+    except CorpusError:
         if not overwrite:
-            raise CorpusError(
-                f"{out}/manifest.json: not a readable manifest ({err}); the dataset is damaged: "
-                "prepare it again with --overwrite"
-            ) from None
+            raise
         return {}

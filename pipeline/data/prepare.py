@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,6 @@ from pipeline.data.corpus import (
     InputFile,
     ReadOptions,
     file_digest,
-    filesystem,
     plan_chunks,
     resolve_inputs,
 )
@@ -93,12 +93,7 @@ def prepare(
     (bench/gpu_check.py) and small corpora; the output is the same, byte for byte.
     wait_minutes: on a cluster whose autoscaler adds nodes, how long to wait for the first CPU."""
     t0, cpu0 = time.time(), time.process_time()
-    remote = remote_store.is_remote(out)
-    if remote:  # object storage: written in place, manifest.json last
-        fs, base = filesystem(str(out))
-        out = str(out).rstrip("/")
-    else:
-        out = remote_store.local_path(out)
+    out = remote_store.Location.of(out, CorpusError)
     _check(cfg)
     check_wait(wait_minutes)
     files = resolve_inputs(corpus, cfg.format)  # first: a missing file is refused without MLflow's start-up
@@ -123,42 +118,21 @@ def prepare(
     source_key = fingerprint([[f.uri, f.size, f.mtime_ns] for f in files], cfg, source, n_val)
     # One prepare of an output at a time: a second is refused while the first lives, so that it
     # never replaces (or mixes into) the first's dataset.
-    with remote_store.lease(fs, base, out, "prepare") if remote else outdir.writer_lock(out, "prepare"):
-        existing = (
-            existing_manifest(fs, base, out, overwrite)
-            if remote
-            else existing_manifest(None, "", out, overwrite)
-        )
+    with out.hold("prepare"):
+        existing = existing_manifest(out, overwrite)
         if existing is not None and (
             existing.get("source_key") == source_key or _same_contents(existing, files, cfg, source, n_val)
         ):
             print(f"{out} is up to date (same inputs and options): nothing to do")
             return existing
-        if remote:
-            remote_store.delete(
-                fs, base, _remote_leftovers(fs, base, out, existing, overwrite), first="manifest.json"
-            )
-        else:
-            outdir.check_replaceable(out, "a prepared dataset", is_dataset, overwrite, CorpusError)
-            outdir.check_writable(out)
-            outdir.remove_orphans(out)
-            tmp = outdir.sibling(out, "tmp")
-            fs, base = pafs.LocalFileSystem(), str(tmp)
-        if not local:  # on a cluster whose head takes no work, the first CPU node
-            ray_init()
-            cluster.wait_for("CPU", 1, 1, "prepare's workers", wait_minutes)
         meta = Path(tempfile.mkdtemp(prefix="gpt1-prepare-"))  # manifest and tokenizer, also for MLflow
         try:
-            manifest = _work(
-                files, cfg, val_files, tok, source, source_key, fs, base, out if remote else base, local, meta
-            )
-            if not remote:
-                outdir.swap_into_place(tmp, out)
+            with _written(out, existing, overwrite) as target:
+                if not local:  # on a cluster whose head takes no work, the first CPU node
+                    ray_init()
+                    cluster.wait_for("CPU", 1, 1, "prepare's workers", wait_minutes)
+                manifest = _work(files, cfg, val_files, tok, source, source_key, target, local, meta)
         except BaseException:
-            if remote:
-                _clear(fs, base)
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
             shutil.rmtree(meta, ignore_errors=True)
             raise
         elapsed, cpu = time.time() - t0, time.process_time() - cpu0
@@ -200,9 +174,12 @@ def _same_contents(
     return existing.get("fingerprint") == fingerprint([file_digest(f) for f in files], cfg, source, n_val)
 
 
-def _work(files, cfg, val_files, tok, source, source_key, fs, base, out_uri, local, meta: Path) -> Manifest:
-    """The dataset's files under base: the tokenizer (learned first, where asked), the part
+def _work(
+    files, cfg, val_files, tok, source, source_key, target: remote_store.Location, local, meta: Path
+) -> Manifest:
+    """The dataset's files under target: the tokenizer (learned first, where asked), the part
     files, the shards, then the manifest."""
+    fs, base, out_uri = target.fs, target.path, str(target)
     items = [
         {"item": i, **it}
         for i, it in enumerate(
@@ -301,14 +278,40 @@ def _assemble(out_uri: str, jobs: list, local: bool) -> list[str]:
     return ray.get([task.remote(out_uri, name, pieces) for name, pieces in jobs])
 
 
-def _clear(fs, base: str) -> None:
+@contextlib.contextmanager
+def _written(
+    out: remote_store.Location, existing: dict | None, overwrite: bool
+) -> Iterator[remote_store.Location]:
+    """Where the new dataset is written, once room is made for it: beside a local output (a marked
+    sibling, renamed into place when the block ends), or on object storage in place (its old
+    dataset's files deleted first, the manifest first of all). If the block fails, what it
+    wrote is deleted again."""
+    if out.local is None:
+        out.delete(_remote_leftovers(out, existing, overwrite), first="manifest.json")
+        try:
+            yield out
+        except BaseException:
+            _clear(out)
+            raise
+        return
+    outdir.check_replaceable(out.local, "a prepared dataset", is_dataset, overwrite, CorpusError)
+    outdir.check_writable(out.local)
+    outdir.remove_orphans(out.local)
+    tmp = outdir.sibling(out.local, "tmp")
+    try:
+        yield remote_store.Location.of(tmp)
+        outdir.swap_into_place(tmp, out.local)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _clear(out: remote_store.Location) -> None:
     """After a failed run on object storage: what it wrote (and nothing else) deleted again,
     the manifest first."""
-    names = [
-        n for n in remote_store.files_under(fs, base) if n != remote_store.LEASE
-    ]  # the lease: its holder's
+    names = [n for n in out.files() if n != remote_store.LEASE]  # the lease: its holder's
     if remote_store.only_these(names, _DATASET_FILES) is None:
-        remote_store.delete(fs, base, names, first="manifest.json")
+        out.delete(names, first="manifest.json")
 
 
 # What prepare writes under its output, and nothing else: a prefix that holds other files is
@@ -319,11 +322,11 @@ _DATASET_FILES = (
 )
 
 
-def _remote_leftovers(fs, base: str, out: str, existing: dict | None, overwrite: bool) -> list[str]:
+def _remote_leftovers(out: remote_store.Location, existing: dict | None, overwrite: bool) -> list[str]:
     """The files under an object-storage output that the new dataset replaces: an older dataset
     (only with --overwrite), or what an interrupted prepare left (no manifest). A prefix that
     holds anything else is refused, --overwrite or not."""
-    names = remote_store.files_under(fs, base)
+    names = out.files()
     foreign = remote_store.only_these(names, _DATASET_FILES)
     if foreign is not None:
         raise CorpusError(

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from pipeline import remote
-from pipeline.data.dataset import cache_key, machine_lock, read_dataset, verification_cache, verify_once
+from pipeline import env, remote
+from pipeline.data.dataset import cache_key, read_dataset, verification_cache, verify_once
 from pipeline.data.manifest import DataError, manifest_json
+from pipeline.files import machine_lock
 
 # Bytes per ranged GET while staging. A GET costs a round trip before its first byte (tens of ms
 # on S3), so pieces are as large as keeps every stream busy: a whole shard of prepare's default
@@ -41,15 +42,15 @@ def local_copy(uri: str) -> tuple[Path, dict]:
     """The dataset at uri as a local directory, with its manifest: itself (verified once per
     machine), or, for object storage, this node's staged copy (downloaded and verified once per
     node)."""
-    manifest = read_dataset(uri)
-    if not remote.is_remote(uri):
-        d = remote.local_path(uri)
-        verify_once(d, manifest)
-        return d, manifest
-    dest = verification_cache() / cache_key(uri.rstrip("/"), manifest)
+    loc = remote.Location.of(uri)
+    manifest = read_dataset(loc)
+    if loc.local is not None:
+        verify_once(loc.local, manifest)
+        return loc.local, manifest
+    dest = verification_cache() / cache_key(str(loc), manifest)
     with machine_lock(dest.with_suffix(".lock")):
         if not (dest / "manifest.json").exists():
-            _download(uri.rstrip("/"), manifest, dest)
+            _download(str(loc), manifest, dest)
     return dest, manifest
 
 
@@ -60,7 +61,7 @@ def _download(uri: str, manifest: dict, dest: Path, streams: int | None = None) 
     sha256 is the manifest's."""
     from concurrent.futures import ThreadPoolExecutor
 
-    streams = streams or int(os.environ.get("GPT1_STAGE_STREAMS", "8"))
+    streams = streams or env.stage_streams()
     fs, base = pafs.FileSystem.from_uri(uri)
     want = {
         **{n: s["sha256"] for n, s in manifest["shards"].items()},
@@ -145,7 +146,7 @@ def stage_on_nodes(uri: str, resource: str) -> None:
     (GPU or CPU) for workers, before the workers start: no rank then waits in a collective while
     another node downloads. A node that joins later stages in its first worker (local_copy).
     Raises DataError with the first node's line where a copy fails verification."""
-    if not remote.is_remote(uri):
+    if remote.Location.of(uri).local is not None:
         return
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

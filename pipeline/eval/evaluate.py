@@ -101,7 +101,7 @@ def evaluate(
     """loss, perplexity, bits per byte and the counts behind them."""
     from pipeline.data.tokenizer import encode_texts
     from pipeline.eval.generate import document_end
-    from pipeline.train.checkpoint import load_model_and_tokenizer
+    from pipeline.model_dir import load_model_and_tokenizer
 
     gpt, tok = load_model_and_tokenizer(checkpoint)
     n_ctx = gpt.config.n_ctx
@@ -223,7 +223,7 @@ def _run(args: argparse.Namespace, tasks: list, checkpoint: Path, device: str) -
     results = []
     if tasks:
         from pipeline.eval.zero_shot import Scorer, run_task
-        from pipeline.train.checkpoint import load_model_and_tokenizer
+        from pipeline.model_dir import load_model_and_tokenizer
 
         gpt, tok = load_model_and_tokenizer(checkpoint)
         scorer = Scorer(gpt.to(device), tok, device)

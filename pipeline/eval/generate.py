@@ -113,9 +113,9 @@ def continuations(
 
 
 def run(args: argparse.Namespace) -> None:
+    from pipeline.model_dir import load_model_and_tokenizer
     from pipeline.model_source import local_model
     from pipeline.runtime import local_device
-    from pipeline.train.checkpoint import load_model_and_tokenizer
 
     check(args)
     prompt = args.prompt

@@ -13,7 +13,7 @@ import dataclasses
 from pathlib import Path
 
 from pipeline import errors, remote
-from pipeline.data.dataset import check_tokenizer, open_dataset, read_dataset
+from pipeline.data.dataset import open_dataset
 from pipeline.data.stage import stage_on_nodes
 from pipeline.runtime import check_accelerator, check_device, check_wait
 from pipeline.tracking import check_store, finish_run, start_pretrain_run, tracking_uri
@@ -62,16 +62,8 @@ def pretrain(
     for the workers' nodes."""
     if name is not None:
         check_run_name(name)
-    # Object storage: the manifest and a listing here (sizes only); every node's first worker
-    # stages the shards and verifies them as they arrive (pipeline/data/stage.py). A local
-    # directory: verified here, once per machine.
-    if remote.is_remote(data):
-        data = str(data).rstrip("/")
-        manifest = read_dataset(data)
-        check_tokenizer(data, manifest)
-    else:
-        data = remote.local_path(data)
-        manifest = open_dataset(data)
+    data = str(remote.Location.of(data))
+    manifest = open_dataset(data)
     gcfg = model_config(cfg, manifest, data)
     check_device(device)
     check_accelerator(accelerator)
@@ -132,7 +124,7 @@ def collective_timeout(data: str, manifest: dict) -> int:
     """Seconds a rank waits in a collective: Ray Train's 30 minutes, plus, for a dataset on
     object storage, the time a node that joins mid-run (a replacement, or an elastic run growing)
     takes to stage it at STAGE_RATE, while the other ranks wait for it at the first collective."""
-    if not remote.is_remote(data):
+    if remote.Location.of(data).local is not None:
         return 1800
     size = sum(s["tokens"] for s in manifest["shards"].values()) * (4 if manifest["dtype"] == "uint32" else 2)
     return 1800 + int(size / STAGE_RATE)
@@ -145,7 +137,7 @@ def launch(plan: RunPlan, manifest: dict, uri: str | None) -> dict:
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from pipeline.train.checkpoint import latest_checkpoint
+    from pipeline.model_dir import latest_checkpoint
     from pipeline.train.loop import LoopSpec
     from pipeline.train.ray_train import (
         Outcome,
@@ -157,10 +149,10 @@ def launch(plan: RunPlan, manifest: dict, uri: str | None) -> dict:
     )
 
     cfg, gcfg, name, run_path = plan.cfg, plan.model, plan.name, plan.run_path
-    if not remote.is_remote(plan.storage):
+    if (here := remote.Location.of(run_path).local) is not None:
         from pipeline import outdir
 
-        outdir.check_writable(Path(run_path) / RUN_FILE)
+        outdir.check_writable(here / RUN_FILE)
     with run_lock(run_path):
         old = recorded_run(run_path)
         plan = settle(plan, manifest, old)
@@ -239,8 +231,8 @@ def launch(plan: RunPlan, manifest: dict, uri: str | None) -> dict:
             if stopped:
                 raise errors.UserError(stopped)
     checkpoint = result.checkpoint.path if result.checkpoint else None
-    if checkpoint and remote.is_remote(run_path):  # Ray's path is inside the bucket, without the scheme
-        checkpoint = remote.scheme(run_path) + checkpoint.split("://", 1)[-1]
+    if checkpoint:  # on object storage, Ray's path is inside the bucket, without the scheme
+        checkpoint = remote.Location.of(run_path).of_path(checkpoint)
     m = result.metrics or {}
     line = f"run {name} done at step {m.get('step', plan.total_steps):,}"
     if "val_bits_per_byte" in m:

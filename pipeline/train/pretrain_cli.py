@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline import configio, errors, remote
+from pipeline import configio, env, errors
 from pipeline.data.dataset import read_dataset
 from pipeline.runtime import add_wait_option, check_accelerator, check_device
 from pipeline.train.config import PretrainConfig, parse_workers
@@ -75,9 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def show_plan(args: argparse.Namespace, cfg: PretrainConfig, low: int | None, high: int | None) -> None:
     manifest = None
     if args.data:
-        manifest = read_dataset(
-            str(args.data).rstrip("/") if remote.is_remote(args.data) else remote.local_path(args.data)
-        )
+        manifest = read_dataset(args.data)
         gcfg = model_config(cfg, manifest, args.data)
     else:
         gcfg = model_config(cfg, None, None)
@@ -93,7 +91,6 @@ def plans_gpus(args: argparse.Namespace) -> bool:
     """Whether --plan plans GPU workers: the machine the command would run on. --accelerator or
     --device cuda say so; with --device auto, this machine's GPU does, or a cluster (RAY_ADDRESS),
     whose GPUs --plan cannot see without joining it."""
-    import os
 
     if args.accelerator or args.device == "cuda":
         return True
@@ -101,7 +98,7 @@ def plans_gpus(args: argparse.Namespace) -> bool:
         return False
     import torch
 
-    return torch.cuda.is_available() or bool(os.environ.get("RAY_ADDRESS"))
+    return torch.cuda.is_available() or bool(env.ray_address())
 
 
 def run(args: argparse.Namespace) -> None:

@@ -41,7 +41,7 @@ class RaySession:
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self.run_path, self.resume_from = run_path, resume_from
-        self.remote = remote.is_remote(run_path)
+        self.local = remote.Location.of(run_path).local  # None: the run is on object storage
         self.handed_over = None  # the staging directory an upload in the background now owns
         self.async_upload = True  # to object storage; bench/checkpoint_stall.py compares both
 
@@ -55,7 +55,7 @@ class RaySession:
         import ray.train
         import torch.distributed as dist
 
-        from pipeline.train.checkpoint import latest_checkpoint
+        from pipeline.model_dir import latest_checkpoint
 
         ckpt, choice = ray.train.get_checkpoint(), None
         if self.rank == 0:
@@ -82,11 +82,11 @@ class RaySession:
 
         from pipeline import outdir
 
-        if self.remote:
+        if self.local is None:
             d = Path(tempfile.mkdtemp(prefix=f"gpt1-ckpt-{os.getpid()}-"))
             outdir.mark(d)
         else:
-            d = outdir.sibling(Path(self.run_path) / name, "tmp")
+            d = outdir.sibling(self.local / name, "tmp")
         self.handed_over = None
         try:
             yield d
@@ -98,10 +98,10 @@ class RaySession:
         import pyarrow.fs as pafs
         import ray.train
 
-        from pipeline.train.checkpoint import STATE_FILE
+        from pipeline.model_dir import STATE_FILE
 
-        if not self.remote:
-            final = Path(self.run_path) / name
+        if self.local is not None:
+            final = self.local / name
             if final.exists():  # the same step written by an attempt that Ray's index lost
                 import shutil
 
@@ -122,7 +122,7 @@ class RaySession:
         import ray.train
 
         ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        if ckpt is not None and self.remote and self.async_upload:
+        if ckpt is not None and self.local is None and self.async_upload:
             # Uploaded in the background: training stalls for the local save alone. The local
             # copy is deleted once uploaded; trainer_state.json goes up last, so a copy cut off
             # by a failure is never taken for a complete checkpoint.
@@ -184,7 +184,8 @@ def run_lock(run_path: str):
     lock file is local (~/.cache/gpt1/locks): it guards against a second run on this machine only."""
     from pipeline import outdir
 
-    lock_file = outdir.lock_file_of(run_path) if remote.is_remote(run_path) else Path(run_path) / ".gpt1.lock"
+    here = remote.Location.of(run_path).local
+    lock_file = here / ".gpt1.lock" if here is not None else outdir.lock_file_of(run_path)
     refused = "another pretrain of this run is running (pid {}); wait for it to end, or pass another --name"
     with outdir.held_alone(lock_file, lambda pid: errors.ConfigError(f"{run_path}: {refused.format(pid)}")):
         yield
@@ -222,9 +223,9 @@ def remove_orphan_staging(run_path: str) -> None:
 
     from pipeline import outdir
 
-    if not remote.is_remote(run_path):
-        for p in Path(run_path).glob(f".checkpoint_*.{outdir.MARKER}tmp-*"):
-            outdir.remove_orphans(Path(run_path) / p.name.split(".")[1])
+    here = remote.Location.of(run_path).local
+    for p in here.glob(f".checkpoint_*.{outdir.MARKER}tmp-*") if here is not None else []:
+        outdir.remove_orphans(here / p.name.split(".")[1])
     for p in Path(tempfile.gettempdir()).glob("gpt1-ckpt-*-*"):
         if outdir.orphaned(p):
             shutil.rmtree(p, ignore_errors=True)

@@ -99,7 +99,7 @@ def completed_run(
     alone, before Ray starts: pretrain's result for it, or None where there is work left. A
     time-limited run counts only once its budget is decided (loop.py); a record that differs from
     these settings is the ConfigError a resume would raise."""
-    from pipeline.train.checkpoint import STATE_FILE, latest_checkpoint
+    from pipeline.model_dir import STATE_FILE, latest_checkpoint
 
     name = run_name(cfg, gcfg, manifest, data, name)
     run_path = f"{storage_path(storage)}/{name}"
