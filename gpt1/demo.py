@@ -1,13 +1,15 @@
 """The main job, end to end: prepare -> pretrain -> sweep on a local Ray instance, logged to MLflow.
 
-    gpt1 demo [--workdir demo] [--size default|ci] [--fresh]
+    gpt1 demo [--workdir demo] [--size default|ci] [--fresh] [--lstm] [--seeds N]
     gpt1 demo --corpus PATH... --task NAME=PATH ...          the same flow on your own data
 
 Without --corpus and --task it runs on built-in data that it writes itself (gpt1/world.py): a
 corpus of English-like text about a small world, and four labeled tasks derived from it, one per
 input transformation, whose dev splits only pretraining can help with. Each task is swept with
 the ablation rows (full, λ = 0, no pretraining), and the end is a table per task and the command
-that opens the MLflow UI on the results.
+that opens the MLflow UI on the results. --lstm adds Table 5's fourth row (an LSTM pretrained
+on the same data, fine-tuned as the full row), and --seeds N runs each row over N seeds (its
+cell: mean ± std); both cost time, so the default leaves them out and its last lines name them.
 
 A re-run reuses every stage whose inputs are unchanged: the dataset (prepare's fingerprint), the
 pretrained checkpoint and each task's sweep (recorded in WORKDIR/stages.json by the sha256 of
@@ -40,13 +42,12 @@ class Size:
     dev: int
     steps: int  # pretraining updates
     samples: int  # --samples of each sweep: lr draws, each run at both λ of the demo space
-    seeds: int  # --seeds of each ablation row: its table cell is the mean ± std over them
 
 
 SIZES = {
-    "default": Size(docs=8000, train=500, dev=200, steps=3000, samples=1, seeds=2),
+    "default": Size(docs=8000, train=500, dev=200, steps=3000, samples=1),
     # Every stage at a fraction of the size, for CI: the same flow in a few minutes.
-    "ci": Size(docs=800, train=80, dev=60, steps=60, samples=1, seeds=1),
+    "ci": Size(docs=800, train=80, dev=60, steps=60, samples=1),
 }
 
 
@@ -148,7 +149,12 @@ def parse_tasks(pairs: list[str]) -> dict[str, Path]:
 
 
 def run_demo(
-    work: Path, size: Size, corpus: list[str] | None = None, tasks: dict[str, Path] | None = None
+    work: Path,
+    size: Size,
+    corpus: list[str] | None = None,
+    tasks: dict[str, Path] | None = None,
+    lstm_row: bool = False,
+    seeds: int = 1,
 ) -> dict:
     from pipeline.data.prepare import PrepareConfig, prepare
     from pipeline.data.tasks import from_directory
@@ -215,7 +221,8 @@ def run_demo(
 
     pre = pretrained("demo", "the Transformer")
     # Table 5's fourth row: an LSTM pretrained on the same data, fine-tuned as the lstm row.
-    lstm = pretrained("demo-lstm", "the LSTM")
+    lstm = pretrained("demo-lstm", "the LSTM") if lstm_row else None
+    lstm_ckpt = Path(lstm["checkpoint"]) if lstm else None
     ckpt = Path(pre["checkpoint"])
 
     space = CONFIGS_DIR / "demo.yaml"
@@ -231,20 +238,20 @@ def run_demo(
             grace_period=epochs,
             storage=str(work / "runs"),
             device="cpu",
-            seeds=size.seeds,
-            lstm_checkpoint=lstm["checkpoint"],
+            seeds=seeds,
+            lstm_checkpoint=str(lstm_ckpt) if lstm_ckpt else None,
         )
         key = _sha(
             {
                 "checkpoint": sha256_file(ckpt / "model.safetensors"),
-                "lstm": sha256_file(Path(lstm["checkpoint"]) / "model.safetensors"),
+                "lstm": sha256_file(lstm_ckpt / "model.safetensors") if lstm_ckpt else None,
                 "files": [sha256_file(Path(f)) for f in files],
                 "space": space.read_text(),
                 "options": dataclasses.asdict(opts),
             }
         )
         done = stages.get(f"sweep:{name}", key)
-        if done and "lstm" not in done.get("ablations", {}):  # recorded by a version without those rows
+        if done and lstm_row and "lstm" not in done.get("ablations", {}):  # recorded without that row
             done = None
         if done:
             print(
@@ -253,14 +260,14 @@ def run_demo(
             )
         else:
             print(f"[4/4] sweep {name} ({i}/{len(jobs)}): {task.transformation}", flush=True)
-            r = sweep_task(task, Path(d), ckpt, opts, uri, lstm_checkpoint=Path(lstm["checkpoint"]))
+            r = sweep_task(task, Path(d), ckpt, opts, uri, lstm_checkpoint=lstm_ckpt)
             done = {
                 "parent_run_id": r["parent_run_id"],
                 "metric": task.metrics[0],
                 "best": r["best"],
                 "best_lm_coef": r["best_config"]["lm_coef"],
                 "transformation": task.transformation,
-                "seeds": size.seeds,
+                "seeds": seeds,
                 "ablations": {a["ablation"]: [a["mean"], a["std"]] for a in r["ablation_summary"]},
             }
             stages.put(f"sweep:{name}", key, done)
@@ -269,22 +276,25 @@ def run_demo(
     print()
     # "no pretraining" runs at the best trial's settings, its λ included: the two columns differ
     # in the pretraining alone.
-    if size.seeds > 1:
-        print(f"The ablation rows' cells: mean ± std of the best dev metric over {size.seeds} seeds.\n")
+    if seeds > 1:
+        print(f"The ablation rows' cells: mean ± std of the best dev metric over {seeds} seeds.\n")
+    rows = ["no_pretraining", "full", "no_aux_lm", *(["lstm"] if lstm_row else [])]
+    heads = {"no_pretraining": "no pretraining", "full": "full (λ 0.5)", "no_aux_lm": "λ = 0", "lstm": "LSTM"}
     print(
-        "| task | transformation | metric | best trial | its λ | no pretraining | full (λ 0.5) | λ = 0 | LSTM |"
+        "| task | transformation | metric | best trial | its λ | " + " | ".join(heads[a] for a in rows) + " |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|" + "---:|" * len(rows))
 
     def cell(mean_std):
         mean, std = mean_std
-        return f"{mean:.3f}" if size.seeds == 1 else f"{mean:.3f} ± {std:.3f}"
+        return f"{mean:.3f}" if seeds == 1 else f"{mean:.3f} ± {std:.3f}"
 
     for name, r in results.items():
         a = r["ablations"]
         print(
             f"| {name} | {r['transformation']} | {r['metric']} | {r['best']:.3f} | {r['best_lm_coef']} | "
-            f"{cell(a['no_pretraining'])} | {cell(a['full'])} | {cell(a['no_aux_lm'])} | {cell(a['lstm'])} |"
+            + " | ".join(cell(a[row]) for row in rows)
+            + " |"
         )
     # The paper's tables beside ours (gpt1 report): the built-in tasks are not the paper's, so
     # they come under its "other tasks", with every ablation row.
@@ -300,6 +310,16 @@ def run_demo(
     print(f"\nFrom the report (gpt1 report), all of it in {work / 'report' / 'report.md'}:\n")
     print(text[text.index("### Table 5") : text.index("### Figure 2")].rstrip() + "\n")
     print(f"done in {time.perf_counter() - t_start:.0f} s.")
+    left_out = [
+        *([] if lstm_row else ["Table 5's LSTM row (--lstm)"]),
+        *([] if seeds > 1 else ["each row's spread over seeds (--seeds 2)"]),
+    ]
+    if left_out:  # the slower rows: named, with the option that adds them
+        print(
+            f"\nLeft out to save time: {' and '.join(left_out)}. The same command with "
+            f"{' '.join(o[o.index('(') + 1 : -1] for o in left_out)} adds them (the data and the "
+            "pretrained Transformer are reused)."
+        )
     what_next(uri, pre, results, work, held_out)
     return {"pretrain": pre, "sweeps": results, "uri": uri}
 
@@ -348,7 +368,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--size",
         choices=sorted(SIZES),
         default="default",
-        help="default (about 8 minutes on 2 cores) or ci (every stage shrunk)",
+        help="default (about 5 minutes on 2 cores) or ci (every stage shrunk)",
+    )
+    p.add_argument(
+        "--lstm",
+        action="store_true",
+        help="add Table 5's LSTM row: an LSTM pretrained on the same data, fine-tuned as the full row",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run each ablation row over N seeds; its cell is the mean ± std (default: 1)",
     )
     p.add_argument(
         "--fresh",
@@ -423,7 +455,9 @@ def _run(args: argparse.Namespace, work: Path) -> None:
         if uri.startswith("sqlite:///"):
             inputs.append(Path(uri.removeprefix("sqlite:///")).absolute())
         fresh(work, inputs + [p.resolve() for p in inputs])
-    run_demo(work, SIZES[args.size], args.corpus, tasks)
+    if args.seeds < 1:
+        raise errors.ConfigError(f"--seeds {args.seeds}: expected at least 1")
+    run_demo(work, SIZES[args.size], args.corpus, tasks, lstm_row=args.lstm, seeds=args.seeds)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""gpt1 demo at the ci size: prepare -> pretrain -> sweep on the built-in data, the MLflow runs it
+"""gpt1 demo at the ci size (with its LSTM row): prepare -> pretrain -> sweep on the built-in data, the MLflow runs it
 leaves, and a second run that reuses every stage."""
 
 import json
@@ -61,7 +61,7 @@ def test_builtin_tasks_train_and_dev_use_disjoint_words(tmp_path):
 
 @pytest.mark.slow
 def test_demo_runs_every_stage_and_reuses_them(tmp_path):
-    out = gpt1_demo(tmp_path, "--size", "ci")
+    out = gpt1_demo(tmp_path, "--size", "ci", "--lstm")
     client = MlflowClient(f"sqlite:///{tmp_path / 'demo' / 'mlflow.db'}")  # its own store
     assert not (tmp_path / "mlflow.db").exists()
     # The console is the project's own lines; Ray's (Tune's tables, Data's progress, the workers'
@@ -110,6 +110,9 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path):
     assert f"pretrained: {pretrain_checkpoint(tmp_path)}" in out
     assert all(f"fine-tuned on {n}: models:/gpt1-{n}/1" in out for n in world.TASKS)
     assert f"{venv / 'gpt1'} generate --checkpoint" in out
+    # With --lstm, only the spread over seeds is left out, and the ending names its option.
+    assert "Left out to save time: each row's spread over seeds (--seeds 2)." in out
+    assert "| task | transformation | metric | best trial | its λ | no pretraining | full (λ 0.5) | λ = 0 | LSTM |" in out
     held_out = tmp_path / "demo" / "builtin" / "held-out.txt"
     assert (
         f"--corpus {held_out}" in out
@@ -117,7 +120,7 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path):
     )
 
     # Again: every stage is recognised by its inputs and reused; no new runs.
-    again = gpt1_demo(tmp_path, "--size", "ci")
+    again = gpt1_demo(tmp_path, "--size", "ci", "--lstm")
     assert "pretrain the Transformer: reusing" in again and "pretrain the LSTM: reusing" in again
     assert again.count("reusing MLflow run") == len(world.TASKS)
     assert "up to date" in again

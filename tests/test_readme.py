@@ -234,6 +234,9 @@ def test_the_readme_commands_run_in_a_fresh_directory_as_written(tmp_path, s3):
         ("reviews", "classification"),
     ):
         assert f"| {task} | {transformation} |" in demo, demo[-3000:]
+    # Without --lstm and --seeds, the ending names both, and the table has no LSTM column.
+    assert "Left out to save time: Table 5's LSTM row (--lstm) and each row's spread over seeds" in demo
+    assert "| λ = 0 |\n" in demo and "| LSTM |" not in demo.split("From the report")[0]
     # The options that shrink a line reach the command, a trailing comment or not.
     (glue,) = [out for command, out in ran.items() if " sweep --task glue " in command]
     assert "sweep sst-2: 1 trial(s)" in glue and "sweep rte: 1 trial(s)" in glue, glue[-3000:]

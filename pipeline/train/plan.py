@@ -104,9 +104,8 @@ def plan_run(
                 else "nor an autoscaler to add them; use --device cpu or auto"
             )
         )
-    check_config(cfg, workers)
-    asked, cfg = cfg, scale_batch(with_micro(cfg, workers, fitted_micro), workers, gcfg.n_ctx)
-    check_config(cfg, workers)
+    asked = cfg
+    cfg, steps_per_epoch, total = decide(asked, gcfg, workers, manifest, fitted_micro)
     # On CPU, split the machine's cores between the workers; torch uses that many threads. On a
     # cluster that grows, a worker takes one core of the nodes the autoscaler adds.
     cpus = 1 if use_gpu or can_grow else max(int(resources.get("CPU", 1)) // workers, 1)
@@ -118,9 +117,6 @@ def plan_run(
             f"--workers {workers}: the cluster has {have} {kind}(s) and each worker takes {per_worker}, "
             f"and it has no autoscaler to add nodes; ask for at most {have // per_worker}"
         )
-    steps_per_epoch = BlockOrder(
-        cfg.seed, manifest["splits"]["train"]["blocks"], cfg.batch_size
-    ).steps_per_epoch
     # The default name comes from the settings as given, so that a resume on another worker
     # count (another micro-batch or batch for a new run) finds the same run.
     return RunPlan(
@@ -132,7 +128,7 @@ def plan_run(
         use_gpu=use_gpu,
         cpus_per_worker=cpus,
         accelerator=accelerator,
-        total_steps=total_steps(cfg, steps_per_epoch, gcfg.n_ctx),
+        total_steps=total,
         steps_per_epoch=steps_per_epoch,
         name=run_name(asked, gcfg, manifest, data, name),
         storage=storage_path(storage),
@@ -146,6 +142,34 @@ def with_micro(cfg: PretrainConfig, workers: int, fitted: int | None) -> Pretrai
     if cfg.micro_batch != "auto":
         return cfg
     return dataclasses.replace(cfg, micro_batch=fitted or max(cfg.batch_size // workers, 1))
+
+
+def decide(
+    asked: PretrainConfig,
+    gcfg: GPTConfig,
+    workers: int,
+    manifest: dict | None,
+    fitted: int | None = None,
+    record: dict | None = None,
+) -> tuple[PretrainConfig, int, int]:
+    """The one place a run's batch, micro-batch, lr, warm-up and length are decided, from the
+    settings as given (asked) and the workers: with micro_batch auto, the size measured on a GPU
+    (fitted; without one, each worker's share); for a run already started, its record, whose
+    batch and micro-batches stand whatever the workers now (only the accumulation follows them).
+    Returns (settings, steps per epoch, total steps); without a manifest (a plan with no data)
+    the epochs are unknown, 0. Pure: --plan, the driver and the resume all call it."""
+    check_config(asked, workers)
+    batch = record["pretrain"]["batch_size"] if record and asked.batch_tokens is not None else None
+    cfg = scale_batch(with_micro(asked, workers, fitted), workers, gcfg.n_ctx, batch=batch)
+    check_config(cfg, workers)
+    recorded = record["pretrain"].get("micro_batch") if record else None
+    cfg = dataclasses.replace(cfg, micro_batch=micro_batch(cfg, workers, recorded))
+    spe = (
+        BlockOrder(cfg.seed, manifest["splits"]["train"]["blocks"], cfg.batch_size).steps_per_epoch
+        if manifest
+        else 0
+    )
+    return cfg, spe, total_steps(cfg, spe, gcfg.n_ctx)
 
 
 def run_plan(
@@ -167,7 +191,6 @@ def run_plan(
     from pipeline.train import memory
     from pipeline.train.estimate import NODE_TYPES, est_micro_batch, estimate
 
-    check_config(asked, workers)
     with torch.device("meta"):  # the network's shape, without its memory
         net = build(gcfg)
     accelerator = (accelerator or PLAN_ACCELERATOR) if use_gpu else "CPU"
@@ -176,17 +199,11 @@ def run_plan(
         share = max(asked.batch_size // workers, 1)
         sizes = memory.sizes(share, asked.batch_tokens is not None)
         fitted = est_micro_batch(accelerator, gcfg, net.num_params(), sizes)
-    cfg = scale_batch(with_micro(asked, workers, fitted), workers, gcfg.n_ctx)
-    check_config(cfg, workers)
-    micro = micro_batch(cfg, workers)
+    cfg, _, total = decide(asked, gcfg, workers, manifest, fitted)
+    micro = cfg.micro_batch
     accum = cfg.batch_size // (micro * workers)
     tokens = cfg.batch_size * gcfg.n_ctx
-    spe = (
-        BlockOrder(cfg.seed, manifest["splits"]["train"]["blocks"], cfg.batch_size).steps_per_epoch
-        if manifest
-        else 0
-    )
-    total = total_steps(cfg, spe, gcfg.n_ctx) or None
+    total = total or None
     out = {
         "workers": workers,
         "min_workers": min_workers,
@@ -301,17 +318,9 @@ def plan_lines(plan: dict) -> list[str]:
 
 
 def settle(plan: RunPlan, manifest: dict, old: dict | None) -> RunPlan:
-    """The plan with the batch and micro-batch the run trains with: a new run's, or, for a run
-    already started (`old`, its record), its own, whatever the workers now: a resized batch and
-    the micro-batches (so the dropout masks) stay; only the accumulation follows the workers."""
-    cfg = plan.cfg
-    if old and plan.asked.batch_tokens is not None:
-        cfg = scale_batch(plan.asked, plan.workers, plan.model.n_ctx, batch=old["pretrain"]["batch_size"])
-        spe = BlockOrder(cfg.seed, manifest["splits"]["train"]["blocks"], cfg.batch_size).steps_per_epoch
-        plan = dataclasses.replace(
-            plan, steps_per_epoch=spe, total_steps=total_steps(cfg, spe, plan.model.n_ctx)
-        )
-    recorded = old["pretrain"].get("micro_batch") if old else None
-    return dataclasses.replace(
-        plan, cfg=dataclasses.replace(cfg, micro_batch=micro_batch(cfg, plan.workers, recorded))
-    )
+    """The plan again (decide), now that the run's record (`old`, read under its lock) is known:
+    a run already started keeps its own batch and micro-batches."""
+    if old is None:
+        return plan
+    cfg, spe, total = decide(plan.asked, plan.model, plan.workers, manifest, plan.cfg.micro_batch, old)
+    return dataclasses.replace(plan, cfg=cfg, steps_per_epoch=spe, total_steps=total)
