@@ -112,7 +112,10 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path):
     assert f"{venv / 'gpt1'} generate --checkpoint" in out
     # With --lstm, only the spread over seeds is left out, and the ending names its option.
     assert "Left out to save time: each row's spread over seeds (--seeds 2)." in out
-    assert "| task | transformation | metric | best trial | its λ | no pretraining | full (λ 0.5) | λ = 0 | LSTM |" in out
+    assert (
+        "| task | transformation | metric | best trial | its λ | no pretraining | full (λ 0.5) | λ = 0 | LSTM |"
+        in out
+    )
     held_out = tmp_path / "demo" / "builtin" / "held-out.txt"
     assert (
         f"--corpus {held_out}" in out
