@@ -7,13 +7,14 @@ import shutil
 import sys
 from pathlib import Path
 
+from pipeline import console, errors, outdir
+from pipeline.errors import HelpFormatter, UserError, run_reporting
+
 
 def export(args: argparse.Namespace) -> None:
     """Convert a model directory (native, Hugging Face or original OpenAI) to native or hf; a
     fine-tuned model keeps its task head and task."""
-    from pipeline import outdir
     from pipeline.data.tokenizer import holds_released_vocabulary, load_tokenizer, save_tokenizer
-    from pipeline.errors import UserError
     from pipeline.model_dir import load_model
 
     src, dst = Path(args.src).absolute(), Path(args.dst).absolute()
@@ -74,8 +75,6 @@ def build_parser(verbs=None) -> argparse.ArgumentParser:
     (the others listed by name and help line, their modules not imported)."""
     import importlib
 
-    from pipeline.errors import HelpFormatter
-
     p = argparse.ArgumentParser(prog="gpt1", description="GPT-1 pre-training and fine-tuning on Ray")
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser(
@@ -129,7 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     (pipeline/console.py); with argv (a test calling in), the verb runs here, its output as it is.
     Ctrl-C or SIGTERM while it starts up (importing torch, say) ends as the command would: one
     line, 130 or 143."""
-    from pipeline import errors
 
     if argv is None:  # the process's own command: a test calling in keeps its own handlers
         errors.sigterm_as_interrupt()
@@ -141,8 +139,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from pipeline import console
-    from pipeline.errors import run_reporting
 
     words = sys.argv[1:] if argv is None else argv
     args = build_parser({verb_of(words)}).parse_args(argv)

@@ -32,7 +32,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import configio, env, errors
+from gpt1 import world
+from pipeline import configio, env, errors, outdir
+from pipeline.console import script as command
+from pipeline.data.tasks import from_directory
+from pipeline.files import sha256_file
+from pipeline.outdir import check_replaceable
+from pipeline.runtime import ray_init
+from pipeline.tracking import TRAINING_VIEW, check_store, tracking_uri
+from tuning.report import report
 
 
 @dataclass(frozen=True)
@@ -119,12 +127,9 @@ class Stages:
 
 def builtin_data(work: Path, size: Size, stages: Stages) -> tuple[list[str], dict[str, Path]]:
     """The built-in corpus and task directories, written (deterministically) under work/builtin."""
-    from gpt1 import world
 
     d = work / "builtin"
     if not stages.claim("builtin"):
-        from pipeline.outdir import check_replaceable
-
         check_replaceable(d, "the demo's built-in data", lambda p: (p / "corpus.txt").is_file(), True)
     d.mkdir(parents=True, exist_ok=True)
     corpus = world.write_corpus(d / "corpus.txt", size.docs)
@@ -157,10 +162,6 @@ def run_demo(
     seeds: int = 1,
 ) -> dict:
     from pipeline.data.prepare import PrepareConfig, prepare
-    from pipeline.data.tasks import from_directory
-    from pipeline.files import sha256_file
-    from pipeline.runtime import ray_init
-    from pipeline.tracking import tracking_uri
     from pipeline.train.pretrain import PRESETS_DIR, PretrainConfig, pretrain
     from tuning.finetune import FinetuneConfig
     from tuning.search import SweepOptions, sweep_task
@@ -171,7 +172,6 @@ def run_demo(
     jobs = {
         name: (from_directory(name, d), d) for name, d in (tasks or {}).items()
     }  # before anything is written
-    from pipeline.tracking import check_store
 
     uri = tracking_uri()
     stages = Stages(work / "stages.json")  # a stages.json it did not write is refused before any write
@@ -300,8 +300,6 @@ def run_demo(
     # they come under its "other tasks", with every ablation row.
     from mlflow.tracking import MlflowClient
 
-    from tuning.report import report
-
     stages.claim("report")
     report(MlflowClient(uri), work / "report")
     text = (work / "report" / "report.md").read_text()
@@ -331,9 +329,6 @@ def what_next(uri: str, pre: dict, results: dict, work: Path, held_out: Path | N
     import shlex
 
     from mlflow.tracking import MlflowClient
-
-    from pipeline.console import script as command
-    from pipeline.tracking import TRAINING_VIEW
 
     client = MlflowClient(uri)
 
@@ -408,7 +403,6 @@ def fresh(work: Path, inputs: list[Path]) -> None:
     MLflow store). work itself stays, with whatever else it holds."""
     if not work.exists():
         return
-    from pipeline import outdir
 
     # Only a demo's own directory is touched: --workdir ~ --fresh must not empty a home.
     outdir.check_replaceable(work, "a demo directory", lambda d: is_demo_stages(d / "stages.json"), True)
@@ -444,7 +438,6 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace, work: Path) -> None:
-    from pipeline.tracking import tracking_uri
 
     # Every argument is checked before anything is touched.
     tasks = parse_tasks(args.task)

@@ -30,6 +30,7 @@ import threading
 from pathlib import Path
 
 from pipeline import env
+from pipeline.errors import lost_ray_line
 
 _ANSI = re.compile(rb"\x1b\[[0-9;]*m")
 # "(RayTrainWorker pid=123)", "(trial pid=123, ip=10.0.0.2)", "(MapWorker(MapBatches(Tokenize)) pid=1)"
@@ -227,8 +228,6 @@ def supervise(argv: list[str], log: Path, verbose: bool = False) -> int:
         # the status says which signal stopped it, as a shell would.
         code = 128 + forwarded[0]
     if code not in (0, 2, 130, 143) and lost and not _said_one_line(log):
-        from pipeline.errors import lost_ray_line
-
         print(lost_ray_line(f"gpt1 {argv[0]}", lost[0]), file=sys.stderr)
         return 1
     return code

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline import errors
+from pipeline.tracking import tracking_uri
 
 # Every --checkpoint's help: the one meaning (the module's table).
 CHECKPOINT_HELP = (
@@ -84,8 +85,6 @@ def local_model(
 @contextlib.contextmanager
 def _mlflow_model(spec: str, option: str) -> Iterator[Path]:
     import mlflow
-
-    from pipeline.tracking import tracking_uri
 
     # Its download bar would land on the command's console, between the command's own lines.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from pipeline import env
+from pipeline.errors import ConfigError, UserError, note_signal
 
 
 def ray_init() -> None:
@@ -46,13 +47,10 @@ def ray_init() -> None:
     except SystemExit as err:  # SIGTERM while ray.init ran, ended by its handler: stop as ours would
         if err.code != signal.SIGTERM:
             raise
-        from pipeline.errors import note_signal
 
         note_signal(signal.SIGTERM)
         raise KeyboardInterrupt from None
     except ConnectionError as err:
-        from pipeline.errors import UserError
-
         if address == "local":
             raise
         auth = env.ray_auth_mode()
@@ -101,8 +99,6 @@ def add_wait_option(p) -> None:
 
 def check_wait(minutes: float) -> float:
     if not minutes >= 0:  # also NaN
-        from pipeline.errors import ConfigError
-
         raise ConfigError(f"--wait-minutes {minutes}: expected a number of minutes, 0 or more")
     return minutes
 
@@ -115,8 +111,6 @@ def check_accelerator(name: str | None) -> str | None:
 
     names = {v for k, v in vars(known).items() if k.isupper() and isinstance(v, str)}
     if name not in names:
-        from pipeline.errors import ConfigError
-
         raise ConfigError(
             f"--accelerator {name!r}: expected an accelerator type as Ray names it, e.g. A100, A10G, H100, L4"
         )
@@ -129,8 +123,6 @@ DEVICES = ("auto", "cpu", "cuda")
 def check_device(name: str) -> str:
     """--device as given: auto (a GPU where there is one), cpu or cuda."""
     if name not in DEVICES:
-        from pipeline.errors import ConfigError
-
         raise ConfigError(f"--device {name!r}: expected auto, cpu or cuda")
     return name
 

@@ -7,6 +7,9 @@ import dataclasses
 from pathlib import Path
 
 from pipeline import env
+from pipeline.errors import UserError
+from pipeline.files import machine_lock, sha256_file
+from pipeline.outdir import check_writable, lock_file_of
 
 
 def tracking_uri() -> str:
@@ -27,8 +30,6 @@ def check_store(uri: str, skippable: bool = True) -> None:
     import urllib.parse
     import urllib.request
 
-    from pipeline.errors import UserError
-
     # skippable: whether the command has --no-mlflow (a sweep's and the demo's results are their runs).
     fix = "set MLFLOW_TRACKING_URI to a usable store (sqlite:///PATH/mlflow.db)" + (
         ", or pass --no-mlflow" if skippable else ""
@@ -36,8 +37,6 @@ def check_store(uri: str, skippable: bool = True) -> None:
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///") :])
         if not path.exists():
-            from pipeline.outdir import check_writable
-
             try:
                 check_writable(path)
             except UserError as err:
@@ -70,9 +69,6 @@ def _create_store(uri: str, path: Path) -> None:
     import sqlite3
 
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    from pipeline.files import machine_lock
-    from pipeline.outdir import lock_file_of
 
     # MLflow and alembic announce each table and migration at INFO: quiet here, as a command's
     # console is its own lines.
@@ -220,8 +216,6 @@ def weights_sha256(ckpt: Path) -> str:
     for the original OpenAI release, of its params_<i>.npy files' own sha256s, in order."""
     import hashlib
 
-    from pipeline.files import sha256_file
-
     if (ckpt / "model.safetensors").exists():
         return sha256_file(ckpt / "model.safetensors")
     parts = sorted(ckpt.glob("params_*.npy"), key=lambda p: int(p.stem.split("_")[1]))
@@ -235,8 +229,6 @@ def checkpoint_lineage(client, checkpoint: Path, where: str | None = None) -> di
     with; a fine-tuned model (it holds task.json) by its weights' sha256, which the sweep tags on
     the trial whose model it registers, and that trial's pretrain run comes with it."""
     import json
-
-    from pipeline.files import sha256_file
 
     ckpt = Path(checkpoint).absolute()
     where = where or str(ckpt)

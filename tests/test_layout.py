@@ -125,6 +125,77 @@ def test_inside_pipeline_and_tuning_every_import_points_down():
     assert not up, "imports that point sideways or up inside a room: " + "; ".join(up)
 
 
+# What a module may import inside a function rather than at its top: a dependency that costs a
+# command's start-up (`gpt1 --help` answers without any of them) or that is optional.
+HEAVY = {
+    "torch", "ray", "mlflow", "pyarrow", "transformers", "tokenizers", "safetensors", "numpy", "pandas",
+    "boto3", "spacy", "ftfy", "huggingface_hub", "matplotlib", "fastapi", "starlette", "uvicorn", "yaml",
+}  # fmt: skip
+
+
+def _imports(name: str, path: Path, known: set[str], where) -> list[tuple[str, int]]:
+    """(module, line) of each import in the nodes `where` yields: one of ours by its module,
+    another's by its top-level package."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = []
+    for node in where(ast.parse(path.read_text())):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        else:
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + [base])
+            targets = [f"{base}.{a.name}" for a in node.names]
+        for t in targets:
+            ours = t
+            while ours and ours not in known:
+                ours = ours.rpartition(".")[0]
+            out.append((ours or t.split(".")[0], node.lineno))
+    return out
+
+
+def _top_level(tree: ast.Module):
+    for node in tree.body:
+        yield from ast.walk(node) if isinstance(node, (ast.Import, ast.ImportFrom, ast.If, ast.Try)) else ()
+
+
+def _in_functions(tree: ast.Module):
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield from (n for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom)))
+
+
+def test_our_modules_are_imported_at_the_top_unless_they_bring_a_heavy_dependency():
+    """The import rule: the project's own modules are imported at the top of a module. Inside a
+    function only where the module imported brings, at its own top or through ours, a dependency
+    in HEAVY: so that `gpt1 --help` and a refusal before Ray cost no torch, Ray or MLflow start-up."""
+    mods = modules()
+    known = set(mods)
+    top = {name: _imports(name, path, known, _top_level) for name, path in mods.items()}
+    heavy: dict[str, bool] = {}
+
+    def brings_heavy(name: str, seen: frozenset = frozenset()) -> bool:
+        if name not in heavy:
+            parents = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
+            found = [t for t, _ in top[name]] + [p for p in parents if p in known]
+            heavy[name] = any(
+                t in HEAVY or (t in known and t not in seen and brings_heavy(t, seen | {name})) for t in found
+            )
+        return heavy[name]
+
+    late = sorted(
+        f"{path.relative_to(ROOT)}:{line} imports {target} inside a function"
+        for name, path in mods.items()
+        for target, line in _imports(name, path, known, _in_functions)
+        if target in known and target != name and not brings_heavy(target)
+    )
+    assert not late, "import these at the top (they bring nothing heavy): " + "; ".join(late)
+    assert brings_heavy("pipeline.remote") and brings_heavy("pipeline.train.loop")
+    assert not brings_heavy("pipeline.errors") and not brings_heavy("gpt1.cli")
+
+
 def test_no_import_circles():
     g = graph()
     # Package __init__ files re-export their modules; an import of the package is an import of them.

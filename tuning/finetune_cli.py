@@ -15,7 +15,9 @@ import contextlib
 from pathlib import Path
 
 from pipeline import configio, errors
-from pipeline.model_source import CHECKPOINT_HELP
+from pipeline.data.tasks import from_directory
+from pipeline.model_source import CHECKPOINT_HELP, local_model
+from pipeline.tracking import check_store, tracking_uri
 from tuning.finetune_config import FinetuneConfig, check_config, check_out
 
 
@@ -47,8 +49,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from pipeline.data.tasks import from_directory
-    from pipeline.model_source import local_model
 
     cfg = configio.load(FinetuneConfig(), args.config, sets=args.set)
     if args.print_config:
@@ -60,8 +60,6 @@ def run(args: argparse.Namespace) -> None:
     check_out(out, args.checkpoint, args.overwrite)
     uri = None
     if not args.no_mlflow:
-        from pipeline.tracking import check_store, tracking_uri
-
         uri = tracking_uri()
         check_store(uri)  # before the work, not after it
     with local_model(args.checkpoint) as (checkpoint, where):

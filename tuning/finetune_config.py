@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import configio, errors
+from pipeline import configio, errors, outdir
 
 
 @dataclass
@@ -77,7 +77,6 @@ def is_finetune_output(d: Path) -> bool:
 def check_out(out: Path, checkpoint, overwrite: bool) -> None:
     """--out may be new, empty, or (with --overwrite) an earlier finetune output; never the
     checkpoint being read, a directory inside it, or one that holds it."""
-    from pipeline import outdir
 
     out, ckpt = out.absolute(), Path(checkpoint).absolute()
     if out == ckpt or ckpt in out.parents or out in ckpt.parents:

@@ -34,7 +34,9 @@ import json
 import tempfile
 from pathlib import Path
 
-from pipeline import errors, remote
+from pipeline import cluster, errors, outdir, remote
+from pipeline.model_source import local_model
+from pipeline.runtime import autocast, ray_init
 
 FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 BATCH = 64  # rows an actor encodes and runs at a time
@@ -137,7 +139,6 @@ def first_record(path: str, kind: str) -> list[str]:
 def model_dir(spec: str):
     """The model as a local directory (pipeline/model_source.py: a directory, an MLflow model, a
     copy from object storage)."""
-    from pipeline.model_source import local_model
 
     with local_model(spec, "--model", "a fine-tuned model directory") as (d, _):
         yield d
@@ -147,7 +148,6 @@ def check_out(out: str, inputs: list[str], overwrite: bool) -> None:
     """--out may be new, or (with --overwrite) a file; never an input, a directory or a place
     whose directory or bucket is not there. A local parent is made; a dead run's staging
     directory beside it is removed."""
-    from pipeline import outdir
 
     final = remote.Location.of(out).local
     if final is None:  # object storage: the bucket must be there, and nothing is made
@@ -290,7 +290,6 @@ def label_rows(tm, rows: list[dict], fields: tuple[str, ...], device: str) -> li
     predict's actors and serve's replicas."""
     import torch
 
-    from pipeline.runtime import autocast
     from tuning.encode import collate
     from tuning.inputs import BadRow, example_of, predictions
 
@@ -584,9 +583,6 @@ def predict(
         how = f"in this process on {device.upper()} ({rows:,} rows; over {IN_PROCESS_ROWS:,}, or with --ray, on Ray Data)"
     else:
         import ray
-
-        from pipeline import cluster
-        from pipeline.runtime import ray_init
 
         ray_init()
         ray.data.DataContext.get_current().execution_options.preserve_order = True  # output in input order

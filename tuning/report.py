@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 
 from pipeline import errors
+from pipeline.tracking import artifact_root, check_store, experiment_id, finish_run, tracking_uri
 from tuning import paper
 
 EXPERIMENT = "gpt1-report"
@@ -351,7 +352,6 @@ def check_out(out: Path, uri: str) -> None:
     never the working directory or one above it, never inside the MLflow store's artifacts, never
     a folder of the user's (whose report.md, .ssh or anything else the report would replace or
     upload)."""
-    from pipeline.tracking import artifact_root
 
     here = out.absolute().resolve()
     if here == Path.cwd().resolve() or here in Path.cwd().resolve().parents:
@@ -461,8 +461,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from mlflow.tracking import MlflowClient
-
-    from pipeline.tracking import check_store, experiment_id, finish_run, tracking_uri
 
     tags = {}
     for spec in args.tag:

@@ -35,9 +35,12 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import configio, errors, remote
+from pipeline import cluster, configio, errors, remote
+from pipeline.console import script
+from pipeline.data.tasks import from_directory, get
 from pipeline.model_source import CHECKPOINT_HELP, local_model
-from pipeline.runtime import add_wait_option, check_device, check_wait
+from pipeline.runtime import add_wait_option, check_device, check_wait, ray_init, storage_path
+from pipeline.tracking import TRAINING_VIEW, check_store, checkpoint_lineage, finish_run, tracking_uri
 from tuning.finetune_config import FinetuneConfig
 from tuning.trials import best_of, draw, interleave, rows_of, run_tuner, trial
 
@@ -111,8 +114,6 @@ def resources(device: str, opts: SweepOptions) -> tuple[dict, int]:
     they never oversubscribe the cores. On a cluster with an autoscaler, the first trial's node
     is asked for and waited for; the autoscaler adds the others' as the trials ask for them."""
     import ray
-
-    from pipeline import cluster
 
     have = ray.cluster_resources()
     gpus, cpus, grows = have.get("GPU", 0), int(have.get("CPU", 0)), cluster.can_grow()
@@ -227,8 +228,6 @@ def start_task(task, data_dir: Path, checkpoint: Path, opts: SweepOptions, uri: 
     total = opts.samples * grids + (len(rows_of_table) * opts.seeds if opts.ablations else 0)
     row_tags = {}
     if lstm_checkpoint is not None:
-        from pipeline.tracking import checkpoint_lineage
-
         data_tags = {k: v for k, v in parent.lineage.items() if k.startswith("data_sha256.")}
         row_tags["lstm"] = {
             **data_tags,
@@ -294,8 +293,6 @@ def sweep_tasks(
     from ray import tune
     from ray.tune.search.sample import Domain
 
-    from pipeline.runtime import storage_path
-    from pipeline.tracking import finish_run
     from tuning import tracking
     from tuning.finetune import Pretrained
     from tuning.schedule import PerTaskASHA, SweepBest
@@ -462,10 +459,6 @@ def sweep(task_name: str, data, checkpoint, opts: SweepOptions) -> dict[str, dic
 def _sweep(
     task_name: str, data: Path, checkpoint: Path, where: str, opts: SweepOptions, lstm: Path | None = None
 ) -> dict[str, dict]:
-    from pipeline import cluster
-    from pipeline.data.tasks import from_directory, get
-    from pipeline.runtime import ray_init
-    from pipeline.tracking import check_store, tracking_uri
     from tuning.finetune import check_config
     from tuning.space import load_space
 
@@ -494,7 +487,6 @@ def _sweep(
 
 
 def run(args: argparse.Namespace) -> None:
-    from pipeline.tracking import TRAINING_VIEW, tracking_uri
     from tuning.tracking import PARALLEL
 
     if args.print_config:  # the fixed keys every trial starts from; the space draws the rest
@@ -512,7 +504,6 @@ def run(args: argparse.Namespace) -> None:
     print("|---|---|---:|---:|---|")
     for name, r in results.items():
         print(f"| {name} | {r['metric']} | {r['best']:.4f} | {len(r['rows'])} | {r['parent_run_id']} |")
-    from pipeline.console import script
 
     uri = tracking_uri()
     server = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"

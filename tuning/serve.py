@@ -38,7 +38,9 @@ import signal
 import threading
 from pathlib import Path
 
-from pipeline import env, errors
+from pipeline import cluster, env, errors
+from pipeline.eval.generate import check, continuations
+from pipeline.runtime import ray_init
 
 GENERATE_KEYS = {"prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "num_samples"}
 # The bounds of one request: what one client may ask of a replica that others share.
@@ -51,7 +53,6 @@ TOKEN_ENV = "GPT1_SERVE_TOKEN"
 def generate_options(body: dict) -> argparse.Namespace:
     """/generate's body as `gpt1 generate`'s options, with its checks (pipeline/eval/generate.py):
     a ConfigError whose line names the key."""
-    from pipeline.eval.generate import check
 
     def number(key: str, default, whole: bool):
         value = body.get(key, default)
@@ -238,7 +239,6 @@ def endpoint():  # noqa: C901 (the sum of the replica class's methods, each well
             return _reply(200, out if isinstance(body, list) else out[0])
 
         async def generate(self, body):
-            from pipeline.eval.generate import continuations
 
             if self.gpt is None:
                 return _reply(400, "this model is fine-tuned for a task: POST /predict")
@@ -294,8 +294,6 @@ def application(files, device: str, opts: argparse.Namespace):
 def run(args: argparse.Namespace) -> None:
     import ray
 
-    from pipeline import cluster
-    from pipeline.runtime import ray_init
     from tuning.predict import check_model, model_dir
 
     if not 1 <= args.min_replicas <= args.max_replicas or args.max_batch_size < 1 or args.batch_wait_ms < 0:

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from model import GPT, GPTConfig, GPTForTask, TaskHead
+from model import GPT, GPTConfig, GPTForTask, TaskHead, from_pretrained
 from model import build as build_network
-from pipeline import errors
+from pipeline import errors, outdir
 from pipeline.data.tasks import Task
 from pipeline.data.tokenizer import DELIMITER, EXTRACT, START
 from tuning.encode import Encoder
@@ -106,7 +106,6 @@ def _device(tm: TaskModel) -> torch.device:
 def save(tm: TaskModel, out) -> None:
     """A model directory (the GPT, loadable alone) plus head.safetensors and task.json, written
     beside out and swapped in whole."""
-    from pipeline import outdir
 
     out = Path(out)
     tmp = outdir.sibling(out, "tmp")
@@ -122,7 +121,6 @@ def load_task_model(d: Path, device: str = "cpu") -> TaskModel:
     network, its head, and the task's transformation and labels from task.json."""
     from safetensors.torch import load_file
 
-    from model import from_pretrained
     from pipeline.data.tokenizer import load_tokenizer
     from tuning.inputs import task_of
 

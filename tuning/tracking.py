@@ -17,8 +17,15 @@ from pathlib import Path
 
 from ray import tune
 
+from pipeline import errors
+from pipeline.console import eta
+from pipeline.data.tasks import get
+from pipeline.errors import ConfigError
 from pipeline.files import sha256_file
+from pipeline.outdir import alive
+from pipeline.tracking import RunLogger, checkpoint_lineage, experiment_id, weights_sha256
 from tuning.paper import MEAN_M_MM
+from tuning.report import deviations
 
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 
@@ -26,7 +33,6 @@ PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 def lineage(client, checkpoint: Path, files: dict[str, Path], where: str | None = None) -> dict[str, str]:
     """Tags linking a run to its inputs: the checkpoint's (pipeline.tracking.checkpoint_lineage)
     and the sha256 of each data file."""
-    from pipeline.tracking import checkpoint_lineage
 
     tags = checkpoint_lineage(client, checkpoint, where)
     for split, path in files.items():
@@ -42,7 +48,6 @@ class FinetuneRun:
     FINISHED, or KILLED on Ctrl-C / SIGTERM, or FAILED."""
 
     def __init__(self, uri: str, run_id: str, out: Path):
-        from pipeline.tracking import RunLogger
 
         self.logger, self.run_id, self.out = RunLogger(uri, run_id), run_id, out
         self.client = self.logger.client
@@ -53,8 +58,6 @@ class FinetuneRun:
 
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
-
-        from pipeline.tracking import experiment_id
 
         client = MlflowClient(uri)
         exp = experiment_id(client, f"gpt1-finetune-{task.name}")
@@ -71,7 +74,6 @@ class FinetuneRun:
         self.logger.log({k: v for k, v in metrics.items() if finite(v)}, step)
 
     def finish(self, best: dict, metric: str) -> None:
-        from pipeline.tracking import weights_sha256
 
         self.client.log_metric(self.run_id, f"best_{metric}", float(best[metric]))
         self.client.log_metric(self.run_id, "best_step", float(best["step"]))
@@ -82,7 +84,6 @@ class FinetuneRun:
         return self
 
     def __exit__(self, kind, err, tb) -> None:
-        from pipeline import errors
 
         stopped = kind is not None and issubclass(kind, (KeyboardInterrupt, errors.Interrupted))
         self.client.set_terminated(
@@ -124,10 +125,6 @@ def start_parent(
     import socket
 
     from mlflow.tracking import MlflowClient
-
-    from pipeline.errors import ConfigError
-    from pipeline.outdir import alive
-    from pipeline.tracking import experiment_id
 
     client = MlflowClient(uri)
     exp = experiment_id(client, f"gpt1-finetune-{task}")
@@ -338,8 +335,6 @@ class TrialRuns(tune.Callback):
     ):
         from mlflow.tracking import MlflowClient
 
-        from pipeline.tracking import RunLogger
-
         self.uri, self.client, self.experiment = uri, MlflowClient(uri), experiment
         self.parent, self.tags, self.metrics, self.varying = parent_run_id, tags, metrics, list(varying)
         self.loggers: dict = {}  # trial id -> RunLogger of its run
@@ -377,8 +372,6 @@ class TrialRuns(tune.Callback):
             return
         from mlflow.entities import Param
 
-        from pipeline.tracking import RunLogger
-
         run = self.client.create_run(
             self.experiment,
             run_name=trial_name(trial.config, self.varying, trial.trial_id),
@@ -412,8 +405,6 @@ class TrialRuns(tune.Callback):
 
     def progress(self, trial, result: dict, step: int, key: str) -> None:
         import time
-
-        from pipeline.console import eta
 
         number, started, last = self.shown.setdefault(
             trial.trial_id, (len(self.shown) + 1,) + (time.monotonic(),) * 2
@@ -613,11 +604,8 @@ def register_best(
 
     from mlflow.exceptions import MlflowException
 
-    from pipeline.data.tasks import get
-    from pipeline.tracking import weights_sha256
     from tuning.card import model_card
     from tuning.inputs import task_of
-    from tuning.report import deviations
 
     task = get(task) if isinstance(task, str) else task
     name = f"gpt1-{task.name}"

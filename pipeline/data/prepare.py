@@ -55,6 +55,7 @@ from pipeline.data.work import (
     write_shard_task,
 )
 from pipeline.runtime import check_wait, ray_init
+from pipeline.tracking import check_store, log_prepare, tracking_uri
 
 
 @dataclass
@@ -102,8 +103,6 @@ def prepare(
         val = resolve_inputs(val_corpus, cfg.format)
         files, n_val = files + val, len(val)
     if track:  # the store is checked before the work, not after it
-        from pipeline.tracking import check_store, tracking_uri
-
         check_store(tracking_uri())
     val_files = frozenset(range(len(files) - n_val, len(files)))
     if cfg.tokenizer == "train":
@@ -155,8 +154,6 @@ def prepare(
                 flush=True,
             )
         if track:
-            from pipeline.tracking import log_prepare
-
             log_prepare(out, cfg, manifest, files=meta)
         shutil.rmtree(meta, ignore_errors=True)
         return manifest

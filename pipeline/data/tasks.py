@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model import TRANSFORMATIONS
 from pipeline.data.text import normalize
 from pipeline.errors import UserError
 
@@ -426,7 +427,6 @@ def generic(
     files: dict[str, str],
 ) -> Task:
     """A task of the user's own, from TSV/CSV/JSONL files with the named columns."""
-    from model import TRANSFORMATIONS
 
     if transformation not in TRANSFORMATIONS:
         raise TaskError(f"transformation {transformation!r}: expected one of {', '.join(TRANSFORMATIONS)}")

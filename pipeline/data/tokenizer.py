@@ -28,6 +28,7 @@ from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 
 from pipeline.data.bpe import learn_bpe
+from pipeline.data.text import gpt1_words
 from pipeline.errors import UserError
 
 # The paper's three fine-tuning tokens (start, delimiter, extract), in the released code's order
@@ -128,8 +129,6 @@ def encode_texts(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids of each (already normalised) text: the one way from text to ids, for prepare and
     for every fine-tuning input. No special tokens are added."""
     if is_gpt1_encoder(tok):
-        from pipeline.data.text import gpt1_words
-
         words = [gpt1_words(t) for t in texts]
         return [e.ids for e in tok.encode_batch(words, is_pretokenized=True, add_special_tokens=False)]
     # encode_batch_fast: the same ids without the character offsets, which nothing here uses.

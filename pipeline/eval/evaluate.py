@@ -30,7 +30,10 @@ import math
 from pathlib import Path
 
 from pipeline import errors
-from pipeline.model_source import CHECKPOINT_HELP
+from pipeline.eval.generate import document_end
+from pipeline.model_source import CHECKPOINT_HELP, local_model
+from pipeline.runtime import local_device
+from pipeline.tracking import check_store, checkpoint_lineage, experiment_id, finish_run, tracking_uri
 
 EXPERIMENT = "gpt1-evaluate"
 
@@ -100,7 +103,6 @@ def evaluate(
 ) -> dict:
     """loss, perplexity, bits per byte and the counts behind them."""
     from pipeline.data.tokenizer import encode_texts
-    from pipeline.eval.generate import document_end
     from pipeline.model_dir import load_model_and_tokenizer
 
     gpt, tok = load_model_and_tokenizer(checkpoint)
@@ -166,8 +168,6 @@ def log(result: dict | None, zero_shot: list[dict], checkpoint, corpus: list[str
     """The MLflow run of one evaluation; returns its id."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking import checkpoint_lineage, experiment_id, finish_run, tracking_uri
-
     uri = tracking_uri()
     client = MlflowClient(uri)
     tags = {**checkpoint_lineage(client, checkpoint), "corpus": " ".join(corpus)}
@@ -193,9 +193,6 @@ def log(result: dict | None, zero_shot: list[dict], checkpoint, corpus: list[str
 
 def run(args: argparse.Namespace) -> None:
     from pipeline.eval.zero_shot import parse_tasks
-    from pipeline.model_source import local_model
-    from pipeline.runtime import local_device
-    from pipeline.tracking import check_store, tracking_uri
 
     if not args.corpus and not args.zero_shot:
         raise errors.ConfigError(

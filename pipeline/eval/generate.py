@@ -19,7 +19,9 @@ import sys
 from pathlib import Path
 
 from pipeline import errors
-from pipeline.model_source import CHECKPOINT_HELP
+from pipeline.data.text import normalize
+from pipeline.model_source import CHECKPOINT_HELP, local_model
+from pipeline.runtime import local_device
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -73,7 +75,6 @@ def continuations(
     stopped short of max_new_tokens (None where it did not)."""
     import torch
 
-    from pipeline.data.text import normalize
     from pipeline.data.tokenizer import encode_texts
 
     ids = encode_texts(tok, [normalize(prompt)])[0]
@@ -114,8 +115,6 @@ def continuations(
 
 def run(args: argparse.Namespace) -> None:
     from pipeline.model_dir import load_model_and_tokenizer
-    from pipeline.model_source import local_model
-    from pipeline.runtime import local_device
 
     check(args)
     prompt = args.prompt

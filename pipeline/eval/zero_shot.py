@@ -32,8 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
+from model.config import bucket_length
 from pipeline.data.tasks import TaskError, get
+from pipeline.data.text import normalize
 from pipeline.data.winograd import READERS
+from pipeline.errors import ConfigError
+from pipeline.eval.generate import document_end
 from pipeline.eval.metrics import accuracy, matthews
 
 PAPER_HEURISTICS = ("sst-2", "cola", "race", "wsc", "dprd")  # section 5's four (DPRD read two ways)
@@ -60,7 +64,6 @@ def check_task(name: str) -> str:
 
 def parse_tasks(specs: list[str]) -> list[tuple[str, str]]:
     """(task, absolute directory) of each TASK=DIR, checked before any model is loaded."""
-    from pipeline.errors import ConfigError
 
     out = []
     for spec in specs:
@@ -117,7 +120,6 @@ class Scorer:
         return out
 
     def ids(self, texts: list[str]) -> list[list[int]]:
-        from pipeline.data.text import normalize
         from pipeline.data.tokenizer import encode_texts
 
         return encode_texts(self.tok, [normalize(t) for t in texts])
@@ -125,7 +127,6 @@ class Scorer:
     @property
     def start(self) -> list[int]:
         """What a document starts after: the end of the one before, where the model has that token."""
-        from pipeline.eval.generate import document_end
 
         end = document_end(self.tok, self.gpt)
         return [end] if end is not None else []
@@ -178,8 +179,6 @@ class Scorer:
         lengths (right-padded to their length bucket; the causal mask keeps padding out of every
         real position)."""
         import torch
-
-        from model.config import bucket_length
 
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         self.gpt.eval()

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from model import GPTConfig, build, make_optimizer, make_schedule
 from model.flops import datasheet_peak, device_ceiling
+from pipeline import outdir
 from pipeline.console import eta
 from pipeline.data.dataset import BlockOrder, load_split, tokens_per_byte
 from pipeline.data.stage import local_copy
@@ -93,7 +94,6 @@ class LocalSession:
             with tempfile.TemporaryDirectory(prefix=f"gpt1-ckpt-{os.getpid()}-") as d:
                 yield Path(d)
             return
-        from pipeline import outdir
 
         d = outdir.sibling(self.run_dir / name, "tmp")
         try:
@@ -104,8 +104,6 @@ class LocalSession:
     def report(self, metrics: dict, checkpoint_dir: Path | None = None, name: str | None = None) -> None:
         self.last_metrics = metrics
         if self.run_dir is not None and checkpoint_dir is not None:
-            from pipeline import outdir
-
             outdir.publish(checkpoint_dir, self.run_dir / name)
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from model import GPTConfig
+from model import GPTConfig, build
 from pipeline import errors
 from pipeline.data.dataset import BlockOrder, check_fits
 from pipeline.runtime import storage_path
+from pipeline.train import memory
 from pipeline.train.config import (
     PretrainConfig,
     check_config,
@@ -22,6 +23,7 @@ from pipeline.train.config import (
     scale_batch,
     total_steps,
 )
+from pipeline.train.estimate import NODE_TYPES, est_micro_batch, estimate
 from pipeline.train.record import recorded_run, run_name
 
 PLAN_ACCELERATOR = "A100"  # --plan's node type where --accelerator is not given: p4d, the scale review's
@@ -187,10 +189,6 @@ def run_plan(
     totals are None."""
     import torch
 
-    from model import build
-    from pipeline.train import memory
-    from pipeline.train.estimate import NODE_TYPES, est_micro_batch, estimate
-
     with torch.device("meta"):  # the network's shape, without its memory
         net = build(gcfg)
     accelerator = (accelerator or PLAN_ACCELERATOR) if use_gpu else "CPU"
@@ -252,8 +250,6 @@ def measured_micro(plan: RunPlan) -> int:
     """micro_batch auto: the run's own where it is recorded (a resume keeps its micro-batches),
     else the largest that fits, measured by a task on one of the run's GPUs (train/memory.py)."""
     import ray
-
-    from pipeline.train import memory
 
     old = recorded_run(plan.run_path)
     if old and isinstance(old["pretrain"].get("micro_batch"), int) and old["pretrain"]["micro_batch"] > 0:

@@ -12,10 +12,10 @@ import contextlib
 import dataclasses
 from pathlib import Path
 
-from pipeline import errors, remote
+from pipeline import cluster, errors, outdir, remote
 from pipeline.data.dataset import open_dataset
 from pipeline.data.stage import stage_on_nodes
-from pipeline.runtime import check_accelerator, check_device, check_wait
+from pipeline.runtime import check_accelerator, check_device, check_wait, ray_init
 from pipeline.tracking import check_store, finish_run, start_pretrain_run, tracking_uri
 from pipeline.train.config import PretrainConfig, check_config, check_run_name
 from pipeline.train.plan import RunPlan, measured_micro, model_config, plan_run, settle
@@ -80,9 +80,6 @@ def pretrain(
     if done:
         return done
     import ray
-
-    from pipeline import cluster
-    from pipeline.runtime import ray_init
 
     ray_init()
     use_gpu = cluster.wants_gpus("cuda" if accelerator and device == "auto" else device)
@@ -150,8 +147,6 @@ def launch(plan: RunPlan, manifest: dict, uri: str | None) -> dict:
 
     cfg, gcfg, name, run_path = plan.cfg, plan.model, plan.name, plan.run_path
     if (here := remote.Location.of(run_path).local) is not None:
-        from pipeline import outdir
-
         outdir.check_writable(here / RUN_FILE)
     with run_lock(run_path):
         old = recorded_run(run_path)

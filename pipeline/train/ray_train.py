@@ -21,7 +21,8 @@ import json
 import os
 from pathlib import Path
 
-from pipeline import errors, remote
+from pipeline import errors, outdir, remote
+from pipeline.tracking import RunLogger
 
 
 class RaySession:
@@ -80,8 +81,6 @@ class RaySession:
         import shutil
         import tempfile
 
-        from pipeline import outdir
-
         if self.local is None:
             d = Path(tempfile.mkdtemp(prefix=f"gpt1-ckpt-{os.getpid()}-"))
             outdir.mark(d)
@@ -106,7 +105,6 @@ class RaySession:
                 import shutil
 
                 shutil.rmtree(final)
-            from pipeline import outdir
 
             outdir.publish(Path(checkpoint.path), final)
             return ray.train.Checkpoint(str(final))
@@ -149,7 +147,6 @@ def worker(config: dict) -> None:
     rank at the same step; rank 0 hands its line to the driver, which Ray does not retry."""
     import ray
 
-    from pipeline.tracking import RunLogger
     from pipeline.train.loop import LoopSpec, StopRun, train_loop
 
     spec: LoopSpec = config["spec"]
@@ -182,7 +179,6 @@ def run_lock(run_path: str):
     """Hold the run for this process: a second pretrain of the same run is refused while this one
     lives. An flock, so that a crashed or killed run leaves nothing stuck. For object storage the
     lock file is local (~/.cache/gpt1/locks): it guards against a second run on this machine only."""
-    from pipeline import outdir
 
     here = remote.Location.of(run_path).local
     lock_file = here / ".gpt1.lock" if here is not None else outdir.lock_file_of(run_path)
@@ -220,8 +216,6 @@ def remove_orphan_staging(run_path: str) -> None:
     """Checkpoints whose writer died before renaming them into place."""
     import shutil
     import tempfile
-
-    from pipeline import outdir
 
     here = remote.Location.of(run_path).local
     for p in here.glob(f".checkpoint_*.{outdir.MARKER}tmp-*") if here is not None else []:

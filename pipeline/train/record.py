@@ -17,6 +17,7 @@ from model import GPTConfig
 from pipeline import errors, remote
 from pipeline.data.dataset import BlockOrder
 from pipeline.runtime import storage_path
+from pipeline.tracking import PRETRAIN_EXPERIMENT, find_run
 from pipeline.train.config import NOT_IN_IDENTITY, PretrainConfig, default_run_name, scale_batch
 
 RUN_FILE = "gpt1_run.json"  # in STORAGE/RUN: what the run was started with
@@ -121,8 +122,6 @@ def completed_run(
     metrics, run_id = {"step": state["step"]}, None
     if uri:
         from mlflow.tracking import MlflowClient
-
-        from pipeline.tracking import PRETRAIN_EXPERIMENT, find_run
 
         found = find_run(MlflowClient(uri), PRETRAIN_EXPERIMENT, "run_path", run_path)
         if found is not None:
