@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline import configio, errors
-from pipeline.data.prepare import PrepareConfig, prepare
+from pipeline.data.config import PrepareConfig
 from pipeline.runtime import add_wait_option
 
 
@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> None:
     if args.print_config:
         print(configio.dump(cfg), end="")
         return
+    from pipeline.data.prepare import prepare  # pyarrow, numpy and Ray: after --help and --print-config
+
     prepare(
         args.corpus,
         args.out,

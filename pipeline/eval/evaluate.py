@@ -29,7 +29,8 @@ import argparse
 import math
 from pathlib import Path
 
-from pipeline import errors
+from pipeline import configio, errors
+from pipeline.data.config import PrepareConfig
 from pipeline.eval.generate import document_end
 from pipeline.model_source import CHECKPOINT_HELP, local_model
 from pipeline.runtime import local_device
@@ -158,8 +159,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="zero-shot: a seeded sample of N examples of each split (0: all)",
     )
     p.add_argument("--stride", type=int, help="tokens the window moves each time (default n_ctx / 2)")
-    p.add_argument("--format", default="auto", help="auto (by extension), text, jsonl or parquet")
-    p.add_argument("--text-split", default="blank_line", help="text files: blank_line or file")
+    # How the corpus is read: prepare's own options, from its dataclass.
+    configio.add_field_options(p, PrepareConfig, ["format", "text_split"])
     p.add_argument("--device", default="auto", help="auto (a GPU where there is one), cpu or cuda")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the result to MLflow")
 
