@@ -238,6 +238,9 @@ def run_demo(
             grace_period=epochs,
             storage=str(work / "runs"),
             device="cpu",
+            # One core a trial, so that two run at once: a 4 x 64 model's steps gain little from a
+            # second thread, and one trial's start-up and evaluation overlap the other's training.
+            cpus_per_trial=1,
             seeds=seeds,
             lstm_checkpoint=str(lstm_ckpt) if lstm_ckpt else None,
         )

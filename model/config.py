@@ -25,6 +25,13 @@ def bucket_length(longest: int, n_ctx: int) -> int:
     return min(-(-longest // LENGTH_BUCKET) * LENGTH_BUCKET, max(longest, n_ctx))
 
 
+def bucketed(n_ctx: int, device) -> int | None:
+    """n_ctx on a GPU, where a batch is padded to its length bucket: a shape that repeats reuses
+    compiled kernels and the libraries' tuned choices. None on a CPU, where a padded token is only
+    work (a 16-token sentence in a 64 bucket costs 4x), so a batch is padded to its longest."""
+    return n_ctx if str(device).startswith("cuda") else None
+
+
 @dataclass
 class GPTConfig:
     vocab_size: int = GPT1_BPE_VOCAB + N_SPECIAL

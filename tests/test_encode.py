@@ -145,3 +145,11 @@ def test_batches_padded_to_a_length_bucket_give_the_longest_padded_results(trans
         a, b = net(x, mask, y), net(bx, bmask, by)
         for got, want in ((b.logits, a.logits), (b.l1, a.l1), (b.l2, a.l2)):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_batches_are_bucketed_on_a_gpu_and_padded_to_the_longest_on_a_cpu():
+    """A length bucket pays where shapes repeat matter (CUDA); on a CPU a padded token is only work."""
+    from model.config import bucketed
+
+    assert bucketed(64, "cuda") == 64 and bucketed(64, "cuda:1") == 64
+    assert bucketed(64, "cpu") is None and bucketed(64, torch.device("cpu")) is None

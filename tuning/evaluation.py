@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.config import bucketed
 from pipeline.data.tasks import Example, Task
 from pipeline.eval import metrics as metriclib
 from pipeline.runtime import autocast
@@ -24,7 +25,9 @@ def predict(tm: TaskModel, encoded, batch_size: int = 64) -> np.ndarray:
     tm.model.eval()
     device, out = _device(tm), []
     for i in range(0, len(encoded), batch_size):
-        ids, mask, _ = collate(encoded[i : i + batch_size], tm.task.regression, tm.encoder.n_ctx)
+        ids, mask, _ = collate(
+            encoded[i : i + batch_size], tm.task.regression, bucketed(tm.encoder.n_ctx, device)
+        )
         with autocast(device):  # bf16 on a GPU, as in pretraining
             logits = tm.model(ids.to(device), mask.to(device)).logits.float().cpu()
         out.append(logits.numpy() if tm.task.regression else logits.argmax(-1).numpy())

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from model import make_optimizer, make_schedule
+from model.config import bucketed
 from pipeline import errors
 from pipeline.console import eta
 from pipeline.data.tasks import Task
@@ -98,7 +99,7 @@ def finetune(
             if step >= total:
                 break
             batch = [train[j] for j in order[i : i + cfg.batch_size]]
-            ids, mask, labels = collate(batch, task.regression, tm.encoder.n_ctx)
+            ids, mask, labels = collate(batch, task.regression, bucketed(tm.encoder.n_ctx, target))
             with autocast(target):
                 loss = tm.model(ids.to(target), mask.to(target), labels.to(target), lm_coef=cfg.lm_coef).l3
             if not torch.isfinite(loss):  # stop before a diverged model can be kept

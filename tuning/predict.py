@@ -34,6 +34,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from model.config import bucketed
 from pipeline import cluster, errors, outdir, remote
 from pipeline.model_source import local_model
 from pipeline.runtime import autocast, ray_init
@@ -322,7 +323,7 @@ def label_rows(tm, rows: list[dict], fields: tuple[str, ...], device: str) -> li
             groups = [[e] for e in chunk] if task.transformation == "multiple_choice" else [chunk]
             got = []
             for group in groups:
-                ids, mask, _ = collate(group, task.regression, tm.encoder.n_ctx)
+                ids, mask, _ = collate(group, task.regression, bucketed(tm.encoder.n_ctx, device))
                 with autocast(torch.device(device)):
                     logits = tm.model(ids.to(device), mask.to(device)).logits
                 got += predictions(task, logits.float().cpu())

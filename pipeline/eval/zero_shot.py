@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.config import bucket_length
+from model.config import bucket_length, bucketed
 from pipeline.data.tasks import TaskError, get
 from pipeline.data.text import normalize
 from pipeline.data.winograd import READERS
@@ -186,7 +186,10 @@ class Scorer:
             for b in range(0, len(order), self.batch):
                 group = order[b : b + self.batch]
                 longest = max(len(seqs[i]) for i in group)
-                x = torch.zeros(len(group), bucket_length(longest, self.gpt.config.n_ctx), dtype=torch.long)
+                length = bucketed(self.gpt.config.n_ctx, self.device)
+                x = torch.zeros(
+                    len(group), bucket_length(longest, length) if length else longest, dtype=torch.long
+                )
                 for row, i in enumerate(group):
                     x[row, : len(seqs[i])] = self._tensor(seqs[i])
                 logits = self.gpt(x.to(self.device))
