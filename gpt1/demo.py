@@ -53,7 +53,7 @@ class Size:
 
 
 SIZES = {
-    "default": Size(docs=8000, train=500, dev=200, steps=3000, samples=1),
+    "default": Size(docs=8000, train=500, dev=200, steps=2000, samples=1),
     # Every stage at a fraction of the size, for CI: the same flow in a few minutes.
     "ci": Size(docs=800, train=80, dev=60, steps=60, samples=1),
 }
@@ -366,7 +366,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--size",
         choices=sorted(SIZES),
         default="default",
-        help="default (about 5 minutes on 2 cores) or ci (every stage shrunk)",
+        help="default (about 4 minutes on 2 cores) or ci (every stage shrunk)",
     )
     p.add_argument(
         "--lstm",
