@@ -128,7 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     (pipeline/console.py); with argv (a test calling in), the verb runs here, its output as it is.
     Ctrl-C or SIGTERM while it starts up (importing torch, say) ends as the command would: one
     line, 130 or 143."""
-
     if argv is None:  # the process's own command: a test calling in keeps its own handlers
         errors.sigterm_as_interrupt()
     try:

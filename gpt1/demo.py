@@ -37,7 +37,6 @@ from pipeline import configio, env, errors, outdir
 from pipeline.console import script as command
 from pipeline.data.tasks import from_directory
 from pipeline.files import sha256_file
-from pipeline.outdir import check_replaceable
 from pipeline.runtime import ray_init
 from pipeline.tracking import TRAINING_VIEW, check_store, tracking_uri
 from tuning.report import report
@@ -127,10 +126,9 @@ class Stages:
 
 def builtin_data(work: Path, size: Size, stages: Stages) -> tuple[list[str], dict[str, Path]]:
     """The built-in corpus and task directories, written (deterministically) under work/builtin."""
-
     d = work / "builtin"
     if not stages.claim("builtin"):
-        check_replaceable(d, "the demo's built-in data", lambda p: (p / "corpus.txt").is_file(), True)
+        outdir.check_replaceable(d, "the demo's built-in data", lambda p: (p / "corpus.txt").is_file(), True)
     d.mkdir(parents=True, exist_ok=True)
     corpus = world.write_corpus(d / "corpus.txt", size.docs)
     # Text of the same world the model never trains on (another seed): what `evaluate` should read.

@@ -77,7 +77,6 @@ def is_finetune_output(d: Path) -> bool:
 def check_out(out: Path, checkpoint, overwrite: bool) -> None:
     """--out may be new, empty, or (with --overwrite) an earlier finetune output; never the
     checkpoint being read, a directory inside it, or one that holds it."""
-
     out, ckpt = out.absolute(), Path(checkpoint).absolute()
     if out == ckpt or ckpt in out.parents or out in ckpt.parents:
         raise errors.ConfigError(

@@ -140,7 +140,6 @@ def first_record(path: str, kind: str) -> list[str]:
 def model_dir(spec: str):
     """The model as a local directory (pipeline/model_source.py: a directory, an MLflow model, a
     copy from object storage)."""
-
     with local_model(spec, "--model", "a fine-tuned model directory") as (d, _):
         yield d
 
@@ -149,7 +148,6 @@ def check_out(out: str, inputs: list[str], overwrite: bool) -> None:
     """--out may be new, or (with --overwrite) a file; never an input, a directory or a place
     whose directory or bucket is not there. A local parent is made; a dead run's staging
     directory beside it is removed."""
-
     final = remote.Location.of(out).local
     if final is None:  # object storage: the bucket must be there, and nothing is made
         if any(str(out).rstrip("/") == str(i).rstrip("/") for i in inputs):

@@ -352,7 +352,6 @@ def check_out(out: Path, uri: str) -> None:
     never the working directory or one above it, never inside the MLflow store's artifacts, never
     a folder of the user's (whose report.md, .ssh or anything else the report would replace or
     upload)."""
-
     here = out.absolute().resolve()
     if here == Path.cwd().resolve() or here in Path.cwd().resolve().parents:
         raise errors.ConfigError(

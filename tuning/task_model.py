@@ -106,7 +106,6 @@ def _device(tm: TaskModel) -> torch.device:
 def save(tm: TaskModel, out) -> None:
     """A model directory (the GPT, loadable alone) plus head.safetensors and task.json, written
     beside out and swapped in whole."""
-
     out = Path(out)
     tmp = outdir.sibling(out, "tmp")
     try:

@@ -33,7 +33,6 @@ PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 def lineage(client, checkpoint: Path, files: dict[str, Path], where: str | None = None) -> dict[str, str]:
     """Tags linking a run to its inputs: the checkpoint's (pipeline.tracking.checkpoint_lineage)
     and the sha256 of each data file."""
-
     tags = checkpoint_lineage(client, checkpoint, where)
     for split, path in files.items():
         tags[f"data_sha256.{split}"] = sha256_file(path)

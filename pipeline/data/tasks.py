@@ -427,7 +427,6 @@ def generic(
     files: dict[str, str],
 ) -> Task:
     """A task of the user's own, from TSV/CSV/JSONL files with the named columns."""
-
     if transformation not in TRANSFORMATIONS:
         raise TaskError(f"transformation {transformation!r}: expected one of {', '.join(TRANSFORMATIONS)}")
     expected = {"classification": 1, "entailment": 2, "similarity": 2}.get(transformation)

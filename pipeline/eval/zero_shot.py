@@ -64,7 +64,6 @@ def check_task(name: str) -> str:
 
 def parse_tasks(specs: list[str]) -> list[tuple[str, str]]:
     """(task, absolute directory) of each TASK=DIR, checked before any model is loaded."""
-
     out = []
     for spec in specs:
         name, sep, d = spec.partition("=")
@@ -127,7 +126,6 @@ class Scorer:
     @property
     def start(self) -> list[int]:
         """What a document starts after: the end of the one before, where the model has that token."""
-
         end = document_end(self.tok, self.gpt)
         return [end] if end is not None else []
 

@@ -179,7 +179,6 @@ def run_lock(run_path: str):
     """Hold the run for this process: a second pretrain of the same run is refused while this one
     lives. An flock, so that a crashed or killed run leaves nothing stuck. For object storage the
     lock file is local (~/.cache/gpt1/locks): it guards against a second run on this machine only."""
-
     here = remote.Location.of(run_path).local
     lock_file = here / ".gpt1.lock" if here is not None else outdir.lock_file_of(run_path)
     refused = "another pretrain of this run is running (pid {}); wait for it to end, or pass another --name"
