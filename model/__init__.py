@@ -12,7 +12,7 @@ _WHERE = {
     "GPTConfig": "config",
     "PRESETS": "config",
     "GPT": "gpt",
-    "TRANSFORMATIONS": "heads",
+    "TRANSFORMATIONS": "config",
     "GPTForTask": "heads",
     "TaskHead": "heads",
     "TaskOutput": "heads",

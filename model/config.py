@@ -19,6 +19,9 @@ VOCAB_MULTIPLE = 128
 # again and again, not a new one every batch or token. Right padding changes no real output.
 LENGTH_BUCKET = 64
 
+# The paper's input transformations (Figure 1): how a task's text becomes the model's sequences.
+TRANSFORMATIONS = ("classification", "entailment", "similarity", "multiple_choice")
+
 
 def bucket_length(longest: int, n_ctx: int) -> int:
     """The length a batch whose longest sequence has `longest` tokens is padded to."""

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .config import TRANSFORMATIONS
 from .dropout import Dropout
 from .gpt import GPT
 from .losses import combined_loss, linear_cross_entropy, task_loss
 from .lstm import LSTMLM
-
-TRANSFORMATIONS = ("classification", "entailment", "similarity", "multiple_choice")
 
 
 def extract_states(h: torch.Tensor, input_ids: torch.Tensor, extract_token: int) -> torch.Tensor:

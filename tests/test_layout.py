@@ -149,11 +149,20 @@ def _imports(name: str, path: Path, known: set[str], where) -> list[tuple[str, i
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + [base])
             targets = [f"{base}.{a.name}" for a in node.names]
         for t in targets:
-            ours = t
+            ours = _lazy_export(t)
             while ours and ours not in known:
                 ours = ours.rpartition(".")[0]
             out.append((ours or t.split(".")[0], node.lineno))
     return out
+
+
+def _lazy_export(target: str) -> str:
+    """`model.build` as the module that defines it (model.network): the model package exports its
+    names lazily (model/__init__.py's _WHERE), so importing one imports that module."""
+    import model
+
+    package, _, name = target.partition(".")
+    return f"model.{model._WHERE[name]}" if package == "model" and name in model._WHERE else target
 
 
 def _top_level(tree: ast.Module):
@@ -192,8 +201,41 @@ def test_our_modules_are_imported_at_the_top_unless_they_bring_a_heavy_dependenc
         if target in known and target != name and not brings_heavy(target)
     )
     assert not late, "import these at the top (they bring nothing heavy): " + "; ".join(late)
-    assert brings_heavy("pipeline.remote") and brings_heavy("pipeline.train.loop")
-    assert not brings_heavy("pipeline.errors") and not brings_heavy("gpt1.cli")
+    assert (
+        brings_heavy("pipeline.remote") and brings_heavy("pipeline.train.loop") and brings_heavy("model.gpt")
+    )
+    assert (
+        not brings_heavy("pipeline.errors")
+        and not brings_heavy("gpt1.cli")
+        and not brings_heavy("model.config")
+    )
+
+
+def test_every_verbs_help_imports_neither_torch_nor_ray_nor_mlflow():
+    """`gpt1 VERB --help` answers in a fraction of a second: none of the heavy libraries is
+    imported to print it (an import at a module's top that brings one would, silently)."""
+    import subprocess
+    import sys
+
+    from gpt1.cli import VERBS
+
+    code = (
+        "import sys\n"
+        "from gpt1.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print([m for m in ('torch', 'ray', 'mlflow', 'transformers') if m in sys.modules])"
+    )
+    for verb in VERBS:
+        out = subprocess.run(
+            [sys.executable, "-c", code, verb, "--help"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+        assert out.stdout.strip().splitlines()[-1] == "[]", (
+            f"gpt1 {verb} --help: {out.stdout[-300:]}{out.stderr[-2000:]}"
+        )
 
 
 def test_no_import_circles():

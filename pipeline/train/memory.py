@@ -10,7 +10,6 @@ memory to size against, and auto is each worker's share of the batch.
 
 from __future__ import annotations
 
-from model import build, make_optimizer
 from pipeline.runtime import autocast
 
 MAX_AUTO = 64  # beyond 64 x 512 tokens a GPU, a larger micro-batch buys no more throughput
@@ -41,6 +40,8 @@ def fit_micro_batch(model_config, pretrain_config, candidates: list[int]) -> dic
     memory}, "total_gib": the card's}. Runs as a Ray task on a GPU node (plan.py) and in
     bench/gpu_check.py."""
     import torch
+
+    from model import build, make_optimizer  # torch
 
     device = torch.device("cuda")
     total = torch.cuda.get_device_properties(device).total_memory

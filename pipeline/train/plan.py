@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from model import GPTConfig, build
+from model import GPTConfig
 from pipeline import errors
 from pipeline.data.dataset import BlockOrder, check_fits
 from pipeline.runtime import storage_path
@@ -188,6 +188,8 @@ def run_plan(
     run's length needs the dataset's manifest, or max_steps or max_tokens; without them the
     totals are None."""
     import torch
+
+    from model import build  # torch
 
     with torch.device("meta"):  # the network's shape, without its memory
         net = build(gcfg)
