@@ -1,6 +1,7 @@
 """`ray job submit ... -- python pipeline/pretrain.py` against a head started by `ray start --head`,
 as the README tells users to run it (token authentication on, RAY_AUTH_MODE=token)."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,16 +22,24 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: each socket is held until all are chosen, so that the kernel never
+    hands the same port out twice (two equal ports make `ray start` refuse to start)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 @pytest.fixture
 def head(tmp_path):
     """A Ray head of its own (not the tests' shared instance), stopped with its processes."""
-    port, dash, agent, client = free_port(), free_port(), free_port(), free_port()
+    port, dash, agent, client = free_ports(4)
     # Its own temp dir (short: it holds Unix sockets), so that the address file `ray start`
     # leaves behind does not send later ray.init() calls on this machine to a dead head.
     temp = tempfile.mkdtemp(prefix="rayjob-", dir="/tmp")

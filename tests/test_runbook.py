@@ -145,10 +145,18 @@ def test_every_aws_line_parses():
 # The simulated cluster.
 
 
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: each socket is held until all are chosen, so that the kernel never
+    hands the same port out twice (two equal ports make `ray start` refuse to start)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def wait_listening(port: int, proc: subprocess.Popen, what: str, seconds: float = 120) -> None:
@@ -261,7 +269,7 @@ def test_the_runbook_runs_on_an_autoscaling_cluster(s3, tmp_path):
         )
         procs.append(mlflow)
         # The head, as gpu.yaml starts it: the jobs inherit MLflow's address and the storage.
-        port, dash = free_port(), free_port()
+        port, dash, client, agent = free_ports(4)
         config = tmp_path / "autoscaling.yaml"
         config.write_text(yaml.safe_dump(fake_cluster_config(f"{get_node_ip_address()}:{port}")))
         uri = f"http://127.0.0.1:{mlflow_port}"
@@ -279,7 +287,7 @@ def test_the_runbook_runs_on_an_autoscaling_cluster(s3, tmp_path):
             [
                 str(BIN / "ray"),
                 *("start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}"),
-                *(f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}"),
+                *(f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}"),
                 *("--num-cpus=0", "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp}"),
                 f"--autoscaling-config={config}",
             ],
