@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_pretrain_job import free_port, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -143,20 +144,6 @@ def test_every_aws_line_parses():
 
 
 # The simulated cluster.
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free ports: each socket is held until all are chosen, so that the kernel never
-    hands the same port out twice (two equal ports make `ray start` refuse to start)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
 
 
 def wait_listening(port: int, proc: subprocess.Popen, what: str, seconds: float = 120) -> None:

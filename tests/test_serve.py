@@ -5,7 +5,6 @@ process stops cleanly on SIGTERM."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from test_pretrain_job import free_port
 
 from pipeline.data.tasks import get
 from tuning.finetune import FinetuneConfig, finetune, load_task_model, predict
@@ -22,12 +22,6 @@ from tuning.finetune import FinetuneConfig, finetune, load_task_model, predict
 pytestmark = pytest.mark.slow  # Ray Serve: a minute
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def call(
