@@ -98,6 +98,42 @@ def test_every_node_installs_the_same_lock_and_the_gpu_workers_a_cuda_torch():
     assert head[-1].endswith("--no-deps -e /home/ray/gpt1-on-ray") and worker[-1] == head[-1]
 
 
+def test_the_p4d_and_p5_nodes_use_every_network_card_through_the_efa_image():
+    from pipeline.train.estimate import NODE_TYPES
+
+    cards = {n.instance: n.network_cards for n in NODE_TYPES.values()}
+    assert cards["p4d.24xlarge"] == 4 and cards["p5.48xlarge"] == 32  # EC2's MaximumNetworkCards
+    dockerfile = (CLUSTERS[0].parent / "efa.Dockerfile").read_text()
+    base = re.search(r"^FROM (\S+)", dockerfile, re.M).group(1)
+    config = gpu_yaml()
+    assert base == config["docker"]["worker_image"]  # the same Ray and CUDA as the other GPU nodes
+    assert "--skip-kmod" in dockerfile and "aws-ofi-nccl" in dockerfile
+    assert "requirements.lock" in dockerfile and "torch==2.13.0" in dockerfile
+    multi_node = 0
+    for name, v in config["available_node_types"].items():
+        instance = v["node_config"].get("InstanceType", "")
+        if not instance.startswith(("p4d", "p5")):
+            continue
+        multi_node += 1
+        n = cards[instance]
+        interfaces = v["node_config"]["NetworkInterfaces"]
+        # One EFA interface on each card, card 0's the primary (DeviceIndex 0), the others 1.
+        assert sorted(i["NetworkCardIndex"] for i in interfaces) == list(range(n)), name
+        assert all(i["InterfaceType"] == "efa" for i in interfaces), name
+        assert all(i["DeviceIndex"] == (0 if i["NetworkCardIndex"] == 0 else 1) for i in interfaces), name
+        run = v["docker"]["worker_run_options"]
+        assert sorted(o for o in run if "uverbs" in o) == sorted(
+            f"--device=/dev/infiniband/uverbs{i}" for i in range(n)
+        ), name
+        options = " ".join(run)
+        assert "FI_PROVIDER=efa" in options and "memlock=-1" in options, name
+        assert v["docker"]["worker_image"].endswith("/gpt1-efa:ray2.60.0-cu128"), name
+        # The nodes log in to the registry the image is pushed to before docker pulls it.
+        registry = v["docker"]["worker_image"].split("/")[0]
+        assert any("docker login" in c and registry in c for c in v["initialization_commands"]), name
+    assert multi_node == 2
+
+
 @pytest.mark.parametrize("typo", ["top", "node"])
 def test_a_typo_fails_validation(typo):
     config = yaml.safe_load((CLUSTERS[0].parent / "gpu.yaml").read_text())

@@ -37,6 +37,7 @@ class NodeType:
     dollars_per_hour: float  # per node, on-demand, us-east-1
     sources: str
     memory_gib: float = 80.0  # per GPU
+    network_cards: int = 1  # EC2's MaximumNetworkCards: EFA interfaces the node can have, one a card
 
     def bandwidth(self, nodes: int) -> float:
         return self.bus_bw[max(k for k in self.bus_bw if k <= nodes)] * 1e9
@@ -64,6 +65,7 @@ NODE_TYPES = {
         "(1 / 2 / 4 nodes), from the public record as gathered in this project's scale review; "
         "price: AWS on-demand list before its 2025 cut",
         40.0,  # p4d.24xlarge: A100 40 GB
+        network_cards=4,  # 4 x 100 Gbit/s EFA
     ),
     "H100": NodeType(
         "p5.48xlarge",
@@ -74,6 +76,7 @@ NODE_TYPES = {
         "peak: NVIDIA H100 SXM datasheet; bus bandwidth: 480 GB/s within a node (NVLS, NVIDIA GTC "
         "S62129), across nodes estimated as 60% of 3,200 Gbps EFA (p4d's measured ratio); price: "
         "AWS on-demand list before its 2025 cut",
+        network_cards=32,  # 32 x 100 Gbit/s EFA
     ),
 }
 
