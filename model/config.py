@@ -20,6 +20,15 @@ VOCAB_MULTIPLE = 128
 LENGTH_BUCKET = 64
 
 # The paper's input transformations (Figure 1): how a task's text becomes the model's sequences.
+# Adam's (b1, b2) and eps, as the paper's code (opt.py) set them; optim.py builds AdamW with them.
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+# Adam's warm-up horizon without tuning, 2 / (1 - b2) steps (Ma & Yarats 2021, "On the adequacy of
+# untuned warmup for adaptive optimization"): 2,000, GPT-1's own warm-up. A batch resized by the
+# scaling rule keeps at least this many warm-up steps.
+ADAM_WARMUP_STEPS = round(2 / (1 - ADAM_BETAS[1]))
+
+
 TRANSFORMATIONS = ("classification", "entailment", "similarity", "multiple_choice")
 
 

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from model.config import ADAM_BETAS, ADAM_EPS
+
 
 def _warming(x: float, warmup: float) -> bool:
     return warmup > 0 and x <= warmup  # warmup 0: no warm-up at all (and no 0 / 0 at update 0)
@@ -73,8 +75,8 @@ def make_optimizer(
     model: torch.nn.Module,
     lr: float,
     weight_decay: float = 0.01,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
+    betas: tuple[float, float] = ADAM_BETAS,
+    eps: float = ADAM_EPS,
     fused: bool | None = None,
 ) -> torch.optim.AdamW:
     """Adam with decoupled weight decay (AdamW), b1 0.9, b2 0.999, eps 1e-8 as in opt.py.

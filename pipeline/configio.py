@@ -182,7 +182,7 @@ def add_set_option(p, cls, what: str = "override a key", seed: str | None = None
     """The --set KEY=VALUE option of a command whose settings are the dataclass cls, and, for each
     key, --key-with-dashes VALUE: a spelling of --set key=value, appended to the same list in
     the order given (the last one wins), so that both are read, checked and printed by one
-    mechanism. A key whose spelling the command already uses for an option of its own keeps
+    mechanism (a yes/no key's VALUE may be left out: true). A key whose spelling the command already uses for an option of its own keeps
     that option. Where seed says what the seed decides, --seed N is shown in --help (the run's
     seed, of which every random draw is a function, on every verb)."""
     p.add_argument(
@@ -212,6 +212,8 @@ def add_set_option(p, cls, what: str = "override a key", seed: str | None = None
             metavar="N" if shown else "VALUE",
             action=_KeyAsSet,
             key=f.name,
+            # A yes/no key is a flag too: --slow-network-ok alone is --set slow_network_ok=true.
+            **({"nargs": "?", "const": "true"} if f.type in ("bool", "bool | None") else {}),
             default=argparse.SUPPRESS,  # --set's own default stands
             help=f"the run's seed (default: {f.default}): {seed}; the same as --set seed=N"
             if shown

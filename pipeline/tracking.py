@@ -323,6 +323,30 @@ def start_pretrain_run(
     return run.info.run_id
 
 
+def log_preflight(uri: str, name: str, metrics: dict, table: str) -> str:
+    """A run in gpt1-pretrain for `pretrain --preflight` of run `name`: the network's figures as
+    metrics and the printed table as network.txt. Returns its id."""
+    import tempfile
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    run = client.create_run(
+        experiment_id(client, PRETRAIN_EXPERIMENT),
+        run_name=f"{name}-preflight",
+        tags={"preflight_of": name, "git_commit": git_commit()},
+    )
+    ts = int(time.time() * 1000)
+    client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "network.txt").write_text(table)
+        client.log_artifact(run.info.run_id, str(Path(tmp) / "network.txt"))
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
 def _dataset_file(data, name: str) -> bytes:
     """A file of a dataset directory or object-storage prefix."""
     from pipeline import remote

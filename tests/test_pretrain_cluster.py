@@ -38,7 +38,7 @@ SETS = [
 
 
 def pretrain(
-    cluster, data: str, name: str, tmp_path: Path, workers: str = "2"
+    cluster, data: str, name: str, tmp_path: Path, workers: str = "2", extra: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen, Path]:
     # The nodes stage into their own GPT1_DATA_CACHE, the one this process gave them (conftest).
     env = {
@@ -66,6 +66,7 @@ def pretrain(
                 "--workers",
                 workers,
                 *sets,
+                *extra,
             ],
             cwd=ROOT,
             env=env,
@@ -93,15 +94,27 @@ def losses(tmp_path: Path, name: str) -> dict[int, float]:
     return {m.step: m.value for m in history}
 
 
+def metric(tmp_path: Path, name: str, key: str) -> float:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("gpt1-pretrain")
+    (run,) = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.runName = '{name}'")
+    return run.data.metrics[key]
+
+
 def raylet_of(cluster, pid: int):
-    """The cluster node whose raylet started process `pid`."""
+    """The cluster node whose raylet started process `pid`, or None (another Ray's process)."""
     import psutil
 
-    parents = {p.pid for p in psutil.Process(pid).parents()}
+    try:
+        parents = {p.pid for p in psutil.Process(pid).parents()}
+    except psutil.NoSuchProcess:
+        return None
     for node in [cluster.head_node, *cluster.worker_nodes]:
         if node.all_processes["raylet"][0].process.pid in parents:
             return node
-    raise AssertionError(f"process {pid} belongs to no node of the cluster")
+    return None
 
 
 def remove_a_worker_node(cluster, checkpoint: str, replace: bool = True) -> str:
@@ -119,10 +132,16 @@ def remove_a_worker_node(cluster, checkpoint: str, replace: bool = True) -> str:
     while fs.get_file_info(f"{checkpoint}/trainer_state.json").type != pafs.FileType.File:
         assert time.time() < deadline, f"{checkpoint} never appeared"
         time.sleep(0.05)
+    # This cluster's, not those of another Ray on the machine (a test running beside this one).
     procs = {
-        name: [p.pid for p in psutil.process_iter(["cmdline"]) if name in " ".join(p.info["cmdline"] or [])]
+        name: [
+            p.pid
+            for p in psutil.process_iter(["cmdline"])
+            if name in " ".join(p.info["cmdline"] or []) and raylet_of(cluster, p.pid) is not None
+        ]
         for name in ("RayTrainWorker", "TrainController")
     }
+    assert procs["RayTrainWorker"] and procs["TrainController"], procs
     for pid in procs["RayTrainWorker"]:
         os.kill(pid, signal.SIGSTOP)
     try:
@@ -148,7 +167,9 @@ def test_a_run_on_a_cluster_survives_a_lost_node_and_retraces_itself_and_refuses
     cfg = PrepareConfig(n_merges=200, n_ctx=64, val_fraction=0.1, shard_mb=1)
     m = prepare([str(src)], "s3://gpt1-test/ds", cfg, track=False, local=True)
 
-    out = finish(pretrain(cluster, "s3://gpt1-test/ds", "whole", tmp_path))
+    # A network slower than stated, and the user's word to train on anyway.
+    slow_ok = ("--set", "network_gbps=1000", "--slow-network-ok")
+    out = finish(pretrain(cluster, "s3://gpt1-test/ds", "whole", tmp_path, extra=slow_ok))
     assert f"done at step {STEPS}" in out and "bits per byte" in out
     # One copy on this machine, however many workers and nodes: the shards, the tokenizer, the
     # manifest last.
@@ -159,6 +180,12 @@ def test_a_run_on_a_cluster_survives_a_lost_node_and_retraces_itself_and_refuses
     )
     whole = losses(tmp_path, "whole")
     assert sorted(whole) == list(range(1, STEPS + 1))
+    # Its two workers on two nodes: the network measured first, on one node then both (one rank
+    # on the first node: nothing to time there), beside the figure stated.
+    rows = [x.split() for x in out.splitlines() if re.match(r"network: +\d", x)]
+    assert [(r[1], r[2], r[-1]) for r in rows] == [("1", "1", "-"), ("2", "2", "1000")], out[-3000:]
+    busbw = metric(tmp_path, "whole", "network_busbw_gbps_2_nodes")
+    assert busbw == pytest.approx(float(rows[1][6]), rel=0.01) and busbw > 0
 
     run = pretrain(cluster, "s3://gpt1-test/ds", "lost", tmp_path)
     removed = remove_a_worker_node(cluster, "gpt1-test/runs/lost/checkpoint_000000020")
@@ -203,3 +230,37 @@ def test_a_run_on_a_cluster_survives_a_lost_node_and_retraces_itself_and_refuses
         for b in blocks
         if "placement_group" not in b[:600].lower() and "placementgroup" not in b[:600].lower()
     ], err
+
+
+def test_the_preflight_measures_the_network_and_a_run_on_a_slow_one_refuses_in_one_line(cluster, tmp_path):
+    src = tmp_path / "c.txt"
+    src.write_text("\n\n".join(documents(300, seed=3)) + "\n")
+    data = str(tmp_path / "ds")
+    prepare(
+        [str(src)], data, PrepareConfig(n_merges=100, n_ctx=64, val_fraction=0.1), track=False, local=True
+    )
+    # gloo between two processes of one machine is nowhere near 1,000 GB/s: a quarter of it refuses.
+    fast = ("--set", "network_gbps=1000")
+    out = finish(pretrain(cluster, data, "pre", tmp_path, extra=("--preflight", *fast)), returncode=2)
+    lines = [x for x in out.splitlines() if x.startswith("gpt1 pretrain: ")]
+    assert len(lines) == 1 and "network: an all-reduce across 2 nodes measured" in lines[0], out[-3000:]
+    assert "under a quarter of the 1000 GB/s" in lines[0] and "--slow-network-ok" in lines[0]
+    assert "Traceback" not in out
+    # The table first: the figure beside the plan's.
+    rows = [x.split() for x in out.splitlines() if re.match(r"network: +\d", x)]
+    assert [(r[1], r[-1]) for r in rows] == [("1", "-"), ("2", "1000")], out[-3000:]
+
+    # Recorded in MLflow, refused or not.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("gpt1-pretrain")
+    (run,) = client.search_runs([exp.experiment_id], filter_string="tags.preflight_of = 'pre'")
+    assert run.data.metrics["network_busbw_gbps_planned"] == 1000
+    assert run.data.metrics["network_busbw_gbps_2_nodes"] == pytest.approx(float(rows[1][6]), rel=0.01)
+
+    # The run itself measures it before its first step, and refuses the same way.
+    out = finish(pretrain(cluster, data, "slow", tmp_path, extra=fast), returncode=2)
+    lines = [x for x in out.splitlines() if x.startswith("gpt1 pretrain: ")]
+    assert len(lines) == 1 and "under a quarter of the 1000 GB/s" in lines[0], out[-3000:]
+    assert not losses(tmp_path, "slow")  # not one step

@@ -7,6 +7,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from model.config import ADAM_WARMUP_STEPS
 from pipeline import configio, errors
 
 # The largest token budget taken: beyond it a number is a typo, not a plan (a 10^25 budget once
@@ -47,6 +48,10 @@ class PretrainConfig:
         "auto"  # the SDPA kernel of training: auto (torch's choice), flash, efficient, cudnn, math
     )
     grad_compression: str = "none"  # "bf16": DDP all-reduces gradients in bf16 (half the bytes)
+    # The all-reduce bus bandwidth across nodes a multi-node run expects, GB/s (0: the plan's for
+    # --accelerator; none without one). Measured at the start of every multi-node run (train/network.py).
+    network_gbps: float = 0.0
+    slow_network_ok: bool = False  # train on where the network measures under a quarter of that
     log_every: int = 10  # steps between the console's and MLflow's training metrics
     eval_every: int = 500  # steps between evaluations on the val split (also at the end); 0 = never
     eval_blocks: int = 0  # val blocks per evaluation; 0 = all
@@ -68,6 +73,8 @@ ATTENTION = ("auto", "flash", "efficient", "cudnn", "math")
 # Keys that change how a run is watched or kept, never its results: a run resumed with other
 # values of these is the same run.
 NOT_IN_IDENTITY = (
+    "network_gbps",  # what the network is expected to do, not what the run computes
+    "slow_network_ok",
     "compile_mode",  # how fast, not what: the same run up to float rounding
     "attention",
     "log_every",
@@ -107,7 +114,7 @@ def scale_batch(cfg: PretrainConfig, workers: int, n_ctx: int, batch: int | None
     batch_size, the lr becomes lr x sqrt(k) (lr_scaling sqrt: the square-root rule for Adam,
     Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms") or lr
     x k (linear: Goyal et al. 2017, for SGD), and warm-up keeps its tokens: warmup_steps / k
-    steps. A pure function of the settings and the workers, so a resume finds the same run."""
+    steps, but never fewer than Adam's horizon, ADAM_WARMUP_STEPS (2,000). A pure function of the settings and the workers, so a resume finds the same run."""
     if cfg.batch_tokens is None:
         return cfg
     if batch is None:
@@ -120,7 +127,9 @@ def scale_batch(cfg: PretrainConfig, workers: int, n_ctx: int, batch: int | None
         batch_tokens=None,  # applied: the settings are now the run's own
         batch_size=batch,
         lr=cfg.lr * (math.sqrt(k) if cfg.lr_scaling == "sqrt" else k),
-        warmup_steps=round(cfg.warmup_steps / k),
+        # Never under Adam's untuned warm-up horizon (or the warm-up asked, where that is shorter):
+        # a 64-GPU batch would otherwise warm up in a few hundred steps, on a post-LN model.
+        warmup_steps=max(round(cfg.warmup_steps / k), min(cfg.warmup_steps, ADAM_WARMUP_STEPS)),
     )
 
 
@@ -226,7 +235,10 @@ def check_config(cfg: PretrainConfig, workers: int) -> None:
         raise c("zero_shot: expected a list of TASK=DIR (e.g. [sst-2=glue/SST-2]); zero_shot_examples: >= 0")
     # A batch that batch_tokens resizes is checked once resized (scale_batch).
     check_split(cfg, workers)
-    configio.check_ranges(cfg, {"lr": (0.0, 1.0), "weight_decay": (0.0, 1.0), "grad_clip": (0.0, None)})
+    configio.check_ranges(
+        cfg,
+        {"lr": (0.0, 1.0), "weight_decay": (0.0, 1.0), "grad_clip": (0.0, None), "network_gbps": (0.0, None)},
+    )
 
 
 def check_split(cfg: PretrainConfig, workers: int) -> None:

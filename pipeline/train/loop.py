@@ -43,6 +43,7 @@ from pipeline.data.dataset import BlockOrder, load_split, tokens_per_byte
 from pipeline.data.stage import local_copy
 from pipeline.errors import UserError, disk_error
 from pipeline.runtime import amp_dtype, autocast
+from pipeline.train import network
 from pipeline.train.checkpoint import load_training_state, snapshot, write_checkpoint
 from pipeline.train.config import PretrainConfig, micro_batch
 
@@ -60,6 +61,7 @@ class LoopSpec:
     mlflow_run_id: str | None = None
     run_path: str | None = None  # STORAGE/RUN: where checkpoints go
     resume_from: str | None = None  # the newest complete checkpoint the driver found there
+    accelerator: str | None = None  # the node type the plan priced (the network's expected figure)
 
 
 # max_minutes: steps not timed (start-up), then steps timed; the budget is decided after both.
@@ -206,6 +208,8 @@ class Pretraining:
                 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
                 self.model.register_comm_hook(dist.group.WORLD, default_hooks.bf16_compress_hook)
+        if self.world > 1 and getattr(session, "node", None):
+            self.check_network()
         # Training runs through DDP (gradient all-reduce) and torch.compile where asked (by
         # default on GPU: +56% tokens/s on an H200; on CPU it costs more to compile than it
         # saves); the evaluation forward is the plain model: no backward to synchronise, no
@@ -222,6 +226,26 @@ class Pretraining:
         # and against the card's datasheet bf16 peak, as llm.c and nanoGPT report it (GPUs it knows).
         self.peak = datasheet_peak(torch.cuda.get_device_name(self.device)) if cuda else None
         self.flops_per_token = self.gpt.flops_per_token(self.gpt.config.n_ctx)
+
+    def check_network(self) -> None:
+        """Across several nodes, the gradient's all-reduce timed on 1, 2, 4, ... of them, printed
+        and logged beside the plan's figure; a network under a quarter of it stops the run before
+        it spends money (network.py), unless slow_network_ok."""
+        nodes = [None] * self.world
+        dist.all_gather_object(nodes, self.session.node)
+        if len(set(nodes)) < 2:  # one node: nothing crosses the network
+            return
+        nbytes = network.gradient_bytes(self.gpt, self.cfg.grad_compression)
+        rows = network.measure(self.rank, self.world, nodes, self.device, nbytes)
+        rows = network.with_assumption(rows, self.spec.accelerator, self.cfg.network_gbps)
+        if self.rank == 0:
+            for line in network.table(rows):
+                say(f"network: {line}")
+            if self.tracker:
+                self.tracker.log(network.metrics(rows), self.step)
+        line = network.too_slow(rows)
+        if line and not self.cfg.slow_network_ok:
+            raise StopRun(line)
 
     def check_attention(self) -> None:
         """A backend named by the attention setting must have a kernel here for this model's

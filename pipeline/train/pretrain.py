@@ -16,7 +16,7 @@ from pipeline import cluster, errors, outdir, remote
 from pipeline.data.dataset import open_dataset
 from pipeline.data.stage import stage_on_nodes
 from pipeline.runtime import check_accelerator, check_device, check_wait, ray_init
-from pipeline.tracking import check_store, finish_run, start_pretrain_run, tracking_uri
+from pipeline.tracking import check_store, finish_run, log_preflight, start_pretrain_run, tracking_uri
 from pipeline.train.config import PretrainConfig, check_config, check_run_name
 from pipeline.train.plan import RunPlan, measured_micro, model_config, plan_run, settle
 from pipeline.train.record import RUN_FILE, claim_run, completed_run, identity, recorded_run
@@ -53,13 +53,15 @@ def pretrain(
     wait_minutes: float = 30,
     accelerator: str | None = None,
     min_workers: int | None = None,
+    preflight: bool = False,
 ) -> dict:
     """Run (or resume) the stage: check every input, plan the run, launch it. Returns the final
     metrics, the newest checkpoint's path and the MLflow run id. Raises DataError / ConfigError
     before any worker starts, StopRun's line as a UserError when the run stops itself (a
     non-finite loss, a full disk), and Interrupted on Ctrl-C or SIGTERM, naming the checkpoint
     that the same command resumes from. On a cluster with an autoscaler, waits up to wait_minutes
-    for the workers' nodes."""
+    for the workers' nodes. With preflight, measures the network with the run's workers instead
+    of training (run_preflight), and returns {"network": rows}."""
     if name is not None:
         check_run_name(name)
     data = str(remote.Location.of(data))
@@ -76,7 +78,7 @@ def pretrain(
     if uri:  # the store is checked before the work, not after it
         check_store(uri)
     check_wait(wait_minutes)
-    done = completed_run(cfg, gcfg, manifest, str(data), name, storage, uri)
+    done = None if preflight else completed_run(cfg, gcfg, manifest, str(data), name, storage, uri)
     if done:
         return done
     import ray
@@ -106,6 +108,8 @@ def pretrain(
     need = plan.min_workers or plan.workers
     what = f"--workers {f'{need}-' if plan.min_workers else ''}{plan.workers}"
     cluster.wait_for(kind, need * each, need, what, wait_minutes, plan.accelerator)
+    if preflight:
+        return {"network": run_preflight(plan, uri)}
     if cfg.micro_batch == "auto" and plan.use_gpu:  # measured on one of the GPUs just waited for
         plan = planned(measured_micro(plan), plan.name, plan.workers)
     # Before the workers start: a rank that waited in a collective for another node's download
@@ -125,6 +129,52 @@ def collective_timeout(data: str, manifest: dict) -> int:
         return 1800
     size = sum(s["tokens"] for s in manifest["shards"].values()) * (4 if manifest["dtype"] == "uint32" else 2)
     return 1800 + int(size / STAGE_RATE)
+
+
+def run_preflight(plan: RunPlan, uri: str | None) -> list[dict]:
+    """The network measured with the run's workers (pipeline/train/network.py), printed beside
+    the plan's figure and logged to MLflow; a multi-node network under a quarter of the plan's
+    refused as the run would refuse it."""
+    import json
+    import tempfile
+
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from model import build
+    from pipeline.train import network
+    from pipeline.train.ray_train import Outcome, fit, preflight_worker
+
+    nbytes = network.gradient_bytes(build(plan.model), plan.cfg.grad_compression)
+    box = ray.remote(num_cpus=0)(Outcome).remote()
+    with tempfile.TemporaryDirectory(prefix="gpt1-preflight-") as tmp:  # no checkpoint: nothing to keep
+        trainer = TorchTrainer(
+            preflight_worker,
+            train_loop_config={"bytes": nbytes, "outcome": box},
+            scaling_config=ScalingConfig(
+                num_workers=plan.workers,
+                use_gpu=plan.use_gpu,
+                resources_per_worker={"GPU": 1} if plan.use_gpu else {"CPU": plan.cpus_per_worker},
+                accelerator_type=plan.accelerator,
+            ),
+            run_config=RunConfig(name="preflight", storage_path=tmp),
+        )
+        fit(trainer)
+    rows = json.loads(ray.get(box.get.remote()))
+    if not rows:
+        print("network: one worker, no all-reduce to measure", flush=True)
+        return rows
+    rows = network.with_assumption(rows, plan.accelerator, plan.cfg.network_gbps)
+    lines = network.table(rows)
+    print("\n".join(f"network: {line}" for line in lines), flush=True)
+    if uri:
+        run_id = log_preflight(uri, plan.name, network.metrics(rows), "\n".join(lines) + "\n")
+        print(f"network: logged to MLflow run {run_id}", flush=True)
+    line = network.too_slow(rows)
+    if line and not plan.cfg.slow_network_ok:
+        raise errors.UserError(line)
+    return rows
 
 
 def launch(plan: RunPlan, manifest: dict, uri: str | None) -> dict:
@@ -184,6 +234,7 @@ def launch(plan: RunPlan, manifest: dict, uri: str | None) -> dict:
             mlflow_run_id=run_id,
             run_path=run_path,
             resume_from=newest[0] if newest else None,
+            accelerator=plan.accelerator,
         )
         # On the driver's node, as Ray Train places its controller: a worker node may be lost
         # mid-run, and the box must outlive it.

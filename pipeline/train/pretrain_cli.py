@@ -50,6 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         f"default {PLAN_ACCELERATOR}) and train nothing; --plan=json: one JSON object",
     )
     p.add_argument(
+        "--preflight",
+        action="store_true",
+        help="measure the network with the run's workers (an all-reduce of its gradient on 1, 2, 4, "
+        "... nodes), print it beside the plan's figure, log it to MLflow, and train nothing",
+    )
+    p.add_argument(
         "--name", help="run name; the same name resumes the run (default: from the data and config)"
     )
     p.add_argument(
@@ -123,6 +129,7 @@ def run(args: argparse.Namespace) -> None:
         track=not args.no_mlflow,
         wait_minutes=args.wait_minutes,
         accelerator=args.accelerator,
+        preflight=args.preflight,
     )
 
 

@@ -35,12 +35,14 @@ class RaySession:
     or without), whatever kills the writer."""
 
     def __init__(self, run_path: str, resume_from: str | None = None):
+        import ray
         import ray.train
         import ray.train.torch
 
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
+        self.node = ray.get_runtime_context().get_node_id()  # which ranks share a machine
         self.run_path, self.resume_from = run_path, resume_from
         self.local = remote.Location.of(run_path).local  # None: the run is on object storage
         self.handed_over = None  # the staging directory an upload in the background now owns
@@ -161,8 +163,35 @@ def worker(config: dict) -> None:
             ray.get(config["outcome"].put.remote(str(err)))
 
 
+def preflight_worker(config: dict) -> None:
+    """What each worker of `pretrain --preflight` runs: the network measured (network.py); rank 0
+    puts the rows in the driver's box (an Outcome: Ray Train keeps no metrics reported without a
+    checkpoint)."""
+    import json
+
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+
+    from pipeline.train import network
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":  # NCCL's object collectives use the current device
+        torch.cuda.set_device(device)
+    nodes = [None] * world
+    if world > 1:
+        dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
+    rows = network.measure(rank, world, nodes, device, config["bytes"]) if world > 1 else []
+    if rank == 0:
+        ray.get(config["outcome"].put.remote(json.dumps(rows)))
+
+
 class Outcome:
-    """A driver-side box (a Ray actor) for the line that stopped a run."""
+    """A driver-side box (a Ray actor) for the line that stopped a run, or the preflight's rows."""
 
     def __init__(self):
         self.line = None
