@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from pipeline import outdir
-from pipeline.errors import ConfigError, UserError
+from pipeline.errors import ConfigError, StorageUnavailable, UserError
 
 
 def is_remote(spec) -> bool:
@@ -129,8 +129,10 @@ class Location:
     def hold(self, what: str) -> contextlib.AbstractContextManager:
         """One writer (a `what`: "prepare", ...) at a time while the block runs; a second is refused
         in one line. Locally an flock (a killed writer leaves nothing stuck); on object storage,
-        which has none, a lease (see lease)."""
+        which has none, a lease: by conditional writes on S3 (s3_lease), else lease."""
         if self.local is None:
+            if scheme(self.uri) == "s3://":
+                return s3_lease(self.uri, what)
             return lease(self.fs, self.path, self.uri, what)
         return outdir.writer_lock(self.local, what)
 
@@ -227,15 +229,54 @@ def upload(local: Path, fs: pafs.FileSystem, base: str, last: str) -> None:
 LEASE = "_lease.json"
 
 
+def _holds(other, me: dict, ttl: float) -> bool:
+    """Whether the lease `other` (as read) is another writer's that still holds: a live process of
+    this machine, or another machine's renewed within ttl seconds."""
+    if not isinstance(other, dict) or other.get("token") == me["token"]:
+        return False
+    here = other.get("host") == me["host"] and isinstance(other.get("pid"), int)
+    if here:
+        return outdir.alive(other["pid"])
+    return time.time() - float(other.get("time", 0)) < ttl
+
+
+def _refusal(other: dict, uri: str, what: str, ttl: float) -> UserError:
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(other.get("time", 0))))
+    return UserError(
+        f"{uri}: another {what} is writing here (pid {other.get('pid')} on "
+        f"{other.get('host')}, lease renewed {since}); wait for it to end (a lease not renewed "
+        f"for {ttl:.0f} s is taken over), or choose another prefix"
+    )
+
+
+@contextlib.contextmanager
+def _renewing(renew, ttl: float) -> Iterator[None]:
+    """renew() every ttl/4 seconds in a thread while the block runs."""
+    stop = threading.Event()
+
+    def loop():
+        while not stop.wait(ttl / 4):
+            with contextlib.suppress(OSError):
+                renew()
+
+    renewer = threading.Thread(target=loop, name="gpt1-lease", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
+
+
 @contextlib.contextmanager
 def lease(fs: pafs.FileSystem, base: str, uri: str, what: str, ttl: float = 120.0) -> Iterator[None]:
-    """Hold the prefix base for one writer while the block runs. Object storage has no file lock,
-    and pyarrow cannot make a conditional put, so this is a lease: an object base/_lease.json with
-    the writer's host, pid, a random token and the time, written again every ttl/4 seconds. A
-    second writer is refused while the lease is fresh (younger than ttl) or its writer is a live
-    process of this machine; a lease its writer stopped renewing (killed, machine lost) is taken
-    over. Two writers that start at the same moment both write theirs, wait, and read it back:
-    the one whose token is not there steps back."""
+    """Hold the prefix base for one writer while the block runs, where the store has no
+    conditional write (on S3, s3_lease): an object base/_lease.json with the writer's host, pid, a
+    random token and the time, written again every ttl/4 seconds. A second writer is refused
+    while the lease is fresh (younger than ttl) or its writer is a live process of this machine;
+    a lease its writer stopped renewing (killed, machine lost) is taken over. Two writers that
+    start at the same moment both write theirs, wait, and read it back: the one whose token is
+    not there steps back."""
     path = f"{base}/{LEASE}"
     me = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
 
@@ -252,22 +293,7 @@ def lease(fs: pafs.FileSystem, base: str, uri: str, what: str, ttl: float = 120.
                 time.sleep(0.1)
         else:
             return None
-        if not isinstance(other, dict) or other.get("token") == me["token"]:
-            return None
-        here = other.get("host") == me["host"] and isinstance(other.get("pid"), int)
-        if (here and outdir.alive(other["pid"])) or (
-            not here and time.time() - float(other.get("time", 0)) < ttl
-        ):
-            return other
-        return None
-
-    def refuse(other: dict):
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(other.get("time", 0))))
-        raise UserError(
-            f"{uri}: another {what} is writing here (pid {other.get('pid')} on "
-            f"{other.get('host')}, lease renewed {since}); wait for it to end (a lease not renewed "
-            f"for {ttl:.0f} s is taken over), or choose another prefix"
-        )
+        return other if _holds(other, me, ttl) else None
 
     def write():
         body = json.dumps({**me, "time": time.time()}).encode()
@@ -288,28 +314,97 @@ def lease(fs: pafs.FileSystem, base: str, uri: str, what: str, ttl: float = 120.
                 fs.delete_file(tmp)
 
     if (other := held_by()) is not None:
-        refuse(other)
+        raise _refusal(other, uri, what, ttl)
     write()
     time.sleep(min(1.0, ttl / 10))  # a writer that started at the same moment has written its own by now
     if (other := held_by()) is not None:
-        refuse(other)
-    stop = threading.Event()
-
-    def renew():
-        while not stop.wait(ttl / 4):
-            with contextlib.suppress(OSError):
-                write()
-
-    renewer = threading.Thread(target=renew, name="gpt1-lease", daemon=True)
-    renewer.start()
+        raise _refusal(other, uri, what, ttl)
     try:
-        yield
+        with _renewing(write, ttl):
+            yield
     finally:
-        stop.set()
-        renewer.join()
         with contextlib.suppress(OSError, ValueError):
             if read_json(fs, path).get("token") == me["token"]:
                 fs.delete_file(path)
+
+
+# What S3 answers a conditional write that lost: the condition failed (412), or another
+# conditional write to the key was in flight (409).
+_LOST = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
+
+
+@contextlib.contextmanager
+def s3_lease(uri: str, what: str, ttl: float = 120.0) -> Iterator[None]:
+    """lease's contract on S3, made safe by conditional writes (AWS S3 and moto honour them;
+    pyarrow cannot send them, boto3 can): the lease object is created with If-None-Match: *,
+    so of two writers exactly one creates it; a stale one (see _holds) is taken over with
+    If-Match on the ETag read, so of two that find it stale exactly one replaces it; renewed
+    and deleted with If-Match on the holder's own ETag, so a writer that was taken over from
+    never overwrites or deletes its successor's."""
+    import boto3
+    import botocore.exceptions
+
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    key = f"{prefix}/{LEASE}" if prefix else LEASE
+    s3 = boto3.client("s3")
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
+    held = {"etag": None}
+
+    def put(**condition) -> str | None:
+        """The new ETag, or None where the condition failed."""
+        body = json.dumps({**me, "time": time.time()}).encode()
+        try:
+            return s3.put_object(Bucket=bucket, Key=key, Body=body, **condition)["ETag"]
+        except botocore.exceptions.ClientError as err:
+            if err.response.get("Error", {}).get("Code") in _LOST:
+                return None
+            raise
+
+    try:
+        for _ in range(5):  # each pass loses only to a writer that won: a few at most
+            if (etag := put(IfNoneMatch="*")) is not None:
+                break
+            try:
+                got = s3.get_object(Bucket=bucket, Key=key)
+            except s3.exceptions.NoSuchKey:
+                continue  # released since: create it again
+            try:
+                other = json.loads(got["Body"].read())
+            except (ValueError, UnicodeDecodeError):
+                other = {}  # not a lease this code wrote whole: nobody's
+            if _holds(other, me, ttl):
+                raise _refusal(other, uri, what, ttl)
+            if (etag := put(IfMatch=got["ETag"])) is not None:  # taken over, unless another was first
+                break
+        else:
+            raise UserError(f"{uri}: the {what} lease kept changing hands; try again")
+    except botocore.exceptions.NoCredentialsError:
+        raise UserError(f"{uri}: no AWS credentials to write the {what} lease with") from None
+    except botocore.exceptions.ClientError as err:
+        e = err.response.get("Error", {})
+        raise UserError(
+            f"{uri}: the object store refused the {what} lease ({e.get('Code')}: {e.get('Message')})"
+        ) from None
+    except botocore.exceptions.BotoCoreError as err:
+        raise StorageUnavailable(
+            f"{uri}: the object store did not answer ({err}); check AWS_ENDPOINT_URL and the network"
+        ) from None
+    held["etag"] = etag
+
+    def renew():
+        if held["etag"] is None:
+            return
+        # Where the store does not answer this time, the lease stands until ttl: try again later.
+        with contextlib.suppress(botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
+            held["etag"] = put(IfMatch=held["etag"])  # None: taken over (we were silent too long)
+
+    try:
+        with _renewing(renew, ttl):
+            yield
+    finally:
+        if held["etag"] is not None:
+            with contextlib.suppress(botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
+                s3.delete_object(Bucket=bucket, Key=key, IfMatch=held["etag"])
 
 
 def only_these(names: list[str], pattern: str) -> str | None:

@@ -192,3 +192,69 @@ def test_a_writer_that_died_unreaped_holds_nothing():
     assert not alive(child.pid)
     child.wait()
     assert not alive(child.pid) and alive(os.getpid())
+
+
+def _hold_at(uri: str, start: float, env: dict, out) -> None:
+    """A process that asks for the lease at wall-clock time `start`, and holds it 3 s if it gets it."""
+    import os
+
+    os.environ.update(env)
+    from pipeline.remote import Location
+
+    time.sleep(max(0.0, start - time.time()))
+    try:
+        with Location.of(uri).hold("pretrain"):
+            out.put(("held", os.getpid()))
+            time.sleep(3)
+    except UserError as err:
+        out.put(("refused", str(err)))
+
+
+@pytest.mark.slow
+def test_of_two_processes_that_ask_s3_for_the_lease_at_once_exactly_one_holds_it(s3):
+    import multiprocessing as mp
+
+    import boto3
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    start = time.time() + 8  # both started and imported by then
+    procs = [ctx.Process(target=_hold_at, args=("s3://gpt1-test/run", start, s3, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    got = sorted(out.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    assert [g[0] for g in got] == ["held", "refused"], got
+    assert "another pretrain is writing here" in got[1][1] and f"pid {got[0][1]}" in got[1][1]
+    # Released by its holder: the object is gone.
+    s3c = boto3.client("s3")
+    assert "Contents" not in s3c.list_objects_v2(Bucket="gpt1-test", Prefix=f"run/{LEASE}")
+
+
+@pytest.mark.slow
+def test_an_s3_lease_nobody_renews_is_taken_over_once_and_a_fresh_one_is_refused(s3):
+    import boto3
+
+    from pipeline.remote import Location
+
+    s3c = boto3.client("s3")
+    key = f"run/{LEASE}"
+    other = {"host": "another-machine", "pid": 1, "token": "t"}
+    s3c.put_object(Bucket="gpt1-test", Key=key, Body=json.dumps({**other, "time": time.time()}).encode())
+    with (
+        pytest.raises(UserError, match="another-machine"),
+        Location.of("s3://gpt1-test/run").hold("pretrain"),
+    ):
+        pass
+    s3c.put_object(
+        Bucket="gpt1-test", Key=key, Body=json.dumps({**other, "time": time.time() - 121}).encode()
+    )
+    with Location.of("s3://gpt1-test/run").hold("pretrain"):
+        held = json.loads(s3c.get_object(Bucket="gpt1-test", Key=key)["Body"].read())
+        assert held["host"] == socket.gethostname()
+        # Taken over while held (this writer judged stale elsewhere): leaving never deletes the
+        # successor's lease, since the holder deletes only with its own ETag.
+        successor = json.dumps({**other, "time": time.time()}).encode()
+        s3c.put_object(Bucket="gpt1-test", Key=key, Body=successor)
+    assert s3c.get_object(Bucket="gpt1-test", Key=key)["Body"].read() == successor

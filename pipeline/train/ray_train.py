@@ -206,11 +206,16 @@ class Outcome:
 @contextlib.contextmanager
 def run_lock(run_path: str):
     """Hold the run for this process: a second pretrain of the same run is refused while this one
-    lives. An flock, so that a crashed or killed run leaves nothing stuck. For object storage the
-    lock file is local (~/.cache/gpt1/locks): it guards against a second run on this machine only."""
-    here = remote.Location.of(run_path).local
-    lock_file = here / ".gpt1.lock" if here is not None else outdir.lock_file_of(run_path)
+    lives, from any machine. Locally an flock, so that a crashed or killed run leaves nothing
+    stuck; on object storage the run's lease (Location.hold: conditional writes on S3), which a
+    run that stopped renewing it (killed, its machine lost) leaves to be taken over."""
+    where = remote.Location.of(run_path)
+    if where.local is None:
+        with where.hold("pretrain"):
+            yield
+        return
     refused = "another pretrain of this run is running (pid {}); wait for it to end, or pass another --name"
+    lock_file = where.local / ".gpt1.lock"
     with outdir.held_alone(lock_file, lambda pid: errors.ConfigError(f"{run_path}: {refused.format(pid)}")):
         yield
 
