@@ -355,12 +355,30 @@ def _dataset_file(data, name: str) -> bytes:
 
 
 class RunLogger:
-    """What rank 0 of a training job logs into an existing MLflow run."""
+    """What rank 0 of a training job logs into an existing MLflow run.
 
-    def __init__(self, uri: str, run_id: str):
+    With background, log() only queues the metrics (each with the time it was called) and a
+    thread sends them, retrying while the server does not answer: an MLflow outage neither
+    stalls the training step nor fails the run, and the metrics arrive once it is back. The queue
+    holds BACKLOG batches; past that the oldest are dropped, and their count is logged as
+    mlflow_dropped_batches when the server answers again. flush() waits for the queue to empty
+    (the run's end does, before the model is logged)."""
+
+    BACKLOG = 10_000  # batches: at a log every 10 steps, 100,000 steps of an outage
+    RETRY_MAX_S = 30.0  # the longest wait between two tries while the server does not answer
+
+    def __init__(self, uri: str, run_id: str, background: bool = False):
         from mlflow.tracking import MlflowClient
 
         self.client, self.run_id = MlflowClient(uri), run_id
+        self.queue = None
+        if background:
+            import collections
+            import threading
+
+            self.queue = collections.deque()
+            self.dropped, self.wake = 0, threading.Condition()
+            threading.Thread(target=self._send, name="gpt1-mlflow", daemon=True).start()
 
     def log(self, metrics: dict, step: int) -> None:
         import time
@@ -368,9 +386,62 @@ class RunLogger:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        self.client.log_batch(
-            self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()]
-        )
+        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        if self.queue is None:
+            self.client.log_batch(self.run_id, metrics=batch)
+            return
+        with self.wake:
+            if len(self.queue) >= self.BACKLOG:
+                self.queue.popleft()
+                self.dropped += 1
+            self.queue.append(batch)
+            self.wake.notify()
+
+    def pending(self) -> int:
+        """Batches queued and not yet sent."""
+        return len(self.queue) if self.queue is not None else 0
+
+    def _send(self) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        wait = 1.0
+        while True:
+            with self.wake:
+                while not self.queue:
+                    self.wake.wait()
+                batch, dropped = self.queue[0], self.dropped
+            try:
+                if dropped:
+                    note = Metric(
+                        "mlflow_dropped_batches", float(dropped), int(time.time() * 1000), batch[0].step
+                    )
+                    self.client.log_batch(self.run_id, metrics=[note])
+                    with self.wake:
+                        self.dropped -= dropped
+                self.client.log_batch(self.run_id, metrics=batch)
+            except Exception:  # the server down or failing: keep the batch, try again later
+                time.sleep(wait)
+                wait = min(wait * 2, self.RETRY_MAX_S)
+                continue
+            wait = 1.0
+            with self.wake:
+                if self.queue and self.queue[0] is batch:
+                    self.queue.popleft()
+                self.wake.notify_all()
+
+    def flush(self, timeout: float = 300.0) -> bool:
+        """Wait up to timeout seconds for every queued batch to be sent; whether they were."""
+        import time
+
+        if self.queue is None:
+            return True
+        end = time.monotonic() + timeout
+        with self.wake:
+            while self.queue and time.monotonic() < end:
+                self.wake.wait(timeout=min(1.0, end - time.monotonic()))
+            return not self.queue
 
     def log_curves(self, prefix: str, name: str, title: str) -> None:
         """A PNG of every metric whose key starts with prefix, against the step: the run's whole
@@ -382,6 +453,7 @@ class RunLogger:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        self.flush()
         keys = sorted(k for k in self.client.get_run(self.run_id).data.metrics if k.startswith(prefix))
         if not keys:
             return
@@ -406,6 +478,7 @@ class RunLogger:
         import shutil
         import tempfile
 
+        self.flush()
         with tempfile.TemporaryDirectory(prefix="gpt1-model-") as tmp:
             formats = (("native", "model"), ("hf", "model-hf"))
             for fmt, name in formats if gpt.config.arch == "transformer" else formats[:1]:

@@ -154,13 +154,19 @@ def worker(config: dict) -> None:
     spec: LoopSpec = config["spec"]
     session = RaySession(spec.run_path, spec.resume_from)
     tracker = (
-        RunLogger(spec.mlflow_uri, spec.mlflow_run_id) if session.rank == 0 and spec.mlflow_run_id else None
+        # In the background: an MLflow outage must not stall or fail the run (RunLogger).
+        RunLogger(spec.mlflow_uri, spec.mlflow_run_id, background=True)
+        if session.rank == 0 and spec.mlflow_run_id
+        else None
     )
     try:
         train_loop(spec, session, tracker)
     except StopRun as err:
         if session.rank == 0:
             ray.get(config["outcome"].put.remote(str(err)))
+    finally:
+        if tracker is not None:  # what is still queued for MLflow, before the process goes
+            tracker.flush(timeout=60)
 
 
 def preflight_worker(config: dict) -> None:
