@@ -105,6 +105,50 @@ def test_checkpoints_come_by_time_too_and_resume_exactly(spec, tmp_path):
     assert [p.name for p in (tmp_path / "steps").glob("checkpoint_*")] == ["checkpoint_000000040"]
 
 
+def test_a_slow_checkpoint_writer_never_holds_training_back_until_the_next_checkpoint(spec, monkeypatch):
+    import dataclasses
+    import threading
+
+    from pipeline.train import loop as loop_module
+
+    # The writer of checkpoint 10 is held until training has reached step 15: reported there,
+    # not at step 11 (the first log step after it), where the loop used to wait for the writer.
+    reached, write = threading.Event(), loop_module.write_checkpoint
+
+    def slow_write(*args, **kwargs):
+        reached.wait(timeout=60)
+        write(*args, **kwargs)
+
+    class Watch:
+        def log(self, metrics, step):
+            if step >= 15:
+                reached.set()
+
+        def log_model(self, gpt, tokenizer_path):
+            pass
+
+    class Reports(LocalSession):
+        def report(self, metrics, checkpoint_dir=None, name=None):
+            if name:
+                reported.append((name, loop.step))
+            super().report(metrics, checkpoint_dir, name)
+
+    monkeypatch.setattr(loop_module, "write_checkpoint", slow_write)
+    cfg = dataclasses.replace(spec.pretrain, log_every=1, checkpoint_every=10, max_steps=20)
+    reported: list = []
+    loop = Pretraining(dataclasses.replace(spec, pretrain=cfg, total_steps=20), Reports("cpu"), Watch())
+    loop.run()
+    assert reported[0][0] == "checkpoint_000000010" and reported[0][1] >= 15, reported
+    assert reported[-1] == ("checkpoint_000000020", 20)
+    # checkpoint_every 0: by time alone (and at the end).
+    by_time = dataclasses.replace(cfg, checkpoint_every=0, checkpoint_every_minutes=1e-9)
+    reported.clear()
+    reached.set()
+    loop = Pretraining(dataclasses.replace(spec, pretrain=by_time, total_steps=20), Reports("cpu"), Watch())
+    loop.run()
+    assert [n for n, _ in reported] == [f"checkpoint_{s:09d}" for s in range(1, 21)]
+
+
 def test_a_named_attention_backend_trains_or_is_refused_in_one_line(spec):
     import dataclasses
 

@@ -55,7 +55,7 @@ class PretrainConfig:
     log_every: int = 10  # steps between the console's and MLflow's training metrics
     eval_every: int = 500  # steps between evaluations on the val split (also at the end); 0 = never
     eval_blocks: int = 0  # val blocks per evaluation; 0 = all
-    checkpoint_every: int = 1000  # steps between checkpoints (also at the end)
+    checkpoint_every: int = 1000  # steps between checkpoints (also at the end); 0 = by time only
     checkpoint_every_minutes: float = 30.0  # also one this long after the last (0 = steps only)
     keep_checkpoints: int = 3  # the newest checkpoints kept; older ones are deleted
     max_failures: int = 3  # worker failures to recover from before the run fails
@@ -219,8 +219,13 @@ def check_config(cfg: PretrainConfig, workers: int) -> None:
         raise c(f"schedule {cfg.schedule!r}: expected warmup_cosine, warmup_linear or warmup_constant")
     if cfg.dtype not in ("auto", "bf16", "fp32"):
         raise c(f"dtype {cfg.dtype!r}: expected auto, bf16 or fp32")
-    if min(cfg.log_every, cfg.checkpoint_every, cfg.keep_checkpoints) < 1 or cfg.epochs < 1:
-        raise c("log_every, checkpoint_every, keep_checkpoints and epochs must be at least 1")
+    if min(cfg.log_every, cfg.keep_checkpoints) < 1 or cfg.epochs < 1:
+        raise c("log_every, keep_checkpoints and epochs must be at least 1")
+    if cfg.checkpoint_every < 0 or not (cfg.checkpoint_every or cfg.checkpoint_every_minutes):
+        raise c(
+            f"checkpoint_every {cfg.checkpoint_every}: expected a number of steps, or 0 (by time only) "
+            "with checkpoint_every_minutes above 0"
+        )
     if cfg.max_minutes < 0:
         raise c(f"max_minutes {cfg.max_minutes}: expected >= 0 (0 = no time budget)")
     if (

@@ -384,7 +384,8 @@ class Pretraining:
     def checkpoint(self, metrics: dict, wait: bool = False) -> None:
         """Rank 0 copies the model and AdamW's state into memory (training stalls for that
         alone) and writes, hashes and publishes the copy in a thread while training goes on.
-        Every rank reports it at the next log step (finish_checkpoint), or at once with wait."""
+        Every rank reports it at the first log step where the writer is done (finish_checkpoint),
+        at the next checkpoint at the latest, or at once with wait."""
         self.finish_checkpoint()
         name = f"checkpoint_{self.step:09d}"
         job = None
@@ -415,6 +416,11 @@ class Pretraining:
         self.pending = (metrics, name, job)
         if wait:
             self.finish_checkpoint()
+
+    def writing(self) -> bool:
+        """Whether this rank's checkpoint writer (rank 0's) is still at work."""
+        job = self.pending[2] if self.pending else None
+        return job is not None and job[0].is_alive()
 
     def finish_checkpoint(self) -> None:
         """Report the checkpoint begun last, once written; every rank, at the same step."""
@@ -462,18 +468,23 @@ class Pretraining:
             by_time = False
             if s % cfg.log_every == 0 or s == total:
                 now = time.perf_counter()
-                self.finish_checkpoint()
-                # Whether a checkpoint is due by time is rank 0's clock's to say, carried to
-                # every rank in the loss sum's all-reduce: no collective of its own.
+                # Whether a checkpoint is due by time, and whether the last one's writer is still
+                # busy, are rank 0's to say, carried to every rank in the loss sum's all-reduce: no
+                # collective of their own. A busy writer is left to finish (training never waits
+                # for it here); the next checkpoint, or the run's end, joins it.
                 due = self.rank == 0 and 0 < cfg.checkpoint_every_minutes * 60 <= time.monotonic() - t_saved
+                busy = self.rank == 0 and self.writing()
                 sums = torch.stack(
                     [
                         torch.stack(losses).double().sum(),
                         torch.tensor(float(due), device=self.device, dtype=torch.float64),
+                        torch.tensor(float(busy), device=self.device, dtype=torch.float64),
                     ]
                 )
                 sums = _all_reduce(sums, self.world).tolist()
                 mean, by_time = sums[0] / (len(losses) * self.world), sums[1] > 0
+                if not sums[2]:
+                    self.finish_checkpoint()
                 self.stop_if_not_finite(mean, float(norm))
                 tps = tokens_per_step * len(losses) / (now - t_log)
                 metrics = {
@@ -527,7 +538,7 @@ class Pretraining:
                         )
                     if self.tracker:
                         self.tracker.log({**ev, **zs}, s)
-            if s % cfg.checkpoint_every == 0 or s == total or by_time:
+            if (cfg.checkpoint_every and s % cfg.checkpoint_every == 0) or s == total or by_time:
                 self.stop_if_not_finite(float(last[0]), float(last[1]))
                 self.checkpoint({**metrics, "step": s}, wait=s == total)
                 t_saved = time.monotonic()
