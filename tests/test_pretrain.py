@@ -554,6 +554,47 @@ def test_the_plan_needs_no_data_nor_ray_and_prints_one_json_object(capsys):
     assert "on CPU workers: no time or cost estimate" in out and "MFU" not in out
 
 
+def test_the_plan_counts_the_fixed_costs_and_flags_a_multi_node_type_without_efa(
+    capsys, tmp_path, monkeypatch
+):
+    import yaml
+
+    from gpt1.cli import main
+    from pipeline.train import estimate
+
+    def plan(*args: str) -> dict:
+        assert main(["pretrain", "--config", "gpt1", "--plan=json", "--accelerator", "H100", *args]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    sized = ("--set", "max_tokens=1000000000")
+    efa = plan("--workers", "16", *sized)
+    fixed = efa["est_fixed_s"]
+    assert fixed["total"] == pytest.approx(sum(v for k, v in fixed.items() if k != "total"))
+    # Staging sized by the run's tokens (no --data): 1e9 tokens of 2 bytes at the stated rate.
+    assert fixed["staging"] == pytest.approx(2e9 / estimate.STAGE_RATE, rel=0.01)
+    assert efa["est_fixed_cost_usd"] == pytest.approx(fixed["total"] / 3600 * 2 * 98.32)
+    assert efa["est_total_cost_usd"] == pytest.approx(efa["est_cost_usd"] + efa["est_fixed_cost_usd"])
+    assert all(m.startswith(("est.", "not counted", "as stated")) for m in efa["est_marks"].values())
+    assert efa["est_bus_gbps"] == 240 and not efa["est_no_efa"]
+    # gpu.yaml as it was: p5 nodes on Ray's own image. NCCL then goes over TCP, and the plan says so.
+    stock = yaml.safe_load(estimate.CLUSTER_FILE.read_text())
+    stock["available_node_types"]["gpu-8xH100"]["docker"]["worker_image"] = (
+        "rayproject/ray:2.60.0-py311-cu128"
+    )
+    (tmp_path / "gpu.yaml").write_text(yaml.safe_dump(stock))
+    monkeypatch.setattr(estimate, "CLUSTER_FILE", tmp_path / "gpu.yaml")
+    tcp = plan("--workers", "16", *sized)
+    assert tcp["est_no_efa"] and tcp["est_bus_gbps"] == estimate.TCP_BUS_GBPS
+    assert tcp["est_allreduce_ms"] > 40 * efa["est_allreduce_ms"] and "NO EFA" in tcp["est_marks"]["network"]
+    assert tcp["est_fixed_s"]["install"] > efa["est_fixed_s"]["install"]  # nothing baked in
+    assert main(["pretrain", "--config", "gpt1", "--plan", "--accelerator", "H100", "--workers", "16"]) == 0
+    assert "WARNING          this node type runs on an image without EFA" in capsys.readouterr().out
+    # One node crosses no network: nothing to flag. A preflight's figure, stated, is used as given.
+    assert not plan("--workers", "8", *sized)["est_no_efa"]
+    stated = plan("--workers", "16", *sized, "--set", "network_gbps=100")
+    assert stated["est_bus_gbps"] == 100 and stated["est_marks"]["network"].startswith("as stated")
+
+
 def test_an_auto_micro_batch_is_the_largest_that_fits_and_a_resume_keeps_it(tmp_path, capsys):
     import dataclasses
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 # bench/RESULTS.md, bench/gpu_check.py on an H200: gpt1 (T = 512), compiled; micro-batch -> tokens/s.
 MEASURED_TOKENS_PER_S = {16: 373_301}
@@ -81,6 +82,51 @@ NODE_TYPES = {
 }
 
 
+# What a cluster run pays before its first step, per node and in parallel across nodes. Stated
+# rates, every one an estimate: no AWS account is at hand to measure them (the runbook says so).
+NODE_START_S = 300.0  # EC2 launch of a p4d/p5 to its raylet joining the cluster
+IMAGE_BYTES = 12e9  # the CUDA image, EFA's or Ray's own, compressed layers
+PULL_RATE = 200e6  # bytes/s from the registry
+INSTALL_S = {True: 20.0, False: 240.0}  # setup commands: baked into the EFA image, or pip installs on Ray's
+STAGE_RATE = 400e6  # bytes/s a node stages from S3 (8 streams of ranged GETs)
+COMPILE_S = 90.0  # torch.compile of the model, once per worker process
+# NCCL over TCP sockets on one ENA card, where the node type's image has no EFA: a fraction of the
+# card's 100 Gbit/s (est.; nccl-tests on such a setup is what the preflight would show).
+TCP_BUS_GBPS = 5.0
+
+CLUSTER_FILE = Path(__file__).resolve().parent.parent.parent / "clusters" / "gpu.yaml"
+
+
+def efa_image(instance: str) -> bool | None:
+    """Whether clusters/gpu.yaml runs this instance type on the EFA image (clusters/efa.Dockerfile);
+    None where the file or the type is not there to say."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(CLUSTER_FILE.read_text())
+    except OSError:
+        return None
+    for t in config.get("available_node_types", {}).values():
+        if t.get("node_config", {}).get("InstanceType") == instance:
+            image = t.get("docker", {}).get("worker_image") or config.get("docker", {}).get(
+                "worker_image", ""
+            )
+            return "gpt1-efa" in image
+    return None
+
+
+def fixed_costs(nodes: int, dataset_bytes: int | None, efa: bool | None) -> dict:
+    """Seconds each fixed cost takes (every node pays them at once) and their sum."""
+    parts = {
+        "node_start": NODE_START_S,
+        "image_pull": IMAGE_BYTES / PULL_RATE,
+        "install": INSTALL_S[bool(efa)],
+        "staging": (dataset_bytes or 0) / STAGE_RATE,
+        "compile": COMPILE_S,
+    }
+    return {**parts, "total": sum(parts.values())}
+
+
 def measured_at(micro_batch: int) -> int:
     """The measured micro-batch nearest this one (on a log scale)."""
     return min(MEASURED_TOKENS_PER_S, key=lambda m: abs(math.log2(m) - math.log2(max(micro_batch, 1))))
@@ -127,14 +173,28 @@ def estimate(
     n_params: int,
     grad_bytes: int,
     total_steps: int | None,
+    dataset_bytes: int | None = None,
+    network_gbps: float = 0.0,
 ) -> dict:
-    """The est_* keys of a plan: per step and, where the run's length is known, in all."""
+    """The est_* keys of a plan: per step, the fixed costs before the first, and, where the run's
+    length is known, in all. Each figure's origin is in est_marks: "measured" (and where), or
+    "est." (a model or a stated rate). The all-reduce across nodes uses network_gbps where the
+    user gives one (a preflight's figure), else the node type's, else, where gpu.yaml runs the
+    type on an image without EFA, NCCL over TCP (TCP_BUS_GBPS), flagged."""
     node = NODE_TYPES[accelerator]
     nodes = math.ceil(workers / node.gpus)
     mfu = mfu_at_peak(flops_per_token, micro_batch)
     compute = micro_batch * accumulation * n_ctx * flops_per_token / (mfu * node.peak)
-    ring = 2 * (workers - 1) / workers * n_params * grad_bytes / node.bandwidth(nodes) if workers > 1 else 0.0
+    efa = efa_image(node.instance)
+    bandwidth, network_mark = node.bandwidth(nodes), "est. (sources below)"
+    if nodes > 1 and network_gbps > 0:
+        bandwidth, network_mark = network_gbps * 1e9, "as stated (network_gbps: a preflight's figure)"
+    elif nodes > 1 and efa is False:
+        bandwidth = TCP_BUS_GBPS * 1e9
+        network_mark = f"est.: NO EFA on this node type's image (clusters/gpu.yaml), NCCL over TCP at {TCP_BUS_GBPS:g} GB/s"
+    ring = 2 * (workers - 1) / workers * n_params * grad_bytes / bandwidth if workers > 1 else 0.0
     step = compute + ring
+    fixed = fixed_costs(nodes, dataset_bytes, efa)
     out = {
         "est_node_type": node.instance,
         "est_nodes": nodes,
@@ -144,11 +204,26 @@ def estimate(
         "est_allreduce_ms": ring * 1e3,
         "est_step_ms": step * 1e3,
         "est_tokens_per_s": workers * micro_batch * accumulation * n_ctx / step,
+        "est_bus_gbps": bandwidth / 1e9 if nodes > 1 else None,
+        "est_no_efa": nodes > 1 and efa is False and network_gbps <= 0,
+        "est_fixed_s": fixed,
+        "est_fixed_cost_usd": fixed["total"] / 3600 * nodes * node.dollars_per_hour,
         "est_hours": None,
         "est_cost_usd": None,
+        "est_total_cost_usd": None,
         "est_sources": node.sources,
+        "est_marks": {
+            "compute": f"est.: the MFU measured on an H200 at micro-batch {measured_at(micro_batch)} "
+            "(bench/RESULTS.md), taken for this card",
+            "network": network_mark,
+            "fixed": "est.: stated rates (pipeline/train/estimate.py), not measured",
+            "staging": "est.: the dataset's bytes (without --data, the run's tokens) at the stated rate"
+            if dataset_bytes
+            else "not counted: neither --data nor a length to size it",
+        },
     }
     if total_steps:
         hours = total_steps * step / 3600
-        out.update(est_hours=hours, est_cost_usd=hours * nodes * node.dollars_per_hour)
+        cost = hours * nodes * node.dollars_per_hour
+        out.update(est_hours=hours, est_cost_usd=cost, est_total_cost_usd=cost + out["est_fixed_cost_usd"])
     return out

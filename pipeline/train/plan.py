@@ -244,6 +244,9 @@ def run_plan(
             net.num_params(),
             2 if cfg.grad_compression == "bf16" else 4,
             total,
+            # Without --data, the run's tokens once, at 2 bytes each: what a one-epoch dataset holds.
+            dataset_bytes(manifest) or (total * tokens * 2 if total else None),
+            cfg.network_gbps,
         ),
     }
 
@@ -267,6 +270,14 @@ def measured_micro(plan: RunPlan) -> int:
         flush=True,
     )
     return got["micro_batch"]
+
+
+def dataset_bytes(manifest: dict | None) -> int | None:
+    """What each node stages: the shards' tokens at the manifest's width."""
+    if not manifest or "shards" not in manifest:
+        return None
+    width = 4 if manifest.get("dtype") == "uint32" else 2
+    return sum(s["tokens"] for s in manifest["shards"].values()) * width
 
 
 def plan_lines(plan: dict) -> list[str]:
@@ -301,16 +312,33 @@ def plan_lines(plan: dict) -> list[str]:
         )
     if "est_step_ms" not in plan:
         return [*lines, plan["est_note"]]
+    marks, fixed = plan["est_marks"], plan["est_fixed_s"]
     lines += [
         f"estimated on     {plan['est_nodes']} x {plan['est_node_type']} ({plan['accelerator']}), "
-        f"MFU {plan['est_mfu']:.0%} of peak (as measured at micro-batch "
-        f"{plan['est_mfu_measured_at_micro_batch']})",
+        f"MFU {plan['est_mfu']:.0%} of peak [{marks['compute']}]",
         f"estimated step   {plan['est_step_ms']:.1f} ms = compute {plan['est_compute_ms']:.1f} + "
         f"all-reduce {plan['est_allreduce_ms']:.1f}; {plan['est_tokens_per_s']:,.0f} tokens/s",
     ]
+    if plan["est_bus_gbps"] is not None:
+        lines.append(
+            f"network          {plan['est_bus_gbps']:g} GB/s bus bandwidth across nodes [{marks['network']}]"
+        )
+    if plan["est_no_efa"]:
+        lines.append(
+            "WARNING          this node type runs on an image without EFA (clusters/gpu.yaml): build "
+            "clusters/efa.Dockerfile, or run on one node; measure with --preflight either way"
+        )
+    lines.append(
+        f"fixed costs      {fixed['total'] / 60:.0f} min before the first step (node start "
+        f"{fixed['node_start']:.0f} s, image pull {fixed['image_pull']:.0f} s, install {fixed['install']:.0f} s, "
+        f"staging {fixed['staging']:.0f} s, compile {fixed['compile']:.0f} s), "
+        f"${plan['est_fixed_cost_usd']:,.0f} on {plan['est_nodes']} node(s) [{marks['fixed']}; staging "
+        f"{marks['staging']}]"
+    )
     if plan["est_hours"] is not None:
         lines.append(
-            f"estimated run    {plan['est_hours']:,.1f} hours, ${plan['est_cost_usd']:,.0f} on demand"
+            f"estimated run    {plan['est_hours']:,.1f} hours, ${plan['est_cost_usd']:,.0f} on demand, "
+            f"${plan['est_total_cost_usd']:,.0f} with the fixed costs"
         )
     return [*lines, f"estimates, not measurements ({plan['est_sources']})"]
 
