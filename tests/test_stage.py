@@ -56,3 +56,20 @@ def test_a_damaged_file_is_refused_and_no_part_is_left(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"shard-00001\.bin: sha256 differs from the manifest"):
         stage._download(f"file://{src}", manifest, tmp_path / "dest", streams=3)
     assert not [p for p in (tmp_path / "dest").rglob("*") if p.is_file()]
+
+
+def test_staging_holds_a_cpu_on_each_node_of_the_runs_accelerator_type_only():
+    from pipeline.data.stage import staging_nodes
+
+    nodes = [
+        {"NodeID": "head", "Alive": True, "Resources": {"CPU": 0}},
+        {"NodeID": "a100", "Alive": True, "Resources": {"CPU": 96, "GPU": 8, "accelerator_type:A100": 1}},
+        {"NodeID": "h100", "Alive": True, "Resources": {"CPU": 192, "GPU": 8, "accelerator_type:H100": 1}},
+        {"NodeID": "gone", "Alive": False, "Resources": {"CPU": 96, "GPU": 8, "accelerator_type:A100": 1}},
+        {"NodeID": "cpu", "Alive": True, "Resources": {"CPU": 32}},
+    ]
+    # The run's workers go on A100 nodes only: the H100 node never stages its data.
+    assert staging_nodes(nodes, "GPU", "A100") == [("a100", 1)]
+    assert staging_nodes(nodes, "GPU") == [("a100", 1), ("h100", 1)]
+    # CPU workers: every node with CPUs, each task holding one (Ray then counts the node busy).
+    assert staging_nodes(nodes, "CPU") == [("a100", 1), ("h100", 1), ("cpu", 1)]

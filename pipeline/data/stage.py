@@ -141,13 +141,30 @@ def _download(uri: str, manifest: dict, dest: Path, streams: int | None = None) 
     (dest / "manifest.json").write_text(manifest_json(manifest))  # last: the copy is complete
 
 
-def stage_on_nodes(uri: str, resource: str) -> None:
-    """Stage a dataset on object storage onto every node of the Ray cluster that has `resource`
-    (GPU or CPU) for workers, before the workers start: no rank then waits in a collective while
-    another node downloads. A node that joins later stages in its first worker (local_copy).
-    Raises DataError with the first node's line where a copy fails verification."""
+def staging_nodes(nodes: list[dict], resource: str, accelerator: str | None = None) -> list[tuple[str, int]]:
+    """(node id, CPUs its staging task holds) for each live node of ray.nodes() that would host
+    the run's workers: one with `resource`, and, with accelerator, of that accelerator type. The
+    task holds a CPU where the node has one, so that Ray counts the node busy while it stages and
+    the autoscaler never takes it for idle (ray#37733)."""
+    out = []
+    for n in nodes:
+        res = n.get("Resources", {})
+        if not n.get("Alive") or res.get(resource, 0) <= 0:
+            continue
+        if accelerator and res.get(f"accelerator_type:{accelerator}", 0) <= 0:
+            continue
+        out.append((n["NodeID"], 1 if res.get("CPU", 0) >= 1 else 0))
+    return out
+
+
+def stage_on_nodes(uri: str, resource: str, accelerator: str | None = None) -> list[str]:
+    """Stage a dataset on object storage onto every node of the Ray cluster that would host the
+    run's workers (staging_nodes), before the workers start: no rank then waits in a collective
+    while another node downloads. A node that joins later stages in its first worker
+    (local_copy). Returns the nodes staged on; raises DataError with the first node's line where
+    a copy fails verification."""
     if remote.Location.of(uri).local is not None:
-        return
+        return []
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -158,13 +175,14 @@ def stage_on_nodes(uri: str, resource: str) -> None:
             return str(err)
         return None
 
-    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get(resource, 0) > 0]
+    nodes = staging_nodes(ray.nodes(), resource, accelerator)
     tasks = [
-        ray.remote(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))(
+        ray.remote(num_cpus=cpus, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))(
             stage
         ).remote()
-        for node in nodes
+        for node, cpus in nodes
     ]
     failed = next((line for line in ray.get(tasks) if line), None)
     if failed:
         raise DataError(failed)
+    return [node for node, _ in nodes]

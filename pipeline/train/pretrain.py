@@ -114,7 +114,7 @@ def pretrain(
         plan = planned(measured_micro(plan), plan.name, plan.workers)
     # Before the workers start: a rank that waited in a collective for another node's download
     # would time out on a large dataset.
-    stage_on_nodes(plan.data, kind)
+    stage_on_nodes(plan.data, kind, plan.accelerator)
     return launch(plan, manifest, uri)
 
 
