@@ -39,6 +39,7 @@ class NodeType:
     sources: str
     memory_gib: float = 80.0  # per GPU
     network_cards: int = 1  # EC2's MaximumNetworkCards: EFA interfaces the node can have, one a card
+    efa: bool = False  # bus_bw across nodes assumes EFA (gpu.yaml's image must carry it)
 
     def bandwidth(self, nodes: int) -> float:
         return self.bus_bw[max(k for k in self.bus_bw if k <= nodes)] * 1e9
@@ -67,6 +68,7 @@ NODE_TYPES = {
         "price: AWS on-demand list before its 2025 cut",
         40.0,  # p4d.24xlarge: A100 40 GB
         network_cards=4,  # 4 x 100 Gbit/s EFA
+        efa=True,
     ),
     "H100": NodeType(
         "p5.48xlarge",
@@ -78,6 +80,7 @@ NODE_TYPES = {
         "S62129), across nodes estimated as 60% of 3,200 Gbps EFA (p4d's measured ratio); price: "
         "AWS on-demand list before its 2025 cut",
         network_cards=32,  # 32 x 100 Gbit/s EFA
+        efa=True,
     ),
 }
 
@@ -189,8 +192,8 @@ def estimate(
     bandwidth, network_mark = node.bandwidth(nodes), "est. (sources below)"
     if nodes > 1 and network_gbps > 0:
         bandwidth, network_mark = network_gbps * 1e9, "as stated (network_gbps: a preflight's figure)"
-    elif nodes > 1 and efa is False:
-        bandwidth = TCP_BUS_GBPS * 1e9
+    elif nodes > 1 and node.efa and efa is False:
+        bandwidth = min(bandwidth, TCP_BUS_GBPS * 1e9)
         network_mark = f"est.: NO EFA on this node type's image (clusters/gpu.yaml), NCCL over TCP at {TCP_BUS_GBPS:g} GB/s"
     ring = 2 * (workers - 1) / workers * n_params * grad_bytes / bandwidth if workers > 1 else 0.0
     step = compute + ring
@@ -205,7 +208,7 @@ def estimate(
         "est_step_ms": step * 1e3,
         "est_tokens_per_s": workers * micro_batch * accumulation * n_ctx / step,
         "est_bus_gbps": bandwidth / 1e9 if nodes > 1 else None,
-        "est_no_efa": nodes > 1 and efa is False and network_gbps <= 0,
+        "est_no_efa": nodes > 1 and node.efa and efa is False and network_gbps <= 0,
         "est_fixed_s": fixed,
         "est_fixed_cost_usd": fixed["total"] / 3600 * nodes * node.dollars_per_hour,
         "est_hours": None,
