@@ -4,7 +4,7 @@ all-reduce (gloo) crosses "nodes" that share this machine's loopback. What it sh
 preflight's output and its verdict against a stated figure; the bandwidth is this machine's
 loopback, not a network's.
 
-    python bench/preflight_simulated.py                  # 4 nodes, the tiny preset, network_gbps=10
+    python bench/preflight_simulated.py                  # 4 nodes, the mini preset, network_gbps=10
 """
 
 from __future__ import annotations
@@ -28,15 +28,19 @@ from pipeline.data.prepare import PrepareConfig, prepare  # noqa: E402
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nodes", type=int, default=4)
-    p.add_argument("--config", default="tiny")
+    p.add_argument("--config", default="mini")
     p.add_argument("--network-gbps", default="10", help="the figure the preflight is held to")
     a = p.parse_args()
     from ray.cluster_utils import Cluster
 
     work = Path(tempfile.mkdtemp(prefix="preflight-"))
-    (work / "c.txt").write_text("\n\n".join(documents(300, seed=3)) + "\n")
+    (work / "c.txt").write_text("\n\n".join(documents(1500, seed=3)) + "\n")
     prepare(
-        [str(work / "c.txt")], work / "ds", PrepareConfig(n_merges=100, n_ctx=64), track=False, local=True
+        [str(work / "c.txt")],
+        work / "ds",
+        PrepareConfig(n_merges=100, n_ctx=256, val_fraction=0.2),
+        track=False,
+        local=True,
     )
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     for _ in range(a.nodes):
