@@ -430,3 +430,15 @@ def test_two_tasks_sweep_in_one_tune_run_on_fractions_of_a_cpu(
         assert len(trials) == 2 and {t.data.params["task"] for t in trials} == {task}
         assert f"best_{metric}" in parent.data.metrics
         assert client.get_model_version(f"gpt1-{task}", "1").run_id == parent.data.tags["best_trial_run_id"]
+
+
+def test_a_sweep_on_a_cluster_that_can_grow_runs_every_trial_at_once_for_the_autoscaler_to_see():
+    from tuning.search import trials_at_once
+
+    # 144 trials, 16 GPUs up at the start: on a cluster with an autoscaler every trial is started
+    # (its resources asked for), so the autoscaler adds nodes; without one, what fits now.
+    assert trials_at_once(16, 144, 0, grows=True) == 144
+    assert trials_at_once(16, 144, 0, grows=False) == 16
+    assert trials_at_once(0, 8, 0, grows=True) == 8  # no GPU node up yet
+    assert trials_at_once(0, 8, 0, grows=False) == 0  # refused by the caller, in one line
+    assert trials_at_once(16, 144, 4, grows=True) == 4  # --max-concurrent caps it

@@ -107,19 +107,30 @@ GLUE_DIRS = {
 }
 
 
-def resources(device: str, opts: SweepOptions) -> tuple[dict, int]:
+def trials_at_once(fits: int, trials: int, max_concurrent: int, grows: bool) -> int:
+    """How many trials Tune runs at a time: max_concurrent where given; on a cluster that can grow,
+    every trial (each declares its resources, so the pending ones ask the autoscaler for nodes:
+    capped by the GPUs up at the start, a 144-trial sweep ran 16 at a time and never grew);
+    else as many as the cluster holds now."""
+    if max_concurrent:
+        return max_concurrent
+    return max(fits, trials, 1) if grows else fits
+
+
+def resources(device: str, opts: SweepOptions, trials: int = 1) -> tuple[dict, int]:
     """(resources per trial, concurrent trials) for a device already chosen (cuda or cpu):
     gpus_per_trial of a GPU a trial (a fraction shares one), as many at a time as the cluster's
-    GPUs hold; else cpus_per_trial cores, or the CPUs split between max_concurrent trials, so that
-    they never oversubscribe the cores. On a cluster with an autoscaler, the first trial's node
-    is asked for and waited for; the autoscaler adds the others' as the trials ask for them."""
+    GPUs hold, or, where an autoscaler can add nodes, all `trials` (trials_at_once); else
+    cpus_per_trial cores, or the CPUs split between max_concurrent trials, so that they never
+    oversubscribe the cores. On a cluster with an autoscaler, the first trial's node is asked for
+    and waited for; the autoscaler adds the others' as the trials ask for them."""
     import ray
 
     have = ray.cluster_resources()
     gpus, cpus, grows = have.get("GPU", 0), int(have.get("CPU", 0)), cluster.can_grow()
     if device == "cuda":
         fits = int(gpus / opts.gpus_per_trial + 1e-9)
-        concurrent = opts.max_concurrent or fits or (max(opts.samples, 1) if grows else 0)
+        concurrent = trials_at_once(fits, trials, opts.max_concurrent, grows)
         if not concurrent:
             raise errors.ConfigError(
                 "--device cuda: the cluster has no GPUs, nor an autoscaler to add them; use --device cpu or auto"
@@ -305,7 +316,10 @@ def sweep_tasks(
             "expected a pretrained LSTM (gpt1 pretrain --config lstm)"
         )
     device = opts.device  # chosen once for the whole sweep (_sweep)
-    per_trial, concurrent = resources(device, opts)
+    # The most trials one Tune run holds: the samples of every task, or their ablation rows.
+    rows = len(table_rows(opts)) * opts.seeds if opts.ablations else 0
+    trials = len(jobs) * max(opts.samples, rows, 1)
+    per_trial, concurrent = resources(device, opts, trials)
     sweeps = {}
     statuses = {}
     try:
