@@ -165,7 +165,7 @@ def run_preflight(plan: RunPlan, uri: str | None) -> list[dict]:
     if not rows:
         print("network: one worker, no all-reduce to measure", flush=True)
         return rows
-    rows = network.with_assumption(rows, plan.accelerator, plan.cfg.network_gbps)
+    rows = network.with_assumption(rows, plan.accelerator if plan.use_gpu else None, plan.cfg.network_gbps)
     lines = network.table(rows)
     print("\n".join(f"network: {line}" for line in lines), flush=True)
     if uri:
@@ -234,7 +234,9 @@ def launch(plan: RunPlan, manifest: dict, uri: str | None) -> dict:
             mlflow_run_id=run_id,
             run_path=run_path,
             resume_from=newest[0] if newest else None,
-            accelerator=plan.accelerator,
+            # The node type whose NCCL figures the network is held to: GPU workers only (gloo
+            # between CPU workers is no NCCL, whatever nodes they run on).
+            accelerator=plan.accelerator if plan.use_gpu else None,
         )
         # On the driver's node, as Ray Train places its controller: a worker node may be lost
         # mid-run, and the box must outlive it.
