@@ -139,6 +139,7 @@ def run_preflight(plan: RunPlan, uri: str | None) -> list[dict]:
     import tempfile
 
     import ray
+    import torch
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -146,7 +147,8 @@ def run_preflight(plan: RunPlan, uri: str | None) -> list[dict]:
     from pipeline.train import network
     from pipeline.train.ray_train import Outcome, fit, preflight_worker
 
-    nbytes = network.gradient_bytes(build(plan.model), plan.cfg.grad_compression)
+    with torch.device("meta"):  # the parameters' count, without their memory
+        nbytes = network.gradient_bytes(build(plan.model), plan.cfg.grad_compression)
     box = ray.remote(num_cpus=0)(Outcome).remote()
     with tempfile.TemporaryDirectory(prefix="gpt1-preflight-") as tmp:  # no checkpoint: nothing to keep
         trainer = TorchTrainer(
