@@ -89,8 +89,17 @@ def storage_error(err: BaseException) -> BaseException | None:
     w = _WHERE.search(first)
     uri = f"s3://{w.group(2)}" + (f"/{w.group(1)}" if w.group(1) else "") if w else "object storage"
     detail = first[m.end() :].split(": ", 1)[-1].strip()
+    return classified(uri, code, status, detail)
+
+
+def classified(uri: str, code: str, status, detail: str) -> Exception:
+    """An object store's error code (pyarrow's NO_SUCH_BUCKET or S3's own NoSuchBucket) as one
+    line: a StorageUnavailable where the store could not answer or failed (5xx), else a UserError
+    naming the cause."""
+    code = re.sub(r"(?<=[a-z])(?=[A-Z])", "_", code).upper()  # NoSuchBucket -> NO_SUCH_BUCKET
+    status = str(status or "")
     what = f"{code.lower()}{f', HTTP {status}' if status else ''}: {detail[:160]}"
-    if code in _UNREACHABLE or (status or "").startswith("5"):  # the store's own failure: worth a retry
+    if code in _UNREACHABLE or status.startswith("5"):  # the store's own failure: worth a retry
         return StorageUnavailable(
             f"{uri}: the object store did not answer, or failed ({what}); check AWS_ENDPOINT_URL and the "
             "network; the same command resumes once it answers"
@@ -128,7 +137,7 @@ def user_error(err: BaseException) -> BaseException | None:
         if isinstance(err, (UserError, NotEnoughResources)) or names_a_file(err):
             found = err
         elif found is None:  # a line already written wins over a disk or storage error beneath it
-            found = disk_error(err) or storage_error(err)
+            found = err if isinstance(err, StorageUnavailable) else disk_error(err) or storage_error(err)
         # Ray Train's own errors hold the workers' (or its controller's) as attributes, not causes.
         failures = getattr(err, "worker_failures", None)
         err = (

@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from pipeline import outdir
-from pipeline.errors import ConfigError, StorageUnavailable, UserError
+from pipeline.errors import ConfigError, StorageUnavailable, UserError, classified
 
 
 def is_remote(spec) -> bool:
@@ -381,9 +381,9 @@ def s3_lease(uri: str, what: str, ttl: float = 120.0) -> Iterator[None]:
     except botocore.exceptions.NoCredentialsError:
         raise UserError(f"{uri}: no AWS credentials to write the {what} lease with") from None
     except botocore.exceptions.ClientError as err:
-        e = err.response.get("Error", {})
-        raise UserError(
-            f"{uri}: the object store refused the {what} lease ({e.get('Code')}: {e.get('Message')})"
+        e, meta = err.response.get("Error", {}), err.response.get("ResponseMetadata", {})
+        raise classified(
+            uri, str(e.get("Code", "")), meta.get("HTTPStatusCode"), str(e.get("Message", ""))
         ) from None
     except botocore.exceptions.BotoCoreError as err:
         raise StorageUnavailable(
