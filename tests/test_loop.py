@@ -182,7 +182,7 @@ def test_the_ddp_path_on_one_rank_gives_the_plain_paths_losses(spec):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     try:
         loop = Logged(accumulated, LocalSession("cpu", ddp=True))
-        assert isinstance(loop.model, torch.nn.parallel.DistributedDataParallel) and loop.n_micro == 2
+        assert isinstance(loop.model, torch.nn.parallel.DistributedDataParallel) and len(loop.mine) == 2
         loop.kept = []
         for _ in range(4):
             loop.train_step()
@@ -217,3 +217,72 @@ def test_learning_at_a_fixed_step_holds_its_recorded_value(spec):
     # platform's float sums, well under 1%) moves it: worse is a regression, and better is as
     # suspect (a target leaking into its input). A deliberate change records its new value here.
     assert abs(got / RECORDED_VAL_LOSS - 1) < 0.03, got
+
+
+def _rank(rank: int, world: int, port: int, spec: LoopSpec, steps: int, out) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        loop = Logged(spec, LocalSession("cpu", rank=rank, world_size=world))
+        loop.kept = []
+        for _ in range(steps):
+            loop.train_step()
+        # The mean over ranks of each rank's share-weighted loss is the batch's loss.
+        losses = torch.tensor([loss for loss, _ in loop.kept], dtype=torch.float64)
+        dist.all_reduce(losses)
+        out.put((rank, ((losses / world).tolist(), loop.share, loop.mine)))
+    finally:
+        dist.destroy_process_group()
+
+
+def on_workers(spec: LoopSpec, world: int, steps: int) -> dict[int, tuple]:
+    """The loop's first `steps` updates on `world` gloo processes of this machine, by rank."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_rank, args=(r, world, port, spec, steps, out)) for r in range(world)]
+    for p in procs:
+        p.start()
+    got = dict(out.get(timeout=300) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return got
+
+
+def test_workers_that_do_not_divide_the_micro_batches_share_the_batch_evenly_and_keep_the_update(spec):
+    import dataclasses
+
+    # 3 micro-batches of 2 on 2 workers: 4 sequences on one, 2 on the other, unrebalanced (a
+    # step as slow as one worker running two thirds of the batch). Rebalanced: 3 each, one
+    # micro-batch cut in two. Without dropout the masks do not matter, so the update is the
+    # batch's mean whatever the cut: the losses of one process, up to the order of float sums.
+    cfg = dataclasses.replace(spec.pretrain, batch_size=6, micro_batch=2)
+    model = dataclasses.replace(spec.model, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
+    nodrop = dataclasses.replace(spec, pretrain=cfg, model=model)
+    alone = [loss for loss, _ in run(nodrop, LocalSession("cpu"), steps=4)]
+    got = on_workers(nodrop, 2, 4)
+    assert [got[r][1] for r in (0, 1)] == [3, 3]
+    assert [got[r][2] for r in (0, 1)] == [[(0, 2, 0), (2, 3, 5)], [(3, 4, 6), (4, 6, 2)]]
+    assert got[0][0] == pytest.approx(alone, rel=1e-5) and got[1][0] == got[0][0]
+
+
+def test_rebalanced_whole_micro_batches_keep_their_dropout_masks(spec):
+    import dataclasses
+
+    # 8 micro-batches of 1 on 3 workers (3, 3 and 2 sequences): every piece a whole
+    # micro-batch, so with dropout on, the run is the one process's, up to float sums.
+    cfg = dataclasses.replace(spec.pretrain, batch_size=8, micro_batch=1)
+    ones = dataclasses.replace(spec, pretrain=cfg)
+    alone = [loss for loss, _ in run(ones, LocalSession("cpu"), steps=3)]
+    got = on_workers(ones, 3, 3)
+    assert [got[r][1] for r in range(3)] == [3, 3, 3]
+    assert sorted(k for r in range(3) for _, _, k in got[r][2]) == list(range(8))
+    assert got[0][0] == pytest.approx(alone, rel=1e-5)

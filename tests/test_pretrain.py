@@ -419,13 +419,14 @@ def test_wide_runs_take_smaller_micro_batches_and_a_run_keeps_its_own():
         check_config(gpt1, w)
     with pytest.raises(ConfigError, match="more workers than the batch's 64 sequences"):
         check_config(gpt1, 128)
-    # A run started on 16 workers keeps its micro-batches of 4 (so its dropout masks) wherever
-    # it resumes; one started on 8 cannot spread to 16, and says so in one line.
+    # A run keeps its micro-batches (so its dropout masks) wherever it resumes: one started on
+    # 16 workers (4 a micro-batch), and one started on 8 (8), whose 8 micro-batches 16 workers
+    # share rebalanced (loop.py), 4 sequences each.
     assert [micro_batch(gpt1, w, recorded=4) for w in (1, 2, 8, 16)] == [4, 4, 4, 4]
-    with pytest.raises(
-        ConfigError, match="per micro-batch of 8 sequences, so it resumes on worker counts that divide 8"
-    ):
-        micro_batch(gpt1, 16, recorded=8)
+    assert [micro_batch(gpt1, w, recorded=8) for w in (3, 16, 64)] == [8, 8, 8]
+    check_config(gpt1, 3)  # 3 workers do not divide 8 micro-batches: rebalanced, not refused
+    with pytest.raises(ConfigError, match="batch_size 60: expected a multiple of micro_batch"):
+        check_config(dataclasses.replace(gpt1, batch_size=60), 1)
     # Asking for smaller micro-batches than the run's is a change of settings (claim_run refuses it).
     assert micro_batch(dataclasses.replace(gpt1, micro_batch=2), 4, recorded=4) == 2
 
@@ -484,8 +485,9 @@ def test_an_auto_batch_grows_with_the_workers_and_keeps_warm_up_tokens_but_not_u
     assert short.warmup_steps == 100
     linear = scale_batch(dataclasses.replace(auto, lr_scaling="linear"), 64, 512)
     assert linear.lr == pytest.approx(2.5e-4 * 8)
-    # A number of tokens: the nearest multiple of workers x micro-batch.
-    assert scale_batch(dataclasses.replace(gpt1, batch_tokens=1_000_000), 16, 512).batch_size == 1920
+    # A number of tokens: the nearest multiple of the micro-batch, the same on any cluster.
+    million = dataclasses.replace(gpt1, batch_tokens=1_000_000)
+    assert {scale_batch(million, w, 512).batch_size for w in (1, 8, 16, 56, 64)} == {1952}
     # A resume resizes from the run's own batch, not from the workers it has now.
     assert scale_batch(auto, 8, 512, batch=512) == on64
     # Without batch_tokens the paper's 64 x 512 stays, on any worker count.
@@ -667,3 +669,23 @@ def test_worker_ranges_are_read_and_bad_ones_refused():
     for bad in ("0", "8-4", "x", "1-", "-3"):
         with pytest.raises(ConfigError, match=f"--workers {bad}: expected a count"):
             parse_workers(bad)
+
+
+def test_the_batch_is_cut_for_any_worker_count_each_sequence_once_and_evenly():
+    from pipeline.train.config import pieces, shares_by_rank
+
+    for batch, micro in ((64, 1), (64, 8), (6, 2), (96, 4), (8, 8)):
+        for world in range(1, batch + 1):
+            shares = shares_by_rank(batch, micro, world)
+            assert sorted(i for s in shares for i in s) == list(range(batch))  # each sequence once
+            cuts = [pieces(batch, micro, world, r) for r in range(world)]
+            assert all(0 < b - a <= micro for c in cuts for a, b, _ in c)
+            keys = [k for c in cuts for _, _, k in c]
+            assert len(set(keys)) == len(keys)  # a seed of its own for each piece
+            m = batch // micro
+            if m % world == 0:  # the micro-batches whole, dealt in turn: as before rebalancing
+                assert cuts[0] == [(j * micro, (j + 1) * micro, j) for j in range(0, m, world)]
+            else:  # B / W each, to within one: 56 workers for 64 micro-batches of 1 do 1 or 2 each
+                assert max(map(len, shares)) == -(-batch // world) and min(map(len, shares)) == batch // world
+            for c in cuts:  # a whole micro-batch keeps its key, so its dropout masks
+                assert all(k == a // micro for a, b, k in c if b - a == micro and a % micro == 0)

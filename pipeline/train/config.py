@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 from dataclasses import dataclass, field
@@ -92,25 +93,44 @@ NOT_IN_IDENTITY = (
 def micro_batch(cfg: PretrainConfig, workers: int, recorded: int | None = None) -> int:
     """The micro-batch a run uses: fixed when the run starts, because each micro-batch draws its
     own dropout masks, and a resume on another worker count retraces the run only with the same
-    micro-batches. At the start: micro_batch, or less where the workers need it (the gpt1
-    preset's 8 becomes 4 on 16 workers, 1 on 64); on a resume: the run's own (`recorded`)."""
+    micro-batches. At the start: micro_batch, or less where the workers need it to divide the
+    batch evenly (the gpt1 preset's 8 becomes 4 on 16 workers, 1 on 64); on a resume: the run's
+    own (`recorded`), whatever the workers now (pieces)."""
     # auto, before it is measured (or where there is no GPU to measure): the share, as 0.
-    cap = (0 if cfg.micro_batch == "auto" else cfg.micro_batch) or cfg.batch_size // max(workers, 1)
-    if recorded and recorded <= cap:
-        if cfg.batch_size % (recorded * workers):
-            raise errors.ConfigError(
-                f"--workers {workers}: this run draws its dropout masks per micro-batch of {recorded} "
-                f"sequences, so it resumes on worker counts that divide {cfg.batch_size // recorded}; pass one "
-                f"of those, or another --name to start a new run"
-            )
-        return recorded
-    return min(cap, cfg.batch_size // max(workers, 1))
+    asked = 0 if cfg.micro_batch == "auto" else cfg.micro_batch
+    # Smaller micro-batches than the run's asked for are a change of settings (claim_run says so).
+    if recorded and (not asked or recorded <= asked):
+        return recorded  # on any worker count: where it does not divide them, pieces() rebalances
+    return min(asked or cfg.batch_size, cfg.batch_size // max(workers, 1))
+
+
+def pieces(batch: int, micro: int, world: int, rank: int) -> list[tuple[int, int, int]]:
+    """What worker `rank` of `world` runs of a step's batch of `batch` sequences: (start, stop,
+    seed key) of each piece, in the order run. Where the workers divide the M micro-batches, the
+    micro-batches rank, rank + W, ... whole (key: the micro-batch's index j). Where they do not,
+    the batch rebalanced: sequences [rank B / W, (rank + 1) B / W), cut at the micro-batches'
+    boundaries and into at most `micro` each; a whole micro-batch keeps its key j, a part of one
+    takes M + its first sequence's index (no whole one has such a key)."""
+    m = batch // micro
+    if m % world == 0:
+        return [(j * micro, (j + 1) * micro, j) for j in range(rank, m, world)]
+    lo, hi = rank * batch // world, (rank + 1) * batch // world
+    cuts = sorted({lo, hi, *range((lo // micro + 1) * micro, hi, micro)})
+    return [
+        (a, b, a // micro if b - a == micro and a % micro == 0 else m + a)
+        for a, b in itertools.pairwise(cuts)
+    ]
+
+
+def shares_by_rank(batch: int, micro: int, world: int) -> list[list[int]]:
+    """Each worker's sequences of the batch (indices into it), by rank: pieces, flattened."""
+    return [[i for a, b, _ in pieces(batch, micro, world, r) for i in range(a, b)] for r in range(world)]
 
 
 def scale_batch(cfg: PretrainConfig, workers: int, n_ctx: int, batch: int | None = None) -> PretrainConfig:
     """The settings a run trains with where batch_tokens resizes its batch (cfg as given
     otherwise): `batch` sequences (a resumed run's own), else workers x micro_batch ("auto") or
-    the multiple of micro_batch x workers nearest batch_tokens / n_ctx. With k = the new batch /
+    the multiple of micro_batch nearest batch_tokens / n_ctx, whatever the workers. With k = the new batch /
     batch_size, the lr becomes lr x sqrt(k) (lr_scaling sqrt: the square-root rule for Adam,
     Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms") or lr
     x k (linear: Goyal et al. 2017, for SGD), and warm-up keeps its tokens: warmup_steps / k
@@ -118,8 +138,11 @@ def scale_batch(cfg: PretrainConfig, workers: int, n_ctx: int, batch: int | None
     if cfg.batch_tokens is None:
         return cfg
     if batch is None:
-        unit = cfg.micro_batch * workers
+        # auto fills the cluster's GPUs: a micro-batch each. A number is the cluster's business
+        # no more: whole micro-batches (sized by memory, a GPU's), shared by any workers (pieces),
+        # so that the batch, and the run, are the same on 8 GPUs and on 64.
         auto = cfg.batch_tokens == "auto"
+        unit = cfg.micro_batch * (workers if auto else 1)
         batch = unit if auto else max(1, round(cfg.batch_tokens / n_ctx / unit)) * unit
     k = batch / cfg.batch_size
     return dataclasses.replace(
@@ -247,17 +270,17 @@ def check_config(cfg: PretrainConfig, workers: int) -> None:
 
 
 def check_split(cfg: PretrainConfig, workers: int) -> None:
-    """Every worker runs whole micro-batches, the same number of them."""
+    """The batch cuts into whole micro-batches, and every worker has a sequence of it a step;
+    workers that do not divide the micro-batches share the batch rebalanced (pieces)."""
     c = errors.ConfigError
+    if cfg.batch_tokens is not None:
+        return
     micro = micro_batch(cfg, workers)
-    if cfg.batch_tokens is None and cfg.batch_size >= 1 and micro < 1:
+    if cfg.batch_size >= 1 and micro < 1:
         raise c(
             f"--workers {workers}: more workers than the batch's {cfg.batch_size} sequences, and each worker "
             f"needs at least one a step; use at most {cfg.batch_size} workers, or raise batch_size "
             "(or --set batch_tokens=auto)"
         )
-    if cfg.batch_tokens is None and (cfg.batch_size < 1 or micro < 1 or cfg.batch_size % (micro * workers)):
-        raise c(
-            f"batch_size {cfg.batch_size}: expected a multiple of micro_batch ({micro}) x workers "
-            f"({workers}), so that every worker runs the same number of micro-batches"
-        )
+    if cfg.batch_size < 1 or cfg.batch_size % micro:
+        raise c(f"batch_size {cfg.batch_size}: expected a multiple of micro_batch ({micro})")

@@ -170,7 +170,8 @@ def estimate(
     accelerator: str,
     workers: int,
     micro_batch: int,
-    accumulation: int,
+    sequences: int,
+    batch: int,
     n_ctx: int,
     flops_per_token: float,
     n_params: int,
@@ -183,11 +184,12 @@ def estimate(
     length is known, in all. Each figure's origin is in est_marks: "measured" (and where), or
     "est." (a model or a stated rate). The all-reduce across nodes uses network_gbps where the
     user gives one (a preflight's figure), else the node type's, else, where gpu.yaml runs the
-    type on an image without EFA, NCCL over TCP (TCP_BUS_GBPS), flagged."""
+    type on an image without EFA, NCCL over TCP (TCP_BUS_GBPS), flagged. A step costs the most
+    `sequences` any GPU runs of the `batch` (micro-batches accumulated, or a rebalanced share)."""
     node = NODE_TYPES[accelerator]
     nodes = math.ceil(workers / node.gpus)
     mfu = mfu_at_peak(flops_per_token, micro_batch)
-    compute = micro_batch * accumulation * n_ctx * flops_per_token / (mfu * node.peak)
+    compute = sequences * n_ctx * flops_per_token / (mfu * node.peak)
     efa = efa_image(node.instance)
     bandwidth, network_mark = node.bandwidth(nodes), "est. (sources below)"
     if nodes > 1 and network_gbps > 0:
@@ -206,7 +208,7 @@ def estimate(
         "est_compute_ms": compute * 1e3,
         "est_allreduce_ms": ring * 1e3,
         "est_step_ms": step * 1e3,
-        "est_tokens_per_s": workers * micro_batch * accumulation * n_ctx / step,
+        "est_tokens_per_s": batch * n_ctx / step,
         "est_bus_gbps": bandwidth / 1e9 if nodes > 1 else None,
         "est_no_efa": nodes > 1 and node.efa and efa is False and network_gbps <= 0,
         "est_fixed_s": fixed,

@@ -1,13 +1,18 @@
 """The pretraining loop that every worker runs: objective L1 on packed blocks, data parallel.
 
 The global batch at step s is BlockOrder.batch(s), cut into M micro-batches of `micro_batch`
-sequences. Worker r of W runs micro-batches r, r + W, r + 2W, ... (M / W of them where W divides
-M, one more on some workers where it does not: elastic runs take any W up to M), and micro-batch
-j of step s draws its dropout masks from a seed made of (seed, s, j). Each micro-batch's
-gradient is weighted 1/M in the sum, so the micro-batches, their masks and the summed gradient
-are the same whatever W is, and a resumed run retraces an uninterrupted one: bitwise on the same
-worker count, up to the order of floating-point sums on another. The micro-batch is fixed when a
-run starts (config.micro_batch), which bounds the worker counts it can resume on: M at most.
+sequences. Where W workers divide M, worker r runs micro-batches r, r + W, r + 2W, ..., and
+micro-batch j of step s draws its dropout masks from a seed made of (seed, s, j); each
+micro-batch's gradient is weighted 1/M in the sum, so the micro-batches, their masks and the summed
+gradient are the same whatever such W is, and a resumed run retraces an uninterrupted one: bitwise
+on the same worker count, up to the order of floating-point sums on another. Where W does not
+divide M (an elastic run that lost a node: 56 workers for 64 micro-batches), the batch is
+rebalanced (pieces): each worker takes B / W sequences, to within one, cut into pieces of at most
+`micro_batch`, so that a step costs B / W sequences a worker, not ceil(M / W) micro-batches. A
+piece that is a whole micro-batch keeps its seed; the others draw theirs from their place in the
+batch, so such a run is still a pure function of (seed, step, W), and each sequence weighs 1/B in
+the sum whatever the cut. The micro-batch is fixed when a run starts (config.micro_batch); any
+worker count up to the batch's B sequences can resume it.
 
 The loop talks to its surroundings through a Session: Ray Train's (pipeline/train/ray_train.py) or a
 plain process's (LocalSession, for the benchmarks).
@@ -45,7 +50,7 @@ from pipeline.errors import UserError, disk_error
 from pipeline.runtime import amp_dtype, autocast
 from pipeline.train import network
 from pipeline.train.checkpoint import load_training_state, snapshot, write_checkpoint
-from pipeline.train.config import PretrainConfig, micro_batch
+from pipeline.train.config import PretrainConfig, micro_batch, pieces, shares_by_rank
 
 
 @dataclass
@@ -76,11 +81,20 @@ class StopRun(Exception):
 class LocalSession:
     """One process, no Ray: for the benchmarks and the GPU check. With run_dir, checkpoints are
     kept there as checkpoint_N (written beside it, renamed in whole); with resume_from, the loop
-    starts from that checkpoint; with ddp, it trains through DDP on a process group of one."""
+    starts from that checkpoint; with ddp, it trains through DDP on a process group of one. With
+    rank and world_size, it is one of several such processes on an initialised process group
+    (the tests' way to run W workers without Ray)."""
 
-    rank, world_size = 0, 1
-
-    def __init__(self, device: str = "cpu", run_dir=None, resume_from=None, ddp: bool = False):
+    def __init__(
+        self,
+        device: str = "cpu",
+        run_dir=None,
+        resume_from=None,
+        ddp: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.ddp = ddp  # train through DDP (a process group of one must be initialised)
         self.run_dir = Path(run_dir) if run_dir else None
@@ -173,13 +187,16 @@ class Pretraining:
         self.order = BlockOrder(cfg.seed, len(self.train_blocks), cfg.batch_size)
         # The driver fixes the micro-batch for the run; an elastic run keeps it on any W.
         self.micro = cfg.micro_batch or micro_batch(cfg, self.world)
-        self.n_micro = cfg.batch_size // self.micro
-        if self.world > self.n_micro:
+        if self.world > cfg.batch_size:
             raise StopRun(
-                f"{self.world} workers but {self.n_micro} micro-batches of {self.micro} a step: at most "
-                f"{self.n_micro} workers can share this run's batch"
+                f"{self.world} workers but {cfg.batch_size} sequences a step: at most {cfg.batch_size} "
+                "workers can share this run's batch"
             )
-        self.mine = range(self.rank, self.n_micro, self.world)  # this worker's micro-batches
+        self.mine = pieces(cfg.batch_size, self.micro, self.world, self.rank)
+        # The most sequences any worker runs a step: what a step costs (pieces).
+        self.share = max(
+            len(piece_ids) for piece_ids in shares_by_rank(cfg.batch_size, self.micro, self.world)
+        )
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.gpt = build(spec.model).to(self.device)  # the Transformer, or the LSTM
@@ -314,28 +331,28 @@ class Pretraining:
         cfg, s = self.cfg, self.step
         ids = self.order.batch(s)
         loss_sum, waited = 0.0, 0.0
-        # Each micro-batch's loss weighted W / M: DDP averages over the W workers, so the update
-        # is the mean over all M micro-batches however they are shared (M / W = the
-        # accumulation steps where W divides M).
-        share = self.n_micro / self.world
-        for a, j in enumerate(self.mine):
+        for a, (start, stop, key) in enumerate(self.mine):
             t0 = time.perf_counter()
-            x = self.batch(self.train_blocks[np.sort(ids[j * self.micro : (j + 1) * self.micro])])
+            x = self.batch(self.train_blocks[np.sort(ids[start:stop])])
             waited += time.perf_counter() - t0
-            torch.manual_seed(micro_seed(cfg.seed, s, j))
-            # DDP all-reduces the gradients on the last micro-batch only.
+            torch.manual_seed(micro_seed(cfg.seed, s, key))
+            # Each piece's mean loss weighted n W / B (n its sequences): DDP averages over the W
+            # workers, so the update is the mean over the batch's B sequences however they are
+            # cut (M / W, the accumulation steps, where W divides M and every piece is whole).
+            share = cfg.batch_size / ((stop - start) * self.world)
+            # DDP all-reduces the gradients on the last piece only.
             sync = self.model is self.gpt or a == len(self.mine) - 1
             with contextlib.nullcontext() if sync else self.model.no_sync():
                 loss = self.l1(self.train_forward, x)
                 (loss / share).backward()
-            loss_sum += loss.detach()
+            loss_sum += loss.detach() / share
         norm = torch.nn.utils.clip_grad_norm_(self.gpt.parameters(), cfg.grad_clip or float("inf"))
         self.lr = self.opt.param_groups[0]["lr"]  # this update's, for the log
         self.opt.step()
         self.schedule.step()
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
-        return loss_sum / share, norm, waited
+        return loss_sum, norm, waited
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -449,6 +466,12 @@ class Pretraining:
         metrics: dict = {}
         if self.rank == 0 and self.step:
             say(f"resuming at step {self.step:,} of {self.total:,} on {self.world} worker(s)")
+        if self.rank == 0 and (cfg.batch_size // self.micro) % self.world:
+            say(
+                f"{self.world} workers do not divide {cfg.batch_size // self.micro} micro-batches of "
+                f"{self.micro}: each runs at most {self.share} of the batch's {cfg.batch_size} sequences a step "
+                "(rebalanced; dropout masks follow the cut, so this stretch retraces runs on this worker count)"
+            )
         t_start, step_start = time.perf_counter(), self.step
         t_log, losses, waited = time.perf_counter(), [], 0.0
         t_rate = None
@@ -492,6 +515,9 @@ class Pretraining:
                     "lr": self.lr,
                     "grad_norm": float(norm),
                     "tokens_per_s": tps,
+                    "tokens_per_step": tokens_per_step,
+                    # What a step costs each worker: B / W to within one (pieces).
+                    "worker_sequences": self.share,
                     "mfu": tps * self.flops_per_token / (self.ceiling * self.world),
                     **(
                         {"mfu_datasheet": tps * self.flops_per_token / (self.peak * self.world)}

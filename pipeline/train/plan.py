@@ -20,6 +20,7 @@ from pipeline.train.config import (
     PretrainConfig,
     check_config,
     micro_batch,
+    pieces,
     scale_batch,
     total_steps,
 )
@@ -201,7 +202,11 @@ def run_plan(
         fitted = est_micro_batch(accelerator, gcfg, net.num_params(), sizes)
     cfg, _, total = decide(asked, gcfg, workers, manifest, fitted)
     micro = cfg.micro_batch
-    accum = cfg.batch_size // (micro * workers)
+    # The most micro-batches (or pieces of them, where the workers do not divide them) and
+    # sequences any worker runs a step: what the step costs.
+    cuts = [pieces(cfg.batch_size, micro, workers, r) for r in range(workers)]
+    accum = max(len(c) for c in cuts)
+    sequences = max(sum(b - a for a, b, _ in c) for c in cuts)
     tokens = cfg.batch_size * gcfg.n_ctx
     total = total or None
     out = {
@@ -211,6 +216,8 @@ def run_plan(
         # auto: the memory model's size here; the run measures its own on the GPU at the start.
         "micro_batch_estimated": fitted is not None,
         "accumulation": accum,
+        "sequences_per_worker": sequences,
+        "rebalanced": (cfg.batch_size // micro) % workers != 0,
         "global_batch_sequences": cfg.batch_size,
         "tokens_per_step": tokens,
         "lr": cfg.lr,
@@ -238,7 +245,8 @@ def run_plan(
             accelerator,
             workers,
             micro,
-            accum,
+            sequences,
+            cfg.batch_size,
             gcfg.n_ctx,
             net.flops_per_token(gcfg.n_ctx),
             net.num_params(),
@@ -286,6 +294,12 @@ def plan_lines(plan: dict) -> list[str]:
     lines = [
         f"workers          {w}",
         f"micro-batch      {plan['micro_batch']} sequences, {plan['accumulation']} accumulated per step"
+        + (
+            f" (rebalanced: {plan['workers']} workers do not divide the micro-batches; at most "
+            f"{plan['sequences_per_worker']} sequences a worker)"
+            if plan["rebalanced"]
+            else ""
+        )
         + (
             " (auto: by a memory model here; the run measures it on its GPU)"
             if plan["micro_batch_estimated"]
