@@ -3,6 +3,8 @@ paper's schedule, and a resume is exact because every micro-batch's randomness i
 (seed, step, micro-batch), whatever the process's RNG did before."""
 
 import math
+import queue
+import time
 
 import pytest
 import torch
@@ -219,10 +221,26 @@ def test_learning_at_a_fixed_step_holds_its_recorded_value(spec):
     assert abs(got / RECORDED_VAL_LOSS - 1) < 0.03, got
 
 
-def _rank(rank: int, world: int, port: int, spec: LoopSpec, steps: int, out) -> None:
+def _rank(rank: int, world: int, port: int, spec: LoopSpec, steps: int, out, slow_stage: float = 0) -> None:
+    from datetime import timedelta
+
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    from pipeline.train import loop
+
+    if slow_stage and rank == world - 1:  # a node that joins with the dataset still to download
+        fetch = loop.local_copy
+
+        def slow(uri):
+            time.sleep(slow_stage)
+            return fetch(uri)
+
+        loop.local_copy = slow
+    # The training collectives' timeout: shorter than the slow rank's staging, where there is one.
+    timeout = timedelta(seconds=slow_stage / 2 if slow_stage else 300)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timeout
+    )
     try:
         loop = Logged(spec, LocalSession("cpu", rank=rank, world_size=world))
         loop.kept = []
@@ -236,8 +254,9 @@ def _rank(rank: int, world: int, port: int, spec: LoopSpec, steps: int, out) -> 
         dist.destroy_process_group()
 
 
-def on_workers(spec: LoopSpec, world: int, steps: int) -> dict[int, tuple]:
-    """The loop's first `steps` updates on `world` gloo processes of this machine, by rank."""
+def on_workers(spec: LoopSpec, world: int, steps: int, slow_stage: float = 0) -> dict[int, tuple]:
+    """The loop's first `steps` updates on `world` gloo processes of this machine, by rank; with
+    slow_stage, the last rank takes that many seconds more to stage the data."""
     import socket
 
     import torch.multiprocessing as mp
@@ -247,10 +266,22 @@ def on_workers(spec: LoopSpec, world: int, steps: int) -> dict[int, tuple]:
         port = sock.getsockname()[1]
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_rank, args=(r, world, port, spec, steps, out)) for r in range(world)]
+    procs = [
+        ctx.Process(target=_rank, args=(r, world, port, spec, steps, out, slow_stage)) for r in range(world)
+    ]
     for p in procs:
         p.start()
-    got = dict(out.get(timeout=300) for _ in procs)
+    got: dict = {}
+    deadline = time.time() + 300
+    while len(got) < world:  # each rank's result, or the first rank to fail
+        assert time.time() < deadline and not [p.exitcode for p in procs if p.exitcode], [
+            p.exitcode for p in procs
+        ]
+        try:
+            rank, result = out.get(timeout=1)
+            got[rank] = result
+        except queue.Empty:
+            pass
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
@@ -286,3 +317,13 @@ def test_rebalanced_whole_micro_batches_keep_their_dropout_masks(spec):
     assert [got[r][1] for r in range(3)] == [3, 3, 3]
     assert sorted(k for r in range(3) for _, _, k in got[r][2]) == list(range(8))
     assert got[0][0] == pytest.approx(alone, rel=1e-5)
+
+
+def test_a_rank_that_stages_slowly_is_waited_for_apart_from_the_short_collective_timeout(spec):
+    import dataclasses
+
+    # The training collectives time out after 4 s; the last rank stages for 8 s. The others wait
+    # for it at the staging barrier (its own timeout), so no collective waits out the download.
+    slow = dataclasses.replace(spec, staging_timeout_s=120)
+    got = on_workers(slow, 2, 2, slow_stage=8)
+    assert len(got[0][0]) == len(got[1][0]) == 2 and got[0][0] == got[1][0]

@@ -60,6 +60,9 @@ class PretrainConfig:
     checkpoint_every_minutes: float = 30.0  # also one this long after the last (0 = steps only)
     keep_checkpoints: int = 3  # the newest checkpoints kept; older ones are deleted
     max_failures: int = 3  # worker failures to recover from before the run fails
+    # How long a rank waits in a training collective for the others (NCCL's, gloo's timeout):
+    # a hung rank costs the cluster this long. Staging a dataset is waited for apart (loop.py).
+    collective_timeout_minutes: float = 10.0
     zero_shot: list = field(
         default_factory=list
     )  # ["sst-2=DIR", ...]: the paper's heuristics at every evaluation
@@ -85,6 +88,7 @@ NOT_IN_IDENTITY = (
     "checkpoint_every_minutes",
     "keep_checkpoints",
     "max_failures",
+    "collective_timeout_minutes",
     "zero_shot",
     "zero_shot_examples",
 )
@@ -265,7 +269,13 @@ def check_config(cfg: PretrainConfig, workers: int) -> None:
     check_split(cfg, workers)
     configio.check_ranges(
         cfg,
-        {"lr": (0.0, 1.0), "weight_decay": (0.0, 1.0), "grad_clip": (0.0, None), "network_gbps": (0.0, None)},
+        {
+            "lr": (0.0, 1.0),
+            "weight_decay": (0.0, 1.0),
+            "grad_clip": (0.0, None),
+            "network_gbps": (0.0, None),
+            "collective_timeout_minutes": (1.0, 120.0),
+        },
     )
 
 

@@ -67,6 +67,7 @@ class LoopSpec:
     run_path: str | None = None  # STORAGE/RUN: where checkpoints go
     resume_from: str | None = None  # the newest complete checkpoint the driver found there
     accelerator: str | None = None  # the node type the plan priced (the network's expected figure)
+    staging_timeout_s: int = 1800  # how long the ranks wait for each other to have the data
 
 
 # max_minutes: steps not timed (start-up), then steps timed; the budget is decided after both.
@@ -171,12 +172,7 @@ class Pretraining:
             torch.cuda.set_device(
                 self.device.index if self.device.index is not None else torch.cuda.current_device()
             )
-        # A local dataset, verified once per machine; one on object storage, staged once per node.
-        failed = None
-        try:
-            self.data, self.manifest = local_copy(spec.data)
-        except UserError as err:
-            failed = str(err)
+        failed = self.stage_together()
         failed = self._first(failed)
         if failed:
             raise StopRun(failed)
@@ -374,6 +370,28 @@ class Pretraining:
             "val_perplexity": math.exp(min(loss, 700)),
             "val_bits_per_byte": loss / math.log(2) * tokens_per_byte(self.manifest, "val"),
         }
+
+    def stage_together(self) -> str | None:
+        """The dataset on this node: a local one verified once per machine, one on object storage
+        staged once per node (stage.py); the error line where it cannot be. The ranks then wait
+        for each other at a barrier of its own, on a gloo group whose timeout is the staging's
+        (spec.staging_timeout_s): a node that joins mid-run stages before the run's first
+        collective, so no training collective waits out a download, and theirs stays short
+        (collective_timeout_minutes)."""
+        from datetime import timedelta
+
+        group = None
+        if self.world > 1:
+            group = dist.new_group(backend="gloo", timeout=timedelta(seconds=self.spec.staging_timeout_s))
+        failed = None
+        try:
+            self.data, self.manifest = local_copy(self.spec.data)
+        except UserError as err:
+            failed = str(err)
+        if group is not None:
+            dist.monitored_barrier(group, timeout=timedelta(seconds=self.spec.staging_timeout_s))
+            dist.destroy_process_group(group)
+        return failed
 
     def _first(self, message: str | None) -> str | None:
         """The first rank's message that is not None (every rank gets the same answer)."""

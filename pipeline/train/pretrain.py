@@ -118,13 +118,14 @@ def pretrain(
     return launch(plan, manifest, uri)
 
 
-STAGE_RATE = 50e6  # bytes/s: the slowest staging a collective's timeout allows for
+STAGE_RATE = 50e6  # bytes/s: the slowest staging the wait for a joining node allows for
 
 
-def collective_timeout(data: str, manifest: dict) -> int:
-    """Seconds a rank waits in a collective: Ray Train's 30 minutes, plus, for a dataset on
-    object storage, the time a node that joins mid-run (a replacement, or an elastic run growing)
-    takes to stage it at STAGE_RATE, while the other ranks wait for it at the first collective."""
+def staging_timeout(data: str, manifest: dict) -> int:
+    """Seconds the ranks wait for each other to have the dataset (loop.py's stage_together, not
+    a training collective): 30 minutes to verify it, plus, for a dataset on object storage, the
+    time a node that joins mid-run (a replacement, or an elastic run growing) takes to stage it
+    at STAGE_RATE."""
     if remote.Location.of(data).local is not None:
         return 1800
     size = sum(s["tokens"] for s in manifest["shards"].values()) * (4 if manifest["dtype"] == "uint32" else 2)
@@ -236,6 +237,7 @@ def launch(plan: RunPlan, manifest: dict, uri: str | None) -> dict:
             mlflow_run_id=run_id,
             run_path=run_path,
             resume_from=newest[0] if newest else None,
+            staging_timeout_s=staging_timeout(plan.data, manifest),
             # The node type whose NCCL figures the network is held to: GPU workers only (gloo
             # between CPU workers is no NCCL, whatever nodes they run on).
             accelerator=plan.accelerator if plan.use_gpu else None,
@@ -247,7 +249,8 @@ def launch(plan: RunPlan, manifest: dict, uri: str | None) -> dict:
         trainer = TorchTrainer(
             worker,
             train_loop_config={"spec": spec, "outcome": outcome},
-            torch_config=TorchConfig(timeout_s=collective_timeout(plan.data, manifest)),
+            # Bounded, whatever the dataset: staging is waited for apart (staging_timeout).
+            torch_config=TorchConfig(timeout_s=round(cfg.collective_timeout_minutes * 60)),
             scaling_config=ScalingConfig(
                 # Elastic: Ray Train runs on as many as the cluster has between the two, and on
                 # fewer at once when a node is lost; the loop takes any count up to batch /
