@@ -83,14 +83,14 @@ def finish(run: tuple[subprocess.Popen, Path], returncode: int = 0) -> str:
     return log.read_text()
 
 
-def losses(tmp_path: Path, name: str) -> dict[int, float]:
-    """step -> loss; where a resumed run logged a step twice, the later value."""
+def losses(tmp_path: Path, name: str, key: str = "loss") -> dict[int, float]:
+    """step -> loss (or another metric); where a resumed run logged a step twice, the later value."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("gpt1-pretrain")
     (run,) = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.runName = '{name}'")
-    history = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.timestamp)
+    history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.timestamp)
     return {m.step: m.value for m in history}
 
 
@@ -205,6 +205,12 @@ def test_a_run_on_a_cluster_survives_a_lost_node_and_retraces_itself_and_refuses
     )
     elastic = losses(tmp_path, "elastic")
     assert sorted(elastic) == sorted(whole)
+    # The batch's tokens a step stand; each worker's share of it follows the workers: 2 sequences
+    # each on two, 4 on the one left, so throughput tracks the workers (on GPUs; here they share
+    # two cores).
+    assert set(losses(tmp_path, "elastic", "tokens_per_step").values()) == {4 * 64}
+    shares = losses(tmp_path, "elastic", "worker_sequences")
+    assert shares[min(shares)] == 2 and shares[STEPS] == 4, shares
     assert [elastic[s] for s in sorted(whole)] == pytest.approx([whole[s] for s in sorted(whole)], rel=1e-4)
     cluster.add_node(num_cpus=1, object_store_memory=200 << 20)
     cluster.wait_for_nodes()

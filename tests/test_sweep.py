@@ -442,3 +442,20 @@ def test_a_sweep_on_a_cluster_that_can_grow_runs_every_trial_at_once_for_the_aut
     assert trials_at_once(0, 8, 0, grows=True) == 8  # no GPU node up yet
     assert trials_at_once(0, 8, 0, grows=False) == 0  # refused by the caller, in one line
     assert trials_at_once(16, 144, 4, grows=True) == 4  # --max-concurrent caps it
+
+
+def test_each_task_takes_the_gpu_its_examples_need():
+    from pipeline.data.tasks import Example, get
+    from tuning.search import gpu_share, trial_resources
+
+    one = [Example(("a film",), 1, "0")]
+    # A quarter of a GPU a sequence an example feeds the model: SST-2 one, STS-B two (both
+    # orders), RACE four choices: a whole GPU.
+    assert gpu_share(get("sst-2"), one) == 0.25
+    assert gpu_share(get("sts-b"), [Example(("a", "b"), 3.0, "0")]) == 0.5
+    race = [Example(("article", "question"), 0, "0", choices=("a", "b", "c", "d"))]
+    assert gpu_share(get("race"), race) == 1.0
+    # Each trial asks Ray for its own task's share.
+    per_trial = {"sst-2": {"GPU": 0.25, "CPU": 1}, "race": {"GPU": 1.0, "CPU": 1}}
+    assert trial_resources(per_trial, {"task": "race", "lr": 1e-4}).bundles == [{"GPU": 1.0, "CPU": 1}]
+    assert trial_resources(per_trial, {"task": "sst-2"}).bundles == [{"GPU": 0.25, "CPU": 1}]

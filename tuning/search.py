@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,9 @@ class SweepOptions:
     ablations: bool = False  # add the paper's rows: full, λ = 0, no pretraining
     seeds: int = 1  # each ablation row with this many seeds (0, 1, ...): mean ± std in the tables
     max_concurrent: int = 0  # trials at a time; 0 = as many as gpus_per_trial / cpus_per_trial allow
-    gpus_per_trial: float = 1.0  # a fraction shares a GPU: 0.5 runs two trials on each
+    # A fraction shares a GPU (0.5 runs two trials on each); 0 = by task (gpu_share): a quarter
+    # a sequence an example feeds the model, so RACE's 4 choices take a whole GPU, SST-2 a quarter.
+    gpus_per_trial: float = 0.0
     cpus_per_trial: float = 0.0  # on CPU (fractions allowed); 0 = 2, or the CPUs / max_concurrent
     eval_every: int = -1  # steps between a trial's evaluations (ASHA's rungs); -1 = auto (run_length)
     grace_period: int = 1  # ASHA: evaluations before a trial can be stopped
@@ -117,25 +120,46 @@ def trials_at_once(fits: int, trials: int, max_concurrent: int, grows: bool) -> 
     return max(fits, trials, 1) if grows else fits
 
 
-def resources(device: str, opts: SweepOptions, trials: int = 1) -> tuple[dict, int]:
-    """(resources per trial, concurrent trials) for a device already chosen (cuda or cpu):
-    gpus_per_trial of a GPU a trial (a fraction shares one), as many at a time as the cluster's
-    GPUs hold, or, where an autoscaler can add nodes, all `trials` (trials_at_once); else
-    cpus_per_trial cores, or the CPUs split between max_concurrent trials, so that they never
-    oversubscribe the cores. On a cluster with an autoscaler, the first trial's node is asked for
-    and waited for; the autoscaler adds the others' as the trials ask for them."""
+GPU_PER_SEQUENCE = 0.25  # of a GPU, a trial's share for each sequence an example feeds the model
+
+
+def gpu_share(task, examples: list) -> float:
+    """The GPU a trial of `task` takes where --gpus-per-trial is 0: a quarter for each sequence
+    an example feeds the model (classification and entailment 1, similarity 2, its orders; a
+    multiple-choice task its choices), at most one. Four 117 M-parameter trials of single
+    sequences share a GPU; RACE's 4 choices of up to 512 tokens take it whole."""
+    if task.transformation == "multiple_choice":
+        k = max((len(e.choices) for e in examples), default=1)
+    else:
+        k = 2 if task.transformation == "similarity" else 1
+    return min(1.0, GPU_PER_SEQUENCE * k)
+
+
+def resources(
+    device: str, opts: SweepOptions, trials: int = 1, shares: dict | None = None
+) -> tuple[dict, int]:
+    """(resources per trial, by task, concurrent trials) for a device already chosen (cuda or
+    cpu): each task's `shares` of a GPU a trial (gpus_per_trial where given; a fraction shares
+    one), as many at a time as the cluster's GPUs hold at the smallest share, or, where an
+    autoscaler can add nodes, all `trials` (trials_at_once); else cpus_per_trial cores, or the
+    CPUs split between max_concurrent trials, so that they never oversubscribe the cores. On a
+    cluster with an autoscaler, the first trial's node is asked for and waited for; the
+    autoscaler adds the others' as the trials ask for them."""
     import ray
 
     have = ray.cluster_resources()
     gpus, cpus, grows = have.get("GPU", 0), int(have.get("CPU", 0)), cluster.can_grow()
     if device == "cuda":
-        fits = int(gpus / opts.gpus_per_trial + 1e-9)
+        shares = {t: opts.gpus_per_trial or f for t, f in (shares or {"": 1.0}).items()}
+        fits = int(gpus / min(shares.values()) + 1e-9)
         concurrent = trials_at_once(fits, trials, opts.max_concurrent, grows)
         if not concurrent:
             raise errors.ConfigError(
                 "--device cuda: the cluster has no GPUs, nor an autoscaler to add them; use --device cpu or auto"
             )
-        per_trial = {"GPU": opts.gpus_per_trial, "CPU": 1}
+        per_trial = {t: {"GPU": f, "CPU": 1} for t, f in shares.items()}
+        cluster.wait_for("GPU", max(shares.values()), 1, "the sweep's trials", opts.wait_minutes)
+        return per_trial, concurrent
     else:
         # Two cores a trial by default: a trial's matrix products use them well, and the rest of
         # the machine stays free for other trials (and Ray's own work).
@@ -143,10 +167,16 @@ def resources(device: str, opts: SweepOptions, trials: int = 1) -> tuple[dict, i
         concurrent = opts.max_concurrent or max(1, int(cpus / each + 1e-9))
         # A trial runs on one node: never more cores than the largest node has.
         widest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
-        per_trial = {"CPU": min(each, max(int(widest), 1))}
-    kind = "GPU" if device == "cuda" else "CPU"
-    cluster.wait_for(kind, per_trial[kind], 1, "the sweep's trials", opts.wait_minutes)
-    return per_trial, concurrent
+        one = {"CPU": min(each, max(int(widest), 1))}
+    cluster.wait_for("CPU", one["CPU"], 1, "the sweep's trials", opts.wait_minutes)
+    return {t: one for t in shares or {"": 1.0}}, concurrent
+
+
+def trial_resources(per_trial: dict, config: dict):
+    """What a trial of config["task"] asks Ray for (resources)."""
+    from ray.tune import PlacementGroupFactory
+
+    return PlacementGroupFactory([per_trial[config["task"]]])
 
 
 @dataclass
@@ -319,16 +349,20 @@ def sweep_tasks(
     # The most trials one Tune run holds: the samples of every task, or their ablation rows.
     rows = len(table_rows(opts)) * opts.seeds if opts.ablations else 0
     trials = len(jobs) * max(opts.samples, rows, 1)
-    per_trial, concurrent = resources(device, opts, trials)
     sweeps = {}
     statuses = {}
     try:
         for task, data_dir in jobs:
             ts = start_task(task, data_dir, checkpoint, opts, uri, where, lstm_checkpoint)
             sweeps[task.name], statuses[task.name] = ts, "FAILED"
-        print(
-            f"{len(sweeps)} task(s) in one Tune run: {concurrent} trial(s) at a time, each with {per_trial}"
+        shares = {name: gpu_share(ts.task, ts.splits["train"]) for name, ts in sweeps.items()}
+        per_trial, concurrent = resources(device, opts, trials, shares)
+        each = (
+            str(next(iter(per_trial.values())))
+            if len({str(r) for r in per_trial.values()}) == 1
+            else ", ".join(f"{t} {r}" for t, r in per_trial.items())
         )
+        print(f"{len(sweeps)} task(s) in one Tune run: {concurrent} trial(s) at a time, each with {each}")
         by_task = tracking.ByTask({name: ts.callback for name, ts in sweeps.items()})
         best = ray.remote(num_cpus=0)(SweepBest).remote()
         # with_parameters puts each object into Ray's object store once; every trial reads it there.
@@ -340,9 +374,10 @@ def sweep_tasks(
                 lstm=lstm,
                 best=best,
                 device=device,
-                threads=0 if device == "cuda" else max(1, int(per_trial["CPU"])),
+                threads=0 if device == "cuda" else max(1, int(next(iter(per_trial.values()))["CPU"])),
             ),
-            per_trial,
+            # Each trial its task's share (a callable of the trial's config, as Tune takes it).
+            functools.partial(trial_resources, per_trial),
         )
         storage = storage_path(opts.storage)
         first = next(iter(sweeps.values()))
@@ -444,13 +479,13 @@ def sweep(task_name: str, data, checkpoint, opts: SweepOptions) -> dict[str, dic
         raise errors.ConfigError("--samples: expected at least 1 (or 0 with --ablations)")
     if opts.seeds < 1:
         raise errors.ConfigError(f"--seeds {opts.seeds}: expected at least 1")
-    if not 0 < opts.gpus_per_trial <= 1 and opts.gpus_per_trial != int(opts.gpus_per_trial):
+    if not 0 <= opts.gpus_per_trial <= 1 and opts.gpus_per_trial != int(opts.gpus_per_trial):
         raise errors.ConfigError(
             f"--gpus-per-trial {opts.gpus_per_trial}: expected a fraction of one GPU (0.5) or a whole number"
         )
-    if opts.gpus_per_trial <= 0 or opts.cpus_per_trial < 0 or opts.eval_every < -1:
+    if opts.gpus_per_trial < 0 or opts.cpus_per_trial < 0 or opts.eval_every < -1:
         raise errors.ConfigError(
-            "--gpus-per-trial: expected > 0; --cpus-per-trial: >= 0; --eval-every: >= 0 (or -1, auto)"
+            "--gpus-per-trial: expected >= 0 (0: by task); --cpus-per-trial: >= 0; --eval-every: >= 0 (or -1, auto)"
         )
     if opts.lstm_checkpoint and not opts.ablations:
         raise errors.ConfigError("--lstm-checkpoint adds a row to the ablations: add --ablations")
