@@ -142,7 +142,8 @@ def resources(
     cpu): each task's `shares` of a GPU a trial (gpus_per_trial where given; a fraction shares
     one), as many at a time as the cluster's GPUs hold at the smallest share, or, where an
     autoscaler can add nodes, all `trials` (trials_at_once); else cpus_per_trial cores, or the
-    CPUs split between max_concurrent trials, so that they never oversubscribe the cores. On a
+    CPUs split between max_concurrent trials, so that they never oversubscribe the cores (again
+    all `trials` at once where an autoscaler can add nodes for them). On a
     cluster with an autoscaler, the first trial's node is asked for and waited for; the
     autoscaler adds the others' as the trials ask for them."""
     import ray
@@ -164,7 +165,7 @@ def resources(
         # Two cores a trial by default: a trial's matrix products use them well, and the rest of
         # the machine stays free for other trials (and Ray's own work).
         each = opts.cpus_per_trial or (max(1, cpus // opts.max_concurrent) if opts.max_concurrent else 2)
-        concurrent = opts.max_concurrent or max(1, int(cpus / each + 1e-9))
+        concurrent = max(1, trials_at_once(int(cpus / each + 1e-9), trials, opts.max_concurrent, grows))
         # A trial runs on one node: never more cores than the largest node has.
         widest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
         one = {"CPU": min(each, max(int(widest), 1))}
