@@ -172,16 +172,14 @@ def test_the_ddp_path_on_one_rank_gives_the_plain_paths_losses(spec):
     """DDP, with accumulation over two micro-batches, on a process group of one (gloo here; the
     GPU check runs it on NCCL with the bf16 hook): the multi-GPU code path keeps the losses."""
     import dataclasses
-    import socket
 
     import torch.distributed as dist
 
+    from pipeline.runtime import free_port
+
     accumulated = dataclasses.replace(spec, pretrain=dataclasses.replace(spec.pretrain, micro_batch=4))
     plain = run(accumulated, LocalSession("cpu"), steps=4)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     try:
         loop = Logged(accumulated, LocalSession("cpu", ddp=True))
         assert isinstance(loop.model, torch.nn.parallel.DistributedDataParallel) and len(loop.mine) == 2
@@ -257,13 +255,11 @@ def _rank(rank: int, world: int, port: int, spec: LoopSpec, steps: int, out, slo
 def on_workers(spec: LoopSpec, world: int, steps: int, slow_stage: float = 0) -> dict[int, tuple]:
     """The loop's first `steps` updates on `world` gloo processes of this machine, by rank; with
     slow_stage, the last rank takes that many seconds more to stage the data."""
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from pipeline.runtime import free_port
+
+    port = free_port()
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     procs = [

@@ -2,13 +2,12 @@
 machine (each told it is on a node of its own): the rows nccl-tests would print, and the verdict
 that stops a multi-node run."""
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from pipeline.runtime import free_port
 from pipeline.train import network
 
 
@@ -21,9 +20,7 @@ def _worker(rank: int, port: int, nodes: list[str], out) -> None:
 
 
 def measured(nodes: list[str]) -> dict[int, list[dict]]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(r, port, nodes, out)) for r in range(len(nodes))]
