@@ -380,15 +380,19 @@ class RunLogger:
             self.dropped, self.wake = 0, threading.Condition()
             threading.Thread(target=self._send, name="gpt1-mlflow", daemon=True).start()
 
-    def log(self, metrics: dict, step: int) -> None:
+    def log(self, metrics: dict, step: int, tags: dict | None = None) -> None:
         import time
 
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
 
         ts = int(time.time() * 1000)
-        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        batch = (
+            [Metric(k, float(v), ts, step) for k, v in metrics.items()],
+            [RunTag(k, str(v)) for k, v in (tags or {}).items()],
+            step,
+        )
         if self.queue is None:
-            self.client.log_batch(self.run_id, metrics=batch)
+            self.client.log_batch(self.run_id, metrics=batch[0], tags=batch[1])
             return
         with self.wake:
             if len(self.queue) >= self.BACKLOG:
@@ -414,13 +418,11 @@ class RunLogger:
                 batch, dropped = self.queue[0], self.dropped
             try:
                 if dropped:
-                    note = Metric(
-                        "mlflow_dropped_batches", float(dropped), int(time.time() * 1000), batch[0].step
-                    )
+                    note = Metric("mlflow_dropped_batches", float(dropped), int(time.time() * 1000), batch[2])
                     self.client.log_batch(self.run_id, metrics=[note])
                     with self.wake:
                         self.dropped -= dropped
-                self.client.log_batch(self.run_id, metrics=batch)
+                self.client.log_batch(self.run_id, metrics=batch[0], tags=batch[1])
             except Exception:  # the server down or failing: keep the batch, try again later
                 time.sleep(wait)
                 wait = min(wait * 2, self.RETRY_MAX_S)

@@ -238,7 +238,7 @@ def test_a_non_finite_loss_stops_the_run_and_saves_nothing_after_it(data, tmp_pa
     (poisoned / STATE_FILE).write_text(json.dumps(state))
     capsys.readouterr()
     assert gpt1(args(data, storage)) == 2
-    one_line(capsys, "the loss became non-finite", "by step 21", "Lower lr")
+    one_line(capsys, "the loss became non-finite", "at step 21", "Lower lr")
     assert steps_on_disk(run) == [10, 20]  # nothing saved after it
 
 

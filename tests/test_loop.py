@@ -6,6 +6,7 @@ import math
 import queue
 import time
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -15,7 +16,7 @@ from pipeline.data.dataset import open_dataset
 from pipeline.data.prepare import PrepareConfig, prepare
 from pipeline.model_dir import OPTIMIZER_FILE
 from pipeline.train.config import PretrainConfig
-from pipeline.train.loop import LocalSession, LoopSpec, Pretraining
+from pipeline.train.loop import LocalSession, LoopSpec, Pretraining, StopRun
 from pipeline.train.plan import model_config
 
 STEPS, WARMUP, PEAK = 40, 8, 1e-3
@@ -26,7 +27,8 @@ class Logged(Pretraining):
 
     def train_step(self):
         loss, norm, waited = super().train_step()
-        self.kept.append((float(loss), self.lr))
+        if loss is not None:  # None: a step whose batch a rewind skipped
+            self.kept.append((float(loss), self.lr))
         return loss, norm, waited
 
 
@@ -323,3 +325,70 @@ def test_a_rank_that_stages_slowly_is_waited_for_apart_from_the_short_collective
     slow = dataclasses.replace(spec, staging_timeout_s=120)
     got = on_workers(slow, 2, 2, slow_stage=8)
     assert len(got[0][0]) == len(got[1][0]) == 2 and got[0][0] == got[1][0]
+
+
+class Poisoned(Logged):
+    """The loop with one training block that multiplies the loss 50-fold wherever it is trained
+    on: a stand-in for the bad batch that spikes a large run."""
+
+    bad = None
+
+    def batch(self, blocks):
+        self.poisoned = self.bad is not None and any(np.array_equal(b, self.bad) for b in blocks)
+        return super().batch(blocks)
+
+    def l1(self, forward, x, reduction="mean"):
+        loss = super().l1(forward, x, reduction)
+        return loss * 50 if self.poisoned else loss
+
+
+def test_a_loss_spike_rewinds_to_the_newest_checkpoint_and_skips_exactly_its_batch(spec, tmp_path):
+    import dataclasses
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import RunLogger
+
+    cfg = dataclasses.replace(
+        spec.pretrain, log_every=1, checkpoint_every=10, spike_factor=3.0, spike_window=20, max_rewinds=2
+    )
+    spiky = dataclasses.replace(spec, pretrain=cfg)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("spikes")).info.run_id
+    loop = Poisoned(spiky, LocalSession("cpu", run_dir=tmp_path / "spiked"), RunLogger(uri, run_id))
+    loop.kept = []
+    bad = int(loop.order.batch(22)[0])  # a block of step 23's batch (steps count from 1), and no other's
+    loop.bad = loop.train_blocks[[bad]][0]
+    loop.run()
+    assert loop.step == STEPS and loop.skipped == {23} and loop.rewinds == 1
+    state = json.loads((tmp_path / "spiked" / f"checkpoint_{STEPS:09d}" / "trainer_state.json").read_text())
+    assert state["skipped_steps"] == [23] and state["rewinds"] == 1
+    # In MLflow: back to step 20 (the newest checkpoint), at the step that spiked, and which blocks.
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "rewind_to_step")] == [(23, 20.0)]
+    record = json.loads(client.get_run(run_id).data.tags["rewind_1"])
+    assert (
+        record["spike_step"] == 23 and record["back_to_step"] == 20 and "over 3 x the median" in record["why"]
+    )
+    assert (
+        record["skipped_blocks"] == {"23": loop.order.batch(22).tolist()}
+        and bad in record["skipped_blocks"]["23"]
+    )
+
+    # Deterministic: a run told to skip step 23 from the start, its bad block never seen, has the
+    # spiked run's losses step for step: before the spike, and after the rewind.
+    clean = Logged(spiky, LocalSession("cpu", run_dir=tmp_path / "clean"))
+    clean.kept, clean.skipped = [], {23}
+    clean.run()
+    assert clean.kept[:20] == loop.kept[:20]
+    assert clean.kept[20:] == loop.kept[23:]  # the spiked run's 21-23, then 21, 22, 24, ...
+
+    # Out of rewinds: one line, at the step that spiked.
+    none_left = dataclasses.replace(spiky, pretrain=dataclasses.replace(cfg, max_rewinds=0))
+    stopped = Poisoned(none_left, LocalSession("cpu", run_dir=tmp_path / "stopped"))
+    stopped.kept, stopped.bad = [], loop.bad
+    with pytest.raises(
+        StopRun, match=r"a loss spike at step 23 \(loss .* over 3 x the median .*\) after 0 rewind"
+    ):
+        stopped.run()

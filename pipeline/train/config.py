@@ -63,6 +63,13 @@ class PretrainConfig:
     # How long a rank waits in a training collective for the others (NCCL's, gloo's timeout):
     # a hung rank costs the cluster this long. Staging a dataset is waited for apart (loop.py).
     collective_timeout_minutes: float = 10.0
+    # Loss spikes (train/spikes.py): a step whose loss or grad norm is not finite, or (with
+    # spike_factor k > 0) whose loss is over k x the median of the last spike_window steps, makes
+    # the run go back to its newest checkpoint and skip that step's batch, up to max_rewinds
+    # times; 0 rewinds: it stops at the first, as before.
+    spike_factor: float = 0.0
+    spike_window: int = 100
+    max_rewinds: int = 0
     zero_shot: list = field(
         default_factory=list
     )  # ["sst-2=DIR", ...]: the paper's heuristics at every evaluation
@@ -89,6 +96,9 @@ NOT_IN_IDENTITY = (
     "keep_checkpoints",
     "max_failures",
     "collective_timeout_minutes",
+    "spike_factor",  # a stopped run may be resumed with rewinds on: the steps before are the same
+    "spike_window",
+    "max_rewinds",
     "zero_shot",
     "zero_shot_examples",
 )
@@ -261,8 +271,14 @@ def check_config(cfg: PretrainConfig, workers: int) -> None:
         or cfg.eval_every < 0
         or cfg.eval_blocks < 0
         or cfg.max_failures < 0
+        or cfg.max_rewinds < 0
+        or cfg.spike_factor < 0
+        or cfg.spike_window < 1
     ):
-        raise c("max_steps, warmup_steps, eval_every, eval_blocks and max_failures must be >= 0")
+        raise c(
+            "max_steps, warmup_steps, eval_every, eval_blocks, max_failures, max_rewinds and spike_factor "
+            "must be >= 0, spike_window >= 1"
+        )
     if not isinstance(cfg.zero_shot, list) or cfg.zero_shot_examples < 0:
         raise c("zero_shot: expected a list of TASK=DIR (e.g. [sst-2=glue/SST-2]); zero_shot_examples: >= 0")
     # A batch that batch_tokens resizes is checked once resized (scale_batch).

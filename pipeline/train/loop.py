@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -51,6 +52,7 @@ from pipeline.runtime import amp_dtype, autocast
 from pipeline.train import network
 from pipeline.train.checkpoint import load_training_state, snapshot, write_checkpoint
 from pipeline.train.config import PretrainConfig, micro_batch, pieces, shares_by_rank
+from pipeline.train.spikes import SpikeMonitor
 
 
 @dataclass
@@ -104,6 +106,14 @@ class LocalSession:
     @contextlib.contextmanager
     def resume_dir(self):
         yield Path(self.resume_from) if self.resume_from else None
+
+    @contextlib.contextmanager
+    def rewind_dir(self):
+        """The newest checkpoint in run_dir, else resume_from's (a rewind's, Pretraining.rewind)."""
+        from pipeline.model_dir import latest_checkpoint
+
+        found = latest_checkpoint(str(self.run_dir)) if self.run_dir else None
+        yield Path(found[0]) if found else (Path(self.resume_from) if self.resume_from else None)
 
     @contextlib.contextmanager
     def staging_dir(self, name: str):
@@ -198,6 +208,11 @@ class Pretraining:
         self.gpt = build(spec.model).to(self.device)  # the Transformer, or the LSTM
         self.opt = make_optimizer(self.gpt, cfg.lr, cfg.weight_decay)
         self.step, self.total = 0, spec.total_steps
+        # Steps whose batch a rewind skipped (1-based, as logged), and the rewinds so far: kept in
+        # every checkpoint, so that a resume skips them too.
+        self.skipped: set[int] = set()
+        self.rewinds = 0
+        self.monitor = SpikeMonitor(cfg.spike_factor, cfg.spike_window)
         self.pending = None  # a checkpoint being written (checkpoint, finish_checkpoint)
         # With a time budget, total is decided after the first steps (BUDGET_STEPS) and kept in
         # every checkpoint, so that a resumed run keeps the schedule it had.
@@ -206,6 +221,7 @@ class Pretraining:
             if d is not None:
                 state = load_training_state(d, self.gpt, self.opt)
                 self.step = state["step"]
+                self.skipped, self.rewinds = set(state.get("skipped_steps", [])), state.get("rewinds", 0)
                 if self.budget_open and state.get("budget_decided"):
                     self.total, self.budget_open = state["total_steps"], False
         self.set_schedule()
@@ -325,6 +341,11 @@ class Pretraining:
         """One update of the global batch; returns (this worker's mean loss, grad norm, seconds
         spent waiting for data)."""
         cfg, s = self.cfg, self.step
+        if s + 1 in self.skipped:  # a rewind's: the batch that spiked is never trained on
+            self.lr = self.opt.param_groups[0]["lr"]
+            self.schedule.step()
+            self.step += 1
+            return None, None, 0.0
         ids = self.order.batch(s)
         loss_sum, waited = 0.0, 0.0
         for a, (start, stop, key) in enumerate(self.mine):
@@ -406,15 +427,56 @@ class Pretraining:
         t = torch.tensor([float(flag)], device=self.device)
         return bool(_all_reduce(t, self.world).item())
 
-    def stop_if_not_finite(self, loss: float, norm: float) -> None:
-        """A diverged run stops with one line naming the step, before a non-finite model is
-        saved; retrying would only diverge again."""
-        if self._any(not (math.isfinite(loss) and math.isfinite(norm))):
+    def rewind(self, spikes: list[tuple[int, str, bool]]) -> None:
+        """Back to the newest checkpoint (every checkpoint step is checked for spikes first, so it
+        precedes them; with none yet, the initial weights), the spiking steps' batches skipped
+        from then on, logged; every rank, at the same step. Past max_rewinds, the run stops with
+        one line: a non-finite loss, before a non-finite model is saved."""
+        first, why, finite = spikes[0]
+        if self.rewinds >= self.cfg.max_rewinds:
+            if not finite:
+                raise StopRun(
+                    f"the loss became non-finite ({why}) at step {first:,}; nothing from this point is "
+                    f"saved. Lower lr (now {self.cfg.lr:g}) or raise warmup_steps, and start a new run "
+                    "(--name)" + (f"; {self.rewinds} rewind(s) already spent" if self.cfg.max_rewinds else "")
+                )
             raise StopRun(
-                f"the loss became non-finite (loss {loss}, grad norm {norm}) by step {self.step:,}; "
-                f"nothing from this point is saved. Lower lr (now {self.cfg.lr:g}) or raise "
-                "warmup_steps, and start a new run (--name)"
+                f"a loss spike at step {first:,} ({why}) after {self.rewinds} rewind(s), max_rewinds "
+                f"{self.cfg.max_rewinds}; the newest checkpoint precedes it. Raise max_rewinds or "
+                "spike_factor to go on, or lower lr"
             )
+        self.finish_checkpoint()  # the newest published: the one to go back to
+        with self.session.rewind_dir() as d:
+            if d is None:
+                torch.manual_seed(self.cfg.seed)
+                self.gpt.load_state_dict(build(self.spec.model).state_dict())
+                self.opt.state.clear()
+                self.step = 0
+            else:
+                self.step = load_training_state(d, self.gpt, self.opt)["step"]
+        steps = [s for s, _, _ in spikes]
+        self.skipped |= set(steps)
+        self.rewinds += 1
+        self.set_schedule()
+        self.monitor.reset()
+        if self.rank == 0:
+            blocks = {s: self.order.batch(s - 1).tolist() for s in steps}
+            say(
+                f"loss spike at step {first:,} ({why}): back to step {self.step:,} (rewind {self.rewinds} of "
+                f"{self.cfg.max_rewinds}), skipping the batch of step(s) {', '.join(map(str, steps))}"
+            )
+            if self.tracker:
+                record = {
+                    "spike_step": first,
+                    "why": why,
+                    "back_to_step": self.step,
+                    "skipped_blocks": blocks,
+                }
+                self.tracker.log(
+                    {"rewind_to_step": self.step, "rewinds": self.rewinds},
+                    first,
+                    tags={f"rewind_{self.rewinds}": json.dumps(record)},
+                )
 
     def checkpoint(self, metrics: dict, wait: bool = False) -> None:
         """Rank 0 copies the model and AdamW's state into memory (training stalls for that
@@ -432,6 +494,8 @@ class Pretraining:
                 "total_steps": self.total,
                 "budget_decided": not self.budget_open,
                 "world_size": self.world,
+                "skipped_steps": sorted(self.skipped),
+                "rewinds": self.rewinds,
                 "schedule": {"name": self.cfg.schedule, "warmup_steps": self.cfg.warmup_steps},
                 "pretrain": dataclasses.asdict(self.cfg),
                 "data_fingerprint": self.manifest["fingerprint"],
@@ -477,6 +541,33 @@ class Pretraining:
         if self._any(failed is not None):
             raise StopRun(failed or "rank 0 could not write its checkpoint")
 
+    def check(
+        self, losses: list, norms: list, stepped: list[int], t_saved: float
+    ) -> tuple[list | None, bool]:
+        """The steps since the last check (their losses, this rank's shares, and grad norms),
+        checked for spikes on every rank alike: (each step's batch loss, whether a checkpoint is
+        due by time), or (None, False) where a spike made the run rewind."""
+        cfg = self.cfg
+        # Whether a checkpoint is due by time, and whether the last one's writer is still
+        # busy, are rank 0's to say, carried to every rank in the losses' all-reduce: no
+        # collective of their own. A busy writer is left to finish (training never waits
+        # for it here); the next checkpoint, or the run's end, joins it.
+        due = self.rank == 0 and 0 < cfg.checkpoint_every_minutes * 60 <= time.monotonic() - t_saved
+        busy = self.rank == 0 and self.writing()
+        flags = torch.tensor([float(due), float(busy)], device=self.device, dtype=torch.float64)
+        sums = _all_reduce(torch.cat([torch.stack(losses).double(), flags]), self.world).tolist()
+        per_step = [x / self.world for x in sums[: len(losses)]]  # each step's batch loss
+        by_time = sums[-2] > 0
+        if not sums[-1]:
+            self.finish_checkpoint()
+        # Checked before run() takes a checkpoint at this step, so that the newest checkpoint
+        # always precedes a spike.
+        spikes = self.monitor.spiking(stepped, per_step, [float(n) for n in norms])
+        if spikes:
+            self.rewind(spikes)
+            return None, False
+        return per_step, by_time
+
     def run(self) -> dict:
         cfg = self.cfg
         self.gpt.train()
@@ -492,6 +583,7 @@ class Pretraining:
             )
         t_start, step_start = time.perf_counter(), self.step
         t_log, losses, waited = time.perf_counter(), [], 0.0
+        norms, stepped, log_sum, log_n = [], [], 0.0, 0  # each step's since the last check; the log's
         t_rate = None
         t_saved = time.monotonic()  # checkpoint_every_minutes counts from here, then from each save
         while self.step < self.total:
@@ -502,32 +594,28 @@ class Pretraining:
                 now = time.perf_counter()
                 self.decide_total((now - t_rate) / BUDGET_STEPS[1], now - t_start)
             total = self.total
-            losses.append(loss)
-            last = (loss, norm)
-            waited += w
             s = self.step
+            if loss is not None:  # a step whose batch a rewind skipped trains nothing
+                losses.append(loss)
+                norms.append(norm)
+                stepped.append(s)
+            waited += w
             by_time = False
-            if s % cfg.log_every == 0 or s == total:
+            logs = s % cfg.log_every == 0 or s == total
+            saves = bool(cfg.checkpoint_every and s % cfg.checkpoint_every == 0) or s == total
+            if losses and (logs or saves):  # every step since the last check, checked for spikes
+                per_step, by_time = self.check(losses, norms, stepped, t_saved)
+                if per_step is None:  # a spike: rewound to the newest checkpoint
+                    t_start, step_start = time.perf_counter(), self.step
+                    t_log, losses, norms, stepped, waited = time.perf_counter(), [], [], [], 0.0
+                    log_sum, log_n = 0.0, 0
+                    continue
+                log_sum, log_n, norm = log_sum + sum(per_step), log_n + len(per_step), norms[-1]
+                losses, norms, stepped = [], [], []
+            if logs and log_n:
                 now = time.perf_counter()
-                # Whether a checkpoint is due by time, and whether the last one's writer is still
-                # busy, are rank 0's to say, carried to every rank in the loss sum's all-reduce: no
-                # collective of their own. A busy writer is left to finish (training never waits
-                # for it here); the next checkpoint, or the run's end, joins it.
-                due = self.rank == 0 and 0 < cfg.checkpoint_every_minutes * 60 <= time.monotonic() - t_saved
-                busy = self.rank == 0 and self.writing()
-                sums = torch.stack(
-                    [
-                        torch.stack(losses).double().sum(),
-                        torch.tensor(float(due), device=self.device, dtype=torch.float64),
-                        torch.tensor(float(busy), device=self.device, dtype=torch.float64),
-                    ]
-                )
-                sums = _all_reduce(sums, self.world).tolist()
-                mean, by_time = sums[0] / (len(losses) * self.world), sums[1] > 0
-                if not sums[2]:
-                    self.finish_checkpoint()
-                self.stop_if_not_finite(mean, float(norm))
-                tps = tokens_per_step * len(losses) / (now - t_log)
+                mean = log_sum / log_n
+                tps = tokens_per_step * log_n / (now - t_log)
                 metrics = {
                     "loss": mean,
                     "lr": self.lr,
@@ -554,7 +642,7 @@ class Pretraining:
                     )
                     if self.tracker:
                         self.tracker.log(metrics, s)
-                t_log, losses, waited = time.perf_counter(), [], 0.0
+                t_log, log_sum, log_n, waited = time.perf_counter(), 0.0, 0, 0.0
             if cfg.eval_every and (s % cfg.eval_every == 0 or s == total) and self.n_val:
                 t_eval = time.perf_counter()
                 ev = self.evaluate()
@@ -583,7 +671,6 @@ class Pretraining:
                     if self.tracker:
                         self.tracker.log({**ev, **zs}, s)
             if (cfg.checkpoint_every and s % cfg.checkpoint_every == 0) or s == total or by_time:
-                self.stop_if_not_finite(float(last[0]), float(last[1]))
                 self.checkpoint({**metrics, "step": s}, wait=s == total)
                 t_saved = time.monotonic()
         if self.rank == 0 and self.tracker:
