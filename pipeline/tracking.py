@@ -445,6 +445,18 @@ class RunLogger:
                 self.wake.wait(timeout=min(1.0, end - time.monotonic()))
             return not self.queue
 
+    def log_artifact(self, path, artifact_path: str) -> bool:
+        """A file into the run's artifacts, at once; whether it got there (an MLflow outage is a
+        warning here, not the run's end)."""
+        import warnings
+
+        try:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            return True
+        except Exception as err:
+            warnings.warn(f"MLflow: could not log {path} ({str(err).splitlines()[0]})", stacklevel=2)
+            return False
+
     def log_curves(self, prefix: str, name: str, title: str) -> None:
         """A PNG of every metric whose key starts with prefix, against the step: the run's whole
         history (a resumed run's too), each step's latest value."""

@@ -5,6 +5,7 @@ paper's schedule, and a resume is exact because every micro-batch's randomness i
 import math
 import queue
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,7 +222,16 @@ def test_learning_at_a_fixed_step_holds_its_recorded_value(spec):
     assert abs(got / RECORDED_VAL_LOSS - 1) < 0.03, got
 
 
-def _rank(rank: int, world: int, port: int, spec: LoopSpec, steps: int, out, slow_stage: float = 0) -> None:
+def _rank(
+    rank: int,
+    world: int,
+    port: int,
+    spec: LoopSpec,
+    steps: int,
+    out,
+    slow_stage: float = 0,
+    slow_step: float = 0,
+) -> None:
     from datetime import timedelta
 
     import torch.distributed as dist
@@ -244,19 +254,31 @@ def _rank(rank: int, world: int, port: int, spec: LoopSpec, steps: int, out, slo
     try:
         loop = Logged(spec, LocalSession("cpu", rank=rank, world_size=world))
         loop.kept = []
+        if slow_step and rank == world - 1:  # a straggler: its forward passes take longer
+            forward = loop.l1
+
+            def slow(*args, **kwargs):
+                time.sleep(slow_step)
+                return forward(*args, **kwargs)
+
+            loop.l1 = slow
         for _ in range(steps):
             loop.train_step()
+        ranks = loop.ranks(steps, 0.0)
         # The mean over ranks of each rank's share-weighted loss is the batch's loss.
         losses = torch.tensor([loss for loss, _ in loop.kept], dtype=torch.float64)
         dist.all_reduce(losses)
-        out.put((rank, ((losses / world).tolist(), loop.share, loop.mine)))
+        out.put((rank, ((losses / world).tolist(), loop.share, loop.mine, ranks)))
     finally:
         dist.destroy_process_group()
 
 
-def on_workers(spec: LoopSpec, world: int, steps: int, slow_stage: float = 0) -> dict[int, tuple]:
+def on_workers(
+    spec: LoopSpec, world: int, steps: int, slow_stage: float = 0, slow_step: float = 0
+) -> dict[int, tuple]:
     """The loop's first `steps` updates on `world` gloo processes of this machine, by rank; with
-    slow_stage, the last rank takes that many seconds more to stage the data."""
+    slow_stage, the last rank takes that many seconds more to stage the data; with slow_step,
+    that much more for each forward pass."""
     import torch.multiprocessing as mp
 
     from pipeline.runtime import free_port
@@ -265,7 +287,8 @@ def on_workers(spec: LoopSpec, world: int, steps: int, slow_stage: float = 0) ->
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     procs = [
-        ctx.Process(target=_rank, args=(r, world, port, spec, steps, out, slow_stage)) for r in range(world)
+        ctx.Process(target=_rank, args=(r, world, port, spec, steps, out, slow_stage, slow_step))
+        for r in range(world)
     ]
     for p in procs:
         p.start()
@@ -392,3 +415,41 @@ def test_a_loss_spike_rewinds_to_the_newest_checkpoint_and_skips_exactly_its_bat
         StopRun, match=r"a loss spike at step 23 \(loss .* over 3 x the median .*\) after 0 rewind"
     ):
         stopped.run()
+
+
+def test_the_straggler_metric_names_the_slow_rank(spec):
+    # Rank 1's forward passes take 0.3 s more: its own busy time shows it, not everyone's wait
+    # for its gradients (the other rank's time leaves the all-reduce out; over 8 steps, since
+    # DDP's second step waits once for all ranks while it settles its gradient buckets).
+    got = on_workers(spec, 2, 8, slow_step=0.3)
+    ranks = got[0][3]
+    assert got[1][3] == ranks  # gathered: every rank has every rank's figures
+    assert ranks["rank_1_busy_s"] >= 0.3 and ranks["rank_1_busy_s"] > 1.5 * ranks["rank_0_busy_s"], ranks
+    assert ranks["straggler"] == pytest.approx(
+        ranks["rank_1_busy_s"] / ((ranks["rank_0_busy_s"] + ranks["rank_1_busy_s"]) / 2)
+    )
+
+
+def test_a_profiler_trace_of_the_steps_asked_lands_in_mlflow(spec, tmp_path):
+    import dataclasses
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import RunLogger
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("profile")).info.run_id
+    cfg = dataclasses.replace(spec.pretrain, profile=2, max_steps=10, log_every=5)
+    loop = Pretraining(
+        dataclasses.replace(spec, pretrain=cfg, total_steps=10), LocalSession("cpu"), RunLogger(uri, run_id)
+    )
+    loop.run()
+    (art,) = client.list_artifacts(run_id, "profile")
+    assert art.path == "profile/trace_steps_5-6.json"  # two steps, from the 5th of the run
+    trace = json.loads(Path(client.download_artifacts(run_id, art.path, str(tmp_path))).read_text())
+    assert any("aten::" in e.get("name", "") for e in trace["traceEvents"])  # torch's ops, timed
+    # One rank: its busy time a step, and no straggler.
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["rank_0_busy_s"] > 0 and metrics["straggler"] == 1.0

@@ -117,7 +117,7 @@ def reference(data, tmp_path_factory, ray_session, sst2):
     try:
         out = pretrain(
             data,
-            config(f"zero_shot=[sst-2={sst2}]", "zero_shot_examples=40"),
+            config(f"zero_shot=[sst-2={sst2}]", "zero_shot_examples=40", "system_metrics_s=1"),
             workers=2,
             name="reference",
             storage=str(d / "runs"),
@@ -182,6 +182,12 @@ def test_loss_goes_down_and_the_run_is_tracked(reference, data):
     # Its cost beside the evaluation's, both timed at every evaluation.
     assert sorted(losses(reference["run_id"], "eval_zero_shot_s", reference["uri"])) == [30, 60, 90]
     assert all(t > 0 for t in losses(reference["run_id"], "eval_s", reference["uri"]).values())
+    # Each rank's own work a step, and the straggler metric (the slowest rank over the median).
+    assert run.data.metrics["rank_0_busy_s"] > 0 and run.data.metrics["rank_1_busy_s"] > 0
+    assert "rank_1_data_wait_s" in run.data.metrics and run.data.metrics["straggler"] >= 1.0
+    # MLflow's system metrics, from the one node the two workers share (every second here).
+    assert run.data.metrics["system/node_0/cpu_utilization_percentage"] >= 0
+    assert "system/node_0/system_memory_usage_megabytes" in run.data.metrics
 
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model", "model-hf", "data", "pretrain_config.json", "zero_shot_curves.png"} <= arts

@@ -68,8 +68,12 @@ class PretrainConfig:
     # the run go back to its newest checkpoint and skip that step's batch, up to max_rewinds
     # times; 0 rewinds: it stops at the first, as before.
     spike_factor: float = 0.0
-    spike_window: int = 100
-    max_rewinds: int = 0
+    spike_window: int = 100  # good steps whose median loss a spike is measured against
+    max_rewinds: int = 0  # rewinds to the newest checkpoint before a spike stops the run (0: it stops)
+    # Seconds between samples of MLflow's system metrics (CPU, memory, disk, network; GPU
+    # utilisation, memory and power), on every node of the run (0: none).
+    system_metrics_s: float = 10.0
+    profile: int = 0  # steps of a torch profiler trace, from the attempt's 5th step, as an MLflow artifact
     zero_shot: list = field(
         default_factory=list
     )  # ["sst-2=DIR", ...]: the paper's heuristics at every evaluation
@@ -99,6 +103,8 @@ NOT_IN_IDENTITY = (
     "spike_factor",  # a stopped run may be resumed with rewinds on: the steps before are the same
     "spike_window",
     "max_rewinds",
+    "system_metrics_s",
+    "profile",
     "zero_shot",
     "zero_shot_examples",
 )
@@ -274,10 +280,12 @@ def check_config(cfg: PretrainConfig, workers: int) -> None:
         or cfg.max_rewinds < 0
         or cfg.spike_factor < 0
         or cfg.spike_window < 1
+        or cfg.system_metrics_s < 0
+        or cfg.profile < 0
     ):
         raise c(
-            "max_steps, warmup_steps, eval_every, eval_blocks, max_failures, max_rewinds and spike_factor "
-            "must be >= 0, spike_window >= 1"
+            "max_steps, warmup_steps, eval_every, eval_blocks, max_failures, max_rewinds, spike_factor, "
+            "system_metrics_s and profile must be >= 0, spike_window >= 1"
         )
     if not isinstance(cfg.zero_shot, list) or cfg.zero_shot_examples < 0:
         raise c("zero_shot: expected a list of TASK=DIR (e.g. [sst-2=glue/SST-2]); zero_shot_examples: >= 0")

@@ -49,7 +49,7 @@ from pipeline.data.dataset import BlockOrder, load_split, tokens_per_byte
 from pipeline.data.stage import local_copy
 from pipeline.errors import UserError, disk_error
 from pipeline.runtime import amp_dtype, autocast
-from pipeline.train import network
+from pipeline.train import network, observe
 from pipeline.train.checkpoint import load_training_state, snapshot, write_checkpoint
 from pipeline.train.config import PretrainConfig, micro_batch, pieces, shares_by_rank
 from pipeline.train.spikes import SpikeMonitor
@@ -213,6 +213,7 @@ class Pretraining:
         self.skipped: set[int] = set()
         self.rewinds = 0
         self.monitor = SpikeMonitor(cfg.spike_factor, cfg.spike_window)
+        self.timer = observe.BusyTimer(self.device)  # this rank's own work a step (observe.py)
         self.pending = None  # a checkpoint being written (checkpoint, finish_checkpoint)
         # With a time budget, total is decided after the first steps (BUDGET_STEPS) and kept in
         # every checkpoint, so that a resumed run keeps the schedule it had.
@@ -348,6 +349,7 @@ class Pretraining:
             return None, None, 0.0
         ids = self.order.batch(s)
         loss_sum, waited = 0.0, 0.0
+        self.timer.start()
         for a, (start, stop, key) in enumerate(self.mine):
             t0 = time.perf_counter()
             x = self.batch(self.train_blocks[np.sort(ids[start:stop])])
@@ -361,6 +363,8 @@ class Pretraining:
             sync = self.model is self.gpt or a == len(self.mine) - 1
             with contextlib.nullcontext() if sync else self.model.no_sync():
                 loss = self.l1(self.train_forward, x)
+                if a == len(self.mine) - 1:  # the rest waits for the other ranks' gradients
+                    self.timer.stop()
                 (loss / share).backward()
             loss_sum += loss.detach() / share
         norm = torch.nn.utils.clip_grad_norm_(self.gpt.parameters(), cfg.grad_clip or float("inf"))
@@ -459,6 +463,7 @@ class Pretraining:
         self.rewinds += 1
         self.set_schedule()
         self.monitor.reset()
+        self.timer.take()
         if self.rank == 0:
             blocks = {s: self.order.batch(s - 1).tolist() for s in steps}
             say(
@@ -568,6 +573,32 @@ class Pretraining:
             return None, False
         return per_step, by_time
 
+    def ranks(self, steps: int, waited: float) -> dict:
+        """Every rank's busy time and data wait a step since the last log, and the straggler
+        metric (observe.rank_metrics): gathered from all ranks, at log steps only."""
+        mine = torch.tensor(
+            [self.timer.take() / steps, waited / steps], device=self.device, dtype=torch.float64
+        )
+        got = [torch.zeros_like(mine) for _ in range(self.world)]
+        if self.world > 1:
+            dist.all_gather(got, mine)
+        else:
+            got = [mine]
+        rows = torch.stack(got).tolist()
+        return observe.rank_metrics([r[0] for r in rows], [r[1] for r in rows])
+
+    def traced(self, profile, step: int) -> None:
+        """Rank 0's profiler trace, once its steps are done: an MLflow artifact (profile/)."""
+        path = profile.step(step) if profile else None
+        if path is None:
+            return
+        logged = self.tracker is not None and self.tracker.log_artifact(path, "profile")
+        say(
+            f"profiler trace of steps {path.stem.removeprefix('trace_steps_')}: {path}"
+            + (f" (MLflow artifact profile/{path.name})" if logged else "")
+            + "; open it in https://ui.perfetto.dev or chrome://tracing"
+        )
+
     def run(self) -> dict:
         cfg = self.cfg
         self.gpt.train()
@@ -586,6 +617,12 @@ class Pretraining:
         norms, stepped, log_sum, log_n = [], [], 0.0, 0  # each step's since the last check; the log's
         t_rate = None
         t_saved = time.monotonic()  # checkpoint_every_minutes counts from here, then from each save
+        # The profiler on rank 0, a few steps in: compilation and cold caches stay out of the trace.
+        profile = (
+            observe.Profile(self.step + 4, cfg.profile, self.device)
+            if cfg.profile and self.rank == 0
+            else None
+        )
         while self.step < self.total:
             if self.budget_open and self.step - step_start == BUDGET_STEPS[0]:
                 t_rate = time.perf_counter()  # the first steps (compilation, caches) are not timed
@@ -595,6 +632,7 @@ class Pretraining:
                 self.decide_total((now - t_rate) / BUDGET_STEPS[1], now - t_start)
             total = self.total
             s = self.step
+            self.traced(profile, s)
             if loss is not None:  # a step whose batch a rewind skipped trains nothing
                 losses.append(loss)
                 norms.append(norm)
@@ -633,6 +671,7 @@ class Pretraining:
                     "data_wait": waited / (now - t_log),
                     "epoch": s / self.order.steps_per_epoch,
                     "elapsed_s": now - t_start,
+                    **self.ranks(log_n, waited),
                 }  # training time of this attempt
                 if self.rank == 0:
                     left = (total - s) * (now - t_start) / (s - step_start)

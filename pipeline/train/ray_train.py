@@ -148,8 +148,10 @@ def worker(config: dict) -> None:
     """What each Ray Train worker runs. A StopRun (a non-finite loss, a full disk) ends every
     rank at the same step; rank 0 hands its line to the driver, which Ray does not retry."""
     import ray
+    import ray.train
 
     from pipeline.train.loop import LoopSpec, StopRun, train_loop
+    from pipeline.train.observe import system_metrics
 
     spec: LoopSpec = config["spec"]
     session = RaySession(spec.run_path, spec.resume_from)
@@ -159,12 +161,23 @@ def worker(config: dict) -> None:
         if session.rank == 0 and spec.mlflow_run_id
         else None
     )
+    # One process a node samples the node's CPU, memory, GPUs and network into the run.
+    ctx = ray.train.get_context()
+    monitor = (
+        system_metrics(
+            spec.mlflow_run_id, spec.mlflow_uri, ctx.get_node_rank(), spec.pretrain.system_metrics_s
+        )
+        if spec.mlflow_run_id and ctx.get_local_rank() == 0
+        else None
+    )
     try:
         train_loop(spec, session, tracker)
     except StopRun as err:
         if session.rank == 0:
             ray.get(config["outcome"].put.remote(str(err)))
     finally:
+        if monitor is not None:
+            monitor.finish()
         if tracker is not None:  # what is still queued for MLflow, before the process goes
             tracker.flush(timeout=60)
 
