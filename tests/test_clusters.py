@@ -131,7 +131,22 @@ def test_the_p4d_and_p5_nodes_use_every_network_card_through_the_efa_image():
         # The nodes log in to the registry the image is pushed to before docker pulls it.
         registry = v["docker"]["worker_image"].split("/")[0]
         assert any("docker login" in c and registry in c for c in v["initialization_commands"]), name
-    assert multi_node == 2
+    assert multi_node == 4  # on demand and spot, each of p4d and p5
+
+
+def test_the_spot_types_are_the_on_demand_nodes_at_the_spot_price_and_off_until_chosen():
+    types = gpu_yaml()["available_node_types"]
+    for name in ("gpu-8xA100", "gpu-8xH100"):
+        demand, spot = types[name], types[f"{name}-spot"]
+        assert spot["node_config"] == {
+            **demand["node_config"],
+            "InstanceMarketOptions": {"MarketType": "spot"},
+        }
+        assert (
+            spot["docker"] == demand["docker"]
+            and spot["initialization_commands"] == demand["initialization_commands"]
+        )
+        assert spot["max_workers"] == 0 and demand["max_workers"] > 0  # the runbook says how to switch
 
 
 @pytest.mark.parametrize("typo", ["top", "node"])

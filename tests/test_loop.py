@@ -453,3 +453,43 @@ def test_a_profiler_trace_of_the_steps_asked_lands_in_mlflow(spec, tmp_path):
     # One rank: its busy time a step, and no straggler.
     metrics = client.get_run(run_id).data.metrics
     assert metrics["rank_0_busy_s"] > 0 and metrics["straggler"] == 1.0
+
+
+class Noticed(Logged):
+    """The loop whose node gets its notice (a drain, a spot reclaim) after update `at`."""
+
+    at = 0
+
+    def train_step(self):
+        out = super().train_step()
+        if self.step == self.at:
+            self.session.watch.notice = {"source": "ray drain", "deadline": time.time() + 30, "node": "n1"}
+        return out
+
+
+def test_a_node_about_to_go_gets_a_checkpoint_at_the_next_check_and_the_event_in_mlflow(spec, tmp_path):
+    import dataclasses
+    import json
+    import types
+
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import RunLogger
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("preempted")).info.run_id
+    # Checkpoints every 20 steps, checks every 5: the notice after step 12 makes one at step 15.
+    cfg = dataclasses.replace(spec.pretrain, log_every=5, checkpoint_every=20, checkpoint_every_minutes=0)
+    session = LocalSession("cpu", run_dir=tmp_path / "run")
+    session.watch = types.SimpleNamespace(notice=None)
+    loop = Noticed(dataclasses.replace(spec, pretrain=cfg), session, RunLogger(uri, run_id))
+    loop.kept, loop.at = [], 12
+    loop.run()
+    saved = sorted(int(p.name.split("_")[1]) for p in (tmp_path / "run").glob("checkpoint_*"))
+    assert saved == [15, 20, 40], saved  # once for the notice, then the schedule's
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "preemption_checkpoint_step")] == [
+        (15, 15.0)
+    ]
+    event = json.loads(client.get_run(run_id).data.tags["preemption_n1"])
+    assert event["source"] == "ray drain" and event["checkpoint_step"] == 15

@@ -117,7 +117,48 @@ def raylet_of(cluster, pid: int):
     return None
 
 
-def remove_a_worker_node(cluster, checkpoint: str, replace: bool = True) -> str:
+def a_worker_node(cluster):
+    """A node that runs a training worker but not the run's controller (this cluster's, not
+    those of another Ray on the machine), and the worker processes, by pid."""
+    import psutil
+
+    procs = {
+        name: [
+            p.pid
+            for p in psutil.process_iter(["cmdline"])
+            if name in " ".join(p.info["cmdline"] or []) and raylet_of(cluster, p.pid) is not None
+        ]
+        for name in ("RayTrainWorker", "TrainController")
+    }
+    assert procs["RayTrainWorker"] and procs["TrainController"], procs
+    keep = {raylet_of(cluster, pid).node_id for pid in procs["TrainController"]}
+    node = next(
+        n for n in (raylet_of(cluster, pid) for pid in procs["RayTrainWorker"]) if n.node_id not in keep
+    )
+    return node, procs["RayTrainWorker"]
+
+
+def drain_a_worker_node(cluster, log: Path, after: int):
+    """Once the run has logged step `after`, drain a worker node as autoscaler v2 drains a spot
+    node AWS reclaims: reason PREEMPTION, a deadline a minute away. Returns the node."""
+    deadline = time.time() + 300
+    while not re.search(rf"^step {after}/", log.read_text(), re.M):
+        assert time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
+    node, _ = a_worker_node(cluster)
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "ray"), "drain-node", "--address", cluster.address]
+        + ["--node-id", node.node_id, "--reason", "DRAIN_NODE_REASON_PREEMPTION"]
+        + ["--reason-message", "spot reclaim", "--deadline-remaining-seconds", "60"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return node
+
+
+def remove_a_worker_node(cluster, checkpoint: str, replace: bool = True, victim=None) -> str:
     """Once `checkpoint` is on S3, remove (without warning) a node that runs a training worker but
     not the run's controller, and add a fresh one in its place unless not `replace`. (Here, not
     in a thread: a node starts only from the main thread.)
@@ -132,26 +173,14 @@ def remove_a_worker_node(cluster, checkpoint: str, replace: bool = True) -> str:
     while fs.get_file_info(f"{checkpoint}/trainer_state.json").type != pafs.FileType.File:
         assert time.time() < deadline, f"{checkpoint} never appeared"
         time.sleep(0.05)
-    # This cluster's, not those of another Ray on the machine (a test running beside this one).
-    procs = {
-        name: [
-            p.pid
-            for p in psutil.process_iter(["cmdline"])
-            if name in " ".join(p.info["cmdline"] or []) and raylet_of(cluster, p.pid) is not None
-        ]
-        for name in ("RayTrainWorker", "TrainController")
-    }
-    assert procs["RayTrainWorker"] and procs["TrainController"], procs
-    for pid in procs["RayTrainWorker"]:
+    chosen, workers = a_worker_node(cluster)
+    victim = victim or chosen
+    for pid in workers:
         os.kill(pid, signal.SIGSTOP)
     try:
-        keep = {raylet_of(cluster, pid).node_id for pid in procs["TrainController"]}
-        victim = next(
-            n for n in (raylet_of(cluster, pid) for pid in procs["RayTrainWorker"]) if n.node_id not in keep
-        )
         cluster.remove_node(victim, allow_graceful=False)
     finally:
-        for pid in procs["RayTrainWorker"]:
+        for pid in workers:
             if psutil.pid_exists(pid):
                 os.kill(pid, signal.SIGCONT)
     if replace:
@@ -214,6 +243,35 @@ def test_a_run_on_a_cluster_survives_a_lost_node_and_retraces_itself_and_refuses
     assert [elastic[s] for s in sorted(whole)] == pytest.approx([whole[s] for s in sorted(whole)], rel=1e-4)
     cluster.add_node(num_cpus=1, object_store_memory=200 << 20)
     cluster.wait_for_nodes()
+
+    # A spot node's notice (Ray's drain, reason PREEMPTION) at step 10 of a run whose only
+    # scheduled checkpoint is its last: every rank checkpoints at the next step, the node goes,
+    # and the run resumes from that step, and retraces the run that lost nothing.
+    run = pretrain(
+        cluster, "s3://gpt1-test/ds", "drained", tmp_path, extra=("--set", "checkpoint_every=1000")
+    )
+    drained = drain_a_worker_node(cluster, run[1], after=10)
+    fs = pafs.FileSystem.from_uri("s3://gpt1-test")[0]
+    deadline = time.time() + 300
+    while not (
+        saved := [
+            i.base_name
+            for i in fs.get_file_info(pafs.FileSelector("gpt1-test/runs/drained"))
+            if i.base_name.startswith("checkpoint_")
+        ]
+    ):
+        assert time.time() < deadline, run[1].read_text()[-3000:]
+        time.sleep(0.05)
+    step = int(saved[0].split("_")[1])
+    assert 10 <= step < 60, saved  # at the next check (every step here) after a poll (each second)
+    remove_a_worker_node(cluster, f"gpt1-test/runs/drained/{saved[0]}", victim=drained)
+    out = finish(run)
+    assert f"node {drained.node_id} will go (ray drain" in out and f"a checkpoint at step {step}" in out, out[
+        -3000:
+    ]
+    assert f"resuming at step {step} of 60" in out, out[-3000:]
+    assert losses(tmp_path, "drained") == whole
+    assert metric(tmp_path, "drained", "preemption_checkpoint_step") == step
 
     # The same dataset with one shard altered on S3, at the same length (so no listing can tell):
     # caught while staging, one line, exit 2.

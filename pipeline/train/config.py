@@ -74,6 +74,9 @@ class PretrainConfig:
     # utilisation, memory and power), on every node of the run (0: none).
     system_metrics_s: float = 10.0
     profile: int = 0  # steps of a torch profiler trace, from the attempt's 5th step, as an MLflow artifact
+    # Where a worker asks whether its node will be reclaimed (EC2's spot notice; '' for Ray's
+    # drain notice alone): every rank checkpoints at the next check (train/preemption.py).
+    preemption_url: str = "http://169.254.169.254/latest/meta-data/spot/instance-action"
     zero_shot: list = field(
         default_factory=list
     )  # ["sst-2=DIR", ...]: the paper's heuristics at every evaluation
@@ -105,6 +108,7 @@ NOT_IN_IDENTITY = (
     "max_rewinds",
     "system_metrics_s",
     "profile",
+    "preemption_url",
     "zero_shot",
     "zero_shot_examples",
 )

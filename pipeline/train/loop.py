@@ -214,6 +214,8 @@ class Pretraining:
         self.rewinds = 0
         self.monitor = SpikeMonitor(cfg.spike_factor, cfg.spike_window)
         self.timer = observe.BusyTimer(self.device)  # this rank's own work a step (observe.py)
+        self.noticed = False  # this rank's notice that its node will go, acted on (preemption.py)
+        self.preempting = False  # a checkpoint at this step, for a node about to go
         self.pending = None  # a checkpoint being written (checkpoint, finish_checkpoint)
         # With a time budget, total is decided after the first steps (BUDGET_STEPS) and kept in
         # every checkpoint, so that a resumed run keeps the schedule it had.
@@ -559,12 +561,19 @@ class Pretraining:
         # for it here); the next checkpoint, or the run's end, joins it.
         due = self.rank == 0 and 0 < cfg.checkpoint_every_minutes * 60 <= time.monotonic() - t_saved
         busy = self.rank == 0 and self.writing()
-        flags = torch.tensor([float(due), float(busy)], device=self.device, dtype=torch.float64)
+        watch = getattr(self.session, "watch", None)
+        notice = watch.notice if watch is not None and not self.noticed else None
+        flags = torch.tensor(
+            [float(due), float(busy), float(notice is not None)], device=self.device, dtype=torch.float64
+        )
         sums = _all_reduce(torch.cat([torch.stack(losses).double(), flags]), self.world).tolist()
         per_step = [x / self.world for x in sums[: len(losses)]]  # each step's batch loss
-        by_time = sums[-2] > 0
-        if not sums[-1]:
+        by_time = sums[-3] > 0
+        if not sums[-2]:
             self.finish_checkpoint()
+        if sums[-1]:  # a node will go: every rank checkpoints now, and waits for it to be stored
+            self.preempted(notice)
+            by_time = True
         # Checked before run() takes a checkpoint at this step, so that the newest checkpoint
         # always precedes a spike.
         spikes = self.monitor.spiking(stepped, per_step, [float(n) for n in norms])
@@ -572,6 +581,27 @@ class Pretraining:
             self.rewind(spikes)
             return None, False
         return per_step, by_time
+
+    def preempted(self, notice: dict | None) -> None:
+        """Every rank, at the check where some rank's node has a notice: the notices gathered,
+        and rank 0 says which node goes and logs the event; the checkpoint follows (run)."""
+        notices = [notice]
+        if self.world > 1:
+            notices = [None] * self.world
+            dist.all_gather_object(notices, notice)
+        self.noticed = self.noticed or notice is not None
+        self.preempting = True
+        if self.rank != 0:
+            return
+        for n in [n for n in notices if n]:
+            left = f", {n['deadline'] - time.time():.0f} s before it goes" if n.get("deadline") else ""
+            say(f"node {n['node']} will go ({n['source']}{left}): a checkpoint at step {self.step:,}")
+            if self.tracker:
+                self.tracker.log(
+                    {"preemption_checkpoint_step": self.step},
+                    self.step,
+                    tags={f"preemption_{n['node']}": json.dumps({**n, "checkpoint_step": self.step})},
+                )
 
     def ranks(self, steps: int, waited: float) -> dict:
         """Every rank's busy time and data wait a step since the last log, and the straggler
@@ -710,7 +740,9 @@ class Pretraining:
                     if self.tracker:
                         self.tracker.log({**ev, **zs}, s)
             if (cfg.checkpoint_every and s % cfg.checkpoint_every == 0) or s == total or by_time:
-                self.checkpoint({**metrics, "step": s}, wait=s == total)
+                # Stored before training goes on where a node is about to go.
+                self.checkpoint({**metrics, "step": s}, wait=s == total or self.preempting)
+                self.preempting = False
                 t_saved = time.monotonic()
         if self.rank == 0 and self.tracker:
             self.tracker.log_model(self.gpt, self.data / "tokenizer.json")

@@ -152,6 +152,7 @@ def worker(config: dict) -> None:
 
     from pipeline.train.loop import LoopSpec, StopRun, train_loop
     from pipeline.train.observe import system_metrics
+    from pipeline.train.preemption import Watch
 
     spec: LoopSpec = config["spec"]
     session = RaySession(spec.run_path, spec.resume_from)
@@ -170,12 +171,15 @@ def worker(config: dict) -> None:
         if spec.mlflow_run_id and ctx.get_local_rank() == 0
         else None
     )
+    # Whether this node will go (a drain, a spot reclaim): the loop checkpoints at its next check.
+    session.watch = Watch(session.node, spec.pretrain.preemption_url or None)
     try:
         train_loop(spec, session, tracker)
     except StopRun as err:
         if session.rank == 0:
             ray.get(config["outcome"].put.remote(str(err)))
     finally:
+        session.watch.stop()
         if monitor is not None:
             monitor.finish()
         if tracker is not None:  # what is still queued for MLflow, before the process goes
