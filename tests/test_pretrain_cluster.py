@@ -145,15 +145,25 @@ def drain_a_worker_node(cluster, log: Path, after: int):
     while not re.search(rf"^step {after}/", log.read_text(), re.M):
         assert time.time() < deadline, log.read_text()[-3000:]
         time.sleep(0.05)
-    node, _ = a_worker_node(cluster)
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "ray"), "drain-node", "--address", cluster.address]
-        + ["--node-id", node.node_id, "--reason", "DRAIN_NODE_REASON_PREEMPTION"]
-        + ["--reason-message", "spot reclaim", "--deadline-remaining-seconds", "60"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    import psutil
+
+    node, workers = a_worker_node(cluster)
+    # The workers frozen while the command runs: a run of a few seconds could end before it does.
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        out = subprocess.run(
+            [str(Path(sys.executable).parent / "ray"), "drain-node", "--address", cluster.address]
+            + ["--node-id", node.node_id, "--reason", "DRAIN_NODE_REASON_PREEMPTION"]
+            + ["--reason-message", "spot reclaim", "--deadline-remaining-seconds", "60"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        for pid in workers:
+            if psutil.pid_exists(pid):
+                os.kill(pid, signal.SIGCONT)
     assert out.returncode == 0, out.stdout + out.stderr
     return node
 
@@ -247,9 +257,9 @@ def test_a_run_on_a_cluster_survives_a_lost_node_and_retraces_itself_and_refuses
     # A spot node's notice (Ray's drain, reason PREEMPTION) at step 10 of a run whose only
     # scheduled checkpoint is its last: every rank checkpoints at the next step, the node goes,
     # and the run resumes from that step, and retraces the run that lost nothing.
-    run = pretrain(
-        cluster, "s3://gpt1-test/ds", "drained", tmp_path, extra=("--set", "checkpoint_every=1000")
-    )
+    # (Its workers ask every 50 ms, not every second: this run's steps take milliseconds.)
+    drain = ("--set", "checkpoint_every=1000", "--set", "preemption_poll_s=0.05")
+    run = pretrain(cluster, "s3://gpt1-test/ds", "drained", tmp_path, extra=drain)
     drained = drain_a_worker_node(cluster, run[1], after=10)
     fs = pafs.FileSystem.from_uri("s3://gpt1-test")[0]
     deadline = time.time() + 300

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from model.config import ADAM_WARMUP_STEPS
 from pipeline import configio, errors
+from pipeline.train.preemption import EC2_SPOT
 
 # The largest token budget taken: beyond it a number is a typo, not a plan (a 10^25 budget once
 # trained with an 18-digit-hour ETA).
@@ -76,7 +77,8 @@ class PretrainConfig:
     profile: int = 0  # steps of a torch profiler trace, from the attempt's 5th step, as an MLflow artifact
     # Where a worker asks whether its node will be reclaimed (EC2's spot notice; '' for Ray's
     # drain notice alone): every rank checkpoints at the next check (train/preemption.py).
-    preemption_url: str = "http://169.254.169.254/latest/meta-data/spot/instance-action"
+    preemption_url: str = EC2_SPOT
+    preemption_poll_s: float = 1.0  # how often a worker asks (AWS gives two minutes' notice)
     zero_shot: list = field(
         default_factory=list
     )  # ["sst-2=DIR", ...]: the paper's heuristics at every evaluation
@@ -109,6 +111,7 @@ NOT_IN_IDENTITY = (
     "system_metrics_s",
     "profile",
     "preemption_url",
+    "preemption_poll_s",
     "zero_shot",
     "zero_shot_examples",
 )
@@ -286,10 +289,11 @@ def check_config(cfg: PretrainConfig, workers: int) -> None:
         or cfg.spike_window < 1
         or cfg.system_metrics_s < 0
         or cfg.profile < 0
+        or cfg.preemption_poll_s <= 0
     ):
         raise c(
             "max_steps, warmup_steps, eval_every, eval_blocks, max_failures, max_rewinds, spike_factor, "
-            "system_metrics_s and profile must be >= 0, spike_window >= 1"
+            "system_metrics_s and profile must be >= 0, spike_window >= 1, preemption_poll_s > 0"
         )
     if not isinstance(cfg.zero_shot, list) or cfg.zero_shot_examples < 0:
         raise c("zero_shot: expected a list of TASK=DIR (e.g. [sst-2=glue/SST-2]); zero_shot_examples: >= 0")

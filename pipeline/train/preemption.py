@@ -1,4 +1,4 @@
-"""A worker's notice that its node will go: a thread that asks, every POLL_S seconds,
+"""A worker's notice that its node will go: a thread that asks, every poll_s seconds,
 
 - Ray, whether the node is being drained (`ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION
   --deadline-remaining-seconds N`, as autoscaler v2 drains a node it will lose), and
@@ -21,13 +21,12 @@ import time
 import urllib.error
 import urllib.request
 
-POLL_S = 1.0
 EC2_SPOT = "http://169.254.169.254/latest/meta-data/spot/instance-action"
 
 
 class Watch:
-    def __init__(self, node_id: str | None, url: str | None):
-        self.node_id, self.url = node_id, url
+    def __init__(self, node_id: str | None, url: str | None, poll_s: float = 1.0):
+        self.node_id, self.url, self.poll_s = node_id, url, poll_s
         self.notice: dict | None = None  # {"source", "deadline" (Unix seconds, or None), "node"}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gpt1-preemption", daemon=True)
@@ -39,7 +38,7 @@ class Watch:
     def _run(self) -> None:
         while not self._stop.is_set() and self.notice is None:
             self.notice = self._drained() or self._reclaimed()
-            self._stop.wait(POLL_S)
+            self._stop.wait(self.poll_s)
 
     def _drained(self) -> dict | None:
         if not self.node_id:

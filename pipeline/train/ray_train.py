@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pipeline import errors, outdir, remote
 from pipeline.tracking import RunLogger
+from pipeline.train.preemption import Watch
 
 
 class RaySession:
@@ -152,7 +153,6 @@ def worker(config: dict) -> None:
 
     from pipeline.train.loop import LoopSpec, StopRun, train_loop
     from pipeline.train.observe import system_metrics
-    from pipeline.train.preemption import Watch
 
     spec: LoopSpec = config["spec"]
     session = RaySession(spec.run_path, spec.resume_from)
@@ -172,7 +172,7 @@ def worker(config: dict) -> None:
         else None
     )
     # Whether this node will go (a drain, a spot reclaim): the loop checkpoints at its next check.
-    session.watch = Watch(session.node, spec.pretrain.preemption_url or None)
+    session.watch = Watch(session.node, spec.pretrain.preemption_url or None, spec.pretrain.preemption_poll_s)
     try:
         train_loop(spec, session, tracker)
     except StopRun as err:
