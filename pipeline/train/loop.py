@@ -571,15 +571,15 @@ class Pretraining:
         by_time = sums[-3] > 0
         if not sums[-2]:
             self.finish_checkpoint()
-        if sums[-1]:  # a node will go: every rank checkpoints now, and waits for it to be stored
-            self.preempted(notice)
-            by_time = True
         # Checked before run() takes a checkpoint at this step, so that the newest checkpoint
         # always precedes a spike.
         spikes = self.monitor.spiking(stepped, per_step, [float(n) for n in norms])
-        if spikes:
+        if spikes:  # (a notice that came with them is acted on at the next check)
             self.rewind(spikes)
             return None, False
+        if sums[-1]:  # a node will go: every rank checkpoints now, and waits for it to be stored
+            self.preempted(notice)
+            by_time = True
         return per_step, by_time
 
     def preempted(self, notice: dict | None) -> None:
