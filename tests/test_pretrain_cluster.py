@@ -34,6 +34,7 @@ SETS = [
     "keep_checkpoints=2",
     "lr=3e-3",
     "warmup_steps=10",
+    "system_metrics_s=1",
 ]
 
 
@@ -225,6 +226,9 @@ def test_a_run_on_a_cluster_survives_a_lost_node_and_retraces_itself_and_refuses
     assert [(r[1], r[2], r[-1]) for r in rows] == [("1", "1", "-"), ("2", "2", "1000")], out[-3000:]
     busbw = metric(tmp_path, "whole", "network_busbw_gbps_2_nodes")
     assert busbw == pytest.approx(float(rows[1][6]), rel=0.01) and busbw > 0
+    # MLflow's system metrics from both nodes of the run, each under its own name.
+    for node in (0, 1):
+        assert metric(tmp_path, "whole", f"system/node_{node}/cpu_utilization_percentage") >= 0
 
     run = pretrain(cluster, "s3://gpt1-test/ds", "lost", tmp_path)
     removed = remove_a_worker_node(cluster, "gpt1-test/runs/lost/checkpoint_000000020")

@@ -149,7 +149,6 @@ def worker(config: dict) -> None:
     """What each Ray Train worker runs. A StopRun (a non-finite loss, a full disk) ends every
     rank at the same step; rank 0 hands its line to the driver, which Ray does not retry."""
     import ray
-    import ray.train
 
     from pipeline.train.loop import LoopSpec, StopRun, train_loop
     from pipeline.train.observe import system_metrics
@@ -162,13 +161,13 @@ def worker(config: dict) -> None:
         if session.rank == 0 and spec.mlflow_run_id
         else None
     )
-    # One process a node samples the node's CPU, memory, GPUs and network into the run.
-    ctx = ray.train.get_context()
+    # One process a node (its first rank) samples the node's CPU, memory, GPUs and network into
+    # the run. Nodes told apart by Ray's node id, as the network check does: Ray Train's node
+    # ranks go by IP address, which a machine's simulated nodes share.
+    node, first = node_of(session)
     monitor = (
-        system_metrics(
-            spec.mlflow_run_id, spec.mlflow_uri, ctx.get_node_rank(), spec.pretrain.system_metrics_s
-        )
-        if spec.mlflow_run_id and ctx.get_local_rank() == 0
+        system_metrics(spec.mlflow_run_id, spec.mlflow_uri, node, spec.pretrain.system_metrics_s)
+        if spec.mlflow_run_id and first
         else None
     )
     # Whether this node will go (a drain, a spot reclaim): the loop checkpoints at its next check.
@@ -184,6 +183,19 @@ def worker(config: dict) -> None:
             monitor.finish()
         if tracker is not None:  # what is still queued for MLflow, before the process goes
             tracker.flush(timeout=60)
+
+
+def node_of(session: RaySession) -> tuple[int, bool]:
+    """(this rank's node, counted in the order of the nodes' first ranks; whether it is its
+    node's first rank), from every rank's Ray node id."""
+    import torch.distributed as dist
+
+    nodes = [session.node]
+    if session.world_size > 1:
+        nodes = [None] * session.world_size
+        dist.all_gather_object(nodes, session.node)
+    order = list(dict.fromkeys(nodes))
+    return order.index(session.node), nodes.index(session.node) == session.rank
 
 
 def preflight_worker(config: dict) -> None:
