@@ -4,7 +4,9 @@ paper's schedule, and a resume is exact because every micro-batch's randomness i
 
 import math
 import queue
+import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +233,7 @@ def _rank(
     out,
     slow_stage: float = 0,
     slow_step: float = 0,
+    notice_at: int = 0,
 ) -> None:
     from datetime import timedelta
 
@@ -252,6 +255,14 @@ def _rank(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timeout
     )
     try:
+        if notice_at:  # the whole loop, the last rank's node noticed after update notice_at
+            session = LocalSession("cpu", run_dir=Path(tempfile.mkdtemp()), rank=rank, world_size=world)
+            session.watch = types.SimpleNamespace(notice=None)
+            loop = Noticed(spec, session)
+            loop.kept, loop.saved, loop.at = [], [], notice_at if rank == world - 1 else -1
+            loop.run()
+            out.put((rank, loop.saved))
+            return
         loop = Logged(spec, LocalSession("cpu", rank=rank, world_size=world))
         loop.kept = []
         if slow_step and rank == world - 1:  # a straggler: its forward passes take longer
@@ -274,11 +285,12 @@ def _rank(
 
 
 def on_workers(
-    spec: LoopSpec, world: int, steps: int, slow_stage: float = 0, slow_step: float = 0
+    spec: LoopSpec, world: int, steps: int, slow_stage: float = 0, slow_step: float = 0, notice_at: int = 0
 ) -> dict[int, tuple]:
     """The loop's first `steps` updates on `world` gloo processes of this machine, by rank; with
     slow_stage, the last rank takes that many seconds more to stage the data; with slow_step,
-    that much more for each forward pass."""
+    that much more for each forward pass; with notice_at, the whole run, the last rank's node
+    noticed after that update, and the steps each rank checkpointed at."""
     import torch.multiprocessing as mp
 
     from pipeline.runtime import free_port
@@ -287,7 +299,7 @@ def on_workers(
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     procs = [
-        ctx.Process(target=_rank, args=(r, world, port, spec, steps, out, slow_stage, slow_step))
+        ctx.Process(target=_rank, args=(r, world, port, spec, steps, out, slow_stage, slow_step, notice_at))
         for r in range(world)
     ]
     for p in procs:
@@ -456,9 +468,11 @@ def test_a_profiler_trace_of_the_steps_asked_lands_in_mlflow(spec, tmp_path):
 
 
 class Noticed(Logged):
-    """The loop whose node gets its notice (a drain, a spot reclaim) after update `at`."""
+    """The loop whose node gets its notice (a drain, a spot reclaim) after update `at`, keeping
+    the steps it checkpoints at."""
 
     at = 0
+    saved: list
 
     def train_step(self):
         out = super().train_step()
@@ -466,11 +480,14 @@ class Noticed(Logged):
             self.session.watch.notice = {"source": "ray drain", "deadline": time.time() + 30, "node": "n1"}
         return out
 
+    def checkpoint(self, metrics: dict, wait: bool = False) -> None:
+        self.saved.append(self.step)
+        super().checkpoint(metrics, wait)
 
-def test_a_node_about_to_go_gets_a_checkpoint_at_the_next_check_and_the_event_in_mlflow(spec, tmp_path):
+
+def test_a_node_about_to_go_gets_a_checkpoint_at_once_and_the_event_in_mlflow(spec, tmp_path):
     import dataclasses
     import json
-    import types
 
     from mlflow.tracking import MlflowClient
 
@@ -479,17 +496,28 @@ def test_a_node_about_to_go_gets_a_checkpoint_at_the_next_check_and_the_event_in
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("preempted")).info.run_id
-    # Checkpoints every 20 steps, checks every 5: the notice after step 12 makes one at step 15.
+    # Checkpoints every 20 steps, logs every 5: the notice after step 12 makes one at step 12 (one
+    # rank: nothing to agree on), not at the next log step.
     cfg = dataclasses.replace(spec.pretrain, log_every=5, checkpoint_every=20, checkpoint_every_minutes=0)
     session = LocalSession("cpu", run_dir=tmp_path / "run")
     session.watch = types.SimpleNamespace(notice=None)
     loop = Noticed(dataclasses.replace(spec, pretrain=cfg), session, RunLogger(uri, run_id))
-    loop.kept, loop.at = [], 12
+    loop.kept, loop.saved, loop.at = [], [], 12
     loop.run()
     saved = sorted(int(p.name.split("_")[1]) for p in (tmp_path / "run").glob("checkpoint_*"))
-    assert saved == [15, 20, 40], saved  # once for the notice, then the schedule's
+    assert saved == loop.saved == [12, 20, 40], saved  # once for the notice, then the schedule's
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "preemption_checkpoint_step")] == [
-        (15, 15.0)
+        (12, 12.0)
     ]
     event = json.loads(client.get_run(run_id).data.tags["preemption_n1"])
-    assert event["source"] == "ray drain" and event["checkpoint_step"] == 15
+    assert event["source"] == "ray drain" and event["checkpoint_step"] == 12
+
+
+def test_a_notice_on_one_rank_makes_every_rank_checkpoint_at_the_next_step_whatever_the_schedule(spec):
+    import dataclasses
+
+    # Logs every 5, checkpoints only at the end (12): the last rank's notice after update 7 is
+    # agreed at the next boundary, and both ranks checkpoint at step 8.
+    cfg = dataclasses.replace(spec.pretrain, log_every=5, checkpoint_every=1000, checkpoint_every_minutes=0)
+    got = on_workers(dataclasses.replace(spec, pretrain=cfg, total_steps=12), 2, 12, notice_at=7)
+    assert got == {0: [8, 12], 1: [8, 12]}, got

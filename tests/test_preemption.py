@@ -1,7 +1,7 @@
 """A node about to go (pipeline/train/preemption.py): the notice read from an instance-metadata
 service on loopback, as EC2 serves its spot notice (IMDSv2's token first), and the loop's answer
-to a notice on any rank: a checkpoint at its next check, stored before training goes on, and
-the event in MLflow. (Ray's drain notice on a simulated cluster: tests/test_pretrain_cluster.py.)"""
+to a notice on any rank: a checkpoint at the next step boundary, stored before training goes on,
+and the event in MLflow. (Ray's drain notice on a simulated cluster: tests/test_pretrain_cluster.py.)"""
 
 import json
 import threading

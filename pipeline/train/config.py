@@ -10,11 +10,14 @@ from dataclasses import dataclass, field
 
 from model.config import ADAM_WARMUP_STEPS
 from pipeline import configio, errors
-from pipeline.train.preemption import EC2_SPOT
 
 # The largest token budget taken: beyond it a number is a typo, not a plan (a 10^25 budget once
 # trained with an 18-digit-hour ETA).
 MAX_TOKENS = 10**15
+
+
+# Where EC2 announces a spot reclaim (404 until it is scheduled): preemption.py asks it.
+EC2_SPOT = "http://169.254.169.254/latest/meta-data/spot/instance-action"
 
 
 @dataclass
@@ -76,7 +79,7 @@ class PretrainConfig:
     system_metrics_s: float = 10.0
     profile: int = 0  # steps of a torch profiler trace, from the attempt's 5th step, as an MLflow artifact
     # Where a worker asks whether its node will be reclaimed (EC2's spot notice; '' for Ray's
-    # drain notice alone): every rank checkpoints at the next check (train/preemption.py).
+    # drain notice alone): every rank checkpoints at the next step boundary (train/preemption.py).
     preemption_url: str = EC2_SPOT
     preemption_poll_s: float = 1.0  # how often a worker asks (AWS gives two minutes' notice)
     zero_shot: list = field(

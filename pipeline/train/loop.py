@@ -34,6 +34,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ from pipeline.data.dataset import BlockOrder, load_split, tokens_per_byte
 from pipeline.data.stage import local_copy
 from pipeline.errors import UserError, disk_error
 from pipeline.runtime import amp_dtype, autocast
-from pipeline.train import network, observe
+from pipeline.train import network, observe, preemption
 from pipeline.train.checkpoint import load_training_state, snapshot, write_checkpoint
 from pipeline.train.config import PretrainConfig, micro_batch, pieces, shares_by_rank
 from pipeline.train.spikes import SpikeMonitor
@@ -215,6 +216,12 @@ class Pretraining:
         self.monitor = SpikeMonitor(cfg.spike_factor, cfg.spike_window)
         self.timer = observe.BusyTimer(self.device)  # this rank's own work a step (observe.py)
         self.noticed = False  # this rank's notice that its node will go, acted on (preemption.py)
+        # Every rank's notice, agreed at each step boundary (where the session watches its node).
+        self.agree = (
+            preemption.Agreement(self.world, timedelta(minutes=cfg.collective_timeout_minutes))
+            if getattr(session, "watch", None) is not None
+            else None
+        )
         self.preempting = False  # a checkpoint at this step, for a node about to go
         self.pending = None  # a checkpoint being written (checkpoint, finish_checkpoint)
         # With a time budget, total is decided after the first steps (BUDGET_STEPS) and kept in
@@ -561,30 +568,31 @@ class Pretraining:
         # for it here); the next checkpoint, or the run's end, joins it.
         due = self.rank == 0 and 0 < cfg.checkpoint_every_minutes * 60 <= time.monotonic() - t_saved
         busy = self.rank == 0 and self.writing()
-        watch = getattr(self.session, "watch", None)
-        notice = watch.notice if watch is not None and not self.noticed else None
-        flags = torch.tensor(
-            [float(due), float(busy), float(notice is not None)], device=self.device, dtype=torch.float64
-        )
+        flags = torch.tensor([float(due), float(busy)], device=self.device, dtype=torch.float64)
         sums = _all_reduce(torch.cat([torch.stack(losses).double(), flags]), self.world).tolist()
         per_step = [x / self.world for x in sums[: len(losses)]]  # each step's batch loss
-        by_time = sums[-3] > 0
-        if not sums[-2]:
+        by_time = sums[-2] > 0
+        if not sums[-1]:
             self.finish_checkpoint()
         # Checked before run() takes a checkpoint at this step, so that the newest checkpoint
         # always precedes a spike.
         spikes = self.monitor.spiking(stepped, per_step, [float(n) for n in norms])
-        if spikes:  # (a notice that came with them is acted on at the next check)
+        if spikes:
             self.rewind(spikes)
             return None, False
-        if sums[-1]:  # a node will go: every rank checkpoints now, and waits for it to be stored
-            self.preempted(notice)
-            by_time = True
         return per_step, by_time
 
-    def preempted(self, notice: dict | None) -> None:
-        """Every rank, at the check where some rank's node has a notice: the notices gathered,
-        and rank 0 says which node goes and logs the event; the checkpoint follows (run)."""
+    def notice_agreed(self) -> bool:
+        """At a step boundary, every rank alike: whether some rank's node will go (its notice
+        seen at the boundary before; preemption.Agreement)."""
+        if self.agree is None:
+            return False
+        return self.agree(self.session.watch.notice is not None and not self.noticed)
+
+    def preempted(self) -> None:
+        """Every rank, at the boundary where some rank's node will go: the notices gathered, and
+        rank 0 says which node goes and logs the event; the checkpoint follows (run)."""
+        notice = self.session.watch.notice if not self.noticed else None
         notices = [notice]
         if self.world > 1:
             notices = [None] * self.world
@@ -629,6 +637,33 @@ class Pretraining:
             + "; open it in https://ui.perfetto.dev or chrome://tracing"
         )
 
+    def evaluate_and_log(self, s: int) -> dict:
+        """An evaluation at step s (and the zero-shot tasks', where asked), said and logged by
+        rank 0; returns the evaluation's metrics."""
+        t_eval = time.perf_counter()
+        ev = self.evaluate()
+        ev["eval_s"] = time.perf_counter() - t_eval
+        # Timed beside the evaluation, so that what a curve point costs is in the run.
+        t_zero = time.perf_counter()
+        zs = self.zero_shot()
+        if zs:
+            zs["eval_zero_shot_s"] = time.perf_counter() - t_zero
+        if self.rank == 0:
+            say(
+                f"step {s:,}: val loss {ev['val_loss']:.4f}, perplexity {ev['val_perplexity']:.2f}, "
+                f"{ev['val_bits_per_byte']:.4f} bits per byte ({ev['eval_s']:.1f} s)"
+            )
+            if zs:
+                scores = ", ".join(
+                    f"{k.removeprefix('zero_shot_')} {v:.4f}"
+                    for k, v in zs.items()
+                    if k != "eval_zero_shot_s"
+                )
+                say(f"step {s:,}: zero-shot {scores} ({zs['eval_zero_shot_s']:.1f} s)")
+            if self.tracker:
+                self.tracker.log({**ev, **zs}, s)
+        return ev
+
     def run(self) -> dict:
         cfg = self.cfg
         self.gpt.train()
@@ -671,7 +706,10 @@ class Pretraining:
             by_time = False
             logs = s % cfg.log_every == 0 or s == total
             saves = bool(cfg.checkpoint_every and s % cfg.checkpoint_every == 0) or s == total
-            if losses and (logs or saves):  # every step since the last check, checked for spikes
+            # A node will go: a checkpoint now, whatever the schedule, once the steps since the
+            # last check are checked for spikes (a rewind first; the notice is agreed again).
+            noticed = self.notice_agreed()
+            if losses and (logs or saves or noticed):  # every step since the last check, for spikes
                 per_step, by_time = self.check(losses, norms, stepped, t_saved)
                 if per_step is None:  # a spike: rewound to the newest checkpoint
                     t_start, step_start = time.perf_counter(), self.step
@@ -680,6 +718,9 @@ class Pretraining:
                     continue
                 log_sum, log_n, norm = log_sum + sum(per_step), log_n + len(per_step), norms[-1]
                 losses, norms, stepped = [], [], []
+            if noticed:  # every rank checkpoints, and waits for it to be stored
+                self.preempted()
+                by_time = True
             if logs and log_n:
                 now = time.perf_counter()
                 mean = log_sum / log_n
@@ -713,37 +754,14 @@ class Pretraining:
                         self.tracker.log(metrics, s)
                 t_log, log_sum, log_n, waited = time.perf_counter(), 0.0, 0, 0.0
             if cfg.eval_every and (s % cfg.eval_every == 0 or s == total) and self.n_val:
-                t_eval = time.perf_counter()
-                ev = self.evaluate()
-                ev["eval_s"] = time.perf_counter() - t_eval
-                metrics.update(ev)
-                # Timed beside the evaluation, so that what a curve point costs is in the run.
-                t_zero = time.perf_counter()
-                zs = self.zero_shot()
-                if zs:
-                    zs["eval_zero_shot_s"] = time.perf_counter() - t_zero
-                if self.rank == 0:
-                    say(
-                        f"step {s:,}: val loss {ev['val_loss']:.4f}, perplexity {ev['val_perplexity']:.2f}, "
-                        f"{ev['val_bits_per_byte']:.4f} bits per byte ({ev['eval_s']:.1f} s)"
-                    )
-                    if zs:
-                        say(
-                            f"step {s:,}: zero-shot "
-                            + ", ".join(
-                                f"{k.removeprefix('zero_shot_')} {v:.4f}"
-                                for k, v in zs.items()
-                                if k != "eval_zero_shot_s"
-                            )
-                            + f" ({zs['eval_zero_shot_s']:.1f} s)"
-                        )
-                    if self.tracker:
-                        self.tracker.log({**ev, **zs}, s)
+                metrics.update(self.evaluate_and_log(s))
             if (cfg.checkpoint_every and s % cfg.checkpoint_every == 0) or s == total or by_time:
                 # Stored before training goes on where a node is about to go.
                 self.checkpoint({**metrics, "step": s}, wait=s == total or self.preempting)
                 self.preempting = False
                 t_saved = time.monotonic()
+        if self.agree is not None:
+            self.agree.close()
         if self.rank == 0 and self.tracker:
             self.tracker.log_model(self.gpt, self.data / "tokenizer.json")
             if cfg.zero_shot:

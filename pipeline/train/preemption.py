@@ -5,9 +5,10 @@
 - the cloud's instance metadata (preemption_url, by default EC2's spot/instance-action, which
   answers 404 until AWS schedules the reclaim, two minutes ahead, then a JSON with its time).
 
-The loop reads `notice` at its checks and, where any rank has one, every rank checkpoints at
-that step (loop.py), so that the run loses nothing when the node goes: Ray Train goes on with
-the workers left (elastic) or waits for a replacement, from that checkpoint.
+At every step boundary the loop hands this rank's notice to an `Agreement`, and where any rank
+had one at the boundary before, every rank checkpoints at this one (loop.py), so that the run
+loses nothing when the node goes: Ray Train goes on with the workers left (elastic) or waits for
+a replacement, from that checkpoint.
 
 A metadata URL that does not answer at all (a machine that is not on EC2) is asked no more.
 """
@@ -20,8 +21,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from datetime import timedelta
 
-EC2_SPOT = "http://169.254.169.254/latest/meta-data/spot/instance-action"
+import torch
+import torch.distributed as dist
 
 
 class Watch:
@@ -96,3 +99,40 @@ def read_metadata(url: str, timeout: float = 0.5) -> str | None:
             pass  # IMDSv1 only
     with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
         return r.read().decode() or None
+
+
+class Agreement:
+    """Whether any rank has a notice, agreed by all at each step boundary, one step after it was
+    posted: a sum of one number on a gloo group of its own, started without waiting and waited
+    at the next boundary. Training never stops for it: it is not on the device's stream, and a
+    step's gradient all-reduce keeps the ranks within a step of each other, so it is long done
+    when it is read. Every rank posts at every boundary, so every rank reads the same sums."""
+
+    def __init__(self, world: int, timeout: timedelta):
+        self.group = dist.new_group(backend="gloo", timeout=timeout) if world > 1 else None
+        self.posted: tuple | None = None  # (the all-reduce's work, its tensor)
+
+    def __call__(self, mine: bool) -> bool:
+        """Whether some rank posted a notice at the last boundary (one rank: this one's, now);
+        posts this rank's, unless one is agreed now (the loop acts on it at this boundary)."""
+        if self.group is None:
+            return mine
+        agreed = self._read()
+        flag = torch.tensor([int(mine and not agreed)])
+        self.posted = (dist.all_reduce(flag, group=self.group, async_op=True), flag)
+        return agreed
+
+    def _read(self) -> bool:
+        if self.posted is None:
+            return False
+        work, flag = self.posted
+        work.wait()
+        self.posted = None
+        return bool(flag.item())
+
+    def close(self) -> None:
+        """The last posted sum waited for (every rank posted it), and the group let go."""
+        if self.group is not None:
+            self._read()
+            dist.destroy_process_group(self.group)
+            self.group = None

@@ -170,7 +170,7 @@ def worker(config: dict) -> None:
         if spec.mlflow_run_id and first
         else None
     )
-    # Whether this node will go (a drain, a spot reclaim): the loop checkpoints at its next check.
+    # Whether this node will go (a drain, a spot reclaim): every rank checkpoints a step later.
     session.watch = Watch(session.node, spec.pretrain.preemption_url or None, spec.pretrain.preemption_poll_s)
     try:
         train_loop(spec, session, tracker)
