@@ -13,8 +13,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # What training verifies and stages once per machine goes to a cache of the test run's own (set
 # before any Ray worker starts, so that the workers see it too).
 os.environ["GPT1_DATA_CACHE"] = tempfile.mkdtemp(prefix="gpt1-test-data-cache-")
+# Ray Train's controller polls its workers every 0.2 s, as a local instance of the project's
+# does (pipeline/runtime.py), on the simulated clusters and `ray start` heads too: at Ray's 2 s,
+# each checkpoint of a test's run of a few seconds waits for the poll.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 from model import GPT, GPTConfig, build  # noqa: E402
+
+# The modules whose tests take longest (tests/README.md's profile), heaviest first.
+HEAVIEST = (
+    "test_readme.py",
+    "test_pretrain_cluster.py",
+    "test_runbook.py",
+    "test_demo.py",
+    "test_faults_runs.py",
+    "test_pretrain_job.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (CI's `-n 2`), the slow tests first, the heaviest modules first: the
+    scheduler deals the first tests out in turn, so the long ones start at once, side by side,
+    and the short ones fill the gaps at the end. A run of one process keeps the file order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+
+    def weight(item) -> tuple:
+        name = item.path.name
+        heavy = HEAVIEST.index(name) if name in HEAVIEST else len(HEAVIEST)
+        return (item.get_closest_marker("slow") is None, heavy)
+
+    items.sort(key=weight)  # stable: within a module, the file's order
 
 
 @pytest.fixture
