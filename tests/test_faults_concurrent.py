@@ -3,9 +3,13 @@ first lives (or waits its turn where that is safe), and a finished dataset is ne
 without --overwrite."""
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
@@ -15,6 +19,8 @@ from test_faults_inputs import one_line
 from gpt1.cli import main as gpt1
 from pipeline.errors import UserError
 from pipeline.remote import LEASE, lease
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_of_two_writers_that_start_at_once_exactly_one_holds_the_lease(tmp_path):
@@ -98,8 +104,25 @@ def test_a_second_local_prepare_is_refused_while_the_first_writes(tmp_path, caps
     assert not out.exists()
 
 
+def gpt1_process(argv: list[str]) -> tuple[int, str]:
+    """A command in a process of its own, as a user runs it: (its exit status, its one line on
+    stderr, or "" where it has none). Its own Ray, whose workers see this environment's S3 (a Ray
+    this process started earlier would not)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpt1.cli", *argv],
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("gpt1 ")]
+    assert len(lines) <= 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc.returncode, "".join(lines)
+
+
 @pytest.mark.slow
-def test_a_second_prepare_to_the_same_prefix_never_replaces_the_first(s3, tmp_path, capsys):
+def test_a_second_prepare_to_the_same_prefix_never_replaces_the_first(s3, tmp_path):
     from test_prepare_s3 import remote_files
 
     (tmp_path / "a.txt").write_text("\n\n".join(documents(100, seed=1)) + "\n")
@@ -125,16 +148,18 @@ def test_a_second_prepare_to_the_same_prefix_never_replaces_the_first(s3, tmp_pa
     # The first writer holds the prefix (here: a lease as another machine's prepare writes it).
     with fs.open_output_stream(f"{base}/{LEASE}") as f:
         f.write(json.dumps({"host": "node-1", "pid": 7, "token": "x", "time": time.time()}).encode())
-    assert gpt1(args(tmp_path / "b.txt")) == 2
-    one_line(capsys, "s3://gpt1-test/ds", "another prepare is writing here", "node-1")
+    status, line = gpt1_process(args(tmp_path / "b.txt"))
+    assert status == 2 and all(
+        w in line for w in ("s3://gpt1-test/ds", "another prepare is writing here", "node-1")
+    )
     assert set(remote_files("gpt1-test/ds")) == {LEASE}  # nothing of the second run's
     fs.delete_file(f"{base}/{LEASE}")
 
-    assert gpt1(args(tmp_path / "a.txt")) == 0
+    assert gpt1_process(args(tmp_path / "a.txt")) == (0, "")
     first = remote_files("gpt1-test/ds")
     assert LEASE not in first and "manifest.json" in first
-    assert gpt1(args(tmp_path / "b.txt")) == 2
-    one_line(capsys, "already holds a different prepared dataset")
+    status, line = gpt1_process(args(tmp_path / "b.txt"))
+    assert status == 2 and "already holds a different prepared dataset" in line, line
     assert remote_files("gpt1-test/ds") == first
 
 

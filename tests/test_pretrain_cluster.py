@@ -238,8 +238,9 @@ def test_a_run_on_a_cluster_survives_a_lost_node_and_retraces_itself_and_refuses
     # Exact: the same losses, step by step, as the run that lost nothing.
     assert losses(tmp_path, "lost") == whole
 
-    # Elastic workers (--workers 1-2): a node lost and none to replace it, the run goes on at
-    # once on the one worker left, and retraces the same run up to the order of float sums.
+    # Elastic workers (--workers 1-2): a node lost and none to replace it, the run goes on on the
+    # one worker left (once Ray Train's start timeout ends its wait for the lost node's CPU; see
+    # conftest's cluster), and retraces the same run up to the order of float sums.
     run = pretrain(cluster, "s3://gpt1-test/ds", "elastic", tmp_path, workers="1-2")
     remove_a_worker_node(cluster, "gpt1-test/runs/elastic/checkpoint_000000020", replace=False)
     out = finish(run)
