@@ -32,9 +32,10 @@ HEAVIEST = (
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (CI's `-n 2`), the slow tests first, the heaviest modules first: the
-    scheduler deals the first tests out in turn, so the long ones start at once, side by side,
-    and the short ones fill the gaps at the end. A run of one process keeps the file order."""
+    """Under pytest-xdist (CI's `-n 2`), the slow tests first, the heaviest modules first: each
+    process takes the next test as it frees up (`--maxschedchunk 1`, pyproject.toml), so the long
+    ones run side by side and the short ones fill the gaps at the end. A run of one process keeps
+    the file order."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
 
