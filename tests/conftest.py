@@ -16,7 +16,9 @@ os.environ["GPT1_DATA_CACHE"] = tempfile.mkdtemp(prefix="gpt1-test-data-cache-")
 # Ray Train's controller polls its workers every 0.2 s, as a local instance of the project's
 # does (pipeline/runtime.py), on the simulated clusters and `ray start` heads too: at Ray's 2 s,
 # each checkpoint of a test's run of a few seconds waits for the poll.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+from pipeline.runtime import POLL  # noqa: E402
+
+os.environ.setdefault(POLL, "0.2")
 
 from model import GPT, GPTConfig, build  # noqa: E402
 
@@ -32,10 +34,10 @@ HEAVIEST = (
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (CI's `-n 2`), the slow tests first, the heaviest modules first: each
-    process takes the next test as it frees up (`--maxschedchunk 1`, pyproject.toml), so the long
-    ones run side by side and the short ones fill the gaps at the end. A run of one process keeps
-    the file order."""
+    """Under pytest-xdist (`-n 2`; CI runs one process, tests/README.md), the slow tests first,
+    the heaviest modules first: each process takes the next test as it frees up
+    (`--maxschedchunk 1`, pyproject.toml), so the long ones run side by side and the short ones
+    fill the gaps at the end. A run of one process keeps the file order."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
 
