@@ -2,6 +2,7 @@
 JSON and a missing field as 400 with one line), a language model answers /generate, and the
 process stops cleanly on SIGTERM."""
 
+import http.client
 import json
 import os
 import signal
@@ -40,6 +41,25 @@ def call(
             return r.status, json.loads(text) if r.headers.get_content_type() == "application/json" else text
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode()
+
+
+def announce_oversized(port: int, path: str, length: int, token: str) -> tuple[int, str]:
+    """The answer to a request whose headers announce `length` bytes of body, before any is sent.
+
+    The server answers 413 from the headers alone and closes without reading a body: a client
+    still sending one races that close (EPIPE, or a reset that loses the answer), so none is sent.
+    """
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.putrequest("POST", path)
+        conn.putheader("Authorization", f"Bearer {token}")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(length))
+        conn.endheaders()
+        r = conn.getresponse()
+        return r.status, r.read().decode()
+    finally:
+        conn.close()
 
 
 class Server:
@@ -132,7 +152,7 @@ def test_serve_answers_http_clients_and_stops_on_sigterm(fine_tuned, task_checkp
         # Every request is bounded: rows, and the body's bytes.
         status, text = ask(server.port, "/predict", [good] * (MAX_ROWS + 1))
         assert status == 413 and f"at most {MAX_ROWS}" in text
-        status, text = ask(server.port, "/predict", {"sentence": "x" * (MAX_BODY_BYTES + 1)})
+        status, text = announce_oversized(server.port, "/predict", MAX_BODY_BYTES + 1, "s3cret")
         assert status == 413 and "larger than" in text
         assert ask(server.port, "/predict", raw=b"[" * 100_000)[0] == 400  # nested too deeply
         assert call(server.port, "/healthz") == (200, "ok\n")  # a load balancer's, no token
