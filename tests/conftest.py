@@ -34,7 +34,7 @@ HEAVIEST = (
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`-n 2`, as CI runs the suite), the slow tests first,
+    """Under pytest-xdist (`-n 2`; CI runs one process, tests/README.md), the slow tests first,
     the heaviest modules first: each process takes the next test as it frees up
     (`--maxschedchunk 1`, pyproject.toml), so the long ones run side by side and the short ones
     fill the gaps at the end. A run of one process keeps the file order."""

@@ -38,7 +38,7 @@ VENV = Path(sys.executable).parent.parent
 # Commands run by another test, or that CI cannot run, and why.
 ELSEWHERE = {
     "bash .ci/setup && .venv/bin/gpt1 demo": "CI runs .ci/setup; tests/test_demo.py runs the demo at --size ci",
-    "bash .ci/setup && .venv/bin/python -m pytest -q -n 2 tests": "CI's own command",
+    "bash .ci/setup && .venv/bin/python -m pytest -q tests": "CI's own command",
     "ray start --head": "tests/test_pretrain_job.py starts a head and submits this job",
     "export RAY_AUTH_MODE=token": "tests/test_pretrain_job.py",
     "ray job submit": "tests/test_pretrain_job.py",
