@@ -13,7 +13,7 @@ VARIABLES = {
     "GPT1_STORAGE": "where runs and sweeps are written when --storage is not given (a cluster sets s3://...)",
     "GPT1_DATA_CACHE": "where a node keeps verified and staged datasets (default ~/.cache/gpt1/data)",
     "GPT1_STAGE_STREAMS": "ranged reads at once while a node stages a dataset from object storage (default 8)",
-    "GPT1_RAY_DASHBOARD": "1: a new local Ray instance also starts Ray's dashboard (off by default: 2 s a command)",
+    "GPT1_RAY_DASHBOARD": "1: a new local Ray instance also starts Ray's dashboard (off by default: 3 s a command)",
     "GPT1_SERVE_TOKEN": "the bearer token `gpt1 serve` asks clients for, when --token is not given",
     "GPT1_SUPERVISED": "set by the console for the command it runs in a child: its lines are filtered",
     "GPT1_VERBOSE": "set by the console from --verbose: Tune's status tables are shown",

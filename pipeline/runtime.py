@@ -47,7 +47,7 @@ def ray_init() -> None:
         port = free_port()
         os.environ["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
         os.environ["RAY_GCS_SERVER_PORT"] = str(port)
-    # A local instance's dashboard (and its agents) cost every command about 2 s and 3 CPU-seconds
+    # A local instance's dashboard (and its agents) cost every command about 3 s and 5 CPU-seconds
     # to start, for a page a one-machine run rarely opens: started only where asked.
     dashboard = {"include_dashboard": env.ray_dashboard()} if address == "local" else {}
     try:
@@ -83,7 +83,7 @@ def ray_init() -> None:
                 os.environ.pop(name, None)
     where = ray.get_runtime_context().gcs_address
     what = "the cluster" if address != "local" else "a new local instance"
-    if address == "local" and dashboard["include_dashboard"]:
+    if dashboard.get("include_dashboard"):
         what += f" (its dashboard at http://{started.dashboard_url})"
     print(f"Ray: {what} at {where}", flush=True)
 
