@@ -48,10 +48,13 @@ def ray_init() -> None:
         os.environ["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
         os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     # A local instance's dashboard (and its agents) cost every command about 3 s and 5 CPU-seconds
-    # to start, for a page a one-machine run rarely opens: started only where asked.
-    dashboard = {"include_dashboard": env.ray_dashboard()} if address == "local" else {}
+    # to start, for a page a one-machine run rarely opens: started only where asked. (None, Ray's
+    # default, where a cluster is joined: its head decided.)
+    dashboard = env.ray_dashboard() if address == "local" else None
     try:
-        started = ray.init(address=address, logging_level=logging.WARNING, job_config=job, **dashboard)
+        started = ray.init(
+            address=address, logging_level=logging.WARNING, job_config=job, include_dashboard=dashboard
+        )
         # ray.init sets a SIGTERM handler of its own (sys.exit, silent, before any cleanup); the
         # command's own (errors.sigterm_as_interrupt: one line, the same exit as Ctrl-C's, 143)
         # stays in charge.
@@ -83,7 +86,7 @@ def ray_init() -> None:
                 os.environ.pop(name, None)
     where = ray.get_runtime_context().gcs_address
     what = "the cluster" if address != "local" else "a new local instance"
-    if dashboard.get("include_dashboard"):
+    if dashboard:
         what += f" (its dashboard at http://{started.dashboard_url})"
     print(f"Ray: {what} at {where}", flush=True)
 
