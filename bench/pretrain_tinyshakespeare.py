@@ -74,7 +74,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", type=float, default=300.0, help="seconds of training")
     p.add_argument("--config", default="small", help="pretraining preset or YAML")
-    p.add_argument("--vocab", type=int, default=1024, help="byte-level BPE vocabulary size")
+    p.add_argument("--vocab", type=int, default=2048, help="byte-level BPE vocabulary size")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--corpus", default=str(CORPUS))
     p.add_argument("--workdir", default=None, help="default: a temp dir")
